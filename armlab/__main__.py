@@ -1,0 +1,3 @@
+from armlab.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Registry, HTTP API, admin CLI, local stack. Always imported as ``armlab.platform``."""

@@ -1,0 +1,1 @@
+"""HTTP API (FastAPI). Build it with :func:`armlab.platform.api.app.create_app`."""

@@ -1,0 +1,77 @@
+"""Bearer-token authentication with roles, from ``ARMLAB_AUTH_TOKENS``.
+
+Format: ``name:role:secret`` triples separated by commas. ``admin`` may do everything;
+``producer`` sends events and asks for assignments/recommendations; ``reader`` reads.
+Secrets are compared in constant time (hmac.compare_digest) against every configured token so
+the time taken does not reveal which prefix matched.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from armlab.errors import ConfigurationError, Forbidden, Unauthorized
+
+ROLES = ("admin", "producer", "reader")
+# Which roles satisfy a required role.
+GRANTS: dict[str, frozenset[str]] = {
+    "admin": frozenset({"admin"}),
+    "producer": frozenset({"admin", "producer"}),
+    "reader": frozenset({"admin", "reader", "producer"}),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+
+
+def parse_tokens(raw: str) -> list[tuple[str, str, bytes]]:
+    """Parse ``name:role:secret,...``; raise ConfigurationError naming the bad entry."""
+    tokens: list[tuple[str, str, bytes]] = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        parts = entry.split(":", 2)
+        if len(parts) != 3 or not all(parts):
+            raise ConfigurationError(
+                f"ARMLAB_AUTH_TOKENS entry {parts[0]!r} must look like name:role:secret"
+            )
+        name, role, secret = parts
+        if role not in ROLES:
+            raise ConfigurationError(
+                f"ARMLAB_AUTH_TOKENS entry {name!r} has role {role!r}; valid roles: {', '.join(ROLES)}"
+            )
+        tokens.append((name, role, secret.encode()))
+    return tokens
+
+
+class Authenticator:
+    def __init__(self, raw_tokens: str, *, disabled: bool = False) -> None:
+        self._tokens = parse_tokens(raw_tokens)
+        self._disabled = disabled
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if self._disabled:
+            return Principal(name="embedded", role="admin")
+        if not authorization:
+            raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <token>'")
+        scheme, _, presented = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise Unauthorized("Authorization header must be 'Bearer <token>'")
+        candidate = presented.strip().encode()
+        found: Principal | None = None
+        for name, role, secret in self._tokens:
+            if hmac.compare_digest(candidate, secret) and found is None:
+                found = Principal(name=name, role=role)
+        if found is None:
+            raise Unauthorized("invalid token")
+        return found
+
+    def require(self, principal: Principal, role: str) -> None:
+        if principal.role not in GRANTS[role]:
+            raise Forbidden(
+                f"token {principal.name!r} has role {principal.role!r}; this needs role {role!r}"
+            )
