@@ -1,0 +1,330 @@
+"""Registry use cases: register experiments and move them through their life cycle.
+
+Every function is keyword-only, works inside a caller's :class:`~armlab.platform.uow.UnitOfWork`
+(it flushes, it never commits: the caller decides where the transaction ends), raises
+:mod:`armlab.errors`, and writes one audit row per change.
+
+State machine (DESIGN.md, Registry)::
+
+    draft --start--> running --stop--> stopped
+                        |                 |
+                        +------ship-------+--> shipped
+
+Anything else is :class:`~armlab.errors.IllegalTransition` (HTTP 409) and changes nothing.
+Concurrent writers are serialised by optimistic locking on ``experiments.version``
+(SQLAlchemy ``version_id_col``): every UPDATE carries ``WHERE version = <version read>``, so of
+two requests that both read ``running`` only the first UPDATE matches a row; the second raises
+StaleDataError, which the unit of work turns into ConcurrentModification (409) and rolls back
+together with the loser's audit row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import inspect, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from armlab.errors import (
+    ArmNotFound,
+    ExperimentExists,
+    ExperimentNotFound,
+    IllegalTransition,
+    ValidationFailed,
+)
+from armlab.platform.models import EXPERIMENT_STATUSES, Arm, AuditLog, Experiment
+from armlab.platform.schemas import ExperimentSpec
+from armlab.platform.uow import UnitOfWork
+
+# action -> (statuses it may start from, status it leads to)
+TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
+    "start": (frozenset({"draft"}), "running"),
+    "stop": (frozenset({"running"}), "stopped"),
+    "ship": (frozenset({"running", "stopped"}), "shipped"),
+}
+TERMINAL_ACTIONS = frozenset({"stop", "ship"})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _jsonable(value: Any) -> Any:
+    """Make evidence storable as JSON on every backend.
+
+    numpy scalars become Python numbers, datetimes ISO strings, and non-finite floats None
+    (PostgreSQL's json type rejects NaN/Infinity).
+    """
+
+    def default(o: Any) -> Any:
+        item = getattr(o, "item", None)
+        if callable(item):
+            return item()
+        tolist = getattr(o, "tolist", None)
+        if callable(tolist):
+            return tolist()
+        if isinstance(o, datetime):
+            return o.isoformat()
+        if isinstance(o, (set, frozenset, tuple)):
+            return list(o)
+        return str(o)
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [clean(v) for v in o]
+        return o
+
+    return clean(json.loads(json.dumps(value, default=default)))
+
+
+def _state(exp: Experiment) -> dict[str, Any]:
+    return {"status": exp.status, "shipped_arm": exp.shipped_arm_key, "version": exp.version}
+
+
+def record_audit(
+    session: Session,
+    *,
+    experiment: Experiment,
+    actor: str,
+    action: str,
+    reason: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    evidence: dict[str, Any] | None,
+) -> AuditLog:
+    """Append one audit row (in the caller's transaction) and return it."""
+    row = AuditLog(
+        experiment_id=experiment.id,
+        at=_now(),
+        actor=actor,
+        action=action,
+        reason=reason or "",
+        before=_jsonable(before),
+        after=_jsonable(after),
+        evidence=_jsonable(evidence or {}),
+    )
+    session.add(row)
+    return row
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+def get_experiment(session: Session, *, key: str) -> Experiment:
+    """Load one experiment with its arms; ExperimentNotFound (404) when the key is unknown."""
+    exp = session.scalars(
+        select(Experiment).where(Experiment.key == key).options(selectinload(Experiment.arms))
+    ).one_or_none()
+    if exp is None:
+        raise ExperimentNotFound(f"no experiment with key {key!r}")
+    return exp
+
+
+def list_experiments(session: Session, *, status: str | None = None) -> list[Experiment]:
+    """All experiments (newest first), optionally only those with ``status``."""
+    stmt = select(Experiment).options(selectinload(Experiment.arms)).order_by(
+        Experiment.id.desc()
+    )
+    if status is not None:
+        if status not in EXPERIMENT_STATUSES:
+            raise ValidationFailed(
+                f"status {status!r} is not one of {', '.join(EXPERIMENT_STATUSES)}",
+                field="status",
+            )
+        stmt = stmt.where(Experiment.status == status)
+    return list(session.scalars(stmt))
+
+
+def list_audit(session: Session, *, key: str) -> list[AuditLog]:
+    """The experiment's audit trail, oldest first."""
+    exp = get_experiment(session, key=key)
+    return list(
+        session.scalars(
+            select(AuditLog).where(AuditLog.experiment_id == exp.id).order_by(AuditLog.id)
+        )
+    )
+
+
+# --- writes -----------------------------------------------------------------------------------
+
+
+def create_experiment(uow: UnitOfWork, *, spec: ExperimentSpec, actor: str) -> Experiment:
+    """Register a draft experiment with its arms; ExperimentExists (409) on a taken key."""
+    session = uow.session
+    taken = session.scalar(select(Experiment.id).where(Experiment.key == spec.key))
+    if taken is not None:
+        raise ExperimentExists(f"an experiment with key {spec.key!r} already exists")
+    exp = Experiment(
+        key=spec.key,
+        name=spec.name or spec.key,
+        description=spec.description,
+        status="draft",
+        unit=spec.unit,
+        reward_kind=spec.reward.kind,
+        reward_metric=spec.reward.metric,
+        policy_name=spec.policy.name,
+        policy_params=dict(spec.policy.params),
+        exploration_floor=spec.exploration_floor,
+        burn_in=spec.burn_in,
+        attribution_window_s=spec.attribution_window_s,
+        control_arm_key=spec.control_arm_key,
+        sequential=spec.sequential.model_dump(),
+        salt=spec.salt or secrets.token_hex(16),
+        arms=[
+            Arm(key=a.key, is_control=a.control, position=i, variant=dict(a.variant))
+            for i, a in enumerate(spec.arms)
+        ],
+    )
+    session.add(exp)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # lost a race with another create of the same key
+        session.rollback()
+        raise ExperimentExists(f"an experiment with key {spec.key!r} already exists") from exc
+    record_audit(
+        session,
+        experiment=exp,
+        actor=actor,
+        action="create",
+        reason="",
+        before={},
+        after=_state(exp) | {"arms": [a.key for a in exp.arms]},
+        evidence=None,
+    )
+    uow.flush()
+    return exp
+
+
+def _assert_variants_frozen(exp: Experiment) -> None:
+    """Arm variants are immutable once an experiment has left draft (DESIGN.md, Registry).
+
+    No endpoint edits a variant; this guards against any code path that tries: a change makes
+    a new arm (a new experiment), never an edit of evidence already collected.
+    """
+    if exp.status == "draft":
+        return
+    for arm in exp.arms:
+        state = inspect(arm)
+        if state.persistent and state.attrs.variant.history.has_changes():
+            raise IllegalTransition(
+                f"arm {arm.key!r} of experiment {exp.key!r} is {exp.status}: its variant is "
+                "immutable; register a new experiment (or a new arm) instead"
+            )
+
+
+def _transition(
+    uow: UnitOfWork,
+    exp: Experiment,
+    *,
+    action: str,
+    actor: str,
+    reason: str,
+    evidence: dict[str, Any] | None,
+    shipped_arm: str | None = None,
+) -> Experiment:
+    allowed, target = TRANSITIONS[action]
+    if exp.status not in allowed:
+        raise IllegalTransition(
+            f"cannot {action} experiment {exp.key!r}: it is {exp.status}; {action} needs "
+            f"status {' or '.join(sorted(allowed))}"
+        )
+    _assert_variants_frozen(exp)
+    before = _state(exp)
+    now = _now()
+    exp.status = target
+    if action == "start":
+        exp.started_at = now
+    else:
+        exp.ended_at = exp.ended_at or now
+    if shipped_arm is not None:
+        exp.shipped_arm_key = shipped_arm
+    # Flush the UPDATE first: the version check happens here, and after it exp.version holds
+    # the new version for the audit row.
+    uow.flush()
+    record_audit(
+        uow.session,
+        experiment=exp,
+        actor=actor,
+        action=action,
+        reason=reason,
+        before=before,
+        after=_state(exp),
+        evidence=evidence,
+    )
+    uow.flush()
+    return exp
+
+
+def start_experiment(uow: UnitOfWork, *, key: str, actor: str, reason: str = "") -> Experiment:
+    """draft -> running."""
+    exp = get_experiment(uow.session, key=key)
+    return _transition(uow, exp, action="start", actor=actor, reason=reason, evidence=None)
+
+
+def stop_experiment(
+    uow: UnitOfWork,
+    *,
+    key: str,
+    actor: str,
+    reason: str,
+    evidence: dict[str, Any] | None = None,
+) -> Experiment:
+    """running -> stopped: allocation ends and the control serves from now on."""
+    exp = get_experiment(uow.session, key=key)
+    return _transition(uow, exp, action="stop", actor=actor, reason=reason, evidence=evidence)
+
+
+def _ship_guard(
+    uow: UnitOfWork,
+    experiment: Experiment,
+    arm: str,
+    force: bool,
+    evidence: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Decide whether shipping ``arm`` is supported by the evidence; return what to audit.
+
+    Extension point for armlab.stats: consult the sequential test here and raise
+    (e.g. IllegalTransition / Conflict) when the evidence does not support ``arm`` and
+    ``force`` is false. Today it only passes the caller's evidence through.
+    """
+    return dict(evidence or {})
+
+
+def ship_experiment(
+    uow: UnitOfWork,
+    *,
+    key: str,
+    arm: str,
+    actor: str,
+    reason: str,
+    evidence: dict[str, Any] | None = None,
+    force: bool = False,
+) -> Experiment:
+    """running|stopped -> shipped: ``arm`` gets all traffic (propensity 1) from now on."""
+    exp = get_experiment(uow.session, key=key)
+    arm_keys = [a.key for a in exp.arms]
+    if arm not in arm_keys:
+        raise ArmNotFound(
+            f"experiment {key!r} has no arm {arm!r}; its arms are {', '.join(arm_keys)}"
+        )
+    allowed, _ = TRANSITIONS["ship"]
+    if exp.status not in allowed:  # checked before the guard so it never sees a bad state
+        raise IllegalTransition(
+            f"cannot ship experiment {key!r}: it is {exp.status}; ship needs status "
+            f"{' or '.join(sorted(allowed))}"
+        )
+    audited = _ship_guard(uow, exp, arm, force, evidence)
+    if force:
+        audited = {**audited, "force": True}
+    return _transition(
+        uow, exp, action="ship", actor=actor, reason=reason, evidence=audited, shipped_arm=arm
+    )
