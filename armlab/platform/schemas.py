@@ -39,7 +39,6 @@ Key = Annotated[
 ]
 
 PolicyName = Literal["thompson", "epsilon_greedy", "uniform", "top_two_thompson"]
-VARIANT_KINDS = ("bi_encoder", "cross_encoder", "lm_yes_no", "popularity")
 
 
 class _Strict(BaseModel):
@@ -171,28 +170,19 @@ class ArmSpec(_Strict):
         try:
             return validate_variant(v)
         except ValidationFailed as exc:
-            raise ValueError(
-                f"{exc.field}: {exc.message}" if exc.field else exc.message
-            ) from None
+            msg = exc.message
+            if exc.field and not msg.startswith(exc.field):
+                msg = f"{exc.field}: {msg}"
+            raise ValueError(msg) from None
 
 
 def validate_variant(v: dict[str, Any]) -> dict[str, Any]:
-    """Validate one arm's variant with the scoring area's rules.
+    """Validate one arm's variant with the scoring area's rules (returns it normalised).
 
-    Imported lazily: the scoring package pulls in nothing heavy at module level, but the
-    registry must not depend on it at import time either.
+    Imported lazily so importing the registry never imports the scoring package.
     """
-    try:
-        from armlab.scoring.variants import validate_variant as scoring_validate
-    except ModuleNotFoundError as exc:  # scoring area not installed yet: check the kind only
-        if exc.name not in ("armlab.scoring", "armlab.scoring.variants"):
-            raise
-        kind = v.get("kind")
-        if kind not in VARIANT_KINDS:
-            raise ValidationFailed(
-                f"kind {kind!r} is not one of {', '.join(VARIANT_KINDS)}", field="variant.kind"
-            ) from None
-        return dict(v)
+    from armlab.scoring.variants import validate_variant as scoring_validate
+
     return scoring_validate(v)
 
 
@@ -231,8 +221,8 @@ class ExperimentSpec(_Strict):
     unit: Literal["request", "user"] = Field(
         "request", description="request: a fresh draw per request; user: sticky per unit_id."
     )
-    reward: RewardSpec = Field(default_factory=lambda: RewardSpec())
-    policy: PolicySpec = Field(default_factory=lambda: PolicySpec())
+    reward: RewardSpec = Field(default_factory=lambda: RewardSpec.model_validate({}))
+    policy: PolicySpec = Field(default_factory=lambda: PolicySpec.model_validate({}))
     # arms comes before exploration_floor so the floor can be checked against 1/K.
     arms: list[ArmSpec] = Field(..., min_length=2, max_length=64)
     exploration_floor: float = Field(
@@ -242,7 +232,7 @@ class ExperimentSpec(_Strict):
     attribution_window_s: int = Field(
         3600, gt=0, le=90 * 86_400, description="Feedback later than this is not attributed."
     )
-    sequential: SequentialSpec = Field(default_factory=lambda: SequentialSpec())
+    sequential: SequentialSpec = Field(default_factory=lambda: SequentialSpec.model_validate({}))
     salt: str | None = Field(
         None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
         description="Hash salt for sticky assignment; random hex when omitted.",
