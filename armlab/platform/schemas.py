@@ -115,6 +115,7 @@ class PolicySpec(_Strict):
     name: PolicyName = "thompson"
     params: dict[str, Any] = Field(
         default_factory=dict,
+        validate_default=True,
         description="Policy parameters. thompson: prior_alpha, prior_beta, draws, seed; "
         "top_two_thompson: + beta in (0,1); epsilon_greedy: epsilon in [0,1], decay >= 0, "
         "min_epsilon; uniform: seed.",
