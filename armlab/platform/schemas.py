@@ -225,7 +225,7 @@ class ExperimentSpec(_Strict):
     reward: RewardSpec = Field(default_factory=lambda: RewardSpec.model_validate({}))
     policy: PolicySpec = Field(default_factory=lambda: PolicySpec.model_validate({}))
     # arms comes before exploration_floor so the floor can be checked against 1/K.
-    arms: list[ArmSpec] = Field(..., min_length=2, max_length=64)
+    arms: list[ArmSpec] = Field(..., min_length=2, max_length=256)
     exploration_floor: float = Field(
         0.0, ge=0, lt=1, description="Minimum traffic share of every arm; must be < 1/K."
     )
