@@ -2,7 +2,8 @@
 
 Impressions and reward sums are SUMs over the partition shards of ``arm_stats`` (each Kafka
 partition's consumer owns its own rows, see models.ArmStats); the traffic weight is the latest
-allocation snapshot, or a uniform split when the allocator has not written one yet.
+allocation snapshot, or a uniform split when the allocator has not written one yet; a shipped
+experiment serves its shipped arm only and a stopped one its control only.
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ def build_results(session: Session, experiment: Experiment) -> dict[str, Any]:
     totals = _arm_totals(session, experiment.id)
     snap = latest_snapshot(session, experiment.id)
     keys = [a.key for a in experiment.arms]
-    if snap is not None:
+    # What is actually served: a shipped arm takes everything, a stopped experiment serves its
+    # control (DESIGN.md, Registry); otherwise the latest snapshot, uniform before the first.
+    if experiment.status == "shipped" and experiment.shipped_arm_key in keys:
+        weights = {k: 1.0 if k == experiment.shipped_arm_key else 0.0 for k in keys}
+    elif experiment.status == "stopped":
+        weights = {k: 1.0 if k == experiment.control_arm_key else 0.0 for k in keys}
+    elif snap is not None:
         weights = {k: float(snap.weights.get(k, 0.0)) for k in keys}
     else:
         weights = {k: 1.0 / len(keys) for k in keys} if keys else {}
