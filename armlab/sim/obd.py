@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -160,6 +161,20 @@ def load_log(
 def estimate_policy(log: OBDLog, method: str = "propensity") -> dict[str, dict[str, float]]:
     """The logging policy's average action distribution per position, from its own log.
 
+    See :func:`estimate_policy_from`; this is the same on an :class:`OBDLog`.
+    """
+    return estimate_policy_from(
+        [arm_key(a) for a in log.item_id], [str(int(k)) for k in log.position],
+        [float(p) for p in log.propensity], method,
+    )
+
+
+def estimate_policy_from(
+    arms: Sequence[str], positions: Sequence[str], propensities: Sequence[float],
+    method: str = "propensity",
+) -> dict[str, dict[str, float]]:
+    """A logging policy's time-averaged action distribution per position, from its log.
+
     OBD does not publish the Bernoulli-TS policy's full action probabilities, only the
     propensity of the item it actually showed. Its posterior changed over the week, so the
     quantity to evaluate is the time-averaged distribution ``pibar(a|k) = mean_t pi_t(a|k)``.
@@ -174,17 +189,20 @@ def estimate_policy(log: OBDLog, method: str = "propensity") -> dict[str, dict[s
       with far less noise than counting. Items never shown at a position get 0.
     """
     _check("method", method, POLICY_ESTIMATES)
-    cnt: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-    inv: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-    for a, k, p in zip(log.item_id, log.position, log.propensity, strict=True):
-        cnt[int(k)][int(a)] += 1.0
-        inv[int(k)][int(a)] += 1.0 / float(p)
+    if not (len(arms) == len(positions) == len(propensities)):
+        raise ValidationFailed("arms, positions and propensities must have the same length",
+                               field="log")
+    cnt: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    inv: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for a, k, p in zip(arms, positions, propensities, strict=True):
+        if not p > 0:
+            raise ValidationFailed(f"propensity must be > 0, got {p}", field="propensity")
+        cnt[k][a] += 1.0
+        inv[k][a] += 1.0 / float(p)
     out: dict[str, dict[str, float]] = {}
     for k in sorted(cnt):
-        if method == "empirical":
-            raw = dict(cnt[k])
-        else:
-            raw = {a: cnt[k][a] / inv[k][a] for a in cnt[k]}
+        raw = dict(cnt[k]) if method == "empirical" else {a: cnt[k][a] / inv[k][a]
+                                                          for a in cnt[k]}
         total = sum(raw.values())
-        out[str(k)] = {arm_key(a): v / total for a, v in sorted(raw.items())}
+        out[k] = {a: v / total for a, v in sorted(raw.items())}
     return out

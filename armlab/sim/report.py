@@ -314,18 +314,21 @@ def chart_cs(data: ReportData) -> str:
             if stop and stop["arm"] == arm:
                 y = stop["estimate"] if stop["estimate"] is not None else 0.0
                 ax.plot([stop_x], [y], marker="o", color="#D55E00", markersize=7, zorder=5)
-                ax.annotate(f"stop: {stop['decision']}", (stop_x, y), xytext=(6, 8),
+                ax.annotate(f"stop: {stop['decision']}", (stop_x, y), xytext=(-8, 10),
                             textcoords="offset points", color="#D55E00", fontsize=9,
-                            fontweight="bold")
+                            fontweight="bold", ha="right",
+                            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none",
+                                  "alpha": 0.85})
         ax.set_title(f"{arm} − {data.control}", loc="left", fontsize=11, fontweight="bold")
         ax.set_xlabel(unit)
         ax.set_ylabel("difference in mean reward")
         _style(ax)
         if rows and i == 0:
             ax.legend(loc="lower right", frameon=False, fontsize=8)
+    height = 3.2 * nrows
+    fig.subplots_adjust(hspace=0.55, wspace=0.25, top=1.0 - 0.75 / height)
     fig.suptitle("Always-valid confidence sequences, treatment − control", x=0.01, ha="left",
-                 fontsize=12, fontweight="bold")
-    fig.subplots_adjust(hspace=0.55, wspace=0.25)
+                 y=1.0 - 0.1 / height, fontsize=12, fontweight="bold")
     return _svg(fig)
 
 
@@ -335,7 +338,7 @@ CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;
 background:#f6f7f9}
 main{max-width:1120px;margin:0 auto;padding:24px 28px 60px}
-h1{font-size:26px;margin:6px 0 2px}h2{font-size:18px;margin:30px 0 8px}
+h1{font-size:26px;margin:6px 0 2px}h2{font-size:18px;margin:2px 0 10px}
 .sub{color:#555;margin:0 0 14px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin:14px 0}
 .card{background:#fff;border:1px solid #e3e5e8;border-radius:8px;padding:10px 14px;min-width:140px}

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import sessionmaker
 
+from armlab.platform import service
 from armlab.platform.db import make_engine, make_session_factory
 from armlab.platform.models import AllocationSnapshot, Decision, Impression
 from armlab.platform.schemas import ExperimentSpec
-from armlab.platform import service
 from armlab.platform.uow import UnitOfWork
 from armlab.sim import report
 
@@ -106,7 +106,8 @@ class _Sections(HTMLParser):
         if tag == "script":
             self.scripts += 1
         if tag in ("img", "link", "script") and any(
-            (v or "").startswith(("http:", "https:", "//")) for k, v in attrs if k in ("src", "href")
+            (v or "").startswith(("http:", "https:", "//"))
+            for k, v in attrs if k in ("src", "href")
         ):
             self.external += 1
 
