@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         None, description="Extra directory searched for local model files."
     )
+    obd_dir: Path | None = Field(
+        None, description="Open Bandit Dataset sample (random/ and bts/); default: "
+        "<repo>/../shared/data/obd, then <repo>/shared/data/obd."
+    )
     log_level: str = "INFO"
 
     @field_validator("database_url")

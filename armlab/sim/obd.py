@@ -22,7 +22,6 @@ the obp authors evaluate policies on this data too (action and position, ``len_l
 from __future__ import annotations
 
 import csv
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,16 +90,19 @@ def obd_candidates(configured: str | Path | None = None) -> list[Path]:
 
 def locate_obd(configured: str | Path | None = None) -> Path:
     """The directory holding ``random/`` and ``bts/``, or a ConfigurationError naming the
-    places that were tried."""
-    tried = obd_candidates(configured)
-    for cand in tried:
+    places that were tried. An explicitly configured directory is never second-guessed."""
+    if configured:
+        cand = Path(configured).expanduser()
         if (cand / "random").is_dir() and (cand / "bts").is_dir():
             return cand
-    if configured:
         raise ConfigurationError(
             f"Open Bandit Dataset not found in ARMLAB_OBD_DIR={configured} "
             "(expected random/ and bts/ folders from the obp sdist's obp/dataset/obd)"
         )
+    tried = obd_candidates()
+    for cand in tried:
+        if (cand / "random").is_dir() and (cand / "bts").is_dir():
+            return cand
     raise ConfigurationError(
         "Open Bandit Dataset sample not found; tried "
         + ", ".join(str(p) for p in tried)
@@ -119,10 +121,13 @@ def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def load_log(
     policy: str, campaign: str = "all", *, base: str | Path | None = None, limit: int | None = None
 ) -> OBDLog:
-    """Read one log (``policy`` random|bts, ``campaign`` all|men|women), sorted by time."""
+    """Read one log (``policy`` random|bts, ``campaign`` all|men|women), sorted by time.
+
+    ``base``: the sample's directory (callers pass ``settings.obd_dir``); None searches the
+    default places (:func:`obd_candidates`)."""
     _check("policy", policy, POLICIES)
     _check("campaign", campaign, CAMPAIGNS)
-    root = Path(base) if base is not None else locate_obd(os.environ.get("ARMLAB_OBD_DIR"))
+    root = locate_obd(base)
     folder = root / policy / campaign
     data = folder / f"{campaign}.csv"
     items = folder / "item_context.csv"

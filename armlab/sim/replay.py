@@ -116,8 +116,9 @@ def replay_obd(
 
     obd._check("campaign", campaign, obd.CAMPAIGNS)
     obd._check("policy_estimate", policy_estimate, obd.POLICY_ESTIMATES)
-    logs = {p: obd.load_log(p, campaign, limit=limit) for p in obd.POLICIES}
     settings = settings or make_settings(stack)
+    logs = {p: obd.load_log(p, campaign, base=settings.obd_dir, limit=limit)
+            for p in obd.POLICIES}
     services = open_services(settings)
     t0 = time.perf_counter()
     try:
