@@ -1,0 +1,37 @@
+"""Sequential statistics: mSPRT, adaptive-valid (IPW) confidence sequences, SRM, corrections.
+
+Pure numpy/scipy (plus ``armlab.errors``); no I/O. See ``msprt`` for the fixed-allocation test
+of Johari et al. (2022) and ``adaptive`` for the propensity-weighted test that stays valid when a
+bandit moves traffic in response to the data.
+"""
+
+from armlab.stats.adaptive import ArmSums, IpwMoments, SrmResult, ipw_moments, ipw_msprt, srm_check
+from armlab.stats.msprt import (
+    MsprtResult,
+    MsprtState,
+    bonferroni_adjust,
+    holm_adjust,
+    mixture_test,
+    msprt_two_sample,
+    tau2_for_effect,
+    tau2_for_horizon,
+    two_sample_moments,
+)
+
+__all__ = [
+    "ArmSums",
+    "IpwMoments",
+    "MsprtResult",
+    "MsprtState",
+    "SrmResult",
+    "bonferroni_adjust",
+    "holm_adjust",
+    "ipw_moments",
+    "ipw_msprt",
+    "mixture_test",
+    "msprt_two_sample",
+    "srm_check",
+    "tau2_for_effect",
+    "tau2_for_horizon",
+    "two_sample_moments",
+]
