@@ -11,10 +11,11 @@ the whole body.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -296,6 +297,16 @@ class ShipRequest(_Strict):
 # --- responses --------------------------------------------------------------------------------
 
 
+def _as_utc(v: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything armlab stores is UTC."""
+    if v is not None and v.tzinfo is None:
+        return v.replace(tzinfo=UTC)
+    return v
+
+
+UtcDatetime = Annotated[datetime | None, AfterValidator(_as_utc)]
+
+
 class ArmOut(BaseModel):
     key: str
     control: bool
@@ -313,9 +324,9 @@ class ExperimentSummary(BaseModel):
     shipped_arm: str | None
     arms: list[str]
     version: int
-    created_at: datetime | None
-    started_at: datetime | None
-    ended_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime
+    ended_at: UtcDatetime
 
 
 class ExperimentOut(BaseModel):
@@ -334,10 +345,10 @@ class ExperimentOut(BaseModel):
     salt: str
     shipped_arm: str | None
     version: int
-    created_at: datetime | None
-    updated_at: datetime | None
-    started_at: datetime | None
-    ended_at: datetime | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    started_at: UtcDatetime
+    ended_at: UtcDatetime
     arms: list[ArmOut]
 
 
@@ -373,7 +384,7 @@ class ResultsOut(BaseModel):
 
 class AuditEntry(BaseModel):
     id: int
-    at: datetime | None
+    at: UtcDatetime
     actor: str
     action: str
     reason: str
