@@ -62,10 +62,7 @@ def _jsonable(value: Any) -> Any:
     """
 
     def default(o: Any) -> Any:
-        item = getattr(o, "item", None)
-        if callable(item):
-            return item()
-        tolist = getattr(o, "tolist", None)
+        tolist = getattr(o, "tolist", None)  # numpy arrays and scalars alike
         if callable(tolist):
             return tolist()
         if isinstance(o, datetime):
