@@ -174,11 +174,10 @@ def _want_die_with_parent(requested: bool) -> bool:
 def find_pg_bin(bin_dir: str | os.PathLike[str] | None = None) -> Path:
     """Directory holding ``initdb`` and ``postgres``: explicit, $PATH, or the Debian layout."""
     candidates: list[Path] = []
-    if bin_dir is not None:
-        candidates.append(Path(bin_dir))
+    explicit = bin_dir if bin_dir is not None else os.environ.get("ARMLAB_PG_BIN")
+    if explicit:  # an explicit choice is the only candidate: no silent fallback
+        candidates.append(Path(explicit))
     else:
-        if env := os.environ.get("ARMLAB_PG_BIN"):
-            candidates.append(Path(env))
         on_path = shutil.which("initdb")
         if on_path:
             candidates.append(Path(on_path).resolve().parent)
