@@ -41,14 +41,17 @@ class ArmlabClient:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
+        """``http`` reuses an existing client (tests pass FastAPI's TestClient)."""
         self.base_url = base_url.rstrip("/")
-        headers = {"Accept": "application/json"}
+        self._headers = {"Accept": "application/json"}
         if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._http = http or httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport
         )
+        self._owns_http = http is None
 
     def __enter__(self) -> ArmlabClient:
         return self
@@ -57,13 +60,15 @@ class ArmlabClient:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        if self._owns_http:
+            self._http.close()
 
     # --- plumbing -----------------------------------------------------------------------
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            resp = self._http.request(method, path, **kwargs)
+            headers = {**self._headers, **kwargs.pop("headers", {})}
+            resp = self._http.request(method, path, headers=headers, **kwargs)
         except httpx.ConnectError as exc:
             raise ServiceUnavailable(
                 f"cannot reach the armlab API at {self.base_url}: {_one_line(str(exc), 200)} "
