@@ -49,39 +49,50 @@ class _Strict(BaseModel):
 
 
 # --- policy parameters, one model per policy ------------------------------------------------
+# Names and ranges mirror armlab.policies (ThompsonSettings, EpsilonGreedySettings,
+# UniformSettings); PolicySpec also asks armlab.policies.make_policy, so the allocator can
+# always build what the registry accepted.
 
 
 class _ParamsBase(_Strict):
-    seed: int | None = Field(None, description="Seed of the policy's random generator.")
+    pass
 
 
 class ThompsonParams(_ParamsBase):
-    """Beta(prior_alpha, prior_beta) prior, binary rewards (Thompson 1933; Chapelle & Li 2011)."""
+    """Thompson sampling (Thompson 1933; Chapelle & Li 2011).
+
+    Beta(prior_alpha, prior_beta) for binary rewards; Normal-Inverse-Gamma(prior_mean,
+    prior_kappa, prior_shape, prior_rate) for continuous ones. P(best) by quadrature on
+    ``grid`` nodes or by Monte Carlo with ``n_draws`` draws.
+    """
 
     prior_alpha: float = Field(1.0, gt=0)
     prior_beta: float = Field(1.0, gt=0)
-    draws: int = Field(
-        10_000, ge=100, le=1_000_000,
-        description="Monte Carlo draws used to estimate P(arm is best).",
-    )
+    prior_mean: float = Field(0.0, allow_inf_nan=False)
+    prior_kappa: float = Field(1.0, gt=0)
+    prior_shape: float = Field(1.0, gt=0)
+    prior_rate: float = Field(1.0, gt=0)
+    method: Literal["quadrature", "monte_carlo"] = "quadrature"
+    n_draws: int = Field(20_000, ge=100, le=10_000_000)
+    grid: int = Field(257, ge=17, le=10_001)
 
 
 class TopTwoThompsonParams(ThompsonParams):
-    """Top-two Thompson sampling (Russo 2016): beta = probability of playing the leader."""
+    """Top-two Thompson sampling (Russo 2016): top_two_beta = probability of the leader."""
 
-    beta: float = Field(0.5, gt=0, lt=1)
+    top_two_beta: float = Field(0.5, gt=0, lt=1)
 
 
 class EpsilonGreedyParams(_ParamsBase):
-    """epsilon_t = max(min_epsilon, epsilon / (1 + decay * t)); decay = 0 is a fixed epsilon."""
+    """Fixed epsilon, or a decaying schedule with constant ``decay_c`` (see armlab.policies)."""
 
     epsilon: float = Field(0.1, ge=0, le=1)
-    decay: float = Field(0.0, ge=0)
-    min_epsilon: float = Field(0.0, ge=0, le=1)
+    schedule: Literal["fixed", "decay"] = "fixed"
+    decay_c: float = Field(100.0, gt=0)
 
 
 class UniformParams(_ParamsBase):
-    """The classic A/B(/n) split: no parameters besides the seed."""
+    """The classic A/B(/n) split: no parameters."""
 
 
 POLICY_PARAM_MODELS: dict[str, type[_ParamsBase]] = {
@@ -117,9 +128,11 @@ class PolicySpec(_Strict):
     params: dict[str, Any] = Field(
         default_factory=dict,
         validate_default=True,
-        description="Policy parameters. thompson: prior_alpha, prior_beta, draws, seed; "
-        "top_two_thompson: + beta in (0,1); epsilon_greedy: epsilon in [0,1], decay >= 0, "
-        "min_epsilon; uniform: seed.",
+        description="Policy parameters (omitted ones take the policy's defaults). "
+        "thompson: prior_alpha, prior_beta (binary), prior_mean, prior_kappa, prior_shape, "
+        "prior_rate (continuous), method quadrature|monte_carlo, n_draws, grid; "
+        "top_two_thompson: + top_two_beta in (0,1); epsilon_greedy: epsilon in [0,1], "
+        "schedule fixed|decay, decay_c > 0; uniform: none.",
     )
 
     @field_validator("params")
@@ -133,13 +146,26 @@ class PolicySpec(_Strict):
             parsed = model.model_validate(v)
         except ValidationError as exc:
             raise ValueError(_flatten_errors(exc, "params.")) from None
-        if isinstance(parsed, EpsilonGreedyParams) and parsed.min_epsilon > parsed.epsilon:
-            raise ValueError(
-                f"params.min_epsilon: {parsed.min_epsilon} must not exceed "
-                f"epsilon {parsed.epsilon}"
-            )
-        # Store what the caller gave plus defaults, so the policy sees one complete dict.
-        return parsed.model_dump()
+        # Store only what the caller set: the policy's own defaults apply to the rest.
+        params = parsed.model_dump(exclude_unset=True)
+        _check_with_policies(str(name), params)
+        return params
+
+
+def _check_with_policies(name: str, params: dict[str, Any]) -> None:
+    """Ask armlab.policies to build the policy, so registry and allocator never disagree."""
+    try:
+        from armlab.policies import make_policy
+    except ModuleNotFoundError as exc:  # policies area absent: the models above suffice
+        if exc.name not in ("armlab.policies",):
+            raise
+        return
+    from armlab.errors import PolicyError
+
+    try:
+        make_policy(name, params)
+    except PolicyError as exc:
+        raise ValueError(f"params: {exc.message}") from None
 
 
 class SequentialSpec(_Strict):

@@ -127,7 +127,7 @@ def test_full_lifecycle_through_every_route(client: TestClient) -> None:
     assert exp["control_arm_key"] == "control"
     assert len(exp["salt"]) == 32 and int(exp["salt"], 16) >= 0  # random hex
     assert exp["sequential"]["alpha"] == 0.05 and exp["sequential"]["correction"] == "holm"
-    assert exp["policy"]["params"]["prior_alpha"] == 1.0  # defaults filled in
+    assert exp["policy"] == {"name": "thompson", "params": {}}  # policy defaults apply
     assert [a["key"] for a in exp["arms"]] == ["control", "minilm"]
     assert exp["arms"][1]["variant"]["model"] == "all-MiniLM-L6-v2"
 
@@ -343,20 +343,28 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "params.epsilon"),
     ("epsilon-negative", make_spec(policy={**EG, "params": {"epsilon": -0.1}}), "policy.params",
      "params.epsilon"),
-    ("decay-negative", make_spec(policy={**EG, "params": {"decay": -1}}), "policy.params",
-     "params.decay"),
-    ("min-epsilon-above-epsilon",
-     make_spec(policy={**EG, "params": {"epsilon": 0.1, "min_epsilon": 0.2}}), "policy.params",
-     "params.min_epsilon"),
+    ("decay-c-zero", make_spec(policy={**EG, "params": {"schedule": "decay", "decay_c": 0}}),
+     "policy.params", "params.decay_c"),
+    ("schedule-unknown", make_spec(policy={**EG, "params": {"schedule": "exp"}}),
+     "policy.params", "params.schedule"),
     ("prior-alpha-zero", _with("policy.params", {"prior_alpha": 0}), "policy.params",
      "params.prior_alpha"),
     ("prior-beta-negative", _with("policy.params", {"prior_beta": -2}), "policy.params",
      "params.prior_beta"),
-    ("draws-too-few", _with("policy.params", {"draws": 5}), "policy.params", "params.draws"),
-    ("top-two-beta-1", make_spec(policy={"name": "top_two_thompson", "params": {"beta": 1.0}}),
-     "policy.params", "params.beta"),
-    ("top-two-beta-0", make_spec(policy={"name": "top_two_thompson", "params": {"beta": 0}}),
-     "policy.params", "params.beta"),
+    ("draws-too-few", _with("policy.params", {"n_draws": 5}), "policy.params",
+     "params.n_draws"),
+    ("thompson-method", _with("policy.params", {"method": "exact"}), "policy.params",
+     "params.method"),
+    ("prior-mean-nan", _with("policy.params", {"prior_mean": "nan"}), "policy.params",
+     "params.prior_mean"),
+    ("top-two-beta-1",
+     make_spec(policy={"name": "top_two_thompson", "params": {"top_two_beta": 1.0}}),
+     "policy.params", "params.top_two_beta"),
+    ("top-two-beta-0",
+     make_spec(policy={"name": "top_two_thompson", "params": {"top_two_beta": 0}}),
+     "policy.params", "params.top_two_beta"),
+    ("plain-thompson-has-no-top-two-beta", _with("policy.params", {"top_two_beta": 0.5}),
+     "policy.params", "params.top_two_beta"),
     ("unknown-policy-param", _with("policy.params", {"temperature": 2}), "policy.params",
      "params.temperature"),
     ("uniform-takes-no-epsilon", make_spec(policy={"name": "uniform", "params": {"epsilon": 0.1}}),
@@ -407,13 +415,24 @@ def test_valid_edge_values_are_accepted(client: TestClient) -> None:
     create(client, key="a", exploration_floor=0.0, burn_in=0, attribution_window_s=1)
     create(client, key="b", exploration_floor=0.333,
            arms=[CTRL, TREAT, {**TREAT, "key": "t2"}],
-           policy={"name": "epsilon_greedy", "params": {"epsilon": 1.0, "decay": 0.5}})
+           policy={"name": "epsilon_greedy",
+                   "params": {"epsilon": 1.0, "schedule": "decay", "decay_c": 0.5}})
     create(client, key="c", unit="user", reward={"kind": "continuous", "metric": "dwell"},
-           policy={"name": "top_two_thompson", "params": {"beta": 0.7, "seed": 3}},
+           policy={"name": "top_two_thompson",
+                   "params": {"top_two_beta": 0.7, "method": "monte_carlo", "n_draws": 1000}},
            sequential={"alpha": 0.1, "tau2": 0.5, "max_n": 10_000, "correction": "bonferroni",
                        "auto_stop": True, "min_samples": 0})
     c = client.get("/v1/experiments/c", headers=READER).json()
-    assert c["policy"]["params"]["beta"] == 0.7 and c["unit"] == "user"
+    assert c["policy"]["params"] == {"top_two_beta": 0.7, "method": "monte_carlo",
+                                     "n_draws": 1000}
+    assert c["unit"] == "user"
+    # whatever the registry accepts, the allocator can build
+    from armlab.policies import make_policy
+
+    for key in ("a", "b", "c"):
+        e = client.get(f"/v1/experiments/{key}", headers=READER).json()
+        make_policy(e["policy"]["name"], e["policy"]["params"], reward_kind=e["reward"]["kind"],
+                    floor=e["exploration_floor"], burn_in=e["burn_in"])
     assert c["sequential"]["tau2"] == 0.5 and c["sequential"]["auto_stop"] is True
 
 
