@@ -310,8 +310,7 @@ class ThompsonSampling:
     def weights(self, stats: ArmStats, rng: np.random.Generator) -> AllocationWeights:
         s = self.settings
         check_floor(s.floor, stats.k)
-        if s.reward == "binary" and np.any(stats.reward_sum > stats.n + 1e-9):
-            raise PolicyError("binary rewards: successes exceed observations for some arm")
+        # binary rewards: successes are clipped into [0, n] by beta_posterior
         if in_burn_in(stats, s.burn_in):
             return AllocationWeights(
                 uniform_weights(stats.k), "burn_in", details={"burn_in": s.burn_in}
