@@ -154,6 +154,10 @@ def render_results(console: Console, results: dict[str, Any]) -> None:
         console.print(f"weights from snapshot #{snap['id']} at {snap.get('created_at')}")
     else:
         console.print("no allocation snapshot yet: weights shown are the uniform split")
+    # stats area: the sequential-test table (estimates, always-valid p, confidence sequences).
+    from armlab.platform.decisions import render_sequential
+
+    render_sequential(console, results.get("sequential"))
 
 
 def _print_transition(exp: dict[str, Any], as_json: bool, verb: str) -> None:

@@ -314,10 +314,45 @@ def ship_guard(session: Session, experiment: Experiment, arm: str, force: bool) 
                        f"always-valid p {e['p_adjusted']:.3g}, confidence sequence "
                        f"[{'-inf' if lo is None else f'{lo:.4g}'}, "
                        f"{'inf' if hi is None else f'{hi:.4g}'}]")
-    evidence = {"sequential": ev}
+    # Without a single valid look there is nothing to record (nor to argue against).
+    has_evidence = any(e.get("valid") for e in ev["arms"])
+    evidence: dict[str, Any] = {"sequential": ev} if has_evidence else {}
     if problem and not force:
         raise Conflict(f"shipping against the sequential evidence: {problem}; pass --force "
                        "(force=true) to ship anyway")
     if problem:
         evidence["overridden"] = problem
     return evidence
+
+
+def render_sequential(console: Any, seq: dict[str, Any] | None) -> None:
+    """Rich table of the sequential evaluation for ``armlab experiments show``."""
+    if not seq:
+        return
+    if "error" in seq:
+        console.print(f"sequential test unavailable: {seq['error']}")
+        return
+    from rich.table import Table
+
+    def f(x: Any, spec: str = ".4g") -> str:
+        return "-" if x is None else format(float(x), spec)
+
+    title = (f"sequential test ({seq['method']}, alpha {seq['alpha']}, {seq['correction']}, "
+             f"tau2 {f(seq.get('tau2'))})")
+    table = Table(title=title)
+    for col in ("arm", "decision", "estimate", "p (always-valid)", "p adjusted",
+                "confidence sequence", "n control", "n treatment", "reason"):
+        table.add_column(col)
+    for a in seq.get("arms", []):
+        lo = "-inf" if a.get("ci_low") is None else f(a["ci_low"])
+        hi = "inf" if a.get("ci_high") is None else f(a["ci_high"])
+        table.add_row(a["arm"], a["decision"], f(a.get("estimate"), "+.4g"), f(a.get("p_value")),
+                      f(a.get("p_adjusted")), f"[{lo}, {hi}]", f(a["n_control"], ".0f"),
+                      f(a["n_treatment"], ".0f"), str(a.get("reason", "")))
+    console.print(table)
+    srm = seq.get("srm") or {}
+    if srm.get("checked"):
+        console.print(f"SRM (always-valid, time-varying weights): p {f(srm.get('p_value'))}"
+                      f"{'  MISMATCH' if srm.get('mismatch') else ''}")
+    for w in seq.get("warnings", []):
+        console.print(f"warning: {w}")

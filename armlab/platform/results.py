@@ -94,5 +94,18 @@ def build_results(session: Session, experiment: Experiment) -> dict[str, Any]:
         "control_arm": experiment.control_arm_key,
         "arms": arms,
         "snapshot": snapshot,
-        "sequential": None,
+        # stats area (armlab.platform.decisions): always-valid estimates, p-values, confidence
+        # sequences, decisions and the SRM check per treatment arm.
+        "sequential": _sequential(session, experiment),
     }
+
+
+def _sequential(session: Session, experiment: Experiment) -> dict[str, Any]:
+    """Added by the stats area: the sequential evaluation, or the reason it is unavailable."""
+    from armlab.errors import ArmlabError
+    from armlab.platform.decisions import evaluate_experiment
+
+    try:
+        return evaluate_experiment(session, experiment)
+    except ArmlabError as exc:
+        return {"error": exc.message}

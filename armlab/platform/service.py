@@ -293,7 +293,11 @@ def _ship_guard(
     (e.g. IllegalTransition / Conflict) when the evidence does not support ``arm`` and
     ``force`` is false. Today it only passes the caller's evidence through.
     """
-    return dict(evidence or {})
+    # stats area: refuse (Conflict) to ship against the sequential evidence unless forced;
+    # the evaluation goes into the audit evidence either way.
+    from armlab.platform.decisions import ship_guard
+
+    return {**dict(evidence or {}), **ship_guard(uow.session, experiment, arm, force)}
 
 
 def ship_experiment(

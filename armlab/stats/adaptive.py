@@ -74,9 +74,6 @@ class ArmSums:
             _check(name, getattr(self, name))
         for name in ("reward_sum", "ipw_sum"):
             _check(name, getattr(self, name), nonneg=False)
-        if self.n > 0 and self.ipw_n <= 0:
-            raise StatsError("ipw_n is 0 although the arm has impressions: propensities were "
-                             "not logged, the adaptive-valid test needs them")
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, float]) -> ArmSums:
@@ -136,6 +133,10 @@ def ipw_moments(t: float, a: ArmSums, b: ArmSums, *, binary: bool = False) -> Ip
       (where r/p² = r²/p² makes the realised sum available) the larger of the two is used.
     """
     t = _check("t", t)
+    for arm in (a, b):
+        if arm.n > 0 and arm.ipw_n <= 0:
+            raise StatsError("ipw_n is 0 although the arm has impressions: propensities were "
+                             "not logged, the adaptive-valid test needs them")
     if t == 0 or a.n == 0 or b.n == 0:
         return IpwMoments(t, 0.0, 0.0)
     fa = [np.float64(getattr(a, f)) for f in _FIELDS]

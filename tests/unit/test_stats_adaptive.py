@@ -56,7 +56,8 @@ def test_binary_variance_is_at_least_the_realised_one() -> None:
 
 def test_arm_sums_without_propensities_are_rejected() -> None:
     with pytest.raises(StatsError, match="propensities were not logged"):
-        ArmSums(100, 5, 5, 0, 0, 0, 0)
+        ipw_msprt(200, ArmSums(100, 5, 5, 0, 0, 0, 0), ArmSums(100, 5, 5, 200, 10, 20, 400),
+                  tau2=1e-4)
     with pytest.raises(StatsError, match="must be a finite"):
         ArmSums(100, float("nan"), 5, 200, 10, 20, 400)
 
