@@ -216,6 +216,9 @@ def _after_snapshot(uow: UnitOfWork, experiment: Experiment, now: datetime) -> N
     if experiment.status != "running":
         return
     # stats area: sequential decisions for this experiment (same transaction as the snapshot).
+    from armlab.platform.decisions import run_decisions
+
+    run_decisions(uow, experiment, actor="allocator", now=now)
 
 
 def run_allocation(
