@@ -170,7 +170,7 @@ def evaluate_experiment(
             warnings.append(f"arm {k}: {exc.message}")
             results[k] = None
 
-    raw_p = [results[k].p_value if results[k] is not None else 1.0 for k in treatments]
+    raw_p = [r.p_value if (r := results[k]) is not None else 1.0 for k in treatments]
     adjusted = (holm_adjust(raw_p) if correction == "holm" else bonferroni_adjust(raw_p)) \
         if treatments else []
     horizon_reached = max_n is not None and t_total >= float(max_n)

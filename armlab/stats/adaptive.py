@@ -139,9 +139,9 @@ def ipw_moments(t: float, a: ArmSums, b: ArmSums, *, binary: bool = False) -> Ip
                              "not logged, the adaptive-valid test needs them")
     if t == 0 or a.n == 0 or b.n == 0:
         return IpwMoments(t, 0.0, 0.0)
-    fa = [np.float64(getattr(a, f)) for f in _FIELDS]
-    fb = [np.float64(getattr(b, f)) for f in _FIELDS]
-    mean, sigma2, c = ipw_kernel(np.float64(t), *fa, *fb, binary=binary)
+    fa = [np.asarray(getattr(a, f), dtype=np.float64) for f in _FIELDS]
+    fb = [np.asarray(getattr(b, f), dtype=np.float64) for f in _FIELDS]
+    mean, sigma2, c = ipw_kernel(np.asarray(t, dtype=np.float64), *fa, *fb, binary=binary)
     if not (np.isfinite(mean) and np.isfinite(sigma2)):
         raise StatsError("arm sums give a non-finite IPW estimate")
     return IpwMoments(t, float(mean), float(sigma2), float(c))

@@ -1,4 +1,4 @@
-"""Sequential decisions on real PostgreSQL: Decision rows, running state, auto_stop with evidence."""
+"""Sequential decisions on PostgreSQL: Decision rows, running state, auto_stop evidence."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def test_auto_stop_stops_with_evidence_in_the_audit_log(sf: Any) -> None:
     with UnitOfWork(sf) as uow:
         ev = run_decisions(uow, service.get_experiment(uow.session, key="seq"))
         uow.commit()
-    assert ev["method"] == "ipw" and ev["stopped"] and ev["arms"][0]["decision"] == "treatment_better"
+    assert ev["method"] == "ipw" and ev["stopped"]
+    assert ev["arms"][0]["decision"] == "treatment_better"
     with sf() as s:
         exp = service.get_experiment(s, key="seq")
         assert exp.status == "stopped"

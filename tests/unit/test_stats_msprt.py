@@ -26,7 +26,7 @@ from armlab.stats.msprt import (
 
 
 def lambda_by_quadrature(d: float, v: float, tau2: float, theta0: float) -> float:
-    """Integral of the likelihood ratio N(d; theta, V)/N(d; theta0, V) over theta ~ N(theta0, tau²)."""
+    """Integral of N(d; theta, V)/N(d; theta0, V) over theta ~ N(theta0, tau²)."""
     tau = math.sqrt(tau2)
     f = lambda th: norm.pdf(d, th, math.sqrt(v)) * norm.pdf(th, theta0, tau)  # noqa: E731
     num, _ = integrate.quad(f, theta0 - 12 * tau, theta0 + 12 * tau, points=[d], limit=200)
@@ -35,9 +35,11 @@ def lambda_by_quadrature(d: float, v: float, tau2: float, theta0: float) -> floa
 
 @pytest.mark.parametrize(
     ("d", "v", "tau2", "theta0"),
-    [(0.01, 1e-5, 1e-4, 0.0), (-0.02, 4e-5, 2.5e-5, 0.0), (0.3, 0.01, 0.04, 0.1), (0.0, 0.5, 1.0, 0.0)],
+    [(0.01, 1e-5, 1e-4, 0.0), (-0.02, 4e-5, 2.5e-5, 0.0), (0.3, 0.01, 0.04, 0.1),
+     (0.0, 0.5, 1.0, 0.0)],
 )
-def test_closed_form_matches_numerical_mixture(d: float, v: float, tau2: float, theta0: float) -> None:
+def test_closed_form_matches_numerical_mixture(d: float, v: float, tau2: float,
+                                               theta0: float) -> None:
     assert np.isclose(math.exp(float(log_lambda(d, v, tau2, theta0))),
                       lambda_by_quadrature(d, v, tau2, theta0), rtol=1e-6)
 
@@ -62,7 +64,8 @@ def test_bernoulli_plugin_variance_and_unequal_n() -> None:
     pa, pb = 0.05, 0.07
     v = pa * (1 - pa) / 1000 + pb * (1 - pb) / 3000
     assert np.isclose(r.variance, v) and np.isclose(r.estimate, 0.02)
-    assert np.isclose(r.log_lambda, 0.5 * math.log(v / (v + 1e-4)) + 1e-4 * 0.02**2 / (2 * v * (v + 1e-4)))
+    expected = 0.5 * math.log(v / (v + 1e-4)) + 1e-4 * 0.02**2 / (2 * v * (v + 1e-4))
+    assert np.isclose(r.log_lambda, expected)
 
 
 def test_confidence_interval_is_the_set_where_lambda_is_below_one_over_alpha() -> None:
