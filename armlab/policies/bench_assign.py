@@ -1,0 +1,251 @@
+"""``armlab bench assign``: the assign endpoint under load, from a separate process, on loopback.
+
+1. A database (``ARMLAB_DATABASE_URL`` if it is PostgreSQL, else a temporary SQLite file) is
+   migrated and gets a running experiment with an allocation snapshot.
+2. The API runs in its own process (uvicorn, uvloop + httptools, one worker, auth on).
+3. A load process (this module's ``__main__``) drives ``POST /v1/experiments/{key}/assign``
+   with httpx keep-alive connections from ``concurrency`` asyncio tasks, bounded by a request
+   count and a time limit, and reports throughput and latency percentiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+KEY = "bench-assign"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _prepare(url: str, unit: str) -> None:
+    from armlab.platform import migrate, service
+    from armlab.platform.bootstrap import bootstrap
+    from armlab.platform.models import AllocationSnapshot
+    from armlab.platform.schemas import ExperimentSpec
+    from armlab.platform.uow import UnitOfWork
+    from armlab.settings import Settings
+
+    migrate.upgrade(url)
+    svc = bootstrap(Settings(database_url=url))
+    try:
+        key = f"{KEY}-{unit}-{secrets.token_hex(3)}"
+        spec = ExperimentSpec.model_validate(
+            {
+                "key": key,
+                "unit": unit,
+                "arms": [
+                    {"key": "control", "control": True, "variant": {"kind": "popularity"}},
+                    {"key": "a", "variant": {"kind": "popularity"}},
+                    {"key": "b", "variant": {"kind": "popularity"}},
+                ],
+            }
+        )
+        with UnitOfWork(svc.session_factory) as uow:
+            exp = service.create_experiment(uow, spec=spec, actor="bench")
+            service.start_experiment(uow, key=key, actor="bench")
+            uow.flush()
+            uow.session.add(
+                AllocationSnapshot(
+                    experiment_id=exp.id,
+                    policy_name="thompson",
+                    policy_version="1",
+                    weights={"control": 0.2, "a": 0.5, "b": 0.3},
+                    stats={},
+                )
+            )
+            uow.commit()
+    finally:
+        svc.close()
+    return key  # type: ignore[return-value]
+
+
+def run_assign_bench(
+    *,
+    requests: int = 20_000,
+    concurrency: int = 8,
+    max_seconds: float = 30.0,
+    unit: str = "request",
+) -> dict[str, Any]:
+    from armlab.errors import ConfigurationError
+
+    if unit not in ("request", "user"):
+        raise ConfigurationError(f"--unit must be request or user, got {unit!r}")
+    env_url = os.environ.get("ARMLAB_DATABASE_URL", "")
+    tmp = Path(tempfile.mkdtemp(prefix="armlab-bench-assign-"))
+    url = env_url if env_url.startswith("postgresql") else f"sqlite:///{tmp / 'bench.db'}"
+    key = _prepare(url, unit)
+    token = secrets.token_hex(16)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "ARMLAB_DATABASE_URL": url,
+        "ARMLAB_AUTH_TOKENS": f"bench:producer:{token}",
+        "ARMLAB_AUTH_DISABLED": "false",
+        "ARMLAB_LOG_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "armlab.platform.api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(base, key, token, server)
+        load = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "armlab.policies.bench_assign",
+                base,
+                key,
+                token,
+                str(requests),
+                str(concurrency),
+                str(max_seconds),
+                unit,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=max_seconds + 120,
+            check=False,
+        )
+        if load.returncode != 0:
+            raise ConfigurationError(f"load process failed: {load.stderr.strip()[-500:]}")
+        result = json.loads(load.stdout.strip().splitlines()[-1])
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    result.update(
+        {
+            "benchmark": "assign",
+            "database": "postgresql" if url.startswith("postgresql") else "sqlite",
+            "server": "uvicorn 1 worker (uvloop, httptools), auth on, separate process",
+            "client": f"httpx.AsyncClient keep-alive, {concurrency} concurrent, separate process",
+            "machine": "shared 2-core CI VM, no GPU (client and server share the cores)",
+            "targets": {"requests_per_s": ">= 2000", "p99_ms": "<= 10"},
+            "unit": unit,
+        }
+    )
+    return result
+
+
+def _wait_ready(base: str, key: str, token: str, server: subprocess.Popen[bytes]) -> None:
+    import httpx
+
+    from armlab.errors import ConfigurationError
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            err = server.stderr.read().decode()[-800:] if server.stderr else ""
+            raise ConfigurationError(f"API process exited early: {err}")
+        try:
+            r = httpx.post(
+                f"{base}/v1/experiments/{key}/assign",
+                json={"unit_id": "warm"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=2,
+            )
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise ConfigurationError("API did not become ready within 60 s")
+
+
+async def _load(
+    base: str, key: str, token: str, total: int, conc: int, max_s: float, unit: str
+) -> dict[str, Any]:
+    import httpx
+
+    lat: list[float] = []
+    errors = 0
+    counter = iter(range(total))
+    url = f"/v1/experiments/{key}/assign"
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as client:
+        # warm-up (connections opened, caches hot)
+        await asyncio.gather(
+            *(client.post(url, json={"unit_id": "w"}, headers=headers) for _ in range(conc))
+        )
+        t_end = time.perf_counter() + max_s
+
+        async def worker() -> None:
+            nonlocal errors
+            for i in counter:
+                if time.perf_counter() > t_end:
+                    return
+                uid = f"user{i % 5000}" if unit == "user" else f"r{i}"
+                t0 = time.perf_counter()
+                r = await client.post(url, json={"unit_id": uid}, headers=headers)
+                lat.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        wall = time.perf_counter() - t0
+    arr = sorted(lat)
+
+    def pct(q: float) -> float:
+        return round(arr[min(len(arr) - 1, int(q * len(arr)))] * 1e3, 3) if arr else float("nan")
+
+    return {
+        "requests": len(arr),
+        "errors": errors,
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(len(arr) / wall, 1) if wall > 0 else None,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "concurrency": conc,
+    }
+
+
+if __name__ == "__main__":  # the load process
+    b, k, tok, n, c, m, u = sys.argv[1:8]
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    print(json.dumps(asyncio.run(_load(b, k, tok, int(n), int(c), float(m), u))))
