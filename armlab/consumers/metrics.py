@@ -9,6 +9,7 @@ armlab_ingest_retries_total{cause}         counter: batch retries (database / ka
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -46,6 +47,8 @@ class IngestMetrics:
         self.records = 0
         self.busy_s = 0.0
         self.lag_now: dict[str, int] = {}
+        self.first_ts: float | None = None  # wall clock when the first batch started
+        self.last_ts: float | None = None  # wall clock when the last batch committed
 
     def observe_batch(
         self, outcomes: Counter[tuple[str, str]], rejects: Counter[str], seconds: float,
@@ -57,6 +60,10 @@ class IngestMetrics:
         for reason, n in rejects.items():
             self.dlq.labels(reason).inc(n)
             self.dlq_reasons[reason] += n
+        now = time.time()
+        if self.first_ts is None:
+            self.first_ts = now - seconds
+        self.last_ts = now
         self.batch_seconds.observe(seconds)
         self.batches += 1
         self.records += n_records
@@ -75,4 +82,6 @@ class IngestMetrics:
             "outcomes": dict(self.outcomes),
             "dlq": dict(self.dlq_reasons),
             "lag": dict(self.lag_now),
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
         }

@@ -198,8 +198,14 @@ class IngestRunner:
                 log.debug("lag unavailable: %s", exc)
         if not records:
             return 0
-        # Drop records of partitions we no longer own (revoked during poll).
-        records = [r for r in records if (r.topic, r.partition) in self._committed]
+        # Drop records of partitions we no longer own (revoked during poll) and records
+        # below the stored offset (already applied; e.g. fetched before a re-seek).
+        committed = self._committed
+        records = [
+            r for r in records
+            if (r.topic, r.partition) in committed
+            and r.offset >= (committed[(r.topic, r.partition)] or 0)
+        ]
         if not records:
             return 0
         self.process(records)

@@ -137,7 +137,8 @@ def advance_offsets(
                 )
                 .values(next_offset=end, updated_at=now)
             )
-        if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        # RETURNING instead of rowcount: psycopg reports -1 for INSERT .. ON CONFLICT.
+        if session.execute(stmt.returning(ConsumerOffset.__table__.c.next_offset)).first() is None:
             fenced.append((topic, part))
     if fenced:
         raise Fenced(fenced)
