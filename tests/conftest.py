@@ -43,6 +43,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 TEMPLATE_DB = "armlab_tmpl"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # kafka-python 3.0 loads its protocol schemas with deprecated importlib.resources calls.
+    for msg in ("read_text is deprecated", "open_text is deprecated"):
+        config.addinivalue_line("filterwarnings", f"ignore:{msg}:DeprecationWarning")
+
+
 def _announce(config: pytest.Config, message: str) -> None:
     """Print past pytest's output capture so the line shows in `make test` output."""
     reporter = config.pluginmanager.getplugin("terminalreporter")
