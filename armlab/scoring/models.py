@@ -145,7 +145,7 @@ _LOADED: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
 
 def default_cache_dir() -> Path:
-    """Fallback when no settings are passed down: ``.armlab/model-cache`` (ARMLAB_HOME's default)."""
+    """Fallback when no settings are passed down: ``.armlab/model-cache``."""
     return Path(".armlab") / "model-cache"
 
 

@@ -96,8 +96,9 @@ def top_k(
 
 
 def _batches(lengths: Sequence[int], batch_size: int, bucketing: bool) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lengths.__getitem__) if bucketing else range(len(lengths))
-    order = list(order)
+    order = list(range(len(lengths)))
+    if bucketing:
+        order.sort(key=lengths.__getitem__)
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -175,6 +176,7 @@ class BiEncoderScorer(_TorchScorer):
     def __init__(self, variant: VariantConfig, **kw: Any) -> None:
         super().__init__(variant, **kw)
         self.unit = variant.normalize or variant.similarity == "cosine"
+        self.encoded = 0  # texts through the encoder (cache hits excluded)
         self._text_cache: OrderedDict[str, Any] = OrderedDict()
         self._text_cache_max = 200_000
         self._catalogs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -207,7 +209,7 @@ class BiEncoderScorer(_TorchScorer):
                     out = torch.empty((len(seqs), emb.shape[-1]), dtype=emb.dtype,
                                       device=emb.device)
                 out[torch.tensor(idx, device=emb.device)] = emb
-        self.items_scored += len(seqs)
+        self.encoded += len(seqs)
         return out
 
     def encode(self, texts: Sequence[str]) -> Any:
@@ -264,31 +266,67 @@ class BiEncoderScorer(_TorchScorer):
         self, user: UserContext, catalog: CatalogView, k: int, exclude: set[str] | None = None
     ) -> list[dict[str, Any]]:
         """One user encoding + one matrix product + top-k over the cached catalog."""
+        return self.rank_catalog_many([user], catalog, [k], [exclude or set()])[0]
+
+    def rank_catalog_many(
+        self,
+        users: Sequence[UserContext],
+        catalog: CatalogView,
+        ks: Sequence[int],
+        excludes: Sequence[set[str]],
+    ) -> list[list[dict[str, Any]]]:
+        """B users against one cached catalog: one encoder pass, one (B,d)x(d,N) product."""
         import torch
 
         emb = self.catalog_embeddings(catalog)
+        texts = [render_user(self.variant, u) for u in users]
+        if not all(texts):
+            raise ScoringError("the user context is empty: give user text or a history")
         with self._lock:
-            u = self.encode_user(user)
+            u = self.encode(texts)
         with torch.inference_mode():
-            s = emb @ u.to(emb.dtype)
-            if exclude:
-                idx = [catalog.index[i] for i in exclude if i in catalog.index]
+            s = u.to(emb.dtype) @ emb.T  # (B, N)
+            for row, ex in enumerate(excludes):
+                idx = [catalog.index[i] for i in ex if i in catalog.index]
                 if idx:
-                    s[torch.tensor(idx, device=s.device)] = -math.inf
-            kk = min(k, s.shape[0])
-            vals, pos = torch.topk(s.float(), kk)
-            vals, pos = vals.cpu().numpy(), pos.cpu().numpy()
+                    s[row, torch.tensor(idx, device=s.device)] = -math.inf
+            kk = min(max(ks), s.shape[1])
+            top = torch.topk(s.float(), kk, dim=1)
+            vals, pos = top.values.cpu().numpy(), top.indices.cpu().numpy()
+        self.items_scored += len(users) * len(catalog.ids)
         return [
-            {"item_id": catalog.ids[p], "score": float(v)}
-            for v, p in zip(vals, pos, strict=True) if np.isfinite(v)
+            [
+                {"item_id": catalog.ids[p], "score": float(v)}
+                for v, p in zip(vals[r, : ks[r]], pos[r, : ks[r]], strict=True)
+                if np.isfinite(v)
+            ]
+            for r in range(len(users))
         ]
 
     def score(self, user: UserContext, items: Sequence[Item]) -> npt.NDArray[np.float64]:
+        return self.score_many([(user, items)])[0]
+
+    def score_many(
+        self, reqs: Sequence[tuple[UserContext, Sequence[Item]]]
+    ) -> list[npt.NDArray[np.float64]]:
+        """Several requests: user texts in one forward, candidate texts via the text cache."""
+        utexts = [render_user(self.variant, u) for u, _ in reqs]
+        if not all(utexts):
+            raise ScoringError("the user context is empty: give user text or a history")
+        texts = [[render_item(self.variant.item_template, it) for it in items] for _, items in reqs]
         with self._lock:
-            u = self.encode_user(user)
-            texts = [render_item(self.variant.item_template, it) for it in items]
-            e = self.encode_cached(texts)
-        return (e.float() @ u.float()).cpu().numpy().astype(np.float64)
+            u = self.encode(utexts).float()
+            flat = [t for ts in texts for t in ts]
+            e = self.encode_cached(flat).float() if flat else u[:0]
+        out, at = [], 0
+        for r, ts in enumerate(texts):
+            if not ts:
+                out.append(np.zeros(0))
+                continue
+            out.append((e[at : at + len(ts)] @ u[r]).cpu().numpy().astype(np.float64))
+            at += len(ts)
+        self.items_scored += len(flat)
+        return out
 
 
 class CrossEncoderScorer(_TorchScorer):
@@ -298,29 +336,40 @@ class CrossEncoderScorer(_TorchScorer):
     task = "sequence_classification"
 
     def score(self, user: UserContext, items: Sequence[Item]) -> npt.NDArray[np.float64]:
+        return self.score_many([(user, items)])[0]
+
+    def score_many(
+        self, reqs: Sequence[tuple[UserContext, Sequence[Item]]]
+    ) -> list[npt.NDArray[np.float64]]:
+        """All (user, item) pairs of several requests in one length-bucketed run."""
         import torch
 
-        utext = render_user(self.variant, user)
-        texts = [render_item(self.variant.item_template, it) for it in items]
-        if not texts:
-            return np.zeros(0)
-        enc = self.tok(
-            [utext] * len(texts), texts, truncation=True, max_length=self.variant.max_length,
-            padding=False,
-        )
-        seqs = [list(x) for x in enc["input_ids"]]
-        types = [list(x) for x in enc.get("token_type_ids", [[0] * len(s) for s in seqs])]
-        out = np.zeros(len(seqs))
-        with self._lock, torch.inference_mode():
-            for idx in _batches([len(s) for s in seqs], self.batch_size, self.bucketing):
-                ids, mask = self._pad([seqs[i] for i in idx], left=False)
-                tt, _ = self._pad([types[i] for i in idx], left=False)
-                tt = tt * mask  # pad positions carry pad_id in the type tensor; zero them
-                logits = self.forward(input_ids=ids, attention_mask=mask,
-                                      token_type_ids=tt).logits.float()
-                s = logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
-                out[idx] = s.cpu().numpy()
-        self.items_scored += len(seqs)
+        firsts, seconds, sizes = [], [], []
+        for user, items in reqs:
+            utext = render_user(self.variant, user)
+            firsts += [utext] * len(items)
+            seconds += [render_item(self.variant.item_template, it) for it in items]
+            sizes.append(len(items))
+        flat = np.zeros(len(firsts))
+        if firsts:
+            enc = self.tok(firsts, seconds, truncation=True, max_length=self.variant.max_length,
+                           padding=False)
+            seqs = [list(x) for x in enc["input_ids"]]
+            types = [list(x) for x in enc.get("token_type_ids", [[0] * len(s) for s in seqs])]
+            with self._lock, torch.inference_mode():
+                for idx in _batches([len(s) for s in seqs], self.batch_size, self.bucketing):
+                    ids, mask = self._pad([seqs[i] for i in idx], left=False)
+                    tt, _ = self._pad([types[i] for i in idx], left=False)
+                    tt = tt * mask  # pad positions carry pad_id in the type tensor; zero them
+                    logits = self.forward(input_ids=ids, attention_mask=mask,
+                                          token_type_ids=tt).logits.float()
+                    sc = logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
+                    flat[idx] = sc.cpu().numpy()
+            self.items_scored += len(seqs)
+        out, at = [], 0
+        for n in sizes:
+            out.append(flat[at : at + n])
+            at += n
         return out
 
 
@@ -397,6 +446,28 @@ class LMYesNoScorer(_TorchScorer):
             else:
                 out = self.score_pairs([prefix + c for c in conts])
         self.items_scored += len(conts)
+        return out
+
+    def score_many(
+        self, reqs: Sequence[tuple[UserContext, Sequence[Item]]]
+    ) -> list[npt.NDArray[np.float64]]:
+        """Several requests: with a shared prefix, one prefix pass per request; otherwise every
+        pair of every request goes into one left-padded, length-bucketed batch."""
+        if self.share_prefix:
+            return [self.score(u, items) for u, items in reqs]
+        seqs, sizes = [], []
+        for user, items in reqs:
+            if items:
+                prefix, conts = self.build(user, items)
+                seqs += [prefix + c for c in conts]
+            sizes.append(len(items))
+        with self._lock:
+            flat = self.score_pairs(seqs) if seqs else np.zeros(0)
+        self.items_scored += len(seqs)
+        out, at = [], 0
+        for n in sizes:
+            out.append(flat[at : at + n])
+            at += n
         return out
 
     def score_pairs(self, seqs: list[list[int]]) -> npt.NDArray[np.float64]:

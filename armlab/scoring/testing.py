@@ -1,3 +1,4 @@
+# ruff: noqa: S106  (special-token names, not passwords)
 """Tiny randomly initialised models built from a config, for tests and quick benchmarks.
 
 They go through the same directory-based loading path as real models (a Hugging Face
@@ -8,6 +9,7 @@ The tokenizer is a word-level tokenizer built in code over a small vocabulary.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 WORDS = (
     "the a of and to in is it you that he was for on are with as i his they be at one have "
@@ -62,16 +64,17 @@ def make_tiny_model(path: str | Path, kind: str = "encoder", *, seed: int = 0,
         LlamaConfig,
         LlamaForCausalLM,
     )
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    cfg: Any
+    model: Any
     if kind in ("encoder", "cross_encoder"):
         tok, n = _tokenizer("bert")
-        cfg = BertConfig(
+        cfg = BertConfig(  # type: ignore[call-arg]
             vocab_size=n, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
             intermediate_size=hidden * 2, max_position_embeddings=512, num_labels=1,
             pad_token_id=0,
