@@ -76,3 +76,61 @@ def synthetic_events(
             yield SynthEvent("feedback", imp_id.encode(), orjson.dumps(fb), fb)
             produced += 1
         i += 1
+
+
+def expected_stats(
+    events: Sequence[dict[str, object]],
+    *,
+    reward_kind: str = "binary",
+    metric: str = "click",
+    window_s: float = 3600.0,
+) -> dict[str, dict[str, float]]:
+    """Per-arm statistics computed directly from produced event dicts (a reference that
+    shares no code with the consumers): dedupe by event_id, join, window, reward rule."""
+    imps: dict[str, dict[str, object]] = {}
+    seen: set[str] = set()
+    fbs: list[dict[str, object]] = []
+    for ev in events:
+        if str(ev["event_id"]) in seen:
+            continue
+        seen.add(str(ev["event_id"]))
+        if ev["schema"] == "impression.v1":
+            imps.setdefault(str(ev["impression_id"]), ev)
+        else:
+            fbs.append(ev)
+    reward: dict[str, float] = dict.fromkeys(imps, 0.0)
+    fb_n: dict[str, int] = {}
+    for fb in fbs:
+        imp = imps.get(str(fb["impression_id"]))
+        if imp is None or fb["kind"] != metric:
+            continue
+        dt = (datetime.fromisoformat(str(fb["occurred_at"]))
+              - datetime.fromisoformat(str(imp["served_at"]))).total_seconds()
+        if not 0 <= dt <= window_s:
+            continue
+        iid = str(fb["impression_id"])
+        v = float(fb["value"])  # type: ignore[arg-type]
+        if reward_kind == "binary":
+            reward[iid] = 1.0 if (v > 0 or reward[iid] >= 1) else reward[iid]
+        else:
+            reward[iid] += v
+        arm = str(imp["arm_key"])
+        fb_n[arm] = fb_n.get(arm, 0) + 1
+    out: dict[str, dict[str, float]] = {}
+    for iid, imp in imps.items():
+        arm = str(imp["arm_key"])
+        p = float(imp["propensity"])  # type: ignore[arg-type]
+        r = reward[iid]
+        acc = out.setdefault(arm, dict.fromkeys(
+            ("n", "reward_sum", "reward_sumsq", "ipw_n", "ipw_sum", "ipw_sumsq", "ipw_n_sq",
+             "feedback_n"), 0.0))
+        acc["n"] += 1
+        acc["reward_sum"] += r
+        acc["reward_sumsq"] += r * r
+        acc["ipw_n"] += 1 / p
+        acc["ipw_sum"] += r / p
+        acc["ipw_sumsq"] += r * r / (p * p)
+        acc["ipw_n_sq"] += 1 / (p * p)
+    for arm, n in fb_n.items():
+        out[arm]["feedback_n"] = float(n)
+    return out
