@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from armlab.errors import ConfigurationError, ServiceUnavailable
 
@@ -155,6 +156,20 @@ def _signal_and_wait(pid: int, proc: subprocess.Popen[bytes] | None, sig: int,
             proc.wait(timeout=5)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(fn: _F) -> _F:
+    """Serialise start/stop/kill/restart: tests may restart a service from another thread."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _rotate(log: Path) -> None:
     if log.exists():
         with contextlib.suppress(OSError):
@@ -227,6 +242,7 @@ class PostgresServer:
     die_with_parent: bool = False
     start_timeout: float = 60.0
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -331,6 +347,7 @@ class PostgresServer:
             fh.write("\n" + "\n".join(conf) + "\n")
         self._meta_path().write_text(json.dumps({"port": self.port, "fast": self.fast}))
 
+    @_locked
     def start(self) -> PostgresServer:
         """Start (initialising the cluster on first use) and wait until it takes connections."""
         if self.is_running():
@@ -393,6 +410,7 @@ class PostgresServer:
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                     sql.Identifier(self.database), sql.Identifier(self.user)))
 
+    @_locked
     def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
         """Stop: ``fast`` (SIGINT: roll back sessions, checkpoint), ``smart`` or ``immediate``."""
         pid = self.pid
@@ -404,6 +422,7 @@ class PostgresServer:
         _signal_and_wait(pid, self._proc, sig, timeout)
         self._proc = None
 
+    @_locked
     def kill(self) -> None:
         """SIGKILL the postmaster (a crash); the next start() runs crash recovery."""
         pid = self.pid
@@ -416,6 +435,7 @@ class PostgresServer:
             time.sleep(0.1)
         self._proc = None
 
+    @_locked
     def restart(self, mode: str = "fast") -> PostgresServer:
         """Stop and start again on the same data directory and port."""
         self.stop(mode=mode)
@@ -579,6 +599,7 @@ class KafkaBroker:
     die_with_parent: bool = False
     start_timeout: float = 120.0
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -658,6 +679,7 @@ class KafkaBroker:
                 raise ServiceStartError("Kafka StorageTool format failed",
                                         (res.stdout + res.stderr)[-4000:])
 
+    @_locked
     def start(self, progress: Callable[[str], None] | None = None) -> KafkaBroker:
         """Start (format on first use) and wait until the broker serves metadata."""
         if self.is_running():
@@ -724,6 +746,7 @@ class KafkaBroker:
             admin.close()
         return name
 
+    @_locked
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (controlled shutdown), SIGKILL after ``timeout`` seconds."""
         pid = self.pid
@@ -733,6 +756,7 @@ class KafkaBroker:
         with contextlib.suppress(OSError):
             self.pid_file.unlink()
 
+    @_locked
     def kill(self) -> None:
         """SIGKILL the broker (a crash); the next start() recovers its logs."""
         pid = self.pid
@@ -742,6 +766,7 @@ class KafkaBroker:
         with contextlib.suppress(OSError):
             self.pid_file.unlink()
 
+    @_locked
     def restart(self) -> KafkaBroker:
         """Stop and start again on the same data directory and ports."""
         self.stop()
