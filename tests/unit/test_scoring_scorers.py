@@ -469,3 +469,39 @@ def test_real_minilm_semantic_sanity() -> None:
     assert s[0] > s[1]
     e = sc.encode(["Star Wars"])
     assert e.shape == (1, 384)
+
+
+# ------------------------------------------------------------------ scorer process, bench
+
+
+def test_scorer_server_scores_and_validates(tiny: dict[str, str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from armlab.scoring.server import create_scorer_app
+
+    app = create_scorer_app(device="cpu", max_wait_s=0.0)
+    v = {"kind": "bi_encoder", "model": tiny["encoder"]}
+    with TestClient(app) as client:
+        r = client.post("/score", json={"variant": v, "user": {"text": "space adventure"},
+                                        "items": ITEMS, "k": 2})
+        assert r.status_code == 200, r.text
+        same_ranking(r.json()["items"],
+                     rank(build_scorer(v), UserContext(text="space adventure"), ITEMS, 2))
+        bad = client.post("/score", json={"variant": {"kind": "nope"}, "items": ITEMS})
+        assert bad.status_code == 422 and bad.json()["field"] == "variant.kind"
+        assert client.get("/stats").json()["requests"] == 1
+        app.state.scoring.close()
+
+
+def test_bench_on_tiny_models_reports_figures_and_baseline(tiny: dict[str, str]) -> None:
+    from armlab.scoring.bench import run_bench
+
+    out = run_bench({"kind": "bi_encoder", "model": tiny["encoder"]}, device="cpu", quick=True,
+                    catalog_sizes=[2000])
+    for key in ("items_per_s", "baseline_items_per_s", "ratio", "mfu", "flops_per_item"):
+        assert out[key] is not None and out[key] > 0, key
+    assert out["flops_per_item"] == pytest.approx(
+        2 * out["params_non_embedding"] * 128 + 4 * 2 * 128 * 128 * 32)
+    assert out["sections"]["catalog"]["2000"]["p99_ms"] > 0
+    lm = run_bench(lm_variant(tiny), device="cpu", quick=True)
+    assert lm["items_per_s"] > 0 and lm["sections"]["shared_prefix"]["pairs_per_s"] > 0
