@@ -157,7 +157,7 @@ def run_policy_bench(
     *,
     seeds: int = 50,
     horizon: int = 50_000,
-    mab_seeds: int = 3,
+    mab_seeds: int = 4,
     mab_configs: str = "k3_hard,k3_easy",
     quick: bool = False,
 ) -> dict[str, Any]:
