@@ -44,7 +44,8 @@ def sf(pg_url: str) -> Iterator[Any]:
 
 
 def test_api_lifecycle_on_postgres(pg_url: str) -> None:
-    settings = Settings(database_url=pg_url, auth_tokens=TOKENS, auth_disabled=False)
+    settings = Settings(database_url=pg_url, auth_tokens=TOKENS, auth_disabled=False,
+                        transport="memory")
     with TestClient(create_app(settings)) as c:
         assert c.get("/readyz").json()["checks"] == {"database": "ok"}
         r = c.post("/v1/experiments", json=body("home-recs"), headers=ADMIN)

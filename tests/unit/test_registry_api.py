@@ -43,7 +43,8 @@ def make_spec(**overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture()
 def settings(sqlite_url: str) -> Settings:
-    return Settings(database_url=sqlite_url, auth_tokens=TOKENS, auth_disabled=False)
+    return Settings(database_url=sqlite_url, auth_tokens=TOKENS, auth_disabled=False,
+                    transport="memory")
 
 
 @pytest.fixture()
@@ -92,7 +93,8 @@ def test_healthz_and_readyz(client: TestClient) -> None:
 def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")  # a file where the database's directory should be
-    settings = Settings(database_url=f"sqlite:///{blocker}/x.db", auth_tokens=TOKENS)
+    settings = Settings(database_url=f"sqlite:///{blocker}/x.db", auth_tokens=TOKENS,
+                        transport="memory")
     services = Services(
         settings=settings,
         engine=create_engine(f"sqlite:///{blocker}/x.db"),

@@ -106,7 +106,8 @@ def test_load_spec_yaml_json_and_errors(tmp_path: Path) -> None:
 @pytest.fixture()
 def cli(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[typer.Typer]:
     """A fresh typer app with the admin commands, talking to an in-process API."""
-    settings = Settings(database_url=sqlite_url, auth_tokens=TOKENS, auth_disabled=False)
+    settings = Settings(database_url=sqlite_url, auth_tokens=TOKENS, auth_disabled=False,
+                    transport="memory")
     with TestClient(create_app(settings)) as tc:
         def client(api_url: str | None, token: str | None) -> ArmlabClient:
             return ArmlabClient("http://testserver", token or "admin-secret", http=tc)
