@@ -289,9 +289,9 @@ def _ship_guard(
 ) -> dict[str, Any]:
     """Decide whether shipping ``arm`` is supported by the evidence; return what to audit.
 
-    Extension point for armlab.stats: consult the sequential test here and raise
-    (e.g. IllegalTransition / Conflict) when the evidence does not support ``arm`` and
-    ``force`` is false. Today it only passes the caller's evidence through.
+    Delegates to armlab.platform.decisions.ship_guard (the stats area): it raises Conflict
+    (409) when the sequential evidence argues against ``arm`` and ``force`` is false, and
+    returns the evaluation to record in the audit row (merged over the caller's evidence).
     """
     # stats area: refuse (Conflict) to ship against the sequential evidence unless forced;
     # the evaluation goes into the audit evidence either way.
