@@ -30,11 +30,18 @@ _lock = threading.Lock()
 
 
 def on_startup(services: Services) -> None:
-    """Build the producer now when possible; if Kafka is down, requests retry lazily (503)."""
-    try:
-        _producer(services)
-    except ServiceUnavailable as exc:
-        log.warning("event producer not ready: %s", exc.message)
+    """Warm the producer in the background so API start-up never waits on Kafka.
+
+    If Kafka is down, requests build it lazily and answer 503 until it is reachable.
+    """
+
+    def warm() -> None:
+        try:
+            _producer(services)
+        except ServiceUnavailable as exc:
+            log.warning("event producer not ready: %s", exc.message)
+
+    threading.Thread(target=warm, name="armlab-events-warmup", daemon=True).start()
 
 
 def on_shutdown(services: Services) -> None:
