@@ -29,6 +29,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             "excluded); keeps `make demo` under 15 minutes on 2 CPU cores."),
         cadence: int = typer.Option(100, min=5, help="Requests between allocator passes."),
         k: int = typer.Option(10, min=1, max=100, help="Items per recommendation list."),
+        candidates: int = typer.Option(
+            100, min=10, max=1682, help="Candidates per request: the most popular unseen movies."),
         lm: bool = typer.Option(True, help="Include the SmolLM2 yes/no reranker arm."),
         tiny: bool = typer.Option(False, help="Tiny random models (tests, smoke runs)."),
         seed: int = typer.Option(7, help="Seed for the user replay and the policy."),
@@ -39,7 +41,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from armlab.sim.demo import DemoConfig, run_demo
 
         cfg = DemoConfig(stack=stack, max_requests=max_requests, time_budget_s=time_budget_s,
-                         cadence=cadence, k=k, include_lm=lm, tiny=tiny, seed=seed,
+                         cadence=cadence, k=k, candidates=candidates, include_lm=lm,
+                         tiny=tiny, seed=seed,
                          report_dir=report_dir, key=key or None)
         run_demo(cfg)
 
