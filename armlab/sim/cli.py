@@ -23,11 +23,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("demo")
     def demo_cmd(
         stack: str = typer.Option("embedded", help=STACK_HELP),
-        max_requests: int = typer.Option(3000, min=10, help="Stop after this many requests."),
+        max_requests: int = typer.Option(1200, min=10, help="Stop after this many requests."),
         time_budget_s: float = typer.Option(
-            600.0, min=10, help="Stop the replay after this many seconds (model loading "
+            540.0, min=10, help="Stop the replay after this many seconds (model loading "
             "excluded); keeps `make demo` under 15 minutes on 2 CPU cores."),
-        cadence: int = typer.Option(100, min=5, help="Requests between allocator passes."),
+        cadence: int = typer.Option(50, min=5, help="Requests between allocator passes."),
         k: int = typer.Option(10, min=1, max=100, help="Items per recommendation list."),
         candidates: int = typer.Option(
             100, min=10, max=1682, help="Candidates per request: the most popular unseen movies."),
