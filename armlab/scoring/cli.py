@@ -48,14 +48,17 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         history: str = typer.Option("", help="Comma-separated item ids from --items as history."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         k: int = typer.Option(0, help="Return the best k (0 = all)."),
+        threads: int = typer.Option(0, help="torch CPU threads (0 = torch default)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Score items for one user with a variant; prints [{"item_id", "score"}] best first."""
         from armlab.platform.catalog import read_items_file
+        from armlab.scoring.models import set_cpu_threads
         from armlab.scoring.scorers import UserContext, build_scorer, rank
         from armlab.scoring.variants import parse_variant
         from armlab.settings import get_settings
 
+        set_cpu_threads(threads)
         v = parse_variant(_variant_arg(variant))
         rows = read_items_file(items)
         by_id = {r["id"]: r for r in rows}
@@ -125,14 +128,17 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         max_batch: int = typer.Option(32, help="Requests merged into one batch at most."),
         max_wait_ms: float = typer.Option(2.0, help="How long a batch waits for company."),
+        threads: int = typer.Option(0, help="torch CPU threads (0 = torch default)."),
     ) -> None:
         """Run the batching scorer as its own process (POST /score, GET /stats)."""
         import uvicorn
 
+        from armlab.scoring.models import set_cpu_threads
         from armlab.scoring.server import create_scorer_app
         from armlab.settings import get_settings
 
         st = get_settings()
+        set_cpu_threads(threads)
         app_ = create_scorer_app(device=device, models_dir=st.models_dir,
                                  cache_dir=st.home / "model-cache", max_batch=max_batch,
                                  max_wait_s=max_wait_ms / 1000)
@@ -146,11 +152,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         items: int = typer.Option(0, help="Items per encode measurement (0 = by device)."),
         catalog_sizes: str = typer.Option("100000,1000000", help="Cached catalog sizes."),
         compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+        threads: int = typer.Option(0, help="torch CPU threads (0 = torch default)."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Throughput/latency of a variant vs a naive float32, batch-1, pad-to-max baseline."""
         from armlab.scoring.bench import run_bench
+        from armlab.scoring.models import set_cpu_threads
 
+        set_cpu_threads(threads)
         sizes = [int(s) for s in catalog_sizes.split(",") if s.strip()]
         out = run_bench(_variant_arg(variant), device=device, quick=quick, n_items=items,
                         catalog_sizes=sizes, compile_model=compile_model)
@@ -166,11 +175,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         max_users: int = typer.Option(0, help="Limit users for every variant (0 = all)."),
         seed: int = typer.Option(0),
         device: str = typer.Option("auto"),
+        threads: int = typer.Option(0, help="torch CPU threads (0 = torch default)."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """MovieLens-100k leave-last-positive-out HR@10 / NDCG@10 (1 held-out vs 99 negatives)."""
+        from armlab.scoring.models import set_cpu_threads
         from armlab.scoring.quality import run_quality
 
+        set_cpu_threads(threads)
         out = run_quality([v.strip() for v in variants.split(",") if v.strip()],
                           lm_users=lm_users, max_users=max_users, seed=seed, device=device)
         if as_json:
