@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How often the API reloads the latest allocation snapshot."
     )
     scoring_device: Literal["auto", "cpu", "cuda"] = "auto"
+    scoring_threads: int = Field(
+        0, ge=0, description="torch CPU threads for scoring (0 = torch default)."
+    )
     models_dir: Path | None = Field(
         None, description="Extra directory searched for local model files."
     )

@@ -138,7 +138,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         from armlab.settings import get_settings
 
         st = get_settings()
-        set_cpu_threads(threads)
+        set_cpu_threads(threads or st.scoring_threads)
         app_ = create_scorer_app(device=device, models_dir=st.models_dir,
                                  cache_dir=st.home / "model-cache", max_batch=max_batch,
                                  max_wait_s=max_wait_ms / 1000)

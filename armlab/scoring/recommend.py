@@ -22,6 +22,9 @@ def ensure_scoring(services: Any) -> None:
     extras = services.extras
     st = services.settings
     if "scorer_pool" not in extras:
+        from armlab.scoring.models import set_cpu_threads
+
+        set_cpu_threads(getattr(st, "scoring_threads", 0))
         extras["scorer_pool"] = ScorerPool(
             device=st.scoring_device, models_dir=st.models_dir,
             cache_dir=st.home / "model-cache",
