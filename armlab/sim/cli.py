@@ -34,6 +34,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         lm: bool = typer.Option(True, help="Include the SmolLM2 yes/no reranker arm."),
         tiny: bool = typer.Option(False, help="Tiny random models (tests, smoke runs)."),
         seed: int = typer.Option(7, help="Seed for the user replay and the policy."),
+        threads: int = typer.Option(1, min=0, help="torch CPU threads (0 = torch default)."),
         report_dir: Path = typer.Option(Path("reports"), help="Where the HTML report goes."),
         key: str = typer.Option("", help="Experiment key (default movielens-<timestamp>)."),
     ) -> None:
@@ -42,7 +43,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         cfg = DemoConfig(stack=stack, max_requests=max_requests, time_budget_s=time_budget_s,
                          cadence=cadence, k=k, candidates=candidates, include_lm=lm,
-                         tiny=tiny, seed=seed,
+                         tiny=tiny, seed=seed, threads=threads,
                          report_dir=report_dir, key=key or None)
         run_demo(cfg)
 

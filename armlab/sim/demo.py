@@ -61,6 +61,7 @@ class DemoConfig:
     split_quantile: float = 0.5
     exploration_floor: float = 0.05
     quiet: bool = False
+    threads: int = 1  # torch CPU threads: one is much faster for batch-1 scoring on 2 cores
     settings: Any = None  # tests pass ready Settings
     tiny_dir: Path | None = None
 
@@ -291,6 +292,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from armlab.scoring.models import set_cpu_threads
+
+    set_cpu_threads(cfg.threads)
     console = Console(quiet=cfg.quiet)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
