@@ -31,11 +31,9 @@ import queue
 import threading
 import time
 import uuid
-from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -45,6 +43,7 @@ from sqlalchemy.orm import selectinload
 from armlab.errors import Conflict, ExperimentNotFound
 from armlab.platform.bootstrap import Services
 from armlab.platform.models import AllocationSnapshot, Experiment, UnitAssignment
+from armlab.policies.base import CdfSampler
 
 log = logging.getLogger("armlab.assignment")
 
@@ -84,16 +83,14 @@ class ExperimentView:
     arm_keys: tuple[str, ...]
     variants: dict[str, dict[str, Any]]
     weights: tuple[float, ...]
-    cdf: tuple[float, ...]
+    sampler: CdfSampler  # precomputed CDF of ``weights``, built once per snapshot
     snapshot_id: int | None
     fixed_arm: str | None  # stopped -> control, shipped -> shipped arm
 
     def pick(self, u: float) -> tuple[str, float]:
         """Arm whose CDF interval contains u in [0, 1), and its weight."""
-        i = min(bisect_right(self.cdf, u * self.cdf[-1]), len(self.arm_keys) - 1)
-        while self.weights[i] <= 0.0 and i > 0:  # u fell on the edge of a zero-width arm
-            i -= 1
-        return self.arm_keys[i], self.weights[i] / self.cdf[-1]
+        i, p = self.sampler.pick(u)
+        return self.arm_keys[i], p
 
 
 def unit_hash(salt: str, unit_id: str) -> float:
@@ -125,7 +122,7 @@ def build_view(exp: Experiment, snapshot: AllocationSnapshot | None) -> Experime
         arm_keys=arm_keys,
         variants={a.key: dict(a.variant or {}) for a in exp.arms},
         weights=tuple(weights),
-        cdf=tuple(accumulate(weights)),
+        sampler=CdfSampler(weights),
         snapshot_id=snapshot.id if snapshot is not None else None,
         fixed_arm=fixed,
     )
