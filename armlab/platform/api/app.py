@@ -14,11 +14,12 @@ from armlab.platform.bootstrap import Services, bootstrap
 from armlab.settings import Settings, get_settings
 
 # Each module exposes ``router`` (an APIRouter) and may expose ``on_startup(services)``
-# and ``on_shutdown(services)`` hooks.
+# and ``on_shutdown(services)`` hooks, and ``middleware`` (an ASGI middleware class wrapped
+# around the routers, e.g. a fast path for a hot endpoint).
 ROUTER_MODULES = (
     "armlab.platform.api.routes_health",
+    "armlab.platform.api.routes_assign",       # /assign (hottest path, matched early)
     "armlab.platform.api.routes_experiments",  # registry, lifecycle, results
-    "armlab.platform.api.routes_assign",       # /assign (allocation)
     "armlab.platform.api.routes_events",       # /v1/events (producer HTTP bridge)
     "armlab.platform.api.routes_recommend",    # /recommend (scoring)
     "armlab.platform.api.routes_report",       # /report (demo/report)
@@ -73,4 +74,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     install_error_handlers(app)
     for m in modules:
         app.include_router(m.router)  # type: ignore[attr-defined]
+        mw = getattr(m, "middleware", None)
+        if mw is not None:
+            app.add_middleware(mw)
     return app

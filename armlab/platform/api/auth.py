@@ -42,7 +42,8 @@ def parse_tokens(raw: str) -> list[tuple[str, str, bytes]]:
         name, role, secret = parts
         if role not in ROLES:
             raise ConfigurationError(
-                f"ARMLAB_AUTH_TOKENS entry {name!r} has role {role!r}; valid roles: {', '.join(ROLES)}"
+                f"ARMLAB_AUTH_TOKENS entry {name!r} has role {role!r}; "
+                f"valid roles: {', '.join(ROLES)}"
             )
         tokens.append((name, role, secret.encode()))
     return tokens

@@ -44,7 +44,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return problem(
             422, "ValidationFailed", "Validation failed", detail or "invalid request",
-            errors=[{"field": f, "message": e.get("msg", "")} for f, e in zip(fields, errors, strict=False)],
+            errors=[
+                {"field": f, "message": e.get("msg", "")}
+                for f, e in zip(fields, errors, strict=False)
+            ],
         )
 
     @app.exception_handler(StarletteHTTPException)
