@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         None, description="Extra directory searched for local model files."
     )
+    assign_fast_path: bool = Field(
+        True,
+        description="Serve valid cached /assign requests from an ASGI fast path (off: the "
+        "plain FastAPI route, the benchmark's baseline).",
+    )
     obd_dir: Path | None = Field(
         None, description="Open Bandit Dataset sample (random/ and bts/); default: "
         "<repo>/../shared/data/obd, then <repo>/shared/data/obd."

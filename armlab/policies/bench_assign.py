@@ -73,6 +73,57 @@ def _prepare(url: str, unit: str) -> None:
     return key  # type: ignore[return-value]
 
 
+def _run_server_and_load(
+    url: str, key: str, token: str, fast_path: bool, requests: int, concurrency: int,
+    max_seconds: float, unit: str,
+) -> dict[str, Any]:
+    """Start the API in its own process, drive it from a load process, return the figures."""
+    from armlab.errors import ConfigurationError
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "ARMLAB_DATABASE_URL": url,
+        "ARMLAB_AUTH_TOKENS": f"bench:producer:{token}",
+        "ARMLAB_AUTH_DISABLED": "false",
+        "ARMLAB_LOG_LEVEL": "WARNING",
+        "ARMLAB_TRANSPORT": "memory",  # /v1/events is not under test
+        "ARMLAB_ASSIGN_FAST_PATH": "true" if fast_path else "false",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "uvicorn", "armlab.platform.api.app:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            "--no-access-log", "--loop", "uvloop", "--http", "httptools",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(base, key, token, server)
+        load = subprocess.run(
+            [
+                sys.executable, "-m", "armlab.policies.bench_assign", base, key, token,
+                str(requests), str(concurrency), str(max_seconds), unit,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=max_seconds + 120,
+            check=False,
+        )
+        if load.returncode != 0:
+            raise ConfigurationError(f"load process failed: {load.stderr.strip()[-500:]}")
+        return json.loads(load.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 def run_assign_bench(
     *,
     requests: int = 20_000,
@@ -89,72 +140,22 @@ def run_assign_bench(
     url = env_url if env_url.startswith("postgresql") else f"sqlite:///{tmp / 'bench.db'}"
     key = _prepare(url, unit)
     token = secrets.token_hex(16)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "ARMLAB_DATABASE_URL": url,
-        "ARMLAB_AUTH_TOKENS": f"bench:producer:{token}",
-        "ARMLAB_AUTH_DISABLED": "false",
-        "ARMLAB_LOG_LEVEL": "WARNING",
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "armlab.platform.api.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    fast = _run_server_and_load(url, key, token, True, requests, concurrency, max_seconds, unit)
+    route = _run_server_and_load(url, key, token, False, requests, concurrency, max_seconds, unit)
+    result = dict(fast)
+    result["baseline_route_only"] = route
+    result["ratio_requests_per_s"] = (
+        round(fast["requests_per_s"] / route["requests_per_s"], 2)
+        if fast.get("requests_per_s") and route.get("requests_per_s")
+        else None
     )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_ready(base, key, token, server)
-        load = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "armlab.policies.bench_assign",
-                base,
-                key,
-                token,
-                str(requests),
-                str(concurrency),
-                str(max_seconds),
-                unit,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=max_seconds + 120,
-            check=False,
-        )
-        if load.returncode != 0:
-            raise ConfigurationError(f"load process failed: {load.stderr.strip()[-500:]}")
-        result = json.loads(load.stdout.strip().splitlines()[-1])
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
     result.update(
         {
             "benchmark": "assign",
             "database": "postgresql" if url.startswith("postgresql") else "sqlite",
-            "server": "uvicorn 1 worker (uvloop, httptools), auth on, separate process",
+            "server": "uvicorn 1 worker (uvloop, httptools), auth on, separate process; "
+            "figure = with the ASGI fast path, baseline_route_only = the plain FastAPI route "
+            "(ARMLAB_ASSIGN_FAST_PATH=false), same run",
             "client": f"minimal HTTP/1.1 keep-alive client (asyncio streams), {concurrency} "
             "connections, separate process",
             "machine": "shared 2-core CI VM, no GPU (client and server share the cores)",

@@ -118,3 +118,15 @@ def test_unknown_experiment_is_404_through_the_route(client_and_key) -> None:
     r = client.post("/v1/experiments/missing/assign", json={"unit_id": "x"}, headers=_auth())
     assert r.status_code == 404
     assert r.json()["type"] == "ExperimentNotFound"
+
+
+def test_fast_path_can_be_switched_off(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'off.db'}"
+    key = _prepare(url, "request")
+    settings = Settings(database_url=url, transport="memory", assign_fast_path=False,
+                        auth_tokens=f"app:producer:{TOKEN}")
+    with TestClient(create_app(settings)) as client:
+        path = f"/v1/experiments/{key}/assign"
+        assert client.post(path, json={"unit_id": "u0"}, headers=_auth()).status_code == 200
+        scope = {"app": client.app, "headers": [(b"authorization", f"Bearer {TOKEN}".encode())]}
+        assert AssignFastPath(app=None)._answer(scope, path, b'{"unit_id": "x"}') is None

@@ -141,7 +141,9 @@ class AssignFastPath:
             return None
         app = scope.get("app")
         services = getattr(getattr(app, "state", None), "services", None)
-        assigner = services.extras.get("assigner") if services is not None else None
+        if services is None or not services.settings.assign_fast_path:
+            return None
+        assigner = services.extras.get("assigner")
         if assigner is None:
             return None
         authorization = None
