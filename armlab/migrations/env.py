@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from armlab.platform import models  # noqa: F401  (registers tables on Base.metadata)
 from armlab.platform.db import Base, make_engine
 
