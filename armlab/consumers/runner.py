@@ -217,6 +217,13 @@ class IngestRunner:
         decoded: list[tuple[RecordLike, Event | DecodeFailure]] = [
             (r, decode(r.value, self.expected.get(r.topic))) for r in records
         ]
+        # Impressions before feedback (a stable sort: each partition keeps its own order).
+        # A poll often returns a feedback partition's records ahead of the impressions they
+        # refer to; joined in memory here, they skip the pending write + resolve round trip.
+        # The result is the same either way (pending feedback is applied on arrival); only
+        # the extra ledger writes are saved.
+        imp_topic = self.topic_impressions
+        decoded.sort(key=lambda d: d[0].topic != imp_topic)
         moves: dict[TP, tuple[int | None, int]] = {}
         for r in records:
             tp = (r.topic, r.partition)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -154,8 +155,10 @@ def prefetch(
 ) -> BatchState:
     """Load the rows a batch references. On PostgreSQL impressions and pending feedback are
     locked (FOR UPDATE) so a concurrent consumer cannot interleave a reward update."""
+    if _is_pg(session):
+        return _prefetch_pg(session, imp_ids, imp_events, fb_events, arriving)
     state = BatchState()
-    pg = _is_pg(session)
+    pg = False
     cols = (
         Impression.impression_id,
         Impression.event_id,
@@ -208,6 +211,9 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
     """Write one batch's effects. Aggregates are pre-summed per key and upserted once per key,
     in sorted key order (no "cannot affect row a second time", no deadlocks)."""
     now = datetime.now(UTC)
+    if _is_pg(session):
+        _write_effects_pg(session, group, fx, now)
+        return
     if fx.new_impressions:
         rows = [
             {
@@ -345,3 +351,150 @@ def pending_ids(session: Session, limit: int) -> Sequence[str]:
         .limit(limit)
     )
     return [r[0] for r in session.execute(q)]
+
+
+# -- PostgreSQL fast path ------------------------------------------------------------------
+# The same statements as above, issued straight through the session's psycopg connection
+# (so they run inside the batch's transaction, after the offset fence) with one array
+# parameter per column: ``= ANY(%s)`` for lookups and ``INSERT/UPDATE ... FROM unnest(...)``
+# for bulk writes. One round trip per statement instead of one per row, and no per-row
+# SQLAlchemy compilation or giant IN-lists for psycopg to parse (shared/kafka/RECIPE.md,
+# Appendix B). Semantics are unchanged: same rows, same ON CONFLICT rules, same locks.
+
+_IDS = "ARRAY(SELECT json_array_elements_text(%s::json))"
+_PG_IMPRESSIONS = (
+    "SELECT impression_id, event_id, experiment_id, arm_key, propensity, served_at, reward,"
+    f" feedback_count, partition FROM impressions WHERE impression_id = ANY({_IDS})"
+    " FOR UPDATE"
+)
+_PG_IMP_EVENTS = f"SELECT event_id FROM impressions WHERE event_id = ANY({_IDS})"
+_PG_FB_EVENTS = f"SELECT event_id FROM feedback WHERE event_id = ANY({_IDS})"
+_PG_PENDING = (
+    "SELECT event_id, impression_id, experiment_key, kind, value, occurred_at, partition"
+    f" FROM feedback WHERE impression_id = ANY({_IDS}) AND status = 'pending'"
+    " ORDER BY occurred_at, event_id FOR UPDATE"
+)
+_PG_INSERT_IMPRESSIONS = (
+    "INSERT INTO impressions (impression_id, event_id, experiment_id, arm_key, unit_id,"
+    " propensity, served_at, partition, reward, feedback_count, items, context)"
+    " SELECT i, e, x, a, u, p, t, n, r, c, it, ct FROM json_to_recordset(%s::json)"
+    " AS j(i text, e text, x int, a text, u text, p float8, t timestamptz, n int, r float8,"
+    " c int, it json, ct json)"
+    " ON CONFLICT DO NOTHING"
+)
+_PG_UPDATE_IMPRESSIONS = (
+    "UPDATE impressions AS im SET reward = j.r, feedback_count = j.c"
+    " FROM json_to_recordset(%s::json) AS j(i text, r float8, c int)"
+    " WHERE im.impression_id = j.i"
+)
+_PG_INSERT_FEEDBACK = (
+    "INSERT INTO feedback (event_id, impression_id, experiment_key, kind, value, occurred_at,"
+    " received_at, partition, status)"
+    " SELECT e, i, x, k, v, o, %s::timestamptz, p, s FROM json_to_recordset(%s::json)"
+    " AS j(e text, i text, x text, k text, v float8, o timestamptz, p int, s text)"
+    " ON CONFLICT DO NOTHING"
+)
+_PG_UPDATE_FEEDBACK = (
+    "UPDATE feedback AS f SET status = j.s"
+    " FROM json_to_recordset(%s::json) AS j(e text, s text) WHERE f.event_id = j.e"
+)
+_PG_UPSERT_STATS = (
+    "INSERT INTO arm_stats (experiment_id, arm_key, partition, n, reward_sum, reward_sumsq,"
+    " ipw_n, ipw_sum, ipw_sumsq, ipw_n_sq, feedback_n, updated_at)"
+    " SELECT x, a, p, n, r1, r2, w0, w1, w2, wq, f, %s::timestamptz"
+    " FROM json_to_recordset(%s::json) AS j(x int, a text, p int, n int8, r1 float8,"
+    " r2 float8, w0 float8, w1 float8, w2 float8, wq float8, f int8)"
+    " ON CONFLICT (experiment_id, arm_key, partition) DO UPDATE SET"
+    " n = arm_stats.n + excluded.n,"
+    " reward_sum = arm_stats.reward_sum + excluded.reward_sum,"
+    " reward_sumsq = arm_stats.reward_sumsq + excluded.reward_sumsq,"
+    " ipw_n = arm_stats.ipw_n + excluded.ipw_n,"
+    " ipw_sum = arm_stats.ipw_sum + excluded.ipw_sum,"
+    " ipw_sumsq = arm_stats.ipw_sumsq + excluded.ipw_sumsq,"
+    " ipw_n_sq = arm_stats.ipw_n_sq + excluded.ipw_n_sq,"
+    " feedback_n = arm_stats.feedback_n + excluded.feedback_n,"
+    " updated_at = excluded.updated_at"
+)
+_PG_UPSERT_COUNTERS = (
+    "INSERT INTO ingest_counters (group_id, reason, partition, count)"
+    " SELECT %s, r, p, c FROM json_to_recordset(%s::json) AS j(r text, p int, c int8)"
+    " ON CONFLICT (group_id, reason, partition) DO UPDATE SET"
+    " count = ingest_counters.count + excluded.count"
+)
+
+
+def _pg_cursor(session: Session) -> Any:
+    """A cursor on the session's own psycopg connection (same transaction)."""
+    return session.connection().connection.driver_connection.cursor()
+
+
+def _js(obj: Any) -> str:
+    # orjson: floats in shortest round-trip form (parsed back to the identical float8),
+    # datetimes as RFC 3339 with their offset.
+    return orjson.dumps(obj).decode()
+
+
+def _prefetch_pg(
+    session: Session,
+    imp_ids: set[str],
+    imp_events: set[str],
+    fb_events: set[str],
+    arriving: set[str],
+) -> BatchState:
+    state = BatchState()
+    with _pg_cursor(session) as cur:
+        if imp_ids:
+            cur.execute(_PG_IMPRESSIONS, (_js(sorted(imp_ids)),))
+            for row in cur.fetchall():
+                state.impressions[row[0]] = ImpressionState(*row)
+                state.impression_event_ids.add(row[1])
+        missing_events = imp_events - state.impression_event_ids
+        if missing_events:
+            cur.execute(_PG_IMP_EVENTS, (_js(list(missing_events)),))
+            state.impression_event_ids.update(r[0] for r in cur.fetchall())
+        if fb_events:
+            cur.execute(_PG_FB_EVENTS, (_js(list(fb_events)),))
+            state.feedback_event_ids.update(r[0] for r in cur.fetchall())
+        if arriving:
+            cur.execute(_PG_PENDING, (_js(sorted(arriving)),))
+            for row in cur.fetchall():
+                state.pending.setdefault(row[1], []).append(PendingFeedback(*row))
+    return state
+
+
+def _write_effects_pg(session: Session, group: str, fx: Effects, now: datetime) -> None:
+    with _pg_cursor(session) as cur:
+        if fx.new_impressions:
+            cur.execute(_PG_INSERT_IMPRESSIONS, (_js([
+                {"i": imp.impression_id, "e": imp.event_id, "x": imp.experiment_id,
+                 "a": imp.arm_key, "u": ev.unit_id, "p": imp.propensity, "t": imp.served_at,
+                 "n": imp.partition, "r": imp.reward, "c": imp.feedback_count,
+                 "it": ev.items, "ct": ev.context}
+                for imp, ev in zip(fx.new_impressions, fx.new_impression_rows, strict=True)
+            ]),))
+        if fx.impression_updates:
+            ups = sorted(fx.impression_updates.values(), key=lambda i: i.impression_id)
+            cur.execute(_PG_UPDATE_IMPRESSIONS, (_js([
+                {"i": i.impression_id, "r": i.reward, "c": i.feedback_count} for i in ups
+            ]),))
+        if fx.feedback_rows:
+            cur.execute(_PG_INSERT_FEEDBACK, (now, _js([
+                {"e": ev.event_id, "i": ev.impression_id, "x": ev.experiment_key,
+                 "k": ev.kind, "v": ev.value, "o": ev.occurred_at, "p": part, "s": status}
+                for ev, part, status in fx.feedback_rows
+            ])))
+        if fx.feedback_status:
+            cur.execute(_PG_UPDATE_FEEDBACK, (_js([
+                {"e": k, "s": v} for k, v in sorted(fx.feedback_status.items())
+            ]),))
+        if fx.stats:
+            rows = []
+            for (exp_id, arm, part), vec in sorted(fx.stats.items()):
+                n, r1, r2, w0, w1, w2, wq, f = vec
+                rows.append({"x": exp_id, "a": arm, "p": part, "n": int(n), "r1": r1,
+                             "r2": r2, "w0": w0, "w1": w1, "w2": w2, "wq": wq, "f": int(f)})
+            cur.execute(_PG_UPSERT_STATS, (now, _js(rows)))
+        if fx.counters:
+            cur.execute(_PG_UPSERT_COUNTERS, (group, _js([
+                {"r": r, "p": p, "c": n} for (r, p), n in sorted(fx.counters.items())
+            ])))
