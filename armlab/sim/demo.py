@@ -296,6 +296,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
 
     set_cpu_threads(cfg.threads)
     console = Console(quiet=cfg.quiet)
+    if not console.is_terminal:  # logs and CI: rich would wrap the summary table at 80 columns
+        console = Console(quiet=cfg.quiet, width=130)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
