@@ -10,6 +10,7 @@ standard lag tooling sees progress; that commit is never read back.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,6 +39,7 @@ class KafkaSource:
         *,
         max_poll_records: int = 2000,
         client_id: str = "armlab-consumer",
+        align: tuple[str, str] | None = None,
         **config: Any,
     ) -> None:
         from kafka import KafkaConsumer
@@ -46,6 +48,12 @@ class KafkaSource:
         self.bootstrap = bootstrap
         self.topics = list(topics)
         self.group = group
+        # (impressions topic, feedback topic): hold feedback back until the impressions it
+        # refers to have been read (see _align). None disables it.
+        self.align = align
+        self._imp_ts: dict[int, int] = {}  # partition -> newest impression timestamp read
+        # feedback partition -> (held records, monotonic time the hold began)
+        self._held: dict[Any, tuple[list[Any], float]] = {}
         try:
             self.consumer = KafkaConsumer(
                 bootstrap_servers=bootstrap.split(","),
@@ -73,10 +81,14 @@ class KafkaSource:
     ) -> None:
         from kafka import ConsumerRebalanceListener
 
+        src = self
+
         class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             # kafka-python calls these from inside poll(), i.e. between two batches: the
             # in-flight batch has already been committed or abandoned by then.
             def on_partitions_revoked(self, revoked: Any) -> None:
+                src._imp_ts.clear()
+                src._held.clear()
                 on_revoke([(tp.topic, tp.partition) for tp in revoked])
 
             def on_partitions_assigned(self, assigned: Any) -> None:
@@ -90,6 +102,7 @@ class KafkaSource:
         from kafka import TopicPartition
 
         ktp = TopicPartition(*tp)
+        self._held.pop(ktp, None)  # re-read from ``offset``
         if offset is None:
             self.consumer.seek_to_beginning(ktp)
         else:
@@ -97,9 +110,67 @@ class KafkaSource:
 
     def poll(self, max_records: int, timeout_s: float) -> list[Any]:
         batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        if self.align is not None and (batches or self._held):
+            batches = self._align(batches)
         out: list[Any] = []
         for recs in batches.values():
             out.extend(recs)
+        return out
+
+    # -- impression/feedback alignment (an optimisation; never needed for correctness) ----
+    # A poll drains one partition's fetched data at a time, so a batch is often all feedback
+    # whose impressions are still unread: each such feedback is written as pending and
+    # resolved later (correct, but two extra writes). So feedback records newer (producer
+    # timestamp) than the newest impression read from the partition of the same number are
+    # held here, in order, and handed out by a later poll once those impressions have been
+    # read, the impressions partition has caught up, the hold is MAX_HOLD_S old, a poll
+    # comes back empty, or MAX_HELD records are held. Held records are only deferred: every
+    # batch stays contiguous per partition, and seek() (the runner's resync/assignment) or
+    # a rebalance drops them, so they are fetched again from the stored offset.
+    # (kafka-python's pause() is not used: its parked-fetch restore can stall a partition.)
+    MAX_HOLD_S = 2.0
+    MAX_HELD = 50_000
+
+    def _caught_up(self, tp: Any) -> bool:
+        """True when every impression of ``tp`` fetched so far has been read (unknown, i.e.
+        no fetch response yet, counts as behind; the hold is bounded by MAX_HOLD_S)."""
+        hw = self.consumer.highwater(tp)
+        try:
+            pos = self.consumer.position(tp, timeout_ms=0)
+        except Exception:  # noqa: BLE001 - position not known yet
+            return False
+        return hw is not None and pos is not None and pos >= hw
+
+    def _align(self, batches: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        from kafka import TopicPartition
+
+        imp_topic, fb_topic = self.align  # type: ignore[misc]
+        for tp, recs in batches.items():
+            if tp.topic == imp_topic and recs:
+                self._imp_ts[tp.partition] = max(self._imp_ts.get(tp.partition, -1),
+                                                 max(r.timestamp for r in recs))
+        out: dict[Any, list[Any]] = {tp: recs for tp, recs in batches.items()
+                                     if tp.topic != fb_topic}
+        now = time.monotonic()
+        release_all = not batches or sum(len(r) for r, _ in self._held.values()) > self.MAX_HELD
+        assigned = self.consumer.assignment()
+        for tp in set(self._held) | {tp for tp in batches if tp.topic == fb_topic}:
+            held, since = self._held.pop(tp, ([], now))
+            recs = held + batches.get(tp, [])
+            if not recs:
+                continue
+            imp_tp = TopicPartition(imp_topic, tp.partition)
+            cut = None
+            if not (release_all or now - since > self.MAX_HOLD_S or imp_tp not in assigned
+                    or self._caught_up(imp_tp)):
+                limit = self._imp_ts.get(tp.partition, -1)
+                cut = next((i for i, r in enumerate(recs) if r.timestamp > limit), None)
+            if cut is None:
+                out[tp] = recs
+                continue
+            self._held[tp] = (recs[cut:], since if held else now)
+            if cut:
+                out[tp] = recs[:cut]
         return out
 
     def lag(self, committed: dict[TP, int | None]) -> dict[TP, int]:

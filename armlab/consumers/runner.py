@@ -370,7 +370,8 @@ def build_runner(
         from armlab.consumers.kafka_source import KafkaDlq, KafkaSource
 
         source = KafkaSource(s.kafka_bootstrap, topics, group or s.consumer_group,
-                             max_poll_records=max_batch)
+                             max_poll_records=max_batch,
+                             align=(s.topic_impressions, s.topic_feedback))
         dlq = KafkaDlq(s.kafka_bootstrap, s.topic_dlq)
     return IngestRunner(services, source, dlq=dlq, group=group, max_batch=max_batch,
                         poll_timeout_s=poll_timeout_s, metrics=metrics)

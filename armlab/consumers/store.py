@@ -361,17 +361,25 @@ def pending_ids(session: Session, limit: int) -> Sequence[str]:
 # SQLAlchemy compilation or giant IN-lists for psycopg to parse (shared/kafka/RECIPE.md,
 # Appendix B). Semantics are unchanged: same rows, same ON CONFLICT rules, same locks.
 
-_IDS = "ARRAY(SELECT json_array_elements_text(%s::json))"
+# Ids travel as one JSON array parameter: ARRAY(SELECT json_array_elements_text(%s::json)).
 _PG_IMPRESSIONS = (
     "SELECT impression_id, event_id, experiment_id, arm_key, propensity, served_at, reward,"
-    f" feedback_count, partition FROM impressions WHERE impression_id = ANY({_IDS})"
+    " feedback_count, partition FROM impressions WHERE impression_id = ANY("
+    "ARRAY(SELECT json_array_elements_text(%s::json)))"
     " FOR UPDATE"
 )
-_PG_IMP_EVENTS = f"SELECT event_id FROM impressions WHERE event_id = ANY({_IDS})"
-_PG_FB_EVENTS = f"SELECT event_id FROM feedback WHERE event_id = ANY({_IDS})"
+_PG_IMP_EVENTS = (
+    "SELECT event_id FROM impressions WHERE event_id = ANY("
+    "ARRAY(SELECT json_array_elements_text(%s::json)))"
+)
+_PG_FB_EVENTS = (
+    "SELECT event_id FROM feedback WHERE event_id = ANY("
+    "ARRAY(SELECT json_array_elements_text(%s::json)))"
+)
 _PG_PENDING = (
     "SELECT event_id, impression_id, experiment_key, kind, value, occurred_at, partition"
-    f" FROM feedback WHERE impression_id = ANY({_IDS}) AND status = 'pending'"
+    " FROM feedback WHERE impression_id = ANY("
+    "ARRAY(SELECT json_array_elements_text(%s::json))) AND status = 'pending'"
     " ORDER BY occurred_at, event_id FOR UPDATE"
 )
 _PG_INSERT_IMPRESSIONS = (
