@@ -52,7 +52,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         metrics_port: int = typer.Option(
             None, "--metrics-port", help="Serve Prometheus metrics on this port."
         ),
-        batch: int = typer.Option(2000, "--batch", min=1, help="Max records per batch."),
+        batch: int = typer.Option(5000, "--batch", min=1, help="Max records per batch."),
         group: str = typer.Option(None, "--group", help="Consumer group (ARMLAB_CONSUMER_GROUP)."),
         transport: str = typer.Option(
             None, "--transport", help="kafka (default) or memory (ARMLAB_TRANSPORT)."

@@ -349,7 +349,7 @@ def build_runner(
     transport: str | None = None,
     bus: Any = None,
     group: str | None = None,
-    max_batch: int = 2000,
+    max_batch: int = 5000,
     poll_timeout_s: float = 0.2,
     metrics: IngestMetrics | None = None,
 ) -> IngestRunner:
