@@ -12,10 +12,12 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -45,6 +47,9 @@ class Harness:
     sent: list[dict[str, Any]] = field(default_factory=list)
     records: int = 0
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Consumer output goes to files, never to unread pipes: a full pipe (64 KiB of warnings
+    # during a broker restart) would block the consumer and look like a stall.
+    logs: dict[int, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.engine = make_engine(self.pg_url, pool_size=2)
@@ -91,10 +96,18 @@ class Harness:
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "armlab", "consume", "--batch", "1000", *args]
-        p = subprocess.Popen(cmd, env=self.env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+        log_path = Path(tempfile.mkdtemp(prefix="armlab-consumer-")) / "consumer.log"
+        with open(log_path, "wb") as out:
+            p = subprocess.Popen(cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT)
+        self.logs[p.pid] = log_path
         self.procs.append(p)
         return p
+
+    def log_tail(self, p: subprocess.Popen[bytes], n: int = 3000) -> str:
+        path = self.logs.get(p.pid)
+        if path is None or not path.exists():
+            return ""
+        return path.read_bytes()[-n:].decode(errors="replace")
 
     def committed(self) -> int:
         """Records committed so far: sum of stored next offsets (all partitions)."""
@@ -112,9 +125,11 @@ class Harness:
             for p in self.procs:
                 if p.poll() not in (None, 0, -signal.SIGKILL):
                     pytest.fail(f"consumer died rc={p.returncode}: "
-                                f"{p.stderr.read().decode()[-2000:] if p.stderr else ''}")
+                                f"{self.log_tail(p)}")
             if time.monotonic() > deadline:
-                pytest.fail(f"timeout: committed {self.committed()} of {target}")
+                tails = "\n".join(f"--- consumer pid {p.pid}:\n{self.log_tail(p)}"
+                                  for p in self.procs)
+                pytest.fail(f"timeout: committed {self.committed()} of {target}\n{tails}")
             time.sleep(0.1)
 
     def stop_all(self) -> None:
@@ -123,11 +138,11 @@ class Harness:
                 p.send_signal(signal.SIGTERM)
         for p in self.procs:
             try:
-                _, err = p.communicate(timeout=60)
+                p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
-                pytest.fail("consumer did not exit on SIGTERM")
-            assert p.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
+                pytest.fail(f"consumer did not exit on SIGTERM\n{self.log_tail(p)}")
+            assert p.returncode in (0, -signal.SIGKILL), self.log_tail(p)
         self.procs.clear()
 
     # -- checks --------------------------------------------------------------------------
