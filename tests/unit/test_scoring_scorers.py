@@ -12,11 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch  # required: make setup installs the scoring extra; never skip
 
 from armlab.errors import ModelNotAvailable, NotFound, ScoringError, ValidationFailed
-
-torch = pytest.importorskip("torch")
-
 from armlab.scoring.models import resolve_model  # noqa: E402
 from armlab.scoring.scorers import (  # noqa: E402
     CatalogView,
