@@ -223,8 +223,37 @@ def _postgres_user() -> tuple[int, int] | None:
     return pw.pw_uid, pw.pw_gid
 
 
+class _ServiceFiles:
+    """What PostgresServer and KafkaBroker share: liveness, log tail, ``service.json``."""
+
+    data_dir: Path
+
+    @property
+    def pid(self) -> int | None:  # overridden by each service
+        raise NotImplementedError
+
+    @property
+    def log_file(self) -> Path:  # overridden by each service
+        raise NotImplementedError
+
+    def is_running(self) -> bool:
+        return self.pid is not None
+
+    def log_tail(self, lines: int = 60) -> str:
+        return tail(self.log_file, lines)
+
+    def _meta_path(self) -> Path:
+        return self.data_dir / "service.json"
+
+    def _read_meta(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self._meta_path().read_text()))
+        except (OSError, ValueError):
+            return {}
+
+
 @dataclass
-class PostgresServer:
+class PostgresServer(_ServiceFiles):
     """One PostgreSQL cluster in ``data_dir`` (pgdata/, sock/, postgres.log, service.json).
 
     ``fast=True`` turns off fsync, synchronous_commit and full_page_writes: only for
@@ -297,22 +326,7 @@ class PostgresServer:
             return None
         return pid if pid_alive(pid) else None
 
-    def is_running(self) -> bool:
-        return self.pid is not None
-
-    def log_tail(self, lines: int = 60) -> str:
-        return tail(self.log_file, lines)
-
     # -- lifecycle
-    def _meta_path(self) -> Path:
-        return self.data_dir / "service.json"
-
-    def _read_meta(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self._meta_path().read_text()))
-        except (OSError, ValueError):
-            return {}
-
     def _init(self, run_as: tuple[int, int] | None) -> None:
         bin_dir = find_pg_bin(self.bin_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -588,7 +602,7 @@ JVM_OPTS = ["-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupa
 
 
 @dataclass
-class KafkaBroker:
+class KafkaBroker(_ServiceFiles):
     """A single-node KRaft broker+controller in ``data_dir`` (RECIPE.md section 4)."""
 
     data_dir: Path
@@ -641,21 +655,6 @@ class KafkaBroker:
         except OSError:
             pass
         return pid
-
-    def is_running(self) -> bool:
-        return self.pid is not None
-
-    def log_tail(self, lines: int = 60) -> str:
-        return tail(self.log_file, lines)
-
-    def _meta_path(self) -> Path:
-        return self.data_dir / "service.json"
-
-    def _read_meta(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self._meta_path().read_text()))
-        except (OSError, ValueError):
-            return {}
 
     def _java_base(self, libs: Path) -> list[str]:
         return [find_java(), f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
