@@ -1,3 +1,3 @@
-from armlab.cli import main
+from armlab.entrypoints.cli.main import main
 
 main()

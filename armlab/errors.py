@@ -1,7 +1,7 @@
 """Error hierarchy. Every error armlab raises on purpose derives from ArmlabError.
 
 Messages name the offending value and what would be valid; the API maps each class to an
-HTTP status in one place (armlab.platform.api.errors) and the CLI prints ``error: <message>``.
+HTTP status in one place (armlab.entrypoints.api.errors) and the CLI prints ``error: <message>``.
 """
 
 from __future__ import annotations
@@ -91,21 +91,22 @@ class ServiceUnavailable(ArmlabError):
 
 
 class PolicyError(ArmlabError):
-    """Bad policy parameters or statistics (raised by armlab.policies)."""
+    """Bad policy parameters or statistics (raised by armlab.core.policies)."""
 
     status = 422
     title = "Invalid policy parameters"
 
 
 class StatsError(ArmlabError):
-    """Bad inputs to a statistical routine (raised by armlab.stats)."""
+    """Bad inputs to a statistical routine (raised by armlab.core.stats)."""
 
     status = 422
     title = "Invalid statistics input"
 
 
 class ScoringError(ArmlabError):
-    """Bad variant configs, missing models, scoring failures (raised by armlab.scoring)."""
+    """Bad variant configs, missing models, scoring failures (armlab.core.variants and
+    armlab.adapters.scoring)."""
 
     status = 422
     title = "Scoring error"

@@ -1,21 +1,98 @@
 """One typed settings object, read from ``ARMLAB_*`` environment variables, built once.
 
-Pure modules never read the environment: the entry points (CLI, API factory, consumer
-runner) call :func:`get_settings` and pass what they need down.
+Pure modules never read the environment: the entry points (CLI, API factory, consumer,
+benchmarks) call :func:`get_settings` and pass what they need down. The Kafka client settings
+are their own section (:class:`KafkaSettings`, ``ARMLAB_KAFKA_*``) because every Kafka client
+armlab builds (the producer SDK, the consumer and its dead-letter producer, the events route,
+the benchmarks) takes them from one place.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from armlab.errors import ConfigurationError
 
 DEFAULT_HOME = Path(".armlab")
+
+
+class KafkaSettings(BaseSettings):
+    """How armlab's Kafka clients reach the cluster. Every field is ``ARMLAB_KAFKA_<FIELD>``.
+
+    ``security_protocol`` SSL / SASL_SSL use the TLS files (a private CA in ``ssl_cafile``;
+    ``ssl_certfile`` + ``ssl_keyfile`` for mutual TLS); SASL_PLAINTEXT / SASL_SSL need a SASL
+    mechanism, user name and password. Passwords are secrets: never printed, only handed to
+    the client constructor by :meth:`client_config`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ARMLAB_KAFKA_", extra="ignore", frozen=True)
+
+    bootstrap: str = Field(
+        "127.0.0.1:19092", min_length=1, description="Bootstrap servers, comma-separated."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle (PEM) to verify the brokers.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate (PEM), mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, description="Client private key (PEM), mutual TLS.")
+    ssl_password: SecretStr | None = Field(None, description="Password of the private key.")
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl:
+            missing = [f"ARMLAB_KAFKA_{name.upper()}" for name in
+                       ("sasl_mechanism", "sasl_username", "sasl_password")
+                       if getattr(self, name) in (None, "")]
+            if missing:
+                raise ValueError(f"security_protocol {self.security_protocol} needs "
+                                 f"{', '.join(missing)}")
+        elif self.sasl_mechanism is not None:
+            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs security_protocol "
+                             "SASL_PLAINTEXT or SASL_SSL")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (mutual TLS)")
+        tls_files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile)
+        if "SSL" not in self.security_protocol and any(f is not None for f in tls_files):
+            raise ValueError("TLS files need security_protocol SSL or SASL_SSL")
+        for f in tls_files:
+            if f is not None and not f.is_file():
+                raise ValueError(f"TLS file {f} does not exist")
+        return self
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap.split(",") if s.strip()]
+
+    def client_config(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python's KafkaProducer / KafkaConsumer / admin client."""
+        cfg: dict[str, Any] = {
+            "bootstrap_servers": self.servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL_"):
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            cfg["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if "SSL" in self.security_protocol:
+            cfg["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                value = getattr(self, name)
+                if value is not None:
+                    cfg[name] = str(value)
+            if self.ssl_password is not None:
+                cfg["ssl_password"] = self.ssl_password.get_secret_value()
+        return cfg
 
 
 class Settings(BaseSettings):
@@ -31,11 +108,16 @@ class Settings(BaseSettings):
     transport: Literal["kafka", "memory"] = Field(
         "kafka", description="Event bus: a real Kafka cluster or the embedded in-process bus."
     )
-    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers.")
+    kafka: KafkaSettings = Field(
+        default_factory=KafkaSettings, description="Kafka client settings (ARMLAB_KAFKA_*)."
+    )
     topic_impressions: str = "armlab.impressions"
     topic_feedback: str = "armlab.feedback"
     topic_dlq: str = "armlab.dlq"
     consumer_group: str = "armlab-ingest"
+    ingest_batch: int = Field(
+        5000, ge=1, le=100_000, description="Most records one ingest batch (transaction) takes."
+    )
     auth_tokens: SecretStr = Field(
         SecretStr(""),
         description="Comma-separated name:role:secret triples; roles admin, producer, reader.",
@@ -62,8 +144,16 @@ class Settings(BaseSettings):
         "plain FastAPI route, the benchmark's baseline).",
     )
     obd_dir: Path | None = Field(
-        None, description="Open Bandit Dataset sample (random/ and bts/); default: "
-        "<repo>/../shared/data/obd, then <repo>/shared/data/obd."
+        None, description="Open Bandit Dataset sample (random/ and bts/ folders); unset: "
+        "shared/data/obd or ../shared/data/obd below the working directory."
+    )
+    kafka_libs: Path | None = Field(
+        None, description="Kafka broker jars for `armlab dev up` (fetched there once with "
+        "Maven); unset: <home>/kafka-libs."
+    )
+    pg_bin: Path | None = Field(
+        None, description="Directory with PostgreSQL's initdb and postgres for `armlab dev "
+        "up`; unset: $PATH, then Debian's /usr/lib/postgresql/<version>/bin."
     )
     log_level: str = "INFO"
 
@@ -81,16 +171,23 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
+def _flatten(exc: ValidationError, prefix: str) -> ConfigurationError:
+    parts = []
+    for e in exc.errors():
+        name = "_".join(str(p) for p in e["loc"]).upper()
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(f"{prefix}{name}: {msg}" if name else f"{prefix.rstrip('_')}: {msg}")
+    return ConfigurationError("; ".join(parts))
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Build settings once from the environment; fail fast with a message naming the variable."""
     try:
-        return Settings()
-    except Exception as exc:  # pydantic.ValidationError: flatten to one readable line
-        errors = getattr(exc, "errors", None)
-        if callable(errors):
-            parts = [
-                f"ARMLAB_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in errors()
-            ]
-            raise ConfigurationError("; ".join(parts)) from exc
-        raise ConfigurationError(str(exc)) from exc
+        kafka = KafkaSettings()
+    except ValidationError as exc:
+        raise _flatten(exc, "ARMLAB_KAFKA_") from None
+    try:
+        return Settings(kafka=kafka)
+    except ValidationError as exc:
+        raise _flatten(exc, "ARMLAB_") from None

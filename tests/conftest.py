@@ -6,12 +6,12 @@ FAILS with the service's log tail — it is never skipped.
 
 Fixtures (names fixed in the common brief; other areas code against them):
 
-- ``pg_server`` (session): :class:`armlab.platform.devstack.PostgresServer` with ``.admin_url``,
+- ``pg_server`` (session): :class:`armlab.tools.devstack.PostgresServer` with ``.admin_url``,
   ``.url_for(db)``, ``.port``, ``.start()``, ``.stop(mode)``, ``.restart()``, ``.kill()``.
 - ``pg_url`` (function): URL of a FRESH database already at alembic head
   (``postgresql+psycopg://armlab@127.0.0.1:PORT/t_...``), cloned from a template migrated once
   per session; dropped after the test.
-- ``kafka`` (session): :class:`armlab.platform.devstack.KafkaBroker` with ``.bootstrap``,
+- ``kafka`` (session): :class:`armlab.tools.devstack.KafkaBroker` with ``.bootstrap``,
   ``.start()``, ``.stop()``, ``.restart()``, ``.kill()``, ``.create_topic(name, partitions)``.
 - ``kafka_bootstrap`` (session): ``"127.0.0.1:PORT"``.
 - ``kafka_topic_factory`` (function): ``make(partitions=1, prefix="t") -> str`` creates a fresh
@@ -76,7 +76,7 @@ def _service_root() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def pg_server(request: pytest.FixtureRequest, _service_root: Path) -> Iterator[object]:
     """A PostgreSQL server for the whole session (fsync off: a throw-away test cluster)."""
-    from armlab.platform.devstack import PostgresServer, find_pg_bin
+    from armlab.tools.devstack import PostgresServer, find_pg_bin
 
     server = PostgresServer(_service_root / "postgres", fast=True, die_with_parent=True)
     started = time.monotonic()
@@ -98,7 +98,7 @@ def _pg_template(pg_server: object) -> str:
     """Create and migrate the template database once; each test clones it (fast)."""
     import psycopg
 
-    from armlab.platform import migrate
+    from armlab.adapters.db import migrate
 
     with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:  # type: ignore[attr-defined]
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
@@ -136,7 +136,7 @@ def pg_url(pg_server: object, _pg_template: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def kafka(request: pytest.FixtureRequest, _service_root: Path) -> Iterator[object]:
     """A single-node KRaft Kafka broker for the whole session."""
-    from armlab.platform.devstack import KafkaBroker
+    from armlab.tools.devstack import KafkaBroker
 
     broker = KafkaBroker(_service_root / "kafka", die_with_parent=True)
     started = time.monotonic()
@@ -176,7 +176,7 @@ def kafka_topic_factory(kafka: object) -> Callable[..., str]:
 
 @pytest.fixture(scope="session")
 def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from armlab.platform import migrate
+    from armlab.adapters.db import migrate
 
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
     migrate.upgrade(f"sqlite:///{path}")

@@ -22,7 +22,7 @@ is idempotent (acks=all, retries without duplicates) and batches (``linger_ms``)
 
 from __future__ import annotations
 
-from armlab.client.producer import (
+from armlab.adapters.kafka.producer import (
     EventProducer,
     KafkaEventProducer,
     MemoryEventProducer,

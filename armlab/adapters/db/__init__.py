@@ -1,0 +1,1 @@
+"""PostgreSQL / SQLite: engine, ORM models, unit of work, migrations, queries, ingest store."""

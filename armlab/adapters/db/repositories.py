@@ -1,0 +1,91 @@
+"""Repositories: how the use cases read and write experiments, audit rows and evidence.
+
+The services talk to these through the protocols of :mod:`armlab.services.ports`; the unit of
+work (:class:`armlab.adapters.db.uow.UnitOfWork`) hands out these SQL versions, and tests can
+hand out in-memory ones instead. Everything happens in the unit of work's session and
+transaction; nothing here commits.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from armlab.adapters.db.models import AllocationSnapshot, AuditLog, Decision, Experiment
+from armlab.adapters.db.queries import arm_sums, latest_decisions, latest_snapshot
+from armlab.core.evidence import ArmSums
+from armlab.errors import ExperimentExists
+
+
+class SqlExperiments:
+    """Experiments with their arms."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, key: str) -> Experiment | None:
+        return self.session.scalars(
+            select(Experiment).where(Experiment.key == key)
+            .options(selectinload(Experiment.arms))
+        ).one_or_none()
+
+    def list(self, status: str | None = None) -> list[Experiment]:
+        """Newest first, optionally only those with ``status``."""
+        stmt = select(Experiment).options(selectinload(Experiment.arms)).order_by(
+            Experiment.id.desc()
+        )
+        if status is not None:
+            stmt = stmt.where(Experiment.status == status)
+        return list(self.session.scalars(stmt))
+
+    def add(self, experiment: Experiment) -> None:
+        """Insert it (and its arms) now; ExperimentExists when another writer took the key."""
+        self.session.add(experiment)
+        try:
+            self.session.flush()
+        except IntegrityError as exc:  # lost a race with another create of the same key
+            self.session.rollback()
+            raise ExperimentExists(
+                f"an experiment with key {experiment.key!r} already exists"
+            ) from exc
+
+    def keys_starting_with(self, prefix: str) -> set[str]:
+        return set(self.session.scalars(
+            select(Experiment.key).where(Experiment.key.like(f"{prefix}%"))
+        ))
+
+
+class SqlAuditTrail:
+    """The audit log: one row per state change or automated decision."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, row: AuditLog) -> None:
+        self.session.add(row)
+
+    def for_experiment(self, experiment_id: int) -> list[AuditLog]:
+        """Oldest first."""
+        return list(self.session.scalars(
+            select(AuditLog).where(AuditLog.experiment_id == experiment_id).order_by(AuditLog.id)
+        ))
+
+
+class SqlEvidence:
+    """What the statistics read and write: per-arm totals, snapshots, decision rows."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def arm_sums(self, experiment_id: int) -> dict[str, ArmSums]:
+        return arm_sums(self.session, experiment_id)
+
+    def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None:
+        return latest_snapshot(self.session, experiment_id)
+
+    def latest_decisions(self, experiment_id: int) -> dict[str, Decision]:
+        return latest_decisions(self.session, experiment_id)
+
+    def add_decision(self, row: Decision) -> None:
+        self.session.add(row)

@@ -1,0 +1,1 @@
+"""Event transport: Kafka (kafka-python) and the in-process bus with the same interface."""

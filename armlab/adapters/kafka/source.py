@@ -1,0 +1,240 @@
+"""Kafka transport for the ingest runner (kafka-python consumer group + DLQ producer).
+
+Offsets live in the database, not in Kafka: ``enable_auto_commit=False`` and a
+``ConsumerRebalanceListener`` that hands newly assigned partitions to the runner, which
+seeks to the offsets stored with the effects (KafkaConsumer Javadoc, "Storing Offsets Outside
+Kafka"). After each database commit the runner may also commit to Kafka, only so that
+standard lag tooling sees progress; that commit is never read back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaConsumer,
+    KafkaProducer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
+from kafka.errors import KafkaError
+
+from armlab.errors import ServiceUnavailable
+from armlab.settings import KafkaSettings
+
+log = logging.getLogger("armlab.consumers.kafka")
+
+TP = tuple[str, int]
+
+
+def _kafka_unavailable(bootstrap: str, exc: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}: {exc}); "
+        "start it with `armlab dev up` or set ARMLAB_KAFKA_BOOTSTRAP"
+    )
+
+
+class KafkaSource:
+    """A kafka-python consumer in group ``group`` subscribed to ``topics``."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: Iterable[str],
+        group: str,
+        *,
+        max_poll_records: int = 5000,
+        client_id: str = "armlab-consumer",
+        align: tuple[str, str] | None = None,
+        **config: Any,
+    ) -> None:
+        self.bootstrap = kafka.bootstrap
+        self.topics = list(topics)
+        self.group = group
+        # (impressions topic, feedback topic): hold feedback back until the impressions it
+        # refers to have been read (see _align). None disables it.
+        self.align = align
+        self._imp_ts: dict[int, int] = {}  # partition -> newest impression timestamp read
+        # feedback partition -> (held records, monotonic time the hold began)
+        self._held: dict[Any, tuple[list[Any], float]] = {}
+        try:
+            self.consumer = KafkaConsumer(
+                **kafka.client_config(),
+                group_id=group,
+                client_id=client_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=max_poll_records,
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+                fetch_max_bytes=64 * 1024 * 1024,
+                session_timeout_ms=10_000,
+                heartbeat_interval_ms=2_000,
+                max_poll_interval_ms=300_000,
+                reconnect_backoff_max_ms=2_000,
+                request_timeout_ms=30_000,
+                **config,
+            )
+        except KafkaError as exc:
+            raise _kafka_unavailable(kafka.bootstrap, exc) from exc
+
+    def start(
+        self,
+        on_assign: Callable[[list[TP]], None],
+        on_revoke: Callable[[list[TP]], None],
+    ) -> None:
+        src = self
+
+        class _Listener(ConsumerRebalanceListener):
+            # kafka-python calls these from inside poll(), i.e. between two batches: the
+            # in-flight batch has already been committed or abandoned by then.
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                src._imp_ts.clear()
+                src._held.clear()
+                on_revoke([(tp.topic, tp.partition) for tp in revoked])
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                tps = [(tp.topic, tp.partition) for tp in assigned]
+                log.info("assigned", extra={"partitions": [f"{t}:{p}" for t, p in tps]})
+                on_assign(tps)
+
+        self.consumer.subscribe(topics=self.topics, listener=_Listener())
+
+    def seek(self, tp: TP, offset: int | None) -> None:
+        ktp = TopicPartition(*tp)
+        self._held.pop(ktp, None)  # re-read from ``offset``
+        if offset is None:
+            self.consumer.seek_to_beginning(ktp)
+        else:
+            self.consumer.seek(ktp, offset)
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Any]:
+        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        if self.align is not None and (batches or self._held):
+            batches = self._align(batches)
+        out: list[Any] = []
+        for recs in batches.values():
+            out.extend(recs)
+        return out
+
+    # -- impression/feedback alignment (an optimisation; never needed for correctness) ----
+    # A poll drains one partition's fetched data at a time, so a batch is often all feedback
+    # whose impressions are still unread: each such feedback is written as pending and
+    # resolved later (correct, but two extra writes). So feedback records newer (producer
+    # timestamp) than the newest impression read from the partition of the same number are
+    # held here, in order, and handed out by a later poll once those impressions have been
+    # read, the impressions partition has caught up, the hold is MAX_HOLD_S old, a poll
+    # comes back empty, or MAX_HELD records are held. Held records are only deferred: every
+    # batch stays contiguous per partition, and seek() (the runner's resync/assignment) or
+    # a rebalance drops them, so they are fetched again from the stored offset.
+    # (kafka-python's pause() is not used: its parked-fetch restore can stall a partition.)
+    MAX_HOLD_S = 2.0
+    MAX_HELD = 50_000
+
+    def _caught_up(self, tp: Any) -> bool:
+        """True when every impression of ``tp`` fetched so far has been read (unknown, i.e.
+        no fetch response yet, counts as behind; the hold is bounded by MAX_HOLD_S)."""
+        hw = self.consumer.highwater(tp)
+        try:
+            pos = self.consumer.position(tp, timeout_ms=0)
+        except Exception:  # noqa: BLE001 - position not known yet
+            return False
+        return hw is not None and pos is not None and pos >= hw
+
+    def _align(self, batches: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        imp_topic, fb_topic = self.align  # type: ignore[misc]
+        for tp, recs in batches.items():
+            if tp.topic == imp_topic and recs:
+                self._imp_ts[tp.partition] = max(self._imp_ts.get(tp.partition, -1),
+                                                 max(r.timestamp for r in recs))
+        out: dict[Any, list[Any]] = {tp: recs for tp, recs in batches.items()
+                                     if tp.topic != fb_topic}
+        now = time.monotonic()
+        release_all = not batches or sum(len(r) for r, _ in self._held.values()) > self.MAX_HELD
+        assigned = self.consumer.assignment()
+        for tp in set(self._held) | {tp for tp in batches if tp.topic == fb_topic}:
+            held, since = self._held.pop(tp, ([], now))
+            recs = held + batches.get(tp, [])
+            if not recs:
+                continue
+            imp_tp = TopicPartition(imp_topic, tp.partition)
+            cut = None
+            if not (release_all or now - since > self.MAX_HOLD_S or imp_tp not in assigned
+                    or self._caught_up(imp_tp)):
+                limit = self._imp_ts.get(tp.partition, -1)
+                cut = next((i for i, r in enumerate(recs) if r.timestamp > limit), None)
+            if cut is None:
+                out[tp] = recs
+                continue
+            self._held[tp] = (recs[cut:], since if held else now)
+            if cut:
+                out[tp] = recs[:cut]
+        return out
+
+    def lag(self, committed: dict[TP, int | None]) -> dict[TP, int]:
+        out: dict[TP, int] = {}
+        for tp, pos in committed.items():
+            hw = self.consumer.highwater(TopicPartition(*tp))
+            if hw is not None:
+                out[tp] = max(0, hw - (pos or 0))
+        return out
+
+    def commit_progress(self, offsets: dict[TP, int]) -> None:
+        """Best-effort Kafka commit for lag tooling only (the database is authoritative)."""
+        try:
+            self.consumer.commit_async(
+                {TopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+            )
+        except Exception as exc:  # noqa: BLE001 - purely informational
+            log.debug("kafka progress commit failed: %s", exc)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway
+            log.debug("consumer close failed: %s", exc)
+
+
+class KafkaDlq:
+    """Dead-letter producer (idempotent, acks=all). Flushed before the batch commits, so a
+    rejected record is never lost; after a crash it may appear twice (at-least-once)."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, **config: Any) -> None:
+        self.topic = topic
+        self.bootstrap = kafka.bootstrap
+        try:
+            self.producer = KafkaProducer(
+                **kafka.client_config(),
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                retries=2**31 - 1,
+                delivery_timeout_ms=120_000,
+                max_block_ms=30_000,
+                reconnect_backoff_max_ms=2_000,
+                client_id="armlab-dlq",
+                **config,
+            )
+        except KafkaError as exc:
+            raise _kafka_unavailable(kafka.bootstrap, exc) from exc
+        self._futures: list[Any] = []
+
+    def send(self, value: bytes, key: bytes | None = None) -> None:
+        self._futures.append(self.producer.send(self.topic, value=value, key=key))
+
+    def flush(self) -> None:
+        """Wait until every dead letter is acknowledged; raise if any failed (the batch is
+        then rolled back and retried)."""
+        futures, self._futures = self._futures, []
+        self.producer.flush(timeout=60)
+        for f in futures:
+            f.get(timeout=60)
+
+    def close(self) -> None:
+        try:
+            self.producer.close(timeout=10)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("dlq close failed: %s", exc)

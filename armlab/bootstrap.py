@@ -1,0 +1,216 @@
+"""The one wiring point: builds a process's adapters and long-lived services, once each.
+
+Entry points (the API, the CLI, the demo, the benchmarks) call :func:`bootstrap` and receive a
+typed :class:`Services`. The database engine and session factory exist from the start; the rest
+is built on first use and then kept for the life of the process:
+
+* ``bus``: the in-process event bus (transport ``memory`` only; the producer and the consumer
+  share it);
+* ``producer``: the event producer for ``settings.transport`` (Kafka or the bus);
+* ``assigner``: the in-memory assignment cache (not started: the API starts its threads);
+* ``scorer_pool`` / ``scoring`` / ``catalogs``: the scoring side of ``/recommend``.
+
+Nothing happens at import time. :func:`make_settings` and :func:`open_services` give the demo,
+the replay, ``armlab report`` and ``armlab ope`` their two stacks:
+
+- ``embedded``: SQLite under ``ARMLAB_HOME`` and the in-process bus; nothing to start;
+- ``local``: whatever ``ARMLAB_DATABASE_URL`` / ``ARMLAB_KAFKA_BOOTSTRAP`` say, for example the
+  PostgreSQL and Kafka of ``armlab dev up``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from armlab.adapters.db import migrate
+from armlab.adapters.db.engine import make_engine, make_session_factory
+from armlab.adapters.db.uow import UnitOfWork
+from armlab.adapters.kafka.memory import MemoryBus, MemoryDlq, MemorySource
+from armlab.adapters.kafka.producer import (
+    KafkaEventProducer,
+    MemoryEventProducer,
+    producer_from_settings,
+)
+from armlab.adapters.kafka.source import KafkaDlq, KafkaSource
+from armlab.adapters.metrics import IngestMetrics
+from armlab.adapters.scoring.batching import ScorerPool, ScoringService
+from armlab.adapters.scoring.models import set_cpu_threads
+from armlab.errors import ValidationFailed
+from armlab.services.assignment import Assigner
+from armlab.services.catalog import CatalogCache
+from armlab.services.ingest import IngestRunner
+from armlab.settings import Settings, get_settings
+
+STACKS = ("embedded", "local")
+_T = TypeVar("_T")
+
+
+class Services:
+    """What one process needs, built once. Close it when the process is done."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        assigner: Assigner | None = None,
+        assigner_seed: int | None = None,
+        bus: MemoryBus | None = None,
+    ) -> None:
+        self.settings = settings
+        self._assigner_seed = assigner_seed
+        self.engine = engine
+        self.session_factory: sessionmaker[Session] = make_session_factory(engine)
+        self._lock = threading.RLock()
+        self._built: dict[str, Any] = {}
+        if assigner is not None:
+            self._built["assigner"] = assigner
+        if bus is not None:
+            self._built["bus"] = bus
+
+    def uow(self) -> UnitOfWork:
+        """A new unit of work on this process's database."""
+        return UnitOfWork(self.session_factory)
+
+    def _once(self, name: str, build: Callable[[], _T]) -> _T:
+        got = self._built.get(name)
+        if got is None:
+            with self._lock:
+                got = self._built.get(name)
+                if got is None:
+                    got = self._built[name] = build()
+        return got
+
+    def has(self, name: str) -> bool:
+        """Whether the member ``name`` has been built (used on shutdown)."""
+        return name in self._built
+
+    @property
+    def bus(self) -> MemoryBus:
+        """The in-process event bus shared by the producer and the consumer (memory transport)."""
+        return self._once("bus", MemoryBus)
+
+    @property
+    def producer(self) -> KafkaEventProducer | MemoryEventProducer:
+        """The event producer for ``settings.transport`` (ServiceUnavailable without Kafka)."""
+        bus = self.bus if self.settings.transport == "memory" else None
+        return self._once(
+            "producer", lambda: producer_from_settings(self.settings, bus=bus, fail_fast=True)
+        )
+
+    @property
+    def assigner(self) -> Assigner:
+        """The assignment cache (call ``start()`` to load it and run its threads)."""
+        s = self.settings
+        return self._once(
+            "assigner",
+            lambda: Assigner(self.session_factory, seed=self._assigner_seed,
+                             refresh_s=s.snapshot_refresh_s),
+        )
+
+    @property
+    def scorer_pool(self) -> ScorerPool:
+        """Scorers by variant config (models load on first use; torch only then)."""
+
+        def build() -> ScorerPool:
+            s = self.settings
+            set_cpu_threads(s.scoring_threads)
+            return ScorerPool(device=s.scoring_device, models_dir=s.models_dir,
+                              cache_dir=s.home / "model-cache")
+
+        return self._once("scorer_pool", build)
+
+    @property
+    def scoring(self) -> ScoringService:
+        """The batching scorer in front of :attr:`scorer_pool`."""
+        return self._once("scoring", lambda: ScoringService(self.scorer_pool))
+
+    @property
+    def catalogs(self) -> CatalogCache:
+        return self._once(
+            "catalogs",
+            lambda: CatalogCache(self.session_factory, ttl_s=self.settings.snapshot_refresh_s),
+        )
+
+    def ingest_runner(
+        self,
+        *,
+        transport: str | None = None,
+        group: str | None = None,
+        max_batch: int | None = None,
+        poll_timeout_s: float = 0.2,
+        metrics: IngestMetrics | None = None,
+    ) -> IngestRunner:
+        """A consumer for ``transport`` (default ``settings.transport``): Kafka or the bus."""
+        s = self.settings
+        transport = transport or s.transport
+        group = group or s.consumer_group
+        batch = max_batch or s.ingest_batch
+        topics = [s.topic_impressions, s.topic_feedback]
+        if transport == "memory":
+            source: Any = MemorySource(self.bus, topics)
+            dlq: Any = MemoryDlq(self.bus, s.topic_dlq)
+        else:
+            source = KafkaSource(s.kafka, topics, group, max_poll_records=batch,
+                                 align=(s.topic_impressions, s.topic_feedback))
+            dlq = KafkaDlq(s.kafka, s.topic_dlq)
+        return IngestRunner(self.session_factory, source, dlq=dlq, group=group,
+                            topic_impressions=s.topic_impressions,
+                            topic_feedback=s.topic_feedback, max_batch=batch,
+                            poll_timeout_s=poll_timeout_s, metrics=metrics)
+
+    def close(self) -> None:
+        """Stop what was started (assigner threads, scorer thread, producer), then the engine."""
+        for name in ("assigner", "scoring", "producer"):
+            obj = self._built.pop(name, None)
+            closer = getattr(obj, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception:  # noqa: BLE001,S110 - best effort on shutdown
+                    pass
+        self.engine.dispose()
+
+
+def bootstrap(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    assigner: Assigner | None = None,
+    assigner_seed: int | None = None,
+    bus: MemoryBus | None = None,
+) -> Services:
+    """Services for ``settings``. ``assigner`` / ``bus`` replace the default ones (tests);
+    ``assigner_seed`` makes the assigner's draws and impression ids reproducible (the demo)."""
+    return Services(settings, engine or make_engine(settings.database_url),
+                    assigner=assigner, assigner_seed=assigner_seed, bus=bus)
+
+
+def make_settings(stack: str, **overrides: object) -> Settings:
+    """Settings for ``stack``; environment variables still apply to everything not forced."""
+    if stack not in STACKS:
+        raise ValidationFailed(f"--stack must be one of {', '.join(STACKS)}, got {stack!r}",
+                               field="stack")
+    base = get_settings()
+    if stack == "embedded":
+        home = Path(base.home)
+        url = base.database_url if base.is_sqlite else f"sqlite:///{home / 'armlab.db'}"
+        forced: dict[str, object] = {"transport": "memory", "database_url": url,
+                                     "auth_disabled": True}
+    else:
+        forced = {"transport": "kafka"}
+    forced.update(overrides)
+    return base.model_copy(update=forced)
+
+
+def open_services(settings: Settings, *, upgrade: bool = True, **kwargs: Any) -> Services:
+    """Bootstrap services after upgrading the schema to head (SQLite folders are created)."""
+    if upgrade:
+        migrate.upgrade(settings.database_url)
+    return bootstrap(settings, **kwargs)

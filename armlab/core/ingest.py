@@ -1,0 +1,381 @@
+"""Ingestion handlers: pure functions from a batch of decoded records (plus the database
+state they touch) to effects. No I/O here: the runner prefetches the state, calls
+:func:`handle_batch`, and writes the returned :class:`Effects` together with the next
+offsets in one transaction.
+
+Reward attribution (per experiment): only feedback whose ``kind`` equals the experiment's
+reward metric changes an impression's reward. Binary rewards: the reward becomes 1 on the first
+positive feedback of that kind (later ones change nothing). Continuous rewards: the reward is
+the sum of the values. Feedback counts only inside the attribution window,
+``0 <= occurred_at - served_at <= attribution_window_s``.
+
+Per-arm sufficient statistics (:class:`armlab.core.evidence.ArmSums`, sharded by the partition
+of the record that caused them). Because a reward can change after the impression was counted,
+a reward change r_old -> r_new adds (r_new - r_old) to the sums and (r_new^2 - r_old^2) to the
+sums of squares, each divided by p or p^2 for the inverse-propensity-weighted forms.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+
+from armlab.core.clock import as_utc, utcnow
+from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1
+from armlab.core.evidence import ArmSums
+
+# Outcomes that are not rejections (counted, never dead-lettered).
+OUT_IMPRESSION = "impression"
+OUT_APPLIED = "feedback_applied"
+OUT_PENDING = "feedback_pending"
+OUT_RESOLVED = "pending_resolved"
+OUT_DUPLICATE = "duplicate"
+OK_OUTCOMES = frozenset({OUT_IMPRESSION, OUT_APPLIED, OUT_PENDING, OUT_RESOLVED, OUT_DUPLICATE})
+
+class RecordLike(Protocol):
+    """The part of a Kafka record the handlers read (kafka-python's ConsumerRecord fits)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentInfo:
+    """What ingestion needs to know about an experiment (loaded from the registry)."""
+
+    id: int
+    key: str
+    arms: frozenset[str]
+    reward_kind: str  # binary | continuous
+    reward_metric: str
+    window_s: float
+
+
+@dataclass(slots=True)
+class ImpressionState:
+    """An impression as stored (or as about to be inserted by this batch)."""
+
+    impression_id: str
+    event_id: str
+    experiment_id: int
+    arm_key: str
+    propensity: float
+    served_at: datetime
+    reward: float = 0.0
+    feedback_count: int = 0
+    partition: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PendingFeedback:
+    """A feedback ledger row in status ``pending`` (its impression had not arrived)."""
+
+    event_id: str
+    impression_id: str
+    experiment_key: str
+    kind: str
+    value: float
+    occurred_at: datetime
+    partition: int
+
+
+@dataclass(slots=True)
+class BatchState:
+    """Database state a batch touches, prefetched by the runner inside the transaction."""
+
+    impressions: dict[str, ImpressionState] = field(default_factory=dict)  # by impression_id
+    impression_event_ids: set[str] = field(default_factory=set)
+    feedback_event_ids: set[str] = field(default_factory=set)
+    pending: dict[str, list[PendingFeedback]] = field(default_factory=dict)  # by impression_id
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A record that goes to the dead-letter topic (and is counted by reason)."""
+
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    raw: bytes | None
+    key: bytes | None = None
+
+    def to_dlq(self, group: str) -> bytes:
+        """The DLQ record: JSON {reason, detail, topic, partition, offset, raw (base64), ...}."""
+        return orjson.dumps(
+            {
+                "reason": self.reason,
+                "detail": self.detail,
+                "topic": self.topic,
+                "partition": self.partition,
+                "offset": self.offset,
+                "raw": base64.b64encode(self.raw).decode() if self.raw is not None else None,
+                "group": group,
+                "at": utcnow().isoformat(),
+            }
+        )
+
+
+@dataclass(slots=True)
+class Effects:
+    """Everything one batch changes. Written by the store in one transaction."""
+
+    new_impressions: list[ImpressionState] = field(default_factory=list)
+    new_impression_rows: list[ImpressionV1] = field(default_factory=list)
+    impression_updates: dict[str, ImpressionState] = field(default_factory=dict)
+    feedback_rows: list[tuple[FeedbackV1, int, str]] = field(default_factory=list)
+    feedback_status: dict[str, str] = field(default_factory=dict)  # pending -> new status
+    stats: dict[tuple[int, str, int], ArmSums] = field(default_factory=dict)
+    counters: Counter[tuple[str, int]] = field(default_factory=Counter)  # (reason, partition)
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, outcome)
+    rejects: list[Reject] = field(default_factory=list)
+
+    def stat(self, experiment_id: int, arm_key: str, partition: int) -> ArmSums:
+        """The statistics this batch adds for one (experiment, arm, partition) shard."""
+        key = (experiment_id, arm_key, partition)
+        sums = self.stats.get(key)
+        if sums is None:
+            sums = self.stats[key] = ArmSums()
+        return sums
+
+
+class _Batch:
+    """Mutable working set while one batch is handled."""
+
+    def __init__(
+        self,
+        experiments: dict[str, ExperimentInfo],
+        state: BatchState,
+        feedback_topic: str,
+    ) -> None:
+        self.experiments = experiments
+        self.by_id = {e.id: e for e in experiments.values()}
+        self.state = state
+        self.fx = Effects()
+        self.feedback_topic = feedback_topic
+        self.new_ids: set[str] = set()
+
+    def reject(
+        self, reason: str, detail: str, rec: RecordLike | None, raw: bytes | None = None,
+        partition: int = 0,
+    ) -> None:
+        if rec is not None:
+            r = Reject(reason, detail, rec.topic, rec.partition, rec.offset, rec.value, rec.key)
+        else:
+            r = Reject(reason, detail, self.feedback_topic, partition, -1, raw)
+        self.fx.rejects.append(r)
+        self.fx.counters[(reason, r.partition)] += 1
+        self.fx.outcomes[(r.topic, reason)] += 1
+
+    def ok(self, outcome: str, topic: str, partition: int) -> None:
+        self.fx.counters[(outcome, partition)] += 1
+        self.fx.outcomes[(topic, outcome)] += 1
+
+    # -- impressions -------------------------------------------------------------------
+    def impression(self, ev: ImpressionV1, rec: RecordLike) -> None:
+        exp = self.experiments.get(ev.experiment_key)
+        if exp is None:
+            self.reject(
+                "unknown_experiment", f"experiment {ev.experiment_key!r} is not registered", rec
+            )
+            return
+        if ev.arm_key not in exp.arms:
+            self.reject(
+                "unknown_arm",
+                f"arm {ev.arm_key!r} is not an arm of {exp.key!r} ({sorted(exp.arms)})",
+                rec,
+            )
+            return
+        st = self.state
+        if ev.event_id in st.impression_event_ids:
+            self.ok(OUT_DUPLICATE, rec.topic, rec.partition)
+            return
+        if ev.impression_id in st.impressions:
+            self.reject(
+                "duplicate_impression",
+                f"impression_id {ev.impression_id!r} already exists with another event_id",
+                rec,
+            )
+            return
+        imp = ImpressionState(
+            impression_id=ev.impression_id,
+            event_id=ev.event_id,
+            experiment_id=exp.id,
+            arm_key=ev.arm_key,
+            propensity=ev.propensity,
+            served_at=ev.served_at,
+            partition=rec.partition,
+        )
+        st.impressions[ev.impression_id] = imp
+        st.impression_event_ids.add(ev.event_id)
+        self.new_ids.add(ev.impression_id)
+        self.fx.new_impressions.append(imp)
+        self.fx.new_impression_rows.append(ev)
+        self.fx.stat(exp.id, ev.arm_key, rec.partition).add_impression(ev.propensity)
+        self.ok(OUT_IMPRESSION, rec.topic, rec.partition)
+        # Feedback that arrived first waits in the ledger: apply it now.
+        for pf in st.pending.pop(ev.impression_id, ()):
+            status = self.attribute(
+                imp, pf.experiment_key, pf.kind, pf.value, pf.occurred_at, rec.partition,
+                rec=None, raw=lambda pf=pf: _pending_raw(pf), src_partition=pf.partition,
+            )
+            self.fx.feedback_status[pf.event_id] = status
+            if status == "applied":
+                self.ok(OUT_RESOLVED, self.feedback_topic, rec.partition)
+
+    # -- feedback ----------------------------------------------------------------------
+    def feedback(self, ev: FeedbackV1, rec: RecordLike) -> None:
+        st = self.state
+        if ev.event_id in st.feedback_event_ids:
+            self.ok(OUT_DUPLICATE, rec.topic, rec.partition)
+            return
+        exp = self.experiments.get(ev.experiment_key)
+        if exp is None:
+            self.reject(
+                "unknown_experiment", f"experiment {ev.experiment_key!r} is not registered", rec
+            )
+            return
+        st.feedback_event_ids.add(ev.event_id)
+        imp = st.impressions.get(ev.impression_id)
+        if imp is None:
+            self.fx.feedback_rows.append((ev, rec.partition, "pending"))
+            st.pending.setdefault(ev.impression_id, []).append(
+                PendingFeedback(
+                    ev.event_id, ev.impression_id, ev.experiment_key, ev.kind, ev.value,
+                    ev.occurred_at, rec.partition,
+                )
+            )
+            self.ok(OUT_PENDING, rec.topic, rec.partition)
+            return
+        status = self.attribute(
+            imp, ev.experiment_key, ev.kind, ev.value, ev.occurred_at, rec.partition, rec=rec
+        )
+        self.fx.feedback_rows.append((ev, rec.partition, status))
+        if status == "applied":
+            self.ok(OUT_APPLIED, rec.topic, rec.partition)
+
+    def attribute(
+        self,
+        imp: ImpressionState,
+        experiment_key: str,
+        kind: str,
+        value: float,
+        occurred_at: datetime,
+        partition: int,
+        *,
+        rec: RecordLike | None,
+        raw: Any = None,
+        src_partition: int = 0,
+    ) -> str:
+        """Join one feedback to its impression; returns the ledger status."""
+        exp = self.by_id.get(imp.experiment_id)
+        if exp is None or exp.key != experiment_key:
+            self.reject(
+                "experiment_mismatch",
+                f"feedback names experiment {experiment_key!r} but impression "
+                f"{imp.impression_id!r} belongs to {exp.key if exp else imp.experiment_id!r}",
+                rec, raw() if raw else None, src_partition,
+            )
+            return "rejected"
+        dt = (as_utc(occurred_at) - as_utc(imp.served_at)).total_seconds()
+        if dt < 0:
+            self.reject(
+                "before_impression",
+                f"feedback at {occurred_at.isoformat()} precedes its impression "
+                f"({imp.served_at.isoformat()})",
+                rec, raw() if raw else None, src_partition,
+            )
+            return "late"
+        if dt > exp.window_s:
+            self.reject(
+                "late",
+                f"feedback {dt:.0f}s after its impression; attribution window is "
+                f"{exp.window_s:.0f}s",
+                rec, raw() if raw else None, src_partition,
+            )
+            return "late"
+        imp.feedback_count += 1
+        if imp.impression_id not in self.new_ids:
+            self.fx.impression_updates[imp.impression_id] = imp
+        if kind != exp.reward_metric:
+            return "applied"
+        old = imp.reward
+        if exp.reward_kind == "binary":
+            new = 1.0 if (value > 0 or old >= 1.0) else old
+        else:
+            new = old + value
+        sums = self.fx.stat(exp.id, imp.arm_key, partition)
+        sums.add_feedback()
+        if new != old:
+            sums.add_reward_change(old, new, imp.propensity)
+            imp.reward = new
+        return "applied"
+
+
+def _pending_raw(pf: PendingFeedback) -> bytes:
+    """Reconstruct the wire form of a pending feedback event for the DLQ."""
+    return orjson.dumps(
+        {
+            "schema": "feedback.v1",
+            "event_id": pf.event_id,
+            "impression_id": pf.impression_id,
+            "experiment_key": pf.experiment_key,
+            "kind": pf.kind,
+            "value": pf.value,
+            "occurred_at": as_utc(pf.occurred_at).isoformat(),
+        }
+    )
+
+
+def handle_batch(
+    decoded: Sequence[tuple[RecordLike, Event | DecodeFailure]],
+    experiments: dict[str, ExperimentInfo],
+    state: BatchState,
+    *,
+    feedback_topic: str,
+) -> Effects:
+    """Turn a batch of decoded records into effects. Pure: mutates only ``state``.
+
+    Records are handled in order, so an impression and its feedback in the same batch join
+    whichever comes first. ``state`` must hold every stored impression, impression event_id,
+    feedback event_id and pending feedback row that the batch references.
+    """
+    b = _Batch(experiments, state, feedback_topic)
+    for rec, ev in decoded:
+        if isinstance(ev, DecodeFailure):
+            b.reject(ev.reason, ev.detail, rec)
+        elif isinstance(ev, ImpressionV1):
+            b.impression(ev, rec)
+        else:
+            b.feedback(ev, rec)
+    return b.fx
+
+
+def referenced_ids(
+    decoded: Iterable[tuple[RecordLike, Event | DecodeFailure]],
+) -> tuple[set[str], set[str], set[str], set[str]]:
+    """Ids the runner must prefetch: (impression ids to load, impression event ids,
+    feedback event ids, impression ids whose pending feedback to load)."""
+    imp_ids: set[str] = set()
+    imp_events: set[str] = set()
+    fb_events: set[str] = set()
+    arriving: set[str] = set()
+    for _, ev in decoded:
+        if isinstance(ev, ImpressionV1):
+            imp_ids.add(ev.impression_id)
+            imp_events.add(ev.event_id)
+            arriving.add(ev.impression_id)
+        elif isinstance(ev, FeedbackV1):
+            imp_ids.add(ev.impression_id)
+            fb_events.add(ev.event_id)
+    return imp_ids, imp_events, fb_events, arriving

@@ -1,0 +1,229 @@
+"""Experiment specs (pydantic v2): what an experiment is, as registered.
+
+One definition each, used by the API's registration body, the CLI, the demo, the allocator and
+the sequential test alike: :class:`ExperimentSpec` with its :class:`ArmSpec`,
+:class:`RewardSpec`, :class:`PolicySpec` and :class:`SequentialSpec`. Policy parameters are
+declared once, in :mod:`armlab.core.policies` (``POLICY_PARAMS``), and variant configs in
+:mod:`armlab.core.variants`; this module validates with those classes.
+
+Every validation rule of a registration is here, so a bad spec is a 422 that names the field
+before any database work happens. Cross-field rules are written as field validators on the
+*later* field (pydantic validates fields in declaration order and ``info.data`` holds the
+earlier ones), which keeps the error location on the field at fault (``exploration_floor``,
+``arms``...) instead of on the whole body.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+
+from armlab.core.policies import POLICY_PARAMS
+from armlab.core.variants import validate_variant
+from armlab.errors import PolicyError, ValidationFailed
+
+KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_KEY_RE = re.compile(KEY_PATTERN)
+
+Key = Annotated[
+    str,
+    Field(
+        pattern=KEY_PATTERN,
+        description="Lower-case letters, digits, '_' and '-'; 1-64 characters, "
+        "starting with a letter or digit.",
+        examples=["home-recs"],
+    ),
+]
+
+PolicyName = Literal["thompson", "top_two_thompson", "epsilon_greedy", "uniform"]
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors: a typo such as ``aplha`` must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- the registration body -------------------------------------------------------------------
+
+
+class RewardSpec(StrictModel):
+    kind: Literal["binary", "continuous"] = "binary"
+    metric: str = Field(
+        "click", min_length=1, max_length=64,
+        description="Feedback kind that counts as reward (click, conversion, rating, dwell...).",
+    )
+
+
+class PolicySpec(StrictModel):
+    name: PolicyName = "thompson"
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="Policy parameters (omitted ones take the policy's defaults). "
+        "thompson: prior_alpha, prior_beta (binary), prior_mean, prior_kappa, prior_shape, "
+        "prior_rate (continuous), method quadrature|monte_carlo, n_draws, grid; "
+        "top_two_thompson: + top_two_beta in (0,1); epsilon_greedy: epsilon in [0,1], "
+        "schedule fixed|decay, decay_c > 0; uniform: none.",
+    )
+
+    @field_validator("params")
+    @classmethod
+    def _check_params(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        model = POLICY_PARAMS.get(name) if isinstance(name, str) else None
+        if model is None:  # the name itself failed; that error is reported on policy.name
+            return v
+        try:
+            parsed = model.model_validate(v)
+        except PolicyError as exc:
+            pairs = getattr(exc, "errors", None) or [("", exc.message)]
+            raise ValueError("; ".join(f"params.{loc}: {msg}" if loc else f"params: {msg}"
+                                       for loc, msg in pairs)) from None
+        # Store only what the caller set: the policy's own defaults apply to the rest.
+        return parsed.model_dump(exclude_unset=True)
+
+
+class SequentialSpec(StrictModel):
+    """Sequential-test settings: the mSPRT of Johari, Koomen, Pekelis & Walsh ("Always Valid
+    Inference", Operations Research 2022), or its inverse-propensity-weighted form under a
+    bandit (see :mod:`armlab.core.decisions`)."""
+
+    alpha: float = Field(0.05, gt=0, lt=1, description="Type-I error level.")
+    tau2: float | None = Field(
+        None, gt=0, description="Mixing variance tau^2; None = chosen from the data."
+    )
+    theta0: float = Field(0.0, description="Null difference of means.")
+    min_samples: int = Field(100, ge=0, description="Per-arm samples before any decision.")
+    max_n: int | None = Field(None, gt=0, description="Optional horizon (total impressions).")
+    auto_stop: bool = Field(False, description="Stop the experiment when the test decides.")
+    correction: Literal["holm", "bonferroni"] = "holm"
+    method: Literal["auto", "ipw", "plain"] = Field(
+        "auto",
+        description="auto: the IPW (adaptive-valid) test unless the policy is uniform, where "
+        "plain mSPRT on the arm means applies; ipw / plain force one.",
+    )
+    min_effect: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="Futility rule: an arm is futile once its confidence sequence lies inside "
+        "(-min_effect, +min_effect).",
+    )
+
+
+class ArmSpec(StrictModel):
+    key: Key
+    control: bool = False
+    variant: dict[str, Any] = Field(
+        ...,
+        description="Variant config (kind bi_encoder|cross_encoder|lm_yes_no|popularity, "
+        "model, templates...). Immutable once the experiment runs.",
+        examples=[{"kind": "popularity"}],
+    )
+
+    @field_validator("variant")
+    @classmethod
+    def _check_variant(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return validate_variant(v)
+        except ValidationFailed as exc:
+            msg = exc.message
+            if exc.field and not msg.startswith(exc.field):
+                msg = f"{exc.field}: {msg}"
+            raise ValueError(msg) from None
+
+
+class ExperimentSpec(StrictModel):
+    """The registration body of ``POST /v1/experiments``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "key": "home-recs",
+                    "name": "Home page recommendations",
+                    "unit": "request",
+                    "reward": {"kind": "binary", "metric": "click"},
+                    "policy": {"name": "thompson", "params": {}},
+                    "exploration_floor": 0.02,
+                    "burn_in": 100,
+                    "attribution_window_s": 3600,
+                    "sequential": {"alpha": 0.05, "auto_stop": False},
+                    "arms": [
+                        {"key": "control", "control": True, "variant": {"kind": "popularity"}},
+                        {
+                            "key": "minilm",
+                            "variant": {"kind": "bi_encoder", "model": "all-MiniLM-L6-v2"},
+                        },
+                    ],
+                }
+            ]
+        },
+    )
+
+    key: Key
+    name: str | None = Field(None, max_length=200, description="Defaults to the key.")
+    description: str = Field("", max_length=10_000)
+    unit: Literal["request", "user"] = Field(
+        "request", description="request: a fresh draw per request; user: sticky per unit_id."
+    )
+    reward: RewardSpec = Field(default_factory=lambda: RewardSpec.model_validate({}))
+    policy: PolicySpec = Field(default_factory=lambda: PolicySpec.model_validate({}))
+    # arms comes before exploration_floor so the floor can be checked against 1/K.
+    arms: list[ArmSpec] = Field(..., min_length=2, max_length=256)
+    exploration_floor: float = Field(
+        0.0, ge=0, lt=1, description="Minimum traffic share of every arm; must be < 1/K."
+    )
+    burn_in: int = Field(0, ge=0, description="Impressions served uniformly before adapting.")
+    attribution_window_s: int = Field(
+        3600, gt=0, le=90 * 86_400, description="Feedback later than this is not attributed."
+    )
+    sequential: SequentialSpec = Field(default_factory=lambda: SequentialSpec.model_validate({}))
+    salt: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+        description="Hash salt for sticky assignment; random hex when omitted.",
+    )
+
+    @field_validator("arms")
+    @classmethod
+    def _check_arms(cls, arms: list[ArmSpec]) -> list[ArmSpec]:
+        seen: dict[str, int] = {}
+        for i, arm in enumerate(arms):
+            if arm.key in seen:
+                raise ValueError(
+                    f"arms.{i}.key: duplicate arm key {arm.key!r} (also arms.{seen[arm.key]}.key)"
+                )
+            seen[arm.key] = i
+        controls = [i for i, a in enumerate(arms) if a.control]
+        if len(controls) != 1:
+            where = ", ".join(f"arms.{i}" for i in controls) or "none"
+            raise ValueError(
+                f"exactly one arm must have control=true; found {len(controls)} ({where})"
+            )
+        return arms
+
+    @field_validator("exploration_floor")
+    @classmethod
+    def _check_floor(cls, floor: float, info: ValidationInfo) -> float:
+        arms = info.data.get("arms")
+        if arms:
+            k = len(arms)
+            if floor * k >= 1.0:
+                raise ValueError(
+                    f"exploration_floor {floor} must be below 1/K = {1.0 / k:.6g} for K={k} arms"
+                )
+        return floor
+
+    @property
+    def control_arm_key(self) -> str:
+        return next(a.key for a in self.arms if a.control)
+
+

@@ -1,0 +1,73 @@
+"""The FastAPI application factory: routers, error handlers, and the process's services.
+
+``create_app(settings)`` builds :class:`armlab.bootstrap.Services` in the lifespan (nothing at
+import time) and closes them on shutdown; ``create_app(settings, services)`` uses services the
+caller built (the demo, tests) and leaves closing them to the caller. Start-up starts the
+assignment cache and warms the event producer in the background.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from armlab import __version__
+from armlab.bootstrap import Services, bootstrap
+from armlab.entrypoints.api import (
+    routes_assign,
+    routes_events,
+    routes_experiments,
+    routes_health,
+    routes_recommend,
+    routes_report,
+)
+from armlab.entrypoints.api.auth import Authenticator
+from armlab.entrypoints.api.errors import install_error_handlers
+from armlab.settings import Settings, get_settings
+
+# Order matters: /assign (the hottest path) is matched right after the health probes.
+ROUTERS = (
+    routes_health.router,
+    routes_assign.router,
+    routes_experiments.router,
+    routes_events.router,
+    routes_recommend.router,
+    routes_report.router,
+)
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    """Build the API. The services are built in the lifespan unless ``services`` is given."""
+    settings = settings or (services.settings if services else get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = services or bootstrap(settings)
+        app.state.services = svc
+        svc.assigner.start()
+        routes_events.warm_producer(svc)
+        try:
+            yield
+        finally:
+            if services is None:
+                svc.close()
+            else:
+                svc.assigner.close()
+
+    app = FastAPI(
+        title="armlab",
+        version=__version__,
+        description="Bandit-based continuous experimentation for language-model recommenders.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.authenticator = Authenticator(
+        settings.auth_tokens.get_secret_value(), disabled=settings.auth_disabled
+    )
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(routes_assign.AssignFastPath)
+    return app

@@ -1,0 +1,170 @@
+"""``POST /v1/experiments/{key}/assign``: which arm serves this unit, and with what propensity.
+
+The route is ``async`` and answers from the :class:`~armlab.services.assignment.Assigner`'s
+in-memory cache, so the hot path never touches the database or the thread pool; only the first
+request for an experiment that is not cached yet loads it (in the thread pool).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from armlab.entrypoints.api.auth import Authenticator, Principal
+from armlab.errors import ArmlabError
+from armlab.services.assignment import Assigner
+
+router = APIRouter(tags=["assignment"])
+
+
+class AssignRequest(BaseModel):
+    unit_id: str = Field(
+        ...,
+        min_length=1,
+        max_length=128,
+        description="Request id (unit 'request') or user id (unit 'user', sticky).",
+    )
+    context: dict[str, Any] | None = Field(None, description="Optional request context.")
+
+
+class AssignResponse(BaseModel):
+    impression_id: str
+    experiment_key: str
+    arm: str
+    variant: dict[str, Any]
+    propensity: float = Field(..., gt=0, le=1, description="Probability this arm was chosen.")
+    served_at: datetime
+    snapshot_id: int | None = Field(None, description="Allocation snapshot the weights came from.")
+
+
+async def _producer(request: Request) -> Principal:
+    # async twin of deps.require_role("producer"): pure CPU, so no thread-pool hop per request
+    auth: Authenticator = request.app.state.authenticator
+    principal = auth.authenticate(request.headers.get("authorization"))
+    auth.require(principal, "producer")
+    return principal
+
+
+@router.post(
+    "/v1/experiments/{key}/assign",
+    response_model=AssignResponse,
+    responses={404: {"description": "Unknown experiment"}, 409: {"description": "Draft"}},
+)
+async def assign(
+    key: str, body: AssignRequest, request: Request, _: Principal = Depends(_producer)
+) -> Response:
+    """Pick the arm for ``unit_id`` from the latest allocation snapshot.
+
+    Unit ``request``: a fresh draw per call. Unit ``user``: sticky (hash of salt and unit id at
+    first exposure; the user keeps the arm and its original propensity). Stopped experiments
+    serve the control and shipped ones the shipped arm, with propensity 1; drafts answer 409.
+    """
+    assigner: Assigner = request.app.state.services.assigner
+    result = assigner.try_assign(key, body.unit_id, body.context)
+    if result is None:
+        result = await run_in_threadpool(assigner.assign, key, body.unit_id, body.context)
+    return Response(content=orjson.dumps(result.as_dict()), media_type="application/json")
+
+
+class AssignFastPath:
+    """ASGI fast path for the happy case of ``POST /v1/experiments/{key}/assign``.
+
+    FastAPI's routing and dependency resolution cost several hundred microseconds per request,
+    more than the assignment itself. This middleware answers only a request that is fully
+    valid: a producer token, a JSON body with a string ``unit_id`` (1-128 characters) and an
+    optional object ``context``, and an experiment already in the assigner's cache. Anything
+    else (a bad body, an auth failure, a cache miss, a draft or unknown experiment) is passed to
+    the FastAPI route with the body replayed, so errors, validation messages and the OpenAPI
+    description come from exactly one place: the route above.
+    """
+
+    _PREFIX = "/v1/experiments/"
+    _SUFFIX = "/assign"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (
+            scope.get("method") == "POST"
+            and path.startswith(self._PREFIX)
+            and path.endswith(self._SUFFIX)
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)  # disconnect: let the stack handle it
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        payload = self._answer(scope, path, body)
+        if payload is None:
+            replayed = False
+
+            async def replay() -> dict[str, Any]:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    def _answer(self, scope: dict[str, Any], path: str, body: bytes) -> bytes | None:
+        """The JSON response for a fully valid, cached request; None to defer to the route."""
+        key = path[len(self._PREFIX) : -len(self._SUFFIX)]
+        if not key or "/" in key:
+            return None
+        app = scope.get("app")
+        services = getattr(getattr(app, "state", None), "services", None)
+        if services is None or not services.settings.assign_fast_path:
+            return None
+        if not services.has("assigner"):
+            return None
+        assigner = services.assigner
+        authorization = None
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        try:
+            auth: Authenticator = app.state.authenticator  # type: ignore[union-attr]
+            auth.require(auth.authenticate(authorization), "producer")
+            data = orjson.loads(body)
+        except (ArmlabError, orjson.JSONDecodeError):
+            return None
+        if not isinstance(data, dict) or set(data) - {"unit_id", "context"}:
+            return None
+        unit_id, context = data.get("unit_id"), data.get("context")
+        if not isinstance(unit_id, str) or not 1 <= len(unit_id) <= 128:
+            return None
+        if context is not None and not isinstance(context, dict):
+            return None
+        try:
+            result = assigner.try_assign(key, unit_id, context)
+        except ArmlabError:
+            return None
+        return None if result is None else orjson.dumps(result.as_dict())

@@ -1,0 +1,96 @@
+"""``POST /v1/experiments/{key}/recommend``: assign an arm and rank items with its variant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from armlab.bootstrap import Services
+from armlab.entrypoints.api.auth import Principal
+from armlab.entrypoints.api.deps import get_services, require_role
+from armlab.services.recommend import recommend
+
+router = APIRouter(prefix="/v1/experiments", tags=["recommend"])
+
+
+class UserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(None, max_length=10_000, description="Free text about the user.")
+    history: list[str] = Field(
+        default_factory=list, max_length=1000, description="Ids of items the user engaged with."
+    )
+
+
+class CandidateIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(..., min_length=1, max_length=128)
+    title: str = Field("", max_length=2000)
+
+
+class RecommendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    unit_id: str = Field(..., min_length=1, max_length=256)
+    user: UserIn = Field(default_factory=lambda: UserIn())
+    candidates: list[CandidateIn] | None = Field(None, min_length=1, max_length=10_000)
+    catalog: str | None = Field(None, min_length=1, max_length=64)
+    k: int = Field(10, ge=1, le=1000)
+    exclude_history: bool = True
+    context: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RecommendIn:
+        if (self.candidates is None) == (self.catalog is None):
+            raise ValueError("give exactly one of candidates or catalog")
+        if not self.user.text and not self.user.history:
+            raise ValueError("user needs text or history")
+        return self
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendOut(BaseModel):
+    impression_id: str
+    experiment_key: str
+    arm: str
+    propensity: float
+    served_at: str
+    items: list[ScoredItem]
+
+
+@router.post(
+    "/{key}/recommend",
+    response_model=RecommendOut,
+    responses={404: {"description": "Unknown experiment or catalog"},
+               409: {"description": "Experiment not running"},
+               422: {"description": "Invalid body; the field is named"},
+               503: {"description": "Model not available"}},
+)
+def recommend_route(
+    body: RecommendIn,
+    key: str = Path(..., max_length=64),
+    services: Services = Depends(get_services),
+    _: Principal = Depends(require_role("producer")),
+) -> dict[str, Any]:
+    """Pick the arm for ``unit_id`` (logged propensity) and return its top-k items.
+
+    Send the returned ``impression_id`` with the impression and feedback events.
+    """
+    return recommend(
+        assigner=services.assigner,
+        scoring=services.scoring,
+        catalogs=services.catalogs,
+        key=key,
+        unit_id=body.unit_id,
+        user_text=body.user.text,
+        history=body.user.history,
+        candidates=[c.model_dump() for c in body.candidates] if body.candidates else None,
+        catalog=body.catalog,
+        k=body.k,
+        exclude_history=body.exclude_history,
+        context=body.context,
+    )

@@ -1,0 +1,29 @@
+"""``GET /v1/experiments/{key}/report``: the experiment's self-contained HTML report."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse
+
+from armlab.adapters.db.uow import UnitOfWork
+from armlab.entrypoints.api.auth import Principal
+from armlab.entrypoints.api.deps import get_uow, require_role
+from armlab.entrypoints.report import build_report
+
+router = APIRouter(tags=["report"])
+
+
+@router.get(
+    "/v1/experiments/{key}/report",
+    response_class=HTMLResponse,
+    responses={200: {"content": {"text/html": {}}, "description": "The HTML report."}},
+)
+def get_report(
+    key: str,
+    uow: UnitOfWork = Depends(get_uow),
+    _: Principal = Depends(require_role("reader")),
+) -> HTMLResponse:
+    """One HTML page with inline SVG charts: allocation weights over time, cumulative reward
+    per arm, the always-valid confidence sequences with the stopping point, and the audit
+    trail. Same output as ``armlab report KEY``."""
+    return HTMLResponse(build_report(uow, key))

@@ -1,0 +1,1 @@
+"""The ``armlab`` command line (typer). One module per command group."""

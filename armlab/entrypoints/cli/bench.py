@@ -1,0 +1,106 @@
+"""``armlab bench ingest|policy|assign|scoring``: each prints JSON with its figure and a
+baseline measured in the same run. The benchmark code lives in :mod:`armlab.tools.bench`.
+
+Commands import their benchmark inside the function so ``armlab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from armlab.entrypoints.cli.scoring import variant_arg
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    del app
+
+    @groups["bench"].command("ingest")
+    def bench_ingest(
+        events: int = typer.Option(100_000, "--events", min=100, help="Events per run."),
+        partitions: int = typer.Option(2, "--partitions", min=1,
+                                       help="Partitions of the bench topics."),
+        processes: int = typer.Option(2, "--processes", min=0,
+                                      help="Consumer processes for the scaling figure "
+                                           "(0 skips it)."),
+        as_json: bool = typer.Option(False, "--json", help="Print only JSON."),
+    ) -> None:
+        """Bare kafka-python read rate vs armlab's full ingest into PostgreSQL, same run.
+
+        Needs ARMLAB_DATABASE_URL (PostgreSQL) and ARMLAB_KAFKA_BOOTSTRAP (`armlab dev up`).
+        """
+        from armlab.settings import get_settings
+        from armlab.tools.bench.ingest import run_bench
+
+        result = run_bench(get_settings(), events=events, partitions=partitions,
+                           processes=processes,
+                           progress=None if as_json else lambda m: typer.echo(m, err=True))
+        typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+    @groups["bench"].command("policy")
+    def bench_policy(
+        as_json: bool = typer.Option(True, "--json/--no-json"),
+        seeds: int = typer.Option(50, "--seeds", min=2),
+        horizon: int = typer.Option(50_000, "--horizon", min=100),
+        mab_seeds: int = typer.Option(
+            4,
+            "--mab-seeds",
+            min=0,
+            help="Seeds for the (slow, ~0.4 ms/round) MABWiser baselines; use 50 for the full run.",
+        ),
+        mab_configs: str = typer.Option(
+            "k3_hard,k3_easy",
+            "--mab-configs",
+            help="Comma-separated configs MABWiser runs on, or 'all'.",
+        ),
+        quick: bool = typer.Option(False, "--quick", help="Tiny run for tests."),
+    ) -> None:
+        """Regret vs MABWiser/uniform on Bernoulli bandits, and decision speed."""
+        from armlab.tools.bench.policy import run_policy_bench
+
+        result = run_policy_bench(
+            seeds=seeds,
+            horizon=horizon,
+            mab_seeds=mab_seeds,
+            mab_configs=mab_configs,
+            quick=quick,
+        )
+        typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+    @groups["bench"].command("assign")
+    def bench_assign(
+        as_json: bool = typer.Option(True, "--json/--no-json"),
+        requests: int = typer.Option(20_000, "--requests", min=10),
+        concurrency: int = typer.Option(8, "--concurrency", min=1),
+        duration: float = typer.Option(30.0, "--max-seconds", min=1.0),
+        unit: str = typer.Option("request", "--unit", help="request | user"),
+    ) -> None:
+        """Load-test POST /v1/experiments/{key}/assign from a separate process on loopback."""
+        from armlab.tools.bench.assign import run_assign_bench
+
+        result = run_assign_bench(
+            requests=requests, concurrency=concurrency, max_seconds=duration, unit=unit
+        )
+        typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+    @groups["bench"].command("scoring")
+    def bench_scoring(
+        variant: str = typer.Option("bi_encoder", help="Variant JSON, @file or kind name."),
+        device: str = typer.Option("auto", help="auto, cpu or cuda."),
+        quick: bool = typer.Option(False, help="Small sizes for a short CPU run."),
+        items: int = typer.Option(0, help="Items per encode measurement (0 = by device)."),
+        catalog_sizes: str = typer.Option("100000,1000000", help="Cached catalog sizes."),
+        compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+        threads: int = typer.Option(0, help="torch CPU threads (0 = torch default)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Throughput/latency of a variant vs a naive float32, batch-1, pad-to-max baseline."""
+        from armlab.adapters.scoring.models import set_cpu_threads
+        from armlab.tools.bench.scoring import run_bench
+
+        set_cpu_threads(threads)
+        sizes = [int(s) for s in catalog_sizes.split(",") if s.strip()]
+        out = run_bench(variant_arg(variant), device=device, quick=quick, n_items=items,
+                        catalog_sizes=sizes, compile_model=compile_model)
+        typer.echo(json.dumps(out, indent=None if as_json else 2))

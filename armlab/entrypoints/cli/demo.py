@@ -1,0 +1,141 @@
+"""``armlab demo``, ``armlab report``, ``armlab replay obd``, ``armlab ope``.
+
+Heavy imports (torch via the scorer, matplotlib, FastAPI) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+STACK_HELP = ("embedded: SQLite under .armlab/ + in-process bus (default); local: the "
+              "PostgreSQL/Kafka of `armlab dev up` via ARMLAB_DATABASE_URL/ARMLAB_KAFKA_BOOTSTRAP")
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    del groups
+    replay_app = typer.Typer(help="Replay real logged bandit data through armlab.",
+                             no_args_is_help=True)
+    app.add_typer(replay_app, name="replay")
+
+    @app.command("demo")
+    def demo_cmd(
+        stack: str = typer.Option("embedded", help=STACK_HELP),
+        max_requests: int = typer.Option(1200, min=10, help="Stop after this many requests."),
+        time_budget_s: float = typer.Option(
+            540.0, min=10, help="Stop the replay after this many seconds (model loading "
+            "excluded); keeps `make demo` under 15 minutes on 2 CPU cores."),
+        cadence: int = typer.Option(50, min=5, help="Requests between allocator passes."),
+        k: int = typer.Option(10, min=1, max=100, help="Items per recommendation list."),
+        candidates: int = typer.Option(
+            100, min=10, max=1682, help="Candidates per request: the most popular unseen movies."),
+        lm: bool = typer.Option(True, help="Include the SmolLM2 yes/no reranker arm."),
+        tiny: bool = typer.Option(False, help="Tiny random models (tests, smoke runs)."),
+        seed: int = typer.Option(7, help="Seed for the user replay and the policy."),
+        threads: int = typer.Option(1, min=0, help="torch CPU threads (0 = torch default)."),
+        report_dir: Path = typer.Option(Path("reports"), help="Where the HTML report goes."),
+        key: str = typer.Option("", help="Experiment key (default movielens-<timestamp>)."),
+    ) -> None:
+        """End-to-end adaptive experiment on MovieLens-100k with language-model variants."""
+        from armlab.entrypoints.demo.adaptive import DemoConfig, run_demo
+
+        cfg = DemoConfig(stack=stack, max_requests=max_requests, time_budget_s=time_budget_s,
+                         cadence=cadence, k=k, candidates=candidates, include_lm=lm,
+                         tiny=tiny, seed=seed, threads=threads,
+                         report_dir=report_dir, key=key or None)
+        run_demo(cfg)
+
+    @app.command("report")
+    def report_cmd(
+        key: str = typer.Argument(..., help="Experiment key."),
+        out: Path = typer.Option(Path("reports"), "--out", help="Output directory."),
+        stack: str = typer.Option("embedded", help=STACK_HELP),
+    ) -> None:
+        """Write a self-contained HTML report (<out>/<key>.html) of one experiment."""
+        from armlab.bootstrap import make_settings, open_services
+        from armlab.entrypoints.report import write_report
+
+        services = open_services(make_settings(stack))
+        try:
+            with services.uow() as uow:
+                path = write_report(uow, key, out)
+        finally:
+            services.close()
+        typer.echo(str(path))
+
+    @replay_app.command("obd")
+    def replay_obd_cmd(
+        campaign: str = typer.Option("all", help="all | men | women"),
+        stack: str = typer.Option("embedded", help=STACK_HELP),
+        limit: int = typer.Option(0, min=0, help="Only the first N rows of each log (0: all)."),
+        policy_estimate: str = typer.Option(
+            "propensity", help="How the BTS policy's action distribution is estimated from "
+            "its own log: propensity (harmonic mean of logged propensities) | empirical"),
+        alpha: float = typer.Option(0.05, min=1e-6, max=0.5),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    ) -> None:
+        """Stream the Open Bandit Dataset sample through armlab and evaluate ZOZOTOWN's
+        Bernoulli-TS policy off-policy from the uniform-random log."""
+        from armlab.entrypoints.demo.obd_replay import print_replay, replay_obd
+
+        result = replay_obd(campaign=campaign, stack=stack, limit=limit or None,
+                            policy_estimate=policy_estimate, alpha=alpha,
+                            progress=not as_json)
+        if as_json:
+            typer.echo(json.dumps(result, indent=2, default=str))
+        else:
+            print_replay(result)
+
+    @app.command("ope")
+    def ope_cmd(
+        experiment: str = typer.Option(..., "--experiment", "-e", help="Experiment key."),
+        target_weights: str = typer.Option(
+            ..., "--target-weights", "-t",
+            help='Candidate allocation as JSON {"arm": weight, ...} (normalised), or one arm key.'),
+        alpha: float = typer.Option(0.05, min=1e-6, max=0.5),
+        include_immature: bool = typer.Option(
+            False, help="Also use impressions younger than the attribution window."),
+        stack: str = typer.Option("embedded", help=STACK_HELP),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    ) -> None:
+        """Off-policy evaluation of a candidate allocation on an experiment's logged traffic."""
+        from armlab.bootstrap import make_settings, open_services
+        from armlab.services.ope import evaluate_experiment
+
+        services = open_services(make_settings(stack))
+        try:
+            with services.uow() as uow:
+                result = evaluate_experiment(uow, experiment, target_weights, alpha=alpha,
+                                             matured_only=not include_immature)
+        finally:
+            services.close()
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+            return
+        print_ope(result)
+
+
+def print_ope(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    a = result["alpha"]
+    t = Table(title=f"Off-policy value of {json.dumps(result['target'])} on "
+                    f"{result['experiment']}")
+    for col in ("estimator", "value", f"{int((1 - a) * 100)}% CI", "always-valid CS",
+                "events", "weighted", "ESS"):
+        t.add_column(col, justify="right" if col != "estimator" else "left")
+    for name, e in result["estimates"].items():
+        t.add_row(name.upper(), f"{e['value']:.4f}", f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]",
+                  f"[{e['cs_low']:.4f}, {e['cs_high']:.4f}]", str(e["n_events"]),
+                  str(e["n_weighted"]), f"{e['ess']:.0f}")
+    lg = result["logged"]
+    t.add_row("logged (as run)", f"{lg['value']:.4f}", f"[{lg['ci_low']:.4f}, {lg['ci_high']:.4f}]",
+              "", str(lg["n_events"]), "", "")
+    con.print(t)
+    if result["n_immature"]:
+        con.print(f"{result['n_immature']} impressions younger than the attribution window "
+                  "were left out (--include-immature to use them).")

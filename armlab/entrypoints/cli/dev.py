@@ -1,0 +1,130 @@
+"""``armlab dev up|down|status|env`` (the local stack) and ``armlab db upgrade|downgrade|current``.
+
+``armlab dev up`` prints only ``export ...`` lines on stdout (progress goes to stderr), so
+``eval "$(armlab dev up)"`` configures the current shell.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import typer
+
+
+def _progress(message: str) -> None:
+    typer.echo(f"[armlab dev] {message}", err=True)
+
+
+def _stack():
+    from armlab.settings import get_settings
+    from armlab.tools.devstack import DevStack
+
+    return DevStack(get_settings().home)
+
+
+def _exports(env: dict[str, str]) -> str:
+    return "".join(f"export {k}={v}\n" for k, v in env.items())
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    dev = typer.Typer(help="Local stack: a real PostgreSQL and Kafka on 127.0.0.1.",
+                      no_args_is_help=True)
+    db = typer.Typer(help="Database schema migrations (Alembic) on ARMLAB_DATABASE_URL.",
+                     no_args_is_help=True)
+    app.add_typer(dev, name="dev")
+    app.add_typer(db, name="db")
+
+    @dev.command("up")
+    def dev_up(
+        migrate: bool = typer.Option(True, help="Run `alembic upgrade head` on the database."),
+    ) -> None:
+        """Start PostgreSQL and Kafka (idempotent) and print `export` lines for `eval`."""
+        env = _stack().up(progress=_progress, migrate=migrate)
+        typer.echo(_exports(env), nl=False)
+
+    @dev.command("down")
+    def dev_down(
+        purge: bool = typer.Option(False, help="Also delete the data directories."),
+    ) -> None:
+        """Stop both services (their data is kept unless --purge)."""
+        stack = _stack()
+        stack.down(progress=_progress)
+        if purge and stack.root.exists():
+            shutil.rmtree(stack.root)
+            _progress(f"removed {stack.root}")
+
+    @dev.command("status")
+    def dev_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable.")
+                   ) -> None:
+        """Show both services with their ports, pids and data directories."""
+        rows = _stack().status()
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            state = "running" if r["running"] else "stopped"
+            where = r.get("bootstrap") or f"127.0.0.1:{r['port']}"
+            typer.echo(f"{r['service']:<11} {state:<8} {where:<22} pid={r['pid'] or '-':<8} "
+                       f"data={r['data_dir']}")
+
+    @dev.command("env")
+    def dev_env() -> None:
+        """Print the `export` lines for the stack (without starting anything)."""
+        typer.echo(_exports(_stack().env()), nl=False)
+
+    def _db_url() -> str:
+        from armlab.settings import get_settings
+
+        return get_settings().database_url
+
+    def _run(fn, *args: str) -> None:
+        from sqlalchemy.exc import OperationalError
+
+        from armlab.errors import ServiceUnavailable
+
+        try:
+            fn(*args)
+        except OperationalError as exc:
+            raise ServiceUnavailable(
+                f"cannot reach the database {_redact(_db_url())}: "
+                + " ".join(str(exc.orig).split())) from exc
+
+    @db.command("upgrade")
+    def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
+        """Migrate the database up to REVISION (default head)."""
+        from armlab.adapters.db import migrate
+
+        url = _db_url()
+        _run(migrate.upgrade, url, revision)
+        typer.echo(f"upgraded {_redact(url)} to {migrate.current(url)}")
+
+    @db.command("downgrade")
+    def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. base.")
+                     ) -> None:
+        """Migrate the database down to REVISION (`base` drops every table)."""
+        from armlab.adapters.db import migrate
+
+        url = _db_url()
+        _run(migrate.downgrade, url, revision)
+        typer.echo(f"downgraded {_redact(url)} to {migrate.current(url) or 'base'}")
+
+    @db.command("current")
+    def db_current() -> None:
+        """Print the database's current revision (`base` when unmigrated)."""
+        from armlab.adapters.db import migrate
+
+        url = _db_url()
+        out: list[str | None] = []
+        _run(lambda u: out.append(migrate.current(u)), url)
+        typer.echo(out[0] or "base")
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before printing it."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url

@@ -1,0 +1,102 @@
+"""``armlab consume``: the ingest service (Kafka or the in-process bus into the database)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import typer
+
+_STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg and any ``extra=`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k, v in record.__dict__.items():
+            if k not in _STD_ATTRS and not k.startswith("_"):
+                out[k] = v
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_json_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("armlab")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+
+
+def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+
+    @app.command("consume")
+    def consume(
+        exit_when_idle: float = typer.Option(
+            None, "--exit-when-idle", min=0.0,
+            help="Exit after this many seconds without records (scripts, benchmarks).",
+        ),
+        stats: bool = typer.Option(False, "--stats", help="Print metrics as JSON on exit."),
+        metrics_port: int = typer.Option(
+            None, "--metrics-port", help="Serve Prometheus metrics on this port."
+        ),
+        batch: int = typer.Option(
+            None, "--batch", min=1, help="Max records per batch (default ARMLAB_INGEST_BATCH)."
+        ),
+        group: str = typer.Option(None, "--group", help="Consumer group (ARMLAB_CONSUMER_GROUP)."),
+        transport: str = typer.Option(
+            None, "--transport", help="kafka (default) or memory (ARMLAB_TRANSPORT)."
+        ),
+    ) -> None:
+        """Ingest impressions and feedback from Kafka into the database, exactly once in effect.
+
+        SIGTERM/SIGINT finish the in-flight batch and exit 0. Logs are JSON lines on stderr.
+        """
+        import signal
+
+        from armlab.adapters.metrics import IngestMetrics
+        from armlab.bootstrap import bootstrap
+        from armlab.settings import get_settings
+
+        settings = get_settings()
+        setup_json_logging(settings.log_level)
+        if transport not in (None, "kafka", "memory"):
+            raise typer.BadParameter("--transport must be kafka or memory")
+        services = bootstrap(settings)
+        metrics = IngestMetrics()
+        if metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        runner = services.ingest_runner(transport=transport, group=group, max_batch=batch,
+                                        metrics=metrics)
+
+        def _stop(signum: int, _frame: object) -> None:
+            logging.getLogger("armlab.consumers").info(
+                "signal received, finishing the in-flight batch", extra={"signal": signum}
+            )
+            runner.stop()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        try:
+            runner.run(exit_when_idle=exit_when_idle)
+        finally:
+            runner.close()
+            services.close()
+        if stats:
+            typer.echo(json.dumps(metrics.snapshot()))
+

@@ -1,0 +1,131 @@
+"""Rich tables for the command line: experiments, results, the sequential test, audit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def console() -> Console:
+    return Console(soft_wrap=False)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"), default=str)
+    return str(v)
+
+
+def render_experiment_list(console: Console, exps: list[dict[str, Any]]) -> None:
+    table = Table(title="experiments")
+    for col in ("key", "status", "policy", "unit", "arms", "control", "shipped", "version"):
+        table.add_column(col)
+    for e in exps:
+        table.add_row(
+            e["key"], e["status"], e["policy"], e["unit"], ", ".join(e["arms"]),
+            e["control_arm_key"], _fmt(e.get("shipped_arm")), str(e["version"]),
+        )
+    console.print(table)
+    if not exps:
+        console.print("no experiments")
+
+
+def render_experiment(console: Console, exp: dict[str, Any]) -> None:
+    settings = Table(title=f"experiment {exp['key']}", show_header=False)
+    settings.add_column("setting", style="bold")
+    settings.add_column("value")
+    for label, value in (
+        ("name", exp["name"]),
+        ("status", exp["status"]),
+        ("unit", exp["unit"]),
+        ("reward", f"{exp['reward']['kind']} ({exp['reward']['metric']})"),
+        ("policy", f"{exp['policy']['name']} {_fmt(exp['policy'].get('params') or {})}"),
+        ("exploration floor", exp["exploration_floor"]),
+        ("burn-in", exp["burn_in"]),
+        ("attribution window (s)", exp["attribution_window_s"]),
+        ("sequential", exp["sequential"]),
+        ("control arm", exp["control_arm_key"]),
+        ("shipped arm", exp.get("shipped_arm")),
+        ("version", exp["version"]),
+        ("started", exp.get("started_at")),
+        ("ended", exp.get("ended_at")),
+    ):
+        settings.add_row(label, _fmt(value))
+    console.print(settings)
+    arms = Table(title="arms")
+    for col in ("key", "control", "kind", "model", "variant"):
+        arms.add_column(col)
+    for a in exp["arms"]:
+        v = a["variant"]
+        rest = {k: x for k, x in v.items() if k not in ("kind", "model")}
+        arms.add_row(a["key"], "yes" if a["control"] else "", _fmt(v.get("kind")),
+                     _fmt(v.get("model")), _fmt(rest))
+    console.print(arms)
+
+
+def render_results(console: Console, results: dict[str, Any]) -> None:
+    """Per-arm evidence, then the sequential test's table."""
+    table = Table(title=f"results ({results['status']})")
+    for col in ("arm", "control", "impressions", "feedback", "reward sum", "mean", "weight"):
+        table.add_column(col, justify="right" if col not in ("arm", "control") else "left")
+    for a in results["arms"]:
+        table.add_row(
+            a["key"], "yes" if a["control"] else "", str(a["impressions"]),
+            str(a.get("feedback", 0)), _fmt(float(a["reward_sum"])), _fmt(a.get("mean")),
+            f"{float(a['weight']):.3f}",
+        )
+    console.print(table)
+    snap = results.get("snapshot")
+    if snap:
+        console.print(f"weights from snapshot #{snap['id']} at {snap.get('created_at')}")
+    else:
+        console.print("no allocation snapshot yet: weights shown are the uniform split")
+    render_sequential(console, results.get("sequential"))
+
+
+def render_audit(console: Console, key: str, rows: list[dict[str, Any]]) -> None:
+    table = Table(title=f"audit {key}")
+    for col in ("at", "actor", "action", "reason", "before", "after", "evidence"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(_fmt(r["at"]), r["actor"], r["action"], r["reason"],
+                      _fmt(r["before"]), _fmt(r["after"]), _fmt(r["evidence"] or None))
+    console.print(table)
+
+
+def render_sequential(console: Console, seq: dict[str, Any] | None) -> None:
+    """Rich table of the sequential evaluation for ``armlab experiments show``."""
+    if not seq:
+        return
+    if "error" in seq:
+        console.print(f"sequential test unavailable: {seq['error']}")
+        return
+    def f(x: Any, spec: str = ".4g") -> str:
+        return "-" if x is None else format(float(x), spec)
+
+    title = (f"sequential test ({seq['method']}, alpha {seq['alpha']}, {seq['correction']}, "
+             f"tau2 {f(seq.get('tau2'))})")
+    table = Table(title=title)
+    for col in ("arm", "decision", "estimate", "p (always-valid)", "p adjusted",
+                "confidence sequence", "n control", "n treatment", "reason"):
+        table.add_column(col)
+    for a in seq.get("arms", []):
+        lo = "-inf" if a.get("ci_low") is None else f(a["ci_low"])
+        hi = "inf" if a.get("ci_high") is None else f(a["ci_high"])
+        table.add_row(a["arm"], a["decision"], f(a.get("estimate"), "+.4g"), f(a.get("p_value")),
+                      f(a.get("p_adjusted")), f"[{lo}, {hi}]", f(a["n_control"], ".0f"),
+                      f(a["n_treatment"], ".0f"), str(a.get("reason", "")))
+    console.print(table)
+    srm = seq.get("srm") or {}
+    if srm.get("checked"):
+        console.print(f"SRM (always-valid, time-varying weights): p {f(srm.get('p_value'))}"
+                      f"{'  MISMATCH' if srm.get('mismatch') else ''}")
+    for w in seq.get("warnings", []):
+        console.print(f"warning: {w}")

@@ -1,0 +1,1 @@
+"""End-to-end demos: the MovieLens adaptive experiment and the Open Bandit Dataset replay."""

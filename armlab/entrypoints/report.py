@@ -1,0 +1,412 @@
+"""A self-contained HTML report of one experiment: charts as inline SVG, no external assets.
+
+Sections (each chart is a ``<figure id="chart-...">`` so tests and people can find it):
+
+1. ``chart-weights``: allocation weights over time (allocation_snapshots);
+2. ``chart-reward``: cumulative reward per arm (impressions with their attributed reward),
+   with the running mean reward per arm beside it;
+3. ``chart-cs``: the always-valid confidence sequence of each treatment minus control over
+   time (decisions table) with the point where the sequential test stopped;
+4. ``audit``: the audit trail (audit_log), with the evidence of every automated decision.
+
+Charts are drawn with matplotlib's object API (``Figure`` + Agg/SVG backends, never
+``pyplot``), so rendering is thread-safe inside the API's worker threads.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from armlab.adapters.db.uow import UnitOfWork
+from armlab.core.clock import utcnow
+from armlab.services.report import ReportData, collect_by_key
+
+# Okabe-Ito colour-blind-safe palette; the control is always drawn in grey.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
+           "#000000")
+CONTROL_COLOUR = "#7f7f7f"
+MAX_LEGEND_ARMS = 12
+
+
+# --- charts --------------------------------------------------------------------------------
+
+
+def _colours(arms: Sequence[str], control: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    i = 0
+    for a in arms:
+        if a == control:
+            out[a] = CONTROL_COLOUR
+        else:
+            out[a] = PALETTE[i % len(PALETTE)]
+            i += 1
+    return out
+
+
+def _origin(data: ReportData) -> datetime:
+    times = [t for t, _ in data.snapshots] + [t for t, _, _ in data.impressions]
+    times += [d["at"] for d in data.decisions]
+    cands = [t for t in times if t is not None]
+    if data.started_at is not None:
+        cands.append(data.started_at)
+    return min(cands) if cands else utcnow()
+
+
+def _svg(fig: Any) -> str:
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+
+    FigureCanvasSVG(fig)
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    # Drop the XML prolog and DOCTYPE: inline SVG inside HTML starts at <svg.
+    return text[text.index("<svg"):]
+
+
+def _new_figure(w: float, h: float) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100)
+    fig.patch.set_facecolor("white")
+    return fig
+
+
+def _style(ax: Any) -> None:
+    ax.grid(True, color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _scale(data: ReportData) -> tuple[datetime, float, str]:
+    origin = _origin(data)
+    ends = [t for t, _ in data.snapshots] + [t for t, _, _ in data.impressions]
+    span = max(((t - origin).total_seconds() for t in ends), default=0.0)
+    if span < 180:
+        return origin, 1.0, "seconds since start"
+    if span < 3 * 3600:
+        return origin, 60.0, "minutes since start"
+    if span < 3 * 86400:
+        return origin, 3600.0, "hours since start"
+    return origin, 86400.0, "days since start"
+
+
+def chart_weights(data: ReportData) -> str:
+    """Stacked allocation weights of every arm at each snapshot."""
+    origin, div, unit = _scale(data)
+    keys = [a["key"] for a in data.arms]
+    colours = _colours(keys, data.control)
+    fig = _new_figure(9, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    if data.snapshots:
+        xs = [(t - origin).total_seconds() / div for t, _ in data.snapshots]
+        ys = [[w.get(k, 0.0) for _, w in data.snapshots] for k in keys]
+        if len(xs) == 1:  # one snapshot: show it as a flat band over a unit of time
+            xs = [xs[0], xs[0] + 1.0 / div]
+            ys = [y * 2 for y in ys]
+        labels = keys if len(keys) <= MAX_LEGEND_ARMS else [""] * len(keys)
+        ax.stackplot(xs, ys, labels=labels, colors=[colours[k] for k in keys], alpha=0.9,
+                     step="post", edgecolor="white", linewidth=0.3)
+        ax.set_xlim(xs[0], xs[-1])
+    else:
+        ax.text(0.5, 0.5, "no allocation snapshots yet", ha="center", va="center",
+                transform=ax.transAxes, color="#666")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("traffic share")
+    ax.set_xlabel(unit)
+    ax.set_title("Allocation weights over time", loc="left", fontsize=12, fontweight="bold")
+    _style(ax)
+    if data.snapshots and len(keys) <= MAX_LEGEND_ARMS:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    return _svg(fig)
+
+
+def chart_reward(data: ReportData) -> str:
+    """Cumulative reward per arm (left) and running mean reward per arm (right)."""
+    origin, div, unit = _scale(data)
+    keys = [a["key"] for a in data.arms]
+    colours = _colours(keys, data.control)
+    fig = _new_figure(11, 3.8)
+    ax1 = fig.add_subplot(1, 2, 1)
+    ax2 = fig.add_subplot(1, 2, 2)
+    series: dict[str, tuple[list[float], list[float], list[float]]] = {
+        k: ([], [], []) for k in keys
+    }
+    cum: dict[str, float] = dict.fromkeys(keys, 0.0)
+    cnt: dict[str, int] = dict.fromkeys(keys, 0)
+    for t, arm, r in data.impressions:
+        if arm not in series:
+            series[arm] = ([], [], [])
+            cum[arm], cnt[arm] = 0.0, 0
+            colours.setdefault(arm, PALETTE[len(colours) % len(PALETTE)])
+        cum[arm] += r
+        cnt[arm] += 1
+        xs, cs, ms = series[arm]
+        xs.append((t - origin).total_seconds() / div)
+        cs.append(cum[arm])
+        ms.append(cum[arm] / cnt[arm])
+    few = len(series) <= MAX_LEGEND_ARMS
+    for arm, (xs, cs, ms) in series.items():
+        if not xs:
+            continue
+        label = f"{arm} ({cnt[arm]} imp.)" if few else None
+        ax1.step(xs, cs, where="post", color=colours[arm], label=label, linewidth=1.6)
+        start = min(len(ms) - 1, 20)  # the first few means are noise
+        ax2.plot(xs[start:], ms[start:], color=colours[arm], linewidth=1.4)
+    if not data.impressions:
+        for ax in (ax1, ax2):
+            ax.text(0.5, 0.5, "no impressions yet", ha="center", va="center",
+                    transform=ax.transAxes, color="#666")
+    ax1.set_title("Cumulative reward per arm", loc="left", fontsize=12, fontweight="bold")
+    ax1.set_ylabel("cumulative reward")
+    ax2.set_title("Running mean reward per arm", loc="left", fontsize=12, fontweight="bold")
+    ax2.set_ylabel("reward per impression")
+    for ax in (ax1, ax2):
+        ax.set_xlabel(unit)
+        _style(ax)
+    if data.impressions and few:
+        ax1.legend(loc="upper left", frameon=False, fontsize=9)
+    fig.subplots_adjust(wspace=0.28)
+    return _svg(fig)
+
+
+def stopping_point(data: ReportData) -> dict[str, Any] | None:
+    """The first decision that was not 'continue' (the sequential test's stopping point)."""
+    for d in data.decisions:
+        if d["decision"] and d["decision"] != "continue":
+            return d
+    return None
+
+
+def chart_cs(data: ReportData) -> str:
+    """Confidence sequence of (treatment - control) per treatment arm, with the stop marked."""
+    origin, div, unit = _scale(data)
+    arms = [a["key"] for a in data.arms if not a["control"]]
+    by_arm: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
+    for d in data.decisions:
+        by_arm.setdefault(d["arm"], []).append(d)
+    shown = [a for a in by_arm if by_arm[a]] or arms[:1]
+    colours = _colours([a["key"] for a in data.arms], data.control)
+    ncols = 2 if len(shown) > 1 else 1
+    nrows = max(1, (len(shown) + ncols - 1) // ncols)
+    fig = _new_figure(11 if ncols == 2 else 9, 3.2 * nrows)
+    stop = stopping_point(data)
+    stop_x = (stop["at"] - origin).total_seconds() / div if stop else None
+    alpha = data.sequential.get("alpha", 0.05)
+    for i, arm in enumerate(shown):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        rows = [d for d in by_arm.get(arm, []) if d["ci_low"] is not None]
+        c = colours.get(arm, PALETTE[0])
+        if rows:
+            xs = [(d["at"] - origin).total_seconds() / div for d in rows]
+            lo = [max(d["ci_low"], -1e6) for d in rows]
+            hi = [min(d["ci_high"], 1e6) for d in rows]
+            est = [d["estimate"] if d["estimate"] is not None else float("nan") for d in rows]
+            ax.fill_between(xs, lo, hi, step="post", color=c, alpha=0.25, linewidth=0,
+                            label=f"{int(round((1 - alpha) * 100))}% confidence sequence")
+            ax.step(xs, est, where="post", color=c, linewidth=1.6, label="estimate")
+            finite = [v for v in lo + hi if abs(v) < 1e6]
+            if finite:
+                span = max(finite) - min(finite)
+                ax.set_ylim(min(min(finite), 0) - 0.1 * span, max(max(finite), 0) + 0.1 * span)
+        else:
+            ax.text(0.5, 0.5, "no sequential-test decisions yet", ha="center", va="center",
+                    transform=ax.transAxes, color="#666")
+        ax.axhline(0.0, color="#333", linewidth=0.9, linestyle="--")
+        if stop_x is not None:
+            ax.axvline(stop_x, color="#D55E00", linewidth=1.4, linestyle=":")
+            if stop and stop["arm"] == arm:
+                y = stop["estimate"] if stop["estimate"] is not None else 0.0
+                ax.plot([stop_x], [y], marker="o", color="#D55E00", markersize=7, zorder=5)
+                ax.annotate(f"stop: {stop['decision']}", (stop_x, y), xytext=(-8, 10),
+                            textcoords="offset points", color="#D55E00", fontsize=9,
+                            fontweight="bold", ha="right",
+                            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none",
+                                  "alpha": 0.85})
+        ax.set_title(f"{arm} − {data.control}", loc="left", fontsize=11, fontweight="bold")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("difference in mean reward")
+        _style(ax)
+        if rows and i == 0:
+            ax.legend(loc="lower right", frameon=False, fontsize=8)
+    height = 3.2 * nrows
+    fig.subplots_adjust(hspace=0.55, wspace=0.25, top=1.0 - 0.75 / height)
+    fig.suptitle("Always-valid confidence sequences, treatment − control", x=0.01, ha="left",
+                 y=1.0 - 0.1 / height, fontsize=12, fontweight="bold")
+    return _svg(fig)
+
+
+# --- HTML ----------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;
+background:#f6f7f9}
+main{max-width:1120px;margin:0 auto;padding:24px 28px 60px}
+h1{font-size:26px;margin:6px 0 2px}h2{font-size:18px;margin:2px 0 10px}
+.sub{color:#555;margin:0 0 14px}
+.cards{display:flex;gap:12px;flex-wrap:wrap;margin:14px 0}
+.card{background:#fff;border:1px solid #e3e5e8;border-radius:8px;padding:10px 14px;min-width:140px}
+.card b{display:block;font-size:18px}.card span{color:#666;font-size:12px}
+section,figure{background:#fff;border:1px solid #e3e5e8;border-radius:8px;padding:14px;
+margin:14px 0}
+figure svg{max-width:100%;height:auto}
+figcaption{color:#555;font-size:13px;margin-top:6px}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #eee;vertical-align:top}
+th{background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+pre{white-space:pre-wrap;max-height:260px;overflow:auto;background:#fafafa;padding:6px}
+.shipped{color:#009E73;font-weight:bold}
+"""
+
+
+def _esc(v: Any) -> str:
+    return html.escape("" if v is None else str(v))
+
+
+def _fmt_time(t: datetime | None) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "—"
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _arms_table(data: ReportData) -> str:
+    res_arms = {a["key"]: a for a in data.results.get("arms", []) if isinstance(a, dict)}
+    rows = []
+    for a in data.arms:
+        r = res_arms.get(a["key"], {})
+        badge = " <span class='shipped'>★ shipped</span>" if a["key"] == data.shipped_arm else ""
+        role = "control" if a["control"] else "treatment"
+        variant = json.dumps(a["variant"], sort_keys=True)
+        if len(variant) > 220:
+            variant = variant[:217] + "..."
+        rows.append(
+            f"<tr><td><b>{_esc(a['key'])}</b>{badge}</td><td>{role}</td>"
+            f"<td class='num'>{_fmt(r.get('impressions'))}</td>"
+            f"<td class='num'>{_fmt(r.get('reward_sum'), 1)}</td>"
+            f"<td class='num'>{_fmt(r.get('mean'))}</td>"
+            f"<td class='num'>{_fmt(r.get('weight'), 3)}</td>"
+            f"<td><code>{_esc(variant)}</code></td></tr>"
+        )
+    return (
+        "<table><thead><tr><th>arm</th><th>role</th><th>impressions</th><th>reward</th>"
+        "<th>mean</th><th>weight</th><th>variant</th></tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table>"
+    )
+
+
+def _audit_table(data: ReportData) -> str:
+    rows = []
+    for a in data.audit:
+        before = a["before"].get("status", "") if isinstance(a["before"], dict) else ""
+        after = a["after"].get("status", "") if isinstance(a["after"], dict) else ""
+        change = f"{before} → {after}" if before or after else ""
+        ev = a["evidence"] or {}
+        evidence = (
+            f"<details><summary>evidence</summary><pre>{_esc(json.dumps(ev, indent=1, default=str)[:4000])}</pre></details>"  # noqa: E501
+            if ev else ""
+        )
+        rows.append(
+            f"<tr><td>{_fmt_time(a['at'])}</td><td>{_esc(a['actor'])}</td>"
+            f"<td><b>{_esc(a['action'])}</b></td><td>{_esc(change)}</td>"
+            f"<td>{_esc(a['reason'])}{evidence}</td></tr>"
+        )
+    if not rows:
+        rows.append("<tr><td colspan='5'>no audit entries</td></tr>")
+    return (
+        "<table><thead><tr><th>when</th><th>actor</th><th>action</th><th>state</th>"
+        "<th>reason / evidence</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
+def _stop_caption(data: ReportData) -> str:
+    stop = stopping_point(data)
+    if stop is None:
+        return "The sequential test has not decided yet (every decision so far is 'continue')."
+    return (
+        f"Stopped at {_fmt_time(stop['at'])}: arm <b>{_esc(stop['arm'])}</b> "
+        f"decision <b>{_esc(stop['decision'])}</b>, estimate {_fmt(stop['estimate'])}, "
+        f"interval [{_fmt(stop['ci_low'])}, {_fmt(stop['ci_high'])}], always-valid p-value "
+        f"{_fmt(stop['p_value'])} (n control {_fmt(stop['n_control'], 0)}, "
+        f"n treatment {_fmt(stop['n_treatment'], 0)})."
+    )
+
+
+def render_html(data: ReportData) -> str:
+    """The full page as one string (inline SVG charts, inline CSS, no scripts)."""
+    n_imp = len(data.impressions)
+    total_reward = sum(r for _, _, r in data.impressions)
+    cards = [
+        ("status", data.status),
+        ("shipped arm", data.shipped_arm or "—"),
+        ("impressions", f"{n_imp:,}"),
+        ("total reward", f"{total_reward:,.0f}"),
+        ("policy", data.policy),
+        ("decisions", f"{len(data.decisions):,}"),
+    ]
+    card_html = "".join(f"<div class='card'><span>{_esc(k)}</span><b>{_esc(v)}</b></div>"
+                        for k, v in cards)
+    seq = ", ".join(f"{k}={v}" for k, v in sorted(data.sequential.items()))
+    extra = "".join(f"<section><h2>{_esc(t)}</h2>{body}</section>"
+                    for t, body in data.extra_sections)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>armlab report: {_esc(data.key)}</title>
+<style>{CSS}</style></head>
+<body><main>
+<h1>{_esc(data.name)} <small style="color:#888;font-weight:normal">({_esc(data.key)})</small></h1>
+<p class="sub">{_esc(data.description)}</p>
+<p class="sub">Created {_fmt_time(data.created_at)} · started {_fmt_time(data.started_at)} ·
+ended {_fmt_time(data.ended_at)} · control <b>{_esc(data.control)}</b> ·
+sequential test: <code>{_esc(seq)}</code></p>
+<div class="cards">{card_html}</div>
+<section id="arms"><h2>Arms</h2>{_arms_table(data)}</section>
+<figure id="chart-weights">{chart_weights(data)}
+<figcaption>Traffic share of each arm in every allocation snapshot the allocator wrote
+({len(data.snapshots)} snapshots). Assignments draw arms from the latest snapshot and log
+that probability as the impression's propensity.</figcaption></figure>
+<figure id="chart-reward">{chart_reward(data)}
+<figcaption>Reward attributed to each arm's impressions, accumulated in serving order
+({n_imp:,} impressions). Arms with more traffic accumulate faster; the right panel shows the
+mean per impression.</figcaption></figure>
+<figure id="chart-cs">{chart_cs(data)}
+<figcaption>Each panel: the sequential test's estimate of (treatment − control) and its
+always-valid confidence sequence at every evaluation; the dashed line is zero, the dotted
+orange line the stopping point. {_stop_caption(data)}</figcaption></figure>
+{extra}
+<section id="audit"><h2>Audit trail</h2>{_audit_table(data)}</section>
+<p class="sub">Generated by armlab at {_fmt_time(utcnow())}.</p>
+</main></body></html>
+"""
+
+
+def build_report(uow: UnitOfWork, key: str) -> str:
+    """The HTML report of the experiment ``key`` (ExperimentNotFound if unknown)."""
+    return render_html(collect_by_key(uow, key))
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def write_report(uow: UnitOfWork, key: str, out_dir: str | Path) -> Path:
+    """Write ``<out_dir>/<key>.html`` and return its path."""
+    page = build_report(uow, key)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{_SAFE.sub('_', key)}.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,1 +1,0 @@
-"""Registry, HTTP API, admin CLI, local stack. Always imported as ``armlab.platform``."""

@@ -1,0 +1,300 @@
+"""The allocator: turns arm statistics into allocation snapshots on a cadence.
+
+One pass (:func:`run_allocation`) visits every running, stopped and shipped experiment:
+
+* running: sum ``arm_stats`` over partitions, subtract the impressions that are still inside
+  their attribution window (see :func:`matured_stats`), compute weights with the experiment's
+  policy and write an ``allocation_snapshots`` row (weights, the statistics used, policy name
+  and version, the RNG seed, the time);
+* shipped: the shipped arm gets weight 1; stopped: the control gets weight 1. These terminal
+  snapshots are written once (when the latest snapshot differs), not on every pass.
+
+Each experiment is handled in its own unit of work, so a bad experiment (e.g. parameters the
+current policy code rejects) is logged and skipped without blocking the others.
+
+Delayed feedback
+----------------
+``arm_stats`` counts an impression as soon as it lands, with reward 0 until feedback arrives.
+An impression younger than the experiment's attribution window may still get its click, so
+counting it now would bias every arm's mean downward — more for arms whose traffic grew
+recently. The allocator therefore uses *matured* statistics: totals from ``arm_stats`` minus the
+impressions with ``served_at > now - attribution_window`` (their count, reward sum and sum of
+squares, read from the ``impressions`` table through the (experiment_id, arm_key, served_at)
+index). Immature impressions are excluded entirely — including those that already have a click
+— because counting only the early successes would bias the mean upward. Burn-in counts matured
+observations as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from armlab.adapters.db.models import AllocationSnapshot, Experiment, Impression
+from armlab.adapters.db.queries import arm_sums, latest_snapshot
+from armlab.adapters.db.uow import UnitOfWork
+from armlab.core.clock import utcnow
+from armlab.core.evidence import ArmSums
+from armlab.core.policies import POLICY_VERSION, make_policy
+from armlab.core.policies import ArmStats as PolicyStats
+from armlab.core.serving import fixed_arm
+from armlab.errors import ArmlabError
+from armlab.services import registry
+from armlab.services.decisions import evaluate_experiment, record_decisions
+from armlab.services.ports import UnitOfWorkPort
+
+log = logging.getLogger("armlab.allocator")
+
+ACTIVE_STATUSES = ("running", "stopped", "shipped")
+
+
+@dataclass(frozen=True)
+class ArmEvidence:
+    """Totals and the still-immature part of one arm's statistics."""
+
+    n: float
+    reward_sum: float
+    reward_sumsq: float
+    immature_n: float
+    immature_sum: float
+    immature_sumsq: float
+
+    @property
+    def matured_n(self) -> float:
+        return max(self.n - self.immature_n, 0.0)
+
+    @property
+    def matured_sum(self) -> float:
+        return self.reward_sum - self.immature_sum
+
+    @property
+    def matured_sumsq(self) -> float:
+        return max(self.reward_sumsq - self.immature_sumsq, 0.0)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "n": self.n,
+            "reward_sum": self.reward_sum,
+            "reward_sumsq": self.reward_sumsq,
+            "immature_n": self.immature_n,
+            "matured_n": self.matured_n,
+            "matured_reward_sum": self.matured_sum,
+            "matured_reward_sumsq": self.matured_sumsq,
+        }
+
+
+def matured_stats(
+    session: Session, experiment: Experiment, *, now: datetime
+) -> dict[str, ArmEvidence]:
+    """Per-arm totals (sum over partitions) and the part inside the attribution window."""
+    totals = arm_sums(session, experiment.id)
+    cutoff = now - timedelta(seconds=int(experiment.attribution_window_s or 0))
+    young = {
+        row.arm_key: row
+        for row in session.execute(
+            select(
+                Impression.arm_key,
+                func.count().label("n"),
+                func.coalesce(func.sum(Impression.reward), 0.0).label("s"),
+                func.coalesce(func.sum(Impression.reward * Impression.reward), 0.0).label("q"),
+            )
+            .where(Impression.experiment_id == experiment.id, Impression.served_at > cutoff)
+            .group_by(Impression.arm_key)
+        )
+    }
+    out: dict[str, ArmEvidence] = {}
+    for arm in experiment.arms:
+        t = totals.get(arm.key) or ArmSums()
+        y = young.get(arm.key)
+        out[arm.key] = ArmEvidence(
+            n=t.n,
+            reward_sum=t.reward_sum,
+            reward_sumsq=t.reward_sumsq,
+            immature_n=float(y.n) if y else 0.0,
+            immature_sum=float(y.s) if y else 0.0,
+            immature_sumsq=float(y.q) if y else 0.0,
+        )
+    return out
+
+
+def _seed(experiment: Experiment, now: datetime) -> int:
+    """Reproducible RNG seed from the experiment salt and the pass time (stored in the snapshot)."""
+    digest = hashlib.blake2b(
+        f"{experiment.salt}|{now.isoformat()}".encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def compute_snapshot(
+    session: Session, experiment: Experiment, *, now: datetime
+) -> AllocationSnapshot | None:
+    """Build (not add) the snapshot this experiment should get now; None if nothing changes."""
+    arm_keys = [a.key for a in experiment.arms]
+    if experiment.status == "running":
+        evidence = matured_stats(session, experiment, now=now)
+        stats = PolicyStats.from_lists(
+            [evidence[k].matured_n for k in arm_keys],
+            [evidence[k].matured_sum for k in arm_keys],
+            [evidence[k].matured_sumsq for k in arm_keys],
+        )
+        policy = make_policy(
+            experiment.policy_name,
+            experiment.policy_params,
+            reward_kind=experiment.reward_kind,
+            floor=float(experiment.exploration_floor),
+            burn_in=int(experiment.burn_in),
+        )
+        seed = _seed(experiment, now)
+        result = policy.weights(stats, np.random.default_rng(seed))
+        weights = {k: float(w) for k, w in zip(arm_keys, result.weights, strict=True)}
+        detail = result.to_dict()
+        detail.pop("weights", None)
+        return AllocationSnapshot(
+            experiment_id=experiment.id,
+            created_at=now,
+            policy_name=policy.name,
+            policy_version=f"{POLICY_VERSION}",
+            weights=weights,
+            stats={
+                "status": "running",
+                "arms": {k: evidence[k].as_dict() for k in arm_keys},
+                "matured_before": (
+                    now - timedelta(seconds=int(experiment.attribution_window_s or 0))
+                ).isoformat(),
+                "seed": seed,
+                "exploration_floor": float(experiment.exploration_floor),
+                "burn_in": int(experiment.burn_in),
+                "policy_params": dict(experiment.policy_params or {}),
+                **detail,
+            },
+        )
+    target = fixed_arm(experiment.status, control=experiment.control_arm_key,
+                       shipped=experiment.shipped_arm_key) or experiment.control_arm_key
+    weights = {k: (1.0 if k == target else 0.0) for k in arm_keys}
+    latest = latest_snapshot(session, experiment.id)
+    if latest is not None and latest.weights == weights and latest.policy_name == experiment.status:
+        return None  # terminal state already recorded
+    return AllocationSnapshot(
+        experiment_id=experiment.id,
+        created_at=now,
+        policy_name=experiment.status,  # "stopped" | "shipped": no policy runs any more
+        policy_version=POLICY_VERSION,
+        weights=weights,
+        stats={"status": experiment.status, "arm": target},
+    )
+
+
+def run_decisions(
+    uow: UnitOfWorkPort, experiment: Experiment, *, actor: str = "allocator",
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Evaluate the sequential test, store its decision rows and, with
+    ``sequential.auto_stop``, stop a running experiment whose arms are all decided (the next
+    pass then writes the control-only snapshot). Returns the evaluation with ``stored`` and
+    ``stopped``. Does not commit; the caller's unit of work does."""
+    now = now or utcnow()
+    ev = evaluate_experiment(uow.evidence, experiment, now=now)
+    ev["stored"] = record_decisions(uow.evidence, experiment, ev, now=now)
+    uow.flush()
+    ev["stopped"] = False
+    seq = experiment.sequential or {}
+    if seq.get("auto_stop") and ev["stop"] and experiment.status == "running":
+        registry.stop_experiment(uow, key=experiment.key, actor=actor,
+                                 reason=f"sequential test decided: {ev['stop_reason']}",
+                                 evidence=ev)
+        ev["stopped"] = True
+    return ev
+
+
+def _after_snapshot(uow: UnitOfWork, experiment: Experiment, now: datetime) -> None:
+    """Per-experiment hook after the snapshot is written, in the same unit of work: the
+    sequential decisions of a running experiment."""
+    if experiment.status == "running":
+        run_decisions(uow, experiment, actor="allocator", now=now)
+
+
+def run_allocation(
+    session_factory: sessionmaker[Session],
+    *,
+    now: datetime | None = None,
+    after_snapshot: Callable[[UnitOfWork, Experiment, datetime], None] | None = None,
+) -> list[AllocationSnapshot]:
+    """One allocation pass over running/stopped/shipped experiments; returns new snapshots."""
+    now = now or utcnow()
+    hook = after_snapshot or _after_snapshot
+    with session_factory() as session:
+        ids = list(
+            session.scalars(
+                select(Experiment.id)
+                .where(Experiment.status.in_(ACTIVE_STATUSES))
+                .order_by(Experiment.id)
+            )
+        )
+    written: list[AllocationSnapshot] = []
+    for exp_id in ids:
+        try:
+            with UnitOfWork(session_factory) as uow:
+                exp = uow.session.scalar(
+                    select(Experiment)
+                    .options(selectinload(Experiment.arms))
+                    .where(Experiment.id == exp_id)
+                )
+                if exp is None or exp.status not in ACTIVE_STATUSES:
+                    continue
+                snap = compute_snapshot(uow.session, exp, now=now)
+                if snap is not None:
+                    uow.session.add(snap)
+                    uow.flush()
+                hook(uow, exp, now)
+                uow.commit()
+                if snap is not None:
+                    written.append(snap)
+                    log.debug("experiment %s: weights %s", exp.key, snap.weights)
+        except ArmlabError as exc:
+            log.error("experiment id=%s skipped: %s", exp_id, exc.message)
+        except Exception:
+            log.exception("experiment id=%s: allocation failed", exp_id)
+    return written
+
+
+def allocation_loop(
+    session_factory: sessionmaker[Session],
+    *,
+    once: bool = False,
+    interval_s: float = 5.0,
+    max_passes: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Run passes every ``interval_s`` seconds (drift-free); returns the number of passes."""
+    passes = 0
+    next_at = time.monotonic()
+    while True:
+        t0 = time.perf_counter()
+        snaps = run_allocation(session_factory)
+        passes += 1
+        elapsed_ms = (time.perf_counter() - t0) * 1e3
+        log.info(
+            "allocation pass %d: %d snapshot(s) in %.1f ms%s",
+            passes,
+            len(snaps),
+            elapsed_ms,
+            "" if not snaps else " — " + ", ".join(_fmt(s) for s in snaps[:5]),
+        )
+        if once or (max_passes is not None and passes >= max_passes):
+            return passes
+        next_at += interval_s
+        sleep(max(0.0, next_at - time.monotonic()))
+
+
+def _fmt(snap: AllocationSnapshot) -> str:
+    weights: dict[str, Any] = snap.weights
+    return f"exp{snap.experiment_id}:" + "/".join(f"{k}={v:.3f}" for k, v in weights.items())

@@ -1,0 +1,436 @@
+"""Assignment: which arm serves this unit, with the propensity it was chosen with.
+
+The :class:`Assigner` answers from memory. It keeps an immutable view of every experiment it
+has seen (status, unit, salt, arms and variants, the latest allocation snapshot's weights) and
+a background thread rebuilds the views that changed every ``settings.snapshot_refresh_s``
+seconds (the first load happens in :meth:`Assigner.start`). A request for an experiment not in
+the cache triggers one synchronous load; afterwards it is cached (unknown keys are remembered as
+missing for one refresh interval, so a flood of bad keys does not hit the database).
+
+Rules:
+
+* unit ``request``: a fresh draw from the snapshot weights per call; propensity = that weight.
+* unit ``user``: sticky. ``u = H(salt, unit_id)`` (BLAKE2b, 64 bits -> [0, 1)) picks the arm by
+  the CDF of the weights at first exposure; propensity = that arm's weight at that moment. The
+  pair is remembered in memory and written behind to ``unit_assignments`` (a queue drained by a
+  writer thread: the request never waits for it; first writer wins with ON CONFLICT DO NOTHING).
+  Stored assignments are loaded with the experiment and re-read on every refresh, so several API
+  processes converge on the stored arm.
+* stopped: the control arm, propensity 1. shipped: the shipped arm, propensity 1.
+* draft: Conflict (409). Unknown key: ExperimentNotFound (404).
+* A running experiment without a snapshot yet is served uniformly.
+
+``Assigner(session_factory, seed=...)`` makes draws and impression ids reproducible (tests, demo).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from armlab.adapters.db.models import AllocationSnapshot, Experiment, UnitAssignment
+from armlab.adapters.db.queries import latest_snapshot
+from armlab.adapters.db.retry import db_retrying
+from armlab.core.clock import utcnow
+from armlab.core.policies.base import CdfSampler
+from armlab.core.serving import fixed_arm, served_weights
+from armlab.errors import Conflict, ExperimentNotFound
+
+log = logging.getLogger("armlab.assignment")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    impression_id: str
+    experiment_key: str
+    arm_key: str
+    variant: dict[str, Any]
+    propensity: float
+    served_at: datetime
+    snapshot_id: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "impression_id": self.impression_id,
+            "experiment_key": self.experiment_key,
+            "arm": self.arm_key,
+            "variant": self.variant,
+            "propensity": self.propensity,
+            "served_at": self.served_at.isoformat(),
+            "snapshot_id": self.snapshot_id,
+        }
+
+
+@dataclass(frozen=True)
+class ExperimentView:
+    """Immutable snapshot of what assignment needs about one experiment."""
+
+    id: int
+    key: str
+    status: str
+    unit: str
+    salt: str
+    version: int
+    arm_keys: tuple[str, ...]
+    variants: dict[str, dict[str, Any]]
+    weights: tuple[float, ...]
+    sampler: CdfSampler  # precomputed CDF of ``weights``, built once per snapshot
+    snapshot_id: int | None
+    fixed_arm: str | None  # stopped -> control, shipped -> shipped arm
+
+    def pick(self, u: float) -> tuple[str, float]:
+        """Arm whose CDF interval contains u in [0, 1), and its weight."""
+        i, p = self.sampler.pick(u)
+        return self.arm_keys[i], p
+
+
+def unit_hash(salt: str, unit_id: str) -> float:
+    """Deterministic u in [0, 1) from the experiment salt and the unit id."""
+    d = hashlib.blake2b(f"{salt}\x1f{unit_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(d, "big") / 2.0**64
+
+
+def build_view(exp: Experiment, snapshot: AllocationSnapshot | None) -> ExperimentView:
+    arm_keys = tuple(a.key for a in exp.arms)
+    # Weights of a running experiment (the serving rule); stopped/shipped serve ``fixed``.
+    served = served_weights(
+        "running", arm_keys, control=exp.control_arm_key, shipped=exp.shipped_arm_key,
+        snapshot=snapshot.weights if snapshot is not None else None,
+    )
+    weights = [served[k] for k in arm_keys]
+    fixed = fixed_arm(exp.status, control=exp.control_arm_key, shipped=exp.shipped_arm_key)
+    return ExperimentView(
+        id=exp.id,
+        key=exp.key,
+        status=exp.status,
+        unit=exp.unit,
+        salt=exp.salt,
+        version=exp.version,
+        arm_keys=arm_keys,
+        variants={a.key: dict(a.variant or {}) for a in exp.arms},
+        weights=tuple(weights),
+        sampler=CdfSampler(weights),
+        snapshot_id=snapshot.id if snapshot is not None else None,
+        fixed_arm=fixed,
+    )
+
+
+class Assigner:
+    """Serves assignments from an in-memory cache refreshed in the background."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        *,
+        seed: int | None = None,
+        refresh_s: float = 1.0,
+        clock: Callable[[], datetime] | None = None,
+        negative_ttl_s: float | None = None,
+    ) -> None:
+        self._sf = session_factory
+        self._refresh_s = refresh_s
+        self._negative_ttl = negative_ttl_s if negative_ttl_s is not None else self._refresh_s
+        self._clock = clock or (lambda: utcnow())
+        self._rng = np.random.default_rng(seed)
+        self._seeded = seed is not None
+        self._rng_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._views: dict[str, ExperimentView] = {}
+        self._missing: dict[str, float] = {}
+        # experiment id -> {unit_id: (arm_key, propensity)}
+        self._sticky: dict[int, dict[str, tuple[str, float]]] = {}
+        self._sticky_watermark: datetime | None = None
+        self._writes: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.write_errors = 0
+        self.refreshes = 0
+        self.last_refresh_error: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, *, background: bool = True) -> Assigner:
+        """First load (errors are logged, not raised: the refresh loop retries), then threads."""
+        try:
+            self.refresh()
+        except Exception as exc:  # noqa: BLE001 - keep the API up; the loop retries
+            self.last_refresh_error = repr(exc)
+            log.exception("initial assignment cache load failed")
+        if background and not self._threads:
+            for target, name in ((self._refresh_loop, "refresh"), (self._writer_loop, "writer")):
+                t = threading.Thread(target=target, name=f"armlab-assigner-{name}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        return self
+
+    def close(self) -> None:
+        """Stop the threads and write every queued sticky assignment."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._writes.put(None)
+        for t in self._threads:
+            t.join(timeout=10)
+        self._threads.clear()
+        self.flush()
+
+    # ------------------------------------------------------------------ hot path
+
+    def try_assign(
+        self, experiment_key: str, unit_id: str, context: dict[str, Any] | None = None
+    ) -> Assignment | None:
+        """Assign from the cache only; None when the experiment is not cached (never blocks)."""
+        view = self._views.get(experiment_key)
+        if view is None:
+            exp_at = self._missing.get(experiment_key)
+            if exp_at is not None and exp_at > time.monotonic():
+                raise ExperimentNotFound(f"no experiment with key {experiment_key!r}")
+            return None
+        return self._assign(view, unit_id)
+
+    def assign(
+        self, experiment_key: str, unit_id: str, context: dict[str, Any] | None = None
+    ) -> Assignment:
+        """Assign ``unit_id``; loads the experiment synchronously once if it is not cached."""
+        got = self.try_assign(experiment_key, unit_id, context)
+        if got is not None:
+            return got
+        view = self.load(experiment_key)
+        return self._assign(view, unit_id)
+
+    def _assign(self, view: ExperimentView, unit_id: str) -> Assignment:
+        if view.status == "draft":
+            raise Conflict(
+                f"experiment {view.key!r} is a draft; start it before asking for assignments"
+            )
+        if view.fixed_arm is not None:
+            arm, p = view.fixed_arm, 1.0
+        elif view.unit == "user":
+            sticky = self._sticky.setdefault(view.id, {})
+            remembered = sticky.get(unit_id)
+            if remembered is None:
+                arm, p = view.pick(unit_hash(view.salt, unit_id))
+                remembered = sticky.setdefault(unit_id, (arm, p))  # first writer wins
+                if remembered == (arm, p):
+                    self._writes.put(
+                        {
+                            "experiment_id": view.id,
+                            "unit_id": unit_id,
+                            "arm_key": arm,
+                            "propensity": p,
+                            "assigned_at": self._clock(),
+                        }
+                    )
+            arm, p = remembered
+        else:
+            with self._rng_lock:
+                u = float(self._rng.random())
+            arm, p = view.pick(u)
+        return Assignment(
+            impression_id=self._new_id(),
+            experiment_key=view.key,
+            arm_key=arm,
+            variant=view.variants.get(arm, {}),
+            propensity=p,
+            served_at=self._clock(),
+            snapshot_id=view.snapshot_id,
+        )
+
+    def _new_id(self) -> str:
+        if self._seeded:
+            with self._rng_lock:
+                raw = self._rng.bytes(16)
+            return uuid.UUID(bytes=raw, version=4).hex
+        return uuid.uuid4().hex
+
+    def view(self, experiment_key: str) -> ExperimentView | None:
+        return self._views.get(experiment_key)
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self, experiment_key: str) -> ExperimentView:
+        """Load one experiment (and its stored sticky assignments) into the cache."""
+        with self._load_lock:
+            view = self._views.get(experiment_key)
+            if view is not None:
+                return view
+            with self._sf() as session:
+                exp = session.scalar(
+                    select(Experiment)
+                    .options(selectinload(Experiment.arms))
+                    .where(Experiment.key == experiment_key)
+                )
+                if exp is None:
+                    self._missing[experiment_key] = time.monotonic() + self._negative_ttl
+                    raise ExperimentNotFound(f"no experiment with key {experiment_key!r}")
+                view = build_view(exp, latest_snapshot(session, exp.id))
+                if view.unit == "user":
+                    self._merge_sticky(
+                        session.execute(
+                            select(
+                                UnitAssignment.experiment_id,
+                                UnitAssignment.unit_id,
+                                UnitAssignment.arm_key,
+                                UnitAssignment.propensity,
+                            ).where(UnitAssignment.experiment_id == exp.id)
+                        )
+                    )
+            views = dict(self._views)
+            views[view.key] = view
+            self._views = views
+            self._missing.pop(experiment_key, None)
+            return view
+
+    def refresh(self) -> int:
+        """Rebuild the views whose experiment version or latest snapshot changed."""
+        started = self._clock()
+        changed = 0
+        with self._sf() as session:
+            latest = dict(
+                session.execute(
+                    select(
+                        AllocationSnapshot.experiment_id, func.max(AllocationSnapshot.id)
+                    ).group_by(AllocationSnapshot.experiment_id)
+                ).all()
+            )
+            heads = session.execute(select(Experiment.id, Experiment.key, Experiment.version)).all()
+            current = self._views
+            stale = [
+                row.id
+                for row in heads
+                if (v := current.get(row.key)) is None
+                or v.version != row.version
+                or v.snapshot_id != latest.get(row.id)
+            ]
+            new_views: dict[str, ExperimentView] = {}
+            if stale:
+                exps = session.scalars(
+                    select(Experiment)
+                    .options(selectinload(Experiment.arms))
+                    .where(Experiment.id.in_(stale))
+                ).all()
+                snap_ids = [latest[e.id] for e in exps if e.id in latest]
+                snaps = (
+                    {
+                        s.experiment_id: s
+                        for s in session.scalars(
+                            select(AllocationSnapshot).where(AllocationSnapshot.id.in_(snap_ids))
+                        )
+                    }
+                    if snap_ids
+                    else {}
+                )
+                for e in exps:
+                    new_views[e.key] = build_view(e, snaps.get(e.id))
+            keys = {row.key for row in heads}
+            views = {k: v for k, v in current.items() if k in keys}
+            views.update(new_views)
+            changed = len(new_views)
+            # sticky assignments written since the last refresh (other processes included)
+            user_ids = [v.id for v in views.values() if v.unit == "user"]
+            if user_ids:
+                q = select(
+                    UnitAssignment.experiment_id,
+                    UnitAssignment.unit_id,
+                    UnitAssignment.arm_key,
+                    UnitAssignment.propensity,
+                ).where(UnitAssignment.experiment_id.in_(user_ids))
+                fresh_ids = {v.id for v in new_views.values()} | {
+                    i for i in user_ids if i not in self._sticky
+                }
+                if self._sticky_watermark is not None:
+                    q_recent = q.where(
+                        UnitAssignment.assigned_at >= self._sticky_watermark - timedelta(seconds=5)
+                    )
+                    self._merge_sticky(session.execute(q_recent))
+                    if fresh_ids:
+                        self._merge_sticky(
+                            session.execute(q.where(UnitAssignment.experiment_id.in_(fresh_ids)))
+                        )
+                else:
+                    self._merge_sticky(session.execute(q))
+        self._views = views
+        self._sticky_watermark = started
+        self.refreshes += 1
+        self.last_refresh_error = None
+        return changed
+
+    def _merge_sticky(self, rows: Any) -> None:
+        """Stored assignments win over in-memory ones (first writer across processes wins)."""
+        for exp_id, unit_id, arm, p in rows:
+            self._sticky.setdefault(exp_id, {})[unit_id] = (arm, float(p))
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self._refresh_s):
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - serve the stale cache, retry next time
+                self.last_refresh_error = repr(exc)
+                log.warning("assignment cache refresh failed: %s", exc)
+
+    # ------------------------------------------------------------------ write-behind
+
+    def _writer_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._writes.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < 1000:
+                try:
+                    nxt = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._stop.set()
+                    break
+                batch.append(nxt)
+            self._write(batch)
+
+    def flush(self) -> int:
+        """Write every queued sticky assignment now (tests, shutdown). Returns rows attempted."""
+        batch: list[dict[str, Any]] = []
+        while True:
+            try:
+                item = self._writes.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                batch.append(item)
+        if batch:
+            self._write(batch)
+        return len(batch)
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        def on_retry(exc: BaseException, wait_s: float) -> None:
+            log.warning("storing sticky assignments failed, retrying in %.1fs: %s", wait_s, exc)
+
+        try:
+            for attempt in db_retrying(attempts=3, max_wait_s=1.0, on_retry=on_retry):
+                with attempt, self._sf() as session:
+                    dialect = postgresql if session.get_bind().dialect.name == "postgresql" \
+                        else sqlite
+                    stmt = dialect.insert(UnitAssignment).on_conflict_do_nothing(
+                        index_elements=["experiment_id", "unit_id"]
+                    )
+                    session.execute(stmt, batch)
+                    session.commit()
+        except Exception as exc:  # noqa: BLE001 - counted and logged; the request never waits
+            self.write_errors += len(batch)
+            log.error("could not store %d sticky assignment(s): %s", len(batch), exc)

@@ -1,0 +1,334 @@
+"""The ingest runner: one loop, two transports (Kafka, in-process memory bus).
+
+Per batch: poll -> decode -> BEGIN -> fence and advance offsets -> prefetch state ->
+``handle_batch`` (pure) -> dead letters flushed -> write effects -> COMMIT. A crash anywhere
+before COMMIT leaves nothing behind and the batch is read again from the stored offsets; a
+crash after COMMIT leaves offsets that already skip the batch. So every record affects the
+statistics exactly once (dead letters are at-least-once: flushed before the commit).
+
+Outages: a database error rolls the batch back and retries it with backoff (the records stay
+in memory; the Kafka consumer keeps heartbeating in its own thread). Kafka outages are
+handled by kafka-python's reconnects; a DLQ flush failure also rolls back and retries.
+``stop()`` (SIGTERM) lets the in-flight batch finish, then the loop exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from armlab.adapters.db import ingest_store
+from armlab.adapters.db.retry import db_retrying, is_transient
+from armlab.adapters.metrics import IngestMetrics
+from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1, decode
+from armlab.core.ingest import (
+    Effects,
+    ExperimentInfo,
+    RecordLike,
+    handle_batch,
+    referenced_ids,
+)
+
+log = logging.getLogger("armlab.consumers")
+
+TP = tuple[str, int]
+
+
+class Source(Protocol):
+    def start(
+        self, on_assign: Callable[[list[TP]], None], on_revoke: Callable[[list[TP]], None]
+    ) -> None: ...
+    def poll(self, max_records: int, timeout_s: float) -> Sequence[RecordLike]: ...
+    def seek(self, tp: TP, offset: int | None) -> None: ...
+    def lag(self, committed: dict[TP, int | None]) -> dict[TP, int]: ...
+    def close(self) -> None: ...
+
+
+class DlqSink(Protocol):
+    def send(self, value: bytes, key: bytes | None = None) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Retry(Exception):  # noqa: N818 - internal control flow
+    pass
+
+
+class IngestRunner:
+    """Consume impressions and feedback into arm statistics, exactly once in effect.
+
+    ``IngestRunner(session_factory, source, dlq=..., group=..., topic_impressions=...,
+    topic_feedback=...)`` then ``drain()`` (consume until the source is empty; the demo) or
+    ``run(exit_when_idle=...)`` (the service loop; SIGTERM-safe via :meth:`stop`). Both return
+    a dict of counts by outcome. ``armlab.bootstrap.Services.ingest_runner`` wires one from
+    settings.
+    """
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        source: Source,
+        *,
+        dlq: DlqSink | None = None,
+        group: str = "armlab-ingest",
+        topic_impressions: str = "armlab.impressions",
+        topic_feedback: str = "armlab.feedback",
+        max_batch: int = 5000,
+        poll_timeout_s: float = 0.2,
+        metrics: IngestMetrics | None = None,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self.session_factory = session_factory
+        self.source = source
+        self.dlq = dlq
+        self.group = group
+        self.topic_impressions = topic_impressions
+        self.topic_feedback = topic_feedback
+        self.expected: dict[str, type[ImpressionV1] | type[FeedbackV1]] = {
+            self.topic_impressions: ImpressionV1, self.topic_feedback: FeedbackV1,
+        }
+        self.max_batch = max_batch
+        self.poll_timeout_s = poll_timeout_s
+        self.metrics = metrics or IngestMetrics()
+        self.retry_max_s = retry_max_s
+        self._committed: dict[TP, int | None] = {}  # next offset stored in the DB (None: none)
+        self._experiments: dict[str, ExperimentInfo] = {}
+        self._stop = threading.Event()
+        self._started = False
+        self._last_lag = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to exit after the in-flight batch (safe from a signal handler)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _ensure_started(self) -> None:
+        if not self._started:
+            self.source.start(self._on_assign, self._on_revoke)
+            self._started = True
+
+    def close(self) -> None:
+        self.source.close()
+        if self.dlq is not None:
+            self.dlq.close()
+
+    def _on_assign(self, tps: list[TP]) -> None:
+        offsets = self._with_db_retry(
+            lambda: self._read_offsets(tps), what="load offsets on assignment"
+        )
+        if offsets is None:  # stopping while the database is down
+            return
+        for tp in tps:
+            off = offsets.get(tp)
+            self._committed[tp] = off
+            self.source.seek(tp, off)
+        log.info(
+            "partitions assigned",
+            extra={"partitions": {f"{t}:{p}": offsets.get((t, p)) for t, p in tps}},
+        )
+
+    def _on_revoke(self, tps: list[TP]) -> None:
+        for tp in tps:
+            self._committed.pop(tp, None)
+
+    def _read_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        with self.session_factory() as session:
+            return ingest_store.load_offsets(session, self.group, tps)
+
+    def _with_db_retry(self, fn: Callable[[], Any], *, what: str) -> Any:
+        """``fn()``, retried while the database is unreachable; None if stopped meanwhile."""
+
+        def on_retry(exc: BaseException, wait_s: float) -> None:
+            self.metrics.retries.labels("database").inc()
+            log.warning("database unavailable, retrying",
+                        extra={"what": what, "error": str(exc)[:200], "wait_s": wait_s})
+
+        retrying = db_retrying(stop_event=self._stop, max_wait_s=self.retry_max_s,
+                               on_retry=on_retry)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return fn()
+        except Exception:
+            if self._stop.is_set():
+                return None
+            raise
+        return None  # pragma: no cover - tenacity either returns or raises
+
+    # -- loops -------------------------------------------------------------------------
+    def drain(self, max_idle_polls: int = 1) -> dict[str, int]:
+        """Consume until ``max_idle_polls`` polls in a row return nothing; return counts."""
+        self._ensure_started()
+        idle = 0
+        while idle < max_idle_polls and not self._stop.is_set():
+            n = self.step()
+            idle = idle + 1 if n == 0 else 0
+        return dict(self.metrics.outcomes)
+
+    def run(self, *, exit_when_idle: float | None = None) -> dict[str, int]:
+        """The service loop. Exits on :meth:`stop` or after ``exit_when_idle`` idle seconds."""
+        self._ensure_started()
+        last_work = time.monotonic()
+        log.info("consumer started", extra={"group": self.group,
+                                            "topics": sorted(self.expected)})
+        while not self._stop.is_set():
+            n = self.step()
+            now = time.monotonic()
+            if n:
+                last_work = now
+            elif exit_when_idle is not None and now - last_work >= exit_when_idle:
+                log.info("idle, exiting", extra={"idle_s": exit_when_idle})
+                break
+        log.info("consumer stopped", extra=self.metrics.snapshot())
+        return dict(self.metrics.outcomes)
+
+    def step(self) -> int:
+        """Poll once and process what came back as one batch; returns records handled."""
+        self._ensure_started()
+        records = self.source.poll(self.max_batch, self.poll_timeout_s)
+        now = time.monotonic()
+        if now - self._last_lag > 1.0:
+            self._last_lag = now
+            try:
+                self.metrics.set_lag(self.source.lag(dict(self._committed)))
+            except Exception as exc:  # noqa: BLE001 - lag is informational
+                log.debug("lag unavailable: %s", exc)
+        if not records:
+            return 0
+        # Drop records of partitions we no longer own (revoked during poll) and records
+        # below the stored offset (already applied; e.g. fetched before a re-seek).
+        committed = self._committed
+        records = [
+            r for r in records
+            if (r.topic, r.partition) in committed
+            and r.offset >= (committed[(r.topic, r.partition)] or 0)
+        ]
+        if not records:
+            return 0
+        self.process(records)
+        return len(records)
+
+    # -- one batch ---------------------------------------------------------------------
+    def process(self, records: Sequence[RecordLike]) -> None:
+        t0 = time.perf_counter()
+        decoded: list[tuple[RecordLike, Event | DecodeFailure]] = [
+            (r, decode(r.value, self.expected.get(r.topic))) for r in records
+        ]
+        # Impressions before feedback (a stable sort: each partition keeps its own order).
+        # A poll often returns a feedback partition's records ahead of the impressions they
+        # refer to; joined in memory here, they skip the pending write + resolve round trip.
+        # The result is the same either way (pending feedback is applied on arrival); only
+        # the extra ledger writes are saved.
+        imp_topic = self.topic_impressions
+        decoded.sort(key=lambda d: d[0].topic != imp_topic)
+        moves: dict[TP, tuple[int | None, int]] = {}
+        for r in records:
+            tp = (r.topic, r.partition)
+            end = r.offset + 1
+            cur = moves.get(tp)
+            if cur is None:
+                moves[tp] = (self._committed.get(tp), end)
+            elif end > cur[1]:
+                moves[tp] = (cur[0], end)
+        def on_retry(exc: BaseException, wait_s: float) -> None:
+            cause = "kafka" if isinstance(exc, _Retry) else "database"
+            self.metrics.retries.labels(cause).inc()
+            log.warning("batch failed, retrying",
+                        extra={"cause": cause, "error": str(exc)[:300], "wait_s": wait_s})
+
+        retrying = db_retrying(stop_event=self._stop, max_wait_s=self.retry_max_s,
+                               retry_also=lambda e: isinstance(e, _Retry), on_retry=on_retry)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    fx = self._commit_batch(decoded, moves)
+        except ingest_store.Fenced as exc:
+            log.warning("fenced: another consumer owns these partitions",
+                        extra={"partitions": [f"{t}:{p}" for t, p in exc.tps]})
+            self._resync(list(moves))
+            return
+        except Exception as exc:
+            if not (self._stop.is_set() and (isinstance(exc, _Retry) or is_transient(exc))):
+                raise
+            cause = "kafka" if isinstance(exc, _Retry) else "database"
+            log.warning("stopping during an outage; batch not committed (it will be read "
+                        "again)", extra={"cause": cause})
+            self._resync(list(moves), quiet=True)
+            return
+        for tp, (_, end) in moves.items():
+            if tp in self._committed:
+                self._committed[tp] = end
+        commit_progress = getattr(self.source, "commit_progress", None)
+        if commit_progress is not None:
+            commit_progress({tp: end for tp, (_, end) in moves.items()})
+        rejects = Counter(r.reason for r in fx.rejects)
+        self.metrics.observe_batch(fx.outcomes, rejects, time.perf_counter() - t0, len(records))
+
+    def _commit_batch(
+        self,
+        decoded: list[tuple[RecordLike, Event | DecodeFailure]],
+        moves: dict[TP, tuple[int | None, int]],
+    ) -> Effects:
+        imp_ids, imp_events, fb_events, arriving = referenced_ids(decoded)
+        with self.session_factory() as session, session.begin():
+            ingest_store.advance_offsets(session, self.group, moves)
+            state = ingest_store.prefetch(session, imp_ids, imp_events, fb_events, arriving)
+            if self._needs_reload(decoded):
+                self._experiments = ingest_store.load_experiments(session)
+            fx = handle_batch(
+                decoded, self._experiments, state, feedback_topic=self.topic_feedback
+            )
+            if fx.rejects:
+                self._send_dead_letters(fx)
+            ingest_store.write_effects(session, self.group, fx)
+        return fx
+
+    def _needs_reload(self, decoded: list[tuple[RecordLike, Event | DecodeFailure]]) -> bool:
+        """Reload the registry when the batch names an experiment or arm we do not know."""
+        exps = self._experiments
+        if not exps:
+            return True
+        for _, ev in decoded:
+            if isinstance(ev, ImpressionV1):
+                e = exps.get(ev.experiment_key)
+                if e is None or ev.arm_key not in e.arms:
+                    return True
+            elif isinstance(ev, FeedbackV1) and ev.experiment_key not in exps:
+                return True
+        return False
+
+    def _send_dead_letters(self, fx: Effects) -> None:
+        if self.dlq is None:
+            log.warning("no DLQ sink configured; rejects only counted",
+                        extra={"n": len(fx.rejects)})
+            return
+        try:
+            for r in fx.rejects:
+                self.dlq.send(r.to_dlq(self.group), r.key)
+            self.dlq.flush()
+        except Exception as exc:  # kafka errors: roll back this batch and retry it
+            raise _Retry(f"dead-letter produce failed: {exc}") from exc
+
+    def _resync(self, tps: list[TP], quiet: bool = False) -> None:
+        """After a fence or an abandoned batch: seek back to the stored offsets."""
+        owned = [tp for tp in tps if tp in self._committed]
+        offsets = self._with_db_retry(lambda: self._read_offsets(owned), what="resync offsets")
+        if offsets is None:
+            return
+        for tp in owned:
+            off = offsets.get(tp)
+            self._committed[tp] = off
+            self.source.seek(tp, off)
+        if not quiet:
+            log.info("resynced offsets", extra={"offsets": {f"{t}:{p}": offsets.get((t, p))
+                                                           for t, p in owned}})

@@ -1,0 +1,317 @@
+"""Registry use cases: register experiments and move them through their life cycle.
+
+Every function is keyword-only after the unit of work, works inside the caller's unit of work
+(:class:`~armlab.services.ports.UnitOfWorkPort`: the database in production, memory in tests;
+it flushes, it never commits: the caller decides where the transaction ends), raises
+:mod:`armlab.errors`, and writes one audit row per change.
+
+State machine::
+
+    draft --start--> running --stop--> stopped
+                        |                 |
+                        +------ship-------+--> shipped
+
+Anything else is :class:`~armlab.errors.IllegalTransition` (HTTP 409) and changes nothing.
+Concurrent writers are serialised by optimistic locking on ``experiments.version``
+(SQLAlchemy ``version_id_col``): every UPDATE carries ``WHERE version = <version read>``, so of
+two requests that both read ``running`` only the first UPDATE matches a row; the second raises
+StaleDataError, which the unit of work turns into ConcurrentModification (409) and rolls back
+together with the loser's audit row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import inspect
+
+from armlab.adapters.db.models import EXPERIMENT_STATUSES, Arm, AuditLog, Experiment
+from armlab.core.clock import utcnow
+from armlab.core.specs import ExperimentSpec
+from armlab.errors import (
+    ArmNotFound,
+    ExperimentExists,
+    ExperimentNotFound,
+    IllegalTransition,
+    ValidationFailed,
+)
+from armlab.services.decisions import ship_guard
+from armlab.services.ports import UnitOfWorkPort
+
+# action -> (statuses it may start from, status it leads to)
+TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
+    "start": (frozenset({"draft"}), "running"),
+    "stop": (frozenset({"running"}), "stopped"),
+    "ship": (frozenset({"running", "stopped"}), "shipped"),
+}
+TERMINAL_ACTIONS = frozenset({"stop", "ship"})
+
+
+def _jsonable(value: Any) -> Any:
+    """Make evidence storable as JSON on every backend.
+
+    numpy scalars become Python numbers, datetimes ISO strings, and non-finite floats None
+    (PostgreSQL's json type rejects NaN/Infinity).
+    """
+
+    def default(o: Any) -> Any:
+        tolist = getattr(o, "tolist", None)  # numpy arrays and scalars alike
+        if callable(tolist):
+            return tolist()
+        if isinstance(o, datetime):
+            return o.isoformat()
+        if isinstance(o, (set, frozenset, tuple)):
+            return list(o)
+        return str(o)
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [clean(v) for v in o]
+        return o
+
+    return clean(json.loads(json.dumps(value, default=default)))
+
+
+def _state(exp: Experiment) -> dict[str, Any]:
+    return {"status": exp.status, "shipped_arm": exp.shipped_arm_key, "version": exp.version}
+
+
+def record_audit(
+    uow: UnitOfWorkPort,
+    *,
+    experiment: Experiment,
+    actor: str,
+    action: str,
+    reason: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    evidence: dict[str, Any] | None,
+) -> AuditLog:
+    """Append one audit row (in the caller's transaction) and return it."""
+    row = AuditLog(
+        experiment_id=experiment.id,
+        at=utcnow(),
+        actor=actor,
+        action=action,
+        reason=reason or "",
+        before=_jsonable(before),
+        after=_jsonable(after),
+        evidence=_jsonable(evidence or {}),
+    )
+    uow.audit.add(row)
+    return row
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+def get_experiment(uow: UnitOfWorkPort, *, key: str) -> Experiment:
+    """Load one experiment with its arms; ExperimentNotFound (404) when the key is unknown."""
+    exp = uow.experiments.get(key)
+    if exp is None:
+        raise ExperimentNotFound(f"no experiment with key {key!r}")
+    return exp
+
+
+def list_experiments(uow: UnitOfWorkPort, *, status: str | None = None) -> list[Experiment]:
+    """All experiments (newest first), optionally only those with ``status``."""
+    if status is not None and status not in EXPERIMENT_STATUSES:
+        raise ValidationFailed(
+            f"status {status!r} is not one of {', '.join(EXPERIMENT_STATUSES)}",
+            field="status",
+        )
+    return uow.experiments.list(status)
+
+
+def list_audit(uow: UnitOfWorkPort, *, key: str) -> list[AuditLog]:
+    """The experiment's audit trail, oldest first."""
+    return uow.audit.for_experiment(get_experiment(uow, key=key).id)
+
+
+def unique_key(uow: UnitOfWorkPort, base: str) -> str:
+    """``base`` or ``base-2``, ``base-3``... whichever is not registered yet."""
+    taken = uow.experiments.keys_starting_with(base)
+    if base not in taken:
+        return base
+    i = 2
+    while f"{base}-{i}" in taken:
+        i += 1
+    return f"{base}-{i}"
+
+
+# --- writes -----------------------------------------------------------------------------------
+
+
+def create_experiment(uow: UnitOfWorkPort, *, spec: ExperimentSpec, actor: str) -> Experiment:
+    """Register a draft experiment with its arms; ExperimentExists (409) on a taken key."""
+    if uow.experiments.get(spec.key) is not None:
+        raise ExperimentExists(f"an experiment with key {spec.key!r} already exists")
+    exp = Experiment(
+        key=spec.key,
+        name=spec.name or spec.key,
+        description=spec.description,
+        status="draft",
+        unit=spec.unit,
+        reward_kind=spec.reward.kind,
+        reward_metric=spec.reward.metric,
+        policy_name=spec.policy.name,
+        policy_params=dict(spec.policy.params),
+        exploration_floor=spec.exploration_floor,
+        burn_in=spec.burn_in,
+        attribution_window_s=spec.attribution_window_s,
+        control_arm_key=spec.control_arm_key,
+        sequential=spec.sequential.model_dump(),
+        salt=spec.salt or secrets.token_hex(16),
+        arms=[
+            Arm(key=a.key, is_control=a.control, position=i, variant=dict(a.variant))
+            for i, a in enumerate(spec.arms)
+        ],
+    )
+    uow.experiments.add(exp)
+    record_audit(
+        uow,
+        experiment=exp,
+        actor=actor,
+        action="create",
+        reason="",
+        before={},
+        after=_state(exp) | {"arms": [a.key for a in exp.arms]},
+        evidence=None,
+    )
+    uow.flush()
+    return exp
+
+
+def _assert_variants_frozen(exp: Experiment) -> None:
+    """Arm variants are immutable once an experiment has left draft.
+
+    No endpoint edits a variant; this guards against any code path that tries: a change makes
+    a new arm (a new experiment), never an edit of evidence already collected.
+    """
+    if exp.status == "draft":
+        return
+    for arm in exp.arms:
+        state = inspect(arm)
+        if state.persistent and state.attrs.variant.history.has_changes():
+            raise IllegalTransition(
+                f"arm {arm.key!r} of experiment {exp.key!r} is {exp.status}: its variant is "
+                "immutable; register a new experiment (or a new arm) instead"
+            )
+
+
+def _transition(
+    uow: UnitOfWorkPort,
+    exp: Experiment,
+    *,
+    action: str,
+    actor: str,
+    reason: str,
+    evidence: dict[str, Any] | None,
+    shipped_arm: str | None = None,
+) -> Experiment:
+    allowed, target = TRANSITIONS[action]
+    if exp.status not in allowed:
+        raise IllegalTransition(
+            f"cannot {action} experiment {exp.key!r}: it is {exp.status}; {action} needs "
+            f"status {' or '.join(sorted(allowed))}"
+        )
+    _assert_variants_frozen(exp)
+    before = _state(exp)
+    now = utcnow()
+    exp.status = target
+    if action == "start":
+        exp.started_at = now
+    else:
+        exp.ended_at = exp.ended_at or now
+    if shipped_arm is not None:
+        exp.shipped_arm_key = shipped_arm
+    # Flush the UPDATE first: the version check happens here, and after it exp.version holds
+    # the new version for the audit row.
+    uow.flush()
+    record_audit(
+        uow,
+        experiment=exp,
+        actor=actor,
+        action=action,
+        reason=reason,
+        before=before,
+        after=_state(exp),
+        evidence=evidence,
+    )
+    uow.flush()
+    return exp
+
+
+def start_experiment(uow: UnitOfWorkPort, *, key: str, actor: str, reason: str = "") -> Experiment:
+    """draft -> running."""
+    exp = get_experiment(uow, key=key)
+    return _transition(uow, exp, action="start", actor=actor, reason=reason, evidence=None)
+
+
+def stop_experiment(
+    uow: UnitOfWorkPort,
+    *,
+    key: str,
+    actor: str,
+    reason: str,
+    evidence: dict[str, Any] | None = None,
+) -> Experiment:
+    """running -> stopped: allocation ends and the control serves from now on."""
+    exp = get_experiment(uow, key=key)
+    return _transition(uow, exp, action="stop", actor=actor, reason=reason, evidence=evidence)
+
+
+def _ship_guard(
+    uow: UnitOfWorkPort,
+    experiment: Experiment,
+    arm: str,
+    force: bool,
+    evidence: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Decide whether shipping ``arm`` is supported by the evidence; return what to audit.
+
+    :func:`armlab.services.decisions.ship_guard` raises Conflict (409) when the sequential
+    evidence argues against ``arm`` and ``force`` is false; its evaluation goes into the audit
+    row (merged over the caller's evidence) either way.
+    """
+    return {**dict(evidence or {}), **ship_guard(uow.evidence, experiment, arm, force)}
+
+
+def ship_experiment(
+    uow: UnitOfWorkPort,
+    *,
+    key: str,
+    arm: str,
+    actor: str,
+    reason: str,
+    evidence: dict[str, Any] | None = None,
+    force: bool = False,
+) -> Experiment:
+    """running|stopped -> shipped: ``arm`` gets all traffic (propensity 1) from now on."""
+    exp = get_experiment(uow, key=key)
+    arm_keys = [a.key for a in exp.arms]
+    if arm not in arm_keys:
+        raise ArmNotFound(
+            f"experiment {key!r} has no arm {arm!r}; its arms are {', '.join(arm_keys)}"
+        )
+    allowed, _ = TRANSITIONS["ship"]
+    if exp.status not in allowed:  # checked before the guard so it never sees a bad state
+        raise IllegalTransition(
+            f"cannot ship experiment {key!r}: it is {exp.status}; ship needs status "
+            f"{' or '.join(sorted(allowed))}"
+        )
+    audited = _ship_guard(uow, exp, arm, force, evidence)
+    if force:
+        audited = {**audited, "force": True}
+    return _transition(
+        uow, exp, action="ship", actor=actor, reason=reason, evidence=audited, shipped_arm=arm
+    )
+

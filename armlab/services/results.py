@@ -1,0 +1,67 @@
+"""Per-arm results of one experiment, as served by ``GET /v1/experiments/{key}/results``.
+
+Impressions and reward sums are the per-arm totals of the evidence repository;
+the weights are what is actually served (:mod:`armlab.core.serving`); ``sequential`` is the
+always-valid evaluation of :mod:`armlab.services.decisions`, or the reason it is unavailable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from armlab.adapters.db.models import Experiment
+from armlab.core.evidence import ArmSums
+from armlab.core.serving import served_weights
+from armlab.errors import ArmlabError
+from armlab.services.decisions import evaluate_experiment
+from armlab.services.ports import UnitOfWorkPort
+
+
+def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]:
+    """{"key","status","shipped_arm","control_arm","arms":[...],"snapshot","sequential"}."""
+    totals = uow.evidence.arm_sums(experiment.id)
+    snap = uow.evidence.latest_snapshot(experiment.id)
+    keys = [a.key for a in experiment.arms]
+    weights = served_weights(
+        experiment.status, keys, control=experiment.control_arm_key,
+        shipped=experiment.shipped_arm_key, snapshot=snap.weights if snap is not None else None,
+    )
+    arms = []
+    for arm in experiment.arms:
+        t = totals.get(arm.key) or ArmSums()
+        arms.append(
+            {
+                "key": arm.key,
+                "control": arm.is_control,
+                "impressions": int(t.n),
+                "feedback": int(t.feedback_n),
+                "reward_sum": t.reward_sum,
+                "mean": t.mean,
+                "weight": weights.get(arm.key, 0.0),
+            }
+        )
+    snapshot = (
+        {
+            "id": snap.id,
+            "created_at": snap.created_at.isoformat() if snap.created_at else None,
+            "policy_name": snap.policy_name,
+            "policy_version": snap.policy_version,
+            "weights": dict(snap.weights),
+            "stats": dict(snap.stats or {}),
+        }
+        if snap is not None
+        else None
+    )
+    try:
+        sequential: dict[str, Any] = evaluate_experiment(uow.evidence, experiment)
+    except ArmlabError as exc:
+        sequential = {"error": exc.message}
+    return {
+        "key": experiment.key,
+        "status": experiment.status,
+        "shipped_arm": experiment.shipped_arm_key,
+        "control_arm": experiment.control_arm_key,
+        "arms": arms,
+        "snapshot": snapshot,
+        "sequential": sequential,
+    }

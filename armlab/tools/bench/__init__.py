@@ -1,0 +1,1 @@
+"""``armlab bench ...``: each benchmark prints its figure with a same-run baseline."""

@@ -1,0 +1,124 @@
+"""Sequential decisions on PostgreSQL: Decision rows, running state, auto_stop evidence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from armlab.adapters.db.engine import make_engine, make_session_factory
+from armlab.adapters.db.models import ArmStats, AuditLog, Decision
+from armlab.adapters.db.uow import UnitOfWork
+from armlab.core.specs import ExperimentSpec
+from armlab.errors import Conflict
+from armlab.services import registry
+from armlab.services.allocator import run_decisions
+from armlab.services.decisions import evaluate_experiment, ship_guard
+
+
+def _spec(**seq: Any) -> ExperimentSpec:
+    return ExperimentSpec.model_validate({
+        "key": "seq", "exploration_floor": 0.1, "policy": {"name": "thompson"},
+        "sequential": {"min_samples": 100, **seq},
+        "arms": [{"key": "control", "control": True, "variant": {"kind": "popularity"}},
+                 {"key": "t1", "variant": {"kind": "popularity"}}],
+    })
+
+
+def _add_stats(session: Any, exp_id: int, arm: str, n: int, clicks: int, p: float,
+               partitions: int = 2) -> None:
+    # Split over partitions: the evaluation must SUM the shards.
+    for part in range(partitions):
+        k, x = n // partitions, clicks // partitions
+        session.add(ArmStats(experiment_id=exp_id, arm_key=arm, partition=part, n=k,
+                             reward_sum=x, reward_sumsq=x, ipw_n=k / p, ipw_sum=x / p,
+                             ipw_sumsq=x / p**2, ipw_n_sq=k / p**2))
+
+
+@pytest.fixture()
+def sf(pg_url: str) -> Any:
+    engine = make_engine(pg_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _create(sf: Any, **seq: Any) -> int:
+    with UnitOfWork(sf) as uow:
+        exp = registry.create_experiment(uow, spec=_spec(**seq), actor="ops")
+        registry.start_experiment(uow, key="seq", actor="ops")
+        uow.commit()
+        return exp.id
+
+
+def test_auto_stop_stops_with_evidence_in_the_audit_log(sf: Any) -> None:
+    exp_id = _create(sf, auto_stop=True)
+    with UnitOfWork(sf) as uow:
+        _add_stats(uow.session, exp_id, "control", 20_000, 1000, 0.5)
+        _add_stats(uow.session, exp_id, "t1", 20_000, 1400, 0.5)
+        uow.commit()
+    with UnitOfWork(sf) as uow:
+        ev = run_decisions(uow, registry.get_experiment(uow, key="seq"))
+        uow.commit()
+    assert ev["method"] == "ipw" and ev["stopped"]
+    assert ev["arms"][0]["decision"] == "treatment_better"
+    with UnitOfWork(sf) as uow:
+        s = uow.session
+        exp = registry.get_experiment(uow, key="seq")
+        assert exp.status == "stopped"
+        audit = s.scalars(select(AuditLog).where(AuditLog.action == "stop")).one()
+        assert audit.actor == "allocator" and "treatment_better" in audit.reason
+        arm = audit.evidence["arms"][0]
+        assert arm["arm"] == "t1" and arm["p_value"] < 0.05 and arm["ci_low"] > 0
+        rows = s.scalars(select(Decision)).all()
+        assert len(rows) == 1 and rows[0].decision == "treatment_better"
+        assert rows[0].n_control == 20_000 and rows[0].evidence["tau2"] > 0
+
+
+def test_running_p_value_and_interval_carry_across_evaluations(sf: Any) -> None:
+    exp_id = _create(sf)
+    with UnitOfWork(sf) as uow:
+        _add_stats(uow.session, exp_id, "control", 4000, 200, 0.5)
+        _add_stats(uow.session, exp_id, "t1", 4000, 260, 0.5)
+        uow.commit()
+    with UnitOfWork(sf) as uow:
+        first = run_decisions(uow, registry.get_experiment(uow, key="seq"))["arms"][0]
+        uow.commit()
+    with UnitOfWork(sf) as uow:  # later data look less favourable
+        for row in uow.session.scalars(select(ArmStats).where(ArmStats.arm_key == "t1")):
+            row.n, row.reward_sum = row.n + 2000, row.reward_sum + 70
+            row.reward_sumsq = row.reward_sum
+            row.ipw_n, row.ipw_sum = row.n / 0.5, row.reward_sum / 0.5
+            row.ipw_sumsq, row.ipw_n_sq = row.reward_sum / 0.25, row.n / 0.25
+        for row in uow.session.scalars(select(ArmStats).where(ArmStats.arm_key == "control")):
+            row.n, row.reward_sum = row.n + 2000, row.reward_sum + 130
+            row.reward_sumsq = row.reward_sum
+            row.ipw_n, row.ipw_sum = row.n / 0.5, row.reward_sum / 0.5
+            row.ipw_sumsq, row.ipw_n_sq = row.reward_sum / 0.25, row.n / 0.25
+        uow.commit()
+    with UnitOfWork(sf) as uow:
+        exp = registry.get_experiment(uow, key="seq")
+        second = run_decisions(uow, exp)["arms"][0]
+        assert second["p_value"] <= first["p_value"] and second["p_now"] > first["p_value"]
+        assert second["ci_low"] >= first["ci_low"] and second["ci_high"] <= first["ci_high"]
+        assert second["looks"] == 2
+        uow.commit()
+    with UnitOfWork(sf) as uow:
+        s = uow.session
+        assert len(s.scalars(select(Decision)).all()) == 2
+        assert registry.get_experiment(uow, key="seq").status == "running"  # auto_stop is off
+
+
+def test_ship_guard_refuses_a_worse_arm_unless_forced(sf: Any) -> None:
+    exp_id = _create(sf)
+    with UnitOfWork(sf) as uow:
+        _add_stats(uow.session, exp_id, "control", 20_000, 1400, 0.5)
+        _add_stats(uow.session, exp_id, "t1", 20_000, 1000, 0.5)
+        uow.commit()
+    with UnitOfWork(sf) as uow:
+        exp = registry.get_experiment(uow, key="seq")
+        assert evaluate_experiment(uow.evidence, exp)["arms"][0]["decision"] == "treatment_worse"
+        with pytest.raises(Conflict, match="--force"):
+            ship_guard(uow.evidence, exp, "t1", force=False)
+        assert "overridden" in ship_guard(uow.evidence, exp, "t1", force=True)
+        ship_guard(uow.evidence, exp, "control", force=False)  # shipping the better arm is fine

@@ -1,0 +1,311 @@
+"""Ingestion under failure, on a real Kafka broker and a real PostgreSQL server.
+
+Every test compares the final per-arm statistics with ``==`` against statistics computed
+directly from the produced events (armlab.tools.synth.expected_stats shares no code with
+the consumer; propensities are powers of two so float sums are exact in any order).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import func, select
+
+from armlab.adapters.db import ingest_store, queries
+from armlab.adapters.db.engine import make_engine, make_session_factory
+from armlab.adapters.db.models import Arm, ConsumerOffset, Experiment
+from armlab.tools.synth import SynthEvent, expected_stats, synthetic_events
+
+pytestmark = pytest.mark.reliability
+
+ARMS = ("control", "b", "c")
+
+
+@dataclass
+class Harness:
+    pg_url: str
+    bootstrap: str
+    topic_imp: str
+    topic_fb: str
+    topic_dlq: str
+    group: str = field(default_factory=lambda: f"g-{uuid.uuid4().hex[:6]}")
+    exp_key: str = field(default_factory=lambda: f"exp-{uuid.uuid4().hex[:6]}")
+    exp_id: int = 0
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    records: int = 0
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Consumer output goes to files, never to unread pipes: a full pipe (64 KiB of warnings
+    # during a broker restart) would block the consumer and look like a stall.
+    logs: dict[int, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.engine = make_engine(self.pg_url, pool_size=2)
+        self.sf = make_session_factory(self.engine)
+        with self.sf() as s, s.begin():
+            e = Experiment(key=self.exp_key, name="rel", control_arm_key=ARMS[0], salt="s",
+                           status="running", reward_kind="binary", reward_metric="click",
+                           attribution_window_s=3600)
+            e.arms = [Arm(key=a, is_control=i == 0, position=i) for i, a in enumerate(ARMS)]
+            s.add(e)
+            s.flush()
+            self.exp_id = e.id
+
+    # -- producing -----------------------------------------------------------------------
+    def produce(self, events: Iterable[SynthEvent], *, twice: bool = False,
+                raw: Iterable[tuple[str, bytes | None]] = ()) -> None:
+        from kafka import KafkaProducer
+
+        p = KafkaProducer(bootstrap_servers=[self.bootstrap], acks="all",
+                          enable_idempotence=True, linger_ms=20, batch_size=1 << 20)
+        for ev in events:
+            topic = self.topic_imp if ev.kind == "impression" else self.topic_fb
+            for _ in range(2 if twice else 1):
+                p.send(topic, key=ev.key, value=ev.value)
+                self.records += 1
+            self.sent.append(ev.fields)
+        for topic, value in raw:
+            p.send(topic, key=b"junk", value=value)
+            self.records += 1
+        p.flush()
+        p.close()
+
+    def events(self, n: int, seed: int, **kw: Any) -> list[SynthEvent]:
+        return list(synthetic_events(n, experiment_key=self.exp_key, arms=ARMS, seed=seed,
+                                     id_prefix=f"{self.exp_key}-{seed}-", **kw))
+
+    # -- consumers -----------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, ARMLAB_DATABASE_URL=self.pg_url,
+                    ARMLAB_KAFKA_BOOTSTRAP=self.bootstrap, ARMLAB_TRANSPORT="kafka",
+                    ARMLAB_TOPIC_IMPRESSIONS=self.topic_imp, ARMLAB_TOPIC_FEEDBACK=self.topic_fb,
+                    ARMLAB_TOPIC_DLQ=self.topic_dlq, ARMLAB_CONSUMER_GROUP=self.group,
+                    ARMLAB_LOG_LEVEL="WARNING")
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "armlab", "consume", "--batch", "1000", *args]
+        log_path = Path(tempfile.mkdtemp(prefix="armlab-consumer-")) / "consumer.log"
+        with open(log_path, "wb") as out:
+            p = subprocess.Popen(cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT)
+        self.logs[p.pid] = log_path
+        self.procs.append(p)
+        return p
+
+    def log_tail(self, p: subprocess.Popen[bytes], n: int = 3000) -> str:
+        path = self.logs.get(p.pid)
+        if path is None or not path.exists():
+            return ""
+        return path.read_bytes()[-n:].decode(errors="replace")
+
+    def committed(self) -> int:
+        """Records committed so far: sum of stored next offsets (all partitions)."""
+        try:
+            with self.sf() as s:
+                v = s.scalar(select(func.coalesce(func.sum(ConsumerOffset.next_offset), 0))
+                             .where(ConsumerOffset.group_id == self.group))
+            return int(v or 0)
+        except Exception:  # noqa: BLE001 - the database may be restarting
+            return -1
+
+    def wait_committed(self, target: int, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.committed() < target:
+            for p in self.procs:
+                if p.poll() not in (None, 0, -signal.SIGKILL):
+                    pytest.fail(f"consumer died rc={p.returncode}: "
+                                f"{self.log_tail(p)}")
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"--- consumer pid {p.pid}:\n{self.log_tail(p)}"
+                                  for p in self.procs)
+                pytest.fail(f"timeout: committed {self.committed()} of {target}\n{tails}")
+            time.sleep(0.1)
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                pytest.fail(f"consumer did not exit on SIGTERM\n{self.log_tail(p)}")
+            assert p.returncode in (0, -signal.SIGKILL), self.log_tail(p)
+        self.procs.clear()
+
+    # -- checks --------------------------------------------------------------------------
+    def stats(self) -> dict[str, dict[str, float]]:
+        with self.sf() as s:
+            return {arm: v.as_dict() for (_, arm), v in queries.arm_totals(s, self.exp_id).items()}
+
+    def counters(self) -> dict[str, int]:
+        with self.sf() as s:
+            return ingest_store.read_counters(s, self.group)
+
+    def assert_exact(self) -> None:
+        assert self.stats() == expected_stats(self.sent, window_s=3600)
+
+    def dlq(self, expect: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        from kafka import KafkaConsumer
+
+        c = KafkaConsumer(self.topic_dlq, bootstrap_servers=[self.bootstrap],
+                          auto_offset_reset="earliest", enable_auto_commit=False,
+                          group_id=None, consumer_timeout_ms=3000)
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < expect and time.monotonic() < deadline:
+            for r in c:
+                out.append(orjson.loads(r.value))
+        c.close()
+        return out
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.engine.dispose()
+
+
+@pytest.fixture()
+def harness(pg_url: str, kafka_bootstrap: str,
+            kafka_topic_factory: Callable[..., str]) -> Callable[..., Harness]:
+    made: list[Harness] = []
+
+    def make(partitions: int = 2) -> Harness:
+        h = Harness(pg_url, kafka_bootstrap, kafka_topic_factory(partitions, "imp"),
+                    kafka_topic_factory(partitions, "fb"), kafka_topic_factory(1, "dlq"))
+        made.append(h)
+        return h
+
+    yield make  # type: ignore[misc]
+    for h in made:
+        h.close()
+
+
+def test_sigkill_five_times_during_100k_events(harness: Callable[..., Harness]) -> None:
+    h = harness(2)
+    h.produce(h.events(100_000, seed=1))
+    rng = random.Random(7)
+    marks = sorted(rng.sample(range(5_000, 95_000), 5))
+    kills = 0
+    for mark in marks:
+        p = h.start()
+        h.wait_committed(mark)
+        time.sleep(rng.uniform(0.0, 0.5))  # kill mid-batch, at a random point
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        kills += 1
+        h.procs.remove(p)
+    assert kills == 5
+    h.start()
+    h.wait_committed(h.records)
+    h.stop_all()
+    h.assert_exact()
+    c = h.counters()
+    assert c["impression"] == sum(1 for e in h.sent if e["schema"] == "impression.v1")
+    assert c.get("duplicate", 0) == 0
+
+
+def test_postgres_and_kafka_restarts_during_ingestion(
+    harness: Callable[..., Harness], pg_server: Any, kafka: Any
+) -> None:
+    h = harness(2)
+    h.produce(h.events(12_000, seed=2))
+    h.start()
+    h.wait_committed(3_000)
+    pg_server.restart()
+    h.wait_committed(6_000)
+    kafka.restart()
+    h.produce(h.events(4_000, seed=3))  # the broker is back: more arrives
+    h.wait_committed(h.records)
+    h.stop_all()  # SIGTERM: exit 0 after the in-flight batch
+    h.assert_exact()
+
+
+def test_every_event_twice_is_counted_once(harness: Callable[..., Harness]) -> None:
+    h = harness(2)
+    h.produce(h.events(10_000, seed=4), twice=True)
+    h.start()
+    h.wait_committed(h.records)
+    h.stop_all()
+    h.assert_exact()
+    assert h.counters()["duplicate"] == 10_000
+
+
+def _malformed(topic_imp: str, topic_fb: str, n: int) -> list[tuple[str, bytes | None]]:
+    good_imp = {"schema": "impression.v1", "event_id": "x", "impression_id": "y",
+                "experiment_key": "nope", "arm_key": "a", "unit_id": "u", "propensity": 0.5,
+                "served_at": "2026-01-01T00:00:00Z"}
+    good_fb = {"schema": "feedback.v1", "event_id": "x", "impression_id": "y",
+               "experiment_key": "nope", "kind": "click", "value": 1.0,
+               "occurred_at": "2026-01-01T00:00:00Z"}
+    variants: list[Callable[[int], tuple[str, bytes | None]]] = [
+        lambda i: (topic_imp, f"not json {i}".encode()),
+        lambda i: (topic_imp, b"\xff\xfe" + str(i).encode()),
+        lambda i: (topic_imp, b"{" * (70_000 + i)),
+        lambda i: (topic_imp, orjson.dumps({**good_imp, "propensity": -0.5, "event_id": f"x{i}"})),
+        lambda i: (topic_imp, orjson.dumps({**good_imp, "propensity": f"{i}"})),
+        lambda i: (topic_imp, orjson.dumps({k: v for k, v in good_imp.items()
+                                            if k != "unit_id"} | {"n": i})),
+        lambda i: (topic_imp, orjson.dumps({**good_imp, "schema": f"impression.v{i + 2}"})),
+        lambda i: (topic_imp, orjson.dumps({**good_imp, "event_id": f"n{i}"})
+                   .replace(b'"propensity":0.5', b'"propensity":NaN')),
+        lambda i: (topic_fb, orjson.dumps({**good_fb, "event_id": f"n{i}"})
+                   .replace(b'"value":1.0', b'"value":Infinity')),
+        lambda i: (topic_fb, orjson.dumps({**good_fb, "kind": f"k{i}"})),
+        lambda i: (topic_fb, orjson.dumps({**good_fb, "occurred_at": i})),
+        lambda i: (topic_fb, orjson.dumps([i])),
+        lambda i: (topic_fb, None),
+    ]
+    return [variants[i % len(variants)](i) for i in range(n)]
+
+
+def test_malformed_corpus_goes_to_dlq_and_good_records_count(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness(2)
+    good = h.events(4_000, seed=5)
+    bad = _malformed(h.topic_imp, h.topic_fb, 1_300)
+    # interleave: good, bad, good, bad...
+    h.produce(good[:2_000], raw=bad[:650])
+    h.produce(good[2_000:], raw=bad[650:])
+    h.start()
+    h.wait_committed(h.records)
+    h.stop_all()
+    h.assert_exact()
+    dlq = h.dlq(expect=len(bad))
+    assert len({(d["topic"], d["partition"], d["offset"]) for d in dlq}) == len(bad)
+    reasons = {d["reason"] for d in dlq}
+    assert {"not_json", "bad_utf8", "too_large", "bad_propensity", "wrong_type",
+            "missing_field", "unknown_schema", "non_finite", "unknown_kind",
+            "bad_timestamp", "not_object", "empty"} <= reasons
+    assert all(d["detail"] for d in dlq)
+    counters = h.counters()
+    assert sum(counters.get(r, 0) for r in reasons) == len(bad)
+
+
+def test_two_consumers_in_one_group_same_totals(harness: Callable[..., Harness]) -> None:
+    h = harness(4)
+    h.produce(h.events(20_000, seed=6))
+    h.start()
+    h.start()
+    h.wait_committed(h.records)
+    h.stop_all()
+    h.assert_exact()
+    with h.sf() as s:
+        parts = s.execute(select(ConsumerOffset.partition)
+                          .where(ConsumerOffset.group_id == h.group)).all()
+    assert len(parts) == 8  # 4 partitions x 2 topics, each committed

@@ -1,0 +1,95 @@
+"""KafkaSource's impression/feedback alignment: feedback newer than the impressions read so
+far is held back (never dropped, never reordered within a partition) and released once the
+impressions are read, on an empty poll, or after MAX_HOLD_S; seek() drops held records."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any
+
+from kafka import TopicPartition
+
+from armlab.adapters.kafka.source import KafkaSource
+
+Rec = namedtuple("Rec", "topic partition offset timestamp key value")
+IMP, FB = TopicPartition("imp", 0), TopicPartition("fb", 0)
+
+
+class FakeConsumer:
+    def __init__(self, polls: list[dict[Any, list[Rec]]], hw: int) -> None:
+        self.polls = polls
+        self.hw = hw
+        self.pos = {IMP: 0, FB: 0}
+        self.sought: list[tuple[Any, int]] = []
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Rec]]:
+        out = self.polls.pop(0) if self.polls else {}
+        for tp, recs in out.items():
+            self.pos[tp] = recs[-1].offset + 1
+        return out
+
+    def highwater(self, tp: Any) -> int:
+        return self.hw
+
+    def position(self, tp: Any, timeout_ms: int = 0) -> int:
+        return self.pos[tp]
+
+    def assignment(self) -> set[Any]:
+        return {IMP, FB}
+
+    def seek(self, tp: Any, off: int) -> None:
+        self.sought.append((tp, off))
+
+
+def recs(tp: TopicPartition, start: int, ts: list[int]) -> list[Rec]:
+    return [Rec(tp.topic, tp.partition, start + i, t, b"k", b"v") for i, t in enumerate(ts)]
+
+
+def source(consumer: FakeConsumer) -> KafkaSource:
+    s = KafkaSource.__new__(KafkaSource)
+    s.consumer = consumer
+    s.align = ("imp", "fb")
+    s._imp_ts = {}
+    s._held = {}
+    return s
+
+
+def offsets(batch: list[Rec], topic: str) -> list[int]:
+    return [r.offset for r in batch if r.topic == topic]
+
+
+def test_feedback_ahead_of_impressions_is_held_then_released_in_order() -> None:
+    c = FakeConsumer([
+        {FB: recs(FB, 0, [10, 20, 30, 40])},          # feedback first: nothing read yet
+        {IMP: recs(IMP, 0, [10, 20])},                # impressions up to ts 20
+        {IMP: recs(IMP, 2, [30, 40]), FB: recs(FB, 4, [50])},
+    ], hw=4)
+    s = source(c)
+    assert s.poll(100, 0.1) == []                       # all four held
+    b2 = s.poll(100, 0.1)
+    assert offsets(b2, "imp") == [0, 1] and offsets(b2, "fb") == [0, 1]
+    b3 = s.poll(100, 0.1)                               # impressions caught up: release all
+    assert offsets(b3, "imp") == [2, 3] and offsets(b3, "fb") == [2, 3, 4]
+
+
+def test_empty_poll_releases_and_seek_drops_held() -> None:
+    c = FakeConsumer([{FB: recs(FB, 0, [10, 20])}], hw=5)
+    s = source(c)
+    assert s.poll(100, 0.1) == []
+    assert offsets(s.poll(100, 0.1), "fb") == [0, 1]   # nothing new arrived: hand them out
+    c.polls = [{FB: recs(FB, 2, [30])}]
+    assert s.poll(100, 0.1) == []
+    s.seek(("fb", 0), 2)                               # the runner re-reads from offset 2
+    assert s._held == {} and c.sought == [(FB, 2)]
+
+
+def test_hold_expires(monkeypatch: Any) -> None:
+    import armlab.adapters.kafka.source as ks
+
+    clock = [100.0]
+    monkeypatch.setattr(ks.time, "monotonic", lambda: clock[0])
+    c = FakeConsumer([{FB: recs(FB, 0, [10])}, {IMP: recs(IMP, 0, [1])}], hw=9)
+    s = source(c)
+    assert s.poll(100, 0.1) == []
+    clock[0] += KafkaSource.MAX_HOLD_S + 0.1
+    assert offsets(s.poll(100, 0.1), "fb") == [0]

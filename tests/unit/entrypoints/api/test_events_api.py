@@ -1,0 +1,50 @@
+"""POST /v1/events: validation (422 naming the field), production, 503 without Kafka."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi.testclient import TestClient
+
+from armlab.entrypoints.api.app import create_app
+from armlab.settings import KafkaSettings, Settings
+
+EV = {"schema": "impression.v1", "event_id": "e1", "impression_id": "i1",
+      "experiment_key": "x", "arm_key": "a", "unit_id": "u", "propensity": 0.5,
+      "served_at": "2026-01-01T00:00:00Z"}
+FB = {"schema": "feedback.v1", "event_id": "f1", "impression_id": "i1",
+      "experiment_key": "x", "kind": "click", "value": 1.0,
+      "occurred_at": "2026-01-01T00:00:01Z"}
+
+
+def test_events_are_validated_and_produced(sqlite_url: str) -> None:
+    s = Settings(database_url=sqlite_url, transport="memory",
+                 auth_tokens="app:producer:s3cret,ro:reader:r34d")
+    app = create_app(s)
+    with TestClient(app) as c:
+        ok = {"Authorization": "Bearer s3cret"}
+        r = c.post("/v1/events", json=[EV, FB], headers=ok)
+        assert r.status_code == 202, r.text
+        assert r.json() == {"accepted": 2, "event_ids": ["e1", "f1"]}
+        bad = c.post("/v1/events", json=[EV, {**FB, "kind": "clack"}], headers=ok)
+        assert bad.status_code == 422 and bad.json()["field"] == "[1].kind"
+        assert "unknown_kind" in bad.json()["detail"]
+        one = c.post("/v1/events", json={**EV, "served_at": "2026-01-01T00:00:00"}, headers=ok)
+        assert one.status_code == 422 and one.json()["field"] == "served_at"
+        assert c.post("/v1/events", content=b"{", headers=ok).status_code == 422
+        assert c.post("/v1/events", json=EV).status_code == 401
+        assert c.post("/v1/events", json=EV,
+                      headers={"Authorization": "Bearer r34d"}).status_code == 403
+        bus = app.state.services.bus
+        imps = bus.records(s.topic_impressions)
+        fbs = bus.records(s.topic_feedback)
+        # only the first (valid) request was produced, both keyed by impression_id
+        assert [orjson.loads(r.value)["event_id"] for r in imps] == ["e1"]
+        assert [r.key for r in imps + fbs] == [b"i1", b"i1"]
+
+
+def test_503_when_kafka_is_unreachable(sqlite_url: str) -> None:
+    s = Settings(database_url=sqlite_url, transport="kafka",
+                 kafka=KafkaSettings(bootstrap="127.0.0.1:9"), auth_disabled=True)
+    with TestClient(create_app(s)) as c:
+        r = c.post("/v1/events", json=EV)
+        assert r.status_code == 503 and "Kafka" in r.json()["detail"]
