@@ -1,8 +1,13 @@
 """Database side of ingestion: offsets (with zombie fencing), prefetching the state a batch
-touches, and writing a batch's effects. One implementation for PostgreSQL and SQLite: the
-statements are SQLAlchemy Core, and the only dialect-specific piece is which ``insert`` gives
-``ON CONFLICT`` (:func:`_insert`). Bulk writes are one statement per table run for many rows
-(psycopg pipelines them; multi-row INSERTs via SQLAlchemy's insertmanyvalues).
+touches, and writing a batch's effects.
+
+One implementation for PostgreSQL and SQLite. A batch reads and writes with one statement per
+table: the ids or rows travel as ONE JSON parameter that the statement reads back as a table
+(:class:`_Json`), so there is one round trip per statement, no per-row statements and no
+thousands of bind parameters to compile. Each statement is written once; the only
+dialect-specific pieces are how a JSON parameter becomes rows (``json_to_recordset`` /
+``json_array_elements_text`` on PostgreSQL, ``json_each`` on SQLite), how timestamps are
+spelled inside it, and ``FOR UPDATE`` (PostgreSQL only; SQLite has one writer anyway).
 
 Commit order inside ONE transaction (quix-streams style, KafkaConsumer Javadoc "Storing
 Offsets Outside Kafka"): fence + advance offsets -> prefetch (rows locked on PostgreSQL) ->
@@ -17,13 +22,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select, update
+import orjson
+from sqlalchemy import DateTime, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from armlab.adapters.db.models import (
     Arm,
-    ArmStats,
     ConsumerOffset,
     Experiment,
     Feedback,
@@ -41,7 +46,6 @@ from armlab.core.ingest import (
 )
 
 TP = tuple[str, int]
-_CHUNK = 2000  # ids per IN (...) list; stays far below SQLite's variable limit
 
 
 class Fenced(Exception):  # noqa: N818 - control flow, never escapes the runner
@@ -57,11 +61,6 @@ def _insert(session: Session, table: Any) -> Any:
     mod = postgresql if name == "postgresql" else sqlite
     return mod.insert(table)
 
-
-def _chunks(ids: Iterable[str]) -> Iterable[list[str]]:
-    lst = list(ids)
-    for i in range(0, len(lst), _CHUNK):
-        yield lst[i : i + _CHUNK]
 
 
 # -- registry ------------------------------------------------------------------------------
@@ -144,27 +143,65 @@ def advance_offsets(
         raise Fenced(fenced)
 
 
+# -- JSON parameters read back as rows --------------------------------------------------------
+_PG_TYPES = {"text": "text", "int": "int8", "float": "float8", "ts": "timestamptz",
+             "json": "json"}
+_TS = DateTime(timezone=True)
+
+
+class _Json:
+    """How one JSON parameter becomes rows in this session's dialect."""
+
+    def __init__(self, session: Session) -> None:
+        self.dialect = session.get_bind().dialect
+        self.pg = self.dialect.name == "postgresql"
+        self._ts = None if self.pg else _TS.dialect_impl(self.dialect).bind_processor(
+            self.dialect)
+
+    def rows(self, param: str, columns: Sequence[tuple[str, str]]) -> str:
+        """``(SELECT <columns> FROM <the JSON array of objects in :param>) AS r``."""
+        if self.pg:
+            spec = ", ".join(f"{name} {_PG_TYPES[kind]}" for name, kind in columns)
+            return f"json_to_recordset(CAST(:{param} AS json)) AS r({spec})"
+        cols = ", ".join(f"json_extract(value, '$.{name}') AS {name}" for name, _ in columns)
+        return f"(SELECT {cols} FROM json_each(:{param})) AS r"
+
+    def ids(self, param: str) -> str:
+        """A subquery of the strings in the JSON array :param."""
+        if self.pg:
+            return f"SELECT json_array_elements_text(CAST(:{param} AS json))"
+        return f"SELECT value FROM json_each(:{param})"
+
+    @property
+    def for_update(self) -> str:
+        return " FOR UPDATE" if self.pg else ""
+
+    def encode(self, value: Any) -> str:
+        """The JSON text of ``value``; timestamps as this dialect stores them."""
+        if self._ts is None:
+            return orjson.dumps(value).decode()
+        fmt = self._ts
+        return orjson.dumps(value, default=lambda o: fmt(o) if isinstance(o, datetime)
+                            else _unencodable(o)).decode()
+
+    def encode_rows(self, rows: list[dict[str, Any]]) -> str:
+        if self._ts is None:
+            return orjson.dumps(rows).decode()
+        fmt = self._ts
+        return orjson.dumps(
+            [{k: (fmt(v) if isinstance(v, datetime) else v) for k, v in r.items()}
+             for r in rows]
+        ).decode()
+
+
+def _unencodable(o: Any) -> Any:
+    raise TypeError(f"cannot encode {type(o).__name__} as JSON")
+
+
 # -- prefetch ------------------------------------------------------------------------------
-_IMPRESSION_STATE = (
-    Impression.impression_id,
-    Impression.event_id,
-    Impression.experiment_id,
-    Impression.arm_key,
-    Impression.propensity,
-    Impression.served_at,
-    Impression.reward,
-    Impression.feedback_count,
-    Impression.partition,
-)
-_PENDING = (
-    Feedback.event_id,
-    Feedback.impression_id,
-    Feedback.experiment_key,
-    Feedback.kind,
-    Feedback.value,
-    Feedback.occurred_at,
-    Feedback.partition,
-)
+_IMPRESSION_STATE = ("impression_id, event_id, experiment_id, arm_key, propensity, served_at,"
+                     " reward, feedback_count, partition")
+_PENDING_COLS = "event_id, impression_id, experiment_key, kind, value, occurred_at, partition"
 
 
 def prefetch(
@@ -175,81 +212,119 @@ def prefetch(
     arriving: set[str],
 ) -> BatchState:
     """Load the rows a batch references. Impressions and pending feedback are locked
-    (``FOR UPDATE`` on PostgreSQL; SQLite has one writer anyway) so a concurrent consumer
-    cannot interleave a reward update."""
+    (``FOR UPDATE`` on PostgreSQL) so a concurrent consumer cannot interleave a reward
+    update."""
+    j = _Json(session)
     state = BatchState()
-    for chunk in _chunks(sorted(imp_ids)):
-        q = select(*_IMPRESSION_STATE).where(Impression.impression_id.in_(chunk))
-        for row in session.execute(q.with_for_update()):
+    ts = Impression.__table__.c.served_at.type
+    if imp_ids:
+        rows = session.execute(
+            text(f"SELECT {_IMPRESSION_STATE} FROM impressions WHERE impression_id IN "
+                 f"({j.ids('ids')}){j.for_update}").columns(served_at=ts),
+            {"ids": j.encode(sorted(imp_ids))},
+        )
+        for row in rows:
             state.impressions[row[0]] = ImpressionState(*row)
             state.impression_event_ids.add(row[1])
-    for chunk in _chunks(imp_events - state.impression_event_ids):
-        ev = select(Impression.event_id).where(Impression.event_id.in_(chunk))
-        state.impression_event_ids.update(r[0] for r in session.execute(ev))
-    for chunk in _chunks(fb_events):
-        ev = select(Feedback.event_id).where(Feedback.event_id.in_(chunk))
-        state.feedback_event_ids.update(r[0] for r in session.execute(ev))
-    for chunk in _chunks(sorted(arriving)):
-        pq = (
-            select(*_PENDING)
-            .where(Feedback.impression_id.in_(chunk), Feedback.status == "pending")
-            .order_by(Feedback.occurred_at, Feedback.event_id)
+    missing = imp_events - state.impression_event_ids
+    if missing:
+        state.impression_event_ids.update(r[0] for r in session.execute(
+            text(f"SELECT event_id FROM impressions WHERE event_id IN ({j.ids('ids')})"),
+            {"ids": j.encode(sorted(missing))},
+        ))
+    if fb_events:
+        state.feedback_event_ids.update(r[0] for r in session.execute(
+            text(f"SELECT event_id FROM feedback WHERE event_id IN ({j.ids('ids')})"),
+            {"ids": j.encode(sorted(fb_events))},
+        ))
+    if arriving:
+        rows = session.execute(
+            text(f"SELECT {_PENDING_COLS} FROM feedback WHERE impression_id IN "
+                 f"({j.ids('ids')}) AND status = 'pending' ORDER BY occurred_at, event_id"
+                 f"{j.for_update}").columns(occurred_at=Feedback.__table__.c.occurred_at.type),
+            {"ids": j.encode(sorted(arriving))},
         )
-        for prow in session.execute(pq.with_for_update()):
-            state.pending.setdefault(prow[1], []).append(PendingFeedback(*prow))
+        for row in rows:
+            state.pending.setdefault(row[1], []).append(PendingFeedback(*row))
     return state
 
 
 # -- effects -------------------------------------------------------------------------------
-_IMPRESSIONS: Table = Impression.__table__  # type: ignore[assignment]
-_FEEDBACK: Table = Feedback.__table__  # type: ignore[assignment]
-_ARM_STATS: Table = ArmStats.__table__  # type: ignore[assignment]
-_COUNTERS: Table = IngestCounter.__table__  # type: ignore[assignment]
+_IMPRESSION_ROW = [("impression_id", "text"), ("event_id", "text"), ("experiment_id", "int"),
+                   ("arm_key", "text"), ("unit_id", "text"), ("propensity", "float"),
+                   ("served_at", "ts"), ("partition", "int"), ("reward", "float"),
+                   ("feedback_count", "int"), ("items", "json"), ("context", "json")]
+_IMPRESSION_UPDATE = [("impression_id", "text"), ("reward", "float"),
+                      ("feedback_count", "int")]
+_FEEDBACK_ROW = [("event_id", "text"), ("impression_id", "text"), ("experiment_key", "text"),
+                 ("kind", "text"), ("value", "float"), ("occurred_at", "ts"),
+                 ("received_at", "ts"), ("partition", "int"), ("status", "text")]
+_FEEDBACK_STATUS = [("event_id", "text"), ("status", "text")]
+_STATS_ROW = [("experiment_id", "int"), ("arm_key", "text"), ("partition", "int"),
+              *((name, "int" if name in COUNTS else "float") for name in FIELDS),
+              ("updated_at", "ts")]
+_COUNTER_ROW = [("group_id", "text"), ("reason", "text"), ("partition", "int"),
+                ("count", "int")]
 
-_UPDATE_IMPRESSION = (
-    update(_IMPRESSIONS)
-    .where(_IMPRESSIONS.c.impression_id == bindparam("b_id"))
-    .values(reward=bindparam("b_reward"), feedback_count=bindparam("b_fc"))
-)
-_UPDATE_FEEDBACK = (
-    update(_FEEDBACK)
-    .where(_FEEDBACK.c.event_id == bindparam("b_id"))
-    .values(status=bindparam("b_status"))
-)
+
+def _names(columns: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(name for name, _ in columns)
+
+
+def _insert_rows(session: Session, j: _Json, table: str, columns: Sequence[tuple[str, str]],
+                 rows: list[dict[str, Any]], on_conflict: str) -> None:
+    """INSERT every row of ``rows`` in one statement (``WHERE true`` keeps SQLite's parser
+    from reading ``ON CONFLICT`` as a join constraint)."""
+    cols = _names(columns)
+    session.execute(
+        text(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {j.rows('rows', columns)} "
+             f"WHERE true {on_conflict}"),
+        {"rows": j.encode_rows(rows)},
+    )
 
 
 def write_effects(session: Session, group: str, fx: Effects) -> None:
-    """Write one batch's effects, one statement per table (executed for many rows at once).
+    """Write one batch's effects, one statement per table.
 
     Aggregates are pre-summed per key and upserted once per key, in sorted key order (no
     "cannot affect row a second time", no deadlocks between consumers)."""
     now = utcnow()
+    j = _Json(session)
     if fx.new_impressions:
-        session.execute(_insert(session, _IMPRESSIONS).on_conflict_do_nothing(), [
+        _insert_rows(session, j, "impressions", _IMPRESSION_ROW, [
             {"impression_id": imp.impression_id, "event_id": imp.event_id,
              "experiment_id": imp.experiment_id, "arm_key": imp.arm_key,
              "unit_id": ev.unit_id, "propensity": imp.propensity, "served_at": imp.served_at,
              "partition": imp.partition, "reward": imp.reward,
              "feedback_count": imp.feedback_count, "items": ev.items, "context": ev.context}
             for imp, ev in zip(fx.new_impressions, fx.new_impression_rows, strict=True)
-        ])
+        ], "ON CONFLICT DO NOTHING")
     if fx.impression_updates:
-        session.execute(_UPDATE_IMPRESSION, [
-            {"b_id": i.impression_id, "b_reward": i.reward, "b_fc": i.feedback_count}
-            for i in sorted(fx.impression_updates.values(), key=lambda i: i.impression_id)
-        ])
+        session.execute(
+            text(f"UPDATE impressions SET reward = r.reward, feedback_count = r.feedback_count"
+                 f" FROM {j.rows('rows', _IMPRESSION_UPDATE)}"
+                 f" WHERE impressions.impression_id = r.impression_id"),
+            {"rows": j.encode_rows([
+                {"impression_id": i.impression_id, "reward": i.reward,
+                 "feedback_count": i.feedback_count}
+                for i in sorted(fx.impression_updates.values(), key=lambda i: i.impression_id)
+            ])},
+        )
     if fx.feedback_rows:
-        session.execute(_insert(session, _FEEDBACK).on_conflict_do_nothing(), [
+        _insert_rows(session, j, "feedback", _FEEDBACK_ROW, [
             {"event_id": ev.event_id, "impression_id": ev.impression_id,
              "experiment_key": ev.experiment_key, "kind": ev.kind, "value": ev.value,
              "occurred_at": ev.occurred_at, "received_at": now, "partition": part,
              "status": status}
             for ev, part, status in fx.feedback_rows
-        ])
+        ], "ON CONFLICT DO NOTHING")
     if fx.feedback_status:
-        session.execute(_UPDATE_FEEDBACK, [
-            {"b_id": k, "b_status": v} for k, v in sorted(fx.feedback_status.items())
-        ])
+        session.execute(
+            text(f"UPDATE feedback SET status = r.status"
+                 f" FROM {j.rows('rows', _FEEDBACK_STATUS)} WHERE feedback.event_id = r.event_id"),
+            {"rows": j.encode_rows([{"event_id": k, "status": v}
+                                    for k, v in sorted(fx.feedback_status.items())])},
+        )
     if fx.stats:
         upsert_stats(session, fx.stats, now)
     if fx.counters:
@@ -268,12 +343,10 @@ def upsert_stats(
             value = getattr(sums, name)
             row[name] = int(value) if name in COUNTS else value
         rows.append(row)
-    ins = _insert(session, _ARM_STATS).values(rows)
-    set_ = {name: _ARM_STATS.c[name] + ins.excluded[name] for name in FIELDS}
-    set_["updated_at"] = ins.excluded.updated_at
-    session.execute(ins.on_conflict_do_update(
-        index_elements=["experiment_id", "arm_key", "partition"], set_=set_
-    ))
+    added = ", ".join(f"{f} = arm_stats.{f} + excluded.{f}" for f in FIELDS)
+    _insert_rows(session, _Json(session), "arm_stats", _STATS_ROW, rows,
+                 "ON CONFLICT (experiment_id, arm_key, partition) DO UPDATE SET "
+                 f"{added}, updated_at = excluded.updated_at")
 
 
 def upsert_counters(
@@ -282,13 +355,10 @@ def upsert_counters(
     """Add outcome counts by (reason, partition) to ``ingest_counters``."""
     rows = [{"group_id": group, "reason": reason, "partition": part, "count": n}
             for (reason, part), n in sorted(items)]
-    if not rows:
-        return
-    ins = _insert(session, _COUNTERS).values(rows)
-    session.execute(ins.on_conflict_do_update(
-        index_elements=["group_id", "reason", "partition"],
-        set_={"count": _COUNTERS.c["count"] + ins.excluded["count"]},
-    ))
+    if rows:
+        _insert_rows(session, _Json(session), "ingest_counters", _COUNTER_ROW, rows,
+                     "ON CONFLICT (group_id, reason, partition) DO UPDATE SET "
+                     "count = ingest_counters.count + excluded.count")
 
 
 def read_counters(session: Session, group: str | None = None) -> dict[str, int]:

@@ -337,6 +337,13 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("reward-kind", _with("reward.kind", "ordinal"), "reward.kind", "binary"),
     ("reward-metric-empty", _with("reward.metric", ""), "reward.metric", "at least 1"),
     ("policy-name", _with("policy.name", "ucb"), "policy.name", "thompson"),
+    ("sequential-method", _with("sequential.method", "bayes"), "sequential.method", "'ipw'"),
+    ("min-effect-zero", _with("sequential.min_effect", 0), "sequential.min_effect",
+     "greater than 0"),
+    ("min-effect-negative", _with("sequential.min_effect", -0.01), "sequential.min_effect",
+     "greater than 0"),
+    ("min-effect-text", _with("sequential.min_effect", "small"), "sequential.min_effect",
+     "number"),
     ("epsilon-above-1", make_spec(policy={**EG, "params": {"epsilon": 1.5}}), "policy.params",
      "params.epsilon"),
     ("epsilon-negative", make_spec(policy={**EG, "params": {"epsilon": -0.1}}), "policy.params",
@@ -432,7 +439,19 @@ def test_valid_edge_values_are_accepted(client: TestClient) -> None:
         make_policy(e["policy"]["name"], e["policy"]["params"], reward_kind=e["reward"]["kind"],
                     floor=e["exploration_floor"], burn_in=e["burn_in"])
     assert c["sequential"]["tau2"] == 0.5 and c["sequential"]["auto_stop"] is True
+    assert c["sequential"]["method"] == "auto" and c["sequential"]["min_effect"] is None
 
+
+def test_futility_rule_and_method_are_registered_and_used(client: TestClient) -> None:
+    """``sequential.min_effect`` and ``sequential.method`` reach the stored spec and the
+    sequential evaluation the results endpoint shows."""
+    create(client, key="fut", policy={"name": "uniform", "params": {}},
+           sequential={"method": "ipw", "min_effect": 0.02, "alpha": 0.05})
+    e = client.get("/v1/experiments/fut", headers=READER).json()
+    assert e["sequential"]["method"] == "ipw" and e["sequential"]["min_effect"] == 0.02
+    client.post("/v1/experiments/fut/start", headers=ADMIN)
+    seq = client.get("/v1/experiments/fut/results", headers=READER).json()["sequential"]
+    assert seq["method"] == "ipw"  # uniform would default to plain mSPRT
 
 def test_body_that_is_not_json_is_422(client: TestClient) -> None:
     r = client.post("/v1/experiments", content=b"{not json", headers={
