@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-import yaml
 
-from armlab.adapters.http_client import ArmlabClient
 from armlab.entrypoints.cli.render import (
     console,
     render_audit,
@@ -24,7 +22,9 @@ from armlab.entrypoints.cli.render import (
     render_results,
 )
 from armlab.errors import ArmlabError, ValidationFailed
-from armlab.settings import get_settings
+
+if TYPE_CHECKING:
+    from armlab.adapters.http_client import ArmlabClient
 
 ApiUrlOpt = typer.Option(None, "--api-url", help="API base URL (default: ARMLAB_API_URL).")
 TokenOpt = typer.Option(None, "--token", help="Bearer token (default: ARMLAB_TOKEN).")
@@ -32,6 +32,10 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
 
 
 def _client(api_url: str | None, token: str | None) -> ArmlabClient:
+    # Imported per command (httpx and the settings cost ~0.3 s): `armlab --help` stays fast.
+    from armlab.adapters.http_client import ArmlabClient
+    from armlab.settings import get_settings
+
     settings = get_settings()
     url = api_url or settings.api_url
     tok = token if token is not None else settings.token.get_secret_value()
@@ -53,6 +57,8 @@ def load_spec(path: Path) -> dict[str, Any]:
         if suffix == ".json":
             data = json.loads(text)
         else:
+            import yaml
+
             data = yaml.safe_load(text)
     except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
         first = " ".join(str(exc).split())[:300]
