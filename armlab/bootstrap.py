@@ -88,7 +88,7 @@ class Services:
         return got
 
     def has(self, name: str) -> bool:
-        """Whether the member ``name`` has been built (used on shutdown)."""
+        """Whether the member ``name`` has been built (without building it)."""
         return name in self._built
 
     @property

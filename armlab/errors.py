@@ -1,7 +1,8 @@
 """Error hierarchy. Every error armlab raises on purpose derives from ArmlabError.
 
 Messages name the offending value and what would be valid; the API maps each class to an
-HTTP status in one place (armlab.entrypoints.api.errors) and the CLI prints ``error: <message>``.
+HTTP status in one place (armlab.entrypoints.api.errors) and the CLI prints
+``error: <message>``.
 """
 
 from __future__ import annotations
@@ -91,10 +92,15 @@ class ServiceUnavailable(ArmlabError):
 
 
 class PolicyError(ArmlabError):
-    """Bad policy parameters or statistics (raised by armlab.core.policies)."""
+    """Bad policy parameters or statistics (raised by armlab.core.policies). ``errors`` holds
+    (field, message) pairs when the problem is in named parameters."""
 
     status = 422
     title = "Invalid policy parameters"
+
+    def __init__(self, message: str, errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors or [])
 
 
 class StatsError(ArmlabError):

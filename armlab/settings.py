@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from armlab.errors import ConfigurationError
 
 DEFAULT_HOME = Path(".armlab")
+#: Records one ingest batch (one transaction) takes at most; amortises the per-commit cost.
+DEFAULT_INGEST_BATCH = 5000
 
 
 class KafkaSettings(BaseSettings):
@@ -116,7 +118,8 @@ class Settings(BaseSettings):
     topic_dlq: str = "armlab.dlq"
     consumer_group: str = "armlab-ingest"
     ingest_batch: int = Field(
-        5000, ge=1, le=100_000, description="Most records one ingest batch (transaction) takes."
+        DEFAULT_INGEST_BATCH, ge=1, le=100_000,
+        description="Most records one ingest batch (transaction) takes.",
     )
     auth_tokens: SecretStr = Field(
         SecretStr(""),

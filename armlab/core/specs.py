@@ -69,10 +69,8 @@ class PolicySpec(StrictModel):
         default_factory=dict,
         validate_default=True,
         description="Policy parameters (omitted ones take the policy's defaults). "
-        "thompson: prior_alpha, prior_beta (binary), prior_mean, prior_kappa, prior_shape, "
-        "prior_rate (continuous), method quadrature|monte_carlo, n_draws, grid; "
-        "top_two_thompson: + top_two_beta in (0,1); epsilon_greedy: epsilon in [0,1], "
-        "schedule fixed|decay, decay_c > 0; uniform: none.",
+        + "; ".join(f"{name}: {', '.join(model.model_fields) or 'none'}"
+                    for name, model in POLICY_PARAMS.items()),
     )
 
     @field_validator("params")
@@ -85,7 +83,7 @@ class PolicySpec(StrictModel):
         try:
             parsed = model.model_validate(v)
         except PolicyError as exc:
-            pairs = getattr(exc, "errors", None) or [("", exc.message)]
+            pairs = exc.errors or [("", exc.message)]
             raise ValueError("; ".join(f"params.{loc}: {msg}" if loc else f"params: {msg}"
                                        for loc, msg in pairs)) from None
         # Store only what the caller set: the policy's own defaults apply to the rest.

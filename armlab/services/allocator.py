@@ -6,8 +6,13 @@ One pass (:func:`run_allocation`) visits every running, stopped and shipped expe
   their attribution window (see :func:`matured_stats`), compute weights with the experiment's
   policy and write an ``allocation_snapshots`` row (weights, the statistics used, policy name
   and version, the RNG seed, the time);
-* shipped: the shipped arm gets weight 1; stopped: the control gets weight 1. These terminal
-  snapshots are written once (when the latest snapshot differs), not on every pass.
+* shipped: the shipped arm gets weight 1; stopped: the control gets weight 1 (the serving
+  rule, :mod:`armlab.core.serving`). These terminal snapshots are written once (when the
+  latest snapshot differs), not on every pass.
+
+After a running experiment's snapshot, :func:`run_decisions` evaluates the sequential test in
+the same unit of work, stores its decisions and, with ``sequential.auto_stop``, stops the
+experiment.
 
 Each experiment is handled in its own unit of work, so a bad experiment (e.g. parameters the
 current policy code rejects) is logged and skipped without blocking the others.

@@ -2,10 +2,11 @@
 
 The :class:`Assigner` answers from memory. It keeps an immutable view of every experiment it
 has seen (status, unit, salt, arms and variants, the latest allocation snapshot's weights) and
-a background thread rebuilds the views that changed every ``settings.snapshot_refresh_s``
-seconds (the first load happens in :meth:`Assigner.start`). A request for an experiment not in
-the cache triggers one synchronous load; afterwards it is cached (unknown keys are remembered as
-missing for one refresh interval, so a flood of bad keys does not hit the database).
+a background thread rebuilds the views that changed every ``refresh_s`` seconds
+(``ARMLAB_SNAPSHOT_REFRESH_S`` when :mod:`armlab.bootstrap` builds it); the first load happens
+in :meth:`Assigner.start`. A request for an experiment not in the cache triggers one
+synchronous load; afterwards it is cached (unknown keys are remembered as missing for one
+refresh interval, so a flood of bad keys does not hit the database).
 
 Rules:
 
@@ -16,9 +17,9 @@ Rules:
   writer thread: the request never waits for it; first writer wins with ON CONFLICT DO NOTHING).
   Stored assignments are loaded with the experiment and re-read on every refresh, so several API
   processes converge on the stored arm.
-* stopped: the control arm, propensity 1. shipped: the shipped arm, propensity 1.
+* stopped and shipped experiments serve one arm with propensity 1, and a running experiment
+  without a snapshot is served uniformly (the serving rule, :mod:`armlab.core.serving`).
 * draft: Conflict (409). Unknown key: ExperimentNotFound (404).
-* A running experiment without a snapshot yet is served uniformly.
 
 ``Assigner(session_factory, seed=...)`` makes draws and impression ids reproducible (tests, demo).
 """

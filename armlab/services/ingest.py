@@ -34,6 +34,7 @@ from armlab.core.ingest import (
     handle_batch,
     referenced_ids,
 )
+from armlab.settings import DEFAULT_INGEST_BATCH
 
 log = logging.getLogger("armlab.consumers")
 
@@ -79,7 +80,7 @@ class IngestRunner:
         group: str = "armlab-ingest",
         topic_impressions: str = "armlab.impressions",
         topic_feedback: str = "armlab.feedback",
-        max_batch: int = 5000,
+        max_batch: int = DEFAULT_INGEST_BATCH,
         poll_timeout_s: float = 0.2,
         metrics: IngestMetrics | None = None,
         retry_max_s: float = 5.0,

@@ -24,7 +24,7 @@ from kafka import (
 from kafka.errors import KafkaError
 
 from armlab.errors import ServiceUnavailable
-from armlab.settings import KafkaSettings
+from armlab.settings import DEFAULT_INGEST_BATCH, KafkaSettings
 
 log = logging.getLogger("armlab.consumers.kafka")
 
@@ -47,7 +47,7 @@ class KafkaSource:
         topics: Iterable[str],
         group: str,
         *,
-        max_poll_records: int = 5000,
+        max_poll_records: int = DEFAULT_INGEST_BATCH,
         client_id: str = "armlab-consumer",
         align: tuple[str, str] | None = None,
         **config: Any,

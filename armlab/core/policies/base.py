@@ -137,9 +137,7 @@ def policy_error(exc: ValidationError) -> PolicyError:
          str(e.get("msg", "invalid")).removeprefix("Value error, "))
         for e in exc.errors(include_url=False)
     ]
-    err = PolicyError("; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in pairs))
-    err.errors = pairs  # type: ignore[attr-defined]
-    return err
+    return PolicyError("; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in pairs), pairs)
 
 
 class PolicyModel(BaseModel):
