@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from pydantic import (
@@ -51,18 +51,11 @@ MAX_CONTEXT_KEYS = 64
 MIN_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_TIMESTAMP = datetime(2200, 1, 1, tzinfo=UTC)
 
-FEEDBACK_KINDS = (
-    "click",
-    "conversion",
-    "rating",
-    "dwell",
-    "purchase",
-    "add_to_cart",
-    "like",
-    "share",
-    "skip",
-    "custom",
-)
+FeedbackKind = Literal[
+    "click", "conversion", "rating", "dwell", "purchase", "add_to_cart", "like", "share",
+    "skip", "custom",
+]
+FEEDBACK_KINDS: tuple[str, ...] = get_args(FeedbackKind)
 
 # Identifiers: printable, no whitespace or control characters.
 _ID_PATTERN = r"^[^\s\x00-\x1f\x7f]+$"
@@ -133,18 +126,7 @@ class FeedbackV1(_Event):
     event_id: Ident
     impression_id: Ident
     experiment_key: Ident
-    kind: Literal[
-        "click",
-        "conversion",
-        "rating",
-        "dwell",
-        "purchase",
-        "add_to_cart",
-        "like",
-        "share",
-        "skip",
-        "custom",
-    ]
+    kind: FeedbackKind
     value: Annotated[float, Field(strict=True, ge=-1e12, le=1e12)] = 1.0
     occurred_at: Timestamp
 

@@ -39,7 +39,15 @@ def _kafka_unavailable(bootstrap: str, exc: Exception) -> ServiceUnavailable:
 
 
 class KafkaSource:
-    """A kafka-python consumer in group ``group`` subscribed to ``topics``."""
+    """A kafka-python consumer in group ``group`` subscribed to ``topics``.
+
+    A consumer that has no partitions ``rejoin_after_s`` seconds after subscribing (or after
+    losing them) is closed and built again. kafka-python 3.0 can stay in its coordinator
+    look-up for good when it starts while the broker is restarting (seen in the reliability
+    tests: minutes of 100% CPU, never joining, while a new client joins the same group at
+    once); a new client joins normally. A healthy join takes a few seconds (the session
+    timeout is 10 s), so the default 60 s only acts on a stuck client.
+    """
 
     def __init__(
         self,
@@ -50,36 +58,46 @@ class KafkaSource:
         max_poll_records: int = DEFAULT_INGEST_BATCH,
         client_id: str = "armlab-consumer",
         align: tuple[str, str] | None = None,
+        rejoin_after_s: float = 60.0,
         **config: Any,
     ) -> None:
+        self.kafka = kafka
         self.bootstrap = kafka.bootstrap
         self.topics = list(topics)
         self.group = group
+        self.rejoin_after_s = rejoin_after_s
+        self.rejoins = 0
+        self._unassigned_since: float | None = None
+        self._listener: ConsumerRebalanceListener | None = None
         # (impressions topic, feedback topic): hold feedback back until the impressions it
         # refers to have been read (see _align). None disables it.
         self.align = align
         self._imp_ts: dict[int, int] = {}  # partition -> newest impression timestamp read
         # feedback partition -> (held records, monotonic time the hold began)
         self._held: dict[Any, tuple[list[Any], float]] = {}
+        self._config: dict[str, Any] = {
+            **kafka.client_config(),
+            "group_id": group,
+            "client_id": client_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_poll_records": max_poll_records,
+            "max_partition_fetch_bytes": 4 * 1024 * 1024,
+            "fetch_max_bytes": 64 * 1024 * 1024,
+            "session_timeout_ms": 10_000,
+            "heartbeat_interval_ms": 2_000,
+            "max_poll_interval_ms": 300_000,
+            "reconnect_backoff_max_ms": 2_000,
+            "request_timeout_ms": 30_000,
+            **config,
+        }
+        self.consumer = self._build()
+
+    def _build(self) -> Any:
         try:
-            self.consumer = KafkaConsumer(
-                **kafka.client_config(),
-                group_id=group,
-                client_id=client_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=max_poll_records,
-                max_partition_fetch_bytes=4 * 1024 * 1024,
-                fetch_max_bytes=64 * 1024 * 1024,
-                session_timeout_ms=10_000,
-                heartbeat_interval_ms=2_000,
-                max_poll_interval_ms=300_000,
-                reconnect_backoff_max_ms=2_000,
-                request_timeout_ms=30_000,
-                **config,
-            )
+            return KafkaConsumer(**self._config)
         except KafkaError as exc:
-            raise _kafka_unavailable(kafka.bootstrap, exc) from exc
+            raise _kafka_unavailable(self.bootstrap, exc) from exc
 
     def start(
         self,
@@ -101,7 +119,9 @@ class KafkaSource:
                 log.info("assigned", extra={"partitions": [f"{t}:{p}" for t, p in tps]})
                 on_assign(tps)
 
-        self.consumer.subscribe(topics=self.topics, listener=_Listener())
+        self._listener = _Listener()
+        self.consumer.subscribe(topics=self.topics, listener=self._listener)
+        self._unassigned_since = time.monotonic()
 
     def seek(self, tp: TP, offset: int | None) -> None:
         ktp = TopicPartition(*tp)
@@ -113,12 +133,39 @@ class KafkaSource:
 
     def poll(self, max_records: int, timeout_s: float) -> list[Any]:
         batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        self._watch_assignment()
         if self.align is not None and (batches or self._held):
             batches = self._align(batches)
         out: list[Any] = []
         for recs in batches.values():
             out.extend(recs)
         return out
+
+    def _watch_assignment(self, now: float | None = None) -> None:
+        """Rebuild a client that has held no partitions for ``rejoin_after_s`` (class doc)."""
+        if self._listener is None:
+            return
+        now = time.monotonic() if now is None else now
+        if self.consumer.assignment():
+            self._unassigned_since = None
+            return
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+            return
+        if now - self._unassigned_since < self.rejoin_after_s:
+            return
+        log.warning("no partitions assigned; building a new Kafka consumer",
+                    extra={"group": self.group, "waited_s": round(now - self._unassigned_since)})
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception as exc:  # noqa: BLE001 - replacing it anyway
+            log.debug("closing the stuck consumer failed: %s", exc)
+        self._imp_ts.clear()
+        self._held.clear()
+        self.consumer = self._build()
+        self.consumer.subscribe(topics=self.topics, listener=self._listener)
+        self._unassigned_since = now
+        self.rejoins += 1
 
     # -- impression/feedback alignment (an optimisation; never needed for correctness) ----
     # A poll drains one partition's fetched data at a time, so a batch is often all feedback

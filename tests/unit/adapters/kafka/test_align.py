@@ -51,6 +51,7 @@ def source(consumer: FakeConsumer) -> KafkaSource:
     s.align = ("imp", "fb")
     s._imp_ts = {}
     s._held = {}
+    s._listener = None  # not subscribed: the assignment watchdog stays out of the way
     return s
 
 
@@ -93,3 +94,48 @@ def test_hold_expires(monkeypatch: Any) -> None:
     assert s.poll(100, 0.1) == []
     clock[0] += KafkaSource.MAX_HOLD_S + 0.1
     assert offsets(s.poll(100, 0.1), "fb") == [0]
+
+
+class StuckConsumer:
+    """A kafka-python consumer that never gets partitions (the coordinator wedge)."""
+
+    built: list[StuckConsumer] = []
+
+    def __init__(self, **config: Any) -> None:
+        self.config = config
+        self.subscribed: list[Any] = []
+        self.closed = False
+        self.assigned: set[Any] = set()
+        StuckConsumer.built.append(self)
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.subscribed.append((topics, listener))
+
+    def assignment(self) -> set[Any]:
+        return self.assigned
+
+    def close(self, autocommit: bool = True) -> None:
+        self.closed = True
+
+
+def test_a_consumer_that_never_gets_partitions_is_rebuilt(monkeypatch: Any) -> None:
+    from armlab.adapters.kafka import source as source_mod
+    from armlab.settings import KafkaSettings
+
+    StuckConsumer.built = []
+    monkeypatch.setattr(source_mod, "KafkaConsumer", StuckConsumer)
+    s = KafkaSource(KafkaSettings(bootstrap="127.0.0.1:1"), ["imp", "fb"], "g",
+                    rejoin_after_s=60)
+    s.start(lambda tps: None, lambda tps: None)
+    t0 = s._unassigned_since
+    assert t0 is not None
+    s._watch_assignment(now=t0 + 30)
+    assert len(StuckConsumer.built) == 1 and s.rejoins == 0   # still within the grace period
+    s._watch_assignment(now=t0 + 61)
+    first, second = StuckConsumer.built
+    assert first.closed and s.consumer is second and s.rejoins == 1
+    assert second.config == first.config and second.config["group_id"] == "g"
+    assert second.subscribed == [(["imp", "fb"], first.subscribed[0][1])]  # same listener
+    second.assigned = {IMP}                                   # joined: the clock resets
+    s._watch_assignment(now=t0 + 200)
+    assert s._unassigned_since is None and len(StuckConsumer.built) == 2
