@@ -38,6 +38,7 @@ OUT_RESOLVED = "pending_resolved"
 OUT_DUPLICATE = "duplicate"
 OK_OUTCOMES = frozenset({OUT_IMPRESSION, OUT_APPLIED, OUT_PENDING, OUT_RESOLVED, OUT_DUPLICATE})
 
+
 class RecordLike(Protocol):
     """The part of a Kafka record the handlers read (kafka-python's ConsumerRecord fits)."""
 

@@ -241,6 +241,7 @@ class IngestRunner:
                 moves[tp] = (self._committed.get(tp), end)
             elif end > cur[1]:
                 moves[tp] = (cur[0], end)
+
         def on_retry(exc: BaseException, wait_s: float) -> None:
             cause = "kafka" if isinstance(exc, _Retry) else "database"
             self.metrics.retries.labels(cause).inc()

@@ -62,7 +62,6 @@ def _insert(session: Session, table: Any) -> Any:
     return mod.insert(table)
 
 
-
 # -- registry ------------------------------------------------------------------------------
 def load_experiments(session: Session) -> dict[str, ExperimentInfo]:
     """Every registered experiment with its arms (any status: stopped ones still get feedback)."""

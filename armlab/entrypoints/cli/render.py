@@ -107,6 +107,7 @@ def render_sequential(console: Console, seq: dict[str, Any] | None) -> None:
     if "error" in seq:
         console.print(f"sequential test unavailable: {seq['error']}")
         return
+
     def f(x: Any, spec: str = ".4g") -> str:
         return "-" if x is None else format(float(x), spec)
 
