@@ -175,15 +175,13 @@ class _Json:
     def for_update(self) -> str:
         return " FOR UPDATE" if self.pg else ""
 
-    def encode(self, value: Any) -> str:
-        """The JSON text of ``value``; timestamps as this dialect stores them."""
-        if self._ts is None:
-            return orjson.dumps(value).decode()
-        fmt = self._ts
-        return orjson.dumps(value, default=lambda o: fmt(o) if isinstance(o, datetime)
-                            else _unencodable(o)).decode()
+    def encode(self, ids: list[str]) -> str:
+        """The JSON text of a list of ids."""
+        return orjson.dumps(ids).decode()
 
     def encode_rows(self, rows: list[dict[str, Any]]) -> str:
+        """The JSON text of ``rows``; timestamps as this dialect stores them (ISO 8601 for
+        PostgreSQL's timestamptz, SQLAlchemy's own text form on SQLite)."""
         if self._ts is None:
             return orjson.dumps(rows).decode()
         fmt = self._ts
@@ -192,9 +190,6 @@ class _Json:
              for r in rows]
         ).decode()
 
-
-def _unencodable(o: Any) -> Any:
-    raise TypeError(f"cannot encode {type(o).__name__} as JSON")
 
 
 # -- prefetch ------------------------------------------------------------------------------

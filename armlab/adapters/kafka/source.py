@@ -41,12 +41,14 @@ def _kafka_unavailable(bootstrap: str, exc: Exception) -> ServiceUnavailable:
 class KafkaSource:
     """A kafka-python consumer in group ``group`` subscribed to ``topics``.
 
-    A consumer that has no partitions ``rejoin_after_s`` seconds after subscribing (or after
-    losing them) is closed and built again. kafka-python 3.0 can stay in its coordinator
-    look-up for good when it starts while the broker is restarting (seen in the reliability
-    tests: minutes of 100% CPU, never joining, while a new client joins the same group at
-    once); a new client joins normally. A healthy join takes a few seconds (the session
-    timeout is 10 s), so the default 60 s only acts on a stuck client.
+    A consumer that has been outside its group (no partitions, and not a stable member)
+    ``rejoin_after_s`` seconds after subscribing is closed and built again. kafka-python 3.0 can
+    stay in its coordinator look-up for good when it starts while the broker is restarting
+    (seen in the reliability tests: minutes of 100% CPU, never joining, while a new client
+    joins the same group at once); a new client joins normally. A healthy join takes a few
+    seconds (the session timeout is 10 s), so the default 60 s only acts on a stuck client. A
+    member that joined but was given no partitions (more consumers than partitions) is left
+    alone: rebuilding it would rebalance the whole group for nothing.
     """
 
     def __init__(
@@ -141,12 +143,18 @@ class KafkaSource:
             out.extend(recs)
         return out
 
+    def _is_stable_member(self) -> bool:
+        """Joined the group (kafka-python's coordinator is stable), partitions or not."""
+        stable = getattr(getattr(self.consumer, "_coordinator", None), "generation_if_stable",
+                         None)
+        return callable(stable) and stable() is not None
+
     def _watch_assignment(self, now: float | None = None) -> None:
         """Rebuild a client that has held no partitions for ``rejoin_after_s`` (class doc)."""
         if self._listener is None:
             return
         now = time.monotonic() if now is None else now
-        if self.consumer.assignment():
+        if self.consumer.assignment() or self._is_stable_member():
             self._unassigned_since = None
             return
         if self._unassigned_since is None:

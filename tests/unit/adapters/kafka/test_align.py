@@ -139,3 +139,32 @@ def test_a_consumer_that_never_gets_partitions_is_rebuilt(monkeypatch: Any) -> N
     second.assigned = {IMP}                                   # joined: the clock resets
     s._watch_assignment(now=t0 + 200)
     assert s._unassigned_since is None and len(StuckConsumer.built) == 2
+
+
+class _Coordinator:
+    def __init__(self, stable: bool) -> None:
+        self.stable = stable
+
+    def generation_if_stable(self) -> object | None:
+        return object() if self.stable else None
+
+
+def test_a_member_without_partitions_is_not_rebuilt(monkeypatch: Any) -> None:
+    """More consumers than partitions: a joined member may hold nothing; rebuilding it would
+    rebalance the whole group every minute."""
+    from armlab.adapters.kafka import source as source_mod
+    from armlab.settings import KafkaSettings
+
+    StuckConsumer.built = []
+    monkeypatch.setattr(source_mod, "KafkaConsumer", StuckConsumer)
+    s = KafkaSource(KafkaSettings(bootstrap="127.0.0.1:1"), ["imp"], "g", rejoin_after_s=60)
+    s.start(lambda tps: None, lambda tps: None)
+    s.consumer._coordinator = _Coordinator(stable=True)  # type: ignore[attr-defined]
+    t0 = s._unassigned_since
+    assert t0 is not None
+    s._watch_assignment(now=t0 + 600)
+    assert len(StuckConsumer.built) == 1 and s.rejoins == 0
+    s.consumer._coordinator.stable = False  # type: ignore[attr-defined]  # fell out of the group
+    s._watch_assignment(now=t0 + 601)
+    s._watch_assignment(now=t0 + 662)
+    assert len(StuckConsumer.built) == 2 and s.rejoins == 1
