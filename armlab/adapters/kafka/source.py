@@ -69,6 +69,8 @@ class KafkaSource:
         self.group = group
         self.rejoin_after_s = rejoin_after_s
         self.rejoins = 0
+        self.poll_errors = 0
+        self._last_poll_warning = 0.0
         self._unassigned_since: float | None = None
         self._listener: ConsumerRebalanceListener | None = None
         # (impressions topic, feedback topic): hold feedback back until the impressions it
@@ -134,7 +136,26 @@ class KafkaSource:
             self.consumer.seek(ktp, offset)
 
     def poll(self, max_records: int, timeout_s: float) -> list[Any]:
-        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        """The next records, or [] while the broker cannot be reached.
+
+        kafka-python 3.0 raises connection errors out of ``poll`` (its coordinator look-up
+        refreshes metadata and gives up with ECONNREFUSED while the broker restarts). Nothing
+        has been handed out then and positions have not moved, so the poll is simply tried
+        again after ``timeout_s``; the service keeps running through the outage.
+        """
+        try:
+            batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000),
+                                         max_records=max_records)
+        except KafkaError as exc:
+            self.poll_errors += 1
+            now = time.monotonic()
+            if now - self._last_poll_warning > 10.0:
+                self._last_poll_warning = now
+                log.warning("Kafka unreachable during poll; retrying",
+                            extra={"error": f"{type(exc).__name__}: {exc}"[:300],
+                                   "errors": self.poll_errors})
+            time.sleep(timeout_s)
+            batches = {}
         self._watch_assignment()
         if self.align is not None and (batches or self._held):
             batches = self._align(batches)
@@ -165,12 +186,18 @@ class KafkaSource:
         log.warning("no partitions assigned; building a new Kafka consumer",
                     extra={"group": self.group, "waited_s": round(now - self._unassigned_since)})
         try:
+            fresh = self._build()
+        except ServiceUnavailable as exc:  # broker still down: keep the old one, try later
+            log.warning("could not build a new Kafka consumer yet: %s", exc)
+            self._unassigned_since = now - self.rejoin_after_s / 2
+            return
+        try:
             self.consumer.close(autocommit=False)
         except Exception as exc:  # noqa: BLE001 - replacing it anyway
             log.debug("closing the stuck consumer failed: %s", exc)
         self._imp_ts.clear()
         self._held.clear()
-        self.consumer = self._build()
+        self.consumer = fresh
         self.consumer.subscribe(topics=self.topics, listener=self._listener)
         self._unassigned_since = now
         self.rejoins += 1

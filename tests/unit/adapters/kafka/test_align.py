@@ -168,3 +168,56 @@ def test_a_member_without_partitions_is_not_rebuilt(monkeypatch: Any) -> None:
     s._watch_assignment(now=t0 + 601)
     s._watch_assignment(now=t0 + 662)
     assert len(StuckConsumer.built) == 2 and s.rejoins == 1
+
+
+class UnreachableConsumer(FakeConsumer):
+    """poll() raises what kafka-python 3.0 raises while the broker restarts."""
+
+    def __init__(self, failures: int, then: list[dict[Any, list[Rec]]]) -> None:
+        super().__init__(then, hw=0)
+        self.failures = failures
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Rec]]:
+        from kafka.errors import KafkaConnectionError
+
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError("111 ECONNREFUSED")
+        return super().poll(timeout_ms, max_records)
+
+
+def test_poll_rides_out_a_broker_outage() -> None:
+    """A connection error out of poll is an empty poll, not a dead consumer; the records
+    come once the broker is back."""
+    c = UnreachableConsumer(3, [{IMP: recs(IMP, 0, [1, 2])}])
+    s = source(c)
+    s.align = None
+    s.poll_errors, s._last_poll_warning = 0, 0.0
+    assert [s.poll(10, 0.01) for _ in range(3)] == [[], [], []]
+    assert s.poll_errors == 3
+    assert [r.offset for r in s.poll(10, 0.01)] == [0, 1]
+
+
+def test_a_rebuild_while_the_broker_is_down_keeps_the_old_client(monkeypatch: Any) -> None:
+    from armlab.adapters.kafka import source as source_mod
+    from armlab.settings import KafkaSettings
+
+    StuckConsumer.built = []
+    monkeypatch.setattr(source_mod, "KafkaConsumer", StuckConsumer)
+    s = KafkaSource(KafkaSettings(bootstrap="127.0.0.1:1"), ["imp"], "g", rejoin_after_s=60)
+    s.start(lambda tps: None, lambda tps: None)
+    old = s.consumer
+    t0 = s._unassigned_since
+    assert t0 is not None
+
+    def refuse(**config: Any) -> Any:
+        from kafka.errors import KafkaConnectionError
+
+        raise KafkaConnectionError("no brokers")
+
+    monkeypatch.setattr(source_mod, "KafkaConsumer", refuse)
+    s._watch_assignment(now=t0 + 61)
+    assert s.consumer is old and not old.closed and s.rejoins == 0
+    monkeypatch.setattr(source_mod, "KafkaConsumer", StuckConsumer)
+    s._watch_assignment(now=t0 + 61 + 31)          # tried again after half the grace period
+    assert s.consumer is not old and old.closed and s.rejoins == 1
