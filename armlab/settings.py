@@ -158,6 +158,18 @@ class Settings(BaseSettings):
         None, description="Directory with PostgreSQL's initdb and postgres for `armlab dev "
         "up`; unset: $PATH, then Debian's /usr/lib/postgresql/<version>/bin."
     )
+    ui_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Key that signs the dashboard's session cookies (/ui); unset: a random key "
+        "per process, so sessions end when `armlab serve` restarts and several API processes "
+        "do not share sessions.",
+    )
+    ui_session_ttl_s: int = Field(
+        8 * 3600, ge=60, description="How long a dashboard sign-in lasts, in seconds."
+    )
+    ui_cookie_secure: bool = Field(
+        False, description="Mark the dashboard's cookies Secure (set it when served over HTTPS)."
+    )
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -27,6 +27,7 @@ from sqlalchemy import DateTime, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from armlab.adapters.db import rollups
 from armlab.adapters.db.models import (
     Arm,
     ConsumerOffset,
@@ -321,6 +322,7 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
         )
     if fx.stats:
         upsert_stats(session, fx.stats, now)
+        rollups.add_batch(session, fx.stats, now)  # the dashboard's time buckets
     if fx.counters:
         upsert_counters(session, group, fx.counters.items())
 

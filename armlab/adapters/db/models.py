@@ -150,6 +150,40 @@ class ArmStats(Base):
     )
 
 
+#: Widths (seconds) of the time buckets the consumer adds each batch's per-arm sums to.
+ROLLUP_WIDTHS_S = (60, 3600)
+
+
+class ArmRollup(Base):
+    """Per-arm sums of the consumer batches committed inside one time bucket.
+
+    The consumer adds a batch's :class:`armlab.core.evidence.ArmSums` (the same increments it
+    adds to ``arm_stats``) to the row of the bucket holding the batch's commit time, once per
+    width in :data:`ROLLUP_WIDTHS_S` and in the same transaction, so the running sum of a
+    width's buckets up to time t is ``arm_stats`` as it stood at t. Sharded by partition like
+    ``arm_stats`` (no cross-consumer contention). The dashboard's charts read these instead of
+    scanning ``impressions``.
+    """
+
+    __tablename__ = "arm_rollups"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    width_s: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    arm_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    reward_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    reward_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_n: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_n_sq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    feedback_n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+
+
 class Impression(Base):
     __tablename__ = "impressions"
     __table_args__ = (

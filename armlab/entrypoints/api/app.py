@@ -25,6 +25,7 @@ from armlab.entrypoints.api import (
 )
 from armlab.entrypoints.api.auth import Authenticator
 from armlab.entrypoints.api.errors import install_error_handlers
+from armlab.entrypoints.api.ui import install_dashboard
 from armlab.settings import Settings, get_settings
 
 # Order matters: /assign (the hottest path) is matched right after the health probes.
@@ -69,5 +70,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_dashboard(app, settings)  # the HTML dashboard under /ui
     app.add_middleware(routes_assign.AssignFastPath)
     return app

@@ -71,6 +71,21 @@ class Authenticator:
             raise Unauthorized("invalid token")
         return found
 
+    @property
+    def disabled(self) -> bool:
+        return self._disabled
+
+    def current(self, principal: Principal) -> Principal | None:
+        """``principal`` if a configured token still has its name and role (a dashboard
+        session outlives no token removal or role change), else None."""
+        if self._disabled:
+            return principal if principal.name == "embedded" else None
+        for name, role, _ in self._tokens:
+            if hmac.compare_digest(name.encode(), principal.name.encode()) and \
+                    role == principal.role:
+                return principal
+        return None
+
     def require(self, principal: Principal, role: str) -> None:
         if principal.role not in GRANTS[role]:
             raise Forbidden(

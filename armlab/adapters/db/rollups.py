@@ -1,0 +1,119 @@
+"""Time-bucketed per-arm sums (``arm_rollups``): written with each ingest batch, read by the
+dashboard.
+
+:func:`add_batch` adds one batch's per-(experiment, arm, partition) increments to the buckets
+holding the commit time, once per width of :data:`~armlab.adapters.db.models.ROLLUP_WIDTHS_S`,
+inside the caller's transaction (the ingest store calls it next to the ``arm_stats`` upsert,
+so a rolled-back batch leaves no rollup behind). :func:`series` reads them back as per-arm
+running totals over display buckets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from armlab.adapters.db.models import ROLLUP_WIDTHS_S, ArmRollup
+from armlab.core.clock import as_utc
+from armlab.core.evidence import COUNTS, FIELDS, ArmSums
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def bucket_start(at: datetime, width_s: int) -> datetime:
+    """The start of the ``width_s``-second bucket holding ``at`` (aligned to the epoch)."""
+    secs = int((as_utc(at) - _EPOCH).total_seconds())
+    return _EPOCH + timedelta(seconds=secs - secs % width_s)
+
+
+def rollup_rows(
+    stats: Iterable[tuple[tuple[int, str, int], ArmSums]], at: datetime,
+    widths: Iterable[int] = ROLLUP_WIDTHS_S,
+) -> list[dict[str, Any]]:
+    """The rows :func:`add_batch` upserts, in primary-key order (no deadlocks between
+    consumers)."""
+    rows = []
+    for width in widths:
+        start = bucket_start(at, width)
+        for (exp_id, arm, part), sums in stats:
+            row: dict[str, Any] = {"experiment_id": exp_id, "width_s": width,
+                                   "bucket_start": start, "arm_key": arm, "partition": part}
+            for name in FIELDS:
+                value = getattr(sums, name)
+                row[name] = int(value) if name in COUNTS else float(value)
+            rows.append(row)
+    rows.sort(key=lambda r: (r["experiment_id"], r["width_s"], r["bucket_start"], r["arm_key"],
+                             r["partition"]))
+    return rows
+
+
+def add_batch(
+    session: Session, stats: dict[tuple[int, str, int], ArmSums], at: datetime
+) -> None:
+    """Add a batch's per-shard sums to the rollup buckets of ``at`` (one statement)."""
+    rows = rollup_rows(sorted(stats.items()), at)
+    if not rows:
+        return
+    mod = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = mod.insert(ArmRollup.__table__).values(rows)
+    table = ArmRollup.__table__
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[c.name for c in table.primary_key.columns],
+        set_={f: table.c[f] + stmt.excluded[f] for f in FIELDS},
+    )
+    session.execute(stmt)
+
+
+def span(session: Session, experiment_id: int) -> tuple[datetime, datetime] | None:
+    """First and last bucket start of the experiment's finest rollups (None without any)."""
+    width = min(ROLLUP_WIDTHS_S)
+    lo, hi = session.execute(
+        select(func.min(ArmRollup.bucket_start), func.max(ArmRollup.bucket_start))
+        .where(ArmRollup.experiment_id == experiment_id, ArmRollup.width_s == width)
+    ).one()
+    if lo is None or hi is None:
+        return None
+    return as_utc(lo), as_utc(hi)
+
+
+def choose_width(first: datetime, last: datetime, max_points: int) -> int:
+    """The finest stored width that draws ``first..last`` in about ``max_points`` buckets."""
+    seconds = max((last - first).total_seconds(), 1.0)
+    for width in sorted(ROLLUP_WIDTHS_S):
+        if seconds / width <= max_points:
+            return width
+    return max(ROLLUP_WIDTHS_S)
+
+
+def series(
+    session: Session, experiment_id: int, *, max_points: int = 400
+) -> tuple[int, list[tuple[datetime, str, ArmSums]]]:
+    """``(width_s, [(bucket end, arm, cumulative sums), ...])`` ordered by time.
+
+    Reads one width's buckets (summed over partitions) and accumulates them: the value at a
+    bucket's end is the arm's ``arm_stats`` as of that moment.
+    """
+    bounds = span(session, experiment_id)
+    if bounds is None:
+        return min(ROLLUP_WIDTHS_S), []
+    width = choose_width(bounds[0], bounds[1], max_points)
+    cols = [func.sum(getattr(ArmRollup, f)) for f in FIELDS]
+    rows = session.execute(
+        select(ArmRollup.bucket_start, ArmRollup.arm_key, *cols)
+        .where(ArmRollup.experiment_id == experiment_id, ArmRollup.width_s == width)
+        .group_by(ArmRollup.bucket_start, ArmRollup.arm_key)
+        .order_by(ArmRollup.bucket_start, ArmRollup.arm_key)
+    ).all()
+    running: dict[str, ArmSums] = {}
+    out: list[tuple[datetime, str, ArmSums]] = []
+    step = timedelta(seconds=width)
+    for start, arm, *vals in rows:
+        acc = running.setdefault(arm, ArmSums())
+        acc += ArmSums(*(float(v or 0.0) for v in vals))
+        out.append((as_utc(start) + step, arm, ArmSums(**acc.as_dict())))
+    return width, out

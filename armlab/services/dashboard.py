@@ -1,0 +1,439 @@
+"""What the dashboard shows, read from stored data as plain values (a read model; no writes).
+
+* :func:`list_rows`: one row per experiment (status, policy, age, traffic, primary decision,
+  health badge), filtered by status and by a search over key and name;
+* :func:`experiment_view`: an experiment's leaderboard, health panel, audit trail and arms;
+* :func:`chart_data`: the series of its charts (allocation weights and P(best) over the
+  allocator's snapshots, cumulative mean reward per arm, each treatment's confidence sequence
+  versus the control with its stopping point).
+
+``source="rollups"`` (the default, what the pages use) reads the consumer's time buckets
+(``arm_rollups``), the per-arm totals, the snapshots and the decision rows, downsampled in SQL
+to a few hundred points per series. ``source="raw"`` computes the same traffic figures by
+scanning ``impressions``: the baseline of ``armlab bench dashboard``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Integer, and_, func, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from armlab.adapters.db import rollups
+from armlab.adapters.db.ingest_store import read_counters
+from armlab.adapters.db.models import (
+    AllocationSnapshot,
+    AuditLog,
+    ConsumerOffset,
+    Decision,
+    Experiment,
+    Impression,
+)
+from armlab.adapters.db.queries import arm_totals
+from armlab.adapters.db.uow import UnitOfWork
+from armlab.core.clock import as_utc, as_utc_or_none, utcnow
+from armlab.core.decisions import TERMINAL
+from armlab.core.evidence import ArmSums
+from armlab.core.ingest import OK_OUTCOMES
+from armlab.services.registry import get_experiment, list_experiments
+from armlab.services.results import build_results
+
+SOURCES = ("rollups", "raw")
+MAX_POINTS = 400
+#: A running experiment whose newest snapshot is older than this many allocator intervals
+#: gets a "stale" health badge.
+STALE_INTERVALS = 3.0
+
+
+def _epoch_bin(session: Session, col: Any, width_s: float) -> ColumnElement[Any]:
+    """``floor(epoch seconds of col / width_s)`` in this session's dialect."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.floor(func.extract("epoch", col) / width_s)
+    return func.cast(func.cast(func.strftime("%s", col), Integer) / width_s, Integer)
+
+
+def _ts(value: datetime | None) -> float | None:
+    """Epoch seconds (what the charts plot), None passes through."""
+    return None if value is None else as_utc(value).timestamp()
+
+
+# --- the list ---------------------------------------------------------------------------------
+
+
+def _latest_decisions_all(session: Session) -> dict[int, dict[str, Decision]]:
+    latest = (
+        select(func.max(Decision.id).label("id"))
+        .group_by(Decision.experiment_id, Decision.arm_key)
+        .subquery()
+    )
+    out: dict[int, dict[str, Decision]] = {}
+    for d in session.scalars(select(Decision).join(latest, Decision.id == latest.c.id)):
+        out.setdefault(d.experiment_id, {})[d.arm_key] = d
+    return out
+
+
+def primary_decision(exp: Experiment, decisions: dict[str, Decision]) -> str:
+    """One phrase: what the experiment's evidence says now."""
+    if exp.status == "shipped":
+        return f"shipped {exp.shipped_arm_key}"
+    if exp.status == "draft":
+        return "not started"
+    decided = [f"{k}: {d.decision.replace('_', ' ')}" for k, d in sorted(decisions.items())
+               if d.decision in TERMINAL]
+    if decided:
+        return "; ".join(decided)
+    return "continue" if decisions else "no evaluation yet"
+
+
+def health_badge(
+    exp: Experiment, decisions: dict[str, Decision], last_snapshot: datetime | None, *,
+    allocator_interval_s: float, now: datetime,
+) -> tuple[str, list[str]]:
+    """``(level, reasons)`` with level ``ok`` | ``warn`` | ``bad`` | ``idle``."""
+    if exp.status == "draft":
+        return "idle", ["draft: no traffic"]
+    reasons: list[str] = []
+    level = "ok"
+    if any(bool((d.evidence or {}).get("srm", {}).get("mismatch")) for d in decisions.values()):
+        level, reasons = "bad", ["sample-ratio mismatch"]
+    if exp.status == "running":
+        limit = timedelta(seconds=STALE_INTERVALS * allocator_interval_s)
+        if last_snapshot is None:
+            reasons.append("no allocator snapshot yet")
+            level = "warn" if level == "ok" else level
+        elif now - last_snapshot > limit:
+            reasons.append(f"last allocator run {int((now - last_snapshot).total_seconds())} s ago")
+            level = "warn" if level == "ok" else level
+        if float(exp.exploration_floor or 0.0) == 0.0 and exp.policy_name != "uniform":
+            reasons.append("exploration floor 0")
+    return level, reasons
+
+
+def list_rows(
+    uow: UnitOfWork, *, status: str | None = None, query: str = "",
+    allocator_interval_s: float = 5.0, now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """The experiment list, newest first: one dict per experiment."""
+    now = now or utcnow()
+    session = uow.session
+    exps = list_experiments(uow, status=status or None)
+    q = query.strip().lower()
+    if q:
+        exps = [e for e in exps if q in e.key.lower() or q in (e.name or "").lower()]
+    totals = arm_totals(session)
+    decisions = _latest_decisions_all(session)
+    last_snap = {
+        int(eid): as_utc(at) for eid, at in session.execute(
+            select(AllocationSnapshot.experiment_id, func.max(AllocationSnapshot.created_at))
+            .group_by(AllocationSnapshot.experiment_id))
+    }
+    rows = []
+    for e in exps:
+        n = sum(int(s.n) for (eid, _), s in totals.items() if eid == e.id)
+        decs = decisions.get(e.id, {})
+        level, reasons = health_badge(e, decs, last_snap.get(e.id),
+                                      allocator_interval_s=allocator_interval_s, now=now)
+        started = as_utc_or_none(e.started_at)
+        created = as_utc(e.created_at)
+        rows.append({
+            "key": e.key, "name": e.name, "status": e.status, "policy": e.policy_name,
+            "arms": len(e.arms), "created_at": created, "started_at": started,
+            "age_s": (now - (started or created)).total_seconds(),
+            "impressions": n, "decision": primary_decision(e, decs),
+            "health": level, "health_reasons": reasons,
+        })
+    return rows
+
+
+# --- one experiment ---------------------------------------------------------------------------
+
+
+def _raw_sums(session: Session, exp: Experiment, now: datetime) -> tuple[
+        dict[str, ArmSums], dict[str, float]]:
+    """Per-arm impressions and reward sums, and matured impressions, scanned from
+    ``impressions`` (the benchmark's baseline)."""
+    cutoff = now - timedelta(seconds=int(exp.attribution_window_s or 0))
+    rows = session.execute(
+        select(Impression.arm_key, func.count(), func.coalesce(func.sum(Impression.reward), 0.0),
+               func.coalesce(func.sum(Impression.reward * Impression.reward), 0.0),
+               func.count().filter(Impression.served_at <= cutoff))
+        .where(Impression.experiment_id == exp.id).group_by(Impression.arm_key)
+    ).all()
+    sums = {str(a): ArmSums(n=float(n), reward_sum=float(s), reward_sumsq=float(q))
+            for a, n, s, q, _ in rows}
+    matured = {str(a): float(m) for a, _, _, _, m in rows}
+    return sums, matured
+
+
+def _prob_best(snapshot: dict[str, Any] | None, arm_keys: Sequence[str]) -> dict[str, float]:
+    stats = (snapshot or {}).get("stats") or {}
+    pb = stats.get("prob_best")
+    if not isinstance(pb, list) or len(pb) != len(arm_keys):
+        return {}
+    return {k: float(v) for k, v in zip(arm_keys, pb, strict=True) if v is not None}
+
+
+def _warnings(exp: Experiment, sequential: dict[str, Any]) -> list[str]:
+    out = [str(w) for w in sequential.get("warnings", []) or []]
+    if "error" in sequential:
+        out.append(f"sequential test unavailable: {sequential['error']}")
+    if (exp.status == "running" and float(exp.exploration_floor or 0.0) == 0.0
+            and exp.policy_name != "uniform"):
+        out.append("exploration floor is 0: the policy may starve an arm, and the "
+                   "inverse-propensity weights of the sequential test then grow without bound")
+    return out
+
+
+def _consumers(session: Session) -> list[dict[str, Any]]:
+    return [
+        {"group": g, "topic": t, "partition": int(p), "next_offset": int(o),
+         "updated_at": as_utc_or_none(u)}
+        for g, t, p, o, u in session.execute(
+            select(ConsumerOffset.group_id, ConsumerOffset.topic, ConsumerOffset.partition,
+                   ConsumerOffset.next_offset, ConsumerOffset.updated_at)
+            .order_by(ConsumerOffset.group_id, ConsumerOffset.topic, ConsumerOffset.partition))
+    ]
+
+
+def _dead_letters(session: Session) -> dict[str, int]:
+    return {k: v for k, v in sorted(read_counters(session).items()) if k not in OK_OUTCOMES}
+
+
+def experiment_view(
+    uow: UnitOfWork, key: str, *, allocator_interval_s: float = 5.0,
+    source: str = "rollups", now: datetime | None = None,
+) -> dict[str, Any]:
+    """Everything the experiment page shows except the chart series."""
+    now = now or utcnow()
+    session = uow.session
+    exp = get_experiment(uow, key=key)
+    results = build_results(uow, exp)
+    snapshot = results.get("snapshot")
+    arm_keys = [a.key for a in exp.arms]
+    seq = results.get("sequential") or {}
+    by_arm = {e["arm"]: e for e in seq.get("arms", []) or []}
+    p_best = _prob_best(snapshot, arm_keys)
+    snap_arms = ((snapshot or {}).get("stats") or {}).get("arms") or {}
+    if source == "raw":
+        raw, matured = _raw_sums(session, exp, now)
+    board = []
+    for arm in results["arms"]:
+        k = arm["key"]
+        if source == "raw":
+            s = raw.get(k) or ArmSums()
+            n, mean, mat = int(s.n), s.mean, matured.get(k)
+        else:
+            n, mean = arm["impressions"], arm["mean"]
+            mat = (snap_arms.get(k) or {}).get("matured_n")
+        ev = by_arm.get(k) or {}
+        board.append({
+            "key": k, "control": arm["control"], "impressions": n,
+            "matured": None if mat is None else int(mat), "mean": mean,
+            "estimate": ev.get("estimate"), "ci_low": ev.get("ci_low"),
+            "ci_high": ev.get("ci_high"), "p_adjusted": ev.get("p_adjusted"),
+            "p_best": p_best.get(k), "weight": arm["weight"],
+            "decision": "control" if arm["control"] else ev.get("decision", "—"),
+            "reason": ev.get("reason", ""),
+        })
+    last_run = as_utc_or_none(datetime.fromisoformat(snapshot["created_at"])) \
+        if snapshot and snapshot.get("created_at") else None
+    next_run = (last_run + timedelta(seconds=allocator_interval_s)
+                if last_run is not None and exp.status == "running" else None)
+    srm = seq.get("srm") or {}
+    audit = [
+        {"at": as_utc_or_none(a.at), "actor": a.actor, "action": a.action, "reason": a.reason,
+         "before": a.before, "after": a.after, "evidence": a.evidence}
+        for a in session.scalars(
+            select(AuditLog).where(AuditLog.experiment_id == exp.id).order_by(AuditLog.id.desc())
+        )
+    ]
+    return {
+        "experiment": {
+            "key": exp.key, "name": exp.name, "description": exp.description or "",
+            "status": exp.status, "policy": exp.policy_name,
+            "policy_params": dict(exp.policy_params or {}), "unit": exp.unit,
+            "reward": f"{exp.reward_kind} ({exp.reward_metric})",
+            "control": exp.control_arm_key, "shipped_arm": exp.shipped_arm_key,
+            "exploration_floor": exp.exploration_floor, "burn_in": exp.burn_in,
+            "attribution_window_s": exp.attribution_window_s, "version": exp.version,
+            "created_at": as_utc_or_none(exp.created_at),
+            "started_at": as_utc_or_none(exp.started_at),
+            "ended_at": as_utc_or_none(exp.ended_at),
+        },
+        "arms": [{"key": a.key, "control": a.is_control, "variant": a.variant}
+                 for a in exp.arms],
+        "leaderboard": board,
+        "total_impressions": sum(r["impressions"] for r in board),
+        "sequential": {k: seq.get(k) for k in ("method", "alpha", "correction", "impressions",
+                                               "stop", "stop_reason", "error")},
+        "health": {
+            "srm": srm, "warnings": _warnings(exp, seq),
+            "last_allocator_run": last_run, "next_allocator_run": next_run,
+            "snapshot_id": (snapshot or {}).get("id"),
+            "consumers": _consumers(session), "dead_letters": _dead_letters(session),
+        },
+        "audit": audit,
+        "now": now,
+    }
+
+
+# --- charts -----------------------------------------------------------------------------------
+
+
+def _span(session: Session, col: Any, where: ColumnElement[bool]) -> tuple[
+        datetime, datetime, int] | None:
+    lo, hi, n = session.execute(select(func.min(col), func.max(col), func.count()).where(where)
+                                ).one()
+    if lo is None or hi is None:
+        return None
+    return as_utc(lo), as_utc(hi), int(n)
+
+
+def _sampled_ids(
+    session: Session, model: Any, col: Any, where: ColumnElement[bool], max_points: int,
+    *, per_arm: int = 0,
+) -> tuple[list[int], int]:
+    """Ids of the newest row in each of about ``max_points`` time bins of ``col`` (per arm
+    when ``per_arm`` is the number of arms), or every id when there are few rows; and the
+    number of rows."""
+    span = _span(session, col, where)
+    if span is None:
+        return [], 0
+    lo, hi, n = span
+    groups: list[Any] = []
+    if n > max_points * max(per_arm, 1):
+        width = max((hi - lo).total_seconds() / max_points, 1e-3)
+        groups.append(_epoch_bin(session, col, width))
+        if per_arm:
+            groups.append(model.arm_key)
+    else:
+        groups.append(model.id)
+    ids = session.scalars(select(func.max(model.id)).where(where).group_by(*groups)).all()
+    return sorted(int(i) for i in ids), n
+
+
+def _aligned(points: list[tuple[float, str, float | None]], keys: Sequence[str]) -> dict[str, Any]:
+    """uPlot's aligned form ``{"x": [...], "series": {key: [...]}}`` from (x, key, y)."""
+    xs = sorted({p[0] for p in points})
+    index = {x: i for i, x in enumerate(xs)}
+    series: dict[str, list[float | None]] = {k: [None] * len(xs) for k in keys}
+    for x, k, y in points:
+        if k in series:
+            series[k][index[x]] = y
+    return {"x": xs, "series": series}
+
+
+def _carry_forward(aligned: dict[str, Any]) -> dict[str, Any]:
+    for values in aligned["series"].values():
+        last = None
+        for i, v in enumerate(values):
+            if v is None:
+                values[i] = last
+            else:
+                last = v
+    return aligned
+
+
+def _raw_mean_series(session: Session, exp: Experiment, max_points: int) -> tuple[
+        int, list[tuple[datetime, str, ArmSums]]]:
+    """Cumulative per-arm sums over time bins of ``served_at``, scanned from impressions."""
+    where = Impression.experiment_id == exp.id
+    span = _span(session, Impression.served_at, where)
+    if span is None:
+        return 60, []
+    lo, hi, _ = span
+    width = max(int((hi - lo).total_seconds() / max_points) + 1, 1)
+    b = _epoch_bin(session, Impression.served_at, width).label("b")
+    rows = session.execute(
+        select(b, Impression.arm_key, func.count(), func.sum(Impression.reward))
+        .where(where).group_by(b, Impression.arm_key).order_by(b, Impression.arm_key)
+    ).all()
+    running: dict[str, ArmSums] = {}
+    out = []
+    for bucket, arm, n, s in rows:
+        acc = running.setdefault(arm, ArmSums())
+        acc.n += float(n)
+        acc.reward_sum += float(s or 0.0)
+        end = datetime.fromtimestamp((int(bucket) + 1) * width, tz=lo.tzinfo)
+        out.append((end, str(arm), ArmSums(n=acc.n, reward_sum=acc.reward_sum)))
+    return width, out
+
+
+def chart_data(
+    uow: UnitOfWork, key: str, *, source: str = "rollups", max_points: int = MAX_POINTS,
+) -> dict[str, Any]:
+    """The chart series of experiment ``key`` (epoch seconds on x)."""
+    session = uow.session
+    exp = get_experiment(uow, key=key)
+    keys = [a.key for a in exp.arms]
+    control = exp.control_arm_key
+
+    # Allocation weights and P(best): one point per allocator snapshot (sampled when many).
+    snap_where = AllocationSnapshot.experiment_id == exp.id
+    ids, n_snaps = _sampled_ids(session, AllocationSnapshot, AllocationSnapshot.created_at,
+                                 snap_where, max_points)
+    weight_pts: list[tuple[float, str, float | None]] = []
+    best_pts: list[tuple[float, str, float | None]] = []
+    if ids:
+        for at, weights, pb in session.execute(
+            select(AllocationSnapshot.created_at, AllocationSnapshot.weights,
+                   AllocationSnapshot.stats["prob_best"])
+            .where(AllocationSnapshot.id.in_(ids)).order_by(AllocationSnapshot.id)
+        ):
+            x = as_utc(at).timestamp()
+            for k in keys:
+                weight_pts.append((x, k, float((weights or {}).get(k, 0.0))))
+            if isinstance(pb, list) and len(pb) == len(keys):
+                for k, v in zip(keys, pb, strict=True):
+                    best_pts.append((x, k, None if v is None else float(v)))
+
+    # Cumulative mean reward per arm: the consumer's rollups (or a raw scan).
+    if source == "raw":
+        width, cumulative = _raw_mean_series(session, exp, max_points)
+    else:
+        width, cumulative = rollups.series(session, exp.id, max_points=max_points)
+    mean_pts = [(as_utc(t).timestamp(), arm, s.mean) for t, arm, s in cumulative]
+    n_pts = [(as_utc(t).timestamp(), arm, s.n) for t, arm, s in cumulative]
+
+    # Each treatment's confidence sequence versus the control: the stored decision rows.
+    dec_where = Decision.experiment_id == exp.id
+    dec_ids, n_decs = _sampled_ids(session, Decision, Decision.at, dec_where, max_points,
+                                   per_arm=max(len(keys) - 1, 1))
+    cs: dict[str, dict[str, Any]] = {
+        k: {"x": [], "estimate": [], "low": [], "high": [], "decision": [], "stop_at": None}
+        for k in keys if k != control
+    }
+    if dec_ids:
+        for at, arm, est, lo, hi, decision in session.execute(
+            select(Decision.at, Decision.arm_key, Decision.estimate, Decision.ci_low,
+                   Decision.ci_high, Decision.decision)
+            .where(Decision.id.in_(dec_ids)).order_by(Decision.at, Decision.id)
+        ):
+            c = cs.get(arm)
+            if c is None:
+                continue
+            c["x"].append(as_utc(at).timestamp())
+            c["estimate"].append(est)
+            c["low"].append(lo)
+            c["high"].append(hi)
+            c["decision"].append(decision)
+    for arm, first in session.execute(
+        select(Decision.arm_key, func.min(Decision.at))
+        .where(and_(dec_where, Decision.decision.in_(TERMINAL))).group_by(Decision.arm_key)
+    ):
+        if arm in cs:
+            cs[arm]["stop_at"] = as_utc(first).timestamp()
+    return {
+        "key": exp.key, "arms": keys, "control": control, "status": exp.status,
+        "source": source,
+        "ended_at": _ts(exp.ended_at),
+        "weights": _aligned(weight_pts, keys), "snapshots": n_snaps,
+        "prob_best": _aligned(best_pts, keys),
+        "mean": _carry_forward(_aligned(mean_pts, keys)),
+        "impressions": _carry_forward(_aligned(n_pts, keys)),
+        "bucket_s": width, "decisions": n_decs, "cs": cs,
+    }
