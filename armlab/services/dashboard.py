@@ -316,7 +316,9 @@ def _sampled_ids(
     return sorted(int(i) for i in ids), n
 
 
-def _aligned(points: list[tuple[float, str, float | None]], keys: Sequence[str]) -> dict[str, Any]:
+def _aligned(
+    points: Sequence[tuple[float, str, float | None]], keys: Sequence[str]
+) -> dict[str, Any]:
     """uPlot's aligned form ``{"x": [...], "series": {key: [...]}}`` from (x, key, y)."""
     xs = sorted({p[0] for p in points})
     index = {x: i for i, x in enumerate(xs)}

@@ -63,7 +63,7 @@ def add_batch(
     stmt = mod.insert(ArmRollup.__table__).values(rows)
     table = ArmRollup.__table__
     stmt = stmt.on_conflict_do_update(
-        index_elements=[c.name for c in table.primary_key.columns],
+        index_elements=["experiment_id", "width_s", "bucket_start", "arm_key", "partition"],
         set_={f: table.c[f] + stmt.excluded[f] for f in FIELDS},
     )
     session.execute(stmt)

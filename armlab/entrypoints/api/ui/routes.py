@@ -108,15 +108,15 @@ def render(request: Request, name: str, context: dict[str, Any], status: int = 2
 
 
 def _services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    return request.app.state.services
 
 
 def _auth(request: Request) -> Authenticator:
-    return request.app.state.authenticator  # type: ignore[no-any-return]
+    return request.app.state.authenticator
 
 
 def _sessions(request: Request) -> SessionManager:
-    return request.app.state.ui_sessions  # type: ignore[no-any-return]
+    return request.app.state.ui_sessions
 
 
 def viewer(request: Request) -> Session:
