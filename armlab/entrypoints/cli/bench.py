@@ -84,6 +84,35 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         )
         typer.echo(json.dumps(result, indent=None if as_json else 2))
 
+    @groups["bench"].command("dashboard")
+    def bench_dashboard(
+        arms: int = typer.Option(10, "--arms", min=2, max=50),
+        days: float = typer.Option(30.0, "--days", min=0.01, help="Days of traffic."),
+        rate: float = typer.Option(1000.0, "--rate", min=1.0, help="Events per second."),
+        snapshots: int = typer.Option(10_000, "--snapshots", min=1),
+        raw_events: int = typer.Option(
+            1_000_000, "--raw-events", min=0,
+            help="Raw impressions for the baseline (0 skips their insert)."),
+        requests: int = typer.Option(30, "--requests", min=1, help="Timed requests per source."),
+        keep: bool = typer.Option(False, "--keep", help="Keep the benchmark experiment."),
+        as_json: bool = typer.Option(False, "--json", help="Print only JSON."),
+    ) -> None:
+        """Server time (p95) of the dashboard's experiment page and chart data from the
+        rollups, against the same page computed from raw impressions.
+
+        Needs ARMLAB_DATABASE_URL (PostgreSQL; `armlab dev up`). The data is generated in
+        the database for one experiment that is deleted afterwards.
+        """
+        from armlab.entrypoints.api.app import create_app
+        from armlab.settings import get_settings
+        from armlab.tools.bench.dashboard import run_bench
+
+        result = run_bench(get_settings(), create_app, arms=arms, days=days, rate=rate,
+                           snapshots=snapshots, raw_events=raw_events, requests=requests,
+                           keep=keep,
+                           progress=None if as_json else lambda m: typer.echo(m, err=True))
+        typer.echo(json.dumps(result, indent=None if as_json else 2))
+
     @groups["bench"].command("scoring")
     def bench_scoring(
         variant: str = typer.Option("bi_encoder", help="Variant JSON, @file or kind name."),
