@@ -37,6 +37,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         threads: int = typer.Option(1, min=0, help="torch CPU threads (0 = torch default)."),
         report_dir: Path = typer.Option(Path("reports"), help="Where the HTML report goes."),
         key: str = typer.Option("", help="Experiment key (default movielens-<timestamp>)."),
+        serve: bool = typer.Option(
+            False, "--serve", help="After the run, keep the API up (with the dashboard) on the "
+            "demo's database and print the dashboard URL; Ctrl-C stops it."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface for --serve."),
+        port: int = typer.Option(8000, "--port", help="TCP port for --serve."),
     ) -> None:
         """End-to-end adaptive experiment on MovieLens-100k with language-model variants."""
         from armlab.entrypoints.demo.adaptive import DemoConfig, run_demo
@@ -45,7 +50,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                          cadence=cadence, k=k, candidates=candidates, include_lm=lm,
                          tiny=tiny, seed=seed, threads=threads,
                          report_dir=report_dir, key=key or None)
-        run_demo(cfg)
+        result = run_demo(cfg)
+        if serve:
+            serve_demo(stack, result.key, host=host, port=port)
 
     @app.command("report")
     def report_cmd(
@@ -115,6 +122,29 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             typer.echo(json.dumps(result, indent=2))
             return
         print_ope(result)
+
+
+def serve_demo(stack: str, key: str, *, host: str, port: int) -> None:
+    """Serve the API and its dashboard on the demo's database until interrupted.
+
+    The demo's settings: authentication is off (every visitor acts as admin), so it binds to
+    the loopback interface unless told otherwise.
+    """
+    import uvicorn
+
+    from armlab.bootstrap import make_settings
+    from armlab.entrypoints.api.app import create_app
+    from armlab.errors import ArmlabError
+
+    settings = make_settings(stack, auth_disabled=True)
+    url = f"http://{host}:{port}/ui/experiments/{key}"
+    typer.echo(f"dashboard: {url}")
+    typer.echo("  sign in with any token (authentication is off for the demo: every visitor "
+               "acts as admin); Ctrl-C stops the server")
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    except OSError as exc:
+        raise ArmlabError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def print_ope(result: dict) -> None:
