@@ -43,9 +43,15 @@
       return;
     }
     var opts = { title: title, width: width(el), height: 220, series: series,
-                 scales: { x: { time: true } }, legend: { live: true },
+                 scales: { x: { time: true, range: xRange } }, legend: { live: true },
                  plugins: extra ? [extra] : [] };
     charts.push(new uPlot(opts, data, el));
+  }
+
+  /* A single time point (one bucket, one snapshot) gets a minute either side, so it is drawn
+   * instead of collapsing the axis. */
+  function xRange(u, min, max) {
+    return min === max ? [min - 60, max + 60] : [min, max];
   }
 
   function aligned(block, keys) {
@@ -67,8 +73,8 @@
     plot(w, "", seriesOf(keys, true), aligned(d.weights, keys));
     setSub("weights", "(" + d.snapshots + " allocator updates" +
            (d.weights.x.length < d.snapshots ? ", " + d.weights.x.length + " shown" : "") + ")");
-    plot(document.querySelector('[data-chart="mean"]'), "", seriesOf(keys, false),
-         aligned(d.mean, keys));
+    plot(document.querySelector('[data-chart="mean"]'), "",
+         seriesOf(keys, d.mean.x.length < 60), aligned(d.mean, keys));
     setSub("mean", "(" + d.bucket_s + " s buckets)");
     var pb = document.querySelector('[data-chart="prob_best"]');
     plot(pb, "", seriesOf(keys, true), aligned(d.prob_best, keys));
