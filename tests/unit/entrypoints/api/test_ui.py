@@ -3,9 +3,12 @@ the register form's field errors (the API's own), escaping, security headers."""
 
 from __future__ import annotations
 
+import fnmatch
 import html
 import re
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,3 +167,24 @@ def test_revoked_or_tampered_sessions_end() -> None:
     assert SessionManager.csrf_ok(session, session.csrf)
     assert not SessionManager.csrf_ok(session, None)
     assert not SessionManager.csrf_ok(session, session.csrf[:-1])
+
+
+def test_every_dashboard_asset_is_package_data_with_its_licence() -> None:
+    """The wheel carries every template, script, stylesheet and vendored library (and each
+    library's licence): the dashboard never loads anything from the network."""
+    root = Path(__file__).resolve().parents[4]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["armlab"]
+    ui = root / "armlab" / "entrypoints" / "api" / "ui"
+    assets = [p for p in ui.rglob("*") if p.is_file() and p.suffix != ".py"
+              and "__pycache__" not in p.parts]
+    assert assets
+    for p in assets:
+        rel = p.relative_to(root / "armlab").as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} is not package data"
+    vendor = {p.name for p in (ui / "static" / "vendor").iterdir()}
+    assert {"htmx-LICENSE.txt", "uPlot-LICENSE.txt"} <= vendor
+    for template in (ui / "templates").glob("*.html"):
+        text = template.read_text()
+        assert "http://" not in text and "https://" not in text, template.name
+        assert "<script>" not in text, f"{template.name}: inline script (the CSP forbids it)"
