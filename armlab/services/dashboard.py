@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, and_, func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -51,9 +51,7 @@ STALE_INTERVALS = 3.0
 
 def _epoch_bin(session: Session, col: Any, width_s: float) -> ColumnElement[Any]:
     """``floor(epoch seconds of col / width_s)`` in this session's dialect."""
-    if session.get_bind().dialect.name == "postgresql":
-        return func.floor(func.extract("epoch", col) / width_s)
-    return func.cast(func.cast(func.strftime("%s", col), Integer) / width_s, Integer)
+    return func.floor(rollups.epoch_seconds(session, col) / width_s)
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -284,36 +282,80 @@ def experiment_view(
 # --- charts -----------------------------------------------------------------------------------
 
 
-def _span(session: Session, col: Any, where: ColumnElement[bool]) -> tuple[
-        datetime, datetime, int] | None:
-    lo, hi, n = session.execute(select(func.min(col), func.max(col), func.count()).where(where)
-                                ).one()
+def _bounds(session: Session, col: Any, where: ColumnElement[bool]) -> tuple[
+        datetime, datetime] | None:
+    lo, hi = session.execute(select(func.min(col), func.max(col)).where(where)).one()
     if lo is None or hi is None:
         return None
-    return as_utc(lo), as_utc(hi), int(n)
+    return as_utc(lo), as_utc(hi)
 
 
-def _sampled_ids(
+def _sampled(
     session: Session, model: Any, col: Any, where: ColumnElement[bool], max_points: int,
-    *, per_arm: int = 0,
-) -> tuple[list[int], int]:
-    """Ids of the newest row in each of about ``max_points`` time bins of ``col`` (per arm
-    when ``per_arm`` is the number of arms), or every id when there are few rows; and the
-    number of rows."""
-    span = _span(session, col, where)
-    if span is None:
-        return [], 0
-    lo, hi, n = span
-    groups: list[Any] = []
-    if n > max_points * max(per_arm, 1):
-        width = max((hi - lo).total_seconds() / max_points, 1e-3)
-        groups.append(_epoch_bin(session, col, width))
-        if per_arm:
-            groups.append(model.arm_key)
-    else:
-        groups.append(model.id)
-    ids = session.scalars(select(func.max(model.id)).where(where).group_by(*groups)).all()
-    return sorted(int(i) for i in ids), n
+    columns: Sequence[Any], *, per_arm: bool = False,
+) -> tuple[list[Any], int, dict[str, float]]:
+    """The newest row of each of ``max_points`` time bins of ``col`` (per arm when
+    ``per_arm``), in one grouped scan joined back by id: ``(rows of columns, number of rows
+    scanned, {arm: first terminal decision time})`` (the last only for decisions)."""
+    bounds = _bounds(session, col, where)
+    if bounds is None:
+        return [], 0, {}
+    lo, hi = bounds
+    width = max((hi - lo).total_seconds() / max_points, 1e-3)
+    groups: list[Any] = [_epoch_bin(session, col, width)]
+    aggs: list[Any] = [func.max(model.id).label("id"), func.count().label("n")]
+    if per_arm:
+        groups.append(model.arm_key)
+        aggs += [model.arm_key.label("arm"),
+                 func.min(rollups.epoch_seconds(session, col))
+                 .filter(model.decision.in_(TERMINAL)).label("first_terminal")]
+    binned = select(*aggs).where(where).group_by(*groups).subquery()
+    extra = [binned.c.n] + ([binned.c.arm, binned.c.first_terminal] if per_arm else [])
+    rows = session.execute(select(*columns, *extra).join(binned, model.id == binned.c.id)
+                           .order_by(model.id)).all()
+    ncols = len(columns)
+    total = sum(int(r[ncols]) for r in rows)
+    first: dict[str, float] = {}
+    if per_arm:
+        for r in rows:
+            arm, ft = r[ncols + 1], r[ncols + 2]
+            if ft is not None:
+                t = float(ft)
+                first[arm] = min(first.get(arm, t), t)
+    return [r[:ncols] for r in rows], total, first
+
+
+#: The decision rows of the newest allocator pass at or before each of k + 1 evenly spaced
+#: times: k + 1 backward probes of the (experiment_id, at) index instead of a scan of every
+#: decision row (a pass writes all its arms' rows with the same ``at``).
+_PG_PROBE_DECISIONS = text("""
+SELECT DISTINCT ON (d.id) date_part('epoch', d.at), d.arm_key, d.estimate, d.ci_low,
+       d.ci_high, d.decision
+FROM generate_series(0, :k) AS i
+CROSS JOIN LATERAL (
+    SELECT max(x.at) AS t FROM decisions x
+    WHERE x.experiment_id = :e AND x.at <= :lo + make_interval(secs => i * :w)) AS p
+JOIN decisions d ON d.experiment_id = :e AND d.at = p.t
+ORDER BY d.id
+""")
+
+
+def _probed_decisions(session: Session, experiment_id: int, max_points: int) -> tuple[
+        list[Any], dict[str, float]]:
+    """PostgreSQL: the sampled decision rows, and each arm's first terminal decision among
+    them (so the stopping point is exact to one sampling interval)."""
+    bounds = _bounds(session, Decision.at, Decision.experiment_id == experiment_id)
+    if bounds is None:
+        return [], {}
+    lo, hi = bounds
+    width = max((hi - lo).total_seconds() / max_points, 1e-3) * (1 + 1e-9)
+    rows = session.execute(_PG_PROBE_DECISIONS, {"k": max_points, "e": experiment_id,
+                                                  "lo": lo, "w": width}).all()
+    first: dict[str, float] = {}
+    for at, arm, *_, decision in rows:
+        if decision in TERMINAL and arm not in first:
+            first[arm] = float(at)
+    return list(rows), first
 
 
 def _aligned(
@@ -341,27 +383,27 @@ def _carry_forward(aligned: dict[str, Any]) -> dict[str, Any]:
 
 
 def _raw_mean_series(session: Session, exp: Experiment, max_points: int) -> tuple[
-        int, list[tuple[datetime, str, ArmSums]]]:
-    """Cumulative per-arm sums over time bins of ``served_at``, scanned from impressions."""
+        int, list[tuple[float, str, float, float]]]:
+    """Cumulative per-arm ``(bin end, arm, n, reward sum)`` over time bins of ``served_at``,
+    scanned from impressions."""
     where = Impression.experiment_id == exp.id
-    span = _span(session, Impression.served_at, where)
-    if span is None:
+    bounds = _bounds(session, Impression.served_at, where)
+    if bounds is None:
         return 60, []
-    lo, hi, _ = span
+    lo, hi = bounds
     width = max(int((hi - lo).total_seconds() / max_points) + 1, 1)
     b = _epoch_bin(session, Impression.served_at, width).label("b")
     rows = session.execute(
         select(b, Impression.arm_key, func.count(), func.sum(Impression.reward))
         .where(where).group_by(b, Impression.arm_key).order_by(b, Impression.arm_key)
     ).all()
-    running: dict[str, ArmSums] = {}
+    running: dict[str, list[float]] = {}
     out = []
-    for bucket, arm, n, s in rows:
-        acc = running.setdefault(arm, ArmSums())
-        acc.n += float(n)
-        acc.reward_sum += float(s or 0.0)
-        end = datetime.fromtimestamp((int(bucket) + 1) * width, tz=lo.tzinfo)
-        out.append((end, str(arm), ArmSums(n=acc.n, reward_sum=acc.reward_sum)))
+    for bucket, arm, n, r in rows:
+        acc = running.setdefault(str(arm), [0.0, 0.0])
+        acc[0] += float(n)
+        acc[1] += float(r or 0.0)
+        out.append((float((int(bucket) + 1) * width), str(arm), acc[0], acc[1]))
     return width, out
 
 
@@ -376,59 +418,52 @@ def chart_data(
 
     # Allocation weights and P(best): one point per allocator snapshot (sampled when many).
     snap_where = AllocationSnapshot.experiment_id == exp.id
-    ids, n_snaps = _sampled_ids(session, AllocationSnapshot, AllocationSnapshot.created_at,
-                                 snap_where, max_points)
+    snaps, n_snaps, _ = _sampled(
+        session, AllocationSnapshot, AllocationSnapshot.created_at, snap_where, max_points,
+        [rollups.epoch_seconds(session, AllocationSnapshot.created_at),
+         AllocationSnapshot.weights, AllocationSnapshot.stats["prob_best"]])
     weight_pts: list[tuple[float, str, float | None]] = []
     best_pts: list[tuple[float, str, float | None]] = []
-    if ids:
-        for at, weights, pb in session.execute(
-            select(AllocationSnapshot.created_at, AllocationSnapshot.weights,
-                   AllocationSnapshot.stats["prob_best"])
-            .where(AllocationSnapshot.id.in_(ids)).order_by(AllocationSnapshot.id)
-        ):
-            x = as_utc(at).timestamp()
-            for k in keys:
-                weight_pts.append((x, k, float((weights or {}).get(k, 0.0))))
-            if isinstance(pb, list) and len(pb) == len(keys):
-                for k, v in zip(keys, pb, strict=True):
-                    best_pts.append((x, k, None if v is None else float(v)))
+    for at, weights, pb in snaps:
+        x = float(at)
+        for k in keys:
+            weight_pts.append((x, k, float((weights or {}).get(k, 0.0))))
+        if isinstance(pb, list) and len(pb) == len(keys):
+            for k, v in zip(keys, pb, strict=True):
+                best_pts.append((x, k, None if v is None else float(v)))
 
     # Cumulative mean reward per arm: the consumer's rollups (or a raw scan).
     if source == "raw":
         width, cumulative = _raw_mean_series(session, exp, max_points)
     else:
         width, cumulative = rollups.series(session, exp.id, max_points=max_points)
-    mean_pts = [(as_utc(t).timestamp(), arm, s.mean) for t, arm, s in cumulative]
-    n_pts = [(as_utc(t).timestamp(), arm, s.n) for t, arm, s in cumulative]
+    mean_pts = [(t, arm, r / n if n else None) for t, arm, n, r in cumulative]
+    n_pts = [(t, arm, n) for t, arm, n, _ in cumulative]
 
     # Each treatment's confidence sequence versus the control: the stored decision rows.
     dec_where = Decision.experiment_id == exp.id
-    dec_ids, n_decs = _sampled_ids(session, Decision, Decision.at, dec_where, max_points,
-                                   per_arm=max(len(keys) - 1, 1))
+    if session.get_bind().dialect.name == "postgresql":
+        decs, first_terminal = _probed_decisions(session, exp.id, max_points)
+        n_decs = len(decs)
+    else:
+        decs, n_decs, first_terminal = _sampled(
+            session, Decision, Decision.at, dec_where, max_points,
+            [rollups.epoch_seconds(session, Decision.at), Decision.arm_key, Decision.estimate,
+             Decision.ci_low, Decision.ci_high, Decision.decision], per_arm=True)
     cs: dict[str, dict[str, Any]] = {
-        k: {"x": [], "estimate": [], "low": [], "high": [], "decision": [], "stop_at": None}
+        k: {"x": [], "estimate": [], "low": [], "high": [], "decision": [],
+            "stop_at": first_terminal.get(k)}
         for k in keys if k != control
     }
-    if dec_ids:
-        for at, arm, est, lo, hi, decision in session.execute(
-            select(Decision.at, Decision.arm_key, Decision.estimate, Decision.ci_low,
-                   Decision.ci_high, Decision.decision)
-            .where(Decision.id.in_(dec_ids)).order_by(Decision.at, Decision.id)
-        ):
-            c = cs.get(arm)
-            if c is None:
-                continue
-            c["x"].append(as_utc(at).timestamp())
-            c["estimate"].append(est)
-            c["low"].append(lo)
-            c["high"].append(hi)
-            c["decision"].append(decision)
-    for arm, first in session.execute(
-        select(Decision.arm_key, func.min(Decision.at))
-        .where(and_(dec_where, Decision.decision.in_(TERMINAL))).group_by(Decision.arm_key)
-    ):
-        if arm in cs:
-            cs[arm]["stop_at"] = as_utc(first).timestamp()
+    for at, arm, est, lo, hi, decision in sorted(decs, key=lambda r: float(r[0])):
+        c = cs.get(arm)
+        if c is None:
+            continue
+        c["x"].append(float(at))
+        c["estimate"].append(est)
+        c["low"].append(lo)
+        c["high"].append(hi)
+        c["decision"].append(decision)
     return {
         "key": exp.key, "arms": keys, "control": control, "status": exp.status,
         "source": source,

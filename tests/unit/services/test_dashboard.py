@@ -81,8 +81,10 @@ def test_rollups_add_up_to_arm_stats_for_every_width(sqlite_url: str) -> None:
                         width, arm, f)
         # The cumulative series ends at arm_stats.
         _, series = rollups.series(s, exp_id)
-        last = {arm: sums for _, arm, sums in series}
-        assert {a: last[a].n for a in ARMS} == {a: totals[a].n for a in ARMS}
+        last = {arm: (n, r) for _, arm, n, r in series}
+        assert {a: last[a][0] for a in ARMS} == {a: totals[a].n for a in ARMS}
+        for a in ARMS:
+            assert last[a][1] == pytest.approx(totals[a].reward_sum)
     services.close()
 
 

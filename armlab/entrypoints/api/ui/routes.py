@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import yaml
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
@@ -276,13 +277,14 @@ def experiment_live(request: Request, key: str, source: str = Query("rollups"),
 
 @router.get("/experiments/{key}/charts.json")
 def experiment_charts(request: Request, key: str, source: str = Query("rollups"),
-                      session: Session = Depends(viewer)) -> JSONResponse:
+                      session: Session = Depends(viewer)) -> Response:
     try:
         with _services(request).uow() as uow:
             data = dashboard.chart_data(uow, key, source=_source(session, source))
     except ArmlabError as exc:
         raise PageError(exc.status, exc.message) from exc
-    return JSONResponse(data, headers={"Cache-Control": "no-store"})
+    return Response(orjson.dumps(data), media_type="application/json",
+                    headers={"Cache-Control": "no-store"})
 
 
 # --- actions ----------------------------------------------------------------------------------
