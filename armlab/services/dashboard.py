@@ -437,8 +437,13 @@ def chart_data(
         width, cumulative = _raw_mean_series(session, exp, max_points)
     else:
         width, cumulative = rollups.series(session, exp.id, max_points=max_points)
-    mean_pts = [(t, arm, r / n if n else None) for t, arm, n, r in cumulative]
-    n_pts = [(t, arm, n) for t, arm, n, _ in cumulative]
+    mean_pts: list[tuple[float, str, float | None]] = [
+        (t, arm, r / n if n else None) for t, arm, n, r in cumulative]
+    n_pts: list[tuple[float, str, float | None]] = [(t, arm, n) for t, arm, n, _ in cumulative]
+    if cumulative:  # the series starts at the start of its first bin, from nothing
+        first = min(t for t, *_ in cumulative) - width
+        mean_pts += [(first, k, None) for k in keys]
+        n_pts += [(first, k, 0.0) for k in keys]
 
     # Each treatment's confidence sequence versus the control: the stored decision rows.
     dec_where = Decision.experiment_id == exp.id

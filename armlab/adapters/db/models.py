@@ -257,7 +257,11 @@ class Decision(Base):
     """One sequential-test evaluation of a treatment arm against control."""
 
     __tablename__ = "decisions"
-    __table_args__ = (Index("ix_decisions_experiment_at", "experiment_id", "at"),)
+    __table_args__ = (
+        Index("ix_decisions_experiment_at", "experiment_id", "at"),
+        # each arm's newest decision by index probe (the pages read it on every refresh)
+        Index("ix_decisions_experiment_arm_id", "experiment_id", "arm_key", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     experiment_id: Mapped[int] = mapped_column(

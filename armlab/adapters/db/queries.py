@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from armlab.adapters.db.models import AllocationSnapshot, ArmStats, Decision
+from armlab.adapters.db.models import AllocationSnapshot, Arm, ArmStats, Decision
 from armlab.core.evidence import FIELDS, ArmSums
 
 
@@ -46,12 +46,13 @@ def latest_snapshot(session: Session, experiment_id: int) -> AllocationSnapshot 
 
 
 def latest_decisions(session: Session, experiment_id: int) -> dict[str, Decision]:
-    """Most recent decision row of each arm."""
-    latest = (
-        select(Decision.arm_key, func.max(Decision.id).label("id"))
-        .where(Decision.experiment_id == experiment_id)
-        .group_by(Decision.arm_key)
-        .subquery()
+    """Most recent decision row of each arm: one probe of the (experiment_id, arm_key, id)
+    index per arm of the experiment, not a scan of its whole decision history."""
+    newest = (
+        select(func.max(Decision.id))
+        .where(Decision.experiment_id == experiment_id, Decision.arm_key == Arm.key)
+        .scalar_subquery()
     )
-    rows = session.scalars(select(Decision).join(latest, Decision.id == latest.c.id))
+    ids = select(newest).where(Arm.experiment_id == experiment_id)
+    rows = session.scalars(select(Decision).where(Decision.id.in_(ids)))
     return {d.arm_key: d for d in rows}

@@ -1,4 +1,5 @@
-"""arm_rollups: time-bucketed per-arm sums written by the consumer
+"""arm_rollups: time-bucketed per-arm sums written by the consumer; an index for each arm's
+newest decision
 
 Revision ID: 0002_arm_rollups
 Revises: 0001_initial
@@ -42,5 +43,12 @@ def upgrade() -> None:
     )
 
 
+    with op.batch_alter_table("decisions", schema=None) as batch_op:
+        batch_op.create_index("ix_decisions_experiment_arm_id",
+                              ["experiment_id", "arm_key", "id"], unique=False)
+
+
 def downgrade() -> None:
+    with op.batch_alter_table("decisions", schema=None) as batch_op:
+        batch_op.drop_index("ix_decisions_experiment_arm_id")
     op.drop_table("arm_rollups")
