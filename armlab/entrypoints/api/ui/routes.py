@@ -203,7 +203,14 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, session: Session = Depends(viewer)) -> Response:
+async def logout(request: Request) -> Response:
+    """End the session (CSRF-checked like every form, but any role may sign out)."""
+    session = _sessions(request).read(request, _auth(request))
+    form = await request.form()
+    presented = form.get("csrf")
+    if session is not None and not SessionManager.csrf_ok(
+            session, presented if isinstance(presented, str) else None):
+        raise PageError(403, "Missing or invalid CSRF token: reload the page and try again.")
     response = RedirectResponse("/ui/login", status_code=303)
     _sessions(request).end(response)
     return response

@@ -73,6 +73,15 @@ def test_sign_in_needs_its_csrf_token_and_a_valid_token(client: TestClient) -> N
     assert r.status_code == 401 and "not valid" in r.text
 
 
+def test_sign_out_needs_the_csrf_token_and_ends_the_session(client: TestClient) -> None:
+    csrf = sign_in(client, "reader-secret")
+    assert client.post("/ui/logout", data={}).status_code == 403
+    assert client.get("/ui/experiments", follow_redirects=False).status_code == 200
+    r = client.post("/ui/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+    assert client.get("/ui/experiments", follow_redirects=False).status_code == 303
+
+
 def test_open_redirects_are_refused(client: TestClient) -> None:
     page = client.get("/ui/login")
     r = client.post("/ui/login", data={"token": "admin-secret", "csrf": csrf_of(page.text),
