@@ -53,6 +53,7 @@ def recommend(
     catalog: str | None,
     k: int,
     exclude_history: bool = True,
+    exclude: list[str] | None = None,
     context: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assign an arm and return its top-k items with the assignment's logging fields."""
@@ -69,11 +70,13 @@ def recommend(
     ctx = dict(context or {})
     ctx.setdefault("k", k)
     assignment = assigner.assign(key, unit_id, ctx)
-    exclude = set(history) if exclude_history else set()
+    excluded = set(exclude or ())
+    if exclude_history:
+        excluded |= set(history)
     if view is not None:
-        items = scoring.rank(assignment.variant, user, k=k, catalog=view, exclude=exclude)
+        items = scoring.rank(assignment.variant, user, k=k, catalog=view, exclude=excluded)
     else:
-        items = scoring.rank(assignment.variant, user, k=k, items=candidates, exclude=exclude)
+        items = scoring.rank(assignment.variant, user, k=k, items=candidates, exclude=excluded)
     return {
         "impression_id": assignment.impression_id,
         "experiment_key": assignment.experiment_key,

@@ -414,6 +414,13 @@ def test_recommend_route_with_candidates_and_catalog(api: Any, tiny: dict[str, s
     assert r.status_code == 200, r.text
     ids = [i["item_id"] for i in r.json()["items"]]
     assert len(ids) == 2 and "0" not in ids  # history excluded
+    r = client.post("/v1/experiments/exp/recommend", headers=h,
+                    json={**body, "k": 10, "exclude": ["1", "2"]})
+    rest = {i["item_id"] for i in r.json()["items"]}
+    assert rest == {it["id"] for it in ITEMS} - {"0", "1", "2"}  # explicit exclusions too
+    r = client.post("/v1/experiments/exp/recommend", headers=h,
+                    json={**body, "exclude": ["x"] * 10_001})
+    assert r.status_code == 422 and "exclude" in r.text
 
     assert client.post("/v1/experiments/exp/recommend", json=body,
                        headers={"Authorization": "Bearer r"}).status_code == 403
