@@ -48,14 +48,13 @@ from armlab.tools.movielens_replay import (
 )
 
 
-def _prepare(url: str) -> tuple[str, list[dict[str, Any]]]:
+def _prepare(url: str, arms: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """Catalogue + running experiment; returns (key, request bodies)."""
     migrate.upgrade(url)
     ml = load_movielens()
     t0 = split_time(ml, 0.5)
     catalog = catalog_payload(ml.items(), popularity_before(ml, t0))
     reqs = build_requests(ml, t0=t0, every=2, window_s=3 * 3600, history_len=5, min_history=5)
-    arms = arm_specs(include_lm=False)
     key = f"bench-recommend-{secrets.token_hex(3)}"
     svc = bootstrap(Settings(database_url=url))
     try:
@@ -113,13 +112,17 @@ async def _drive(base: str, key: str, token: str, bodies: list[dict[str, Any]],
 
 def run_recommend_bench(*, requests: int = 2000, concurrency: int = 16,
                         max_seconds: float = 60.0, threads: int = 0,
+                        tiny_models: dict[str, str] | None = None,
                         progress: Any = None) -> dict[str, Any]:
+    """Figures of the batched run with the single-request baseline (module doc).
+    ``tiny_models`` replaces MiniLM with tiny random models (tests)."""
     say = progress or (lambda msg: None)
+    arms = arm_specs(include_lm=False, tiny_models=tiny_models)
     env_url = os.environ.get("ARMLAB_DATABASE_URL", "")
     tmp = Path(tempfile.mkdtemp(prefix="armlab-bench-recommend-"))
     url = env_url if env_url.startswith("postgresql") else f"sqlite:///{tmp / 'bench.db'}"
     say("preparing the catalogue and the experiment")
-    key, bodies = _prepare(url)
+    key, bodies = _prepare(url, arms)
     token = secrets.token_hex(16)
     port = _free_port()
     env = {**os.environ, "ARMLAB_DATABASE_URL": url,
@@ -135,7 +138,7 @@ def run_recommend_bench(*, requests: int = 2000, concurrency: int = 16,
     base = f"http://127.0.0.1:{port}"
     try:
         say("starting the API and warming every arm (models, catalogue vectors)")
-        _warm(base, key, token, bodies, server)
+        _warm(base, key, token, bodies, server, {a["key"] for a in arms})
         n = min(requests, len(bodies))
         # separate slices so neither run finds the other's cached user vectors
         say(f"batched: {n} requests, {concurrency} in flight")
@@ -156,7 +159,8 @@ def run_recommend_bench(*, requests: int = 2000, concurrency: int = 16,
     return {
         "benchmark": "recommend", **batched, "baseline_single_request": single,
         "ratio_requests_per_s": ratio,
-        "arms": [a["key"] for a in arm_specs(include_lm=False)],
+        "arms": [a["key"] for a in arms],
+        "models": "tiny random (test)" if tiny_models else "all-MiniLM-L6-v2",
         "catalog_items": 1682,
         "database": "postgresql" if url.startswith("postgresql") else "sqlite",
         "server": "uvicorn 1 worker, auth on, separate process; the batching scorer ranks "
@@ -168,9 +172,8 @@ def run_recommend_bench(*, requests: int = 2000, concurrency: int = 16,
 
 
 def _warm(base: str, key: str, token: str, bodies: list[dict[str, Any]],
-          server: subprocess.Popen[bytes]) -> None:
+          server: subprocess.Popen[bytes], arms: set[str]) -> None:
     """Wait for the API, then send requests until every arm has served one."""
-    arms = {a["key"] for a in arm_specs(include_lm=False)}
     seen: set[str] = set()
     deadline = time.monotonic() + 600
     n = 0
