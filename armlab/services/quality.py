@@ -303,20 +303,25 @@ def _lm_rerank(v: dict[str, Any], inner: _Scores, inner_filled: dict[str, Any], 
     n_val = max(1, round(len(ev) * len(d.val) / max(len(d.eval), 1)))
     va = _subsample(d.val, n_val, seed + 3) if v.get("prior") is not None else np.array([], int)
 
-    def lm_part(rows: np.ndarray, protocol: str) -> dict[int, tuple[np.ndarray, np.ndarray,
-                                                                    np.ndarray, int]]:
-        """Per case: (top positions, LM scores, prior scores, inner rank of the target)."""
-        out = {}
+    def lm_part(rows: np.ndarray, protocol: str) -> dict[int, tuple[Any, Any, Any, int]]:
+        """Per case: (top positions, LM scores, prior scores, inner rank of the target); the
+        scores are None when the target is outside the reranked top (its rank is then
+        ``rerank_top + inner rank`` whatever the LM says)."""
+        out: dict[int, tuple[Any, Any, Any, int]] = {}
         for n in rows:
             c = d.cases[n]
             s = (inner.sampled if protocol == "sampled" else inner.full)[n]
             cands = c.candidates if protocol == "sampled" else d.full_candidates(c)
             order = np.argsort(-s, kind="stable")
             top = order[:top_n]
+            inner_rank = int(np.where(order == 0)[0][0])
+            if inner_rank >= top_n:  # the target is not reranked: its rank needs no LM score
+                out[int(n)] = (top, None, None, inner_rank)
+                continue
             lm_s = np.asarray(lm.score(UserContext(history=c.history),
                                        [d.movies[cands[j]] for j in top]))
             pr = (pop.sampled if protocol == "sampled" else pop.full)[n][top]
-            out[int(n)] = (top, lm_s, pr, int(np.where(order == 0)[0][0]))
+            out[int(n)] = (top, lm_s, pr, inner_rank)
         return out
 
     def ranks(part: dict[int, Any], w: float, rows: np.ndarray) -> np.ndarray:

@@ -681,8 +681,8 @@ def build_scorer(
     """A scorer for a variant config (models resolved offline, loaded once per process)."""
     v = parse_variant(variant)
     common = {"device": device, "models_dir": models_dir, "cache_dir": cache_dir, **kw}
-    sub = {"device": device, "models_dir": models_dir, "cache_dir": cache_dir,
-           "popularity": popularity}
+    sub: dict[str, Any] = {"device": device, "models_dir": models_dir, "cache_dir": cache_dir,
+                           "popularity": popularity}
     own: Any
     if v.kind == "popularity":
         return PopularityScorer(v, popularity)
