@@ -60,12 +60,12 @@ def recommend(
     if (candidates is None) == (catalog is None):
         raise ValidationFailed("give exactly one of `candidates` or `catalog`", field="candidates")
     view = catalogs.get(catalog) if catalog is not None else None
-    lookup: dict[str, dict[str, Any]] = {}
-    if view is not None:
-        lookup = {i: view.items[n] for i, n in view.index.items()}
-    elif candidates:
-        lookup = {str(c["id"]): c for c in candidates}
-    hist = [lookup.get(h, {"id": h, "title": ""}) for h in history]
+    if view is not None:  # the catalog's id index: no per-request copy of the catalogue
+        hist = [view.items[view.index[h]] if h in view.index else {"id": h, "title": ""}
+                for h in history]
+    else:
+        lookup = {str(c["id"]): c for c in candidates or ()}
+        hist = [lookup.get(h, {"id": h, "title": ""}) for h in history]
     user = UserContext(text=user_text or "", history=hist)
     ctx = dict(context or {})
     ctx.setdefault("k", k)
