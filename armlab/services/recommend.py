@@ -53,27 +53,30 @@ def recommend(
     catalog: str | None,
     k: int,
     exclude_history: bool = True,
+    exclude: list[str] | None = None,
     context: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assign an arm and return its top-k items with the assignment's logging fields."""
     if (candidates is None) == (catalog is None):
         raise ValidationFailed("give exactly one of `candidates` or `catalog`", field="candidates")
     view = catalogs.get(catalog) if catalog is not None else None
-    lookup: dict[str, dict[str, Any]] = {}
-    if view is not None:
-        lookup = {i: view.items[n] for i, n in view.index.items()}
-    elif candidates:
-        lookup = {str(c["id"]): c for c in candidates}
-    hist = [lookup.get(h, {"id": h, "title": ""}) for h in history]
+    if view is not None:  # the catalog's id index: no per-request copy of the catalogue
+        hist = [view.items[view.index[h]] if h in view.index else {"id": h, "title": ""}
+                for h in history]
+    else:
+        lookup = {str(c["id"]): c for c in candidates or ()}
+        hist = [lookup.get(h, {"id": h, "title": ""}) for h in history]
     user = UserContext(text=user_text or "", history=hist)
     ctx = dict(context or {})
     ctx.setdefault("k", k)
     assignment = assigner.assign(key, unit_id, ctx)
-    exclude = set(history) if exclude_history else set()
+    excluded = set(exclude or ())
+    if exclude_history:
+        excluded |= set(history)
     if view is not None:
-        items = scoring.rank(assignment.variant, user, k=k, catalog=view, exclude=exclude)
+        items = scoring.rank(assignment.variant, user, k=k, catalog=view, exclude=excluded)
     else:
-        items = scoring.rank(assignment.variant, user, k=k, items=candidates, exclude=exclude)
+        items = scoring.rank(assignment.variant, user, k=k, items=candidates, exclude=excluded)
     return {
         "impression_id": assignment.impression_id,
         "experiment_key": assignment.experiment_key,

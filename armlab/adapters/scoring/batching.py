@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from armlab.adapters.scoring.scorers import (
-    BiEncoderScorer,
-    CrossEncoderScorer,
     Item,
-    LMYesNoScorer,
     UserContext,
     build_scorer,
+    can_rank_catalog,
+    rank_catalog_many,
+    score_many,
     top_k,
 )
 from armlab.core.catalog import CatalogView
@@ -220,19 +220,17 @@ class ScoringService:
     def _rank_catalog(scorer: Any, batch: list[_Request]) -> list[list[dict[str, Any]]]:
         cat = batch[0].catalog
         assert cat is not None
-        if isinstance(scorer, BiEncoderScorer):
-            return scorer.rank_catalog_many(
-                [r.user for r in batch], cat, [r.k for r in batch], [r.exclude for r in batch]
+        if can_rank_catalog(scorer):
+            return rank_catalog_many(
+                scorer, [r.user for r in batch], cat, [r.k for r in batch],
+                [r.exclude for r in batch]
             )
         return [top_k(cat.ids, scorer.score(r.user, cat.items), r.k, r.exclude) for r in batch]
 
     @staticmethod
     def _rank_items(scorer: Any, batch: list[_Request]) -> list[list[dict[str, Any]]]:
         out = []
-        if isinstance(scorer, BiEncoderScorer | CrossEncoderScorer | LMYesNoScorer):
-            score_lists = scorer.score_many([(r.user, r.items or []) for r in batch])
-        else:
-            score_lists = [scorer.score(r.user, r.items or []) for r in batch]
+        score_lists = score_many(scorer, [(r.user, r.items or []) for r in batch])
         for r, scores in zip(batch, score_lists, strict=True):
             ids = [str(it.get("id")) for it in (r.items or [])]
             out.append(top_k(ids, np.asarray(scores), r.k, r.exclude))

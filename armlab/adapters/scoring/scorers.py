@@ -220,11 +220,50 @@ class BiEncoderScorer(_TorchScorer):
             rows.append(self._text_cache[t])
         return torch.stack(rows)
 
+    def user_vectors(self, users: Sequence[UserContext],
+                     catalog: CatalogView | None = None) -> Any:
+        """(B, d) user vectors: the encoded user template (``user_tower: text``), or the
+        normalised mean of the history items' embeddings (``history_mean``; rows of the cached
+        catalog when the items are in it, else the text cache). Call without the lock held."""
+        import torch
+
+        if self.variant.user_tower == "text":
+            texts = [render_user(self.variant, u) for u in users]
+            if not all(texts):
+                raise ScoringError("the user context is empty: give user text or a history")
+            with self._lock:
+                return self.encode(texts)
+        emb = self.catalog_embeddings(catalog) if catalog is not None else None
+        rows: list[Any] = [None] * len(users)
+        need_text = [n for n, u in enumerate(users) if not u.history]
+        for n, u in enumerate(users):
+            if not u.history:
+                continue
+            idx = ([catalog.index.get(str(h.get("id"))) for h in u.history]
+                   if catalog is not None else [None] * len(u.history))
+            parts = []
+            if emb is not None and any(i is not None for i in idx):
+                parts.append(emb[torch.tensor([i for i in idx if i is not None],
+                                              device=emb.device)])
+            missing = [h for h, i in zip(u.history, idx, strict=True) if i is None]
+            if missing:
+                with self._lock:
+                    parts.append(self.encode_cached(
+                        [render_item(self.variant.item_template, h) for h in missing]))
+            v = torch.cat([p.float() for p in parts]).mean(0)
+            rows[n] = torch.nn.functional.normalize(v, p=2, dim=-1) if self.unit else v
+        if need_text:
+            texts = [render_user(self.variant, users[n]) for n in need_text]
+            if not all(texts):
+                raise ScoringError("the user context is empty: give user text or a history")
+            with self._lock:
+                enc = self.encode(texts).float()
+            for n, e in zip(need_text, enc, strict=True):
+                rows[n] = e
+        return torch.stack(rows)
+
     def encode_user(self, user: UserContext) -> Any:
-        text = render_user(self.variant, user)
-        if not text:
-            raise ScoringError("the user context is empty: give user text or a history")
-        return self.encode([text])[0]
+        return self.user_vectors([user])[0]
 
     # -- catalogs
     def catalog_key(self, catalog_name: str, version: int) -> tuple[Any, ...]:
@@ -264,32 +303,18 @@ class BiEncoderScorer(_TorchScorer):
         excludes: Sequence[set[str]],
     ) -> list[list[dict[str, Any]]]:
         """B users against one cached catalog: one encoder pass, one (B,d)x(d,N) product."""
+        return rank_catalog_many(self, users, catalog, ks, excludes)
+
+    def catalog_score_matrix(self, users: Sequence[UserContext], catalog: CatalogView) -> Any:
+        """(B, N) scores of every catalog item for each user (a torch tensor)."""
         import torch
 
         emb = self.catalog_embeddings(catalog)
-        texts = [render_user(self.variant, u) for u in users]
-        if not all(texts):
-            raise ScoringError("the user context is empty: give user text or a history")
-        with self._lock:
-            u = self.encode(texts)
+        u = self.user_vectors(users, catalog)
         with torch.inference_mode():
-            s = u.to(emb.dtype) @ emb.T  # (B, N)
-            for row, ex in enumerate(excludes):
-                idx = [catalog.index[i] for i in ex if i in catalog.index]
-                if idx:
-                    s[row, torch.tensor(idx, device=s.device)] = -math.inf
-            kk = min(max(ks), s.shape[1])
-            top = torch.topk(s.float(), kk, dim=1)
-            vals, pos = top.values.cpu().numpy(), top.indices.cpu().numpy()
+            s = u.to(emb.dtype) @ emb.T
         self.items_scored += len(users) * len(catalog.ids)
-        return [
-            [
-                {"item_id": catalog.ids[p], "score": float(v)}
-                for v, p in zip(vals[r, : ks[r]], pos[r, : ks[r]], strict=True)
-                if np.isfinite(v)
-            ]
-            for r in range(len(users))
-        ]
+        return s
 
     def score(self, user: UserContext, items: Sequence[Item]) -> npt.NDArray[np.float64]:
         return self.score_many([(user, items)])[0]
@@ -298,12 +323,9 @@ class BiEncoderScorer(_TorchScorer):
         self, reqs: Sequence[tuple[UserContext, Sequence[Item]]]
     ) -> list[npt.NDArray[np.float64]]:
         """Several requests: user texts in one forward, candidate texts via the text cache."""
-        utexts = [render_user(self.variant, u) for u, _ in reqs]
-        if not all(utexts):
-            raise ScoringError("the user context is empty: give user text or a history")
+        u = self.user_vectors([r[0] for r in reqs]).float()
         texts = [[render_item(self.variant.item_template, it) for it in items] for _, items in reqs]
         with self._lock:
-            u = self.encode(utexts).float()
             flat = [t for ts in texts for t in ts]
             e = self.encode_cached(flat).float() if flat else u[:0]
         out, at = [], 0
@@ -518,31 +540,133 @@ class PopularityScorer:
         return np.asarray(vals, dtype=np.float64)
 
 
-class RerankScorer:
-    """lm_yes_no with ``candidates_from``: the inner variant ranks everything, the LM rescores
-    its top ``rerank_top``. Reranked items keep their LM score; the rest are placed below them
-    in the inner order (score = min LM score - 1 - rank/N) so one ordering is well defined."""
+class BlendScorer:
+    """``own + weight * prior`` (the variant's ``prior``): a content score that adds to the
+    collaborative signal instead of replacing it."""
 
-    def __init__(self, variant: VariantConfig, inner: Scorer, lm: LMYesNoScorer) -> None:
+    def __init__(self, variant: VariantConfig, own: Any, prior: Any, weight: float) -> None:
         self.variant = variant
-        self.inner = inner
-        self.lm = lm
+        self.own = own
+        self.prior = prior
+        self.weight = weight
+        self._prior_vectors: OrderedDict[tuple[str, int], Any] = OrderedDict()
 
     @property
     def items_scored(self) -> int:
-        return int(getattr(self.inner, "items_scored", 0)) + self.lm.items_scored
+        return int(getattr(self.own, "items_scored", 0)) + int(
+            getattr(self.prior, "items_scored", 0))
+
+    def score(self, user: UserContext, items: Sequence[Item]) -> npt.NDArray[np.float64]:
+        return self.score_many([(user, items)])[0]
+
+    def score_many(
+        self, reqs: Sequence[tuple[UserContext, Sequence[Item]]]
+    ) -> list[npt.NDArray[np.float64]]:
+        own = score_many(self.own, reqs)
+        prior = score_many(self.prior, reqs)
+        return [o + self.weight * p for o, p in zip(own, prior, strict=True)]
+
+    def catalog_score_matrix(self, users: Sequence[UserContext], catalog: CatalogView) -> Any:
+        import torch
+
+        own = catalog_score_matrix(self.own, users, catalog)
+        if isinstance(self.prior, PopularityScorer):  # user-independent: once per version
+            key = (catalog.name, catalog.version)
+            vec = self._prior_vectors.get(key)
+            if vec is None:
+                vec = torch.as_tensor(self.prior.score(UserContext(), catalog.items),
+                                      dtype=torch.float32, device=own.device)
+                self._prior_vectors[key] = vec
+                while len(self._prior_vectors) > 8:
+                    self._prior_vectors.popitem(last=False)
+            return own.float() + self.weight * vec
+        prior = catalog_score_matrix(self.prior, users, catalog)
+        return own.float() + self.weight * prior.float().to(own.device)
+
+
+class RerankScorer:
+    """A variant with ``candidates_from``: the inner variant ranks everything, the outer one
+    rescores its top ``rerank_top``. Reranked items keep the outer score; the rest are placed
+    below them in the inner order (score = min outer score - 1 - rank/N) so one ordering is
+    well defined."""
+
+    def __init__(self, variant: VariantConfig, inner: Any, outer: Any) -> None:
+        self.variant = variant
+        self.inner = inner
+        self.outer = outer
+
+    @property
+    def items_scored(self) -> int:
+        return int(getattr(self.inner, "items_scored", 0)) + int(
+            getattr(self.outer, "items_scored", 0))
 
     def score(self, user: UserContext, items: Sequence[Item]) -> npt.NDArray[np.float64]:
         base = self.inner.score(user, items)
         order = np.argsort(-base, kind="stable")
         top = order[: self.variant.rerank_top]
-        lm = self.lm.score(user, [items[i] for i in top])
+        outer = np.asarray(self.outer.score(user, [items[i] for i in top]), dtype=np.float64)
         out = np.empty(len(items))
-        out[top] = lm
+        out[top] = outer
         rest = order[self.variant.rerank_top :]
-        floor = (lm.min() if len(lm) else 0.0) - 1.0
+        floor = (outer.min() if len(outer) else 0.0) - 1.0
         out[rest] = floor - np.arange(len(rest)) / max(len(rest), 1)
         return out
+
+
+def score_many(scorer: Any, reqs: Sequence[tuple[UserContext, Sequence[Item]]]
+               ) -> list[npt.NDArray[np.float64]]:
+    """Each request's scores, batched when the scorer can batch."""
+    many = getattr(scorer, "score_many", None)
+    if many is not None:
+        return [np.asarray(x, dtype=np.float64) for x in many(reqs)]
+    return [np.asarray(scorer.score(u, items), dtype=np.float64) for u, items in reqs]
+
+
+def catalog_score_matrix(scorer: Any, users: Sequence[UserContext], catalog: CatalogView
+                         ) -> Any:
+    """(B, N) torch scores of a catalog: the scorer's own matrix path when it has one."""
+    import torch
+
+    mat = getattr(scorer, "catalog_score_matrix", None)
+    if mat is not None:
+        return mat(users, catalog)
+    return torch.as_tensor(np.stack([scorer.score(u, catalog.items) for u in users]),
+                           dtype=torch.float32)
+
+
+def can_rank_catalog(scorer: Any) -> bool:
+    """True when the scorer ranks a catalog with one matrix product per batch."""
+    return hasattr(scorer, "catalog_score_matrix") and (
+        not isinstance(scorer, BlendScorer) or can_rank_catalog(scorer.own))
+
+
+def rank_catalog_many(
+    scorer: Any,
+    users: Sequence[UserContext],
+    catalog: CatalogView,
+    ks: Sequence[int],
+    excludes: Sequence[set[str]],
+) -> list[list[dict[str, Any]]]:
+    """Top-k of a (B, N) catalog score matrix per user, excluded items masked out."""
+    import torch
+
+    with torch.inference_mode():
+        s = catalog_score_matrix(scorer, users, catalog)
+        for row, ex in enumerate(excludes):
+            idx = [catalog.index[i] for i in ex if i in catalog.index]
+            if idx:
+                s[row, torch.tensor(idx, device=s.device)] = -math.inf
+        kk = min(max(ks), s.shape[1])
+        top = torch.topk(s.float(), kk, dim=1)
+        vals, pos = top.values.cpu().numpy(), top.indices.cpu().numpy()
+    return [
+        [
+            {"item_id": catalog.ids[p], "score": float(v)}
+            for v, p in zip(vals[r, : ks[r]], pos[r, : ks[r]], strict=True)
+            if np.isfinite(v)
+        ]
+        for r in range(len(users))
+    ]
 
 
 def build_scorer(
@@ -557,18 +681,22 @@ def build_scorer(
     """A scorer for a variant config (models resolved offline, loaded once per process)."""
     v = parse_variant(variant)
     common = {"device": device, "models_dir": models_dir, "cache_dir": cache_dir, **kw}
+    sub: dict[str, Any] = {"device": device, "models_dir": models_dir, "cache_dir": cache_dir,
+                           "popularity": popularity}
+    own: Any
     if v.kind == "popularity":
         return PopularityScorer(v, popularity)
     if v.kind == "bi_encoder":
-        return BiEncoderScorer(v, **common)
-    if v.kind == "cross_encoder":
-        return CrossEncoderScorer(v, **common)
-    lm = LMYesNoScorer(v, **common)
+        own = BiEncoderScorer(v, **common)
+    elif v.kind == "cross_encoder":
+        own = CrossEncoderScorer(v, **common)
+    else:
+        own = LMYesNoScorer(v, **common)
+    if v.prior is not None:
+        own = BlendScorer(v, own, build_scorer(v.prior.variant, **sub), v.prior.weight)
     if v.candidates_from is not None:
-        inner = build_scorer(v.candidates_from, device=device, models_dir=models_dir,
-                             cache_dir=cache_dir, popularity=popularity)
-        return RerankScorer(v, inner, lm)
-    return lm
+        return RerankScorer(v, build_scorer(v.candidates_from, **sub), own)
+    return own
 
 
 def rank(

@@ -37,6 +37,9 @@ class RecommendIn(BaseModel):
     catalog: str | None = Field(None, min_length=1, max_length=64)
     k: int = Field(10, ge=1, le=1000)
     exclude_history: bool = True
+    exclude: list[str] = Field(
+        default_factory=list, max_length=10_000,
+        description="Item ids never to return (for example items the user already has).")
     context: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -92,5 +95,6 @@ def recommend_route(
         catalog=body.catalog,
         k=body.k,
         exclude_history=body.exclude_history,
+        exclude=body.exclude,
         context=body.context,
     )

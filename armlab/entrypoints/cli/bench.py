@@ -113,6 +113,25 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                            progress=None if as_json else lambda m: typer.echo(m, err=True))
         typer.echo(json.dumps(result, indent=None if as_json else 2))
 
+    @groups["bench"].command("recommend")
+    def bench_recommend(
+        as_json: bool = typer.Option(True, "--json/--no-json"),
+        requests: int = typer.Option(2000, "--requests", min=10),
+        concurrency: int = typer.Option(16, "--concurrency", min=1, max=256),
+        duration: float = typer.Option(60.0, "--max-seconds", min=1.0),
+        threads: int = typer.Option(0, help="torch CPU threads in the API (0 = default)."),
+    ) -> None:
+        """POST /recommend on MovieLens with the demo's arms: concurrent requests (batched
+        scoring) against single-request serving, same run."""
+        import sys
+
+        from armlab.tools.bench.recommend import run_recommend_bench
+
+        result = run_recommend_bench(
+            requests=requests, concurrency=concurrency, max_seconds=duration, threads=threads,
+            progress=lambda m: print(m, file=sys.stderr, flush=True))
+        typer.echo(json.dumps(result, indent=None if as_json else 2))
+
     @groups["bench"].command("scoring")
     def bench_scoring(
         variant: str = typer.Option("bi_encoder", help="Variant JSON, @file or kind name."),

@@ -148,26 +148,37 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("quality")
     def quality_cmd(
         variants: str = typer.Option(
-            "popularity,bi_titles,bi_rich,lm_rerank",
-            help="Comma-separated preset names (popularity, bi_titles, bi_rich, lm_rerank).",
-        ),
-        lm_users: int = typer.Option(100, help="Users for the LM reranker (0 = all)."),
+            "", help="Comma-separated preset names (default: all of them: popularity, "
+                     "bi_titles, bi_rich, bi_mean, bi_rich_pop, bi_mean_pop, lm_rerank, "
+                     "lm_rerank_pop)."),
+        lm_users: int = typer.Option(100, help="Evaluation users for the LM rerankers "
+                                               "(0 = all)."),
         max_users: int = typer.Option(0, help="Limit users for every variant (0 = all)."),
+        val_share: float = typer.Option(0.3, help="Share of users held out to tune weights."),
         seed: int = typer.Option(0),
         device: str = typer.Option("auto"),
         threads: int = typer.Option(0, help="torch CPU threads (0 = torch default)."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """MovieLens-100k leave-last-positive-out HR@10 / NDCG@10 (1 held-out vs 99 negatives)."""
+        """MovieLens-100k HR@10 / NDCG@10 on evaluation users: sampled (1 held-out vs 99
+        unseen) and full-catalogue protocols; prior weights tuned on validation users."""
+        import sys
+
         from armlab.adapters.scoring.models import set_cpu_threads
-        from armlab.services.quality import run_quality
+        from armlab.services.quality import DEFAULT_PRESETS, run_quality
 
         set_cpu_threads(threads)
-        out = run_quality([v.strip() for v in variants.split(",") if v.strip()],
-                          lm_users=lm_users, max_users=max_users, seed=seed, device=device)
+        names = [v.strip() for v in variants.split(",") if v.strip()] or list(DEFAULT_PRESETS)
+        out = run_quality(names, lm_users=lm_users, max_users=max_users, seed=seed,
+                          device=device, val_share=val_share,
+                          progress=lambda m: print(m, file=sys.stderr, flush=True))
         if as_json:
             typer.echo(json.dumps(out))
         else:
-            typer.echo(f"{'variant':<14}{'users':>7}{'HR@10':>9}{'NDCG@10':>10}")
+            typer.echo(f"{'variant':<15}{'users':>6}{'HR@10':>8}{'NDCG@10':>9}"
+                       f"{'full HR@10':>12}{'full NDCG':>11}  tuned weight")
             for name, r in out["results"].items():
-                typer.echo(f"{name:<14}{r['users']:>7}{r['hr@10']:>9.4f}{r['ndcg@10']:>10.4f}")
+                tuned = r.get("tuned") or r.get("inner_tuned")
+                typer.echo(f"{name:<15}{r['users']:>6}{r['hr@10']:>8.4f}{r['ndcg@10']:>9.4f}"
+                           f"{r['full']['hr@10']:>12.4f}{r['full']['ndcg@10']:>11.4f}  "
+                           f"{tuned['weight'] if tuned else '-'}")

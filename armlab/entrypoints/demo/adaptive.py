@@ -7,15 +7,18 @@ What happens (each step through the same code a production deployment runs):
    (what the control knows); requests replay the second half in time order.
 2. An experiment is registered and started through the HTTP API (FastAPI ``TestClient``
    against :func:`armlab.entrypoints.api.app.create_app`, in process): a popularity control and
-   language-model variants (MiniLM bi-encoders with two templates, a SmolLM2 yes/no reranker
-   over a bi-encoder's top 20), Thompson sampling with an exploration floor, and an mSPRT
-   (IPW, valid under the bandit's allocation) with ``auto_stop``.
+   MiniLM bi-encoder variants whose user vector is the mean of the liked movies' vectors, one
+   of them blended with a popularity prior (weight 0.2, the weight ``armlab quality`` picks on
+   its validation users); ``full=True`` adds the arms too slow for 2 CPU cores (a text-tower
+   bi-encoder and a SmolLM2 yes/no reranker). Thompson sampling with an exploration floor and
+   an mSPRT (IPW, valid under the bandit's allocation) with ``auto_stop``.
 3. Each request is a user at the moment of one of their ratings: ``POST
-   /v1/experiments/{key}/recommend`` with the user's recent liked movies as history and, as
-   candidates, the 100 most popular movies they have not rated yet (a first retrieval stage
-   shared by all arms). The assigned arm's variant ranks them and returns its top k. The
-   reward is real: a click when the top-k list contains a movie the user actually rated >= 4
-   within ``window_s`` after the request time.
+   /v1/experiments/{key}/recommend`` against the whole MovieLens catalogue (loaded as a
+   versioned catalog), with the user's recent liked movies as history and every movie they
+   have already rated excluded. The assigned arm's variant ranks the catalogue and returns its
+   top k. Requests are issued ``concurrency`` at a time, so the batching scorer ranks them
+   together. The reward is real: a click when the top-k list contains a movie the user
+   actually rated >= 4 within ``window_s`` after the request time.
 4. Impression and click events go through the producer SDK onto the bus (in-process memory
    bus, or Kafka with ``--stack local``) and the consumer runner ingests them exactly-once into
    the database. Every ``cadence`` requests the allocator runs one pass (new weights; the
@@ -27,15 +30,14 @@ What happens (each step through the same code a production deployment runs):
 
 from __future__ import annotations
 
-import bisect
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi.testclient import TestClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -43,6 +45,7 @@ from rich.table import Table
 
 from armlab.adapters.data.movielens import load_movielens
 from armlab.adapters.scoring.models import set_cpu_threads
+from armlab.adapters.scoring.scorers import UserContext, rank_catalog_many
 from armlab.adapters.scoring.tiny import make_tiny_model
 from armlab.bootstrap import make_settings, open_services
 from armlab.core.clock import utcnow
@@ -50,7 +53,22 @@ from armlab.entrypoints.api.app import create_app
 from armlab.entrypoints.report import write_report
 from armlab.errors import ArmlabError, ConfigurationError
 from armlab.services.allocator import run_allocation
+from armlab.services.catalog import load_catalog
 from armlab.services.registry import unique_key
+from armlab.tools.movielens_replay import (
+    CATALOG,
+    ITEM_TEMPLATE_GENRES,
+    DemoRequest,
+    arm_specs,
+    build_requests,
+    catalog_payload,
+    popularity_before,
+    split_time,
+)
+
+__all__ = ["CATALOG", "ITEM_TEMPLATE_GENRES", "DemoConfig", "DemoRequest", "DemoResult",
+           "arm_specs", "build_requests", "catalog_payload", "choose_winner",
+           "popularity_before", "run_demo", "split_time"]
 
 ACTOR = "demo"
 
@@ -58,37 +76,27 @@ ACTOR = "demo"
 @dataclass
 class DemoConfig:
     stack: str = "embedded"
-    max_requests: int = 1200
-    time_budget_s: float = 540.0
-    cadence: int = 50
+    max_requests: int = 30_000
+    time_budget_s: float = 420.0
+    cadence: int = 200
+    concurrency: int = 8
     k: int = 10
-    include_lm: bool = True
+    include_lm: bool = False  # the arms too slow for 2 CPU cores (``--full``)
     tiny: bool = False
     seed: int = 7
     report_dir: Path = Path("reports")
     key: str | None = None
     window_s: int = 3 * 3600  # a click = a movie rated >= 4 within 3 hours after the request
-    every: int = 10  # one request at every 10th rating of a user
+    every: int = 2  # one request at every 2nd rating of a user
     history_len: int = 5  # liked movies sent as the user's history
     min_history: int = 5
-    candidates: int = 100  # the most popular unseen movies every arm ranks
+    prior_weight: float = 0.2  # the popularity prior's weight (armlab quality's choice)
     split_quantile: float = 0.5
     exploration_floor: float = 0.05
     quiet: bool = False
     threads: int = 1  # torch CPU threads: one is much faster for batch-1 scoring on 2 cores
     settings: Any = None  # tests pass ready Settings
     tiny_dir: Path | None = None
-
-
-@dataclass(frozen=True)
-class DemoRequest:
-    """One replayed request: user ``user`` at MovieLens time ``t``."""
-
-    t: int
-    user: str
-    history: tuple[str, ...]  # recent liked movies, oldest first (most recent last)
-    seen: frozenset[str]
-    positives: frozenset[str]
 
 
 @dataclass
@@ -112,112 +120,7 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-# --- data -----------------------------------------------------------------------------------
-
-
-def split_time(ml: Any, quantile: float) -> int:
-    """The MovieLens timestamp splitting warm-up ratings from replayed ones."""
-    return int(np.quantile(ml.rating_time, quantile))
-
-
-def popularity_before(ml: Any, t0: int) -> dict[str, float]:
-    """Rating counts per movie before ``t0``: what a popularity ranker knew at the start."""
-    mask = ml.rating_time < t0
-    ids, counts = np.unique(ml.rating_item[mask], return_counts=True)
-    return {str(i): float(c) for i, c in zip(ids, counts, strict=True)}
-
-
-def build_requests(
-    ml: Any, *, t0: int, every: int, window_s: int, history_len: int, min_history: int
-) -> list[DemoRequest]:
-    """Request points at every ``every``-th rating of each user after ``t0``, in time order.
-
-    History: the user's most recent ``history_len`` movies rated >= 4 strictly before the
-    request time (all rated movies if none was liked). Positives: movies the user rated >= 4 at
-    or after the request time and within ``window_s``. Requests with an empty positive set
-    stay in the stream: they are real requests whose click rate is simply 0 for every arm.
-    """
-    out: list[DemoRequest] = []
-    for u in ml.users:
-        hist = ml.user_history(u)
-        times = [h[2] for h in hist]
-        for j in range(every, len(hist), every):
-            t = hist[j][2]
-            if t < t0:
-                continue
-            before = hist[: bisect.bisect_left(times, t)]  # strictly earlier ratings
-            if len(before) < min_history:
-                continue
-            liked = [h[0] for h in before if h[1] >= 4] or [h[0] for h in before]
-            end = bisect.bisect_right(times, t + window_s)
-            pos = frozenset(h[0] for h in hist[len(before):end] if h[1] >= 4)
-            out.append(DemoRequest(t=t, user=u, history=tuple(liked[-history_len:]),
-                                   seen=frozenset(h[0] for h in before), positives=pos))
-    out.sort(key=lambda r: (r.t, int(r.user)))
-    return out
-
-
-def catalog_payload(items: list[dict[str, Any]], pop: dict[str, float]) -> list[dict[str, Any]]:
-    """Every movie as the candidate dict the recommend route takes, most popular first."""
-    out = [{"id": it["id"], "title": it["title"], "year": it["year"], "genres": it["genres"],
-            "popularity": pop.get(it["id"], 0.0)} for it in items]
-    out.sort(key=lambda it: (-it["popularity"], int(it["id"])))
-    return out
-
-
-def candidate_payload(catalog: list[dict[str, Any]], req: DemoRequest, n: int
-                      ) -> list[dict[str, Any]]:
-    """Candidate generation + the history items.
-
-    ``catalog`` is sorted by popularity (before the split). The candidates are the ``n`` most
-    popular movies this user has not rated yet (a standard first retrieval stage: every arm
-    ranks the same candidates), plus the user's history items, which the route looks up
-    among the candidates and excludes from the ranking (``exclude_history``).
-    """
-    keep = set(req.history)
-    out = [it for it in catalog if it["id"] in keep]
-    for it in catalog:
-        if it["id"] not in req.seen:
-            out.append(it)
-            if len(out) >= n + len(keep):
-                break
-    return out
-
-
 # --- the experiment -------------------------------------------------------------------------
-
-
-ITEM_TEMPLATE_GENRES = "{title} ({year}). Genres: {genres}"
-
-
-def arm_specs(*, include_lm: bool, tiny_models: dict[str, str] | None = None
-              ) -> list[dict[str, Any]]:
-    """The arms: popularity control + language-model variants (real or tiny models)."""
-    enc = (tiny_models or {}).get("encoder")
-    lm = (tiny_models or {}).get("causal_lm")
-    # Sequence lengths are budgeted for 2 CPU cores: 5 history titles fit in 64 tokens.
-    titles: dict[str, Any] = {"kind": "bi_encoder", "item_template": "{title}",
-                              "user_template": "{history}", "max_length": 64}
-    genres: dict[str, Any] = {"kind": "bi_encoder", "item_template": ITEM_TEMPLATE_GENRES,
-                              "user_template": "Recently liked: {history_items}",
-                              "max_length": 128}
-    if enc:
-        titles["model"] = genres["model"] = enc
-    arms: list[dict[str, Any]] = [
-        {"key": "popularity", "control": True, "variant": {"kind": "popularity"}},
-        {"key": "minilm-titles", "variant": titles},
-        {"key": "minilm-genres", "variant": genres},
-    ]
-    if include_lm:
-        rerank: dict[str, Any] = {
-            "kind": "lm_yes_no", "candidates_from": titles, "rerank_top": 10,
-            "item_template": "{title}", "user_template": "{history}",
-            "max_length": 128, "batch_size": 10,
-        }
-        if lm:
-            rerank["model"] = lm
-        arms.append({"key": "smollm2-rerank", "variant": rerank})
-    return arms
 
 
 def experiment_spec(key: str, cfg: DemoConfig, arms: list[dict[str, Any]],
@@ -307,6 +210,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
         pop = popularity_before(ml, t0)
         items = ml.items()
         catalog = catalog_payload(items, pop)
+        with services.uow() as uow:
+            load_catalog(uow, name=CATALOG, items=catalog)
+            uow.commit()
         requests = build_requests(ml, t0=t0, every=cfg.every, window_s=cfg.window_s,
                                   history_len=cfg.history_len, min_history=cfg.min_history)
         n_planned = min(cfg.max_requests, len(requests))
@@ -321,7 +227,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
         )
         tiny = _tiny_models(cfg.tiny_dir or Path(settings.home) / "tiny-models") \
             if cfg.tiny else None
-        arms = arm_specs(include_lm=cfg.include_lm, tiny_models=tiny)
+        arms = arm_specs(include_lm=cfg.include_lm, tiny_models=tiny,
+                         prior_weight=cfg.prior_weight)
         with services.uow() as uow:
             key = cfg.key or unique_key(uow, f"movielens-{utcnow():%Y%m%d-%H%M%S}")
         spec = experiment_spec(key, cfg, arms, n_planned)
@@ -342,10 +249,13 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
 
             # Warm every model before the clock starts: loading is not serving time.
             t_load = time.perf_counter()
-            with console.status("loading models (MiniLM, SmolLM2 GGUF -> transformers)..."):
+            with console.status("loading models and encoding the catalogue..."):
                 pool = services.scorer_pool
+                view = services.catalogs.get(CATALOG)
+                warm_user = UserContext(history=[catalog[0]])
                 for a in arms:
-                    pool.get(a["variant"])
+                    # item vectors of the catalogue: computed once per catalog version
+                    rank_catalog_many(pool.get(a["variant"]), [warm_user], view, [1], [set()])
             timings["model_load_s"] = time.perf_counter() - t_load
             console.print(f"models ready in {timings['model_load_s']:.1f} s")
 
@@ -372,53 +282,60 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
                 w = "  ".join(f"{a}={weights.get(a, 0):.2f}" for a in tallies)
                 return f"weights {w} | best so far: [bold]{best}[/]"
 
+            def serve(req: DemoRequest) -> tuple[dict[str, Any], float]:
+                body = {
+                    "unit_id": f"user-{req.user}",
+                    "user": {"history": list(req.history)},
+                    "catalog": CATALOG,
+                    "k": cfg.k,
+                    "exclude_history": True,
+                    "exclude": sorted(req.seen),
+                    "context": {"movielens_time": req.t},
+                }
+                t_req = time.perf_counter()
+                out = _check(client.post(f"/v1/experiments/{key}/recommend", json=body),
+                             "recommend")
+                return out, time.perf_counter() - t_req
+
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console, transient=False) as bar:
+                          TimeElapsedColumn(), console=console, transient=False) as bar, \
+                    ThreadPoolExecutor(max_workers=max(cfg.concurrency, 1)) as pool_ex:
                 task = bar.add_task(label(), total=n_planned)
-                for req in requests:
+                for start in range(0, n_planned, cfg.cadence):
                     if time.perf_counter() - t_loop > cfg.time_budget_s:
                         stop_reason = f"time budget reached ({cfg.time_budget_s:.0f} s)"
                         break
-                    body = {
-                        "unit_id": f"user-{req.user}",
-                        "user": {"history": list(req.history)},
-                        "candidates": candidate_payload(catalog, req, cfg.candidates),
-                        "k": cfg.k,
-                        "exclude_history": True,
-                        "context": {"movielens_time": req.t},
-                    }
-                    t_req = time.perf_counter()
-                    out = _check(client.post(f"/v1/experiments/{key}/recommend", json=body),
-                                 "recommend")
-                    arm = out["arm"]
-                    rec = [x["item_id"] for x in out["items"]]
-                    served_at = datetime.fromisoformat(out["served_at"])
-                    producer.send_impression(
-                        experiment_key=key, arm_key=arm, unit_id=f"user-{req.user}",
-                        propensity=float(out["propensity"]), impression_id=out["impression_id"],
-                        served_at=served_at, items=rec,
-                        context={"movielens_time": req.t, "user": req.user},
-                    )
-                    click = not req.positives.isdisjoint(rec)
-                    if click:
-                        producer.send_feedback(
-                            impression_id=out["impression_id"], experiment_key=key,
-                            kind="click", value=1.0,
-                            occurred_at=served_at + timedelta(milliseconds=50),
+                    chunk = requests[start:start + cfg.cadence]
+                    # concurrent requests: the batching scorer ranks them together
+                    for req, (out, secs) in zip(chunk, pool_ex.map(serve, chunk), strict=True):
+                        arm = out["arm"]
+                        rec = [x["item_id"] for x in out["items"]]
+                        served_at = datetime.fromisoformat(out["served_at"])
+                        producer.send_impression(
+                            experiment_key=key, arm_key=arm, unit_id=f"user-{req.user}",
+                            propensity=float(out["propensity"]),
+                            impression_id=out["impression_id"], served_at=served_at,
+                            items=rec, context={"movielens_time": req.t, "user": req.user},
                         )
-                    tal = tallies.setdefault(arm, ArmTally())
-                    tal.requests += 1
-                    tal.clicks += int(click)
-                    tal.seconds += time.perf_counter() - t_req
-                    served += 1
-                    if served % cfg.cadence == 0:
+                        click = not req.positives.isdisjoint(rec)
+                        if click:
+                            producer.send_feedback(
+                                impression_id=out["impression_id"], experiment_key=key,
+                                kind="click", value=1.0,
+                                occurred_at=served_at + timedelta(milliseconds=50),
+                            )
+                        tal = tallies.setdefault(arm, ArmTally())
+                        tal.requests += 1
+                        tal.clicks += int(click)
+                        tal.seconds += secs
+                    served += len(chunk)
+                    bar.update(task, completed=served)
+                    if served < n_planned:
                         status, seq = sync()
                         bar.update(task, description=label())
                         if status != "running":
                             stop_reason = "the sequential test stopped the experiment"
-                            bar.update(task, completed=served)
                             break
-                    bar.update(task, advance=1)
                 timings["replay_s"] = time.perf_counter() - t_loop
             status, seq = sync()
             timings["requests_per_s"] = served / max(timings["replay_s"], 1e-9)

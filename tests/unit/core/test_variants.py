@@ -31,8 +31,23 @@ from armlab.errors import ConfigurationError, ValidationFailed
         ({"kind": "lm_yes_no", "prompt_template": "{user} only"}, "variant.prompt_template",
          "must contain"),
         ({"kind": "lm_yes_no", "yes_token": "a", "no_token": "a"}, "variant.no_token", "differ"),
-        ({"kind": "bi_encoder", "candidates_from": {"kind": "popularity"}},
-         "variant.candidates_from", "only valid"),
+        ({"kind": "popularity", "candidates_from": {"kind": "bi_encoder"}},
+         "variant.candidates_from", "does not rerank"),
+        ({"kind": "bi_encoder", "candidates_from": {
+            "kind": "bi_encoder", "candidates_from": {"kind": "popularity"}}},
+         "variant.candidates_from", "one level"),
+        ({"kind": "bi_encoder", "prior": {"weight": 0}}, "variant.prior", "must not be 0"),
+        ({"kind": "bi_encoder", "prior": {"weight": float("nan")}}, "variant.prior.weight",
+         "finite"),
+        ({"kind": "bi_encoder", "prior": {"weight": 1e9}}, "variant.prior.weight", "less than"),
+        ({"kind": "bi_encoder", "prior": {}}, "variant.prior.weight", "required"),
+        ({"kind": "bi_encoder", "prior": {"weight": 1, "variant": {"kind": "lm_yes_no"}}},
+         "variant.prior", "lm_yes_no"),
+        ({"kind": "bi_encoder", "prior": {"weight": 1, "variant": {
+            "kind": "bi_encoder", "prior": {"weight": 1}}}}, "variant.prior", "plain"),
+        ({"kind": "popularity", "prior": {"weight": 1}}, "variant.prior", "no prior"),
+        ({"kind": "lm_yes_no", "user_tower": "history_mean"}, "variant.user_tower", "bi_encoder"),
+        ({"kind": "bi_encoder", "user_tower": "avg"}, "variant.user_tower", "history_mean"),
         ({"kind": "lm_yes_no", "candidates_from": {"kind": "lm_yes_no"}},
          "variant.candidates_from", "must not"),
         ({"kind": "lm_yes_no", "candidates_from": {"kind": "bi_encoder", "x": 1}},
@@ -59,6 +74,18 @@ def test_valid_variants_are_normalised_and_idempotent() -> None:
     assert validate_variant({"kind": "popularity"}) == {
         "kind": "popularity", **{k: v for k, v in out.items() if k != "kind"}
     }
+
+
+def test_composed_variants_are_normalised() -> None:
+    v = validate_variant({"kind": "bi_encoder", "user_tower": "history_mean",
+                          "prior": {"weight": 0.1},
+                          "candidates_from": {"kind": "popularity"}, "rerank_top": 50})
+    assert v["prior"]["weight"] == 0.1 and v["prior"]["variant"]["kind"] == "popularity"
+    assert v["candidates_from"]["kind"] == "popularity" and v["rerank_top"] == 50
+    assert v["user_tower"] == "history_mean"
+    assert validate_variant(v) == v
+    plain = validate_variant({"kind": "bi_encoder"})
+    assert "rerank_top" not in plain and "user_tower" not in plain and "prior" not in plain
 
 
 def test_default_models_and_cache_key() -> None:

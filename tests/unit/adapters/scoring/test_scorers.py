@@ -19,6 +19,7 @@ from armlab.adapters.scoring.scorers import (  # noqa: E402
     UserContext,
     build_scorer,
     rank,
+    rank_catalog_many,
     render_item,
     render_user,
 )
@@ -198,6 +199,76 @@ def test_rerank_rescores_only_the_inner_top(tiny: dict[str, str]) -> None:
     assert out[rest].max() < out[top].min()
 
 
+def test_any_kind_reranks_another_variants_candidates(tiny: dict[str, str]) -> None:
+    """A bi-encoder over popularity's top 3: only those are rescored, by the bi-encoder."""
+    bi = {"kind": "bi_encoder", "model": tiny["encoder"]}
+    rr = build_scorer({**bi, "candidates_from": {"kind": "popularity"}, "rerank_top": 3})
+    own = build_scorer(bi).score(USER, ITEMS)
+    out = rr.score(USER, ITEMS)
+    top = np.arange(3)  # ITEMS' popularity falls with the index
+    np.testing.assert_allclose(out[top], own[top], rtol=1e-5)
+    assert out[3:].max() < out[top].min()
+    assert list(np.argsort(-out[3:], kind="stable")) == [0, 1, 2, 3]  # popularity order below
+
+
+# ------------------------------------------------------------------ composition: prior, tower
+
+
+def test_prior_adds_weight_times_popularity(tiny: dict[str, str]) -> None:
+    bi = {"kind": "bi_encoder", "model": tiny["encoder"]}
+    blended = build_scorer({**bi, "prior": {"weight": 0.3}})
+    own = build_scorer(bi).score(USER, ITEMS)
+    pop = np.log1p([it["popularity"] for it in ITEMS])
+    np.testing.assert_allclose(blended.score(USER, ITEMS), own + 0.3 * pop, rtol=1e-5)
+    # the catalog path (one matrix product) gives the same ranking and scores
+    cat = CatalogView("c", 1, ITEMS)
+    same_ranking(rank_catalog_many(blended, [USER], cat, [4], [set()])[0],
+                 rank(blended, USER, ITEMS, 4))
+    # a large weight makes it popularity's order; a negative one reverses it
+    heavy = build_scorer({**bi, "prior": {"weight": 1000}})
+    assert [r["item_id"] for r in rank(heavy, USER, ITEMS, 3)] == ["0", "1", "2"]
+    anti = build_scorer({**bi, "prior": {"weight": -1000}})
+    assert [r["item_id"] for r in rank(anti, USER, ITEMS, 2)] == ["6", "5"]
+
+
+def test_history_mean_user_tower_is_the_normalised_mean_of_item_vectors(
+        tiny: dict[str, str]) -> None:
+    import torch
+
+    v = {"kind": "bi_encoder", "model": tiny["encoder"], "user_tower": "history_mean"}
+    sc = build_scorer(v)
+    user = UserContext(text="ignored", history=[ITEMS[1], ITEMS[4]])
+    items = sc.encode([ITEMS[1]["title"], ITEMS[4]["title"]]).float()
+    want = torch.nn.functional.normalize(items.mean(0), dim=-1)
+    torch.testing.assert_close(sc.encode_user(user).float(), want, rtol=1e-4, atol=1e-5)
+    # from the catalog's cached rows: no encoder pass for the user at all
+    cat = CatalogView("c", 1, ITEMS)
+    sc.catalog_embeddings(cat)
+    before = sc.encoded
+    via_cat = rank_catalog_many(sc, [user], cat, [3], [set()])[0]
+    assert sc.encoded == before
+    same_ranking(via_cat, rank(sc, user, ITEMS, 3))
+    # without history it falls back to the user text
+    text_only = build_scorer({"kind": "bi_encoder", "model": tiny["encoder"]})
+    np.testing.assert_allclose(sc.score(UserContext(text="love"), ITEMS),
+                               text_only.score(UserContext(text="love"), ITEMS), rtol=1e-5)
+
+
+def test_service_batches_blended_catalog_requests(tiny: dict[str, str]) -> None:
+    from armlab.adapters.scoring.batching import ScorerPool, ScoringService
+
+    v = {"kind": "bi_encoder", "model": tiny["encoder"], "prior": {"weight": 0.2}}
+    pool = ScorerPool(device="cpu")
+    svc = ScoringService(pool, max_batch=8, max_wait_s=0.05)
+    cat = CatalogView("c", 1, ITEMS)
+    futs = [svc.submit(v, UserContext(text=t), k=3, catalog=cat) for t in ("love", "horror")]
+    got = [f.result(timeout=60) for f in futs]
+    for text, res in zip(("love", "horror"), got, strict=True):
+        same_ranking(res, rank(pool.get(v), UserContext(text=text), ITEMS, 3))
+    assert svc.stats()["batches"] <= 2
+    svc.close()
+
+
 # ------------------------------------------------------------------ cross-encoder, popularity
 
 
@@ -343,6 +414,13 @@ def test_recommend_route_with_candidates_and_catalog(api: Any, tiny: dict[str, s
     assert r.status_code == 200, r.text
     ids = [i["item_id"] for i in r.json()["items"]]
     assert len(ids) == 2 and "0" not in ids  # history excluded
+    r = client.post("/v1/experiments/exp/recommend", headers=h,
+                    json={**body, "k": 10, "exclude": ["1", "2"]})
+    rest = {i["item_id"] for i in r.json()["items"]}
+    assert rest == {it["id"] for it in ITEMS} - {"0", "1", "2"}  # explicit exclusions too
+    r = client.post("/v1/experiments/exp/recommend", headers=h,
+                    json={**body, "exclude": ["x"] * 10_001})
+    assert r.status_code == 422 and "exclude" in r.text
 
     assert client.post("/v1/experiments/exp/recommend", json=body,
                        headers={"Authorization": "Bearer r"}).status_code == 403

@@ -26,11 +26,13 @@ def test_reduced_demo_runs_end_to_end(sqlite_url: str, tmp_path: Path) -> None:
                         home=tmp_path / "home")
     cfg = adaptive.DemoConfig(max_requests=60, cadence=20, tiny=True, quiet=True,
                           settings=settings, report_dir=tmp_path / "reports",
-                          tiny_dir=tmp_path / "tiny", key="demo-test", candidates=40)
+                          tiny_dir=tmp_path / "tiny", key="demo-test", include_lm=True,
+                          concurrency=4)
     res = adaptive.run_demo(cfg)
     assert res.requests == 60
     assert sum(t.requests for t in res.tallies.values()) == 60
-    assert set(res.tallies) == {"popularity", "minilm-titles", "minilm-genres", "smollm2-rerank"}
+    assert set(res.tallies) == {"popularity", "minilm-history-pop", "minilm-history",
+                                "minilm-genres", "smollm2-rerank"}
     assert res.status == "shipped" and res.shipped in res.tallies
 
     engine = make_engine(sqlite_url)
@@ -78,21 +80,29 @@ def test_requests_are_time_ordered_and_rewards_come_from_future_ratings() -> Non
     assert all(t < r.t for i, _, t in hist if i in r.seen)
 
 
-def test_candidates_are_popular_unseen_plus_history() -> None:
+def test_catalog_is_most_popular_first_with_the_popularity_before_the_split() -> None:
     ml = load_movielens()
     t0 = adaptive.split_time(ml, 0.5)
     pop = adaptive.popularity_before(ml, t0)
     cat = adaptive.catalog_payload(ml.items(), pop)
-    req = adaptive.DemoRequest(t=t0, user="1", history=("50", "181"),
-                           seen=frozenset({"50", "181", cat[0]["id"]}), positives=frozenset())
-    cands = adaptive.candidate_payload(cat, req, 30)
-    ids = [c["id"] for c in cands]
-    assert {"50", "181"} <= set(ids)
-    assert cat[0]["id"] not in ids or cat[0]["id"] in req.history
-    unseen = [c for c in cands if c["id"] not in req.seen]
-    assert len(unseen) == 30
-    assert [c["popularity"] for c in unseen] == sorted((c["popularity"] for c in unseen),
-                                                       reverse=True)
+    assert len(cat) == len(ml.items())
+    assert [c["popularity"] for c in cat] == sorted((c["popularity"] for c in cat),
+                                                    reverse=True)
+    assert all(c["popularity"] == pop.get(c["id"], 0.0) for c in cat)
+
+
+def test_default_arms_serve_without_encoding_text_and_full_adds_the_slow_ones() -> None:
+    from armlab.core.variants import validate_variant
+
+    arms = adaptive.arm_specs(include_lm=False)
+    assert [a["key"] for a in arms] == ["popularity", "minilm-history-pop", "minilm-history"]
+    for a in arms[1:]:
+        assert validate_variant(a["variant"])["user_tower"] == "history_mean"
+    assert arms[1]["variant"]["prior"]["weight"] == 0.2
+    full = adaptive.arm_specs(include_lm=True)
+    assert [a["key"] for a in full][3:] == ["minilm-genres", "smollm2-rerank"]
+    for a in full:
+        validate_variant(a["variant"])
 
 
 def test_choose_winner_follows_the_sequential_decisions() -> None:
