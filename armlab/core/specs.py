@@ -101,6 +101,12 @@ class SequentialSpec(StrictModel):
     )
     theta0: float = Field(0.0, description="Null difference of means.")
     min_samples: int = Field(100, ge=0, description="Per-arm samples before any decision.")
+    min_events: int = Field(
+        30, ge=0,
+        description="Per-arm events before a look carries evidence: for binary rewards the "
+        "rarer outcome (successes at low click rates), for continuous rewards the feedback "
+        "events. Keeps the test valid at low base rates.",
+    )
     max_n: int | None = Field(None, gt=0, description="Optional horizon (total impressions).")
     auto_stop: bool = Field(False, description="Stop the experiment when the test decides.")
     correction: Literal["holm", "bonferroni"] = "holm"

@@ -222,9 +222,16 @@ def run_decisions(
 
 def _after_snapshot(uow: UnitOfWork, experiment: Experiment, now: datetime) -> None:
     """Per-experiment hook after the snapshot is written, in the same unit of work: the
-    sequential decisions of a running experiment."""
+    sequential decisions of a running experiment. An auto-stop writes the control-only
+    snapshot in the same transaction, so ``/assign`` never serves the control under the id of
+    the last running snapshot."""
     if experiment.status == "running":
-        run_decisions(uow, experiment, actor="allocator", now=now)
+        ev = run_decisions(uow, experiment, actor="allocator", now=now)
+        if ev["stopped"]:
+            terminal = compute_snapshot(uow.session, experiment, now=now)
+            if terminal is not None:
+                uow.session.add(terminal)
+                uow.flush()
 
 
 def run_allocation(

@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import lambertw
+from scipy.special import lambertw, log_ndtr
 
 from armlab.errors import StatsError
 
@@ -136,6 +136,32 @@ def log_lambda(
     d = np.asarray(estimate, dtype=np.float64) - theta0
     v = np.asarray(variance, dtype=np.float64)
     return 0.5 * (np.log(v) - np.log(v + tau2)) + tau2 * d * d / (2.0 * v * (v + tau2))
+
+
+def log_lambda_greater(
+    estimate: FloatArray | float,
+    variance: FloatArray | float,
+    tau2: float,
+    theta0: float = 0.0,
+) -> FloatArray:
+    """log Lambda+ of the one-sided ("treatment better": theta > theta0) normal mixture.
+
+    Mixing the Gaussian likelihood ratio exp(theta d/V - theta²/(2V)) (d = D - theta0) over a
+    half-normal theta >= 0 with scale tau (density 2 phi(theta/tau)/tau) gives
+
+        Lambda+ = 2 sqrt(V/(V + tau²)) exp(tau² d²/(2 V (V + tau²))) Phi(d tau/sqrt(V (V + tau²)))
+                = 2 Lambda Phi(d tau / sqrt(V (V + tau²))),
+
+    the one-sided normal mixture of Howard, Ramdas, McAuliffe & Sekhon (2021) (in their
+    variables M = 2 sqrt(rho/(V+rho)) exp(S²/(2(V+rho))) Phi(S/sqrt(V+rho)) with S = d/V,
+    V -> 1/V, rho = 1/tau²). Lambda+ starts at 1 and is a nonnegative (super)martingale
+    under theta <= theta0, so Ville's inequality makes p = min 1/Lambda+ always valid for the
+    one-sided null, with the whole alpha spent on the "better" direction.
+    """
+    d = np.asarray(estimate, dtype=np.float64) - theta0
+    v = np.asarray(variance, dtype=np.float64)
+    z = d * math.sqrt(tau2) / np.sqrt(v * (v + tau2))
+    return math.log(2.0) + log_lambda(estimate, variance, tau2, theta0) + log_ndtr(z)
 
 
 def cs_halfwidth(variance: FloatArray | float, tau2: float, alpha: float) -> FloatArray:
@@ -291,14 +317,16 @@ def msprt_two_sample(
     alpha: float = 0.05,
     min_samples: int = 1,
     state: MsprtState | None = None,
+    gate: bool = True,
 ) -> MsprtResult:
     """mSPRT for control a vs treatment b from cumulative sufficient statistics (JKPW §4).
 
     Valid when observations are i.i.d. within each arm and allocation does not depend on the
     outcomes (fixed split). Under bandit allocation use ``armlab.core.stats.adaptive.ipw_msprt``.
+    ``gate`` False makes the look carry no evidence (the caller's information rule).
     """
     d, v = two_sample_moments(kind, n_a, sum_a, sumsq_a, n_b, sum_b, sumsq_b)
-    enough = min(n_a, n_b) >= max(min_samples, 1)
+    enough = gate and min(n_a, n_b) >= max(min_samples, 1)
     return mixture_test(d, v, tau2=tau2, theta0=theta0, alpha=alpha, state=state,
                         enough_samples=enough)
 
