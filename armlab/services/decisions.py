@@ -149,7 +149,7 @@ def _entry_from_row(d: Decision, control: str) -> dict[str, Any]:
         "n_treatment": d.n_treatment, "decision": d.decision, "reason": ev.get("reason", ""),
         "estimate": d.estimate, "p_value": d.p_value if d.p_value is not None else 1.0,
         "p_adjusted": ev.get("p_adjusted", d.p_value), "ci_low": d.ci_low,
-        "ci_high": d.ci_high, "valid": bool(ev.get("valid", d.p_value is not None)),
+        "ci_high": d.ci_high, "valid": bool(ev.get("valid", False)),
         "looks": int(ev.get("looks", 0)),
     }
 
