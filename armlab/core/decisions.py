@@ -69,6 +69,7 @@ class PriorLook:
     tau2: float | None
     looks: int
     srm_p: float | None = None
+    alternative: str = "two-sided"
 
 
 def _num(x: float | None) -> float | None:
@@ -119,6 +120,7 @@ def evaluate(
     seq = design.sequential
     alpha, theta0, min_samples = seq.alpha, seq.theta0, seq.min_samples
     min_events = seq.min_events
+    alternative = seq.alternative
     max_n, correction, min_effect = seq.max_n, seq.correction, seq.min_effect
     binary, control = design.binary, design.control
     arm_keys = list(design.arm_keys)
@@ -167,7 +169,8 @@ def evaluate(
         prev = previous.get(k)
         state = MsprtState()
         if (prev is not None and prev.method == method and tau2 is not None
-                and prev.tau2 == tau2 and prev.p_value is not None):
+                and prev.tau2 == tau2 and prev.p_value is not None
+                and prev.alternative == alternative):
             state = MsprtState(
                 min(max(float(prev.p_value), 0.0), 1.0),
                 -math.inf if prev.ci_low is None else float(prev.ci_low),
@@ -181,14 +184,16 @@ def evaluate(
             if method == "ipw":
                 results[k] = ipw_msprt(t_total, a, b, tau2=tau2, theta0=theta0, alpha=cs_alpha,
                                        binary=binary, min_samples=min_samples,
-                                       min_events=min_events, state=state)
+                                       min_events=min_events, state=state,
+                                       alternative=alternative)
             else:
                 gate = informative(a, b, binary=binary, min_samples=min_samples,
                                    min_events=min_events)
                 results[k] = msprt_two_sample(
                     "bernoulli" if binary else "normal", a.n, a.reward_sum, a.reward_sumsq,
                     b.n, b.reward_sum, b.reward_sumsq, tau2=tau2, theta0=theta0,
-                    alpha=cs_alpha, min_samples=min_samples, state=state, gate=gate)
+                    alpha=cs_alpha, min_samples=min_samples, state=state, gate=gate,
+                    alternative=alternative)
         except StatsError as exc:
             warnings.append(f"arm {k}: {exc.message}")
             results[k] = None
@@ -262,6 +267,7 @@ def evaluate(
         "correction": correction,
         "min_samples": min_samples,
         "min_events": min_events,
+        "alternative": alternative,
         "max_n": max_n,
         "impressions": t_total,
         "control": control,

@@ -115,6 +115,13 @@ class SequentialSpec(StrictModel):
         description="auto: the IPW (adaptive-valid) test unless the policy is uniform, where "
         "plain mSPRT on the arm means applies; ipw / plain force one.",
     )
+    alternative: Literal["two-sided", "greater"] = Field(
+        "two-sided",
+        description="two-sided: either direction, alpha shared by the two directions of one "
+        "normal mixture; greater: only 'treatment better than control' is tested (one-sided "
+        "half-normal mixture, all of alpha on that direction, more power; a worse arm is "
+        "never declared worse).",
+    )
     min_effect: float | None = Field(
         None, gt=0, allow_inf_nan=False,
         description="Futility rule: an arm is futile once its confidence sequence lies inside "

@@ -37,8 +37,8 @@ from armlab.services.ports import Evidence
 
 # Top-level fields of an evaluation kept in every decision row (the arms are kept per row).
 _TOP = ("method", "alpha", "cs_alpha", "tau2", "tau2_source", "theta0", "correction",
-        "min_samples", "min_events", "max_n", "impressions", "control", "srm", "stop",
-        "stop_reason", "warnings", "evaluated_at", "unit", "cutoff")
+        "min_samples", "min_events", "alternative", "max_n", "impressions", "control", "srm",
+        "stop", "stop_reason", "warnings", "evaluated_at", "unit", "cutoff")
 
 
 def design_of(experiment: Experiment) -> Design:
@@ -92,6 +92,7 @@ def _prior(d: Decision) -> PriorLook:
         p_value=d.p_value, ci_low=d.ci_low, ci_high=d.ci_high, method=ev.get("method"),
         tau2=ev.get("tau2"), looks=int(ev.get("looks", 0)),
         srm_p=float(srm.get("p_value", 1.0)) if isinstance(srm, dict) else None,
+        alternative=str(ev.get("alternative", "two-sided")),
     )
 
 
@@ -118,7 +119,7 @@ def record_decisions(
     ev = evaluation
     previous = evidence.latest_decisions(experiment.id)
     common = {k: ev[k] for k in ("method", "tau2", "alpha", "cs_alpha", "correction", "theta0",
-                                 "impressions")}
+                                 "impressions", "alternative")}
     common["srm"] = {k: ev["srm"][k] for k in ("p_value", "mismatch", "ratio")}
     top = {k: ev.get(k) for k in _TOP}
     stored = 0

@@ -49,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from armlab.core.evidence import FIELDS, ArmSums
-from armlab.core.stats.msprt import MsprtResult, MsprtState, mixture_test
+from armlab.core.stats.msprt import Alternative, MsprtResult, MsprtState, mixture_test
 from armlab.errors import StatsError
 
 FloatArray = npt.NDArray[np.float64]
@@ -194,6 +194,7 @@ def ipw_msprt(
     min_samples: int = 1,
     min_events: int = 0,
     state: MsprtState | None = None,
+    alternative: Alternative = "two-sided",
 ) -> MsprtResult:
     """Adaptive-valid always-valid test / confidence sequence for mu_b - mu_a.
 
@@ -203,7 +204,7 @@ def ipw_msprt(
     enough = m.t >= 2 and informative(a, b, binary=binary, min_samples=min_samples,
                                       min_events=min_events)
     return mixture_test(m.estimate, m.variance, tau2=tau2, theta0=theta0, alpha=alpha,
-                        state=state, enough_samples=enough)
+                        state=state, enough_samples=enough, alternative=alternative)
 
 
 @dataclass(frozen=True)

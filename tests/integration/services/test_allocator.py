@@ -14,6 +14,7 @@ from armlab.bootstrap import Services, bootstrap
 from armlab.core.specs import ExperimentSpec
 from armlab.services import registry
 from armlab.services.allocator import allocation_loop, run_allocation
+from armlab.services.assignment import Assigner
 from armlab.settings import Settings
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -203,8 +204,6 @@ def test_allocation_loop_runs_passes_on_a_cadence(services: Services) -> None:
 def test_auto_stop_writes_the_terminal_snapshot_in_the_same_pass(services: Services) -> None:
     """Regression: after an auto-stop ``/assign`` served the control with propensity 1 under
     the id of the last *running* snapshot until the next allocator pass."""
-    from armlab.services.assignment import Assigner
-
     exp_id = create(services, "auto-stop", exploration_floor=0.1,
                     sequential={"min_samples": 100, "auto_stop": True},
                     arms=[{"key": "control", "control": True, "variant": {"kind": "popularity"}},

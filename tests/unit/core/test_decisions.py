@@ -10,6 +10,7 @@ import pytest
 from armlab.core.decisions import Design, PriorLook, evaluate, ship_problem
 from armlab.core.evidence import ArmSums
 from armlab.core.specs import SequentialSpec
+from armlab.core.stats.msprt import tau2_for_horizon
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -135,8 +136,6 @@ def test_continuous_rewards_gate_on_feedback_events() -> None:
 def test_tau2_is_planned_for_the_ipw_variance_the_floor_implies() -> None:
     """Regression (power): tau² was tuned for a 50/50 split, Var = 2 sigma²/n per arm; under a
     bandit with floor f the pair's inverse propensities approach 1/f + 1/(1-f)."""
-    from armlab.core.stats.msprt import tau2_for_horizon
-
     data = {"control": sums(5000, 250, 0.5), "t1": sums(5000, 260, 0.5)}
     pooled = 510 / 10_000 * (1 - 510 / 10_000)
     ev = evaluate(design(floor=0.1), data, {}, now=NOW)
@@ -144,3 +143,20 @@ def test_tau2_is_planned_for_the_ipw_variance_the_floor_implies() -> None:
     assert ev["tau2_source"] == "horizon" and ev["tau2"] == pytest.approx(want)
     plain = evaluate(design(policy="uniform"), data, {}, now=NOW)
     assert plain["tau2"] == pytest.approx(tau2_for_horizon(2 * pooled / 10_000, 0.05))
+
+
+def test_one_sided_greater_tests_better_only() -> None:
+    better = {"control": sums(8000, 400, 0.5), "t1": sums(8000, 470, 0.5)}
+    two = evaluate(design(), better, {}, now=NOW)["arms"][0]
+    one_ev = evaluate(design(alternative="greater"), better, {}, now=NOW)
+    one = one_ev["arms"][0]
+    assert one_ev["alternative"] == "greater"
+    assert one["p_value"] < two["p_value"] and one["ci_high"] is None
+    worse = {"control": sums(20_000, 1400, 0.5), "t1": sums(20_000, 1000, 0.5)}
+    arm = evaluate(design(alternative="greater"), worse, {}, now=NOW)["arms"][0]
+    assert arm["decision"] == "continue" and arm["p_value"] == 1.0
+    # a change of alternative does not carry the other test's running state
+    prev = {"t1": PriorLook(p_value=0.001, ci_low=0.0, ci_high=0.1, method="ipw",
+                            tau2=one_ev["tau2"], looks=3)}
+    again = evaluate(design(alternative="greater"), worse, prev, now=NOW)["arms"][0]
+    assert again["p_value"] == 1.0 and again["looks"] == 1
