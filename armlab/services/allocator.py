@@ -11,8 +11,9 @@ One pass (:func:`run_allocation`) visits every running, stopped and shipped expe
   latest snapshot differs), not on every pass.
 
 After a running experiment's snapshot, :func:`run_decisions` evaluates the sequential test in
-the same unit of work, stores its decisions and, with ``sequential.auto_stop``, stops the
-experiment.
+the same unit of work (on matured, in-design data: :func:`armlab.services.decisions.analysis_sums`),
+records the look and, with ``sequential.auto_stop``, stops the experiment and writes its
+control-only snapshot in the same transaction.
 
 Each experiment is handled in its own unit of work, so a bad experiment (e.g. parameters the
 current policy code rejects) is logged and skipped without blocking the others.
