@@ -70,6 +70,7 @@ class PriorLook:
     looks: int
     srm_p: float | None = None
     alternative: str = "two-sided"
+    decision: str | None = None
 
 
 def _num(x: float | None) -> float | None:
@@ -228,11 +229,19 @@ def evaluate(
         else:
             decision, reason = "continue", r.reason or "evidence not conclusive"
             if p_adj <= alpha:
-                # Direction from the estimate: with Holm the adjusted p can reach alpha while
-                # the Bonferroni-level (alpha/m) confidence sequence still contains theta0, so
-                # one side of that interval says nothing about the sign.
-                upper_side = r.estimate > theta0
-                decision = "treatment_better" if upper_side else "treatment_worse"
+                # Direction: kept from the look that first rejected (the running p cannot
+                # rise, the direction must not flip); else the side of theta0 the running
+                # confidence sequence excludes; else the sign of the estimate. With Holm the
+                # adjusted p can reach alpha while the Bonferroni-level (alpha/m) confidence
+                # sequence still contains theta0: one finite side of it says nothing.
+                prev = previous.get(k)
+                kept = prev.decision if prev is not None and r.looks > 1 else None
+                if kept in ("treatment_better", "treatment_worse"):
+                    decision = str(kept)
+                elif r.ci_low > theta0 or r.ci_high < theta0:
+                    decision = "treatment_better" if r.ci_low > theta0 else "treatment_worse"
+                else:
+                    decision = "treatment_better" if r.estimate > theta0 else "treatment_worse"
                 reason = f"adjusted always-valid p {p_adj:.4g} <= alpha {alpha}"
             elif (min_effect is not None and r.valid
                   and -float(min_effect) < r.ci_low and r.ci_high < float(min_effect)):

@@ -93,6 +93,7 @@ def _prior(d: Decision) -> PriorLook:
         tau2=ev.get("tau2"), looks=int(ev.get("looks", 0)),
         srm_p=float(srm.get("p_value", 1.0)) if isinstance(srm, dict) else None,
         alternative=str(ev.get("alternative", "two-sided")),
+        decision=d.decision,
     )
 
 

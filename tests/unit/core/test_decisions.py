@@ -160,3 +160,19 @@ def test_one_sided_greater_tests_better_only() -> None:
                             tau2=one_ev["tau2"], looks=3)}
     again = evaluate(design(alternative="greater"), worse, prev, now=NOW)["arms"][0]
     assert again["p_value"] == 1.0 and again["looks"] == 1
+
+
+def test_a_decided_direction_does_not_flip_when_the_estimate_wanders() -> None:
+    """The running p-value stays below alpha once it got there; the direction of that
+    rejection is kept, even if a later estimate has the other sign."""
+    first = evaluate(design(), {"control": sums(4000, 200, 0.5), "t1": sums(4000, 290, 0.5)},
+                     {}, now=NOW)
+    a = first["arms"][0]
+    assert a["decision"] == "treatment_better"
+    prev = {"t1": PriorLook(p_value=a["p_value"], ci_low=a["ci_low"], ci_high=a["ci_high"],
+                            method="ipw", tau2=first["tau2"], looks=a["looks"],
+                            decision=a["decision"])}
+    later = {"control": sums(30_000, 1500, 0.5), "t1": sums(30_000, 1495, 0.5)}
+    b = evaluate(design(), later, prev, now=NOW)["arms"][0]
+    assert b["estimate"] < 0 and b["p_value"] == a["p_value"]
+    assert b["decision"] == "treatment_better"
