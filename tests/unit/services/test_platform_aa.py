@@ -105,7 +105,7 @@ def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: in
 
 @pytest.mark.parametrize("unit", ["request", "user"])
 def test_aa_through_the_platform_stays_within_alpha(sqlite_url: str, unit: str) -> None:
-    experiments = 12
+    experiments = 20
     out = _run_aa(sqlite_url, unit=unit, experiments=experiments, rounds=10, per_round=100,
                   rate=0.05, seed=7)
     alpha = 0.05
