@@ -4,6 +4,7 @@ run without a database: the same registry, decision and allocator code, differen
 from __future__ import annotations
 
 import itertools
+from datetime import datetime
 from typing import Any
 
 from armlab.adapters.db.models import AllocationSnapshot, AuditLog, Decision, Experiment
@@ -50,11 +51,20 @@ class FakeAuditTrail:
 class FakeEvidence:
     def __init__(self) -> None:
         self.sums: dict[int, dict[str, ArmSums]] = {}
+        self.late: dict[int, dict[str, ArmSums]] = {}
+        self.units: dict[int, dict[str, ArmSums]] = {}
         self.snapshots: dict[int, AllocationSnapshot] = {}
         self.decisions: list[Decision] = []
 
     def arm_sums(self, experiment_id: int) -> dict[str, ArmSums]:
         return dict(self.sums.get(experiment_id, {}))
+
+    def sums_served_after(self, experiment_id: int, cutoff: datetime) -> dict[str, ArmSums]:
+        """``late[experiment_id]``: what a test declares still immature / logged late."""
+        return dict(self.late.get(experiment_id, {}))
+
+    def unit_sums(self, experiment_id: int, cutoff: datetime | None) -> dict[str, ArmSums]:
+        return dict(self.units.get(experiment_id, {}))
 
     def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None:
         return self.snapshots.get(experiment_id)

@@ -101,6 +101,12 @@ class SequentialSpec(StrictModel):
     )
     theta0: float = Field(0.0, description="Null difference of means.")
     min_samples: int = Field(100, ge=0, description="Per-arm samples before any decision.")
+    min_events: int = Field(
+        30, ge=0,
+        description="Per-arm events before a look carries evidence: for binary rewards the "
+        "rarer outcome (successes at low click rates), for continuous rewards the feedback "
+        "events. Keeps the test valid at low base rates.",
+    )
     max_n: int | None = Field(None, gt=0, description="Optional horizon (total impressions).")
     auto_stop: bool = Field(False, description="Stop the experiment when the test decides.")
     correction: Literal["holm", "bonferroni"] = "holm"
@@ -108,6 +114,13 @@ class SequentialSpec(StrictModel):
         "auto",
         description="auto: the IPW (adaptive-valid) test unless the policy is uniform, where "
         "plain mSPRT on the arm means applies; ipw / plain force one.",
+    )
+    alternative: Literal["two-sided", "greater"] = Field(
+        "two-sided",
+        description="two-sided: either direction, alpha shared by the two directions of one "
+        "normal mixture; greater: only 'treatment better than control' is tested (one-sided "
+        "half-normal mixture, all of alpha on that direction, more power; a worse arm is "
+        "never declared worse).",
     )
     min_effect: float | None = Field(
         None, gt=0, allow_inf_nan=False,

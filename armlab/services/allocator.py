@@ -11,8 +11,9 @@ One pass (:func:`run_allocation`) visits every running, stopped and shipped expe
   latest snapshot differs), not on every pass.
 
 After a running experiment's snapshot, :func:`run_decisions` evaluates the sequential test in
-the same unit of work, stores its decisions and, with ``sequential.auto_stop``, stops the
-experiment.
+the same unit of work (on matured, in-design data: :func:`armlab.services.decisions.analysis_sums`),
+records the look and, with ``sequential.auto_stop``, stops the experiment and writes its
+control-only snapshot in the same transaction.
 
 Each experiment is handled in its own unit of work, so a bad experiment (e.g. parameters the
 current policy code rejects) is logged and skipped without blocking the others.
@@ -222,9 +223,16 @@ def run_decisions(
 
 def _after_snapshot(uow: UnitOfWork, experiment: Experiment, now: datetime) -> None:
     """Per-experiment hook after the snapshot is written, in the same unit of work: the
-    sequential decisions of a running experiment."""
+    sequential decisions of a running experiment. An auto-stop writes the control-only
+    snapshot in the same transaction, so ``/assign`` never serves the control under the id of
+    the last running snapshot."""
     if experiment.status == "running":
-        run_decisions(uow, experiment, actor="allocator", now=now)
+        ev = run_decisions(uow, experiment, actor="allocator", now=now)
+        if ev["stopped"]:
+            terminal = compute_snapshot(uow.session, experiment, now=now)
+            if terminal is not None:
+                uow.session.add(terminal)
+                uow.flush()
 
 
 def run_allocation(

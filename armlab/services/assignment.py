@@ -124,7 +124,11 @@ def build_view(exp: Experiment, snapshot: AllocationSnapshot | None) -> Experime
         variants={a.key: dict(a.variant or {}) for a in exp.arms},
         weights=tuple(weights),
         sampler=CdfSampler(weights),
-        snapshot_id=snapshot.id if snapshot is not None else None,
+        # A stopped/shipped experiment serves its fixed arm under its terminal snapshot's id;
+        # until the allocator has written that snapshot, under no id (never the last running
+        # snapshot's, whose weights are no longer what is served).
+        snapshot_id=(snapshot.id if snapshot is not None
+                     and (fixed is None or snapshot.policy_name == exp.status) else None),
         fixed_arm=fixed,
     )
 

@@ -1,37 +1,88 @@
-"""Sequential decisions on stored evidence: evaluate, record, and guard a ship.
+"""Sequential decisions on stored evidence: one running state of the test, evaluated by the
+allocator, recorded, and shown everywhere else.
 
-Each function takes the :class:`~armlab.services.ports.Evidence` repository of the caller's
-unit of work. :func:`evaluate_experiment` reads the per-arm totals and each arm's previous
-decision and runs
-the pure evaluation of :mod:`armlab.core.decisions`. :func:`record_decisions` stores one
-``decisions`` row per treatment arm whose data or decision changed. :func:`ship_guard` refuses
-(409) to ship against the evidence unless forced. None of them commits: the caller's unit of
-work does. The allocator runs these on its cadence and stops an experiment with ``auto_stop``.
+* :func:`analysis_sums`: the data the test may use: impressions whose attribution window has
+  closed (matured: their reward is final) and that were served before the experiment stopped
+  or shipped (in design: after a stop the control serves with propensity 1, which is not the
+  experiment's design). For ``unit: user`` one term per user (cluster-level analysis).
+* :func:`evaluate_experiment`: one look of the pure evaluation of :mod:`armlab.core.decisions`
+  on those sums, carrying each arm's stored running state (p-value, confidence sequence).
+* :func:`record_decisions`: stores one ``decisions`` row per treatment arm whose data or
+  decision changed, with the whole evaluation in its evidence.
+* :func:`stored_evaluation` / :func:`shown_evaluation`: the last recorded look. The results
+  endpoint, the report and the ship guard show this state rather than running a look of their
+  own that nobody records: an always-valid p-value is the running minimum over the looks that
+  were *taken*, and a look that is shown but not recorded lets the next recorded one rise above
+  it (the results endpoint once showed ``treatment_better`` and then ``continue``).
+* :func:`ship_guard`: refuses (409) to ship against the evidence unless forced; on a running
+  experiment it takes (and records) one more look first.
+
+None of them commits: the caller's unit of work does. The allocator runs the look on its
+cadence and stops an experiment with ``auto_stop``; a stopped or shipped experiment is never
+evaluated again, so its evidence stays frozen at the stop.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from armlab.adapters.db.models import Decision, Experiment
-from armlab.core.clock import utcnow
+from armlab.core.clock import as_utc, utcnow
 from armlab.core.decisions import Design, PriorLook, evaluate, ship_problem
+from armlab.core.evidence import FIELDS, SIGNED, ArmSums
 from armlab.core.specs import SequentialSpec
 from armlab.errors import Conflict
 from armlab.services.ports import Evidence
 
+# Top-level fields of an evaluation kept in every decision row (the arms are kept per row).
+_TOP = ("method", "alpha", "cs_alpha", "tau2", "tau2_source", "theta0", "correction",
+        "min_samples", "min_events", "alternative", "max_n", "impressions", "control", "srm",
+        "stop", "stop_reason", "warnings", "evaluated_at", "unit", "cutoff")
+
 
 def design_of(experiment: Experiment) -> Design:
-    """The experiment's design as the pure evaluation needs it."""
+    """The experiment's design as the pure evaluation needs it. With ``unit: user`` the
+    analysed terms are per-user reward totals, which are not 0/1 even for a binary metric."""
+    per_user = experiment.unit == "user"
     return Design(
         arm_keys=tuple(a.key for a in experiment.arms),
         control=experiment.control_arm_key,
-        binary=experiment.reward_kind == "binary",
+        binary=experiment.reward_kind == "binary" and not per_user,
         policy_name=experiment.policy_name,
         exploration_floor=float(experiment.exploration_floor or 0.0),
         sequential=SequentialSpec.model_validate(experiment.sequential or {}),
     )
+
+
+def _minus(total: ArmSums, part: ArmSums | None) -> ArmSums:
+    """total - part, with float noise clipped at 0 for the non-negative fields."""
+    if part is None:
+        return total
+    out = {}
+    for f in FIELDS:
+        v = getattr(total, f) - getattr(part, f)
+        out[f] = v if f in SIGNED else max(v, 0.0)
+    return ArmSums(**out)
+
+
+def analysis_cutoff(experiment: Experiment, now: datetime) -> datetime:
+    """Impressions served up to this time enter the test: those whose attribution window has
+    closed, and none served after the experiment stopped or shipped."""
+    cutoff = as_utc(now) - timedelta(seconds=int(experiment.attribution_window_s or 0))
+    if experiment.status in ("stopped", "shipped") and experiment.ended_at is not None:
+        cutoff = min(cutoff, as_utc(experiment.ended_at))
+    return cutoff
+
+
+def analysis_sums(evidence: Evidence, experiment: Experiment, *, now: datetime
+                  ) -> dict[str, ArmSums]:
+    """Matured, in-design per-arm sums (see the module doc); per user for ``unit: user``."""
+    cutoff = analysis_cutoff(experiment, now)
+    if experiment.unit == "user":
+        return evidence.unit_sums(experiment.id, cutoff)
+    late = evidence.sums_served_after(experiment.id, cutoff)
+    return {k: _minus(v, late.get(k)) for k, v in evidence.arm_sums(experiment.id).items()}
 
 
 def _prior(d: Decision) -> PriorLook:
@@ -41,28 +92,37 @@ def _prior(d: Decision) -> PriorLook:
         p_value=d.p_value, ci_low=d.ci_low, ci_high=d.ci_high, method=ev.get("method"),
         tau2=ev.get("tau2"), looks=int(ev.get("looks", 0)),
         srm_p=float(srm.get("p_value", 1.0)) if isinstance(srm, dict) else None,
+        alternative=str(ev.get("alternative", "two-sided")),
+        decision=d.decision,
     )
 
 
 def evaluate_experiment(
     evidence: Evidence, experiment: Experiment, *, now: datetime | None = None
 ) -> dict[str, Any]:
-    """Always-valid evaluation of every treatment arm against the control, on stored data."""
+    """One look of the always-valid evaluation on the matured, in-design data, continuing
+    the stored running state. Nothing is stored: :func:`record_decisions` does that."""
+    now = now or utcnow()
     previous = {k: _prior(d) for k, d in evidence.latest_decisions(experiment.id).items()}
-    return evaluate(design_of(experiment), evidence.arm_sums(experiment.id), previous,
-                    now=now or utcnow())
+    ev = evaluate(design_of(experiment), analysis_sums(evidence, experiment, now=now), previous,
+                  now=now)
+    ev["unit"] = experiment.unit
+    ev["cutoff"] = analysis_cutoff(experiment, now).isoformat()
+    return ev
 
 
 def record_decisions(
     evidence: Evidence, experiment: Experiment, evaluation: dict[str, Any], *, now: datetime
 ) -> int:
     """Store one Decision row per treatment arm whose counts or decision changed; returns how
-    many were stored."""
+    many were stored. Each row carries the whole evaluation, so the last look can be shown
+    again exactly (:func:`stored_evaluation`)."""
     ev = evaluation
     previous = evidence.latest_decisions(experiment.id)
     common = {k: ev[k] for k in ("method", "tau2", "alpha", "cs_alpha", "correction", "theta0",
-                                 "impressions")}
+                                 "impressions", "alternative")}
     common["srm"] = {k: ev["srm"][k] for k in ("p_value", "mismatch", "ratio")}
+    top = {k: ev.get(k) for k in _TOP}
     stored = 0
     for arm in ev["arms"]:
         prev = previous.get(arm["arm"])
@@ -75,17 +135,78 @@ def record_decisions(
             ci_low=arm.get("ci_low"), ci_high=arm.get("ci_high"),
             n_control=arm["n_control"], n_treatment=arm["n_treatment"],
             evidence={**common, "looks": arm.get("looks", 0), "p_adjusted": arm.get("p_adjusted"),
-                      "reason": arm.get("reason"), "valid": arm.get("valid")},
+                      "reason": arm.get("reason"), "valid": arm.get("valid"),
+                      "entry": dict(arm), "evaluation": top},
         ))
         stored += 1
     return stored
 
 
+def _entry_from_row(d: Decision, control: str) -> dict[str, Any]:
+    ev = d.evidence or {}
+    if isinstance(ev.get("entry"), dict):
+        return dict(ev["entry"])
+    return {  # a row written before whole evaluations were stored
+        "arm": d.arm_key, "control": control, "n_control": d.n_control,
+        "n_treatment": d.n_treatment, "decision": d.decision, "reason": ev.get("reason", ""),
+        "estimate": d.estimate, "p_value": d.p_value if d.p_value is not None else 1.0,
+        "p_adjusted": ev.get("p_adjusted", d.p_value), "ci_low": d.ci_low,
+        "ci_high": d.ci_high, "valid": bool(ev.get("valid", False)),
+        "looks": int(ev.get("looks", 0)),
+    }
+
+
+def stored_evaluation(evidence: Evidence, experiment: Experiment) -> dict[str, Any] | None:
+    """The last recorded look (None before the first one): per arm its latest row, the
+    experiment-wide fields from the newest row."""
+    rows = evidence.latest_decisions(experiment.id)
+    if not rows:
+        return None
+    control = experiment.control_arm_key
+    newest = max(rows.values(), key=lambda d: d.id or 0)
+    nev = newest.evidence or {}
+    top: dict[str, Any] = dict(nev.get("evaluation") or {})
+    if not top:
+        top = {k: nev.get(k) for k in ("method", "tau2", "alpha", "cs_alpha", "correction",
+                                       "theta0", "impressions", "srm")}
+        top.update(control=control, stop=False, stop_reason="", warnings=[])
+    treatments = [a.key for a in experiment.arms if a.key != control]
+    top["arms"] = [_entry_from_row(rows[k], control) for k in treatments if k in rows]
+    top["recorded"] = True
+    top["recorded_at"] = newest.at.isoformat() if newest.at is not None else None
+    return top
+
+
+def shown_evaluation(evidence: Evidence, experiment: Experiment, *, now: datetime | None = None
+                     ) -> dict[str, Any]:
+    """What the results endpoint and the report show: the last recorded look; before the
+    first one, the design of the test (method, tau², SRM) with every arm at ``continue`` and
+    no p-value, because a look nobody records must not be shown as evidence."""
+    stored = stored_evaluation(evidence, experiment)
+    if stored is not None:
+        return stored
+    ev = evaluate_experiment(evidence, experiment, now=now)
+    for e in ev["arms"]:
+        e.update(decision="continue", reason="no recorded look yet (the allocator evaluates the "
+                 "test on its cadence)", p_value=1.0, p_adjusted=1.0, p_now=1.0, ci_low=None,
+                 ci_high=None, valid=False, looks=0)
+    ev["stop"], ev["stop_reason"], ev["recorded"] = False, "", False
+    return ev
+
+
 def ship_guard(evidence: Evidence, experiment: Experiment, arm: str, force: bool
                ) -> dict[str, Any]:
     """Evidence for shipping ``arm``; raises Conflict (409) when it argues against it and not
-    ``force`` (see :func:`armlab.core.decisions.ship_problem`)."""
-    ev = evaluate_experiment(evidence, experiment)
+    ``force`` (see :func:`armlab.core.decisions.ship_problem`).
+
+    A running experiment gets one more look, recorded like the allocator's; a stopped one
+    shows the evidence frozen at its stop (one look on its in-design data if it never had
+    one)."""
+    ev = stored_evaluation(evidence, experiment) if experiment.status != "running" else None
+    if ev is None:
+        now = utcnow()
+        ev = evaluate_experiment(evidence, experiment, now=now)
+        record_decisions(evidence, experiment, ev, now=now)
     problem = ship_problem(ev, arm=arm, control=experiment.control_arm_key)
     # Without a single valid look there is nothing to record (nor to argue against).
     has_evidence = any(e.get("valid") for e in ev["arms"])

@@ -2,7 +2,10 @@
 
 Impressions and reward sums are the per-arm totals of the evidence repository;
 the weights are what is actually served (:mod:`armlab.core.serving`); ``sequential`` is the
-always-valid evaluation of :mod:`armlab.services.decisions`, or the reason it is unavailable.
+last recorded look of the always-valid test (:func:`armlab.services.decisions.shown_evaluation`:
+the same running state the allocator, the report and the ship guard read, so its p-values
+never rise between calls and a stopped experiment shows the evidence frozen at its stop), or
+the reason it is unavailable.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from armlab.adapters.db.models import Experiment
 from armlab.core.evidence import ArmSums
 from armlab.core.serving import served_weights
 from armlab.errors import ArmlabError
-from armlab.services.decisions import evaluate_experiment
+from armlab.services.decisions import shown_evaluation
 from armlab.services.ports import UnitOfWorkPort
 
 
@@ -53,7 +56,7 @@ def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]
         else None
     )
     try:
-        sequential: dict[str, Any] = evaluate_experiment(uow.evidence, experiment)
+        sequential: dict[str, Any] = shown_evaluation(uow.evidence, experiment)
     except ArmlabError as exc:
         sequential = {"error": exc.message}
     return {

@@ -2,16 +2,22 @@
 
 * :func:`arm_totals` / :func:`arm_sums`: the per-arm sufficient statistics, i.e. the
   ``arm_stats`` shards (one per Kafka partition) summed per arm;
+* :func:`sums_served_after`: the same sums over the impressions served after a time (what
+  is still inside its attribution window, or was logged after a stop), from ``impressions``;
+* :func:`unit_sums`: the sums with one term per randomisation unit (``unit: user``), each
+  unit's rewards added up, over the impressions served up to a time;
 * :func:`latest_snapshot`: an experiment's newest allocation snapshot;
 * :func:`latest_decisions`: the newest sequential decision row of each arm.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from armlab.adapters.db.models import AllocationSnapshot, Arm, ArmStats, Decision
+from armlab.adapters.db.models import AllocationSnapshot, Arm, ArmStats, Decision, Impression
 from armlab.core.evidence import FIELDS, ArmSums
 
 
@@ -34,6 +40,48 @@ def arm_totals(
 def arm_sums(session: Session, experiment_id: int) -> dict[str, ArmSums]:
     """The experiment's per-arm totals by arm key (arms without data are absent)."""
     return {arm: s for (_, arm), s in arm_totals(session, experiment_id).items()}
+
+
+def sums_served_after(
+    session: Session, experiment_id: int, cutoff: datetime
+) -> dict[str, ArmSums]:
+    """Per-arm sums (the ``ArmSums`` fields) over impressions with ``served_at > cutoff``;
+    read through the (experiment_id, arm_key, served_at) index."""
+    i = Impression
+    p, r = i.propensity, i.reward
+    q = (
+        select(
+            i.arm_key, func.count(), func.sum(r), func.sum(r * r), func.sum(1.0 / p),
+            func.sum(r / p), func.sum(r * r / (p * p)), func.sum(1.0 / (p * p)),
+            func.sum(i.feedback_count),
+        )
+        .where(i.experiment_id == experiment_id, i.served_at > cutoff)
+        .group_by(i.arm_key)
+    )
+    return {str(k): ArmSums(*(float(v or 0.0) for v in vals)) for k, *vals in session.execute(q)}
+
+
+def unit_sums(
+    session: Session, experiment_id: int, cutoff: datetime | None
+) -> dict[str, ArmSums]:
+    """Per-arm sums with one term per unit: n = units, reward_sum = sum_u Y_u,
+    reward_sumsq = sum_u Y_u², ipw_* = the same with the unit's (sticky) propensity p_u,
+    feedback_n = feedback events; Y_u = the unit's total reward over its impressions served
+    up to ``cutoff`` (all when None). A full scan of the experiment's impressions."""
+    i = Impression
+    per_unit = select(
+        i.arm_key.label("arm"), func.sum(i.reward).label("y"),
+        func.max(i.propensity).label("p"), func.sum(i.feedback_count).label("f"),
+    ).where(i.experiment_id == experiment_id)
+    if cutoff is not None:
+        per_unit = per_unit.where(i.served_at <= cutoff)
+    u = per_unit.group_by(i.arm_key, i.unit_id).subquery()
+    y, p = u.c.y, u.c.p
+    q = select(
+        u.c.arm, func.count(), func.sum(y), func.sum(y * y), func.sum(1.0 / p),
+        func.sum(y / p), func.sum(y * y / (p * p)), func.sum(1.0 / (p * p)), func.sum(u.c.f),
+    ).group_by(u.c.arm)
+    return {str(k): ArmSums(*(float(v or 0.0) for v in vals)) for k, *vals in session.execute(q)}
 
 
 def latest_snapshot(session: Session, experiment_id: int) -> AllocationSnapshot | None:

@@ -8,12 +8,20 @@ transaction; nothing here commits.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from armlab.adapters.db.models import AllocationSnapshot, AuditLog, Decision, Experiment
-from armlab.adapters.db.queries import arm_sums, latest_decisions, latest_snapshot
+from armlab.adapters.db.queries import (
+    arm_sums,
+    latest_decisions,
+    latest_snapshot,
+    sums_served_after,
+    unit_sums,
+)
 from armlab.core.evidence import ArmSums
 from armlab.errors import ExperimentExists
 
@@ -80,6 +88,12 @@ class SqlEvidence:
 
     def arm_sums(self, experiment_id: int) -> dict[str, ArmSums]:
         return arm_sums(self.session, experiment_id)
+
+    def sums_served_after(self, experiment_id: int, cutoff: datetime) -> dict[str, ArmSums]:
+        return sums_served_after(self.session, experiment_id, cutoff)
+
+    def unit_sums(self, experiment_id: int, cutoff: datetime | None) -> dict[str, ArmSums]:
+        return unit_sums(self.session, experiment_id, cutoff)
 
     def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None:
         return latest_snapshot(self.session, experiment_id)

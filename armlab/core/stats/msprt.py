@@ -29,11 +29,13 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import lambertw
+from scipy.optimize import brentq
+from scipy.special import lambertw, log_ndtr
 
 from armlab.errors import StatsError
 
 Kind = Literal["bernoulli", "normal"]
+Alternative = Literal["two-sided", "greater"]
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -138,6 +140,48 @@ def log_lambda(
     return 0.5 * (np.log(v) - np.log(v + tau2)) + tau2 * d * d / (2.0 * v * (v + tau2))
 
 
+def log_lambda_greater(
+    estimate: FloatArray | float,
+    variance: FloatArray | float,
+    tau2: float,
+    theta0: float = 0.0,
+) -> FloatArray:
+    """log Lambda+ of the one-sided ("treatment better": theta > theta0) normal mixture.
+
+    Mixing the Gaussian likelihood ratio exp(theta d/V - theta²/(2V)) (d = D - theta0) over a
+    half-normal theta >= 0 with scale tau (density 2 phi(theta/tau)/tau) gives
+
+        Lambda+ = 2 sqrt(V/(V + tau²)) exp(tau² d²/(2 V (V + tau²))) Phi(d tau/sqrt(V (V + tau²)))
+                = 2 Lambda Phi(d tau / sqrt(V (V + tau²))),
+
+    the one-sided normal mixture of Howard, Ramdas, McAuliffe & Sekhon (2021) (in their
+    variables M = 2 sqrt(rho/(V+rho)) exp(S²/(2(V+rho))) Phi(S/sqrt(V+rho)) with S = d/V,
+    V -> 1/V, rho = 1/tau²). Lambda+ starts at 1 and is a nonnegative (super)martingale
+    under theta <= theta0, so Ville's inequality makes p = min 1/Lambda+ always valid for the
+    one-sided null, with the whole alpha spent on the "better" direction.
+    """
+    d = np.asarray(estimate, dtype=np.float64) - theta0
+    v = np.asarray(variance, dtype=np.float64)
+    z = d * math.sqrt(tau2) / np.sqrt(v * (v + tau2))
+    return math.log(2.0) + log_lambda(estimate, variance, tau2, theta0) + log_ndtr(z)
+
+
+def lower_margin_greater(variance: float, tau2: float, alpha: float) -> float:
+    """x > 0 with log Lambda+(x) = log(1/alpha): {theta: Lambda+_theta < 1/alpha} = [D - x, inf).
+
+    Lambda <= Lambda+ <= 2 Lambda for x >= 0 brackets the root between the two-sided
+    half-widths at 2 alpha and alpha; Lambda+ increases in x, so Brent's method finds it.
+    """
+    thr = -math.log(alpha)
+    lo = float(cs_halfwidth(variance, tau2, min(2.0 * alpha, 0.999))) * 0.5
+    hi = float(cs_halfwidth(variance, tau2, alpha)) * 1.01
+
+    def f(x: float) -> float:
+        return float(log_lambda_greater(x, variance, tau2)) - thr
+
+    return float(brentq(f, lo, hi, xtol=1e-12 * max(hi, 1e-300)))
+
+
 def cs_halfwidth(variance: FloatArray | float, tau2: float, alpha: float) -> FloatArray:
     """Half-width of {theta: Lambda(theta) < 1/alpha} (JKPW §4.2; Howard et al. eq. (3.7))."""
     v = np.asarray(variance, dtype=np.float64)
@@ -203,8 +247,13 @@ def mixture_test(
     alpha: float = 0.05,
     state: MsprtState | None = None,
     enough_samples: bool = True,
+    alternative: Alternative = "two-sided",
 ) -> MsprtResult:
     """One look of the normal-mixture test given D and V = Var(D).
+
+    ``alternative="greater"`` uses the one-sided mixture (:func:`log_lambda_greater`): the
+    null is theta <= theta0, the whole alpha goes to "treatment better", and the confidence
+    sequence is one-sided, [D - margin, +inf).
 
     A look with ``enough_samples`` False or V <= 0 (zero plug-in variance) carries no
     evidence: Lambda = 1, this look's p = 1 and interval (-inf, inf), and the running state
@@ -223,10 +272,14 @@ def mixture_test(
         return MsprtResult(float(estimate), float(variance), 0.0, st.p_value, st.ci_low,
                            st.ci_high, 1.0, -math.inf, math.inf, tau2, theta0, alpha, looks,
                            valid=False, reason=reason)
-    llr = float(log_lambda(estimate, variance, tau2, theta0))
+    if alternative == "greater":
+        llr = float(log_lambda_greater(estimate, variance, tau2, theta0))
+        lo_now, hi_now = estimate - lower_margin_greater(variance, tau2, alpha), math.inf
+    else:
+        llr = float(log_lambda(estimate, variance, tau2, theta0))
+        half = float(cs_halfwidth(variance, tau2, alpha))
+        lo_now, hi_now = estimate - half, estimate + half
     p_now = math.exp(-llr) if llr > 0.0 else 1.0
-    half = float(cs_halfwidth(variance, tau2, alpha))
-    lo_now, hi_now = estimate - half, estimate + half
     return MsprtResult(
         estimate=float(estimate), variance=float(variance), log_lambda=llr,
         p_value=min(st.p_value, p_now),
@@ -291,16 +344,19 @@ def msprt_two_sample(
     alpha: float = 0.05,
     min_samples: int = 1,
     state: MsprtState | None = None,
+    gate: bool = True,
+    alternative: Alternative = "two-sided",
 ) -> MsprtResult:
     """mSPRT for control a vs treatment b from cumulative sufficient statistics (JKPW §4).
 
     Valid when observations are i.i.d. within each arm and allocation does not depend on the
     outcomes (fixed split). Under bandit allocation use ``armlab.core.stats.adaptive.ipw_msprt``.
+    ``gate`` False makes the look carry no evidence (the caller's information rule).
     """
     d, v = two_sample_moments(kind, n_a, sum_a, sumsq_a, n_b, sum_b, sumsq_b)
-    enough = min(n_a, n_b) >= max(min_samples, 1)
+    enough = gate and min(n_a, n_b) >= max(min_samples, 1)
     return mixture_test(d, v, tau2=tau2, theta0=theta0, alpha=alpha, state=state,
-                        enough_samples=enough)
+                        enough_samples=enough, alternative=alternative)
 
 
 # ---------------------------------------------------------------------------------------------

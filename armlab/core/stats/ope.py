@@ -44,6 +44,9 @@ from armlab.errors import StatsError
 FloatArray = npt.NDArray[np.float64]
 
 ESTIMATORS = ("ipw", "snipw", "dr")
+#: Events at which the confidence sequence's mixture is tuned when the caller names no
+#: horizon. It must not depend on the number of events seen so far: see :func:`cs_radius`.
+DEFAULT_CS_HORIZON = 10_000
 
 
 @dataclass(frozen=True)
@@ -124,14 +127,18 @@ def cs_radius(
 
         radius_t = sd * sqrt( 2 (t eta^2 + 1) / (t^2 eta^2) * log( sqrt(t eta^2 + 1) / alpha ) )
 
-    ``eta^2`` is chosen to make the boundary tightest at ``t_opt`` (default: ``t``), using
-    the approximation of Howard, Ramdas, McAuliffe & Sekhon (2021, eq. 3.4):
-    ``eta^2 = (-2 log alpha + log(-2 log alpha + 1)) / t_opt``.
+    ``eta^2`` is chosen to make the boundary tightest at the planned horizon ``t_opt``
+    (default ``DEFAULT_CS_HORIZON``), using the approximation of Howard, Ramdas, McAuliffe &
+    Sekhon (2021, eq. 3.4): ``eta^2 = (-2 log alpha + log(-2 log alpha + 1)) / t_opt``. The
+    time-uniform guarantee holds for ONE mixture over all t; re-tuning ``eta`` to the
+    current t at every look (``t_opt = t``) makes each look a different boundary and the
+    union over looks loses coverage (3.1% / 5.8% miscoverage at 100 / 1,000 looks for
+    alpha = 0.05 in simulation, against 1-2% with a fixed horizon).
     """
     _check_alpha(alpha)
     if t <= 0:
         raise StatsError("confidence sequence needs at least one observation")
-    t_star = t if t_opt is None else t_opt
+    t_star = DEFAULT_CS_HORIZON if t_opt is None else t_opt
     if t_star <= 0:
         raise StatsError(f"t_opt must be positive, got {t_opt}")
     la = -2.0 * math.log(alpha)
@@ -265,6 +272,7 @@ def tabular_dr(
     folds: int = 2,
     alpha: float = 0.05,
     confidence_sequence: bool = False,
+    t_opt: int | None = None,
 ) -> OPEEstimate:
     """DR with a per-(stratum, action) mean-reward model, cross-fitted over ``folds``.
 
@@ -320,7 +328,7 @@ def tabular_dr(
                 qbar_cache[s] = sum(float(pi) * q(s, a) for a, pi in dist(s).items())
             q_target[i] = qbar_cache[s]
     return doubly_robust(r, p, tp, q_logged, q_target, alpha=alpha,
-                         confidence_sequence=confidence_sequence)
+                         confidence_sequence=confidence_sequence, t_opt=t_opt)
 
 
 def evaluate_policy(
@@ -334,6 +342,7 @@ def evaluate_policy(
     alpha: float = 0.05,
     confidence_sequence: bool = True,
     estimators: Sequence[str] = ESTIMATORS,
+    t_opt: int | None = None,
 ) -> dict[str, OPEEstimate]:
     """IPW, SNIPW and cross-fitted DR of a (possibly stratified) allocation over actions.
 
@@ -361,14 +370,14 @@ def evaluate_policy(
     out: dict[str, OPEEstimate] = {}
     if "ipw" in estimators:
         out["ipw"] = ipw(rewards, propensities, tp, alpha=alpha,
-                         confidence_sequence=confidence_sequence)
+                         confidence_sequence=confidence_sequence, t_opt=t_opt)
     if "snipw" in estimators:
         out["snipw"] = snipw(rewards, propensities, tp, alpha=alpha,
                              confidence_sequence=confidence_sequence)
     if "dr" in estimators:
         out["dr"] = tabular_dr(acts, rewards, propensities, target, strata=strata,
                                target_by_stratum=target_by_stratum, alpha=alpha,
-                               confidence_sequence=confidence_sequence)
+                               confidence_sequence=confidence_sequence, t_opt=t_opt)
     return out
 
 

@@ -14,6 +14,7 @@ from armlab.bootstrap import Services, bootstrap
 from armlab.core.specs import ExperimentSpec
 from armlab.services import registry
 from armlab.services.allocator import allocation_loop, run_allocation
+from armlab.services.assignment import Assigner
 from armlab.settings import Settings
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -198,3 +199,26 @@ def test_allocation_loop_runs_passes_on_a_cadence(services: Services) -> None:
     passes = allocation_loop(services.session_factory, interval_s=0.01, max_passes=3,
                              sleep=sleeps.append)
     assert passes == 3 and len(sleeps) == 2
+
+
+def test_auto_stop_writes_the_terminal_snapshot_in_the_same_pass(services: Services) -> None:
+    """Regression: after an auto-stop ``/assign`` served the control with propensity 1 under
+    the id of the last *running* snapshot until the next allocator pass."""
+    exp_id = create(services, "auto-stop", exploration_floor=0.1,
+                    sequential={"min_samples": 100, "auto_stop": True},
+                    arms=[{"key": "control", "control": True, "variant": {"kind": "popularity"}},
+                          {"key": "a", "variant": {"kind": "popularity"}}])
+    with UnitOfWork(services.session_factory) as uow:
+        for arm, n, x in (("control", 20_000, 1000), ("a", 20_000, 1400)):
+            uow.session.add(ArmStats(experiment_id=exp_id, arm_key=arm, partition=0, n=n,
+                                     reward_sum=x, reward_sumsq=x, ipw_n=2 * n, ipw_sum=2 * x,
+                                     ipw_sumsq=4 * x, ipw_n_sq=4 * n))
+        uow.commit()
+    run_allocation(services.session_factory, now=NOW)
+    snaps = snapshots(services, exp_id)
+    assert [s.policy_name for s in snaps] == ["thompson", "stopped"]
+    asg = Assigner(services.session_factory, seed=1).start(background=False)
+    got = asg.assign("auto-stop", "u1")
+    assert (got.arm_key, got.propensity, got.snapshot_id) == ("control", 1.0, snaps[-1].id)
+    run_allocation(services.session_factory, now=NOW + timedelta(seconds=5))
+    assert len(snapshots(services, exp_id)) == 2  # written once

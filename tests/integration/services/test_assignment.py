@@ -182,6 +182,8 @@ def test_states_stopped_shipped_draft_unknown(services: Services) -> None:
         ship = asg.assign("s-ship", "x")
         assert (stop.arm_key, stop.propensity) == ("control", 1.0)
         assert (ship.arm_key, ship.propensity) == ("a", 1.0)
+    # before the allocator writes the terminal snapshot: no id (not the running snapshot's)
+    assert stop.snapshot_id is None and ship.snapshot_id is None
     with pytest.raises(Conflict, match="draft"):
         asg.assign("s-draft", "x")
     with pytest.raises(ExperimentNotFound):

@@ -10,6 +10,7 @@ import pytest
 from armlab.core.decisions import Design, PriorLook, evaluate, ship_problem
 from armlab.core.evidence import ArmSums
 from armlab.core.specs import SequentialSpec
+from armlab.core.stats.msprt import tau2_for_horizon
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -92,3 +93,86 @@ def test_zero_floor_and_missing_propensities_warn() -> None:
 def test_sequential_spec_rejects_bad_settings(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         SequentialSpec.model_validate(bad)
+
+
+def test_holm_direction_comes_from_the_estimate_not_one_side_of_the_interval() -> None:
+    """Regression: with Holm an arm can reach adjusted p <= alpha while its (Bonferroni
+    alpha/m) confidence sequence still contains 0; the finite negative ci_low was read as
+    'worse' for an arm whose estimate is positive."""
+    d = Design(arm_keys=("control", "t1", "t2"), control="control", binary=True,
+               policy_name="uniform", exploration_floor=0.0,
+               sequential=SequentialSpec.model_validate({"tau2": 1e-4, "method": "plain"}))
+    data = {"control": sums(20_000, 1000, 1 / 3), "t1": sums(20_000, 1400, 1 / 3),
+            "t2": sums(20_000, 1140, 1 / 3)}
+    arm = evaluate(d, data, {}, now=NOW)["arms"][1]
+    assert arm["p_adjusted"] <= 0.05 and arm["ci_low"] < 0 < arm["ci_high"]
+    assert arm["estimate"] > 0
+    assert arm["decision"] == "treatment_better"
+
+
+def test_a_look_needs_events_not_only_impressions() -> None:
+    """Regression (low base rates): an arm held at the floor with 2 successes in 500
+    impressions carried evidence once it had min_samples impressions; a look now needs
+    min_events successes (the rarer outcome) in each arm."""
+    data = {"control": sums(500, 2, 0.1), "t1": sums(4500, 60, 0.9)}
+    arm = evaluate(design(), data, {}, now=NOW)["arms"][0]
+    assert arm["valid"] is False and arm["decision"] == "continue"
+    assert arm["p_value"] == 1.0
+    assert evaluate(design(min_events=0), data, {}, now=NOW)["arms"][0]["valid"] is True
+
+
+def test_continuous_rewards_gate_on_feedback_events() -> None:
+    a = ArmSums(n=400, reward_sum=40.0, reward_sumsq=200.0, ipw_n=800, ipw_sum=80.0,
+                ipw_sumsq=800.0, ipw_n_sq=1600, feedback_n=10)
+    b = ArmSums(n=400, reward_sum=90.0, reward_sumsq=400.0, ipw_n=800, ipw_sum=180.0,
+                ipw_sumsq=1600.0, ipw_n_sq=1600, feedback_n=40)
+    d = Design(("control", "t1"), "control", False, "thompson", 0.1,
+               SequentialSpec.model_validate({"min_samples": 100}))
+    assert evaluate(d, {"control": a, "t1": b}, {}, now=NOW)["arms"][0]["valid"] is False
+    a.feedback_n = 30
+    assert evaluate(d, {"control": a, "t1": b}, {}, now=NOW)["arms"][0]["valid"] is True
+
+
+def test_tau2_is_planned_for_the_ipw_variance_the_floor_implies() -> None:
+    """Regression (power): tau² was tuned for a 50/50 split, Var = 2 sigma²/n per arm; under a
+    bandit with floor f the pair's inverse propensities approach 1/f + 1/(1-f)."""
+    data = {"control": sums(5000, 250, 0.5), "t1": sums(5000, 260, 0.5)}
+    pooled = 510 / 10_000 * (1 - 510 / 10_000)
+    ev = evaluate(design(floor=0.1), data, {}, now=NOW)
+    want = tau2_for_horizon(pooled * (1 / 0.1 + 1 / 0.9) / 20_000, 0.05)
+    assert ev["tau2_source"] == "horizon" and ev["tau2"] == pytest.approx(want)
+    plain = evaluate(design(policy="uniform"), data, {}, now=NOW)
+    assert plain["tau2"] == pytest.approx(tau2_for_horizon(2 * pooled / 10_000, 0.05))
+
+
+def test_one_sided_greater_tests_better_only() -> None:
+    better = {"control": sums(8000, 400, 0.5), "t1": sums(8000, 470, 0.5)}
+    two = evaluate(design(), better, {}, now=NOW)["arms"][0]
+    one_ev = evaluate(design(alternative="greater"), better, {}, now=NOW)
+    one = one_ev["arms"][0]
+    assert one_ev["alternative"] == "greater"
+    assert one["p_value"] < two["p_value"] and one["ci_high"] is None
+    worse = {"control": sums(20_000, 1400, 0.5), "t1": sums(20_000, 1000, 0.5)}
+    arm = evaluate(design(alternative="greater"), worse, {}, now=NOW)["arms"][0]
+    assert arm["decision"] == "continue" and arm["p_value"] == 1.0
+    # a change of alternative does not carry the other test's running state
+    prev = {"t1": PriorLook(p_value=0.001, ci_low=0.0, ci_high=0.1, method="ipw",
+                            tau2=one_ev["tau2"], looks=3)}
+    again = evaluate(design(alternative="greater"), worse, prev, now=NOW)["arms"][0]
+    assert again["p_value"] == 1.0 and again["looks"] == 1
+
+
+def test_a_decided_direction_does_not_flip_when_the_estimate_wanders() -> None:
+    """The running p-value stays below alpha once it got there; the direction of that
+    rejection is kept, even if a later estimate has the other sign."""
+    first = evaluate(design(), {"control": sums(4000, 200, 0.5), "t1": sums(4000, 290, 0.5)},
+                     {}, now=NOW)
+    a = first["arms"][0]
+    assert a["decision"] == "treatment_better"
+    prev = {"t1": PriorLook(p_value=a["p_value"], ci_low=a["ci_low"], ci_high=a["ci_high"],
+                            method="ipw", tau2=first["tau2"], looks=a["looks"],
+                            decision=a["decision"])}
+    later = {"control": sums(30_000, 1500, 0.5), "t1": sums(30_000, 1495, 0.5)}
+    b = evaluate(design(), later, prev, now=NOW)["arms"][0]
+    assert b["estimate"] < 0 and b["p_value"] == a["p_value"]
+    assert b["decision"] == "treatment_better"

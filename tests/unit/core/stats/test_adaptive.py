@@ -40,7 +40,8 @@ def test_ipw_moments_equal_the_per_impression_computation() -> None:
     z = np.where(arm == 1, (r - c) / p, -(r - c) / p)
     assert np.isclose(m.centre, c) and np.isclose(m.estimate, z.mean())
     # model variance: sum_k m2_k * sum 1/p² over arm k
-    m2 = {k: ((r[arm == k] - c) ** 2).mean() for k in (0, 1)}
+    # (never below the pooled second moment of both arms: the robust floor)
+    m2 = {k: max(((r[arm == k] - c) ** 2).mean(), ((r - c) ** 2).mean()) for k in (0, 1)}
     model = (m2[0] * (1 / p[arm == 0] ** 2).sum() + m2[1] * (1 / p[arm == 1] ** 2).sum()) / t
     assert np.isclose(m.sigma2, (model - z.mean() ** 2) * t / (t - 1))
     # Z-contributions of impressions of a third arm are zero: adding them changes only T.
@@ -147,3 +148,24 @@ def test_sim_kernel_is_the_platform_kernel() -> None:
     assert np.isclose(mean[0], m.estimate) and np.isclose(s2[0], m.sigma2)
     assert np.isclose(float(log_lambda(m.estimate, m.variance, 1e-4)),
                       ipw_msprt(800, a, b, tau2=1e-4, binary=True).log_lambda)
+
+
+def test_a_floored_arm_with_sparse_successes_does_not_shrink_the_variance() -> None:
+    """Regression (low base rates): a treatment held at a 10% floor that has seen few
+    successes had m2 = per-arm mean of (R - c)², far below the pooled p(1 - p), on the term
+    weighted by 1/p² = 100: sigma² collapsed exactly when Zbar was most extreme (2 successes
+    in 1,000 against 1% elsewhere gave p = 3e-4). Its second moment is now at least the
+    pooled one."""
+    p_a, p_b = 0.9, 0.1
+    a = ArmSums(n=9000, reward_sum=90, reward_sumsq=90, ipw_n=9000 / p_a, ipw_sum=90 / p_a,
+                ipw_sumsq=90 / p_a**2, ipw_n_sq=9000 / p_a**2)
+    b = ArmSums(n=1000, reward_sum=2, reward_sumsq=2, ipw_n=1000 / p_b, ipw_sum=2 / p_b,
+                ipw_sumsq=2 / p_b**2, ipw_n_sq=1000 / p_b**2)
+    t = 10_000
+    m = ipw_moments(t, a, b, binary=True)
+    c = 92 / 10_000
+    pooled = c * (1 - c)  # second moment of (R - c) over both arms
+    floor_term = pooled * (a.ipw_n_sq + b.ipw_n_sq) / t
+    assert m.sigma2 >= (floor_term - m.estimate**2) * 0.999
+    res = ipw_msprt(t, a, b, tau2=1e-4, binary=True, min_samples=100)
+    assert res.p_value > 0.1

@@ -17,6 +17,8 @@ from armlab.core.stats.msprt import (
     cs_halfwidth,
     holm_adjust,
     log_lambda,
+    log_lambda_greater,
+    lower_margin_greater,
     mixture_test,
     msprt_two_sample,
     tau2_for_effect,
@@ -169,3 +171,38 @@ def test_holm_and_bonferroni_reference_values() -> None:
     assert bonferroni_adjust([0.01, 0.04, 0.5]) == pytest.approx([0.03, 0.12, 1.0])
     with pytest.raises(StatsError):
         holm_adjust([0.1, float("nan")])
+
+
+def test_one_sided_mixture_closed_form_and_lower_bound() -> None:
+    """Lambda+ = 2 Lambda Phi(d tau / sqrt(V (V + tau²))) (half-normal mixture, Howard et al.
+    2021), checked against numerical integration over theta; the lower bound solves
+    Lambda+(D - L) = 1/alpha and the upper bound is +inf."""
+    d, v, tau2 = 0.004, 1e-6, 4e-6
+    tau = math.sqrt(tau2)
+
+    def integrand(th: float) -> float:
+        return 2 * norm.pdf(th / tau) / tau * math.exp(th * d / v - th * th / (2 * v))
+
+    num, _ = integrate.quad(integrand, 0, 20 * tau)
+    assert float(log_lambda_greater(d, v, tau2)) == pytest.approx(math.log(num), rel=1e-6)
+    x = lower_margin_greater(v, tau2, 0.05)
+    assert float(log_lambda_greater(x, v, tau2)) == pytest.approx(-math.log(0.05), abs=1e-9)
+    r = mixture_test(d, v, tau2=tau2, alpha=0.05, alternative="greater")
+    assert r.ci_high == math.inf and r.ci_low == pytest.approx(d - x)
+    two = mixture_test(d, v, tau2=tau2, alpha=0.05)
+    assert r.p_value < two.p_value and r.ci_low > two.ci_low  # more power on that side
+    worse = mixture_test(-d, v, tau2=tau2, alpha=0.05, alternative="greater")
+    assert worse.p_value > 0.5  # a negative effect is no evidence for "greater"
+
+
+def test_one_sided_mixture_keeps_alpha_under_continuous_monitoring() -> None:
+    """Gaussian random walk at theta = 0, 2,000 looks: P(ever Lambda+ >= 1/alpha) <= alpha."""
+    rng = np.random.default_rng(4)
+    reps, looks = 4000, 2000
+    s = np.zeros(reps)
+    hit = np.zeros(reps, dtype=bool)
+    tau2 = 8.0 / 2000  # sigma = 1 per step, tuned near the horizon
+    for n in range(1, looks + 1):
+        s += rng.standard_normal(reps)
+        hit |= log_lambda_greater(s / n, 1.0 / n, tau2) >= -math.log(0.05)
+    assert hit.mean() <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / reps)

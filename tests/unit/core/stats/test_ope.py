@@ -88,8 +88,8 @@ def test_cs_radius_reference_and_wider_than_ci() -> None:
     L = -2 * math.log(a)
     e = (L + math.log(L + 1)) / t
     expect = sd * math.sqrt(2 * (t * e + 1) / (t * t * e) * math.log(math.sqrt(t * e + 1) / a))
-    assert ope.cs_radius(sd, t, a) == pytest.approx(expect)
-    assert ope.cs_radius(sd, t, a) > Z975 * sd / math.sqrt(t)
+    assert ope.cs_radius(sd, t, a, t_opt=t) == pytest.approx(expect)
+    assert ope.cs_radius(sd, t, a, t_opt=t) > Z975 * sd / math.sqrt(t)
     est = ope.ipw(R * 50, P * 50, T * 50, confidence_sequence=True)
     assert est.cs_low is not None and est.cs_high is not None
     assert est.cs_low < est.ci_low < est.value < est.ci_high < est.cs_high
@@ -180,3 +180,27 @@ def test_biased_target_is_detected() -> None:
     logging_value = 0.5 * 0.10 + 0.3 * 0.20 + 0.2 * 0.05  # 0.12
     for arr in sims.values():
         assert np.mean(arr[:, 0] > logging_value) > 0.9
+
+
+def test_cs_mixture_is_tuned_once_not_at_every_look() -> None:
+    """Regression: rho was re-tuned to the current t at every look (t_opt = t), which is a
+    different boundary per look; the running coverage over 1,000 looks then fell below
+    1 - alpha. With one tuning horizon the boundary is one mixture, time-uniform."""
+    a, sd = 0.05, 1.0
+    # one mixture: the implied eta² is the same whatever t is
+    la = -2 * math.log(a)
+    e = (la + math.log(la + 1)) / ope.DEFAULT_CS_HORIZON
+    for t in (10, 1000, 10_000, 200_000):
+        want = sd * math.sqrt(2 * (t * e + 1) / (t * t * e) * math.log(math.sqrt(t * e + 1) / a))
+        assert ope.cs_radius(sd, t, a) == pytest.approx(want)
+    # running coverage of the default confidence sequence, Gaussian terms, 1,000 looks
+    rng = np.random.default_rng(7)
+    reps, looks, step = 3000, 1000, 10
+    s = np.zeros(reps)
+    miss = np.zeros(reps, dtype=bool)
+    for i in range(1, looks + 1):
+        s += rng.standard_normal((reps, step)).sum(axis=1)
+        t = i * step
+        miss |= np.abs(s / t) > ope.cs_radius(sd, t, a)
+    rate, se = miss.mean(), math.sqrt(a * (1 - a) / reps)
+    assert rate <= a + 2 * se, rate

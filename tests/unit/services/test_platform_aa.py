@@ -1,0 +1,115 @@
+"""A/A experiments through the whole embedded platform: assignment (the Assigner), events
+(MemoryBus -> IngestRunner -> SQLite), the allocator's passes (snapshots, decisions) and the
+results endpoint's view. Both arms have the same click rate, so every ``treatment_better`` /
+``treatment_worse`` is a false positive and every SRM mismatch a false alarm.
+
+Small on purpose (seconds): it catches a gross failure of the platform path (the statistics
+are checked at size by ``armlab simulate validity``), such as user units analysed per
+impression (SRM false alarms in most runs) or a look that is shown and then taken back.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from armlab.adapters.db.uow import UnitOfWork
+from armlab.adapters.kafka.memory import MemoryBus
+from armlab.bootstrap import bootstrap
+from armlab.core.specs import ExperimentSpec
+from armlab.services import registry
+from armlab.services.allocator import run_allocation
+from armlab.services.assignment import Assigner
+from armlab.services.results import build_results
+from armlab.settings import Settings
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+WINDOW_S = 60
+
+
+def _spec(key: str, unit: str) -> ExperimentSpec:
+    return ExperimentSpec.model_validate({
+        "key": key, "unit": unit, "exploration_floor": 0.1, "attribution_window_s": WINDOW_S,
+        "policy": {"name": "thompson"}, "salt": key,
+        "sequential": {"min_samples": 100},
+        "arms": [{"key": "control", "control": True, "variant": {"kind": "popularity"}},
+                 {"key": "t1", "variant": {"kind": "popularity"}}],
+    })
+
+
+def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: int,
+            rate: float, seed: int) -> dict[str, Any]:
+    services = bootstrap(Settings(database_url=url, transport="memory"))
+    bus = MemoryBus(default_partitions=2)
+    runner = bootstrap(services.settings, engine=services.engine, bus=bus).ingest_runner()
+    s = services.settings
+    keys = [f"aa{i}" for i in range(experiments)]
+    with UnitOfWork(services.session_factory) as uow:
+        for k in keys:
+            registry.create_experiment(uow, spec=_spec(k, unit), actor="t")
+            registry.start_experiment(uow, key=k, actor="t")
+        uow.commit()
+    asg = Assigner(services.session_factory, seed=seed).start(background=False)
+    rng = random.Random(seed)
+    user_rate: dict[str, float] = {}
+    n = 0
+    shown_p: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for k in keys:
+            for _ in range(per_round):
+                if unit == "user":  # 10 impressions per user, click rates vary by user
+                    uid = f"{k}-u{n // 10}"
+                    q = user_rate.setdefault(uid, rng.betavariate(rate * 5.67,
+                                                                  (1 - rate) * 5.67))
+                else:
+                    uid, q = f"{k}-r{n}", rate
+                a = asg.assign(k, uid)
+                served = T0 + timedelta(seconds=r * 10)
+                imp = {"schema": "impression.v1", "event_id": f"ie{n}", "impression_id": f"i{n}",
+                       "experiment_key": k, "arm_key": a.arm_key, "unit_id": uid,
+                       "propensity": a.propensity, "served_at": served.isoformat()}
+                bus.produce(s.topic_impressions, orjson.dumps(imp), f"i{n}".encode())
+                if rng.random() < q:
+                    fb = {"schema": "feedback.v1", "event_id": f"fe{n}", "impression_id": f"i{n}",
+                          "experiment_key": k, "kind": "click", "value": 1.0,
+                          "occurred_at": (served + timedelta(seconds=1)).isoformat()}
+                    bus.produce(s.topic_feedback, orjson.dumps(fb), f"i{n}".encode())
+                n += 1
+        runner.drain()
+        run_allocation(services.session_factory,
+                       now=T0 + timedelta(seconds=r * 10 + WINDOW_S + 1))
+        asg.refresh()
+        with UnitOfWork(services.session_factory) as uow:
+            for k in keys:
+                seq = build_results(uow, registry.get_experiment(uow, key=k))["sequential"]
+                if seq["arms"]:
+                    shown_p[k].append(seq["arms"][0]["p_value"])
+    decided, srm = 0, 0
+    with UnitOfWork(services.session_factory) as uow:
+        for k in keys:
+            exp = registry.get_experiment(uow, key=k)
+            rows = uow.evidence.latest_decisions(exp.id)
+            ev = build_results(uow, exp)["sequential"]
+            decided += any(d.decision in ("treatment_better", "treatment_worse")
+                           for d in rows.values())
+            srm += bool(ev["srm"]["mismatch"])
+    asg.close()
+    services.close()
+    return {"fpr": decided / experiments, "srm": srm / experiments, "shown_p": shown_p}
+
+
+@pytest.mark.parametrize("unit", ["request", "user"])
+def test_aa_through_the_platform_stays_within_alpha(sqlite_url: str, unit: str) -> None:
+    experiments = 20
+    out = _run_aa(sqlite_url, unit=unit, experiments=experiments, rounds=10, per_round=100,
+                  rate=0.05, seed=7)
+    alpha = 0.05
+    assert out["fpr"] <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / experiments), out["fpr"]
+    assert out["srm"] <= 1 / experiments  # SRM at alpha 0.001: none expected
+    for ps in out["shown_p"].values():  # what the results endpoint showed never rose
+        assert all(b <= a for a, b in zip(ps, ps[1:], strict=False)), ps
