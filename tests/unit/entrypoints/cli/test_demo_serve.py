@@ -29,7 +29,7 @@ def test_demo_serve_prints_the_dashboard_url_and_serves_it(tmp_path: Path) -> No
     env.pop("ARMLAB_AUTH_TOKENS", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "armlab", "demo", "--tiny", "--max-requests", "30",
-         "--cadence", "10", "--candidates", "20", "--no-lm", "--key", "served-demo",
+         "--cadence", "10", "--key", "served-demo",
          "--report-dir", str(tmp_path / "reports"), "--serve", "--port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
