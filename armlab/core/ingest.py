@@ -18,6 +18,7 @@ sums of squares, each divided by p or p^2 for the inverse-propensity-weighted fo
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ OUT_PENDING = "feedback_pending"
 OUT_RESOLVED = "pending_resolved"
 OUT_DUPLICATE = "duplicate"
 OK_OUTCOMES = frozenset({OUT_IMPRESSION, OUT_APPLIED, OUT_PENDING, OUT_RESOLVED, OUT_DUPLICATE})
+
+#: A dead letter carries at most this many bytes of the original record (base64-encoded);
+#: longer records keep their first MAX_DLQ_RAW_BYTES plus ``raw_length`` and ``raw_sha256``,
+#: so every dead letter fits the DLQ producer's request size (1 MiB, set explicitly).
+MAX_DLQ_RAW_BYTES = 256 * 1024
+MAX_DLQ_DETAIL = 2000
 
 
 class RecordLike(Protocol):
@@ -112,19 +119,29 @@ class Reject:
     key: bytes | None = None
 
     def to_dlq(self, group: str) -> bytes:
-        """The DLQ record: JSON {reason, detail, topic, partition, offset, raw (base64), ...}."""
-        return orjson.dumps(
-            {
-                "reason": self.reason,
-                "detail": self.detail,
-                "topic": self.topic,
-                "partition": self.partition,
-                "offset": self.offset,
-                "raw": base64.b64encode(self.raw).decode() if self.raw is not None else None,
-                "group": group,
-                "at": utcnow().isoformat(),
-            }
-        )
+        """The DLQ record: JSON {reason, detail, topic, partition, offset, raw (base64),
+        raw_length, group, at}. A record longer than MAX_DLQ_RAW_BYTES is truncated to its
+        first MAX_DLQ_RAW_BYTES (``raw_truncated``: true) and carries ``raw_sha256`` of the
+        whole original, so a dead letter is never too large for the DLQ topic."""
+        raw = self.raw
+        out: dict[str, Any] = {
+            "reason": self.reason,
+            "detail": self.detail[:MAX_DLQ_DETAIL],
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "raw": None,
+            "raw_length": None if raw is None else len(raw),
+            "group": group,
+            "at": utcnow().isoformat(),
+        }
+        if raw is not None:
+            if len(raw) > MAX_DLQ_RAW_BYTES:
+                out["raw_truncated"] = True
+                out["raw_sha256"] = hashlib.sha256(raw).hexdigest()
+                raw = raw[:MAX_DLQ_RAW_BYTES]
+            out["raw"] = base64.b64encode(raw).decode()
+        return orjson.dumps(out)
 
 
 @dataclass(slots=True)

@@ -9,6 +9,15 @@ statistics exactly once (dead letters are at-least-once: flushed before the comm
 Outages: a database error rolls the batch back and retries it with backoff (the records stay
 in memory; the Kafka consumer keeps heartbeating in its own thread). Kafka outages are
 handled by kafka-python's reconnects; a DLQ flush failure also rolls back and retries.
+
+Poison records: validation (:func:`armlab.core.events.decode`) is meant to reject every value
+the database cannot store, but if a batch still fails for a reason that depends on its records'
+content (a database ``DataError`` or ``IntegrityError``, or an arithmetic / value / type /
+encoding error while handling or encoding it: :func:`is_record_error`), the batch is bisected:
+each half is committed on its own, in order, until the one failing record is isolated; that
+record is dead-lettered with reason ``unprocessable`` (the error in ``detail``) and the rest
+are counted as usual. Errors of the environment (transient database errors, Kafka) never
+bisect: they retry the whole batch, so nothing is lost or reordered.
 ``stop()`` (SIGTERM) lets the in-flight batch finish, then the loop exits.
 """
 
@@ -21,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from armlab.adapters.db import ingest_store
@@ -59,6 +69,23 @@ class DlqSink(Protocol):
 
 class _Retry(Exception):  # noqa: N818 - internal control flow
     pass
+
+
+UNPROCESSABLE = "unprocessable"
+_RECORD_ERRORS = (ArithmeticError, ValueError, TypeError, UnicodeError, LookupError)
+
+
+def is_record_error(exc: BaseException) -> bool:
+    """True when ``exc`` depends on the content of the records being written (the batch is
+    bisected and the culprit dead-lettered), False for failures of the environment (retried
+    or raised as they are)."""
+    if isinstance(exc, _Retry | ingest_store.Fenced) or is_transient(exc):
+        return False
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, StatementError):  # bind-parameter processing failed before the driver
+        return exc.orig is not None and isinstance(exc.orig, _RECORD_ERRORS)
+    return isinstance(exc, _RECORD_ERRORS)
 
 
 class IngestRunner:
@@ -220,10 +247,32 @@ class IngestRunner:
         return len(records)
 
     # -- one batch ---------------------------------------------------------------------
-    def process(self, records: Sequence[RecordLike]) -> None:
+    def process(self, records: Sequence[RecordLike]) -> bool:
+        """Commit ``records`` (one partition's records in offset order) as one batch, or, when
+        the batch fails because of a record's content, bisect it (module doc). True when
+        every record was committed; False when the batch was abandoned (a fence, or a stop
+        during an outage: the records are read again from the stored offsets)."""
+        try:
+            return self._process(records)
+        except Exception as exc:
+            if not is_record_error(exc):
+                raise
+            if len(records) == 1:
+                detail = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+                log.warning("record could not be processed; dead-lettering it",
+                            extra={"topic": records[0].topic, "partition": records[0].partition,
+                                   "offset": records[0].offset, "error": detail})
+                return self._process(records, poison=detail)
+            mid = len(records) // 2
+            log.info("batch failed on a record's content; bisecting",
+                     extra={"records": len(records), "error": str(exc)[:200]})
+            return self.process(records[:mid]) and self.process(records[mid:])
+
+    def _process(self, records: Sequence[RecordLike], poison: str | None = None) -> bool:
         t0 = time.perf_counter()
         decoded: list[tuple[RecordLike, Event | DecodeFailure]] = [
-            (r, decode(r.value, self.expected.get(r.topic))) for r in records
+            (r, DecodeFailure(UNPROCESSABLE, poison) if poison is not None
+             else decode(r.value, self.expected.get(r.topic))) for r in records
         ]
         # Impressions before feedback (a stable sort: each partition keeps its own order).
         # A poll often returns a feedback partition's records ahead of the impressions they
@@ -258,7 +307,7 @@ class IngestRunner:
             log.warning("fenced: another consumer owns these partitions",
                         extra={"partitions": [f"{t}:{p}" for t, p in exc.tps]})
             self._resync(list(moves))
-            return
+            return False
         except Exception as exc:
             if not (self._stop.is_set() and (isinstance(exc, _Retry) or is_transient(exc))):
                 raise
@@ -266,7 +315,7 @@ class IngestRunner:
             log.warning("stopping during an outage; batch not committed (it will be read "
                         "again)", extra={"cause": cause})
             self._resync(list(moves), quiet=True)
-            return
+            return False
         for tp, (_, end) in moves.items():
             if tp in self._committed:
                 self._committed[tp] = end
@@ -275,6 +324,7 @@ class IngestRunner:
             commit_progress({tp: end for tp, (_, end) in moves.items()})
         rejects = Counter(r.reason for r in fx.rejects)
         self.metrics.observe_batch(fx.outcomes, rejects, time.perf_counter() - t0, len(records))
+        return True
 
     def _commit_batch(
         self,
