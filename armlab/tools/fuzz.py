@@ -150,15 +150,16 @@ def _one(i: int, family: str, rng: random.Random, experiment_key: str,
         fields = [k for k, v in base.items() if isinstance(v, str) and k != "schema"]
         where = rng.choice([*fields, "context-key", "context-value", "item"] if is_imp
                            else fields)
+        text: str
         if where == "context-key":
-            raw = _dump(base).replace('"page":', f'"{bad}":')
+            text = _dump(base).replace('"page":', f'"{bad}":')
         elif where == "context-value":
-            raw = _dump(base).replace('"home"', f'"{bad}"')
+            text = _dump(base).replace('"home"', f'"{bad}"')
         elif where == "item":
-            raw = _dump(base).replace('"m1"', f'"{bad}"')
+            text = _dump(base).replace('"m1"', f'"{bad}"')
         else:
-            raw = _with_token(base, (where,), f'"{bad}"').decode("utf-8", "surrogatepass")
-        return FuzzRecord(topic, raw.encode("utf-8", "surrogatepass"), family)
+            text = _with_token(base, (where,), f'"{bad}"').decode("utf-8", "surrogatepass")
+        return FuzzRecord(topic, text.encode("utf-8", "surrogatepass"), family)
     if family == "nesting":
         depth = rng.choice((15, 16, 17, 50, 200))
         nested = "[" * depth + "1" + "]" * depth

@@ -192,7 +192,8 @@ def test_limits_accept_the_edges() -> None:
     for raw in (
         _with(IMP, propensity=MIN_PROPENSITY),
         _with(IMP, items=[2**63 - 1, -(2**63)], context={"n": 2**63 - 1, "m": -(2**63)}),
-        _with(IMP, context={"d": json.loads("[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1))}),
+        _with(IMP, context={"d": json.loads("[" * (MAX_JSON_DEPTH - 1)
+                                            + "]" * (MAX_JSON_DEPTH - 1))}),
         _with(IMP, context={"s": "tab\there \u00e9\U0001f600", "f": 1e308, "t": 5e-324}),
     ):
         assert isinstance(decode(raw, ImpressionV1), ImpressionV1), decode(raw, ImpressionV1)
