@@ -102,7 +102,7 @@ def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
     assert r.status_code == 503
     body = r.json()
     assert body["type"] == "ServiceUnavailable"
-    assert "database not reachable" in body["detail"]
+    assert "the database is not reachable" in body["detail"]
 
 
 def test_openapi_docs_are_served(client: TestClient) -> None:
