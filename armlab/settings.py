@@ -158,6 +158,11 @@ class Settings(BaseSettings):
         None, description="Directory with PostgreSQL's initdb and postgres for `armlab dev "
         "up`; unset: $PATH, then Debian's /usr/lib/postgresql/<version>/bin."
     )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=1024**3,
+        description="Largest request body the API reads; larger ones get 413 before any "
+        "reading or authentication.",
+    )
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -520,3 +520,87 @@ def test_ship_of_unknown_arm_is_404_and_changes_nothing(client: TestClient, stat
     assert "ghost" in r.json()["detail"] and "control, minilm" in r.json()["detail"]
     assert client.get("/v1/experiments/home-recs", headers=READER).json() == before
     assert len(audit(client)) == n_audit
+
+
+def _raw(spec: dict[str, Any], path: str, token: str) -> bytes:
+    """The spec as JSON with the value at dotted ``path`` replaced by a raw token (NaN...)."""
+    import json
+
+    body = copy.deepcopy(spec)
+    *head, last = path.split(".")
+    target: Any = body
+    for p in head:
+        target = target[int(p)] if p.isdigit() else target.setdefault(p, {})
+    target[last] = "@@TOKEN@@"
+    return json.dumps(body).replace('"@@TOKEN@@"', token).encode()
+
+
+@pytest.mark.parametrize(("path", "token", "field"), [
+    ("sequential.theta0", "NaN", "sequential.theta0"),
+    ("sequential.theta0", "Infinity", "sequential.theta0"),
+    ("sequential.tau2", "Infinity", "sequential.tau2"),
+    ("sequential.alpha", "NaN", "sequential.alpha"),
+    ("exploration_floor", "NaN", "exploration_floor"),
+    ("policy.params.prior_alpha", "NaN", "policy.params"),
+    ("policy.params.prior_alpha", "Infinity", "policy.params"),
+    ("burn_in", "2147483648", "burn_in"),
+    ("sequential.min_samples", "2147483648", "sequential.min_samples"),
+    ("sequential.max_n", "1e400", "sequential.max_n"),
+    ("sequential.max_n", "99999999999999999999999", "sequential.max_n"),
+    ("arms.1.variant.item_template", '"' + "{title}" * 10_000 + '"', "arms.1.variant"),
+    ("description", '"' + "x" * 10_001 + '"', "description"),
+])
+def test_numbers_and_strings_that_do_not_fit_are_422(
+    client: TestClient, path: str, token: str, field: str
+) -> None:
+    body = _raw(make_spec(), path, token)
+    r = client.post("/v1/experiments", content=body,
+                    headers={**ADMIN, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert field in [e["field"] for e in r.json()["errors"]], r.json()
+    assert client.get("/v1/experiments", headers=READER).json() == {"experiments": []}
+
+
+def test_epsilon_greedy_decay_c_must_be_finite(client: TestClient) -> None:
+    for token in ("NaN", "Infinity"):
+        spec = make_spec(policy={"name": "epsilon_greedy", "params": {}})
+        r = client.post("/v1/experiments", content=_raw(spec, "policy.params.decay_c", token),
+                        headers={**ADMIN, "Content-Type": "application/json"})
+        assert r.status_code == 422 and "decay_c" in r.text, r.text
+
+
+def test_oversized_bodies_are_413_before_reading_or_auth(client: TestClient) -> None:
+    import asyncio
+
+    big = b"x" * (50 * 1024 * 1024)
+    for url in ("/v1/experiments", "/v1/events", "/v1/experiments/k/assign"):
+        r = client.post(url, content=big, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 413, (url, r.status_code)
+        assert r.json()["type"] == "PayloadTooLarge"
+    # with a Content-Length over the limit, nothing is read: receive() is never called
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/events", "headers": [
+        (b"content-length", str(50 * 1024 * 1024).encode())], "query_string": b""}
+    asyncio.run(client.app(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 413
+    # chunked (no Content-Length) is counted as it arrives
+    chunks = [b"x" * (1024 * 1024)] * 20
+
+    async def chunked() -> dict[str, Any]:
+        return {"type": "http.request", "body": chunks.pop(), "more_body": bool(chunks)}
+
+    sent.clear()
+    scope["path"] = "/v1/experiments"
+    scope["headers"] = [(b"authorization", b"Bearer admin-secret"),
+                        (b"content-type", b"application/json")]
+    asyncio.run(client.app(scope, chunked, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 413 and len(chunks) < 19
+    # a body under the limit is untouched
+    assert client.post("/v1/experiments", json=make_spec(), headers=ADMIN).status_code == 201
