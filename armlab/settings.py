@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from armlab.errors import ConfigurationError
+from armlab.errors import ConfigurationError, redact
 
 DEFAULT_HOME = Path(".armlab")
 #: Records one ingest batch (one transaction) takes at most; amortises the per-commit cost.
@@ -170,7 +170,8 @@ class Settings(BaseSettings):
     def _check_db_url(cls, v: str) -> str:
         if not v.startswith(("sqlite", "postgresql")):
             raise ValueError(
-                f"ARMLAB_DATABASE_URL must start with sqlite:// or postgresql+psycopg://, got {v!r}"
+                "ARMLAB_DATABASE_URL must start with sqlite:// or postgresql+psycopg://, got "
+                f"{redact(v)!r}"
             )
         return v
 

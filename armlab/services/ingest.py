@@ -142,6 +142,10 @@ class IngestRunner:
 
     def _ensure_started(self) -> None:
         if not self._started:
+            # Read the offsets table once before joining the group: an unmigrated database
+            # fails here, plainly, instead of inside a Kafka rebalance callback.
+            self._with_db_retry(lambda: self._read_offsets([(self.topic_impressions, 0)]),
+                                what="check the database schema")
             self.source.start(self._on_assign, self._on_revoke)
             self._started = True
 

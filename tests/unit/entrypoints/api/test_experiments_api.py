@@ -604,3 +604,26 @@ def test_oversized_bodies_are_413_before_reading_or_auth(client: TestClient) -> 
     assert sent[0]["status"] == 413 and len(chunks) < 19
     # a body under the limit is untouched
     assert client.post("/v1/experiments", json=make_spec(), headers=ADMIN).status_code == 201
+
+
+def test_salt_is_shown_to_admins_only(client: TestClient) -> None:
+    create(client, key="salty", salt="s3cret-salt")
+    assert client.get("/v1/experiments/salty", headers=ADMIN).json()["salt"] == "s3cret-salt"
+    for who in (READER, PRODUCER):
+        r = client.get("/v1/experiments/salty", headers=who)
+        assert r.status_code == 200 and r.json()["salt"] is None
+        assert "s3cret-salt" not in client.get("/v1/experiments", headers=who).text
+        assert "s3cret-salt" not in client.get("/v1/experiments/salty/audit", headers=who).text
+
+
+@pytest.mark.parametrize("raw", ["topsecretvalue", "ops:admin:ok,justthesecret9",
+                                 "ops:s3cretvalue9:admin", "ops:admin:"])
+def test_malformed_auth_tokens_never_print_the_secret(raw: str) -> None:
+    from armlab.entrypoints.api.auth import parse_tokens
+    from armlab.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as err:
+        parse_tokens(raw)
+    for secret in ("topsecretvalue", "justthesecret9", "s3cretvalue9"):
+        assert secret not in err.value.message
+    assert "ARMLAB_AUTH_TOKENS entry" in err.value.message
