@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
@@ -36,12 +37,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from armlab.adapters.db import ingest_store
 from armlab.adapters.db.retry import db_retrying, is_transient
 from armlab.adapters.metrics import IngestMetrics
+from armlab.core.clock import utcnow
 from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1, decode
 from armlab.core.ingest import (
     Effects,
     ExperimentInfo,
     RecordLike,
+    Reject,
     handle_batch,
+    pending_raw,
     referenced_ids,
 )
 from armlab.settings import DEFAULT_INGEST_BATCH
@@ -72,6 +76,8 @@ class _Retry(Exception):  # noqa: N818 - internal control flow
 
 
 UNPROCESSABLE = "unprocessable"
+#: Oldest the consumer's copy of the registry (status, arms, windows) may be, in seconds.
+EXPERIMENTS_MAX_AGE_S = 5.0
 _RECORD_ERRORS = (ArithmeticError, ValueError, TypeError, UnicodeError, LookupError)
 
 
@@ -111,6 +117,8 @@ class IngestRunner:
         poll_timeout_s: float = 0.2,
         metrics: IngestMetrics | None = None,
         retry_max_s: float = 5.0,
+        sweep_interval_s: float = 60.0,
+        sweep_grace_s: float = 60.0,
     ) -> None:
         self.session_factory = session_factory
         self.source = source
@@ -127,6 +135,10 @@ class IngestRunner:
         self.retry_max_s = retry_max_s
         self._committed: dict[TP, int | None] = {}  # next offset stored in the DB (None: none)
         self._experiments: dict[str, ExperimentInfo] = {}
+        self._experiments_at = 0.0
+        self.sweep_interval_s = sweep_interval_s
+        self.sweep_grace_s = sweep_grace_s
+        self._last_sweep = time.monotonic()
         self._stop = threading.Event()
         self._started = False
         self._last_lag = 0.0
@@ -235,6 +247,9 @@ class IngestRunner:
                 self.metrics.set_lag(self.source.lag(dict(self._committed)))
             except Exception as exc:  # noqa: BLE001 - lag is informational
                 log.debug("lag unavailable: %s", exc)
+        if now - self._last_sweep > self.sweep_interval_s:
+            self._last_sweep = now
+            self.sweep_pending()
         if not records:
             return 0
         # Drop records of partitions we no longer own (revoked during poll) and records
@@ -341,6 +356,7 @@ class IngestRunner:
             state = ingest_store.prefetch(session, imp_ids, imp_events, fb_events, arriving)
             if self._needs_reload(decoded):
                 self._experiments = ingest_store.load_experiments(session)
+                self._experiments_at = time.monotonic()
             fx = handle_batch(
                 decoded, self._experiments, state, feedback_topic=self.topic_feedback
             )
@@ -350,14 +366,16 @@ class IngestRunner:
         return fx
 
     def _needs_reload(self, decoded: list[tuple[RecordLike, Event | DecodeFailure]]) -> bool:
-        """Reload the registry when the batch names an experiment or arm we do not know."""
+        """Reload the registry when the batch names an experiment or arm we do not know, an
+        impression names a draft (it may have started since), or the copy is older than
+        EXPERIMENTS_MAX_AGE_S (stops and ships reach the consumer within that time)."""
         exps = self._experiments
-        if not exps:
+        if not exps or time.monotonic() - self._experiments_at > EXPERIMENTS_MAX_AGE_S:
             return True
         for _, ev in decoded:
             if isinstance(ev, ImpressionV1):
                 e = exps.get(ev.experiment_key)
-                if e is None or ev.arm_key not in e.arms:
+                if e is None or ev.arm_key not in e.arms or e.status == "draft":
                     return True
             elif isinstance(ev, FeedbackV1) and ev.experiment_key not in exps:
                 return True
@@ -374,6 +392,48 @@ class IngestRunner:
             self.dlq.flush()
         except Exception as exc:  # kafka errors: roll back this batch and retry it
             raise _Retry(f"dead-letter produce failed: {exc}") from exc
+
+    # -- pending feedback whose impression never came ---------------------------------
+    def sweep_pending(self, now: datetime | None = None) -> int:
+        """Dead-letter (reason ``no_impression``) and mark ``unknown`` the pending feedback
+        whose impression has not arrived within the attribution window (plus
+        ``sweep_grace_s``) of its arrival; runs every ``sweep_interval_s`` from the loop.
+        Returns how many were swept. Never raises: a failed sweep is retried next time."""
+        try:
+            return self._sweep(now or utcnow())
+        except Exception as exc:  # noqa: BLE001 - the consumer must not stop for a sweep
+            log.warning("pending-feedback sweep failed; retrying at the next interval",
+                        extra={"error": str(exc)[:300]})
+            return 0
+
+    def _sweep(self, now: datetime) -> int:
+        with self.session_factory() as session, session.begin():
+            if not self._experiments:
+                self._experiments = ingest_store.load_experiments(session)
+                self._experiments_at = time.monotonic()
+            stale = ingest_store.stale_pending(session, self._experiments, now,
+                                               self.sweep_grace_s)
+            if not stale:
+                return 0
+            fx = Effects()
+            for pf in stale:
+                window = self._experiments.get(pf.experiment_key)
+                fx.rejects.append(Reject(
+                    "no_impression",
+                    f"impression {pf.impression_id!r} did not arrive within the attribution "
+                    f"window ({window.window_s:.0f}s)" if window else
+                    f"impression {pf.impression_id!r} never arrived",
+                    self.topic_feedback, pf.partition, -1, pending_raw(pf)))
+                fx.counters[("no_impression", pf.partition)] += 1
+                fx.outcomes[(self.topic_feedback, "no_impression")] += 1
+            self._send_dead_letters(fx)
+            ingest_store.mark_feedback(session, [pf.event_id for pf in stale], "unknown")
+            ingest_store.upsert_counters(session, self.group, fx.counters.items())
+        self.metrics.dlq.labels("no_impression").inc(len(stale))
+        self.metrics.dlq_reasons["no_impression"] += len(stale)
+        self.metrics.outcomes["no_impression"] += len(stale)
+        log.info("pending feedback swept", extra={"n": len(stale)})
+        return len(stale)
 
     def _resync(self, tps: list[TP], quiet: bool = False) -> None:
         """After a fence or an abandoned batch: seek back to the stored offsets."""
