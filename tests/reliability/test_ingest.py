@@ -391,9 +391,9 @@ def test_a_record_the_database_rejects_is_bisected_out(
         return strict(raw, expected)
 
     monkeypatch.setattr(ingest_service, "decode", lax_decode)
-    good = h.events(3_000, seed=12)
-    h.produce(good[:1_500], raw=[(h.topic_imp, lax_raw)])
-    h.produce(good[1_500:])
+    good = h.events(1_000, seed=12)
+    h.produce(good[:500], raw=[(h.topic_imp, lax_raw)])
+    h.produce(good[500:])
     settings = Settings(database_url=h.pg_url, kafka=KafkaSettings(bootstrap=h.bootstrap),
                         topic_impressions=h.topic_imp, topic_feedback=h.topic_fb,
                         topic_dlq=h.topic_dlq, consumer_group=h.group)
