@@ -16,8 +16,10 @@ content (a database ``DataError`` or ``IntegrityError``, or an arithmetic / valu
 encoding error while handling or encoding it: :func:`is_record_error`), the batch is bisected:
 each half is committed on its own, in order, until the one failing record is isolated; that
 record is dead-lettered with reason ``unprocessable`` (the error in ``detail``) and the rest
-are counted as usual. Errors of the environment (transient database errors, Kafka) never
-bisect: they retry the whole batch, so nothing is lost or reordered.
+are counted as usual. More than MAX_UNPROCESSABLE_PER_POLL such records in one poll means the
+failure is systematic (a bug, a schema mismatch), and the error is raised instead. Errors of
+the environment (transient database errors, Kafka) never bisect: they retry the whole batch,
+so nothing is lost or reordered.
 ``stop()`` (SIGTERM) lets the in-flight batch finish, then the loop exits.
 """
 
@@ -76,6 +78,9 @@ class _Retry(Exception):  # noqa: N818 - internal control flow
 
 
 UNPROCESSABLE = "unprocessable"
+#: At most this many records of one poll are dead-lettered as ``unprocessable``; one more
+#: means the failure is not in the records, and the consumer stops instead.
+MAX_UNPROCESSABLE_PER_POLL = 10
 #: Oldest the consumer's copy of the registry (status, arms, windows) may be, in seconds.
 EXPERIMENTS_MAX_AGE_S = 5.0
 _RECORD_ERRORS = (ArithmeticError, ValueError, TypeError, UnicodeError, LookupError)
@@ -136,6 +141,7 @@ class IngestRunner:
         self._committed: dict[TP, int | None] = {}  # next offset stored in the DB (None: none)
         self._experiments: dict[str, ExperimentInfo] = {}
         self._experiments_at = 0.0
+        self._poison_budget = MAX_UNPROCESSABLE_PER_POLL
         self.sweep_interval_s = sweep_interval_s
         self.sweep_grace_s = sweep_grace_s
         self._last_sweep = time.monotonic()
@@ -262,6 +268,7 @@ class IngestRunner:
         ]
         if not records:
             return 0
+        self._poison_budget = MAX_UNPROCESSABLE_PER_POLL
         self.process(records)
         return len(records)
 
@@ -277,6 +284,14 @@ class IngestRunner:
             if not is_record_error(exc):
                 raise
             if len(records) == 1:
+                if self._poison_budget <= 0:
+                    # More content failures in one poll than any real poison record would
+                    # cause: a systematic failure (a bug, a schema mismatch) that must stop
+                    # the consumer rather than dead-letter every record.
+                    log.error("too many unprocessable records in one batch; stopping",
+                              extra={"limit": MAX_UNPROCESSABLE_PER_POLL})
+                    raise
+                self._poison_budget -= 1
                 detail = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
                 log.warning("record could not be processed; dead-lettering it",
                             extra={"topic": records[0].topic, "partition": records[0].partition,

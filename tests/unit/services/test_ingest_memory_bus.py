@@ -188,3 +188,33 @@ def test_pending_feedback_is_swept_after_the_window_and_conflicts_are_dead_lette
     assert "orphan" in __import__("base64").b64decode(orphan["raw"]).decode()
     assert ingest_store.read_counters(services.session_factory(), runner.group)[
         "no_impression"] == 1
+
+
+def test_a_systematic_write_failure_stops_the_consumer_after_a_few_dead_letters(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bisection isolates poison records; a failure that hits every record (a bug) must stop
+    the consumer after MAX_UNPROCESSABLE_PER_POLL dead letters, not drain the topic into the
+    DLQ."""
+    from armlab.services import ingest as ingest_service
+
+    services = _services(sqlite_url)
+    _experiment(services)
+    bus = MemoryBus(default_partitions=1)
+    prod = MemoryEventProducer(bus)
+    for i in range(200):
+        prod.send_impression(experiment_key="exp", arm_key="a", unit_id=f"u{i}", propensity=0.5)
+    real = ingest_store.write_effects
+
+    def broken(session: Any, group: str, fx: Any) -> None:
+        if fx.new_impressions:
+            raise TypeError("a bug in the writer")
+        real(session, group, fx)
+
+    monkeypatch.setattr(ingest_service.ingest_store, "write_effects", broken)
+    runner = build_runner(services, bus=bus)
+    with pytest.raises(TypeError, match="a bug"):
+        runner.drain()
+    dlq = bus.records(services.settings.topic_dlq)
+    assert len(dlq) == ingest_service.MAX_UNPROCESSABLE_PER_POLL
+    assert {orjson.loads(r.value)["reason"] for r in dlq} == {"unprocessable"}
