@@ -349,7 +349,7 @@ def test_poison_records_are_dead_lettered_and_the_consumer_keeps_going(
     h.produce(good[:1_000], raw=[(t, v) for t, v, _ in poison])
     h.produce(good[1_000:])
     h.start()
-    h.wait_committed(h.records, timeout=120)
+    h.wait_committed(h.records)
     h.stop_all()
     h.assert_exact()
     dlq = h.dlq(expect=len(poison))
@@ -444,7 +444,7 @@ def test_fuzz_corpus_never_stops_the_consumer_and_accounting_is_exact(
     for k in range(4):  # interleaved in four rounds
         h.produce(good[k * 1500:(k + 1) * 1500], raw=fuzz[k * 2500:(k + 1) * 2500])
     h.start()
-    h.wait_committed(h.records, timeout=150)
+    h.wait_committed(h.records)  # default 240 s: room for a 60 s client rebuild under load
     h.stop_all()  # it never exited on its own: wait_committed fails on a dead consumer
     h.assert_exact()
     c = h.counters()
