@@ -111,6 +111,18 @@ async def assign(
     return Response(content=orjson.dumps(result.as_dict()), media_type="application/json")
 
 
+def _has_huge_float(value: Any) -> bool:
+    """orjson reads an integer past 64 bits as a float; such a context goes to the route,
+    whose parser keeps it an integer (and refuses it), so both paths answer alike."""
+    if isinstance(value, float):
+        return abs(value) >= 2.0**63
+    if isinstance(value, dict):
+        return any(_has_huge_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_huge_float(v) for v in value)
+    return False
+
+
 class AssignFastPath:
     """ASGI fast path for the happy case of ``POST /v1/experiments/{key}/assign``.
 
@@ -207,7 +219,8 @@ class AssignFastPath:
         if unit_id_problem(unit_id) is not None:
             return None
         if context is not None and (not isinstance(context, dict)
-                                    or json_value_problem(context, "context", 0) is not None):
+                                    or json_value_problem(context, "context", 0) is not None
+                                    or _has_huge_float(context)):
             return None
         try:
             result = assigner.try_assign(key, unit_id, context)

@@ -277,7 +277,8 @@ def test_assign_and_recommend_share_the_event_unit_id_rule(services: Services) -
             r = client.post(url, json={"unit_id": bad}, headers=h)
             assert r.status_code == 422, (bad, r.text)
             assert "unit_id" in r.json()["detail"]
-        for ctx in ({"n": 2**63}, {"s": "\x00"}, {"d": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}):
+        for ctx in ({"n": 2**63}, {"n": 2**64}, {"n": [-(10**30)]}, {"s": "\x00"},
+                    {"d": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}):
             r = client.post(url, json={"unit_id": "u2", "context": ctx}, headers=h)
             assert r.status_code == 422 and "context" in r.json()["detail"], r.text
         # NaN cannot be sent as JSON by the client library; send the raw token
