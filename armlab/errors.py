@@ -7,6 +7,8 @@ HTTP status in one place (armlab.entrypoints.api.errors) and the CLI prints
 
 from __future__ import annotations
 
+import re
+
 
 class ArmlabError(Exception):
     """Root of armlab's errors. ``status`` is the HTTP status the API answers with."""
@@ -121,3 +123,12 @@ class ScoringError(ArmlabError):
 class ModelNotAvailable(ScoringError):
     status = 503
     title = "Model not available"
+
+
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s'\"]*:)[^@\s'\"]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` URL replaced by
+    ``***`` (for anything that prints a database or broker URL)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)

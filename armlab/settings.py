@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from armlab.errors import ConfigurationError
+from armlab.errors import ConfigurationError, redact
 
 DEFAULT_HOME = Path(".armlab")
 #: Records one ingest batch (one transaction) takes at most; amortises the per-commit cost.
@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     ui_cookie_secure: bool = Field(
         False, description="Mark the dashboard's cookies Secure (set it when served over HTTPS)."
     )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=1024**3,
+        description="Largest request body the API reads; larger ones get 413 before any "
+        "reading or authentication.",
+    )
     log_level: str = "INFO"
 
     @field_validator("database_url")
@@ -177,7 +182,8 @@ class Settings(BaseSettings):
     def _check_db_url(cls, v: str) -> str:
         if not v.startswith(("sqlite", "postgresql")):
             raise ValueError(
-                f"ARMLAB_DATABASE_URL must start with sqlite:// or postgresql+psycopg://, got {v!r}"
+                "ARMLAB_DATABASE_URL must start with sqlite:// or postgresql+psycopg://, got "
+                f"{redact(v)!r}"
             )
         return v
 

@@ -9,7 +9,12 @@ Two versioned JSON events travel on Kafka:
 
 Validation is strict (no silent coercions: ``"0.5"`` is not a propensity, ``1700000000`` is
 not a timestamp) and bounded (record size, string lengths, item count) so a hostile or broken
-producer cannot make a consumer allocate without limit. :func:`decode` turns raw Kafka bytes
+producer cannot make a consumer allocate without limit. It is also the ONE rule for what can be
+stored: every value of an accepted event fits the database (propensity at least
+MIN_PROPENSITY so 1/p^2 stays finite, integers in the int64 range, finite numbers only, no NUL
+or lone-surrogate characters in any string or key, JSON nesting at most MAX_JSON_DEPTH), so
+what the SDK, ``POST /v1/events``, ``/assign`` and ``/recommend`` accept, the consumer accepts
+and can write. :func:`decode` turns raw Kafka bytes
 into an event or a :class:`DecodeFailure` with a stable machine-readable ``reason``; those
 reasons label the dead-letter records and the ``ingest_counters`` rows.
 """
@@ -17,6 +22,7 @@ reasons label the dead-letter records and the ``ingest_counters`` rows.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,13 +31,17 @@ from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from armlab.core.clock import utcnow
 from armlab.errors import InvalidEvent
@@ -47,6 +57,13 @@ MAX_UNIT_ID_LEN = 128
 MAX_ITEMS = 1000
 MAX_ITEM_LEN = 128
 MAX_CONTEXT_KEYS = 64
+#: Smallest propensity an event may carry: 1/p and 1/p^2 (the inverse-propensity weights the
+#: statistics sum) stay far inside float64 and the database's double precision.
+MIN_PROPENSITY = 1e-9
+#: Deepest nesting of lists/objects inside ``context`` (the context object itself is depth 1).
+MAX_JSON_DEPTH = 16
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 # Timestamps outside this range are almost always unit mistakes (ms vs s, zero dates).
 MIN_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_TIMESTAMP = datetime(2200, 1, 1, tzinfo=UTC)
@@ -57,10 +74,96 @@ FeedbackKind = Literal[
 ]
 FEEDBACK_KINDS: tuple[str, ...] = get_args(FeedbackKind)
 
-# Identifiers: printable, no whitespace or control characters.
+# Identifiers: printable, no whitespace, control characters or lone surrogates.
 _ID_PATTERN = r"^[^\s\x00-\x1f\x7f]+$"
+_ID_RE = re.compile(r"^[^\s\x00-\x1f\x7f\ud800-\udfff]+$")
 
 
+def unit_id_problem(unit_id: object) -> str | None:
+    """Why ``unit_id`` is not a valid unit id (None when it is): the one rule shared by the
+    event schema, ``/assign`` and ``/recommend`` (1-MAX_UNIT_ID_LEN characters, no
+    whitespace, control characters or lone surrogates)."""
+    if not isinstance(unit_id, str):
+        return "must be a string"
+    if not 1 <= len(unit_id) <= MAX_UNIT_ID_LEN:
+        return f"must be 1-{MAX_UNIT_ID_LEN} characters, got {len(unit_id)}"
+    if _ID_RE.match(unit_id) is None:
+        return "must not contain whitespace or control characters"
+    return None
+
+
+def _bad_string(s: str) -> str | None:
+    if "\x00" in s:
+        return "contains a NUL character"
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (not valid UTF-8)"
+    return None
+
+
+def json_value_problem(value: object, path: str, depth: int = 1) -> tuple[str, str] | None:
+    """(reason, detail) when ``value`` cannot be stored as JSON in the database, else None.
+
+    Walks dicts (string keys), lists/tuples, strings, ints, floats, bools and None; rejects
+    NaN/Infinity (``non_finite``), integers outside int64 (``out_of_range``), NUL or lone
+    surrogates in strings and keys (``bad_string``), nesting deeper than MAX_JSON_DEPTH
+    (``too_deep``) and any other type (``wrong_type``)."""
+    stack: list[tuple[object, str, int]] = [(value, path, depth)]
+    while stack:
+        v, where, d = stack.pop()
+        if v is None or isinstance(v, bool):
+            continue
+        if isinstance(v, str):
+            bad = _bad_string(v)
+            if bad:
+                return "bad_string", f"{where}: string {bad}"
+        elif isinstance(v, int):
+            if not INT64_MIN <= v <= INT64_MAX:
+                return "out_of_range", f"{where}: integer outside the 64-bit range"
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                return "non_finite", f"{where}: {v} is not a finite number"
+        elif isinstance(v, dict | list | tuple):
+            if d > MAX_JSON_DEPTH:
+                return "too_deep", f"{where}: nested deeper than {MAX_JSON_DEPTH} levels"
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    if not isinstance(k, str):
+                        return "wrong_type", f"{where}: object keys must be strings"
+                    bad = _bad_string(k)
+                    if bad:
+                        return "bad_string", f"{where}: a key {bad}"
+                    stack.append((item, f"{where}.{k}", d + 1))
+            else:
+                stack.extend((item, f"{where}.{i}", d + 1) for i, item in enumerate(v))
+        else:
+            return "wrong_type", f"{where}: {type(v).__name__} is not a JSON value"
+    return None
+
+
+def _check_items(items: list[Any]) -> list[Any]:
+    for i, x in enumerate(items):
+        if type(x) is int:
+            if not INT64_MIN <= x <= INT64_MAX:
+                raise PydanticCustomError("out_of_range", "{detail}", {
+                    "detail": f"items.{i}: integer outside the 64-bit range"})
+        elif "\x00" in x:
+            raise PydanticCustomError("bad_string", "{detail}", {
+                "detail": f"items.{i}: string contains a NUL character"})
+    return items
+
+
+def _check_json(value: Any, info: ValidationInfo) -> Any:
+    bad = json_value_problem(value, info.field_name or "value", 0)
+    if bad is not None:
+        raise PydanticCustomError(bad[0], "{detail}", {"detail": bad[1]})
+    return value
+
+
+# (The pattern refuses NUL and control characters; pydantic refuses lone surrogates in a str
+# field, and the JSON parser refuses them in the wire form.)
 Ident = Annotated[
     str, Field(strict=True, min_length=1, max_length=MAX_ID_LEN, pattern=_ID_PATTERN)
 ]
@@ -72,6 +175,7 @@ UnitId = Annotated[
 Timestamp = Annotated[
     AwareDatetime, Field(strict=True, ge=MIN_TIMESTAMP, lt=MAX_TIMESTAMP)
 ]
+# (int64 range and string content are checked by json_value_problem on the whole list)
 ItemId = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_ITEM_LEN)] | Annotated[
     int, Field(strict=True)
 ]
@@ -109,14 +213,21 @@ class ImpressionV1(_Event):
     experiment_key: Ident
     arm_key: Ident
     unit_id: UnitId
-    propensity: Annotated[float, Field(strict=True, gt=0.0, le=1.0)]
+    propensity: Annotated[float, Field(strict=True, ge=MIN_PROPENSITY, le=1.0)]
     served_at: Timestamp
-    items: Annotated[list[ItemId], Field(max_length=MAX_ITEMS)] = Field(default_factory=list)
+    items: Annotated[
+        list[ItemId], Field(max_length=MAX_ITEMS), AfterValidator(_check_items)
+    ] = Field(default_factory=list)
     # Bytes are bounded by MAX_RECORD_BYTES for the whole record (checked before parsing,
     # and by make_impression for events built in Python).
     context: Annotated[dict[str, Any], Field(max_length=MAX_CONTEXT_KEYS)] = Field(
         default_factory=dict
     )
+
+    @field_validator("context")
+    @classmethod
+    def _context_storable(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return _check_json(v, info)
 
 
 class FeedbackV1(_Event):
@@ -158,6 +269,12 @@ _TYPE_REASONS = {
     "too_long": "too_long",
     "string_too_short": "empty_field",
     "string_pattern_mismatch": "bad_identifier",
+    # json_value_problem's reasons (raised as custom errors with these types)
+    "non_finite": "non_finite",
+    "out_of_range": "out_of_range",
+    "bad_string": "bad_string",
+    "too_deep": "too_deep",
+    "wrong_type": "wrong_type",
 }
 
 
@@ -193,7 +310,8 @@ def _classify(exc: ValidationError) -> DecodeFailure:
         reason = "too_large"
     elif etype in _TYPE_REASONS:
         reason = _TYPE_REASONS[etype]
-    elif top == "propensity" and etype in ("greater_than", "less_than_equal"):
+    elif top == "propensity" and etype in ("greater_than", "greater_than_equal",
+                                           "less_than_equal"):
         reason = "bad_propensity"
     elif top == "kind" and etype == "literal_error":
         reason = "unknown_kind"

@@ -18,6 +18,7 @@ sums of squares, each divided by p or p^2 for the inverse-propensity-weighted fo
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ OUT_PENDING = "feedback_pending"
 OUT_RESOLVED = "pending_resolved"
 OUT_DUPLICATE = "duplicate"
 OK_OUTCOMES = frozenset({OUT_IMPRESSION, OUT_APPLIED, OUT_PENDING, OUT_RESOLVED, OUT_DUPLICATE})
+
+#: A dead letter carries at most this many bytes of the original record (base64-encoded);
+#: longer records keep their first MAX_DLQ_RAW_BYTES plus ``raw_length`` and ``raw_sha256``,
+#: so every dead letter fits the DLQ producer's request size (1 MiB, set explicitly).
+MAX_DLQ_RAW_BYTES = 256 * 1024
+MAX_DLQ_DETAIL = 2000
 
 
 class RecordLike(Protocol):
@@ -59,6 +66,16 @@ class ExperimentInfo:
     reward_kind: str  # binary | continuous
     reward_metric: str
     window_s: float
+    status: str = "running"
+    ended_at: datetime | None = None
+
+    def not_running_at(self, served_at: datetime) -> bool:
+        """True for a draft, and for a stopped/shipped experiment after it ended: impressions
+        served then are not part of the experiment (dead-lettered, not counted)."""
+        if self.status == "draft":
+            return True
+        return (self.status in ("stopped", "shipped") and self.ended_at is not None
+                and as_utc(served_at) > as_utc(self.ended_at))
 
 
 @dataclass(slots=True)
@@ -97,6 +114,10 @@ class BatchState:
     impression_event_ids: set[str] = field(default_factory=set)
     feedback_event_ids: set[str] = field(default_factory=set)
     pending: dict[str, list[PendingFeedback]] = field(default_factory=dict)  # by impression_id
+    # stored feedback content by event_id (impression_id, experiment_key, kind, value,
+    # occurred_at), to tell a redelivery from a conflicting duplicate; absent: not compared
+    feedback_content: dict[str, tuple[str, str, str, float, datetime]] = field(
+        default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +133,29 @@ class Reject:
     key: bytes | None = None
 
     def to_dlq(self, group: str) -> bytes:
-        """The DLQ record: JSON {reason, detail, topic, partition, offset, raw (base64), ...}."""
-        return orjson.dumps(
-            {
-                "reason": self.reason,
-                "detail": self.detail,
-                "topic": self.topic,
-                "partition": self.partition,
-                "offset": self.offset,
-                "raw": base64.b64encode(self.raw).decode() if self.raw is not None else None,
-                "group": group,
-                "at": utcnow().isoformat(),
-            }
-        )
+        """The DLQ record: JSON {reason, detail, topic, partition, offset, raw (base64),
+        raw_length, group, at}. A record longer than MAX_DLQ_RAW_BYTES is truncated to its
+        first MAX_DLQ_RAW_BYTES (``raw_truncated``: true) and carries ``raw_sha256`` of the
+        whole original, so a dead letter is never too large for the DLQ topic."""
+        raw = self.raw
+        out: dict[str, Any] = {
+            "reason": self.reason,
+            "detail": self.detail[:MAX_DLQ_DETAIL],
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "raw": None,
+            "raw_length": None if raw is None else len(raw),
+            "group": group,
+            "at": utcnow().isoformat(),
+        }
+        if raw is not None:
+            if len(raw) > MAX_DLQ_RAW_BYTES:
+                out["raw_truncated"] = True
+                out["raw_sha256"] = hashlib.sha256(raw).hexdigest()
+                raw = raw[:MAX_DLQ_RAW_BYTES]
+            out["raw"] = base64.b64encode(raw).decode()
+        return orjson.dumps(out)
 
 
 @dataclass(slots=True)
@@ -197,9 +228,27 @@ class _Batch:
                 rec,
             )
             return
+        if exp.not_running_at(ev.served_at):
+            self.reject(
+                "experiment_not_running",
+                f"experiment {exp.key!r} was not running at {ev.served_at.isoformat()} "
+                f"(status {exp.status})", rec,
+            )
+            return
         st = self.state
         if ev.event_id in st.impression_event_ids:
-            self.ok(OUT_DUPLICATE, rec.topic, rec.partition)
+            stored = st.impressions.get(ev.impression_id)
+            if stored is not None and stored.event_id == ev.event_id and (
+                stored.experiment_id, stored.arm_key, stored.propensity,
+                as_utc(stored.served_at),
+            ) == (exp.id, ev.arm_key, ev.propensity, as_utc(ev.served_at)):
+                self.ok(OUT_DUPLICATE, rec.topic, rec.partition)
+            else:
+                self.reject(
+                    "conflicting_duplicate",
+                    f"event_id {ev.event_id!r} was already stored with different content "
+                    "(impression_id, experiment, arm, propensity or served_at)", rec,
+                )
             return
         if ev.impression_id in st.impressions:
             self.reject(
@@ -228,7 +277,7 @@ class _Batch:
         for pf in st.pending.pop(ev.impression_id, ()):
             status = self.attribute(
                 imp, pf.experiment_key, pf.kind, pf.value, pf.occurred_at, rec.partition,
-                rec=None, raw=lambda pf=pf: _pending_raw(pf), src_partition=pf.partition,
+                rec=None, raw=lambda pf=pf: pending_raw(pf), src_partition=pf.partition,
             )
             self.fx.feedback_status[pf.event_id] = status
             if status == "applied":
@@ -237,8 +286,18 @@ class _Batch:
     # -- feedback ----------------------------------------------------------------------
     def feedback(self, ev: FeedbackV1, rec: RecordLike) -> None:
         st = self.state
+        content = (ev.impression_id, ev.experiment_key, ev.kind, ev.value,
+                   as_utc(ev.occurred_at))
         if ev.event_id in st.feedback_event_ids:
-            self.ok(OUT_DUPLICATE, rec.topic, rec.partition)
+            stored = st.feedback_content.get(ev.event_id)
+            if stored is None or stored == content:
+                self.ok(OUT_DUPLICATE, rec.topic, rec.partition)
+            else:
+                self.reject(
+                    "conflicting_duplicate",
+                    f"event_id {ev.event_id!r} was already stored with different content "
+                    "(impression_id, experiment, kind, value or occurred_at)", rec,
+                )
             return
         exp = self.experiments.get(ev.experiment_key)
         if exp is None:
@@ -247,6 +306,7 @@ class _Batch:
             )
             return
         st.feedback_event_ids.add(ev.event_id)
+        st.feedback_content[ev.event_id] = content
         imp = st.impressions.get(ev.impression_id)
         if imp is None:
             self.fx.feedback_rows.append((ev, rec.partition, "pending"))
@@ -323,7 +383,7 @@ class _Batch:
         return "applied"
 
 
-def _pending_raw(pf: PendingFeedback) -> bytes:
+def pending_raw(pf: PendingFeedback) -> bytes:
     """Reconstruct the wire form of a pending feedback event for the DLQ."""
     return orjson.dumps(
         {

@@ -46,10 +46,18 @@ Key = Annotated[
 PolicyName = Literal["thompson", "top_two_thompson", "epsilon_greedy", "uniform"]
 
 
-class StrictModel(BaseModel):
-    """Unknown fields are errors: a typo such as ``aplha`` must not be silently ignored."""
+#: Integers stored in 32-bit columns (burn_in, attribution_window_s) or compared with them.
+INT32_MAX = 2**31 - 1
+#: Integers stored in JSON columns stay exactly representable as doubles.
+JSON_INT_MAX = 2**53
 
-    model_config = ConfigDict(extra="forbid")
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors: a typo such as ``aplha`` must not be silently ignored.
+    NaN and Infinity are errors too (JSON columns cannot store them, and no parameter means
+    anything at infinity)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --- the registration body -------------------------------------------------------------------
@@ -100,14 +108,16 @@ class SequentialSpec(StrictModel):
         None, gt=0, description="Mixing variance tau^2; None = chosen from the data."
     )
     theta0: float = Field(0.0, description="Null difference of means.")
-    min_samples: int = Field(100, ge=0, description="Per-arm samples before any decision.")
+    min_samples: int = Field(100, ge=0, le=INT32_MAX,
+                             description="Per-arm samples before any decision.")
     min_events: int = Field(
-        30, ge=0,
+        30, ge=0, le=INT32_MAX,
         description="Per-arm events before a look carries evidence: for binary rewards the "
         "rarer outcome (successes at low click rates), for continuous rewards the feedback "
         "events. Keeps the test valid at low base rates.",
     )
-    max_n: int | None = Field(None, gt=0, description="Optional horizon (total impressions).")
+    max_n: int | None = Field(None, gt=0, le=JSON_INT_MAX,
+                              description="Optional horizon (total impressions).")
     auto_stop: bool = Field(False, description="Stop the experiment when the test decides.")
     correction: Literal["holm", "bonferroni"] = "holm"
     method: Literal["auto", "ipw", "plain"] = Field(
@@ -156,6 +166,7 @@ class ExperimentSpec(StrictModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {
@@ -193,7 +204,8 @@ class ExperimentSpec(StrictModel):
     exploration_floor: float = Field(
         0.0, ge=0, lt=1, description="Minimum traffic share of every arm; must be < 1/K."
     )
-    burn_in: int = Field(0, ge=0, description="Impressions served uniformly before adapting.")
+    burn_in: int = Field(0, ge=0, le=INT32_MAX,
+                         description="Impressions served uniformly before adapting.")
     attribution_window_s: int = Field(
         3600, gt=0, le=90 * 86_400, description="Feedback later than this is not attributed."
     )

@@ -72,17 +72,23 @@ def _template_fields(template: str) -> list[str]:
     return names
 
 
+#: Longest template (item, user, prompt): 64 KiB of characters. A template is rendered for
+#: every item scored, so an unbounded one would make every request that large.
+MAX_TEMPLATE_CHARS = 65_536
+
+
 class VariantConfig(BaseModel):
     """One recommender variant. Stored as JSON in ``arms.variant``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Kind
     model: str | None = Field(
-        None, description="Model id (all-MiniLM-L6-v2, SmolLM2-135M-Instruct) or a local path."
+        None, max_length=1024,
+        description="Model id (all-MiniLM-L6-v2, SmolLM2-135M-Instruct) or a local path.",
     )
-    item_template: str = Field("{title}", min_length=1)
-    user_template: str = Field("{text}", min_length=1)
+    item_template: str = Field("{title}", min_length=1, max_length=MAX_TEMPLATE_CHARS)
+    user_template: str = Field("{text}", min_length=1, max_length=MAX_TEMPLATE_CHARS)
     max_length: int = Field(128, ge=8, le=8192)
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
@@ -91,9 +97,9 @@ class VariantConfig(BaseModel):
     batch_size: int = Field(64, ge=1, le=65536)
     compile: bool = Field(False, description="torch.compile the model (CUDA only).")
     # lm_yes_no
-    prompt_template: str = DEFAULT_PROMPT
-    yes_token: str = Field("yes", min_length=1)
-    no_token: str = Field("no", min_length=1)
+    prompt_template: str = Field(DEFAULT_PROMPT, max_length=MAX_TEMPLATE_CHARS)
+    yes_token: str = Field("yes", min_length=1, max_length=64)
+    no_token: str = Field("no", min_length=1, max_length=64)
     # composition (see the module doc)
     candidates_from: VariantConfig | None = Field(
         None, description="Rerank the top `rerank_top` items of this variant."

@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from armlab.adapters.db.models import AllocationSnapshot, Experiment, Impression
 from armlab.adapters.db.queries import arm_sums, latest_snapshot
+from armlab.adapters.db.retry import is_transient
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.core.clock import utcnow
 from armlab.core.evidence import ArmSums
@@ -287,12 +288,24 @@ def allocation_loop(
     max_passes: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Run passes every ``interval_s`` seconds (drift-free); returns the number of passes."""
+    """Run passes every ``interval_s`` seconds (drift-free); returns the number of passes.
+
+    A pass that fails because the database is unavailable (a transient error, e.g. during a
+    PostgreSQL restart) is logged and skipped; the loop carries on at the next interval."""
     passes = 0
     next_at = time.monotonic()
     while True:
         t0 = time.perf_counter()
-        snaps = run_allocation(session_factory)
+        try:
+            snaps = run_allocation(session_factory)
+        except Exception as exc:
+            # The database is restarting or unreachable: skip this pass, try at the next one
+            # (a loop that exits would leave every experiment without snapshots or auto-stops).
+            if once or not is_transient(exc):
+                raise
+            snaps = []
+            log.warning("allocation pass skipped, database unavailable: %s",
+                        (str(exc).splitlines() or [""])[0][:200])
         passes += 1
         elapsed_ms = (time.perf_counter() - t0) * 1e3
         log.info(

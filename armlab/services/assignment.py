@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from armlab.adapters.db.models import AllocationSnapshot, Experiment, UnitAssignment
 from armlab.adapters.db.queries import latest_snapshot
-from armlab.adapters.db.retry import db_retrying
+from armlab.adapters.db.retry import db_retrying, is_transient
 from armlab.core.clock import utcnow
 from armlab.core.policies.base import CdfSampler
 from armlab.core.serving import fixed_arm, served_weights
@@ -437,5 +437,12 @@ class Assigner:
                     session.execute(stmt, batch)
                     session.commit()
         except Exception as exc:  # noqa: BLE001 - counted and logged; the request never waits
+            if len(batch) > 1 and not is_transient(exc):
+                # One row's content (e.g. a unit id PostgreSQL refuses) must not cost the
+                # others: write the halves separately until the bad row is alone.
+                mid = len(batch) // 2
+                self._write(batch[:mid])
+                self._write(batch[mid:])
+                return
             self.write_errors += len(batch)
             log.error("could not store %d sticky assignment(s): %s", len(batch), exc)

@@ -9,6 +9,17 @@ statistics exactly once (dead letters are at-least-once: flushed before the comm
 Outages: a database error rolls the batch back and retries it with backoff (the records stay
 in memory; the Kafka consumer keeps heartbeating in its own thread). Kafka outages are
 handled by kafka-python's reconnects; a DLQ flush failure also rolls back and retries.
+
+Poison records: validation (:func:`armlab.core.events.decode`) is meant to reject every value
+the database cannot store, but if a batch still fails for a reason that depends on its records'
+content (a database ``DataError`` or ``IntegrityError``, or an arithmetic / value / type /
+encoding error while handling or encoding it: :func:`is_record_error`), the batch is bisected:
+each half is committed on its own, in order, until the one failing record is isolated; that
+record is dead-lettered with reason ``unprocessable`` (the error in ``detail``) and the rest
+are counted as usual. More than MAX_UNPROCESSABLE_PER_POLL such records in one poll means the
+failure is systematic (a bug, a schema mismatch), and the error is raised instead. Errors of
+the environment (transient database errors, Kafka) never bisect: they retry the whole batch,
+so nothing is lost or reordered.
 ``stop()`` (SIGTERM) lets the in-flight batch finish, then the loop exits.
 """
 
@@ -19,19 +30,24 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from armlab.adapters.db import ingest_store
 from armlab.adapters.db.retry import db_retrying, is_transient
 from armlab.adapters.metrics import IngestMetrics
+from armlab.core.clock import utcnow
 from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1, decode
 from armlab.core.ingest import (
     Effects,
     ExperimentInfo,
     RecordLike,
+    Reject,
     handle_batch,
+    pending_raw,
     referenced_ids,
 )
 from armlab.settings import DEFAULT_INGEST_BATCH
@@ -61,6 +77,28 @@ class _Retry(Exception):  # noqa: N818 - internal control flow
     pass
 
 
+UNPROCESSABLE = "unprocessable"
+#: At most this many records of one poll are dead-lettered as ``unprocessable``; one more
+#: means the failure is not in the records, and the consumer stops instead.
+MAX_UNPROCESSABLE_PER_POLL = 10
+#: Oldest the consumer's copy of the registry (status, arms, windows) may be, in seconds.
+EXPERIMENTS_MAX_AGE_S = 5.0
+_RECORD_ERRORS = (ArithmeticError, ValueError, TypeError, UnicodeError, LookupError)
+
+
+def is_record_error(exc: BaseException) -> bool:
+    """True when ``exc`` depends on the content of the records being written (the batch is
+    bisected and the culprit dead-lettered), False for failures of the environment (retried
+    or raised as they are)."""
+    if isinstance(exc, _Retry | ingest_store.Fenced) or is_transient(exc):
+        return False
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, StatementError):  # bind-parameter processing failed before the driver
+        return exc.orig is not None and isinstance(exc.orig, _RECORD_ERRORS)
+    return isinstance(exc, _RECORD_ERRORS)
+
+
 class IngestRunner:
     """Consume impressions and feedback into arm statistics, exactly once in effect.
 
@@ -84,6 +122,8 @@ class IngestRunner:
         poll_timeout_s: float = 0.2,
         metrics: IngestMetrics | None = None,
         retry_max_s: float = 5.0,
+        sweep_interval_s: float = 60.0,
+        sweep_grace_s: float = 60.0,
     ) -> None:
         self.session_factory = session_factory
         self.source = source
@@ -100,6 +140,11 @@ class IngestRunner:
         self.retry_max_s = retry_max_s
         self._committed: dict[TP, int | None] = {}  # next offset stored in the DB (None: none)
         self._experiments: dict[str, ExperimentInfo] = {}
+        self._experiments_at = 0.0
+        self._poison_budget = MAX_UNPROCESSABLE_PER_POLL
+        self.sweep_interval_s = sweep_interval_s
+        self.sweep_grace_s = sweep_grace_s
+        self._last_sweep = time.monotonic()
         self._stop = threading.Event()
         self._started = False
         self._last_lag = 0.0
@@ -115,6 +160,10 @@ class IngestRunner:
 
     def _ensure_started(self) -> None:
         if not self._started:
+            # Read the offsets table once before joining the group: an unmigrated database
+            # fails here, plainly, instead of inside a Kafka rebalance callback.
+            self._with_db_retry(lambda: self._read_offsets([(self.topic_impressions, 0)]),
+                                what="check the database schema")
             self.source.start(self._on_assign, self._on_revoke)
             self._started = True
 
@@ -204,6 +253,9 @@ class IngestRunner:
                 self.metrics.set_lag(self.source.lag(dict(self._committed)))
             except Exception as exc:  # noqa: BLE001 - lag is informational
                 log.debug("lag unavailable: %s", exc)
+        if now - self._last_sweep > self.sweep_interval_s:
+            self._last_sweep = now
+            self.sweep_pending()
         if not records:
             return 0
         # Drop records of partitions we no longer own (revoked during poll) and records
@@ -216,14 +268,45 @@ class IngestRunner:
         ]
         if not records:
             return 0
+        self._poison_budget = MAX_UNPROCESSABLE_PER_POLL
         self.process(records)
         return len(records)
 
     # -- one batch ---------------------------------------------------------------------
-    def process(self, records: Sequence[RecordLike]) -> None:
+    def process(self, records: Sequence[RecordLike]) -> bool:
+        """Commit ``records`` (one partition's records in offset order) as one batch, or, when
+        the batch fails because of a record's content, bisect it (module doc). True when
+        every record was committed; False when the batch was abandoned (a fence, or a stop
+        during an outage: the records are read again from the stored offsets)."""
+        try:
+            return self._process(records)
+        except Exception as exc:
+            if not is_record_error(exc):
+                raise
+            if len(records) == 1:
+                if self._poison_budget <= 0:
+                    # More content failures in one poll than any real poison record would
+                    # cause: a systematic failure (a bug, a schema mismatch) that must stop
+                    # the consumer rather than dead-letter every record.
+                    log.error("too many unprocessable records in one batch; stopping",
+                              extra={"limit": MAX_UNPROCESSABLE_PER_POLL})
+                    raise
+                self._poison_budget -= 1
+                detail = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+                log.warning("record could not be processed; dead-lettering it",
+                            extra={"topic": records[0].topic, "partition": records[0].partition,
+                                   "offset": records[0].offset, "error": detail})
+                return self._process(records, poison=detail)
+            mid = len(records) // 2
+            log.info("batch failed on a record's content; bisecting",
+                     extra={"records": len(records), "error": str(exc)[:200]})
+            return self.process(records[:mid]) and self.process(records[mid:])
+
+    def _process(self, records: Sequence[RecordLike], poison: str | None = None) -> bool:
         t0 = time.perf_counter()
         decoded: list[tuple[RecordLike, Event | DecodeFailure]] = [
-            (r, decode(r.value, self.expected.get(r.topic))) for r in records
+            (r, DecodeFailure(UNPROCESSABLE, poison) if poison is not None
+             else decode(r.value, self.expected.get(r.topic))) for r in records
         ]
         # Impressions before feedback (a stable sort: each partition keeps its own order).
         # A poll often returns a feedback partition's records ahead of the impressions they
@@ -258,7 +341,7 @@ class IngestRunner:
             log.warning("fenced: another consumer owns these partitions",
                         extra={"partitions": [f"{t}:{p}" for t, p in exc.tps]})
             self._resync(list(moves))
-            return
+            return False
         except Exception as exc:
             if not (self._stop.is_set() and (isinstance(exc, _Retry) or is_transient(exc))):
                 raise
@@ -266,7 +349,7 @@ class IngestRunner:
             log.warning("stopping during an outage; batch not committed (it will be read "
                         "again)", extra={"cause": cause})
             self._resync(list(moves), quiet=True)
-            return
+            return False
         for tp, (_, end) in moves.items():
             if tp in self._committed:
                 self._committed[tp] = end
@@ -275,6 +358,7 @@ class IngestRunner:
             commit_progress({tp: end for tp, (_, end) in moves.items()})
         rejects = Counter(r.reason for r in fx.rejects)
         self.metrics.observe_batch(fx.outcomes, rejects, time.perf_counter() - t0, len(records))
+        return True
 
     def _commit_batch(
         self,
@@ -287,6 +371,7 @@ class IngestRunner:
             state = ingest_store.prefetch(session, imp_ids, imp_events, fb_events, arriving)
             if self._needs_reload(decoded):
                 self._experiments = ingest_store.load_experiments(session)
+                self._experiments_at = time.monotonic()
             fx = handle_batch(
                 decoded, self._experiments, state, feedback_topic=self.topic_feedback
             )
@@ -296,14 +381,16 @@ class IngestRunner:
         return fx
 
     def _needs_reload(self, decoded: list[tuple[RecordLike, Event | DecodeFailure]]) -> bool:
-        """Reload the registry when the batch names an experiment or arm we do not know."""
+        """Reload the registry when the batch names an experiment or arm we do not know, an
+        impression names a draft (it may have started since), or the copy is older than
+        EXPERIMENTS_MAX_AGE_S (stops and ships reach the consumer within that time)."""
         exps = self._experiments
-        if not exps:
+        if not exps or time.monotonic() - self._experiments_at > EXPERIMENTS_MAX_AGE_S:
             return True
         for _, ev in decoded:
             if isinstance(ev, ImpressionV1):
                 e = exps.get(ev.experiment_key)
-                if e is None or ev.arm_key not in e.arms:
+                if e is None or ev.arm_key not in e.arms or e.status == "draft":
                     return True
             elif isinstance(ev, FeedbackV1) and ev.experiment_key not in exps:
                 return True
@@ -320,6 +407,48 @@ class IngestRunner:
             self.dlq.flush()
         except Exception as exc:  # kafka errors: roll back this batch and retry it
             raise _Retry(f"dead-letter produce failed: {exc}") from exc
+
+    # -- pending feedback whose impression never came ---------------------------------
+    def sweep_pending(self, now: datetime | None = None) -> int:
+        """Dead-letter (reason ``no_impression``) and mark ``unknown`` the pending feedback
+        whose impression has not arrived within the attribution window (plus
+        ``sweep_grace_s``) of its arrival; runs every ``sweep_interval_s`` from the loop.
+        Returns how many were swept. Never raises: a failed sweep is retried next time."""
+        try:
+            return self._sweep(now or utcnow())
+        except Exception as exc:  # noqa: BLE001 - the consumer must not stop for a sweep
+            log.warning("pending-feedback sweep failed; retrying at the next interval",
+                        extra={"error": str(exc)[:300]})
+            return 0
+
+    def _sweep(self, now: datetime) -> int:
+        with self.session_factory() as session, session.begin():
+            if not self._experiments:
+                self._experiments = ingest_store.load_experiments(session)
+                self._experiments_at = time.monotonic()
+            stale = ingest_store.stale_pending(session, self._experiments, now,
+                                               self.sweep_grace_s)
+            if not stale:
+                return 0
+            fx = Effects()
+            for pf in stale:
+                window = self._experiments.get(pf.experiment_key)
+                fx.rejects.append(Reject(
+                    "no_impression",
+                    f"impression {pf.impression_id!r} did not arrive within the attribution "
+                    f"window ({window.window_s:.0f}s)" if window else
+                    f"impression {pf.impression_id!r} never arrived",
+                    self.topic_feedback, pf.partition, -1, pending_raw(pf)))
+                fx.counters[("no_impression", pf.partition)] += 1
+                fx.outcomes[(self.topic_feedback, "no_impression")] += 1
+            self._send_dead_letters(fx)
+            ingest_store.mark_feedback(session, [pf.event_id for pf in stale], "unknown")
+            ingest_store.upsert_counters(session, self.group, fx.counters.items())
+        self.metrics.dlq.labels("no_impression").inc(len(stale))
+        self.metrics.dlq_reasons["no_impression"] += len(stale)
+        self.metrics.outcomes["no_impression"] += len(stale)
+        log.info("pending feedback swept", extra={"n": len(stale)})
+        return len(stale)
 
     def _resync(self, tps: list[TP], quiet: bool = False) -> None:
         """After a fence or an abandoned batch: seek back to the stored offsets."""

@@ -309,3 +309,153 @@ def test_two_consumers_in_one_group_same_totals(harness: Callable[..., Harness])
         parts = s.execute(select(ConsumerOffset.partition)
                           .where(ConsumerOffset.group_id == h.group)).all()
     assert len(parts) == 8  # 4 partitions x 2 topics, each committed
+
+
+# -- poison records: nothing a producer sends can stop the consumer -----------------------------
+def _imp(h: Harness, i: int, **changes: Any) -> dict[str, Any]:
+    return {"schema": "impression.v1", "event_id": f"p{i}e", "impression_id": f"p{i}i",
+            "experiment_key": h.exp_key, "arm_key": "b", "unit_id": f"p{i}u",
+            "propensity": 0.5, "served_at": "2026-01-01T00:00:00+00:00", **changes}
+
+
+def _poison(h: Harness) -> list[tuple[str, bytes | None, str]]:
+    """(topic, raw, expected reason): each of these stopped `armlab consume` for good."""
+    big = 123456789012345678901234567890
+    return [
+        (h.topic_imp, orjson.dumps(_imp(h, 1, propensity=1e-300)), "bad_propensity"),
+        (h.topic_imp, orjson.dumps(_imp(h, 2, propensity=1e-160)), "bad_propensity"),
+        (h.topic_imp, orjson.dumps(_imp(h, 3)).replace(
+            b'"served_at"', f'"items":[{big}],"served_at"'.encode()), "out_of_range"),
+        (h.topic_imp, orjson.dumps(_imp(h, 4)).replace(
+            b'"served_at"', f'"context":{{"n":{big}}},"served_at"'.encode()), "out_of_range"),
+        (h.topic_imp, orjson.dumps(_imp(h, 5, context={"s": "a\x00b"})), "bad_string"),
+        (h.topic_imp, orjson.dumps(_imp(h, 6)).replace(
+            b'"served_at"', b'"context":{"x":NaN},"served_at"'), "non_finite"),
+        (h.topic_imp, orjson.dumps(_imp(h, 7, unit_id="u\x00")), "bad_identifier"),
+        # 900 KB: its dead letter (base64) would be over the DLQ producer's request size
+        (h.topic_imp, orjson.dumps(_imp(h, 8, context={"pad": "x" * 900_000})), "too_large"),
+    ]
+
+
+def test_poison_records_are_dead_lettered_and_the_consumer_keeps_going(
+    harness: Callable[..., Harness],
+) -> None:
+    import base64
+    import hashlib
+
+    h = harness(1)
+    poison = _poison(h)
+    good = h.events(2_000, seed=11)
+    h.produce(good[:1_000], raw=[(t, v) for t, v, _ in poison])
+    h.produce(good[1_000:])
+    h.start()
+    h.wait_committed(h.records)
+    h.stop_all()
+    h.assert_exact()
+    dlq = h.dlq(expect=len(poison))
+    assert sorted(d["reason"] for d in dlq) == sorted(r for _, _, r in poison)
+    big = next(d for d in dlq if d["reason"] == "too_large")
+    raw = poison[-1][1]
+    assert raw is not None and big["raw_truncated"] is True
+    assert big["raw_length"] == len(raw)
+    assert big["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert raw.startswith(base64.b64decode(big["raw"]))
+    c = h.counters()
+    assert sum(c.get(r, 0) for r in {r for _, _, r in poison}) == len(poison)
+
+
+@pytest.mark.parametrize(("update", "error"), [
+    ({"items": [123456789012345678901234567890]}, "TypeError"),  # the JSON encoder refuses it
+    ({"unit_id": "u\x00"}, "DataError"),  # PostgreSQL refuses it
+])
+def test_a_record_the_database_rejects_is_bisected_out(
+    harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch,
+    update: dict[str, Any], error: str,
+) -> None:
+    """A validation gap (simulated: a decoder that lets one bad value through) must cost one
+    dead letter, not the consumer: the batch is bisected, the one record that cannot be
+    written goes to the DLQ as ``unprocessable`` and every other record is counted."""
+    from armlab.bootstrap import bootstrap
+    from armlab.core import events
+    from armlab.services import ingest as ingest_service
+    from armlab.settings import KafkaSettings, Settings
+
+    h = harness(1)
+    lax_raw = orjson.dumps(_imp(h, 1, context={"lax": True}))
+    strict = events.decode
+
+    def lax_decode(raw: bytes | None, expected: Any = None) -> Any:
+        if raw == lax_raw:
+            ev = events.ImpressionV1.model_validate_json(raw)
+            return ev.model_copy(update=update)
+        return strict(raw, expected)
+
+    monkeypatch.setattr(ingest_service, "decode", lax_decode)
+    good = h.events(1_000, seed=12)
+    h.produce(good[:500], raw=[(h.topic_imp, lax_raw)])
+    h.produce(good[500:])
+    settings = Settings(database_url=h.pg_url, kafka=KafkaSettings(bootstrap=h.bootstrap),
+                        topic_impressions=h.topic_imp, topic_feedback=h.topic_fb,
+                        topic_dlq=h.topic_dlq, consumer_group=h.group)
+    svc = bootstrap(settings)
+    runner = svc.ingest_runner(max_batch=5000)
+    try:
+        deadline = time.monotonic() + 90
+        while h.committed() < h.records and time.monotonic() < deadline:
+            runner.step()
+    finally:
+        runner.close()
+        svc.close()
+    assert h.committed() == h.records
+    h.assert_exact()
+    (dead,) = h.dlq(expect=1)
+    assert dead["reason"] == "unprocessable" and error in dead["detail"], dead
+    assert h.counters()["unprocessable"] == 1
+
+
+# -- fuzz: a seeded corpus of hostile records mixed with good events ----------------------------
+FUZZ_RECORDS = 10_000
+
+
+def test_fuzz_corpus_never_stops_the_consumer_and_accounting_is_exact(
+    harness: Callable[..., Harness],
+) -> None:
+    """10,000 generated hostile records (armlab.tools.fuzz: arbitrary bytes and JSON, extreme
+    numbers, control characters, deep nesting, swapped types, oversized records) interleaved
+    with 6,000 good events. The consumer never exits; every record is either counted or
+    dead-lettered exactly once (by topic/partition/offset); the good experiment's statistics
+    equal the reference computed from the good events alone. Valid-looking fuzz records name a
+    second running experiment, so they go through the handlers and the database writes."""
+    from armlab.core.ingest import OK_OUTCOMES, OUT_RESOLVED
+    from armlab.tools.fuzz import fuzz_records
+
+    h = harness(2)
+    sink_key = f"fz-{uuid.uuid4().hex[:6]}"
+    with h.sf() as s, s.begin():
+        e = Experiment(key=sink_key, name="fuzz", control_arm_key="a", salt="s",
+                       status="running", reward_kind="continuous", reward_metric="click",
+                       attribution_window_s=3600)
+        e.arms = [Arm(key=a, is_control=i == 0, position=i) for i, a in enumerate("ab")]
+        s.add(e)
+    topics = {"impression": h.topic_imp, "feedback": h.topic_fb}
+    fuzz = [(topics[r.topic], r.value)
+            for r in fuzz_records(FUZZ_RECORDS, seed=2026, experiment_key=sink_key, arms="ab")]
+    good = h.events(6_000, seed=14)
+    for k in range(4):  # interleaved in four rounds
+        h.produce(good[k * 1500:(k + 1) * 1500], raw=fuzz[k * 2500:(k + 1) * 2500])
+    h.start()
+    h.wait_committed(h.records)  # default 240 s: room for a 60 s client rebuild under load
+    h.stop_all()  # it never exited on its own: wait_committed fails on a dead consumer
+    h.assert_exact()
+    c = h.counters()
+    ok = sum(n for reason, n in c.items() if reason in OK_OUTCOMES and reason != OUT_RESOLVED)
+    rejected = sum(n for reason, n in c.items() if reason not in OK_OUTCOMES)
+    dlq = h.dlq(expect=rejected, timeout=90)
+    by_record = {(d["topic"], d["partition"], d["offset"]) for d in dlq if d["offset"] >= 0}
+    from_pending = {(d["reason"], d["raw"]) for d in dlq if d["offset"] < 0}
+    assert ok + len(by_record) == h.records
+    assert rejected == len(by_record) + len(from_pending)
+    assert all(d["reason"] and d["detail"] for d in dlq)
+    # validation must not let through a value the database refuses (no bisection needed)
+    assert c.get("unprocessable", 0) == 0
+    assert ok > 6_000  # some fuzz records are valid events of the sink experiment

@@ -7,6 +7,9 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
+#: Seconds PostgreSQL gets to accept a new connection (libpq ``connect_timeout``).
+CONNECT_TIMEOUT_S = 5
+
 
 class Base(DeclarativeBase):
     pass
@@ -33,8 +36,12 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    # connect_timeout: a server that does not answer fails a new connection within seconds
+    # instead of blocking its caller for the kernel's TCP timeout; pool_timeout bounds the wait
+    # for a pooled connection the same way.
     return create_engine(
-        url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        pool_timeout=CONNECT_TIMEOUT_S * 2, connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
     )
 
 

@@ -19,7 +19,7 @@ partitions (a zombie) updates 0 rows and rolls back instead of overwriting the n
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -36,7 +36,7 @@ from armlab.adapters.db.models import (
     Impression,
     IngestCounter,
 )
-from armlab.core.clock import utcnow
+from armlab.core.clock import as_utc, utcnow
 from armlab.core.evidence import COUNTS, FIELDS, ArmSums
 from armlab.core.ingest import (
     BatchState,
@@ -77,9 +77,11 @@ def load_experiments(session: Session) -> dict[str, ExperimentInfo]:
             Experiment.reward_kind,
             Experiment.reward_metric,
             Experiment.attribution_window_s,
+            Experiment.status,
+            Experiment.ended_at,
         )
     )
-    for exp_id, key, kind, metric, window in rows:
+    for exp_id, key, kind, metric, window, status, ended_at in rows:
         out[key] = ExperimentInfo(
             id=exp_id,
             key=key,
@@ -87,6 +89,8 @@ def load_experiments(session: Session) -> dict[str, ExperimentInfo]:
             reward_kind=kind,
             reward_metric=metric,
             window_s=float(window),
+            status=status,
+            ended_at=ended_at,
         )
     return out
 
@@ -228,10 +232,15 @@ def prefetch(
             {"ids": j.encode(sorted(missing))},
         ))
     if fb_events:
-        state.feedback_event_ids.update(r[0] for r in session.execute(
-            text(f"SELECT event_id FROM feedback WHERE event_id IN ({j.ids('ids')})"),
+        for row in session.execute(
+            text(f"SELECT event_id, impression_id, experiment_key, kind, value, occurred_at "
+                 f"FROM feedback WHERE event_id IN ({j.ids('ids')})")
+            .columns(occurred_at=Feedback.__table__.c.occurred_at.type),
             {"ids": j.encode(sorted(fb_events))},
-        ))
+        ):
+            state.feedback_event_ids.add(row[0])
+            state.feedback_content[row[0]] = (row[1], row[2], row[3], float(row[4]),
+                                              as_utc(row[5]))
     if arriving:
         rows = session.execute(
             text(f"SELECT {_PENDING_COLS} FROM feedback WHERE impression_id IN "
@@ -380,3 +389,41 @@ def pending_ids(session: Session, limit: int) -> Sequence[str]:
         .limit(limit)
     )
     return [r[0] for r in session.execute(q)]
+
+
+def stale_pending(
+    session: Session, experiments: dict[str, ExperimentInfo], now: datetime, grace_s: float,
+    limit: int = 1000,
+) -> list[PendingFeedback]:
+    """Pending feedback whose impression has not arrived within its experiment's attribution
+    window (plus ``grace_s``) of the feedback being stored (``received_at``; not occurred_at,
+    so replaying old data does not expire feedback whose impression is seconds away). The
+    rows are locked and skipped by a concurrent sweep (``FOR UPDATE SKIP LOCKED``)."""
+    if not experiments:
+        return []
+    shortest = min(e.window_s for e in experiments.values())
+    cutoff = now - timedelta(seconds=shortest + grace_s)
+    q = (
+        select(Feedback.event_id, Feedback.impression_id, Feedback.experiment_key,
+               Feedback.kind, Feedback.value, Feedback.occurred_at, Feedback.partition,
+               Feedback.received_at)
+        .where(Feedback.status == "pending", Feedback.received_at < cutoff)
+        .order_by(Feedback.received_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    out: list[PendingFeedback] = []
+    for row in session.execute(q):
+        exp = experiments.get(row.experiment_key)
+        window = exp.window_s if exp is not None else shortest
+        if as_utc(row.received_at) < now - timedelta(seconds=window + grace_s):
+            out.append(PendingFeedback(row.event_id, row.impression_id, row.experiment_key,
+                                       row.kind, row.value, row.occurred_at, row.partition))
+    return out
+
+
+def mark_feedback(session: Session, event_ids: Sequence[str], status: str) -> None:
+    """Set the ledger status of these feedback rows (the sweep: ``unknown``)."""
+    if event_ids:
+        session.execute(update(Feedback).where(Feedback.event_id.in_(list(event_ids)))
+                        .values(status=status))

@@ -280,6 +280,12 @@ class KafkaSource:
             log.debug("consumer close failed: %s", exc)
 
 
+#: The DLQ producer's largest request, set explicitly (kafka-python's default, and the
+#: broker's default ``message.max.bytes`` is about the same). Dead letters stay far below it:
+#: :meth:`armlab.core.ingest.Reject.to_dlq` truncates the original record to 256 KiB.
+DLQ_MAX_REQUEST_BYTES = 1024 * 1024
+
+
 class KafkaDlq:
     """Dead-letter producer (idempotent, acks=all). Flushed before the batch commits, so a
     rejected record is never lost; after a crash it may appear twice (at-least-once)."""
@@ -298,6 +304,7 @@ class KafkaDlq:
                 max_block_ms=30_000,
                 reconnect_backoff_max_ms=2_000,
                 client_id="armlab-dlq",
+                max_request_size=DLQ_MAX_REQUEST_BYTES,
                 **config,
             )
         except KafkaError as exc:

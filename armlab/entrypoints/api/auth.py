@@ -31,18 +31,22 @@ class Principal:
 def parse_tokens(raw: str) -> list[tuple[str, str, bytes]]:
     """Parse ``name:role:secret,...``; raise ConfigurationError naming the bad entry."""
     tokens: list[tuple[str, str, bytes]] = []
-    for entry in (e.strip() for e in raw.split(",")):
+    # Errors name an entry by its position (and its name when it has the full shape), never
+    # by its text: a malformed entry may be a bare secret, or have the secret where the role
+    # belongs.
+    for i, entry in enumerate((e.strip() for e in raw.split(",")), start=1):
         if not entry:
             continue
         parts = entry.split(":", 2)
         if len(parts) != 3 or not all(parts):
             raise ConfigurationError(
-                f"ARMLAB_AUTH_TOKENS entry {parts[0]!r} must look like name:role:secret"
+                f"ARMLAB_AUTH_TOKENS entry {i} must look like name:role:secret (its value is "
+                "not shown: it may hold a secret)"
             )
         name, role, secret = parts
         if role not in ROLES:
             raise ConfigurationError(
-                f"ARMLAB_AUTH_TOKENS entry {name!r} has role {role!r}; "
+                f"ARMLAB_AUTH_TOKENS entry {i} ({name!r}) has an unknown role; "
                 f"valid roles: {', '.join(ROLES)}"
             )
         tokens.append((name, role, secret.encode()))

@@ -1,4 +1,10 @@
-"""Domain errors to HTTP in one place. Every error body is JSON ``{type, title, detail}``."""
+"""Domain errors to HTTP in one place. Every error body is JSON ``{type, title, detail}``.
+
+A database that cannot be reached (a transient driver error: refused, reset, restarting, out of
+connections; or no pooled connection free within the pool timeout) is a 503 with
+``Retry-After``, never a 500; so is every :class:`armlab.errors.ServiceUnavailable`. The body
+never names the database host, port or user.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,15 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from armlab.adapters.db.retry import is_transient
 from armlab.errors import ArmlabError
+
+#: Seconds a client should wait before retrying a 503.
+RETRY_AFTER_S = 5
 
 log = logging.getLogger("armlab.api")
 
@@ -17,8 +29,17 @@ log = logging.getLogger("armlab.api")
 def problem(status: int, type_: str, title: str, detail: str, **extra: object) -> JSONResponse:
     body: dict[str, object] = {"type": type_, "title": title, "detail": detail}
     body.update(extra)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(status_code=status, content=body, headers=headers)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    return JSONResponse(status_code=status, content=body, headers=headers or None)
+
+
+def database_unavailable() -> JSONResponse:
+    return problem(503, "ServiceUnavailable", "Service unavailable",
+                   "the database is unavailable; retry later")
 
 
 def _field_name(loc: tuple[object, ...]) -> str:
@@ -49,6 +70,19 @@ def install_error_handlers(app: FastAPI) -> None:
                 for f, e in zip(fields, errors, strict=False)
             ],
         )
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        if is_transient(exc):
+            log.warning("database unavailable: %s", type(exc.orig).__name__)
+            return database_unavailable()
+        log.exception("database error")
+        return problem(500, "InternalError", "Internal server error", type(exc).__name__)
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool(_: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("no database connection free: %s", exc)
+        return database_unavailable()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -12,9 +12,10 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
+from armlab.core.events import MAX_UNIT_ID_LEN, json_value_problem, unit_id_problem
 from armlab.entrypoints.api.auth import Authenticator, Principal
 from armlab.errors import ArmlabError
 from armlab.services.assignment import Assigner
@@ -26,10 +27,49 @@ class AssignRequest(BaseModel):
     unit_id: str = Field(
         ...,
         min_length=1,
-        max_length=128,
-        description="Request id (unit 'request') or user id (unit 'user', sticky).",
+        max_length=MAX_UNIT_ID_LEN,
+        description="Request id (unit 'request') or user id (unit 'user', sticky): the event "
+        "schema's rule, 1-128 characters without whitespace or control characters.",
     )
-    context: dict[str, Any] | None = Field(None, description="Optional request context.")
+    context: dict[str, Any] | None = Field(
+        None, description="Optional request context (JSON the event schema can store: finite "
+        "numbers, 64-bit integers, no NUL characters, nesting at most 16).")
+
+    @field_validator("unit_id")
+    @classmethod
+    def _unit_id(cls, v: str) -> str:
+        return check_unit_id(v)
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_context(v)
+
+
+def check_unit_id(v: str) -> str:
+    """The event schema's unit-id rule as a pydantic validator (also used by /recommend)."""
+    bad = unit_id_problem(v)
+    if bad is not None:
+        raise ValueError(bad)
+    return v
+
+
+def check_context(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The event schema's storable-JSON rule for a request context."""
+    if v is not None:
+        bad = json_value_problem(v, "context", 0)
+        if bad is not None:
+            raise ValueError(bad[1])
+    return v
+
+
+def _is_json(content_type: str | None) -> bool:
+    """FastAPI's rule for a JSON body: no content type, application/json or */*+json."""
+    if not content_type:
+        return True
+    main = content_type.split(";", 1)[0].strip().lower()
+    return main == "application/json" or (main.startswith("application/")
+                                          and main.endswith("+json"))
 
 
 class AssignResponse(BaseModel):
@@ -71,16 +111,29 @@ async def assign(
     return Response(content=orjson.dumps(result.as_dict()), media_type="application/json")
 
 
+def _has_huge_float(value: Any) -> bool:
+    """orjson reads an integer past 64 bits as a float; such a context goes to the route,
+    whose parser keeps it an integer (and refuses it), so both paths answer alike."""
+    if isinstance(value, float):
+        return abs(value) >= 2.0**63
+    if isinstance(value, dict):
+        return any(_has_huge_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_huge_float(v) for v in value)
+    return False
+
+
 class AssignFastPath:
     """ASGI fast path for the happy case of ``POST /v1/experiments/{key}/assign``.
 
     FastAPI's routing and dependency resolution cost several hundred microseconds per request,
     more than the assignment itself. This middleware answers only a request that is fully
-    valid: a producer token, a JSON body with a string ``unit_id`` (1-128 characters) and an
-    optional object ``context``, and an experiment already in the assigner's cache. Anything
-    else (a bad body, an auth failure, a cache miss, a draft or unknown experiment) is passed to
-    the FastAPI route with the body replayed, so errors, validation messages and the OpenAPI
-    description come from exactly one place: the route above.
+    valid: a producer token, a JSON content type (or none), a JSON body with a valid ``unit_id``
+    (the event schema's rule) and an optional storable object ``context``, and an experiment
+    already in the assigner's cache. Anything else (a bad body, an auth failure, a cache miss,
+    a draft or unknown experiment) is passed to the FastAPI route with the body replayed, so
+    errors, validation messages and the OpenAPI description come from exactly one place: the
+    route above.
     """
 
     _PREFIX = "/v1/experiments/"
@@ -146,10 +199,14 @@ class AssignFastPath:
             return None
         assigner = services.assigner
         authorization = None
+        content_type = None
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 authorization = value.decode("latin-1")
-                break
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
+        if not _is_json(content_type):
+            return None
         try:
             auth: Authenticator = app.state.authenticator  # type: ignore[union-attr]
             auth.require(auth.authenticate(authorization), "producer")
@@ -159,9 +216,11 @@ class AssignFastPath:
         if not isinstance(data, dict) or set(data) - {"unit_id", "context"}:
             return None
         unit_id, context = data.get("unit_id"), data.get("context")
-        if not isinstance(unit_id, str) or not 1 <= len(unit_id) <= 128:
+        if unit_id_problem(unit_id) is not None:
             return None
-        if context is not None and not isinstance(context, dict):
+        if context is not None and (not isinstance(context, dict)
+                                    or json_value_problem(context, "context", 0) is not None
+                                    or _has_huge_float(context)):
             return None
         try:
             result = assigner.try_assign(key, unit_id, context)

@@ -7,11 +7,11 @@ event (acks=all). Bad events: 422 naming the field and reason; Kafka down: 503.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -42,10 +42,17 @@ def warm_producer(services: Services) -> None:
     threading.Thread(target=warm, name="armlab-events-warmup", daemon=True).start()
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _validate(body: bytes) -> list[Any]:
+    # The standard library's parser keeps integers past 64 bits as integers (orjson would
+    # turn them into floats silently), so each event is re-encoded exactly as sent and checked
+    # by the consumer's own rule; NaN/Infinity tokens are not JSON.
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        data = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
         raise ValidationFailed(f"body is not JSON: {exc}", field="body") from exc
     items = data if isinstance(data, list) else [data]
     if not items:
@@ -56,7 +63,7 @@ def _validate(body: bytes) -> list[Any]:
         )
     events = []
     for i, item in enumerate(items):
-        ev = decode(orjson.dumps(item))
+        ev = decode(json.dumps(item, separators=(",", ":")).encode())
         if isinstance(ev, DecodeFailure):
             prefix = f"[{i}]." if isinstance(data, list) else ""
             field = f"{prefix}{ev.field}" if ev.field else (prefix.rstrip(".") or "body")

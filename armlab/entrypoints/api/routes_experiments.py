@@ -45,7 +45,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 KeyPath = Path(..., description="Experiment key.", max_length=64)
 
 
-def experiment_out(exp: Experiment) -> ExperimentOut:
+def experiment_out(exp: Experiment, *, show_salt: bool = True) -> ExperimentOut:
+    """The API view of ``exp``. ``salt`` only for admins: with it, anyone could compute which
+    arm each user is (or will be) stuck to."""
     return ExperimentOut(
         key=exp.key,
         name=exp.name,
@@ -59,7 +61,7 @@ def experiment_out(exp: Experiment) -> ExperimentOut:
         attribution_window_s=exp.attribution_window_s,
         control_arm_key=exp.control_arm_key,
         sequential=dict(exp.sequential or {}),
-        salt=exp.salt,
+        salt=exp.salt if show_salt else None,
         shipped_arm=exp.shipped_arm_key,
         version=exp.version,
         created_at=exp.created_at,
@@ -139,10 +141,12 @@ def list_experiments(
 def get_experiment(
     key: str = KeyPath,
     uow: UnitOfWork = Depends(get_uow),
-    _: Principal = Depends(require_role("reader")),
+    principal: Principal = Depends(require_role("reader")),
 ) -> ExperimentOut:
-    """One experiment: settings, arms with their variants, status and version."""
-    return experiment_out(registry.get_experiment(uow, key=key))
+    """One experiment: settings, arms with their variants, status and version (``salt``
+    only for admin tokens)."""
+    return experiment_out(registry.get_experiment(uow, key=key),
+                          show_salt=principal.role == "admin")
 
 
 @router.post("/{key}/start", response_model=ExperimentOut, responses=_ERRORS)

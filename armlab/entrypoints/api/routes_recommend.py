@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from armlab.bootstrap import Services
 from armlab.entrypoints.api.auth import Principal
 from armlab.entrypoints.api.deps import get_services, require_role
+from armlab.entrypoints.api.routes_assign import check_context, check_unit_id
 from armlab.services.recommend import recommend
 
 router = APIRouter(prefix="/v1/experiments", tags=["recommend"])
@@ -31,7 +32,8 @@ class CandidateIn(BaseModel):
 
 class RecommendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    unit_id: str = Field(..., min_length=1, max_length=256)
+    unit_id: str = Field(..., min_length=1, max_length=128,
+                         description="The event schema's unit-id rule (as /assign).")
     user: UserIn = Field(default_factory=lambda: UserIn())
     candidates: list[CandidateIn] | None = Field(None, min_length=1, max_length=10_000)
     catalog: str | None = Field(None, min_length=1, max_length=64)
@@ -41,6 +43,9 @@ class RecommendIn(BaseModel):
         default_factory=list, max_length=10_000,
         description="Item ids never to return (for example items the user already has).")
     context: dict[str, Any] | None = None
+
+    _unit = field_validator("unit_id")(classmethod(lambda cls, v: check_unit_id(v)))
+    _ctx = field_validator("context")(classmethod(lambda cls, v: check_context(v)))
 
     @model_validator(mode="after")
     def _one_source(self) -> RecommendIn:

@@ -75,7 +75,8 @@ class ExperimentOut(BaseModel):
     attribution_window_s: int
     control_arm_key: str
     sequential: dict[str, Any]
-    salt: str
+    salt: str | None = Field(
+        None, description="Sticky-assignment hash salt; null unless the token is an admin's.")
     shipped_arm: str | None
     version: int
     created_at: UtcDatetime

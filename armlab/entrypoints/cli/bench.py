@@ -1,4 +1,4 @@
-"""``armlab bench ingest|policy|assign|scoring``: each prints JSON with its figure and a
+"""``armlab bench ingest|fuzz|policy|assign|scoring``: each prints JSON with its figure and a
 baseline measured in the same run. The benchmark code lives in :mod:`armlab.tools.bench`.
 
 Commands import their benchmark inside the function so ``armlab --help`` stays fast.
@@ -37,6 +37,30 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                            processes=processes,
                            progress=None if as_json else lambda m: typer.echo(m, err=True))
         typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+    @groups["bench"].command("fuzz")
+    def bench_fuzz(
+        records: int = typer.Option(100_000, "--records", min=100,
+                                    help="Hostile records (armlab.tools.fuzz)."),
+        good: int = typer.Option(50_000, "--good", min=100, help="Good events mixed in."),
+        seed: int = typer.Option(2026, "--seed"),
+        partitions: int = typer.Option(2, "--partitions", min=1),
+        as_json: bool = typer.Option(False, "--json", help="Print only JSON."),
+    ) -> None:
+        """The consumer fuzz test at full size: accounting, statistics, rate vs bare read.
+
+        Needs ARMLAB_DATABASE_URL (PostgreSQL) and ARMLAB_KAFKA_BOOTSTRAP (`armlab dev up`).
+        Exits 1 when the accounting or the statistics are not exact.
+        """
+        from armlab.settings import get_settings
+        from armlab.tools.bench.fuzz import run_fuzz_bench
+
+        result = run_fuzz_bench(get_settings(), records=records, good=good, seed=seed,
+                                partitions=partitions,
+                                progress=None if as_json else lambda m: typer.echo(m, err=True))
+        typer.echo(json.dumps(result, indent=None if as_json else 2))
+        if not (result["accounting_exact"] and result["stats_equal_reference"]):
+            raise typer.Exit(1)
 
     @groups["bench"].command("policy")
     def bench_policy(

@@ -124,7 +124,9 @@ def _redact(url: str) -> str:
     """Hide a password in a URL before printing it."""
     from sqlalchemy.engine import make_url
 
+    from armlab.errors import redact
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return url
+        return redact(url)

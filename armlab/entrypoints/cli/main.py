@@ -22,7 +22,7 @@ from armlab.entrypoints.cli import (
     simulate,
     stats,
 )
-from armlab.errors import ArmlabError
+from armlab.errors import ArmlabError, redact
 
 app = typer.Typer(
     name="armlab",
@@ -59,8 +59,32 @@ def main() -> None:
     try:
         app()
     except ArmlabError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
+        typer.echo(f"error: {redact(exc.message)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        line = database_error_line(exc)
+        if line is None:
+            raise
+        typer.echo(f"error: {redact(line)}", err=True)
+        sys.exit(1)
+
+
+def database_error_line(exc: BaseException) -> str | None:
+    """One readable line for a database error that reached the top of a command (an
+    unreachable server, an unmigrated database, a URL SQLAlchemy cannot use); None for any
+    other error. Passwords are redacted by the caller."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    if isinstance(exc, NoSuchModuleError | ArgumentError):
+        return f"ARMLAB_DATABASE_URL cannot be used: {exc}"
+    if not isinstance(exc, DBAPIError):
+        return None
+    orig = exc.orig
+    first = " ".join((str(orig).splitlines() or [""])[0].split())
+    if getattr(orig, "sqlstate", None) == "42P01":  # undefined_table
+        return (f"the database has no armlab tables ({first}); run `armlab db upgrade` "
+                "(ARMLAB_DATABASE_URL)")
+    return f"database error ({type(orig).__name__}): {first}"

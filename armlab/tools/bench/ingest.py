@@ -96,7 +96,7 @@ def bare_read(kafka: KafkaSettings, topics: list[str], n: int) -> float:
             if t0 is None:
                 t0 = time.perf_counter()
             for r in recs:
-                nbytes += len(r.value)
+                nbytes += len(r.value or b"")  # tombstones have no value
             seen += len(recs)
     dt = time.perf_counter() - (t0 or time.perf_counter())
     c.close()

@@ -222,3 +222,52 @@ def test_auto_stop_writes_the_terminal_snapshot_in_the_same_pass(services: Servi
     assert (got.arm_key, got.propensity, got.snapshot_id) == ("control", 1.0, snaps[-1].id)
     run_allocation(services.session_factory, now=NOW + timedelta(seconds=5))
     assert len(snapshots(services, exp_id)) == 2  # written once
+
+
+def test_armlab_allocate_survives_a_postgres_restart(
+    services: Services, pg_url: str, pg_server: Any
+) -> None:
+    """The allocator process keeps running through a PostgreSQL restart and writes snapshots
+    again afterwards (it used to exit with an OperationalError)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    exp_id = create(services, "alloc-restart", policy={"name": "uniform", "params": {}})
+    env = dict(os.environ, ARMLAB_DATABASE_URL=pg_url, ARMLAB_LOG_LEVEL="WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "armlab", "allocate", "--interval", "0.2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def count() -> int:
+        with services.session_factory() as s:
+            return len(s.scalars(select(AllocationSnapshot.id).where(
+                AllocationSnapshot.experiment_id == exp_id)).all())
+
+    def wait_for(n: int, timeout: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            try:
+                got = count()
+            except Exception:  # noqa: BLE001 - the server is restarting
+                got = -1
+            if got >= n:
+                return got
+            time.sleep(0.2)
+        raise AssertionError(f"fewer than {n} snapshots after {timeout}s")
+
+    try:
+        before = wait_for(1)
+        pg_server.stop("immediate")
+        time.sleep(2.0)  # several passes fail while the server is down
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        pg_server.start()
+        services.engine.dispose()  # this test's own pool holds dead connections
+        wait_for(before + 3)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if not pg_server.is_running():
+            pg_server.start()

@@ -119,6 +119,34 @@ BAD_IMPRESSIONS = [
     (_with(IMP, items=[{"id": 1}]), "wrong_type"),
     (_with(IMP, context=[1, 2]), "wrong_type"),
     (_with(IMP, surprise=1), "unknown_field"),
+    # values the database cannot store (each one stopped the consumer before): one rule
+    (_with(IMP, propensity=1e-300), "bad_propensity"),
+    (_with(IMP, propensity=1e-160), "bad_propensity"),
+    (_with(IMP, propensity=5e-324), "bad_propensity"),
+    (_with(IMP, items=[2**63]), "out_of_range"),
+    (_with(IMP, items=[-(2**63) - 1]), "out_of_range"),
+    (_with(IMP, items=[10**40]), "out_of_range"),
+    (_with(IMP, context={"n": 2**64}), "out_of_range"),
+    (_with(IMP, context={"deep": [[{"n": -(10**30)}]]}), "out_of_range"),
+    (_with(IMP, context={"s": "a\u0000b"}), "bad_string"),
+    (_with(IMP, context={"a\u0000": 1}), "bad_string"),
+    (_with(IMP, context={"l": ["x", "\u0000"]}), "bad_string"),
+    (_with(IMP, items=["m\u0000"]), "bad_string"),
+    (b'{"schema":"impression.v1","event_id":"e","impression_id":"i","experiment_key":"x",'
+     b'"arm_key":"a","unit_id":"u\\u0000","propensity":0.5,'
+     b'"served_at":"2026-01-01T00:00:00Z"}', "bad_identifier"),
+    (_with(IMP, unit_id="u\x00v"), "bad_identifier"),
+    # a lone surrogate escape is not JSON to the parser
+    (_with(IMP, context={"s": "\ud800"}), "not_json"),
+    (_with(IMP, unit_id="\udfff"), "not_json"),
+    (_with(IMP, event_id="e\ud800"), "not_json"),
+    (_with(IMP, context={"x": float("nan")}), "non_finite"),
+    (_with(IMP, context={"x": [1.0, float("inf")]}), "non_finite"),
+    (_with(IMP, context={"x": {"y": float("-inf")}}), "non_finite"),
+    (b'{"schema":"impression.v1","event_id":"e","impression_id":"i","experiment_key":"x",'
+     b'"arm_key":"a","unit_id":"u","propensity":0.5,"served_at":"2026-01-01T00:00:00Z",'
+     b'"context":{"x":1e999}}', "non_finite"),
+    (_with(IMP, context={"d": json.loads("[" * 20 + "]" * 20)}), "too_deep"),
 ]
 
 BAD_FEEDBACK = [
@@ -155,6 +183,49 @@ def test_bad_feedback_gets_its_reason(raw: bytes, reason: str) -> None:
 
 def test_table_is_large_enough() -> None:
     assert len(BAD_IMPRESSIONS) + len(BAD_FEEDBACK) >= 40
+
+
+def test_limits_accept_the_edges() -> None:
+    """The storable-value rule rejects only what cannot be stored: its edges pass."""
+    from armlab.core.events import MAX_JSON_DEPTH, MIN_PROPENSITY
+
+    for raw in (
+        _with(IMP, propensity=MIN_PROPENSITY),
+        _with(IMP, items=[2**63 - 1, -(2**63)], context={"n": 2**63 - 1, "m": -(2**63)}),
+        _with(IMP, context={"d": json.loads("[" * (MAX_JSON_DEPTH - 1)
+                                            + "]" * (MAX_JSON_DEPTH - 1))}),
+        _with(IMP, context={"s": "tab\there \u00e9\U0001f600", "f": 1e308, "t": 5e-324}),
+    ):
+        assert isinstance(decode(raw, ImpressionV1), ImpressionV1), decode(raw, ImpressionV1)
+
+
+def test_sdk_builder_applies_the_same_rule() -> None:
+    for kw, reason in (
+        ({"propensity": 1e-300}, "bad_propensity"),
+        ({"context": {"n": 2**70}}, "out_of_range"),
+        ({"context": {"s": "\x00"}}, "bad_string"),
+        ({"context": {"x": float("nan")}}, "non_finite"),
+        ({"context": {"when": datetime(2026, 1, 1)}}, "wrong_type"),
+        ({"items": [2**64]}, "out_of_range"),
+        ({"unit_id": "has space"}, "bad_identifier"),
+        ({"context": {"s": "\ud800"}}, "bad_string"),
+        ({"context": {"\udfff": 1}}, "bad_string"),
+        ({"items": ["a\x00"]}, "bad_string"),
+        ({"arm_key": "a\ud800"}, "wrong_type"),  # not a valid str to pydantic
+    ):
+        args = {"experiment_key": "e", "arm_key": "a", "unit_id": "u", "propensity": 0.5, **kw}
+        with pytest.raises(InvalidEvent) as err:
+            make_impression(**args)  # type: ignore[arg-type]
+        assert err.value.reason == reason, (kw, err.value)
+
+
+def test_unit_id_rule_is_shared() -> None:
+    from armlab.core.events import MAX_UNIT_ID_LEN, unit_id_problem
+
+    assert unit_id_problem("user-1@example.com") is None
+    assert unit_id_problem("u" * MAX_UNIT_ID_LEN) is None
+    for bad in ("", "u" * (MAX_UNIT_ID_LEN + 1), "a b", "a\nb", "a\x00", "\ud800", 5, None):
+        assert unit_id_problem(bad) is not None, bad
 
 
 def test_good_events_round_trip() -> None:

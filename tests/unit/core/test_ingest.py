@@ -152,3 +152,21 @@ def test_referenced_ids() -> None:
     imp_ids, imp_events, fb_events, arriving = referenced_ids(s.decoded())
     assert imp_ids == {"i1", "i9"} and imp_events == {"e-i1"}
     assert fb_events == {"f1"} and arriving == {"i1"}
+
+
+def test_dead_letter_of_a_huge_record_is_truncated_with_length_and_hash() -> None:
+    import base64
+    import hashlib
+
+    from armlab.core.ingest import MAX_DLQ_RAW_BYTES, Reject
+
+    raw = b"{" + b"x" * 900_000
+    out = orjson.loads(Reject("too_large", "d" * 10_000, "t", 0, 5, raw).to_dlq("g"))
+    assert out["raw_truncated"] is True and out["raw_length"] == len(raw)
+    assert out["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert base64.b64decode(out["raw"]) == raw[:MAX_DLQ_RAW_BYTES]
+    assert len(out["detail"]) <= 2000
+    assert len(Reject("too_large", "d", "t", 0, 5, raw).to_dlq("g")) < 400_000
+    small = orjson.loads(Reject("not_json", "d", "t", 0, 6, b"abc").to_dlq("g"))
+    assert base64.b64decode(small["raw"]) == b"abc" and "raw_truncated" not in small
+    assert small["raw_length"] == 3

@@ -132,3 +132,89 @@ def test_fencing_rejects_a_zombie(sqlite_url: str) -> None:
     zombie.drain()                     # after resync it only sees what is really new
     assert _arm_stats(services, exp_id)["a"]["n"] == 11
     services.close()
+
+
+def test_pending_feedback_is_swept_after_the_window_and_conflicts_are_dead_lettered(
+    sqlite_url: str,
+) -> None:
+    """Feedback whose impression never arrives is dead-lettered (no_impression) and marked
+    unknown after the attribution window; a duplicate event_id with different content is
+    dead-lettered as conflicting_duplicate; impressions for a draft are not counted."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from armlab.adapters.db.models import Feedback
+    from armlab.core.clock import utcnow
+
+    services = _services(sqlite_url)
+    exp_id = _experiment(services, window=60)
+    with services.session_factory() as s, s.begin():
+        d = Experiment(key="draft", name="d", control_arm_key="a", salt="d", status="draft",
+                       reward_kind="binary", reward_metric="click")
+        d.arms = [Arm(key=a, is_control=i == 0, position=i) for i, a in enumerate(ARMS)]
+        s.add(d)
+    bus = MemoryBus(default_partitions=1)
+    prod = MemoryEventProducer(bus)
+    imp = prod.send_impression(experiment_key="exp", arm_key="a", unit_id="u", propensity=0.5,
+                               event_id="ie1", impression_id="i1")
+    prod.send_impression(experiment_key="exp", arm_key="b", unit_id="u", propensity=0.5,
+                         event_id="ie1", impression_id="i1", served_at=imp.served_at)  # conflict
+    prod.send_impression(experiment_key="exp", arm_key="a", unit_id="u", propensity=0.5,
+                         event_id="ie1", impression_id="i1", served_at=imp.served_at)  # redelivery
+    prod.send_impression(experiment_key="draft", arm_key="a", unit_id="u", propensity=0.5)
+    prod.send_feedback(impression_id="i1", experiment_key="exp", kind="click", event_id="f1")
+    prod.send_feedback(impression_id="i1", experiment_key="exp", kind="click", value=0.0,
+                       event_id="f1")  # conflict
+    prod.send_feedback(impression_id="never", experiment_key="exp", kind="click",
+                       event_id="orphan")
+    runner = build_runner(services, bus=bus)
+    runner.drain()
+    c = ingest_store.read_counters(services.session_factory(), runner.group)
+    assert c["conflicting_duplicate"] == 2 and c["duplicate"] == 1
+    assert c["experiment_not_running"] == 1 and c["impression"] == 1
+    assert _arm_stats(services, exp_id)["a"]["n"] == 1
+    assert runner.sweep_pending(utcnow()) == 0  # still inside the window
+    assert runner.sweep_pending(utcnow() + timedelta(seconds=60 + 61)) == 1
+    assert runner.sweep_pending(utcnow() + timedelta(seconds=999)) == 0  # swept once
+    with services.session_factory() as s:
+        assert s.scalar(select(Feedback.status).where(Feedback.event_id == "orphan")) == \
+            "unknown"
+    dlq = [orjson.loads(r.value) for r in bus.records(services.settings.topic_dlq)]
+    assert sorted(d["reason"] for d in dlq) == [
+        "conflicting_duplicate", "conflicting_duplicate", "experiment_not_running",
+        "no_impression"]
+    orphan = next(d for d in dlq if d["reason"] == "no_impression")
+    assert "orphan" in __import__("base64").b64decode(orphan["raw"]).decode()
+    assert ingest_store.read_counters(services.session_factory(), runner.group)[
+        "no_impression"] == 1
+
+
+def test_a_systematic_write_failure_stops_the_consumer_after_a_few_dead_letters(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bisection isolates poison records; a failure that hits every record (a bug) must stop
+    the consumer after MAX_UNPROCESSABLE_PER_POLL dead letters, not drain the topic into the
+    DLQ."""
+    from armlab.services import ingest as ingest_service
+
+    services = _services(sqlite_url)
+    _experiment(services)
+    bus = MemoryBus(default_partitions=1)
+    prod = MemoryEventProducer(bus)
+    for i in range(200):
+        prod.send_impression(experiment_key="exp", arm_key="a", unit_id=f"u{i}", propensity=0.5)
+    real = ingest_store.write_effects
+
+    def broken(session: Any, group: str, fx: Any) -> None:
+        if fx.new_impressions:
+            raise TypeError("a bug in the writer")
+        real(session, group, fx)
+
+    monkeypatch.setattr(ingest_service.ingest_store, "write_effects", broken)
+    runner = build_runner(services, bus=bus)
+    with pytest.raises(TypeError, match="a bug"):
+        runner.drain()
+    dlq = bus.records(services.settings.topic_dlq)
+    assert len(dlq) == ingest_service.MAX_UNPROCESSABLE_PER_POLL
+    assert {orjson.loads(r.value)["reason"] for r in dlq} == {"unprocessable"}

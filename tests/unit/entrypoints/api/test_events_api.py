@@ -48,3 +48,34 @@ def test_503_when_kafka_is_unreachable(sqlite_url: str) -> None:
     with TestClient(create_app(s)) as c:
         r = c.post("/v1/events", json=EV)
         assert r.status_code == 503 and "Kafka" in r.json()["detail"]
+
+
+def test_values_the_consumer_cannot_store_are_422(sqlite_url: str) -> None:
+    """Each of these was accepted with 202 and then stopped the consumer: one shared rule."""
+    s = Settings(database_url=sqlite_url, transport="memory", auth_tokens="app:producer:s3cret")
+    app = create_app(s)
+    raw = orjson.dumps(EV)
+    with TestClient(app) as c:
+        ok = {"Authorization": "Bearer s3cret", "Content-Type": "application/json"}
+        for body, field, reason in (
+            (orjson.dumps({**EV, "propensity": 1e-300}), "propensity", "bad_propensity"),
+            (orjson.dumps({**EV, "propensity": 1e-160}), "propensity", "bad_propensity"),
+            (raw.replace(b'"served_at"', b'"items":[123456789012345678901234567890],'
+                                         b'"served_at"'), "items", "out_of_range"),
+            (raw.replace(b'"served_at"', b'"context":{"n":123456789012345678901234567890},'
+                                         b'"served_at"'), "context", "out_of_range"),
+            (orjson.dumps({**EV, "context": {"s": "a\x00b"}}), "context", "bad_string"),
+            (orjson.dumps({**EV, "unit_id": "u\x00"}), "unit_id", "bad_identifier"),
+        ):
+            r = c.post("/v1/events", content=body, headers=ok)
+            assert r.status_code == 422, (body, r.text)
+            assert r.json()["field"] == field and reason in r.json()["detail"], r.text
+        nan = raw.replace(b'"served_at"', b'"context":{"x":NaN},"served_at"')
+        r = c.post("/v1/events", content=nan, headers=ok)
+        assert r.status_code == 422 and "NaN" in r.json()["detail"], r.text
+        assert app.state.services.bus.records(s.topic_impressions) == []
+        # a 64-bit integer keeps its exact value on the way through
+        big = raw.replace(b'"served_at"', b'"context":{"n":9223372036854775807},"served_at"')
+        assert c.post("/v1/events", content=big, headers=ok).status_code == 202
+        (rec,) = app.state.services.bus.records(s.topic_impressions)
+        assert orjson.loads(rec.value)["context"]["n"] == 2**63 - 1

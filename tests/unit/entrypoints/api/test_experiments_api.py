@@ -102,7 +102,7 @@ def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
     assert r.status_code == 503
     body = r.json()
     assert body["type"] == "ServiceUnavailable"
-    assert "database not reachable" in body["detail"]
+    assert "the database is not reachable" in body["detail"]
 
 
 def test_openapi_docs_are_served(client: TestClient) -> None:
@@ -135,7 +135,8 @@ def test_full_lifecycle_through_every_route(client: TestClient) -> None:
         "experiments": []
     }
     shown = client.get("/v1/experiments/home-recs", headers=READER).json()
-    assert shown == exp
+    assert shown == {**exp, "salt": None}  # the salt is for admins only
+    assert client.get("/v1/experiments/home-recs", headers=ADMIN).json() == exp
 
     started = client.post("/v1/experiments/home-recs/start", headers=ADMIN).json()
     assert started["status"] == "running" and started["version"] == 2
@@ -504,7 +505,7 @@ def test_illegal_transitions_are_409_and_change_nothing(
     assert r.status_code == 409, r.text
     assert r.json()["type"] == "IllegalTransition"
     assert f"it is {status}" in r.json()["detail"]
-    after = client.get("/v1/experiments/home-recs", headers=READER).json()
+    after = client.get("/v1/experiments/home-recs", headers=ADMIN).json()
     assert after == before
     assert len(audit(client)) == n_audit
 
@@ -518,5 +519,112 @@ def test_ship_of_unknown_arm_is_404_and_changes_nothing(client: TestClient, stat
     assert r.status_code == 404
     assert r.json()["type"] == "ArmNotFound"
     assert "ghost" in r.json()["detail"] and "control, minilm" in r.json()["detail"]
-    assert client.get("/v1/experiments/home-recs", headers=READER).json() == before
+    assert client.get("/v1/experiments/home-recs", headers=ADMIN).json() == before
     assert len(audit(client)) == n_audit
+
+
+def _raw(spec: dict[str, Any], path: str, token: str) -> bytes:
+    """The spec as JSON with the value at dotted ``path`` replaced by a raw token (NaN...)."""
+    import json
+
+    body = copy.deepcopy(spec)
+    *head, last = path.split(".")
+    target: Any = body
+    for p in head:
+        target = target[int(p)] if p.isdigit() else target.setdefault(p, {})
+    target[last] = "@@TOKEN@@"
+    return json.dumps(body).replace('"@@TOKEN@@"', token).encode()
+
+
+@pytest.mark.parametrize(("path", "token", "field"), [
+    ("sequential.theta0", "NaN", "sequential.theta0"),
+    ("sequential.theta0", "Infinity", "sequential.theta0"),
+    ("sequential.tau2", "Infinity", "sequential.tau2"),
+    ("sequential.alpha", "NaN", "sequential.alpha"),
+    ("exploration_floor", "NaN", "exploration_floor"),
+    ("policy.params.prior_alpha", "NaN", "policy.params"),
+    ("policy.params.prior_alpha", "Infinity", "policy.params"),
+    ("burn_in", "2147483648", "burn_in"),
+    ("sequential.min_samples", "2147483648", "sequential.min_samples"),
+    ("sequential.max_n", "1e400", "sequential.max_n"),
+    ("sequential.max_n", "99999999999999999999999", "sequential.max_n"),
+    ("arms.1.variant.item_template", '"' + "{title}" * 10_000 + '"', "arms.1.variant"),
+    ("description", '"' + "x" * 10_001 + '"', "description"),
+])
+def test_numbers_and_strings_that_do_not_fit_are_422(
+    client: TestClient, path: str, token: str, field: str
+) -> None:
+    body = _raw(make_spec(), path, token)
+    r = client.post("/v1/experiments", content=body,
+                    headers={**ADMIN, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert field in [e["field"] for e in r.json()["errors"]], r.json()
+    assert client.get("/v1/experiments", headers=READER).json() == {"experiments": []}
+
+
+def test_epsilon_greedy_decay_c_must_be_finite(client: TestClient) -> None:
+    for token in ("NaN", "Infinity"):
+        spec = make_spec(policy={"name": "epsilon_greedy", "params": {}})
+        r = client.post("/v1/experiments", content=_raw(spec, "policy.params.decay_c", token),
+                        headers={**ADMIN, "Content-Type": "application/json"})
+        assert r.status_code == 422 and "decay_c" in r.text, r.text
+
+
+def test_oversized_bodies_are_413_before_reading_or_auth(client: TestClient) -> None:
+    import asyncio
+
+    big = b"x" * (50 * 1024 * 1024)
+    for url in ("/v1/experiments", "/v1/events", "/v1/experiments/k/assign"):
+        r = client.post(url, content=big, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 413, (url, r.status_code)
+        assert r.json()["type"] == "PayloadTooLarge"
+    # with a Content-Length over the limit, nothing is read: receive() is never called
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/events", "headers": [
+        (b"content-length", str(50 * 1024 * 1024).encode())], "query_string": b""}
+    asyncio.run(client.app(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 413
+    # chunked (no Content-Length) is counted as it arrives
+    chunks = [b"x" * (1024 * 1024)] * 20
+
+    async def chunked() -> dict[str, Any]:
+        return {"type": "http.request", "body": chunks.pop(), "more_body": bool(chunks)}
+
+    sent.clear()
+    scope["path"] = "/v1/experiments"
+    scope["headers"] = [(b"authorization", b"Bearer admin-secret"),
+                        (b"content-type", b"application/json")]
+    asyncio.run(client.app(scope, chunked, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 413 and len(chunks) < 19
+    # a body under the limit is untouched
+    assert client.post("/v1/experiments", json=make_spec(), headers=ADMIN).status_code == 201
+
+
+def test_salt_is_shown_to_admins_only(client: TestClient) -> None:
+    create(client, key="salty", salt="s3cret-salt")
+    assert client.get("/v1/experiments/salty", headers=ADMIN).json()["salt"] == "s3cret-salt"
+    for who in (READER, PRODUCER):
+        r = client.get("/v1/experiments/salty", headers=who)
+        assert r.status_code == 200 and r.json()["salt"] is None
+        assert "s3cret-salt" not in client.get("/v1/experiments", headers=who).text
+        assert "s3cret-salt" not in client.get("/v1/experiments/salty/audit", headers=who).text
+
+
+@pytest.mark.parametrize("raw", ["topsecretvalue", "ops:admin:ok,justthesecret9",
+                                 "ops:s3cretvalue9:admin", "ops:admin:"])
+def test_malformed_auth_tokens_never_print_the_secret(raw: str) -> None:
+    from armlab.entrypoints.api.auth import parse_tokens
+    from armlab.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as err:
+        parse_tokens(raw)
+    for secret in ("topsecretvalue", "justthesecret9", "s3cretvalue9"):
+        assert secret not in err.value.message
+    assert "ARMLAB_AUTH_TOKENS entry" in err.value.message

@@ -1,0 +1,135 @@
+"""``armlab bench fuzz``: the consumer fuzz test at full size, as a benchmark.
+
+Produces ``records`` hostile records (:mod:`armlab.tools.fuzz`) interleaved with ``good``
+synthetic events onto fresh topics, runs one in-process ingest runner until every record is
+committed, and reports: the ingest rate of the mix against a bare kafka-python read of the same
+topics (same run), the record-level accounting (counted + dead-lettered = produced), whether
+the good experiment's statistics equal the reference computed from the good events alone
+(:func:`armlab.tools.synth.expected_stats`), and the dead-letter reasons.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaProducer
+from sqlalchemy import func, select
+
+from armlab.adapters.db import ingest_store, migrate, queries
+from armlab.adapters.db.models import Arm, ConsumerOffset, Experiment
+from armlab.bootstrap import bootstrap
+from armlab.core.ingest import OK_OUTCOMES, OUT_RESOLVED
+from armlab.errors import ServiceUnavailable
+from armlab.settings import Settings
+from armlab.tools.bench.ingest import ARMS, _check_services, bare_read, create_topics
+from armlab.tools.fuzz import fuzz_records
+from armlab.tools.synth import expected_stats, synthetic_events
+
+
+def _experiment(settings: Settings, key: str, arms: tuple[str, ...], kind: str) -> int:
+    services = bootstrap(settings)
+    try:
+        with services.session_factory() as s, s.begin():
+            e = Experiment(key=key, name=key, control_arm_key=arms[0], salt=key,
+                           status="running", reward_kind=kind, reward_metric="click",
+                           attribution_window_s=3600)
+            e.arms = [Arm(key=a, is_control=(i == 0), position=i) for i, a in enumerate(arms)]
+            s.add(e)
+            s.flush()
+            return int(e.id)
+    finally:
+        services.close()
+
+
+def run_fuzz_bench(settings: Settings, *, records: int, good: int, seed: int = 2026,
+                   partitions: int = 2, timeout_s: float = 1800.0,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    say = progress or (lambda _m: None)
+    _check_services(settings)
+    migrate.upgrade(settings.database_url)
+    run_id = uuid.uuid4().hex[:8]
+    exp_key, sink_key = f"fuzzbench-{run_id}", f"fuzzsink-{run_id}"
+    exp_id = _experiment(settings, exp_key, ARMS, "binary")
+    _experiment(settings, sink_key, ("a", "b"), "continuous")
+    ti, tf, td = (f"fuzz-{run_id}-imp", f"fuzz-{run_id}-fb", f"fuzz-{run_id}-dlq")
+    create_topics(settings.kafka, [ti, tf, td], partitions)
+    say(f"producing {records} fuzz records and {good} good events")
+    topic = {"impression": ti, "feedback": tf}
+    p = KafkaProducer(**settings.kafka.client_config(), acks="all", enable_idempotence=True,
+                      linger_ms=20, batch_size=1 << 20, max_request_size=2 << 20)
+    sent: list[dict[str, Any]] = []
+    good_events = synthetic_events(good, experiment_key=exp_key, arms=ARMS, seed=seed,
+                                   id_prefix=f"g{run_id}")
+    ratio = good / max(records, 1)
+    produced = 0
+    owed = 0.0
+    for r in fuzz_records(records, seed=seed, experiment_key=sink_key, arms=("a", "b")):
+        p.send(topic[r.topic], key=b"fuzz", value=r.value)
+        produced += 1
+        owed += ratio
+        while owed >= 1.0:
+            owed -= 1.0
+            ev = next(good_events, None)
+            if ev is None:
+                break
+            p.send(ti if ev.kind == "impression" else tf, key=ev.key, value=ev.value)
+            sent.append(ev.fields)
+            produced += 1
+    for ev in good_events:
+        p.send(ti if ev.kind == "impression" else tf, key=ev.key, value=ev.value)
+        sent.append(ev.fields)
+        produced += 1
+    p.flush()
+    p.close()
+    say("bare kafka-python read")
+    bare = bare_read(settings.kafka, [ti, tf], produced)
+    cfg = settings.model_copy(update={"topic_impressions": ti, "topic_feedback": tf,
+                                      "topic_dlq": td, "consumer_group": f"fuzz-{run_id}",
+                                      "transport": "kafka"})
+    say("armlab consumer")
+    services = bootstrap(cfg)
+    runner = services.ingest_runner(transport="kafka")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while runner.metrics.records < produced:
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(
+                    f"fuzz bench: {runner.metrics.records} of {produced} records after "
+                    f"{timeout_s:.0f}s")
+            runner.step()
+        with services.session_factory() as s:
+            committed = int(s.scalar(
+                select(func.coalesce(func.sum(ConsumerOffset.next_offset), 0))
+                .where(ConsumerOffset.group_id == cfg.consumer_group)) or 0)
+            counters = ingest_store.read_counters(s, cfg.consumer_group)
+            stats = {arm: v.as_dict() for (_, arm), v in queries.arm_totals(s, exp_id).items()}
+    finally:
+        runner.close()
+        services.close()
+    m = runner.metrics
+    dt = (m.last_ts or 0) - (m.first_ts or 0)
+    rate = m.records / dt if dt > 0 else 0.0
+    ok = sum(n for k, n in counters.items() if k in OK_OUTCOMES and k != OUT_RESOLVED)
+    rejected = {k: n for k, n in counters.items() if k not in OK_OUTCOMES}
+    return {
+        "fuzz_records": records,
+        "good_events": good,
+        "produced": produced,
+        "committed": committed,
+        "counted": ok,
+        "dead_lettered": sum(rejected.values()),
+        # exact: no fuzz feedback can be rejected on resolution (it never joins a good
+        # event, and fuzz impressions share its time stamps), so each record counts once
+        "accounting_exact": committed == produced and ok + sum(rejected.values()) == produced,
+        "stats_equal_reference": stats == expected_stats(sent, window_s=3600),
+        "unprocessable": rejected.get("unprocessable", 0),
+        "reasons": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
+        "armlab_events_per_s": round(rate),
+        "bare_events_per_s": round(bare),
+        "ratio": round(rate / bare, 3) if bare else None,
+        "machine": f"{os.cpu_count()} CPUs",
+    }
