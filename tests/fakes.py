@@ -76,6 +76,10 @@ class FakeEvidence:
         row.id = next(_ids)
         self.decisions.append(row)
 
+    def add_snapshot(self, row: AllocationSnapshot) -> None:
+        row.id = next(_ids)
+        self.snapshots[row.experiment_id] = row
+
 
 class FakeUnitOfWork:
     """Implements armlab.services.ports.UnitOfWorkPort in memory. ``commits`` counts commits;

@@ -29,8 +29,16 @@ from typing import Any
 
 from sqlalchemy import inspect
 
-from armlab.adapters.db.models import EXPERIMENT_STATUSES, Arm, AuditLog, Experiment
+from armlab.adapters.db.models import (
+    EXPERIMENT_STATUSES,
+    AllocationSnapshot,
+    Arm,
+    AuditLog,
+    Experiment,
+)
 from armlab.core.clock import utcnow
+from armlab.core.policies.base import POLICY_VERSION
+from armlab.core.serving import fixed_arm
 from armlab.core.specs import ExperimentSpec
 from armlab.errors import (
     ArmNotFound,
@@ -247,7 +255,22 @@ def _transition(
         evidence=evidence,
     )
     uow.flush()
+    if target in ("stopped", "shipped"):
+        _terminal_snapshot(uow, exp, now)
     return exp
+
+
+def _terminal_snapshot(uow: UnitOfWorkPort, exp: Experiment, now: datetime) -> None:
+    """The stopped/shipped allocation (one arm, weight 1) written in the transition's own
+    transaction, so ``/assign`` never serves the fixed arm under the id of the last running
+    snapshot. The allocator writes the same snapshot at most once (it skips an identical one)."""
+    arm_keys = [a.key for a in exp.arms]
+    target = fixed_arm(exp.status, control=exp.control_arm_key, shipped=exp.shipped_arm_key)
+    uow.evidence.add_snapshot(AllocationSnapshot(
+        experiment_id=exp.id, created_at=now, policy_name=exp.status,
+        policy_version=POLICY_VERSION, weights={k: 1.0 if k == target else 0.0 for k in arm_keys},
+        stats={"status": exp.status, "arm": target}))
+    uow.flush()
 
 
 def start_experiment(uow: UnitOfWorkPort, *, key: str, actor: str, reason: str = "") -> Experiment:

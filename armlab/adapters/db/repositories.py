@@ -103,3 +103,6 @@ class SqlEvidence:
 
     def add_decision(self, row: Decision) -> None:
         self.session.add(row)
+
+    def add_snapshot(self, row: AllocationSnapshot) -> None:
+        self.session.add(row)

@@ -271,3 +271,32 @@ def test_armlab_allocate_survives_a_postgres_restart(
         proc.wait(timeout=30)
         if not pg_server.is_running():
             pg_server.start()
+
+
+@pytest.mark.parametrize("action", ["stop", "ship"])
+def test_a_manual_stop_or_ship_writes_its_snapshot_in_the_same_transaction(
+        services: Services, action: str) -> None:
+    """Regression: after a manual stop/ship ``/assign`` served the fixed arm with no snapshot
+    id (or the running one's) until the next allocator pass."""
+    from armlab.services import registry
+
+    exp_id = create(services, f"manual-{action}",
+                    arms=[{"key": "control", "control": True, "variant": {"kind": "popularity"}},
+                          {"key": "a", "variant": {"kind": "popularity"}}])
+    run_allocation(services.session_factory, now=NOW)
+    with UnitOfWork(services.session_factory) as uow:
+        if action == "stop":
+            registry.stop_experiment(uow, key=f"manual-{action}", actor="t", reason="r")
+        else:
+            registry.ship_experiment(uow, key=f"manual-{action}", arm="a", actor="t",
+                                     reason="r", force=True)
+        uow.commit()
+    snaps = snapshots(services, exp_id)
+    fixed = "control" if action == "stop" else "a"
+    assert snaps[-1].policy_name == ("stopped" if action == "stop" else "shipped")
+    assert snaps[-1].weights == {"control": float(fixed == "control"), "a": float(fixed == "a")}
+    asg = Assigner(services.session_factory, seed=1).start(background=False)
+    got = asg.assign(f"manual-{action}", "u1")
+    assert (got.arm_key, got.propensity, got.snapshot_id) == (fixed, 1.0, snaps[-1].id)
+    run_allocation(services.session_factory, now=NOW + timedelta(seconds=5))
+    assert len(snapshots(services, exp_id)) == len(snaps)  # the allocator adds no duplicate

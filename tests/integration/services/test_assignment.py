@@ -182,8 +182,11 @@ def test_states_stopped_shipped_draft_unknown(services: Services) -> None:
         ship = asg.assign("s-ship", "x")
         assert (stop.arm_key, stop.propensity) == ("control", 1.0)
         assert (ship.arm_key, ship.propensity) == ("a", 1.0)
-    # before the allocator writes the terminal snapshot: no id (not the running snapshot's)
-    assert stop.snapshot_id is None and ship.snapshot_id is None
+    # the transition wrote the terminal snapshot: its id, never the running snapshot's
+    with services.session_factory() as s:
+        names = {sid: s.get(AllocationSnapshot, sid).policy_name  # type: ignore[union-attr]
+                 for sid in (stop.snapshot_id, ship.snapshot_id)}
+    assert names == {stop.snapshot_id: "stopped", ship.snapshot_id: "shipped"}
     with pytest.raises(Conflict, match="draft"):
         asg.assign("s-draft", "x")
     with pytest.raises(ExperimentNotFound):

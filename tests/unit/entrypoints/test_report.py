@@ -147,7 +147,10 @@ def test_report_data_matches_database(seeded: sessionmaker) -> None:
     with UnitOfWork(seeded) as uow:
         exp = registry.get_experiment(uow, key=KEY)
         data = collect(uow, exp)
-    assert len(data.snapshots) == 10
+    assert len(data.snapshots) == 12  # 10 allocator passes + the stop and the ship snapshots
+    assert [w for _, w in data.snapshots[-2:]] == [
+        {"control": 1.0, "minilm": 0.0, "genres": 0.0},
+        {"control": 0.0, "minilm": 1.0, "genres": 0.0}]
     assert len(data.impressions) == 600
     assert len(data.decisions) == 18
     stop = report.stopping_point(data)
