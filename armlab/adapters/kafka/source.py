@@ -141,12 +141,16 @@ class KafkaSource:
         kafka-python 3.0 raises connection errors out of ``poll`` (its coordinator look-up
         refreshes metadata and gives up with ECONNREFUSED while the broker restarts). Nothing
         has been handed out then and positions have not moved, so the poll is simply tried
-        again after ``timeout_s``; the service keeps running through the outage.
+        again after ``timeout_s``; the service keeps running through the outage. Errors
+        kafka-python marks as not retriable (authentication, authorisation) are raised: waiting
+        would not fix them.
         """
         try:
             batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000),
                                          max_records=max_records)
         except KafkaError as exc:
+            if not exc.retriable:
+                raise
             self.poll_errors += 1
             now = time.monotonic()
             if now - self._last_poll_warning > 10.0:

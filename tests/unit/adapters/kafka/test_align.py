@@ -198,6 +198,26 @@ def test_poll_rides_out_a_broker_outage() -> None:
     assert [r.offset for r in s.poll(10, 0.01)] == [0, 1]
 
 
+def test_poll_raises_what_waiting_cannot_fix() -> None:
+    """A non-retriable error (an authentication failure) stops the consumer, plainly."""
+    import pytest
+    from kafka.errors import KafkaError
+
+    class AuthFailed(KafkaError):
+        retriable = False
+
+    class Refusing(FakeConsumer):
+        def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Rec]]:
+            raise AuthFailed("SASL authentication failed")
+
+    s = source(Refusing([], hw=0))
+    s.align = None
+    s.poll_errors, s._last_poll_warning = 0, 0.0
+    with pytest.raises(AuthFailed):
+        s.poll(10, 0.01)
+    assert s.poll_errors == 0
+
+
 def test_a_rebuild_while_the_broker_is_down_keeps_the_old_client(monkeypatch: Any) -> None:
     from armlab.adapters.kafka import source as source_mod
     from armlab.settings import KafkaSettings
