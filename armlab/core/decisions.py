@@ -26,7 +26,13 @@ from typing import Any
 
 from armlab.core.evidence import ArmSums
 from armlab.core.specs import SequentialSpec
-from armlab.core.stats.adaptive import informative, ipw_msprt, srm_check
+from armlab.core.stats.adaptive import (
+    DEFAULT_PLAN_IMPRESSIONS,
+    informative,
+    ipw_msprt,
+    planned_variance,
+    srm_check,
+)
 from armlab.core.stats.msprt import (
     MsprtResult,
     MsprtState,
@@ -37,7 +43,6 @@ from armlab.core.stats.msprt import (
 )
 from armlab.errors import StatsError
 
-DEFAULT_PLAN_IMPRESSIONS = 20_000  # horizon for the default tau² when max_n is not set
 SRM_ALPHA = 0.001
 TERMINAL = ("treatment_better", "treatment_worse", "futile")
 
@@ -87,27 +92,6 @@ def _pooled_variance(sums: Sequence[ArmSums], binary: bool) -> float:
     if binary:
         return mean * (1 - mean)
     return max(sum(s.reward_sumsq for s in sums) / n - mean * mean, 0.0) * n / (n - 1)
-
-
-def planned_variance(sigma2: float, horizon: float, k: int, *, method: str,
-                     floor: float) -> float:
-    """Var(D) the test expects after ``horizon`` impressions over ``k`` arms.
-
-    plain (fixed split, 1/k each): Var(mean_b - mean_a) = 2 sigma² / (horizon / k).
-    ipw: Var(Zbar_T) = (1/T) sum_t Var(Z_t | past) ≈ sigma² (mean over t of 1/p_t(a) +
-    1/p_t(b)) / T (Waudby-Smith et al. 2023, the variance of the IPW increment, with the
-    control variate removing the reward level). A bandit that has found a winner holds the
-    other arm at the floor f, so the pair's sum of inverse propensities approaches
-    1/f + 1/(1 - (k-1) f) (11.1 at k = 2, f = 0.1, against 4 for a 50/50 split): tau² tuned
-    for the 50/50 variance was 2.5-3 times too small and cost power. Without a floor there
-    is no bound; the fixed-split value is used (and ``evaluate`` warns).
-    """
-    k = max(k, 2)
-    if method == "ipw" and floor > 0.0:
-        inv = 1.0 / floor + 1.0 / max(1.0 - (k - 1) * floor, floor)
-    else:
-        inv = 2.0 * k
-    return sigma2 * inv / horizon
 
 
 def evaluate(
