@@ -3,7 +3,8 @@ off-policy estimators and the Monte Carlo simulators that check them.
 
 Pure numpy/scipy; no I/O. See ``msprt`` for the fixed-allocation test
 of Johari et al. (2022) and ``adaptive`` for the propensity-weighted test that stays valid when a
-bandit moves traffic in response to the data.
+bandit moves traffic in response to the data; ``guardrails`` applies the latter to guardrail
+metrics (one-sided non-inferiority with a margin).
 """
 
 from armlab.core.evidence import ArmSums
@@ -14,6 +15,7 @@ from armlab.core.stats.adaptive import (
     ipw_msprt,
     srm_check,
 )
+from armlab.core.stats.guardrails import GuardrailResult, guardrail_test
 from armlab.core.stats.msprt import (
     MsprtResult,
     MsprtState,
@@ -28,11 +30,13 @@ from armlab.core.stats.msprt import (
 
 __all__ = [
     "ArmSums",
+    "GuardrailResult",
     "IpwMoments",
     "MsprtResult",
     "MsprtState",
     "SrmResult",
     "bonferroni_adjust",
+    "guardrail_test",
     "holm_adjust",
     "ipw_moments",
     "ipw_msprt",

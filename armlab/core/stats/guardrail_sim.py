@@ -161,9 +161,10 @@ def simulate_guardrail(cfg: GuardrailSimConfig) -> dict[str, FloatArray]:
         pooled = pooled_variance(n[0] + n[1], ys[0] + ys[1], ys[0] + ys[1], binary=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             nn = np.maximum(n, 1.0)
-            est, sigma2, _ = excess_kernel(np.float64(t), nn[0], ys[0], ys[0], inv[0], ys_p[0],
-                                           ys_p2[0], inv2[0], nn[1], ys[1], ys[1], inv[1],
-                                           ys_p[1], ys_p2[1], inv2[1], sign=s, scale=g,
+            tt = np.asarray(t, dtype=np.float64)
+            est, sigma2, _ = excess_kernel(tt, nn[0], ys[0], ys[0], inv[0], ys_p[0], ys_p2[0],
+                                           inv2[0], nn[1], ys[1], ys[1], inv[1], ys_p[1],
+                                           ys_p2[1], inv2[1], sign=s, scale=g,
                                            binary=binary_metric)
             tau2 = planned_tau2(pooled, float(cfg.horizon), n_arms=2, floor=cfg.floor,
                                 alpha=cfg.alpha)

@@ -76,12 +76,7 @@ from armlab.core.stats.adaptive import (
     ipw_moments,
     planned_variance,
 )
-from armlab.core.stats.msprt import (
-    cs_halfwidth,
-    log_lambda,
-    mixture_test,
-    tau2_for_horizon,
-)
+from armlab.core.stats.msprt import cs_halfwidth, mixture_test, tau2_for_horizon
 from armlab.errors import StatsError
 
 Harm = Literal["increase", "decrease"]
@@ -224,7 +219,9 @@ def log_lambda_plus(estimate: FloatArray, variance: FloatArray, tau2: FloatArray
     v = np.asarray(variance, dtype=np.float64)
     tau2a = np.asarray(tau2, dtype=np.float64)
     z = d * np.sqrt(tau2a) / np.sqrt(v * (v + tau2a))
-    return math.log(2.0) + log_lambda(estimate, variance, tau2a, theta0) + log_ndtr(z)
+    # log Lambda of the two-sided mixture (:func:`armlab.core.stats.msprt.log_lambda`)
+    two_sided = 0.5 * (np.log(v) - np.log(v + tau2a)) + tau2a * d * d / (2.0 * v * (v + tau2a))
+    return math.log(2.0) + two_sided + log_ndtr(z)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,17 +325,17 @@ def guardrail_test(
     if a.n == 0 or b.n == 0 or t < 2:
         return result(False, None, None, p_prev, ni_prev, lo_prev, hi_prev, tau2)
     delta = ipw_moments(t, a, b, binary=binary).estimate
-    arrays = [np.float64(getattr(x, f)) for x in (a, b) for f in KERNEL_FIELDS]
-    est, sigma2, _ = excess_kernel(np.float64(t), *arrays, sign=s, scale=g, binary=binary)
+    arrays = [np.asarray(getattr(x, f), dtype=np.float64) for x in (a, b) for f in KERNEL_FIELDS]
+    est, sigma2, _ = excess_kernel(np.asarray(t, dtype=np.float64), *arrays, sign=s, scale=g,
+                                   binary=binary)
     d, var = float(est), float(sigma2) / t
     if not (math.isfinite(d) and math.isfinite(var)):
         raise StatsError("arm sums give a non-finite IPW estimate")
     excess = d - m
     if tau2 is None:
-        pooled = float(pooled_variance(np.float64(a.n + b.n), np.float64(a.reward_sum
-                                       + b.reward_sum), np.float64(a.reward_sumsq
-                                                                   + b.reward_sumsq),
-                                       binary=binary))
+        tot = [np.asarray(x, dtype=np.float64) for x in
+               (a.n + b.n, a.reward_sum + b.reward_sum, a.reward_sumsq + b.reward_sumsq)]
+        pooled = float(pooled_variance(*tot, binary=binary))
         if pooled > 0.0:
             tau2 = float(planned_tau2(pooled, plan, n_arms=int(n_arms), floor=floor,
                                       alpha=alpha))

@@ -1,5 +1,6 @@
-"""``armlab bench ingest|fuzz|policy|assign|scoring``: each prints JSON with its figure and a
-baseline measured in the same run. The benchmark code lives in :mod:`armlab.tools.bench`.
+"""``armlab bench ingest|fuzz|policy|guardrails|assign|scoring``: each prints JSON with its
+figure and a baseline measured in the same run. The benchmark code lives in
+:mod:`armlab.tools.bench`.
 
 Commands import their benchmark inside the function so ``armlab --help`` stays fast.
 """
@@ -90,6 +91,35 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             mab_configs=mab_configs,
             quick=quick,
         )
+        typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+    @groups["bench"].command("guardrails")
+    def bench_guardrails(
+        reps: int = typer.Option(4000, "--reps", min=2, help="Replications per cell."),
+        seed: int = typer.Option(2026, "--seed"),
+        workers: int = typer.Option(2, "--workers", min=1, help="Worker processes."),
+        horizon: int = typer.Option(20_000, "--horizon", min=100,
+                                    help="Impressions per simulated experiment."),
+        look_every: int = typer.Option(20, "--look-every", min=1,
+                                       help="Impressions between looks (and weight updates)."),
+        floor: float = typer.Option(0.1, "--floor", min=0.001, max=0.49,
+                                    help="Thompson exploration floor."),
+        alpha: float = typer.Option(0.05, "--alpha", min=1e-6, max=0.5,
+                                    help="The guardrail's per-arm alpha."),
+        quick: bool = typer.Option(False, "--quick", help="Tiny run for tests."),
+        as_json: bool = typer.Option(False, "--json", help="Compact JSON."),
+    ) -> None:
+        """Guardrail test under Thompson allocation and continuous looks: false rollbacks
+        with no harm (vs plain mSPRT), detection and time to rollback of a harmful arm, and
+        the harm saved vs no guardrail, all on the same simulated data."""
+        import sys
+
+        from armlab.tools.bench.guardrails import run_guardrail_bench
+
+        result = run_guardrail_bench(
+            reps=reps, seed=seed, workers=workers, quick=quick, horizon=horizon,
+            look_every=look_every, floor=floor, alpha=alpha,
+            progress=None if quick else lambda m: print(m, file=sys.stderr, flush=True))
         typer.echo(json.dumps(result, indent=None if as_json else 2))
 
     @groups["bench"].command("assign")

@@ -1,0 +1,184 @@
+"""``armlab bench guardrails``: false rollbacks, detection and regret saved by the guardrail
+test under Thompson allocation with continuous looks, each against a same-run baseline.
+
+Every cell is :func:`armlab.core.stats.guardrail_sim.simulate_guardrail` (two arms, Thompson
+on the click rate with an exploration floor, a look every ``look_every`` impressions up to
+``horizon``), split into chunks that run on ``workers`` processes with independent seeds
+(``numpy.random.SeedSequence``). On the same simulated data:
+
+* ``ipw``: armlab's guardrail test (:mod:`armlab.core.stats.guardrails`);
+* ``plain_msprt``: the one-sided mSPRT on plain per-arm means (the baseline that ignores the
+  allocation);
+* ``no_guardrail``: the same run without any rollback (the regret baseline).
+
+Cells: no harm (skip rate equal in both arms, margin 0, so the null boundary E = 0) at guardrail
+base rates 1-20% while the treatment's clicks are better (5% -> 6%: Thompson moves traffic to
+it); the relative-margin boundary (skip 10% -> 10.5% with a 5% relative margin, again E = 0);
+a guardrail on the click itself (A/A, harm "decrease"), the allocation's own signal; and harm
+(skip 10% -> 12% with an absolute 0.005 or a relative 5% margin, and 10% -> 15%) while
+clicks improve.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from typing import Any
+
+import numpy as np
+
+from armlab.core.stats.guardrail_sim import (
+    GuardrailSimConfig,
+    merge,
+    simulate_guardrail,
+    summarise,
+)
+from armlab.errors import StatsError
+
+BASE_RATES = (0.01, 0.02, 0.05, 0.10, 0.20)
+
+
+def cells(*, horizon: int, look_every: int, floor: float, alpha: float
+          ) -> dict[str, tuple[str, GuardrailSimConfig]]:
+    """name -> (kind, config); kind is ``no_harm`` or ``harm``."""
+    base = GuardrailSimConfig(horizon=horizon, look_every=look_every, floor=floor, alpha=alpha)
+    out: dict[str, tuple[str, GuardrailSimConfig]] = {}
+    for p in BASE_RATES:
+        out[f"skip_{p:g}"] = ("no_harm", replace(base, skip_a=p, skip_b=p))
+    out["relative_boundary_skip_0.1_to_0.105_rel5pct"] = (
+        "no_harm", replace(base, skip_a=0.10, skip_b=0.105, margin=0.05, relative=True))
+    out["click_as_guardrail_aa_0.05_decrease"] = (
+        "no_harm", replace(base, click_b=0.05, metric="click", harm="decrease"))
+    out["skip_0.1_to_0.12_abs0.005"] = ("harm", replace(base, skip_b=0.12, margin=0.005))
+    out["skip_0.1_to_0.12_rel5pct"] = ("harm", replace(base, skip_b=0.12, margin=0.05,
+                                                        relative=True))
+    out["skip_0.1_to_0.15_abs0.005"] = ("harm", replace(base, skip_b=0.15, margin=0.005))
+    return out
+
+
+def _run(cfg: GuardrailSimConfig) -> dict[str, np.ndarray]:
+    return simulate_guardrail(cfg)
+
+
+def _round(x: Any) -> Any:
+    if isinstance(x, float):
+        return None if not math.isfinite(x) else round(x, 6)
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    return x
+
+
+def run_guardrail_bench(
+    *,
+    reps: int = 4000,
+    seed: int = 2026,
+    workers: int = 2,
+    quick: bool = False,
+    horizon: int = 20_000,
+    look_every: int = 20,
+    floor: float = 0.1,
+    alpha: float = 0.05,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every cell (see the module doc) and return the JSON-ready figures."""
+    if quick:
+        reps, horizon, look_every = min(reps, 60), min(horizon, 3000), max(look_every, 50)
+    if reps < 2 or workers < 1:
+        raise StatsError("reps must be >= 2 and workers >= 1")
+    t0 = time.perf_counter()
+    grid = cells(horizon=horizon, look_every=look_every, floor=floor, alpha=alpha)
+    chunks = max(1, min(workers, reps // 2)) * (1 if quick else 2)
+    sizes = [reps // chunks + (1 if i < reps % chunks else 0) for i in range(chunks)]
+    seeds = np.random.SeedSequence(seed).spawn(len(grid) * chunks)
+    tasks: list[tuple[str, GuardrailSimConfig]] = []
+    for ci, (name, (_, cfg)) in enumerate(grid.items()):
+        for j, size in enumerate(sizes):
+            child = int(seeds[ci * chunks + j].generate_state(1)[0])
+            tasks.append((name, replace(cfg, reps=size, seed=child)))
+    parts: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in grid}
+    if workers == 1:
+        for i, (name, cfg) in enumerate(tasks):
+            parts[name].append(_run(cfg))
+            if progress:
+                progress(f"guardrails: {i + 1}/{len(tasks)} chunks ({name})")
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(_run, [cfg for _, cfg in tasks])
+            for i, ((name, _), res) in enumerate(zip(tasks, results, strict=True)):
+                parts[name].append(res)
+                if progress:
+                    progress(f"guardrails: {i + 1}/{len(tasks)} chunks ({name}, "
+                             f"{time.perf_counter() - t0:.0f} s)")
+
+    no_harm: dict[str, Any] = {}
+    detection: dict[str, Any] = {}
+    regret: dict[str, Any] = {}
+    for name, (kind, cfg) in grid.items():
+        summ = summarise(cfg, merge(parts[name]))
+        ipw, plain = summ["ipw"], summ["plain"]
+        assert isinstance(ipw, dict) and isinstance(plain, dict)
+        ng = summ["no_guardrail"]
+        assert isinstance(ng, dict)
+        desc = {"metric": cfg.metric, "harm": cfg.harm, "control": cfg.guard_rates[0],
+                "treatment": cfg.guard_rates[1],
+                "margin": {"kind": "relative" if cfg.relative else "absolute",
+                           "value": cfg.margin},
+                "clicks": [cfg.click_a, cfg.click_b], "true_excess": cfg.true_excess}
+        if kind == "no_harm":
+            rate, se = ipw["breach"]["rate"], ipw["breach"]["se"]
+            no_harm[name] = {
+                **desc, "alpha": alpha, "reps": summ["reps"],
+                "ipw": {"false_rollback_rate": rate, "se": se,
+                        "within_alpha_plus_2se": rate <= alpha + 2 * se},
+                "plain_msprt": {"false_rollback_rate": plain["breach"]["rate"],
+                                "se": plain["breach"]["se"]},
+                "ratio_plain_over_ipw": (plain["breach"]["rate"] / rate if rate > 0
+                                         else None),
+                "treatment_share_no_guardrail": ng["treatment_share"],
+            }
+            continue
+        detection[name] = {
+            **desc, "alpha": alpha, "reps": summ["reps"],
+            "ipw": {"detection_rate": ipw["breach"]["rate"], "se": ipw["breach"]["se"],
+                    "median_impressions_to_rollback": ipw["median_t"],
+                    "mean_impressions_to_rollback": ipw["mean_t"]},
+            "plain_msprt": {"detection_rate": plain["breach"]["rate"],
+                            "se": plain["breach"]["se"],
+                            "median_impressions_to_rollback": plain["median_t"],
+                            "mean_impressions_to_rollback": plain["mean_t"]},
+        }
+        saved = ng["extra_harm"] - ipw["extra_harm"]
+        lost = ng["click_gain"] - ipw["click_gain"]
+        regret[name] = {
+            "definition": ("expected events over the horizon at the simulated rates: "
+                           "extra_harm = treatment impressions x (harm rate b - a) (harmful "
+                           "events beyond serving the control), click_gain = treatment "
+                           "impressions x (click b - a); with rollback the treatment serves "
+                           "only its impressions before the first breach"),
+            "no_guardrail": {"extra_harm": ng["extra_harm"], "click_gain": ng["click_gain"],
+                             "treatment_share": ng["treatment_share"]},
+            "ipw_rollback": {"extra_harm": ipw["extra_harm"], "click_gain": ipw["click_gain"]},
+            "harm_saved": saved,
+            "harm_saved_share": saved / ng["extra_harm"] if ng["extra_harm"] > 0 else None,
+            "clicks_lost_by_rollback": lost,
+            "harm_saved_per_click_lost": saved / lost if lost > 0 else None,
+        }
+    return _round({
+        "bench": "guardrails",
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "platform": platform.platform()},
+        "config": {"reps_per_cell": reps, "seed": seed, "workers": workers, "quick": quick,
+                   "horizon_impressions": horizon, "look_every_impressions": look_every,
+                   "floor": floor, "alpha": alpha, "allocation": "thompson (click rate)",
+                   "cell_defaults": {k: v for k, v in asdict(GuardrailSimConfig()).items()
+                                     if k in ("min_samples", "min_events")}},
+        "false_rollback_no_harm": no_harm,
+        "detection": detection,
+        "regret": regret,
+        "elapsed_s": time.perf_counter() - t0,
+    })
