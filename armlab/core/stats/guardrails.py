@@ -232,9 +232,9 @@ def _arm(name: str, arm: ArmSums, *, binary: bool) -> ArmSums:
     if not isinstance(arm, ArmSums):
         raise StatsError(f"{name} must be ArmSums, got {type(arm).__name__}")
     checked = ArmSums(**{f: getattr(arm, f) for f in FIELDS})  # re-validates every field
-    if binary and checked.reward_sum > checked.n * (1 + 1e-9):
-        raise StatsError(f"{name}: reward_sum {checked.reward_sum!r} exceeds n {checked.n!r} "
-                         "for a 0/1 guardrail metric")
+    if binary and not (0.0 <= checked.reward_sum <= checked.n * (1 + 1e-9)):
+        raise StatsError(f"{name}: reward_sum {checked.reward_sum!r} must lie in [0, n = "
+                         f"{checked.n!r}] for a 0/1 guardrail metric")
     return checked
 
 
@@ -312,6 +312,8 @@ def guardrail_test(
     s, g, m = contrast(harm, margin, relative)
     lo_prev = -math.inf if prior_low is None else float(prior_low)
     hi_prev = math.inf if prior_high is None else float(prior_high)
+    if math.isnan(lo_prev) or math.isnan(hi_prev):
+        raise StatsError("prior_low and prior_high must not be NaN")
 
     def result(gate: bool, delta: float | None, excess: float | None, p: float,
                ni_p: float, lo: float, hi: float, tau: float | None,

@@ -140,6 +140,37 @@ def test_relative_margin_matches_the_per_impression_contrast(harm: str) -> None:
     assert float(sigma2) == pytest.approx(expected, rel=1e-10)
 
 
+@pytest.mark.parametrize("harm", ["increase", "decrease"])
+def test_relative_margin_on_a_continuous_metric_is_ipw_msprt_on_scaled_control_sums(
+        harm: str) -> None:
+    rng = np.random.default_rng(7)
+    n = 6000
+    w_b = np.clip(np.linspace(0.5, 0.85, n), 0.1, 0.9)
+    arm = np.where(rng.random(n) < w_b, 1, 0)
+    p = np.where(arm == 1, w_b, 1 - w_b)
+    y = rng.gamma(2.0, np.where(arm == 1, 160.0, 150.0))  # e.g. a latency in ms
+    a, b = sums_from_impressions(arm, y, p, 0), sums_from_impressions(arm, y, p, 1)
+    r = 0.05
+    s = 1.0 if harm == "increase" else -1.0
+    g = 1 + s * r
+    scaled = ArmSums(a.n, g * a.reward_sum, g * g * a.reward_sumsq, a.ipw_n, g * a.ipw_sum,
+                     g * g * a.ipw_sumsq, a.ipw_n_sq, a.feedback_n)
+    res = guardrail_test(n, a, b, harm=harm, margin=r, relative=True,  # type: ignore[arg-type]
+                         alpha=0.05, binary=False)
+    # "increase": b against the scaled control; "decrease": the scaled control against b
+    ref = (ipw_msprt(n, scaled, b, tau2=res.tau2, binary=False, min_events=30,
+                     alternative="greater") if harm == "increase" else
+           ipw_msprt(n, b, scaled, tau2=res.tau2, binary=False, min_events=30,
+                     alternative="greater"))
+    assert res.informative and res.tau2 is not None
+    assert res.excess == pytest.approx(ref.estimate, rel=1e-9)
+    assert res.p_value == pytest.approx(ref.p_value, rel=1e-9)
+    # tau² from the pooled sample variance of the (unscaled) metric
+    pooled = np.var(y, ddof=1)
+    v_star = pooled * (1 / 0.1 + 1 / 0.9) / 20_000
+    assert res.tau2 == pytest.approx(tau2_for_horizon(v_star, 0.05), rel=1e-9)
+
+
 def test_relative_binary_variance_differs_from_the_naive_kernel() -> None:
     # A control held near the floor with many events: the realised term dominates, and the
     # kernel's y² = y identity applied to g·y would give a different (wrong) variance.
@@ -247,7 +278,9 @@ def _call(**kw: object) -> object:
     ({"tau2": -1.0}, "tau2 must be > 0"),
     ({"n_arms": 1}, "n_arms must be >= 2"),
     ({"control": {"n": 1}}, "control must be ArmSums"),
-    ({"treatment": ArmSums(n=10, reward_sum=20)}, "exceeds n"),
+    ({"treatment": ArmSums(n=10, reward_sum=20)}, "must lie in [0, n = 10]"),
+    ({"control": ArmSums(n=10, reward_sum=-1)}, "must lie in [0, n = 10]"),
+    ({"prior_low": math.nan}, "prior_low and prior_high must not be NaN"),
 ])
 def test_invalid_inputs_raise_a_clear_stats_error(kw: dict[str, object], message: str) -> None:
     with pytest.raises(StatsError) as exc:
