@@ -220,7 +220,8 @@ def planned_variance(sigma2: float, horizon: float, k: int, *, method: str,
     other arm at the floor f, so the pair's sum of inverse propensities approaches
     1/f + 1/(1 - (k-1) f) (11.1 at k = 2, f = 0.1, against 4 for a 50/50 split): tau² tuned
     for the 50/50 variance was 2.5-3 times too small and cost power. Without a floor there
-    is no bound; the fixed-split value is used (and ``evaluate`` warns).
+    is no bound; the fixed-split value is used (and :func:`armlab.core.decisions.evaluate`
+    warns).
     """
     k = max(k, 2)
     if method == "ipw" and floor > 0.0:
