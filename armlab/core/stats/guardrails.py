@@ -280,8 +280,8 @@ def guardrail_test(
     impression). ``alpha``: the per-arm alpha (the caller divides the guardrail's alpha by the
     number of treatments). ``horizon``: planned impressions over all arms (default
     ``DEFAULT_PLAN_IMPRESSIONS``), ``n_arms`` and ``floor`` (the experiment's arm count and
-    exploration floor; 0 for a fixed split) tune tau² as the primary test does; ``tau2`` overrides it (pass back
-    the returned value to freeze it). ``prior_p`` / ``prior_ni_p`` / ``prior_low`` /
+    exploration floor; 0 for a fixed split) tune tau² as the primary test does; ``tau2``
+    overrides it (pass back the returned value to freeze it). ``prior_p`` / ``prior_ni_p`` / ``prior_low`` /
     ``prior_high``: the running values from earlier looks. Raises ``StatsError`` with the
     offending field for invalid input.
     """
