@@ -281,9 +281,9 @@ def guardrail_test(
     number of treatments). ``horizon``: planned impressions over all arms (default
     ``DEFAULT_PLAN_IMPRESSIONS``), ``n_arms`` and ``floor`` (the experiment's arm count and
     exploration floor; 0 for a fixed split) tune tau² as the primary test does; ``tau2``
-    overrides it (pass back the returned value to freeze it). ``prior_p`` / ``prior_ni_p`` / ``prior_low`` /
-    ``prior_high``: the running values from earlier looks. Raises ``StatsError`` with the
-    offending field for invalid input.
+    overrides it (pass back the returned value to freeze it). ``prior_p`` / ``prior_ni_p`` /
+    ``prior_low`` / ``prior_high``: the running values from earlier looks. Raises
+    ``StatsError`` with the offending field for invalid input.
     """
     if harm not in HARMS:
         raise StatsError(f"harm must be one of {HARMS}, got {harm!r}")
