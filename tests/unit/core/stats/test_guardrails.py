@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.special import ndtr
 
 from armlab.core.evidence import ArmSums
 from armlab.core.stats import GuardrailResult, guardrail_test
@@ -21,7 +22,12 @@ from armlab.core.stats.adaptive import (
     planned_variance,
 )
 from armlab.core.stats.guardrail_sim import GuardrailSimConfig, simulate_guardrail, summarise
-from armlab.core.stats.guardrails import excess_kernel, log_lambda_plus
+from armlab.core.stats.guardrails import (
+    excess_kernel,
+    log_lambda_plus,
+    planned_tau2,
+    pooled_variance,
+)
 from armlab.core.stats.msprt import log_lambda_greater, tau2_for_horizon
 from armlab.errors import StatsError
 
@@ -353,3 +359,55 @@ def test_clear_harm_is_breached_most_of_the_time(harm: str) -> None:
     assert ipw["breach"]["rate"] >= 0.8
     assert ipw["extra_harm"] < 0.6 * ng["extra_harm"]
     assert ipw["median_t"] is not None and ipw["median_t"] < cfg.horizon
+
+
+@pytest.mark.parametrize("ratio", [1.05, 1.25])
+def test_continuous_relative_boundary_under_allocation_driven_by_the_metric(
+        ratio: float) -> None:
+    """A latency-like metric (gamma, sd = mean/2) with a 5% relative margin, at the null
+    boundary mu_b = 1.05 mu_a (false breaches <= alpha) and at a clear harm mu_b = 1.25 mu_a
+    (breached most of the time), with the allocation chasing the arm whose metric looks
+    *higher* (so it depends on the guardrail data themselves), a look every 20 impressions:
+    the vectorised look is the platform's kernel, cross-checked against ``guardrail_test``."""
+    rng = np.random.default_rng(21)
+    reps, batch, horizon, floor, alpha, r = 400, 20, 4000, 0.1, 0.05, 0.05
+    mu = (100.0, 100.0 * ratio)
+    st_ = np.zeros((2, 8, reps))  # n, s, ss, in, is, iss, ins, feedback_n per arm
+    breached = np.zeros(reps, dtype=bool)
+    for look in range(horizon // batch):
+        n, s1, s2 = st_[:, 0], st_[:, 1], st_[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m = np.where(n > 0, s1 / n, 0.0)
+            v = np.where(n > 1, (s2 / np.maximum(n, 1) - m * m) / np.maximum(n, 1), 1.0)
+            w_b = np.where(np.minimum(n[0], n[1]) > 1, ndtr((m[1] - m[0]) / np.sqrt(v[0] + v[1])),
+                           0.5)
+        w_b = np.clip(w_b, floor, 1 - floor)
+        to_b = rng.random((reps, batch)) < w_b[:, None]
+        for arm, mask, w in ((0, ~to_b, 1 - w_b), (1, to_b, w_b)):
+            y = rng.gamma(4.0, mu[arm] / 4.0, size=(reps, batch)) * mask
+            k = mask.sum(axis=1)
+            st_[arm] += np.stack([k, y.sum(1), (y * y).sum(1), k / w, y.sum(1) / w,
+                                  (y * y).sum(1) / w**2, k / w**2, k])
+        t = float((look + 1) * batch)
+        gate = np.minimum(st_[0, 7], st_[1, 7]) >= 30
+        est, sigma2, _ = excess_kernel(np.asarray(t), *st_[0, :7], *st_[1, :7], sign=1.0,
+                                       scale=1 + r, binary=False)
+        pooled = pooled_variance(st_[0, 0] + st_[1, 0], st_[0, 1] + st_[1, 1],
+                                 st_[0, 2] + st_[1, 2], binary=False)
+        tau2 = planned_tau2(pooled, 20_000, n_arms=2, floor=floor, alpha=alpha)
+        ok = gate & (sigma2 > 0)
+        llr = np.where(ok, log_lambda_plus(est, np.where(ok, sigma2 / t, 1.0),
+                                           np.where(ok, tau2, 1.0)), -np.inf)
+        breached |= llr >= -math.log(alpha)
+    rate = breached.mean()
+    print(f"continuous relative margin, ratio {ratio}: breach rate {rate:.4f} ({reps} reps)")
+    if ratio == 1 + r:
+        assert rate <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / reps)
+    else:
+        assert rate >= 0.8
+    # the last look of replication 0 through the scalar API gives the same evidence
+    a, b = (ArmSums(*map(float, st_[k, :, 0])) for k in (0, 1))
+    res = guardrail_test(horizon, a, b, harm="increase", margin=r, relative=True, alpha=alpha,
+                         binary=False)
+    assert res.excess == pytest.approx(float(est[0]), rel=1e-9)
+    assert res.p_now == pytest.approx(min(1.0, math.exp(-max(float(llr[0]), 0.0))), rel=1e-9)
