@@ -175,6 +175,13 @@ class Settings(BaseSettings):
         description="Largest request body the API reads; larger ones get 413 before any "
         "reading or authentication.",
     )
+    retention_days: float = Field(
+        90.0, ge=0, le=36_500,
+        description="PostgreSQL only: days of raw impressions and feedback kept (weekly time "
+        "partitions older than this plus one day are dropped; the consumer refuses events "
+        "older than this as `expired`); 0 keeps them forever. Aggregated statistics are "
+        "never dropped. Must exceed the longest attribution window plus feedback delay.",
+    )
     log_level: str = "INFO"
 
     @field_validator("database_url")
