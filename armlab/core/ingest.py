@@ -226,8 +226,6 @@ class _Batch:
         return True
 
     def impression(self, ev: ImpressionV1, rec: RecordLike) -> None:
-        if self.expired(ev.served_at, "served_at", rec):
-            return
         exp = self.experiments.get(ev.experiment_key)
         if exp is None:
             self.reject(
@@ -247,6 +245,8 @@ class _Batch:
                 f"experiment {exp.key!r} was not running at {ev.served_at.isoformat()} "
                 f"(status {exp.status})", rec,
             )
+            return
+        if self.expired(ev.served_at, "served_at", rec):
             return
         st = self.state
         if ev.event_id in st.impression_event_ids:
