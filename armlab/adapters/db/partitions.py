@@ -13,7 +13,7 @@ days: a lookup by id alone (the consumer's dedup and join) probes every partitio
 fewer partitions keep it cheap (about 15 with 90 days of retention).
 
 :func:`maintain` (the consumer runs it every hour; ``armlab db maintain`` by hand) creates the
-current week's and the next ``AHEAD_WEEKS`` weeks' partitions (moving any DEFAULT rows that
+previous, the current and the next ``AHEAD_WEEKS`` weeks' partitions (moving any DEFAULT rows that
 belong to a new week into it), and, when a retention is set, drops each partition whose whole
 week ended more than ``retention + DROP_SLACK`` ago and deletes DEFAULT rows older than that.
 It runs under a transaction-level advisory lock (``pg_try_advisory_xact_lock``): a second
@@ -38,7 +38,8 @@ from sqlalchemy.orm import Session
 #: Partitioned table -> its partition key column.
 PARTITIONED = {"impressions": "served_at", "feedback": "occurred_at"}
 PERIOD = timedelta(days=7)
-#: Weeks created ahead of the current one.
+#: Weeks created ahead of the current one (the previous week is kept created too, for events
+#: served just before the week changed that arrive after it).
 AHEAD_WEEKS = 2
 #: Extra age past the retention before a partition is dropped (clock skew between the
 #: consumer's horizon and the maintaining process must not drop rows the consumer still
@@ -185,7 +186,7 @@ def maintain(
                 report.created.append(default_name(table))
         elif ensure_default(session, table, have):
             report.created.append(default_name(table))
-        for k in range(AHEAD_WEEKS + 1):
+        for k in range(-1, AHEAD_WEEKS + 1):
             start = first + k * PERIOD
             name = partition_name(table, start)
             if name in have:

@@ -97,7 +97,7 @@ def upgrade() -> None:
             f"SELECT DISTINCT date_trunc('day', {key} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
             f"FROM {old}")).all()}
         weeks |= {partitions.week_start(now) + k * partitions.PERIOD
-                  for k in range(partitions.AHEAD_WEEKS + 1)}
+                  for k in range(-1, partitions.AHEAD_WEEKS + 1)}
         for start in sorted(weeks):
             partitions.create_week(session, table, start, have)
         op.execute(f"INSERT INTO {table} SELECT * FROM {old}")
