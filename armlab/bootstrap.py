@@ -186,10 +186,13 @@ def bootstrap(
     assigner: Assigner | None = None,
     assigner_seed: int | None = None,
     bus: MemoryBus | None = None,
+    db_call_timeout_s: float | None = None,
 ) -> Services:
     """Services for ``settings``. ``assigner`` / ``bus`` replace the default ones (tests);
-    ``assigner_seed`` makes the assigner's draws and impression ids reproducible (the demo)."""
-    return Services(settings, engine or make_engine(settings.database_url),
+    ``assigner_seed`` makes the assigner's draws and impression ids reproducible (the demo);
+    ``db_call_timeout_s`` cuts database calls that run longer (the API's engine)."""
+    engine = engine or make_engine(settings.database_url, call_timeout_s=db_call_timeout_s)
+    return Services(settings, engine,
                     assigner=assigner, assigner_seed=assigner_seed, bus=bus)
 
 
