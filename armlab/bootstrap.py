@@ -163,7 +163,8 @@ class Services:
         return IngestRunner(self.session_factory, source, dlq=dlq, group=group,
                             topic_impressions=s.topic_impressions,
                             topic_feedback=s.topic_feedback, max_batch=batch,
-                            poll_timeout_s=poll_timeout_s, metrics=metrics)
+                            poll_timeout_s=poll_timeout_s, metrics=metrics,
+                            retention_days=None if s.is_sqlite else s.retention_days)
 
     def close(self) -> None:
         """Stop what was started (assigner threads, scorer thread, producer), then the engine."""
@@ -185,10 +186,13 @@ def bootstrap(
     assigner: Assigner | None = None,
     assigner_seed: int | None = None,
     bus: MemoryBus | None = None,
+    db_call_timeout_s: float | None = None,
 ) -> Services:
     """Services for ``settings``. ``assigner`` / ``bus`` replace the default ones (tests);
-    ``assigner_seed`` makes the assigner's draws and impression ids reproducible (the demo)."""
-    return Services(settings, engine or make_engine(settings.database_url),
+    ``assigner_seed`` makes the assigner's draws and impression ids reproducible (the demo);
+    ``db_call_timeout_s`` cuts database calls that run longer (the API's engine)."""
+    engine = engine or make_engine(settings.database_url, call_timeout_s=db_call_timeout_s)
+    return Services(settings, engine,
                     assigner=assigner, assigner_seed=assigner_seed, bus=bus)
 
 

@@ -175,6 +175,19 @@ class Settings(BaseSettings):
         description="Largest request body the API reads; larger ones get 413 before any "
         "reading or authentication.",
     )
+    api_db_timeout_s: float = Field(
+        5.0, ge=0, le=3600,
+        description="API only: a database call of a request still in progress after this many "
+        "seconds has its connection cut, so a hung PostgreSQL gives 503 instead of a hung "
+        "request; 0 disables.",
+    )
+    retention_days: float = Field(
+        90.0, ge=0, le=36_500,
+        description="PostgreSQL only: days of raw impressions and feedback kept (weekly time "
+        "partitions older than this plus one day are dropped; the consumer refuses events "
+        "older than this as `expired`); 0 keeps them forever. Aggregated statistics are "
+        "never dropped. Must exceed the longest attribution window plus feedback delay.",
+    )
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -189,7 +189,9 @@ class _Batch:
         experiments: dict[str, ExperimentInfo],
         state: BatchState,
         feedback_topic: str,
+        horizon: datetime | None = None,
     ) -> None:
+        self.horizon = None if horizon is None else as_utc(horizon)
         self.experiments = experiments
         self.by_id = {e.id: e for e in experiments.values()}
         self.state = state
@@ -214,6 +216,15 @@ class _Batch:
         self.fx.outcomes[(topic, outcome)] += 1
 
     # -- impressions -------------------------------------------------------------------
+    def expired(self, at: datetime, what: str, rec: RecordLike) -> bool:
+        """Refuse an event older than the retention horizon (its stored copy, if any, may
+        have been dropped, so it could no longer be told from a duplicate)."""
+        if self.horizon is None or as_utc(at) >= self.horizon:
+            return False
+        self.reject("expired", f"{what} {at.isoformat()} is older than the retention horizon "
+                    f"{self.horizon.isoformat()}", rec)
+        return True
+
     def impression(self, ev: ImpressionV1, rec: RecordLike) -> None:
         exp = self.experiments.get(ev.experiment_key)
         if exp is None:
@@ -234,6 +245,8 @@ class _Batch:
                 f"experiment {exp.key!r} was not running at {ev.served_at.isoformat()} "
                 f"(status {exp.status})", rec,
             )
+            return
+        if self.expired(ev.served_at, "served_at", rec):
             return
         st = self.state
         if ev.event_id in st.impression_event_ids:
@@ -285,6 +298,8 @@ class _Batch:
 
     # -- feedback ----------------------------------------------------------------------
     def feedback(self, ev: FeedbackV1, rec: RecordLike) -> None:
+        if self.expired(ev.occurred_at, "occurred_at", rec):
+            return
         st = self.state
         content = (ev.impression_id, ev.experiment_key, ev.kind, ev.value,
                    as_utc(ev.occurred_at))
@@ -404,14 +419,17 @@ def handle_batch(
     state: BatchState,
     *,
     feedback_topic: str,
+    horizon: datetime | None = None,
 ) -> Effects:
     """Turn a batch of decoded records into effects. Pure: mutates only ``state``.
 
     Records are handled in order, so an impression and its feedback in the same batch join
     whichever comes first. ``state`` must hold every stored impression, impression event_id,
-    feedback event_id and pending feedback row that the batch references.
+    feedback event_id and pending feedback row that the batch references. Events whose own
+    time (``served_at`` / ``occurred_at``) is before ``horizon`` (the retention horizon; None:
+    no retention) are rejected as ``expired``.
     """
-    b = _Batch(experiments, state, feedback_topic)
+    b = _Batch(experiments, state, feedback_topic, horizon)
     for rec, ev in decoded:
         if isinstance(ev, DecodeFailure):
             b.reject(ev.reason, ev.detail, rec)

@@ -21,6 +21,12 @@ failure is systematic (a bug, a schema mismatch), and the error is raised instea
 the environment (transient database errors, Kafka) never bisect: they retry the whole batch,
 so nothing is lost or reordered.
 ``stop()`` (SIGTERM) lets the in-flight batch finish, then the loop exits.
+
+Retention (PostgreSQL): with ``retention_days`` set, events older than the horizon
+(now - retention) are dead-lettered as ``expired``, and the loop runs the time-partition
+maintenance (:func:`armlab.adapters.db.partitions.maintain`: weeks created ahead, weeks older
+than the retention dropped) when it starts and every ``maintenance_interval_s``; a failed or
+locked pass is retried at the next interval and never stops the consumer.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-from armlab.adapters.db import ingest_store
+from armlab.adapters.db import ingest_store, partitions
 from armlab.adapters.db.retry import db_retrying, is_transient
 from armlab.adapters.metrics import IngestMetrics
 from armlab.core.clock import utcnow
@@ -124,6 +130,8 @@ class IngestRunner:
         retry_max_s: float = 5.0,
         sweep_interval_s: float = 60.0,
         sweep_grace_s: float = 60.0,
+        retention_days: float | None = None,
+        maintenance_interval_s: float = 3600.0,
     ) -> None:
         self.session_factory = session_factory
         self.source = source
@@ -145,6 +153,9 @@ class IngestRunner:
         self.sweep_interval_s = sweep_interval_s
         self.sweep_grace_s = sweep_grace_s
         self._last_sweep = time.monotonic()
+        self.retention_days = retention_days or None
+        self.maintenance_interval_s = maintenance_interval_s
+        self._last_maintenance: float | None = None
         self._stop = threading.Event()
         self._started = False
         self._last_lag = 0.0
@@ -256,6 +267,10 @@ class IngestRunner:
         if now - self._last_sweep > self.sweep_interval_s:
             self._last_sweep = now
             self.sweep_pending()
+        if (self._last_maintenance is None
+                or now - self._last_maintenance > self.maintenance_interval_s):
+            self._last_maintenance = now
+            self.maintain_partitions()
         if not records:
             return 0
         # Drop records of partitions we no longer own (revoked during poll) and records
@@ -373,7 +388,8 @@ class IngestRunner:
                 self._experiments = ingest_store.load_experiments(session)
                 self._experiments_at = time.monotonic()
             fx = handle_batch(
-                decoded, self._experiments, state, feedback_topic=self.topic_feedback
+                decoded, self._experiments, state, feedback_topic=self.topic_feedback,
+                horizon=partitions.horizon(utcnow(), self.retention_days),
             )
             if fx.rejects:
                 self._send_dead_letters(fx)
@@ -407,6 +423,21 @@ class IngestRunner:
             self.dlq.flush()
         except Exception as exc:  # kafka errors: roll back this batch and retry it
             raise _Retry(f"dead-letter produce failed: {exc}") from exc
+
+    # -- time partitions and retention --------------------------------------------------
+    def maintain_partitions(self) -> partitions.MaintenanceReport | None:
+        """One partition-maintenance pass (module doc); None when it failed (logged, retried
+        at the next interval: the consumer must not stop for it)."""
+        try:
+            with self.session_factory() as session, session.begin():
+                report = partitions.maintain(session, retention_days=self.retention_days)
+        except Exception as exc:  # noqa: BLE001 - retried at the next interval
+            log.warning("partition maintenance failed; retrying at the next interval",
+                        extra={"error": str(exc)[:300]})
+            return None
+        if report.created or report.dropped or any(report.purged.values()):
+            log.info("partitions maintained", extra={"actions": report.lines()})
+        return report
 
     # -- pending feedback whose impression never came ---------------------------------
     def sweep_pending(self, now: datetime | None = None) -> int:

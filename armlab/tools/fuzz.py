@@ -29,6 +29,7 @@ import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 FAMILIES = ("bytes", "json", "extreme", "string", "nesting", "swap", "size", "structure")
@@ -55,11 +56,17 @@ class FuzzRecord:
     family: str
 
 
+def _day() -> str:
+    """Midnight UTC two days ago (ISO date): recent enough for a consumer's retention, the
+    same on every call made on one day (the corpus stays deterministic)."""
+    return (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
+
+
 def _impression(i: int, experiment_key: str, arm: str) -> dict[str, Any]:
     return {
         "schema": "impression.v1", "event_id": f"fz{i}e", "impression_id": f"fz{i}i",
         "experiment_key": experiment_key, "arm_key": arm, "unit_id": f"fz{i}u",
-        "propensity": 0.5, "served_at": "2026-01-01T00:00:00+00:00",
+        "propensity": 0.5, "served_at": f"{_day()}T00:00:00+00:00",
         "items": ["m1", 2], "context": {"page": "home", "n": 1},
     }
 
@@ -68,7 +75,7 @@ def _feedback(i: int, experiment_key: str) -> dict[str, Any]:
     return {
         "schema": "feedback.v1", "event_id": f"fz{i}f", "impression_id": f"fz{i}never",
         "experiment_key": experiment_key, "kind": "click", "value": 1.0,
-        "occurred_at": "2026-01-01T00:00:05+00:00",
+        "occurred_at": f"{_day()}T00:00:05+00:00",
     }
 
 

@@ -39,9 +39,14 @@ def synthetic_events(
     window_s: float = 3600.0,
 ) -> Iterator[SynthEvent]:
     """About ``n`` events: impressions, each followed (with prob. ``feedback_ratio``) by one
-    feedback of a random kind, some ``late_fraction`` outside the attribution window."""
+    feedback of a random kind, some ``late_fraction`` outside the attribution window. The
+    first impression is served at ``t0``, by default midnight UTC two days ago: recent, so a
+    consumer with a retention setting (``ARMLAB_RETENTION_DAYS``) keeps the stream, and the
+    same on every call made on one day."""
     rng = random.Random(seed)
-    t0 = t0 or datetime(2026, 1, 1, tzinfo=UTC)
+    if t0 is None:
+        now = datetime.now(UTC)
+        t0 = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=2)
     produced = 0
     i = 0
     while produced < n:

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from armlab.tools.synth import SynthEvent, expected_stats, synthetic_events
 pytestmark = pytest.mark.reliability
 
 ARMS = ("control", "b", "c")
+#: A served_at / occurred_at inside the consumers' default retention (ARMLAB_RETENTION_DAYS).
+RECENT = (datetime.now(UTC) - timedelta(days=2)).replace(microsecond=0).isoformat()
 
 
 @dataclass
@@ -248,10 +251,10 @@ def test_every_event_twice_is_counted_once(harness: Callable[..., Harness]) -> N
 def _malformed(topic_imp: str, topic_fb: str, n: int) -> list[tuple[str, bytes | None]]:
     good_imp = {"schema": "impression.v1", "event_id": "x", "impression_id": "y",
                 "experiment_key": "nope", "arm_key": "a", "unit_id": "u", "propensity": 0.5,
-                "served_at": "2026-01-01T00:00:00Z"}
+                "served_at": RECENT}
     good_fb = {"schema": "feedback.v1", "event_id": "x", "impression_id": "y",
                "experiment_key": "nope", "kind": "click", "value": 1.0,
-               "occurred_at": "2026-01-01T00:00:00Z"}
+               "occurred_at": RECENT}
     variants: list[Callable[[int], tuple[str, bytes | None]]] = [
         lambda i: (topic_imp, f"not json {i}".encode()),
         lambda i: (topic_imp, b"\xff\xfe" + str(i).encode()),
@@ -315,7 +318,7 @@ def test_two_consumers_in_one_group_same_totals(harness: Callable[..., Harness])
 def _imp(h: Harness, i: int, **changes: Any) -> dict[str, Any]:
     return {"schema": "impression.v1", "event_id": f"p{i}e", "impression_id": f"p{i}i",
             "experiment_key": h.exp_key, "arm_key": "b", "unit_id": f"p{i}u",
-            "propensity": 0.5, "served_at": "2026-01-01T00:00:00+00:00", **changes}
+            "propensity": 0.5, "served_at": RECENT, **changes}
 
 
 def _poison(h: Harness) -> list[tuple[str, bytes | None, str]]:

@@ -170,19 +170,22 @@ class _Json:
         cols = ", ".join(f"json_extract(value, '$.{name}') AS {name}" for name, _ in columns)
         return f"(SELECT {cols} FROM json_each(:{param})) AS r"
 
-    def ids(self, param: str) -> str:
-        """A subquery of the strings in the JSON array :param."""
+    def in_ids(self, column: str, param: str) -> str:
+        """``column`` is one of the ids in :param. PostgreSQL gets a text array, so the planner
+        knows how many ids there are and probes each partition's index (with a JSON set it
+        guessed half the table and scanned every partition)."""
         if self.pg:
-            return f"SELECT json_array_elements_text(CAST(:{param} AS json))"
-        return f"SELECT value FROM json_each(:{param})"
+            return f"{column} = ANY (CAST(:{param} AS text[]))"
+        return f"{column} IN (SELECT value FROM json_each(:{param}))"
 
     @property
     def for_update(self) -> str:
         return " FOR UPDATE" if self.pg else ""
 
-    def encode(self, ids: list[str]) -> str:
-        """The JSON text of a list of ids."""
-        return orjson.dumps(ids).decode()
+    def encode(self, ids: list[str]) -> Any:
+        """The parameter of :meth:`in_ids`: the list itself (PostgreSQL: a text array), or its
+        JSON text (SQLite)."""
+        return ids if self.pg else orjson.dumps(ids).decode()
 
     def encode_rows(self, rows: list[dict[str, Any]]) -> str:
         """The JSON text of ``rows``; timestamps as this dialect stores them (ISO 8601 for
@@ -218,8 +221,8 @@ def prefetch(
     ts = Impression.__table__.c.served_at.type
     if imp_ids:
         rows = session.execute(
-            text(f"SELECT {_IMPRESSION_STATE} FROM impressions WHERE impression_id IN "
-                 f"({j.ids('ids')}){j.for_update}").columns(served_at=ts),
+            text(f"SELECT {_IMPRESSION_STATE} FROM impressions WHERE "
+                 f"{j.in_ids('impression_id', 'ids')}{j.for_update}").columns(served_at=ts),
             {"ids": j.encode(sorted(imp_ids))},
         )
         for row in rows:
@@ -228,13 +231,13 @@ def prefetch(
     missing = imp_events - state.impression_event_ids
     if missing:
         state.impression_event_ids.update(r[0] for r in session.execute(
-            text(f"SELECT event_id FROM impressions WHERE event_id IN ({j.ids('ids')})"),
+            text(f"SELECT event_id FROM impressions WHERE {j.in_ids('event_id', 'ids')}"),
             {"ids": j.encode(sorted(missing))},
         ))
     if fb_events:
         for row in session.execute(
             text(f"SELECT event_id, impression_id, experiment_key, kind, value, occurred_at "
-                 f"FROM feedback WHERE event_id IN ({j.ids('ids')})")
+                 f"FROM feedback WHERE {j.in_ids('event_id', 'ids')}")
             .columns(occurred_at=Feedback.__table__.c.occurred_at.type),
             {"ids": j.encode(sorted(fb_events))},
         ):
@@ -243,8 +246,9 @@ def prefetch(
                                               as_utc(row[5]))
     if arriving:
         rows = session.execute(
-            text(f"SELECT {_PENDING_COLS} FROM feedback WHERE impression_id IN "
-                 f"({j.ids('ids')}) AND status = 'pending' ORDER BY occurred_at, event_id"
+            text(f"SELECT {_PENDING_COLS} FROM feedback WHERE "
+                 f"{j.in_ids('impression_id', 'ids')} AND status = 'pending' "
+                 f"ORDER BY occurred_at, event_id"
                  f"{j.for_update}").columns(occurred_at=Feedback.__table__.c.occurred_at.type),
             {"ids": j.encode(sorted(arriving))},
         )
@@ -304,15 +308,18 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
             for imp, ev in zip(fx.new_impressions, fx.new_impression_rows, strict=True)
         ], "ON CONFLICT DO NOTHING")
     if fx.impression_updates:
+        # the id list as well as the join: the planner then probes each partition's index
+        # instead of hashing a scan of every partition
+        updates = sorted(fx.impression_updates.values(), key=lambda i: i.impression_id)
         session.execute(
             text(f"UPDATE impressions SET reward = r.reward, feedback_count = r.feedback_count"
                  f" FROM {j.rows('rows', _IMPRESSION_UPDATE)}"
-                 f" WHERE impressions.impression_id = r.impression_id"),
+                 f" WHERE impressions.impression_id = r.impression_id"
+                 f" AND {j.in_ids('impressions.impression_id', 'ids')}"),
             {"rows": j.encode_rows([
                 {"impression_id": i.impression_id, "reward": i.reward,
-                 "feedback_count": i.feedback_count}
-                for i in sorted(fx.impression_updates.values(), key=lambda i: i.impression_id)
-            ])},
+                 "feedback_count": i.feedback_count} for i in updates
+            ]), "ids": j.encode([i.impression_id for i in updates])},
         )
     if fx.feedback_rows:
         _insert_rows(session, j, "feedback", _FEEDBACK_ROW, [
@@ -325,9 +332,11 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
     if fx.feedback_status:
         session.execute(
             text(f"UPDATE feedback SET status = r.status"
-                 f" FROM {j.rows('rows', _FEEDBACK_STATUS)} WHERE feedback.event_id = r.event_id"),
+                 f" FROM {j.rows('rows', _FEEDBACK_STATUS)} WHERE feedback.event_id = r.event_id"
+                 f" AND {j.in_ids('feedback.event_id', 'ids')}"),
             {"rows": j.encode_rows([{"event_id": k, "status": v}
-                                    for k, v in sorted(fx.feedback_status.items())])},
+                                    for k, v in sorted(fx.feedback_status.items())]),
+             "ids": j.encode(sorted(fx.feedback_status))},
         )
     if fx.stats:
         upsert_stats(session, fx.stats, now)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -185,20 +186,27 @@ class ArmRollup(Base):
 
 
 class Impression(Base):
+    """One served arm. On PostgreSQL range-partitioned by week on ``served_at``
+    (:mod:`armlab.adapters.db.partitions`), so the keys include it; the consumer keeps
+    ``impression_id`` and ``event_id`` unique across partitions (it looks both up before
+    inserting). SQLite keeps the plain table with ``impression_id`` alone as the key."""
+
     __tablename__ = "impressions"
     __table_args__ = (
+        UniqueConstraint("event_id", "served_at", name="uq_impressions_event_id_served"),
         Index("ix_impressions_exp_arm_served", "experiment_id", "arm_key", "served_at"),
+        {"postgresql_partition_by": "RANGE (served_at)"},
     )
 
     impression_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    event_id: Mapped[str] = mapped_column(String(64), nullable=False)
     experiment_id: Mapped[int] = mapped_column(
         ForeignKey("experiments.id", ondelete="CASCADE"), nullable=False
     )
     arm_key: Mapped[str] = mapped_column(String(64), nullable=False)
     unit_id: Mapped[str] = mapped_column(String(128), nullable=False)
     propensity: Mapped[float] = mapped_column(Float, nullable=False)
-    served_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    served_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     # Current attributed reward of this impression (binary: 0/1; continuous: sum of values).
     reward: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
@@ -212,17 +220,25 @@ class Feedback(Base):
 
     status: applied (joined to its impression), pending (impression not seen yet; applied
     when it lands), late (outside the attribution window), unknown (no impression ever).
+    On PostgreSQL range-partitioned by week on ``occurred_at`` (so the key includes it); the
+    partial index serves the pending sweep.
     """
 
     __tablename__ = "feedback"
-    __table_args__ = (Index("ix_feedback_impression_status", "impression_id", "status"),)
+    __table_args__ = (
+        Index("ix_feedback_impression_status", "impression_id", "status"),
+        Index("ix_feedback_pending_received", "received_at",
+              postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
+    )
 
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     impression_id: Mapped[str] = mapped_column(String(64), nullable=False)
     experiment_key: Mapped[str] = mapped_column(String(64), nullable=False)
     kind: Mapped[str] = mapped_column(String(32), nullable=False)
     value: Mapped[float] = mapped_column(Float, nullable=False)
-    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     partition: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="applied")

@@ -46,7 +46,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        svc = services or bootstrap(settings)
+        svc = services or bootstrap(settings,
+                                    db_call_timeout_s=settings.api_db_timeout_s or None)
         app.state.services = svc
         svc.assigner.start()
         routes_events.warm_producer(svc)

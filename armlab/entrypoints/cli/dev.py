@@ -1,4 +1,5 @@
-"""``armlab dev up|down|status|env`` (the local stack) and ``armlab db upgrade|downgrade|current``.
+"""``armlab dev up|down|status|env`` (the local stack) and ``armlab db
+upgrade|downgrade|current|maintain``.
 
 ``armlab dev up`` prints only ``export ...`` lines on stdout (progress goes to stderr), so
 ``eval "$(armlab dev up)"`` configures the current shell.
@@ -108,6 +109,37 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         url = _db_url()
         _run(migrate.downgrade, url, revision)
         typer.echo(f"downgraded {_redact(url)} to {migrate.current(url) or 'base'}")
+
+    @db.command("maintain")
+    def db_maintain(
+        dry_run: bool = typer.Option(False, "--dry-run",
+                                     help="Print what would change; change nothing."),
+        retention_days: float | None = typer.Option(
+            None, min=0, help="Override ARMLAB_RETENTION_DAYS (0: keep forever)."),
+    ) -> None:
+        """Create the coming weeks' partitions of impressions and feedback and drop the weeks
+        older than the retention (PostgreSQL; the consumer also does this every hour)."""
+        from armlab.adapters.db import partitions
+        from armlab.adapters.db.engine import make_engine, make_session_factory
+        from armlab.settings import get_settings
+
+        url = _db_url()
+        days = get_settings().retention_days if retention_days is None else retention_days
+        out: list[partitions.MaintenanceReport] = []
+
+        def go(u: str) -> None:
+            engine = make_engine(u, pool_size=1)
+            try:
+                with make_session_factory(engine)() as session, session.begin():
+                    out.append(partitions.maintain(session, retention_days=days,
+                                                   dry_run=dry_run))
+            finally:
+                engine.dispose()
+
+        _run(go, url)
+        prefix = "would have: " if dry_run else ""
+        for line in out[0].lines():
+            typer.echo(prefix + line)
 
     @db.command("current")
     def db_current() -> None:

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from armlab.adapters.db.engine import CONNECT_TIMEOUT_S
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.bootstrap import bootstrap
 from armlab.core.specs import ExperimentSpec
@@ -135,3 +136,51 @@ def test_postgres_hung_readyz_answers_within_its_timeout(
     while c.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, "not ready again after SIGCONT"
         time.sleep(0.2)
+
+
+def test_postgres_hung_with_pooled_connections_gives_503_within_seconds(
+    pg_url: str, pg_server: Any
+) -> None:
+    """A hung server with connections already pooled: without the call watchdog the pool's
+    pre-ping (and any query) blocks in recv for good; with it every database route answers
+    503 within the call timeout plus one connect timeout."""
+    timeout_s = 2.0
+    settings = Settings(database_url=pg_url, transport="memory", snapshot_refresh_s=0.2,
+                        auth_tokens=SecretStr("app:producer:p-secret,ad:admin:a-secret"))
+    services = bootstrap(settings, db_call_timeout_s=timeout_s)
+    with UnitOfWork(services.session_factory) as uow:
+        registry.create_experiment(uow, spec=_spec("cached"), actor="t")
+        registry.start_experiment(uow, key="cached", actor="t")
+        uow.commit()
+    try:
+        with TestClient(create_app(settings, services)) as c:
+            assert c.post("/v1/experiments/cached/assign", json={"unit_id": "u0"},
+                          headers=H).status_code == 200
+            for _ in range(3):  # pooled, checked-in connections
+                assert c.get("/v1/experiments", headers=ADMIN).status_code == 200
+            family = _family(pg_server.pid)
+            _signal(family, signal.SIGSTOP)
+            try:
+                for method, url, kw in (
+                    ("get", "/v1/experiments", {"headers": ADMIN}),
+                    ("get", "/v1/experiments/cached/results", {"headers": ADMIN}),
+                    ("post", "/v1/experiments/not-cached/assign",
+                     {"headers": H, "json": {"unit_id": "u"}}),
+                ):
+                    t0 = time.monotonic()
+                    r = getattr(c, method)(url, **kw)
+                    took = time.monotonic() - t0
+                    assert r.status_code == 503, (url, r.status_code, r.text)
+                    assert r.headers["Retry-After"].isdigit()
+                    assert took < timeout_s + CONNECT_TIMEOUT_S + 3.0, (url, took)
+                assert c.get("/healthz").status_code == 200
+                r = c.post("/v1/experiments/cached/assign", json={"unit_id": "u1"}, headers=H)
+                assert r.status_code == 200
+            finally:
+                _signal(family, signal.SIGCONT)
+            deadline = time.monotonic() + 30
+            while c.get("/v1/experiments", headers=ADMIN).status_code != 200:
+                assert time.monotonic() < deadline, "not serving again after SIGCONT"
+                time.sleep(0.2)
+    finally:
+        services.close()

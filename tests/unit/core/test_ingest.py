@@ -145,6 +145,24 @@ def test_redelivered_batch_changes_nothing() -> None:
     assert dict(fx.counters) == {("duplicate", 0): 2}
 
 
+def test_events_older_than_the_retention_horizon_are_expired_even_as_duplicates() -> None:
+    """A stored copy older than the horizon may have been dropped: every copy is refused, the
+    first time and when it comes again, so none is ever counted twice."""
+    s = Stream()
+    s.imp("old", "E", "a", 0.5, at=T0 - timedelta(seconds=1))
+    s.imp("edge", "E", "a", 0.5)                  # served exactly at the horizon: kept
+    s.fb("f-old", "edge", "E", "click", 1.0, -1)  # occurred before the horizon
+    s.fb("f-new", "edge", "E", "click", 1.0, 5)
+    state = BatchState(impression_event_ids={"e-old"}, feedback_event_ids={"f-old"})
+    fx = handle_batch(s.decoded(), EXPS, state, feedback_topic=FB_T, horizon=T0)
+    assert [(r.reason, r.offset) for r in fx.rejects] == [("expired", 0), ("expired", 2)]
+    assert [i.impression_id for i in fx.new_impressions] == ["edge"]
+    assert [ev.event_id for ev, _, status in fx.feedback_rows] == ["f-new"]
+    # without a horizon (no retention) the same stream has no expired record
+    fx = handle_batch(s.decoded(), EXPS, BatchState(), feedback_topic=FB_T)
+    assert not [r for r in fx.rejects if r.reason == "expired"]
+
+
 def test_referenced_ids() -> None:
     s = Stream()
     s.imp("i1", "E", "a", 0.5)
