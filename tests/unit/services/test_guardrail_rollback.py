@@ -15,6 +15,7 @@ from armlab.adapters.db.models import AllocationSnapshot, ArmStats, GuardrailSta
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.core.evidence import FIELDS, ArmSums
 from armlab.core.specs import ExperimentSpec
+from armlab.entrypoints.report import build_report
 from armlab.errors import Conflict
 from armlab.services import registry
 from armlab.services.allocator import run_allocation
@@ -152,3 +153,13 @@ def test_sticky_users_of_a_rolled_back_arm_get_the_control(sf: Any) -> None:
     fresh = [a.assign("exp", f"new{i}").arm_key for i in range(200)]
     assert "harm" not in fresh
     a.close()
+
+
+def test_report_shows_the_guardrails_and_their_confidence_sequence(sf: Any) -> None:
+    _setup(sf)
+    run_allocation(sf)
+    with UnitOfWork(sf) as uow:
+        page = build_report(uow, "exp")
+    assert "Recommendation and guardrails" in page and "<svg" in page
+    assert "skips: harm vs control" in page and "skips: fine vs control" in page
+    assert "breached" in page and "Guardrails: excess harm" in page
