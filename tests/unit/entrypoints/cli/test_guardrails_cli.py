@@ -19,6 +19,7 @@ from armlab.entrypoints.api.app import create_app
 from armlab.entrypoints.cli import admin
 from armlab.services.allocator import run_allocation
 from armlab.settings import Settings
+from tests.unit.entrypoints.api.test_ui import sign_in
 from tests.unit.entrypoints.cli.test_admin_cli import TOKENS
 from tests.unit.services.test_guardrail_rollback import _setup
 
@@ -63,3 +64,20 @@ def test_show_and_ship_with_a_breached_guardrail(env: tuple[typer.Typer, Any],
     assert "--force" in r.exception.message
     r = runner.invoke(cli, ["ship", "exp", "--arm", "harm", "--reason", "x", "--force"])
     assert r.exit_code == 0, r.output
+
+
+def test_dashboard_shows_guardrails_and_the_recommendation(sqlite_url: str) -> None:
+    app = create_app(Settings(database_url=sqlite_url, auth_tokens=TOKENS, transport="memory",
+                              ui_secret="unit-test-secret"))
+    engine = make_engine(sqlite_url)
+    sf = make_session_factory(engine)
+    _setup(sf)
+    run_allocation(sf)
+    with TestClient(app) as c:
+        sign_in(c, "admin-secret")
+        page = c.get("/ui/experiments/exp/live")
+        assert page.status_code == 200, page.text
+        html = page.text
+    engine.dispose()
+    assert "<th>Guardrails</th>" in html and 'id="recommendation"' in html
+    assert "rolled back" in html and "breached" in html and "<code>skips</code>" in html
