@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
 )
 
+from armlab.core.events import FeedbackKind
 from armlab.core.policies import POLICY_PARAMS
 from armlab.core.variants import validate_variant
 from armlab.errors import PolicyError, ValidationFailed
@@ -148,9 +149,8 @@ class GuardrailSource(StrictModel):
     (``{"feedback": "skip"}``) or a numeric field of the impression's context
     (``{"impression_field": "serving.latency_ms"}``)."""
 
-    feedback: str | None = Field(
-        None, min_length=1, max_length=32,
-        description="Feedback kind whose events make the metric (as in feedback.v1 kind).")
+    feedback: FeedbackKind | None = Field(
+        None, description="Feedback kind whose events make the metric (a feedback.v1 kind).")
     impression_field: str | None = Field(
         None, pattern=FIELD_PATH_PATTERN, validate_default=True,
         description="Dotted path of a numeric field in the impression's context; read when "

@@ -56,6 +56,7 @@ def _with(**change: Any) -> dict[str, Any]:
     (_with(harm=None), "guardrails.0.harm"),
     (_with(aggregate="median"), "guardrails.0.aggregate"),
     (_with(source={}), "guardrails.0.source"),
+    (_with(source={"feedback": "low_rating"}), "guardrails.0.source.feedback"),
     (_with(source={"feedback": "skip", "impression_field": "x"}), "guardrails.0.source"),
     (_with(source={"impression_field": "a..b"}), "guardrails.0.source.impression_field"),
     (_with(source={"impression_field": "latency"}, aggregate="any"),
