@@ -17,7 +17,8 @@ first event of the kind whatever its value, ``sum`` adds the value, ``mean`` kee
 mean of the values. An impression-field metric is the finite number at the context path when
 the impression is ingested; an impression without one (missing, null, a string, a boolean) is
 *not observed* for that metric: it enters neither the metric's plain nor its IPW sums (never
-dead-lettered: the primary reward still counts it). Each metric's per-arm sums
+dead-lettered: the primary reward still counts it); an observed value counts as one event
+(``feedback_n``) for the test's information gate. Each metric's per-arm sums
 (:class:`ArmSums`, "reward" = the metric value) change exactly like the primary reward's
 (old -> new), in the same :class:`Effects`, so they are written in the same transaction.
 
@@ -345,9 +346,12 @@ class _Batch:
                 start = 0.0 if rule.feedback is not None else rule.read(ev.context)
                 if start is None:
                     continue  # not observed for this metric
-                imp.metrics[rule.key] = [start, 0]
+                observed = rule.feedback is None  # a field's value is one observation
+                imp.metrics[rule.key] = [start, 1 if observed else 0]
                 g = self.fx.gstat(exp.id, ev.arm_key, rule.key, rec.partition)
                 g.add_impression(ev.propensity)
+                if observed:
+                    g.add_feedback()  # the information gate counts observed values
                 if start != 0.0:
                     g.add_reward_change(0.0, start, ev.propensity)
         self.ok(OUT_IMPRESSION, rec.topic, rec.partition)

@@ -94,3 +94,23 @@ def test_recommendation_never_names_a_breached_arm() -> None:
     worse = recommend({"arms": [{"arm": "b", "decision": "treatment_worse", "reason": "x"}]},
                       [], control="ctl")
     assert worse["action"] == "keep_control"
+
+
+def test_an_impression_field_guardrail_becomes_informative() -> None:
+    """Latency-like metric (continuous, one observation per impression): a clear slowdown is a
+    breach once both arms have observations, a tiny one inside the margin is not."""
+    def lat(mean: float, n: int = 3000) -> ArmSums:
+        # half the impressions at mean - 5, half at mean + 5 ms; propensity 0.5
+        lo, hi = mean - 5.0, mean + 5.0
+        s1, s2 = n / 2 * (lo + hi), n / 2 * (lo * lo + hi * hi)
+        return ArmSums(n=n, reward_sum=s1, reward_sumsq=s2, ipw_n=2 * n, ipw_sum=2 * s1,
+                       ipw_sumsq=4 * s2, ipw_n_sq=4 * n, feedback_n=n)
+
+    g = GuardrailSpec.model_validate({"key": "latency", "source": {
+        "impression_field": "serving.latency_ms"}, "harm": "increase",
+        "margin": {"relative": 0.1}})
+    out = evaluate_guardrails([g], control="ctl", treatments=["slow", "same"], sums={
+        "latency": {"ctl": lat(100.0), "slow": lat(130.0), "same": lat(101.0)}}, previous={})
+    by = {e["arm"]: e for e in out}
+    assert by["slow"]["state"] == "breached"
+    assert by["same"]["state"] in ("non_inferior", "ok")

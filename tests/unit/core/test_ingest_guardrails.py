@@ -50,7 +50,7 @@ def test_metric_values_and_sums_follow_each_aggregate() -> None:
     imps = {i.impression_id: i for i in fx.new_impressions}
     assert imps["i1"].metrics == {"skip_any": [1.0, 2], "skip_first": [1.0, 2],
                                   "dwell_sum": [6.0, 2], "dwell_mean": [3.0, 2],
-                                  "latency": [120.0, 0]}
+                                  "latency": [120.0, 1]}
     assert imps["i2"].metrics == {"skip_any": [0.0, 0], "skip_first": [0.0, 0],
                                   "dwell_sum": [0.0, 0], "dwell_mean": [0.0, 0]}
     g = fx.guardrail_stats
@@ -58,7 +58,8 @@ def test_metric_values_and_sums_follow_each_aggregate() -> None:
     assert g[(1, "a", "skip_first", 0)] == ArmSums(1, 1, 1, 2, 2, 4, 4, 2)
     assert g[(1, "a", "dwell_sum", 0)] == ArmSums(1, 6, 36, 2, 12, 144, 4, 2)
     assert g[(1, "a", "dwell_mean", 0)] == ArmSums(1, 3, 9, 2, 6, 36, 4, 2)
-    assert g[(1, "a", "latency", 0)] == ArmSums(1, 120, 14400, 2, 240, 57600, 4, 0)
+    # an observed field value is one event for the information gate
+    assert g[(1, "a", "latency", 0)] == ArmSums(1, 120, 14400, 2, 240, 57600, 4, 1)
     assert g[(1, "b", "skip_any", 0)] == ArmSums(3, 0, 0, 12, 0, 0, 48, 0)
     assert (1, "b", "latency", 0) not in g  # no impression of b observed the latency
     assert fx.stats[(1, "a", 0)].reward_sum == 1.0  # the primary reward is unaffected
