@@ -20,13 +20,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("experiments", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("guardrails", sa.JSON(), nullable=False,
-                                      server_default=sa.text("'[]'")))
-        batch_op.add_column(sa.Column("rolled_back", sa.JSON(), nullable=False,
-                                      server_default=sa.text("'{}'")))
-    with op.batch_alter_table("impressions", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("guardrail_values", sa.JSON(), nullable=True))
+    # Plain ADD COLUMN (PostgreSQL and SQLite both have it). NOT batch mode: on SQLite a batch
+    # that recreates ``experiments`` drops the old table, and with foreign keys on, that
+    # cascades to every arm, impression and audit row of the existing experiments.
+    op.add_column("experiments", sa.Column("guardrails", sa.JSON(), nullable=False,
+                                           server_default=sa.text("'[]'")))
+    op.add_column("experiments", sa.Column("rolled_back", sa.JSON(), nullable=False,
+                                           server_default=sa.text("'{}'")))
+    op.add_column("impressions", sa.Column("guardrail_values", sa.JSON(), nullable=True))
     op.create_table(
         "guardrail_stats",
         sa.Column(
@@ -51,8 +52,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("guardrail_stats")
-    with op.batch_alter_table("impressions", schema=None) as batch_op:
-        batch_op.drop_column("guardrail_values")
-    with op.batch_alter_table("experiments", schema=None) as batch_op:
-        batch_op.drop_column("rolled_back")
-        batch_op.drop_column("guardrails")
+    # ALTER TABLE ... DROP COLUMN (SQLite >= 3.35), never a table rebuild (see upgrade).
+    for table, column in (("impressions", "guardrail_values"), ("experiments", "rolled_back"),
+                          ("experiments", "guardrails")):
+        op.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
