@@ -55,6 +55,9 @@ class FakeEvidence:
         self.units: dict[int, dict[str, ArmSums]] = {}
         self.snapshots: dict[int, AllocationSnapshot] = {}
         self.decisions: list[Decision] = []
+        # metric -> arm -> sums (totals, and the immature / late part)
+        self.guardrails: dict[int, dict[str, dict[str, ArmSums]]] = {}
+        self.guardrails_late: dict[int, dict[str, dict[str, ArmSums]]] = {}
 
     def arm_sums(self, experiment_id: int) -> dict[str, ArmSums]:
         return dict(self.sums.get(experiment_id, {}))
@@ -65,6 +68,13 @@ class FakeEvidence:
 
     def unit_sums(self, experiment_id: int, cutoff: datetime | None) -> dict[str, ArmSums]:
         return dict(self.units.get(experiment_id, {}))
+
+    def guardrail_sums(self, experiment_id: int) -> dict[str, dict[str, ArmSums]]:
+        return {m: dict(v) for m, v in self.guardrails.get(experiment_id, {}).items()}
+
+    def guardrail_sums_served_after(self, experiment_id: int, cutoff: datetime
+                                    ) -> dict[str, dict[str, ArmSums]]:
+        return {m: dict(v) for m, v in self.guardrails_late.get(experiment_id, {}).items()}
 
     def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None:
         return self.snapshots.get(experiment_id)

@@ -9,6 +9,19 @@ positive feedback of that kind (later ones change nothing). Continuous rewards: 
 the sum of the values. Feedback counts only inside the attribution window,
 ``0 <= occurred_at - served_at <= attribution_window_s``.
 
+Guardrail metrics (the experiment's ``guardrails``, :class:`MetricRule` here): every impression
+of an experiment with guardrails carries a value per metric (``ImpressionState.metrics``:
+key -> [value, feedback events]). A feedback metric starts at 0 and feedback of its kind inside
+the attribution window moves it: ``any`` 0 -> 1 on the first value > 0, ``first`` 0 -> 1 on the
+first event of the kind whatever its value, ``sum`` adds the value, ``mean`` keeps the running
+mean of the values. An impression-field metric is the finite number at the context path when
+the impression is ingested; an impression without one (missing, null, a string, a boolean) is
+*not observed* for that metric: it enters neither the metric's plain nor its IPW sums (never
+dead-lettered: the primary reward still counts it); an observed value counts as one event
+(``feedback_n``) for the test's information gate. Each metric's per-arm sums
+(:class:`ArmSums`, "reward" = the metric value) change exactly like the primary reward's
+(old -> new), in the same :class:`Effects`, so they are written in the same transaction.
+
 Per-arm sufficient statistics (:class:`armlab.core.evidence.ArmSums`, sharded by the partition
 of the record that caused them). Because a reward can change after the impression was counted,
 a reward change r_old -> r_new adds (r_new - r_old) to the sums and (r_new^2 - r_old^2) to the
@@ -19,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +71,47 @@ class RecordLike(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class MetricRule:
+    """How one guardrail metric is computed per impression (see the module doc)."""
+
+    key: str
+    aggregate: str  # any | first | sum | mean
+    feedback: str | None = None  # feedback kind, or
+    field: tuple[str, ...] = ()  # the context path of an impression field
+
+    @classmethod
+    def from_spec(cls, g: dict[str, Any]) -> MetricRule:
+        """From a stored guardrail spec (``GuardrailSpec.model_dump()``)."""
+        src = g.get("source") or {}
+        path = src.get("impression_field")
+        return cls(key=str(g["key"]), aggregate=str(g.get("aggregate") or "any"),
+                   feedback=src.get("feedback"),
+                   field=tuple(str(path).split(".")) if path else ())
+
+    def read(self, context: dict[str, Any]) -> float | None:
+        """The finite number at this rule's context path (None: not observed)."""
+        node: Any = context
+        for part in self.field:
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        if isinstance(node, bool) or not isinstance(node, (int, float)):
+            return None
+        value = float(node)
+        return value if math.isfinite(value) else None
+
+    def update(self, old: float, count: int, value: float) -> float:
+        """The metric's new value after one more feedback event of its kind."""
+        if self.aggregate == "any":
+            return 1.0 if (value > 0 or old >= 1.0) else old
+        if self.aggregate == "first":
+            return 1.0
+        if self.aggregate == "sum":
+            return old + value
+        return (old * count + value) / (count + 1)  # mean
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentInfo:
     """What ingestion needs to know about an experiment (loaded from the registry)."""
 
@@ -68,6 +123,7 @@ class ExperimentInfo:
     window_s: float
     status: str = "running"
     ended_at: datetime | None = None
+    guardrails: tuple[MetricRule, ...] = ()
 
     def not_running_at(self, served_at: datetime) -> bool:
         """True for a draft, and for a stopped/shipped experiment after it ended: impressions
@@ -91,6 +147,8 @@ class ImpressionState:
     reward: float = 0.0
     feedback_count: int = 0
     partition: int = 0
+    # guardrail metric key -> [value, feedback events]; None without guardrails
+    metrics: dict[str, list[float]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +226,8 @@ class Effects:
     feedback_rows: list[tuple[FeedbackV1, int, str]] = field(default_factory=list)
     feedback_status: dict[str, str] = field(default_factory=dict)  # pending -> new status
     stats: dict[tuple[int, str, int], ArmSums] = field(default_factory=dict)
+    # guardrail metric sums by (experiment id, arm key, metric key, partition)
+    guardrail_stats: dict[tuple[int, str, str, int], ArmSums] = field(default_factory=dict)
     counters: Counter[tuple[str, int]] = field(default_factory=Counter)  # (reason, partition)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, outcome)
     rejects: list[Reject] = field(default_factory=list)
@@ -178,6 +238,14 @@ class Effects:
         sums = self.stats.get(key)
         if sums is None:
             sums = self.stats[key] = ArmSums()
+        return sums
+
+    def gstat(self, experiment_id: int, arm_key: str, metric: str, partition: int) -> ArmSums:
+        """The statistics this batch adds for one guardrail metric's shard."""
+        key = (experiment_id, arm_key, metric, partition)
+        sums = self.guardrail_stats.get(key)
+        if sums is None:
+            sums = self.guardrail_stats[key] = ArmSums()
         return sums
 
 
@@ -285,6 +353,20 @@ class _Batch:
         self.fx.new_impressions.append(imp)
         self.fx.new_impression_rows.append(ev)
         self.fx.stat(exp.id, ev.arm_key, rec.partition).add_impression(ev.propensity)
+        if exp.guardrails:
+            imp.metrics = {}
+            for rule in exp.guardrails:
+                start = 0.0 if rule.feedback is not None else rule.read(ev.context)
+                if start is None:
+                    continue  # not observed for this metric
+                observed = rule.feedback is None  # a field's value is one observation
+                imp.metrics[rule.key] = [start, 1 if observed else 0]
+                g = self.fx.gstat(exp.id, ev.arm_key, rule.key, rec.partition)
+                g.add_impression(ev.propensity)
+                if observed:
+                    g.add_feedback()  # the information gate counts observed values
+                if start != 0.0:
+                    g.add_reward_change(0.0, start, ev.propensity)
         self.ok(OUT_IMPRESSION, rec.topic, rec.partition)
         # Feedback that arrived first waits in the ledger: apply it now.
         for pf in st.pending.pop(ev.impression_id, ()):
@@ -383,6 +465,18 @@ class _Batch:
         imp.feedback_count += 1
         if imp.impression_id not in self.new_ids:
             self.fx.impression_updates[imp.impression_id] = imp
+        if imp.metrics:
+            for rule in exp.guardrails:
+                cur = imp.metrics.get(rule.key) if rule.feedback == kind else None
+                if cur is None:
+                    continue
+                g_old, count = cur[0], int(cur[1])
+                g_new = rule.update(g_old, count, value)
+                imp.metrics[rule.key] = [g_new, count + 1]
+                g = self.fx.gstat(exp.id, imp.arm_key, rule.key, partition)
+                g.add_feedback()
+                if g_new != g_old:
+                    g.add_reward_change(g_old, g_new, imp.propensity)
         if kind != exp.reward_metric:
             return "applied"
         old = imp.reward

@@ -243,6 +243,105 @@ def chart_cs(data: ReportData) -> str:
     return _svg(fig)
 
 
+def chart_guardrails(data: ReportData) -> str:
+    """Per guardrail and treatment arm: the excess harm (harm beyond the tolerated margin)
+    and its always-valid confidence sequence at every recorded look; above 0 is a breach."""
+    origin, div, unit = _scale(data)
+    series: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = {}
+    for d in data.decisions:
+        x = (d["at"] - origin).total_seconds() / div
+        for g in d.get("guardrails") or []:
+            series.setdefault((str(g["metric"]), str(g["arm"])), []).append((x, g))
+    if not series:
+        return ""
+    colours = _colours([a["key"] for a in data.arms], data.control)
+    keys = sorted(series)
+    ncols = 2 if len(keys) > 1 else 1
+    nrows = (len(keys) + ncols - 1) // ncols
+    fig = _new_figure(11 if ncols == 2 else 9, 3.0 * nrows)
+    for i, (metric, arm) in enumerate(keys):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        pts = [(x, g) for x, g in series[(metric, arm)] if g.get("excess") is not None]
+        c = colours.get(arm, PALETTE[0])
+        if pts:
+            xs = [x for x, _ in pts]
+            lo = [max(float(g.get("excess_low") or -1e6), -1e6) for _, g in pts]
+            hi = [min(float(g.get("excess_high") or 1e6), 1e6) for _, g in pts]
+            ax.fill_between(xs, lo, hi, step="post", color=c, alpha=0.25, linewidth=0,
+                            label="confidence sequence")
+            ax.step(xs, [float(g["excess"]) for _, g in pts], where="post", color=c,
+                    linewidth=1.6, label="excess harm")
+            breach = next((x for x, g in pts if g.get("state") == "breached"), None)
+            if breach is not None:
+                ax.axvline(breach, color="#D55E00", linewidth=1.4, linestyle=":")
+                ax.annotate("breach", (breach, 0), xytext=(4, 8), textcoords="offset points",
+                            color="#D55E00", fontsize=9, fontweight="bold")
+            finite = [v for v in lo + hi if abs(v) < 1e6]
+            if finite:
+                span = max(finite) - min(finite) or 1.0
+                ax.set_ylim(min(min(finite), 0) - 0.1 * span, max(max(finite), 0) + 0.1 * span)
+        else:
+            ax.text(0.5, 0.5, "not informative yet", ha="center", va="center",
+                    transform=ax.transAxes, color="#666")
+        ax.axhline(0.0, color="#333", linewidth=0.9, linestyle="--")
+        ax.set_title(f"{metric}: {arm} vs {data.control}", loc="left", fontsize=11,
+                     fontweight="bold")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("excess harm")
+        _style(ax)
+        if pts and i == 0:
+            ax.legend(loc="upper left", frameon=False, fontsize=8)
+    height = 3.0 * nrows
+    fig.subplots_adjust(hspace=0.6, wspace=0.25, top=1.0 - 0.75 / height)
+    fig.suptitle("Guardrails: excess harm beyond the margin (above 0 = harm shown)", x=0.01,
+                 ha="left", y=1.0 - 0.1 / height, fontsize=12, fontweight="bold")
+    return _svg(fig)
+
+
+def _recommendation_html(data: ReportData) -> str:
+    rec = data.results.get("recommendation") if isinstance(data.results, dict) else None
+    if not rec:
+        return ""
+    action = str(rec.get("action"))
+    head = {"ship": f"ship {rec.get('arm')}", "keep_control": "keep control"}.get(
+        action, "continue")
+    items = "".join(f"<li>{_esc(r)}</li>" for r in rec.get("reasons", []))
+    return f"<p>Recommendation: <b>{_esc(head)}</b></p><ul>{items}</ul>"
+
+
+def _guardrails_table(data: ReportData) -> str:
+    rows = []
+    for g in (data.results.get("guardrails") or []) if isinstance(data.results, dict) else []:
+        margin = f"{_fmt(g.get('margin'))}{' (relative)' if g.get('relative') else ''}"
+        rows.append(
+            f"<tr><td>{_esc(g['metric'])}</td><td>{_esc(g['arm'])}</td>"
+            f"<td><b>{_esc(g.get('state'))}</b></td><td>{_esc(g.get('harm'))}, {margin}</td>"
+            f"<td class='num'>{_fmt(g.get('control_mean'))}</td>"
+            f"<td class='num'>{_fmt(g.get('treatment_mean'))}</td>"
+            f"<td class='num'>{_fmt(g.get('excess'))}</td>"
+            f"<td class='num'>[{_fmt(g.get('excess_low'))}, {_fmt(g.get('excess_high'))}]</td>"
+            f"<td class='num'>{_fmt(g.get('p_value'))}</td>"
+            f"<td class='num'>{_fmt(g.get('alpha'))}</td></tr>")
+    if not rows:
+        return ""
+    return ("<table><thead><tr><th>guardrail</th><th>arm</th><th>state</th><th>harm, margin"
+            "</th><th>control</th><th>treatment</th><th>excess harm</th><th>confidence "
+            "sequence</th><th>p</th><th>alpha</th></tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table>")
+
+
+def _guardrails_section(data: ReportData) -> str:
+    table = _guardrails_table(data)
+    rec = _recommendation_html(data)
+    if not table and not rec:
+        return ""
+    chart = chart_guardrails(data) if table else ""
+    return (f"<section id='guardrails'><h2>Recommendation and guardrails</h2>{rec}{table}"
+            f"{chart}<p class='sub'>A breach (the one-sided always-valid test shows harm beyond"
+            " the margin, at the guardrail's alpha divided by the number of treatments) takes "
+            "the arm out of the allocation.</p></section>")
+
+
 # --- HTML ----------------------------------------------------------------------------------
 
 CSS = """
@@ -375,6 +474,7 @@ ended {_fmt_time(data.ended_at)} · control <b>{_esc(data.control)}</b> ·
 sequential test: <code>{_esc(seq)}</code></p>
 <div class="cards">{card_html}</div>
 <section id="arms"><h2>Arms</h2>{_arms_table(data)}</section>
+{_guardrails_section(data)}
 <figure id="chart-weights">{chart_weights(data)}
 <figcaption>Traffic share of each arm in every allocation snapshot the allocator wrote
 ({len(data.snapshots)} snapshots). Assignments draw arms from the latest snapshot and log

@@ -15,6 +15,16 @@ the same unit of work (on matured, in-design data: :func:`armlab.services.decisi
 records the look and, with ``sequential.auto_stop``, stops the experiment and writes its
 control-only snapshot in the same transaction.
 
+Guardrail rollback: when the look finds a treatment arm that breached a guardrail
+(:mod:`armlab.core.guardrails`), the allocator, in the same unit of work, either takes the arm
+out of the allocation (``on_breach: rollback``, the default: the arm is recorded in
+``experiments.rolled_back`` with its evidence, an audit row ``rollback`` is written, and a new
+snapshot gives it weight 0; the exploration floor no longer applies to it and the policy shares
+the traffic among the remaining arms), or stops the whole experiment (``on_breach: stop``: the
+control serves, as with an auto-stop). Users of ``unit: user`` stuck to a rolled-back arm get
+the control from then on (:mod:`armlab.services.assignment`). The rolled-back arm's comparisons
+are frozen at that look; the others stay valid (see :mod:`armlab.core.guardrails`).
+
 Each experiment is handled in its own unit of work, so a bad experiment (e.g. parameters the
 current policy code rejects) is logged and skipped without blocking the others.
 
@@ -51,6 +61,7 @@ from armlab.adapters.db.retry import is_transient
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.core.clock import utcnow
 from armlab.core.evidence import ArmSums
+from armlab.core.guardrails import BREACHED, breach_summary
 from armlab.core.policies import POLICY_VERSION, make_policy
 from armlab.core.policies import ArmStats as PolicyStats
 from armlab.core.serving import fixed_arm
@@ -148,11 +159,10 @@ def compute_snapshot(
     arm_keys = [a.key for a in experiment.arms]
     if experiment.status == "running":
         evidence = matured_stats(session, experiment, now=now)
-        stats = PolicyStats.from_lists(
-            [evidence[k].matured_n for k in arm_keys],
-            [evidence[k].matured_sum for k in arm_keys],
-            [evidence[k].matured_sumsq for k in arm_keys],
-        )
+        rolled = dict(experiment.rolled_back or {})
+        # The policy allocates among the arms still in the experiment (the floor applies to
+        # them only); a rolled-back arm gets weight 0.
+        active = [k for k in arm_keys if k not in rolled]
         policy = make_policy(
             experiment.policy_name,
             experiment.policy_params,
@@ -161,10 +171,22 @@ def compute_snapshot(
             burn_in=int(experiment.burn_in),
         )
         seed = _seed(experiment, now)
-        result = policy.weights(stats, np.random.default_rng(seed))
-        weights = {k: float(w) for k, w in zip(arm_keys, result.weights, strict=True)}
-        detail = result.to_dict()
-        detail.pop("weights", None)
+        weights = dict.fromkeys(arm_keys, 0.0)
+        detail: dict[str, Any] = {}
+        if len(active) == 1:
+            weights[active[0]] = 1.0
+        else:
+            stats = PolicyStats.from_lists(
+                [evidence[k].matured_n for k in active],
+                [evidence[k].matured_sum for k in active],
+                [evidence[k].matured_sumsq for k in active],
+            )
+            result = policy.weights(stats, np.random.default_rng(seed))
+            weights.update({k: float(w) for k, w in zip(active, result.weights, strict=True)})
+            detail = result.to_dict()
+            detail.pop("weights", None)
+        if rolled:
+            detail["rolled_back"] = sorted(rolled)
         return AllocationSnapshot(
             experiment_id=experiment.id,
             created_at=now,
@@ -222,14 +244,69 @@ def run_decisions(
     return ev
 
 
+def apply_guardrails(
+    uow: UnitOfWorkPort, experiment: Experiment, ev: dict[str, Any], *,
+    actor: str = "allocator",
+) -> dict[str, Any]:
+    """Act on the look's guardrail breaches (see the module doc): returns the arms newly
+    rolled back and whether the experiment was stopped. Does not commit."""
+    control = experiment.control_arm_key
+    rolled = dict(experiment.rolled_back or {})
+    new: dict[str, Any] = {}
+    stop_for: list[dict[str, Any]] = []
+    for g in ev.get("guardrails", []):
+        arm = str(g["arm"])
+        if g.get("state") != BREACHED or arm == control or arm in rolled or arm in new:
+            continue
+        evidence = {k: g.get(k) for k in (
+            "metric", "arm", "control", "harm", "margin", "relative", "alpha",
+            "alpha_guardrail", "on_breach", "control_mean", "treatment_mean", "delta",
+            "excess", "excess_low", "excess_high", "p_value", "n_control", "n_treatment")}
+        evidence["summary"] = breach_summary(g)
+        if g.get("on_breach") == "stop":
+            stop_for.append(evidence)
+        else:
+            new[arm] = evidence
+    out: dict[str, Any] = {"rolled_back": sorted(new), "stopped": False}
+    if stop_for and experiment.status == "running":
+        registry.stop_experiment(
+            uow, key=experiment.key, actor=actor,
+            reason="guardrail breached: " + "; ".join(e["summary"] for e in stop_for),
+            evidence={"guardrails": stop_for, "sequential": ev})
+        out["stopped"] = True
+        return out
+    if not new:
+        return out
+    before = {"rolled_back": sorted(rolled), "version": experiment.version}
+    experiment.rolled_back = {**rolled, **new}
+    uow.flush()
+    for evidence in new.values():
+        registry.record_audit(
+            uow, experiment=experiment, actor=actor, action="rollback",
+            reason=evidence["summary"], before=before,
+            after={"rolled_back": sorted(experiment.rolled_back),
+                   "version": experiment.version},
+            evidence={"guardrail": evidence, "sequential": ev})
+    uow.flush()
+    return out
+
+
 def _after_snapshot(uow: UnitOfWork, experiment: Experiment, now: datetime) -> None:
     """Per-experiment hook after the snapshot is written, in the same unit of work: the
-    sequential decisions of a running experiment. An auto-stop writes the control-only
-    snapshot in the same transaction, so ``/assign`` never serves the control under the id of
-    the last running snapshot."""
+    sequential decisions of a running experiment and the guardrails' rollbacks. An auto-stop
+    or a rollback writes its snapshot in the same transaction, so ``/assign`` never serves the
+    new allocation under the id of the last running snapshot."""
     if experiment.status == "running":
         ev = run_decisions(uow, experiment, actor="allocator", now=now)
-        if ev["stopped"]:
+        acted = {"rolled_back": [], "stopped": False}
+        if not ev["stopped"]:
+            acted = apply_guardrails(uow, experiment, ev, actor="allocator")
+        if acted["rolled_back"] and not acted["stopped"]:
+            snap = compute_snapshot(uow.session, experiment, now=now)
+            if snap is not None:
+                uow.session.add(snap)
+                uow.flush()
+        if ev["stopped"] or acted["stopped"]:
             terminal = compute_snapshot(uow.session, experiment, now=now)
             if terminal is not None:
                 uow.session.add(terminal)

@@ -17,6 +17,10 @@ Rules:
   writer thread: the request never waits for it; first writer wins with ON CONFLICT DO NOTHING).
   Stored assignments are loaded with the experiment and re-read on every refresh, so several API
   processes converge on the stored arm.
+* an arm a guardrail rolled back has weight 0 in the snapshot, so no new unit gets it; a unit
+  of ``unit: user`` already stuck to it gets the control with propensity 1 (it is served the
+  control deterministically; its stored sticky arm is kept, so the record of who was exposed
+  to what stays true);
 * stopped and shipped experiments serve one arm with propensity 1, and a running experiment
   without a snapshot is served uniformly (the serving rule, :mod:`armlab.core.serving`).
 * draft: Conflict (409). Unknown key: ExperimentNotFound (404).
@@ -91,6 +95,8 @@ class ExperimentView:
     sampler: CdfSampler  # precomputed CDF of ``weights``, built once per snapshot
     snapshot_id: int | None
     fixed_arm: str | None  # stopped -> control, shipped -> shipped arm
+    control: str = ""
+    rolled_back: frozenset[str] = frozenset()  # arms a guardrail breach took out
 
     def pick(self, u: float) -> tuple[str, float]:
         """Arm whose CDF interval contains u in [0, 1), and its weight."""
@@ -130,6 +136,8 @@ def build_view(exp: Experiment, snapshot: AllocationSnapshot | None) -> Experime
         snapshot_id=(snapshot.id if snapshot is not None
                      and (fixed is None or snapshot.policy_name == exp.status) else None),
         fixed_arm=fixed,
+        control=exp.control_arm_key,
+        rolled_back=frozenset((exp.rolled_back or {}).keys()),
     )
 
 
@@ -240,6 +248,8 @@ class Assigner:
                         }
                     )
             arm, p = remembered
+            if arm in view.rolled_back:
+                arm, p = view.control, 1.0
         else:
             with self._rng_lock:
                 u = float(self._rng.random())

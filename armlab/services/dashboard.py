@@ -236,6 +236,8 @@ def experiment_view(
             "p_best": p_best.get(k), "weight": arm["weight"],
             "decision": "control" if arm["control"] else ev.get("decision", "—"),
             "reason": ev.get("reason", ""),
+            "rolled_back": bool(arm.get("rolled_back")),
+            "guardrails": [g for g in results.get("guardrails") or [] if g.get("arm") == k],
         })
     last_run = as_utc_or_none(datetime.fromisoformat(snapshot["created_at"])) \
         if snapshot and snapshot.get("created_at") else None
@@ -275,6 +277,8 @@ def experiment_view(
             "consumers": _consumers(session), "dead_letters": _dead_letters(session),
         },
         "audit": audit,
+        "recommendation": results.get("recommendation"),
+        "has_guardrails": bool(exp.guardrails),
         "now": now,
     }
 

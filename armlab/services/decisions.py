@@ -15,7 +15,16 @@ allocator, recorded, and shown everywhere else.
   were *taken*, and a look that is shown but not recorded lets the next recorded one rise above
   it (the results endpoint once showed ``treatment_better`` and then ``continue``).
 * :func:`ship_guard`: refuses (409) to ship against the evidence unless forced; on a running
-  experiment it takes (and records) one more look first.
+  experiment it takes (and records) one more look first. An arm that breached a guardrail is
+  refused the same way, with the guardrail's evidence.
+
+Guardrails (:mod:`armlab.core.guardrails`) are evaluated in the same look, on the same matured,
+in-design impressions (each metric's ``guardrail_stats`` minus the impressions served after the
+cutoff); their entries are stored in each treatment arm's decision row (``entry.guardrails``),
+which carries each pair's running p-value to the next look, and the evaluation gets the one
+``recommendation`` (ship / keep control / continue). With ``unit: user`` the guardrails are
+analysed per impression (not per user). An arm rolled back by a breach keeps the entries of the
+look that rolled it back (its comparisons are frozen: see :mod:`armlab.core.guardrails`).
 
 None of them commits: the caller's unit of work does. The allocator runs the look on its
 cadence and stops an experiment with ``auto_stop``; a stopped or shipped experiment is never
@@ -29,9 +38,23 @@ from typing import Any
 
 from armlab.adapters.db.models import Decision, Experiment
 from armlab.core.clock import as_utc, utcnow
-from armlab.core.decisions import Design, PriorLook, evaluate, ship_problem
+from armlab.core.decisions import (
+    DEFAULT_PLAN_IMPRESSIONS,
+    TERMINAL,
+    Design,
+    PriorLook,
+    evaluate,
+    ship_problem,
+)
 from armlab.core.evidence import FIELDS, SIGNED, ArmSums
-from armlab.core.specs import SequentialSpec
+from armlab.core.guardrails import (
+    BREACHED,
+    NOT_INFORMATIVE,
+    breach_summary,
+    evaluate_guardrails,
+    recommend,
+)
+from armlab.core.specs import GuardrailSpec, SequentialSpec
 from armlab.errors import Conflict
 from armlab.services.ports import Evidence
 
@@ -39,6 +62,69 @@ from armlab.services.ports import Evidence
 _TOP = ("method", "alpha", "cs_alpha", "tau2", "tau2_source", "theta0", "correction",
         "min_samples", "min_events", "alternative", "max_n", "impressions", "control", "srm",
         "stop", "stop_reason", "warnings", "evaluated_at", "unit", "cutoff")
+
+
+def guardrail_specs(experiment: Experiment) -> list[GuardrailSpec]:
+    """The experiment's guardrails as specs (validated at registration)."""
+    return [GuardrailSpec.model_validate(g) for g in experiment.guardrails or []]
+
+
+def guardrail_analysis_sums(evidence: Evidence, experiment: Experiment, *, now: datetime
+                            ) -> dict[str, dict[str, ArmSums]]:
+    """Matured, in-design per-arm sums of each guardrail metric (metric -> arm -> sums)."""
+    cutoff = analysis_cutoff(experiment, now)
+    late = evidence.guardrail_sums_served_after(experiment.id, cutoff)
+    return {m: {k: _minus(v, late.get(m, {}).get(k)) for k, v in per_arm.items()}
+            for m, per_arm in evidence.guardrail_sums(experiment.id).items()}
+
+
+def _stored_entry(d: Decision) -> dict[str, Any]:
+    ev = d.evidence or {}
+    return dict(ev["entry"]) if isinstance(ev.get("entry"), dict) else {}
+
+
+def _add_guardrails(evidence: Evidence, experiment: Experiment, ev: dict[str, Any],
+                    rows: dict[str, Decision], *, now: datetime) -> None:
+    """Guardrail entries, frozen arms and the recommendation on one evaluation (in place)."""
+    specs = guardrail_specs(experiment)
+    rolled = dict(experiment.rolled_back or {})
+    control = experiment.control_arm_key
+    previous: dict[tuple[str, str], float] = {}
+    frozen: dict[tuple[str, str], dict[str, Any]] = {}
+    for arm, d in rows.items():
+        for g in _stored_entry(d).get("guardrails") or []:
+            if g.get("p_value") is not None:
+                previous[(str(g["metric"]), arm)] = float(g["p_value"])
+            if arm in rolled:
+                frozen[(str(g["metric"]), arm)] = dict(g)
+    treatments = [a.key for a in experiment.arms if a.key != control]
+    seq = SequentialSpec.model_validate(experiment.sequential or {})
+    entries = evaluate_guardrails(
+        specs, control=control, treatments=treatments,
+        sums=guardrail_analysis_sums(evidence, experiment, now=now) if specs else {},
+        previous=previous, frozen=frozen, min_events=seq.min_events,
+        min_samples=max(seq.min_samples, 1),
+        horizon=float(seq.max_n or DEFAULT_PLAN_IMPRESSIONS),
+        floor=(0.0 if experiment.policy_name == "uniform"
+               else float(experiment.exploration_floor or 0.0))) if specs else []
+    for i, e in enumerate(ev["arms"]):
+        arm = e["arm"]
+        if arm in rolled:
+            kept = _stored_entry(rows[arm]) if arm in rows else {}
+            if kept:
+                e = ev["arms"][i] = {**kept}
+            e["rolled_back"] = True
+        e["guardrails"] = [g for g in entries if g["arm"] == arm]
+    if rolled and ev["arms"]:
+        decided = [e for e in ev["arms"] if e["decision"] in TERMINAL or e.get("rolled_back")]
+        ev["stop"] = len(decided) == len(ev["arms"]) and not ev["srm"].get("mismatch")
+        if ev["stop"]:
+            ev["stop_reason"] = "; ".join(
+                f"{e['arm']}: {'rolled back' if e.get('rolled_back') else e['decision']}"
+                for e in ev["arms"])
+    ev["guardrails"] = entries
+    ev["rolled_back"] = rolled
+    ev["recommendation"] = recommend(ev, entries, control=control, rolled_back=rolled)
 
 
 def design_of(experiment: Experiment) -> Design:
@@ -103,12 +189,18 @@ def evaluate_experiment(
     """One look of the always-valid evaluation on the matured, in-design data, continuing
     the stored running state. Nothing is stored: :func:`record_decisions` does that."""
     now = now or utcnow()
-    previous = {k: _prior(d) for k, d in evidence.latest_decisions(experiment.id).items()}
+    rows = evidence.latest_decisions(experiment.id)
+    previous = {k: _prior(d) for k, d in rows.items()}
     ev = evaluate(design_of(experiment), analysis_sums(evidence, experiment, now=now), previous,
                   now=now)
     ev["unit"] = experiment.unit
     ev["cutoff"] = analysis_cutoff(experiment, now).isoformat()
+    _add_guardrails(evidence, experiment, ev, rows, now=now)
     return ev
+
+
+def _states(entry: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(str(g.get("metric")), str(g.get("state"))) for g in entry.get("guardrails") or []]
 
 
 def record_decisions(
@@ -127,7 +219,9 @@ def record_decisions(
     for arm in ev["arms"]:
         prev = previous.get(arm["arm"])
         if (prev is not None and prev.n_control == arm["n_control"]
-                and prev.n_treatment == arm["n_treatment"] and prev.decision == arm["decision"]):
+                and prev.n_treatment == arm["n_treatment"] and prev.decision == arm["decision"]
+                and _states(_stored_entry(prev)) == _states(arm)
+                and bool(_stored_entry(prev).get("rolled_back")) == bool(arm.get("rolled_back"))):
             continue  # nothing new since the last evaluation
         evidence.add_decision(Decision(
             experiment_id=experiment.id, at=now, arm_key=arm["arm"], decision=arm["decision"],
@@ -172,6 +266,10 @@ def stored_evaluation(evidence: Evidence, experiment: Experiment) -> dict[str, A
         top.update(control=control, stop=False, stop_reason="", warnings=[])
     treatments = [a.key for a in experiment.arms if a.key != control]
     top["arms"] = [_entry_from_row(rows[k], control) for k in treatments if k in rows]
+    top["guardrails"] = [g for e in top["arms"] for g in e.get("guardrails") or []]
+    top["rolled_back"] = dict(experiment.rolled_back or {})
+    top["recommendation"] = recommend(top, top["guardrails"], control=control,
+                                      rolled_back=top["rolled_back"])
     top["recorded"] = True
     top["recorded_at"] = newest.at.isoformat() if newest.at is not None else None
     return top
@@ -190,7 +288,13 @@ def shown_evaluation(evidence: Evidence, experiment: Experiment, *, now: datetim
         e.update(decision="continue", reason="no recorded look yet (the allocator evaluates the "
                  "test on its cadence)", p_value=1.0, p_adjusted=1.0, p_now=1.0, ci_low=None,
                  ci_high=None, valid=False, looks=0)
+    for g in ev.get("guardrails", []):
+        g.update(state=NOT_INFORMATIVE, p_value=1.0, breached=False, non_inferior=False,
+                 excess=None, excess_low=None, excess_high=None, delta=None)
     ev["stop"], ev["stop_reason"], ev["recorded"] = False, "", False
+    ev["recommendation"] = recommend(ev, ev.get("guardrails", []),
+                                     control=experiment.control_arm_key,
+                                     rolled_back=experiment.rolled_back or {})
     return ev
 
 
@@ -208,6 +312,13 @@ def ship_guard(evidence: Evidence, experiment: Experiment, arm: str, force: bool
         ev = evaluate_experiment(evidence, experiment, now=now)
         record_decisions(evidence, experiment, ev, now=now)
     problem = ship_problem(ev, arm=arm, control=experiment.control_arm_key)
+    breaches = [g for g in ev.get("guardrails", [])
+                if g.get("arm") == arm and g.get("state") == BREACHED]
+    rolled = (experiment.rolled_back or {}).get(arm)
+    if breaches or rolled:
+        why = "; ".join(breach_summary(g) for g in breaches) or str(
+            (rolled or {}).get("summary", f"arm {arm!r} was rolled back"))
+        problem = f"{why}; {problem}" if problem else why
     # Without a single valid look there is nothing to record (nor to argue against).
     has_evidence = any(e.get("valid") for e in ev["arms"])
     audited: dict[str, Any] = {"sequential": ev} if has_evidence else {}

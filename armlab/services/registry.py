@@ -178,6 +178,8 @@ def create_experiment(uow: UnitOfWorkPort, *, spec: ExperimentSpec, actor: str) 
         control_arm_key=spec.control_arm_key,
         sequential=spec.sequential.model_dump(),
         salt=spec.salt or secrets.token_hex(16),
+        guardrails=[g.model_dump() for g in spec.guardrails],
+        rolled_back={},
         arms=[
             Arm(key=a.key, is_control=a.control, position=i, variant=dict(a.variant))
             for i, a in enumerate(spec.arms)
@@ -199,13 +201,19 @@ def create_experiment(uow: UnitOfWorkPort, *, spec: ExperimentSpec, actor: str) 
 
 
 def _assert_variants_frozen(exp: Experiment) -> None:
-    """Arm variants are immutable once an experiment has left draft.
+    """Arm variants and guardrails are immutable once an experiment has left draft.
 
     No endpoint edits a variant; this guards against any code path that tries: a change makes
     a new arm (a new experiment), never an edit of evidence already collected.
     """
     if exp.status == "draft":
         return
+    state = inspect(exp)
+    if state.persistent and state.attrs.guardrails.history.has_changes():
+        raise IllegalTransition(
+            f"experiment {exp.key!r} is {exp.status}: its guardrails are immutable; register a "
+            "new experiment instead"
+        )
     for arm in exp.arms:
         state = inspect(arm)
         if state.persistent and state.attrs.variant.history.has_changes():

@@ -88,7 +88,9 @@ def collect(uow: UnitOfWork, experiment: Experiment) -> ReportData:
         decisions=[
             {"at": as_utc_or_none(d.at), "arm": d.arm_key, "decision": d.decision,
              "estimate": d.estimate, "p_value": d.p_value, "ci_low": d.ci_low,
-             "ci_high": d.ci_high, "n_control": d.n_control, "n_treatment": d.n_treatment}
+             "ci_high": d.ci_high, "n_control": d.n_control, "n_treatment": d.n_treatment,
+             "guardrails": list(((d.evidence or {}).get("entry") or {}).get("guardrails")
+                                or [])}
             for d in decs
         ],
         audit=[

@@ -5,7 +5,9 @@ the weights are what is actually served (:mod:`armlab.core.serving`); ``sequenti
 last recorded look of the always-valid test (:func:`armlab.services.decisions.shown_evaluation`:
 the same running state the allocator, the report and the ship guard read, so its p-values
 never rise between calls and a stopped experiment shows the evidence frozen at its stop), or
-the reason it is unavailable.
+the reason it is unavailable. ``guardrails`` (per guardrail and treatment arm: state, estimate,
+confidence sequence, p-value) and ``recommendation`` (ship / keep control / continue, with the
+reasons) come from the same look; each arm says whether a guardrail rolled it back.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]
                 "reward_sum": t.reward_sum,
                 "mean": t.mean,
                 "weight": weights.get(arm.key, 0.0),
+                "rolled_back": arm.key in (experiment.rolled_back or {}),
             }
         )
     snapshot = (
@@ -67,4 +70,6 @@ def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]
         "arms": arms,
         "snapshot": snapshot,
         "sequential": sequential,
+        "guardrails": list(sequential.get("guardrails") or []),
+        "recommendation": sequential.get("recommendation"),
     }

@@ -5,13 +5,15 @@ catalogue payload, and the demo's arms.
 Ratings are split in time: the first half only feeds item popularity (what the control
 knows); requests replay the second half in time order. A request is a user at the moment of
 one of their ratings; its reward is a click when the recommended top-k contains a movie the
-user actually rated >= 4 within the window after the request time.
+user actually rated >= 4 within the window after the request time. Its guardrail metric: the
+list contains a movie the user rated 1-2 within the same window (``DemoRequest.disliked``; the
+demo sends it as ``rating`` feedback with the low rating as its value).
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,8 @@ class DemoRequest:
     history: tuple[str, ...]  # recent liked movies, oldest first (most recent last)
     seen: frozenset[str]
     positives: frozenset[str]
+    # movie -> rating (1 or 2) for the movies rated 1-2 within the window (the guardrail)
+    disliked: dict[str, int] = field(default_factory=dict)
 
 
 def split_time(ml: Any, quantile: float) -> int:
@@ -66,8 +70,10 @@ def build_requests(
             liked = [h[0] for h in before if h[1] >= 4] or [h[0] for h in before]
             end = bisect.bisect_right(times, t + window_s)
             pos = frozenset(h[0] for h in hist[len(before):end] if h[1] >= 4)
+            bad = {h[0]: int(h[1]) for h in hist[len(before):end] if h[1] <= 2}
             out.append(DemoRequest(t=t, user=u, history=tuple(liked[-history_len:]),
-                                   seen=frozenset(h[0] for h in before), positives=pos))
+                                   seen=frozenset(h[0] for h in before), positives=pos,
+                                   disliked=bad))
     out.sort(key=lambda r: (r.t, int(r.user)))
     return out
 

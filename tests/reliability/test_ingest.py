@@ -35,6 +35,9 @@ pytestmark = pytest.mark.reliability
 ARMS = ("control", "b", "c")
 #: A served_at / occurred_at inside the consumers' default retention (ARMLAB_RETENTION_DAYS).
 RECENT = (datetime.now(UTC) - timedelta(days=2)).replace(microsecond=0).isoformat()
+# A guardrail metric on every harness experiment: its sums are checked like arm_stats.
+GUARDRAILS = [{"key": "skips", "source": {"feedback": "skip"}, "aggregate": "any",
+               "harm": "increase", "margin": {"absolute": 0.0}, "alpha": 0.05}]
 
 
 @dataclass
@@ -60,7 +63,7 @@ class Harness:
         with self.sf() as s, s.begin():
             e = Experiment(key=self.exp_key, name="rel", control_arm_key=ARMS[0], salt="s",
                            status="running", reward_kind="binary", reward_metric="click",
-                           attribution_window_s=3600)
+                           attribution_window_s=3600, guardrails=GUARDRAILS)
             e.arms = [Arm(key=a, is_control=i == 0, position=i) for i, a in enumerate(ARMS)]
             s.add(e)
             s.flush()
@@ -157,8 +160,16 @@ class Harness:
         with self.sf() as s:
             return ingest_store.read_counters(s, self.group)
 
+    def guardrail_stats(self) -> dict[str, dict[str, float]]:
+        with self.sf() as s:
+            got = queries.guardrail_sums(s, self.exp_id).get("skips", {})
+        return {arm: v.as_dict() for arm, v in got.items()}
+
     def assert_exact(self) -> None:
         assert self.stats() == expected_stats(self.sent, window_s=3600)
+        # the guardrail metric, written in the same transactions: exactly once as well
+        assert self.guardrail_stats() == expected_stats(self.sent, metric="skip",
+                                                        window_s=3600)
 
     def dlq(self, expect: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         from kafka import KafkaConsumer
@@ -239,13 +250,21 @@ def test_postgres_and_kafka_restarts_during_ingestion(
 
 
 def test_every_event_twice_is_counted_once(harness: Callable[..., Harness]) -> None:
+    """Every event twice, and the consumer SIGKILLed half-way and restarted: the primary
+    reward's and the guardrail metric's (``skip`` feedback) sums are both exact."""
     h = harness(2)
-    h.produce(h.events(10_000, seed=4), twice=True)
+    h.produce(h.events(10_000, seed=4, kinds=("click", "skip")), twice=True)
+    p = h.start()
+    h.wait_committed(h.records // 2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    h.procs.remove(p)
     h.start()
     h.wait_committed(h.records)
     h.stop_all()
     h.assert_exact()
     assert h.counters()["duplicate"] == 10_000
+    assert any(v["reward_sum"] > 0 for v in h.guardrail_stats().values())
 
 
 def _malformed(topic_imp: str, topic_fb: str, n: int) -> list[tuple[str, bytes | None]]:

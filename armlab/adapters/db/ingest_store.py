@@ -43,6 +43,7 @@ from armlab.core.ingest import (
     Effects,
     ExperimentInfo,
     ImpressionState,
+    MetricRule,
     PendingFeedback,
 )
 
@@ -79,9 +80,10 @@ def load_experiments(session: Session) -> dict[str, ExperimentInfo]:
             Experiment.attribution_window_s,
             Experiment.status,
             Experiment.ended_at,
+            Experiment.guardrails,
         )
     )
-    for exp_id, key, kind, metric, window, status, ended_at in rows:
+    for exp_id, key, kind, metric, window, status, ended_at, guardrails in rows:
         out[key] = ExperimentInfo(
             id=exp_id,
             key=key,
@@ -91,6 +93,7 @@ def load_experiments(session: Session) -> dict[str, ExperimentInfo]:
             window_s=float(window),
             status=status,
             ended_at=ended_at,
+            guardrails=tuple(MetricRule.from_spec(g) for g in guardrails or ()),
         )
     return out
 
@@ -202,7 +205,7 @@ class _Json:
 
 # -- prefetch ------------------------------------------------------------------------------
 _IMPRESSION_STATE = ("impression_id, event_id, experiment_id, arm_key, propensity, served_at,"
-                     " reward, feedback_count, partition")
+                     " reward, feedback_count, partition, guardrail_values")
 _PENDING_COLS = "event_id, impression_id, experiment_key, kind, value, occurred_at, partition"
 
 
@@ -222,11 +225,15 @@ def prefetch(
     if imp_ids:
         rows = session.execute(
             text(f"SELECT {_IMPRESSION_STATE} FROM impressions WHERE "
-                 f"{j.in_ids('impression_id', 'ids')}{j.for_update}").columns(served_at=ts),
+                 f"{j.in_ids('impression_id', 'ids')}{j.for_update}").columns(
+                served_at=ts, guardrail_values=Impression.__table__.c.guardrail_values.type),
             {"ids": j.encode(sorted(imp_ids))},
         )
         for row in rows:
-            state.impressions[row[0]] = ImpressionState(*row)
+            imp = ImpressionState(*row[:9])
+            if row[9] is not None:
+                imp.metrics = {str(k): [float(v[0]), float(v[1])] for k, v in row[9].items()}
+            state.impressions[row[0]] = imp
             state.impression_event_ids.add(row[1])
     missing = imp_events - state.impression_event_ids
     if missing:
@@ -261,9 +268,10 @@ def prefetch(
 _IMPRESSION_ROW = [("impression_id", "text"), ("event_id", "text"), ("experiment_id", "int"),
                    ("arm_key", "text"), ("unit_id", "text"), ("propensity", "float"),
                    ("served_at", "ts"), ("partition", "int"), ("reward", "float"),
-                   ("feedback_count", "int"), ("items", "json"), ("context", "json")]
+                   ("feedback_count", "int"), ("items", "json"), ("context", "json"),
+                   ("guardrail_values", "json")]
 _IMPRESSION_UPDATE = [("impression_id", "text"), ("reward", "float"),
-                      ("feedback_count", "int")]
+                      ("feedback_count", "int"), ("guardrail_values", "json")]
 _FEEDBACK_ROW = [("event_id", "text"), ("impression_id", "text"), ("experiment_key", "text"),
                  ("kind", "text"), ("value", "float"), ("occurred_at", "ts"),
                  ("received_at", "ts"), ("partition", "int"), ("status", "text")]
@@ -271,6 +279,10 @@ _FEEDBACK_STATUS = [("event_id", "text"), ("status", "text")]
 _STATS_ROW = [("experiment_id", "int"), ("arm_key", "text"), ("partition", "int"),
               *((name, "int" if name in COUNTS else "float") for name in FIELDS),
               ("updated_at", "ts")]
+_GUARDRAIL_ROW = [("experiment_id", "int"), ("arm_key", "text"), ("metric", "text"),
+                  ("partition", "int"),
+                  *((name, "int" if name in COUNTS else "float") for name in FIELDS),
+                  ("updated_at", "ts")]
 _COUNTER_ROW = [("group_id", "text"), ("reason", "text"), ("partition", "int"),
                 ("count", "int")]
 
@@ -304,7 +316,8 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
              "experiment_id": imp.experiment_id, "arm_key": imp.arm_key,
              "unit_id": ev.unit_id, "propensity": imp.propensity, "served_at": imp.served_at,
              "partition": imp.partition, "reward": imp.reward,
-             "feedback_count": imp.feedback_count, "items": ev.items, "context": ev.context}
+             "feedback_count": imp.feedback_count, "items": ev.items, "context": ev.context,
+             "guardrail_values": imp.metrics}
             for imp, ev in zip(fx.new_impressions, fx.new_impression_rows, strict=True)
         ], "ON CONFLICT DO NOTHING")
     if fx.impression_updates:
@@ -312,13 +325,15 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
         # instead of hashing a scan of every partition
         updates = sorted(fx.impression_updates.values(), key=lambda i: i.impression_id)
         session.execute(
-            text(f"UPDATE impressions SET reward = r.reward, feedback_count = r.feedback_count"
+            text(f"UPDATE impressions SET reward = r.reward, feedback_count = r.feedback_count,"
+                 f" guardrail_values = r.guardrail_values"
                  f" FROM {j.rows('rows', _IMPRESSION_UPDATE)}"
                  f" WHERE impressions.impression_id = r.impression_id"
                  f" AND {j.in_ids('impressions.impression_id', 'ids')}"),
             {"rows": j.encode_rows([
                 {"impression_id": i.impression_id, "reward": i.reward,
-                 "feedback_count": i.feedback_count} for i in updates
+                 "feedback_count": i.feedback_count, "guardrail_values": i.metrics}
+                for i in updates
             ]), "ids": j.encode([i.impression_id for i in updates])},
         )
     if fx.feedback_rows:
@@ -341,6 +356,8 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
     if fx.stats:
         upsert_stats(session, fx.stats, now)
         rollups.add_batch(session, fx.stats, now)  # the dashboard's time buckets
+    if fx.guardrail_stats:
+        upsert_guardrail_stats(session, fx.guardrail_stats, now)
     if fx.counters:
         upsert_counters(session, group, fx.counters.items())
 
@@ -360,6 +377,25 @@ def upsert_stats(
     added = ", ".join(f"{f} = arm_stats.{f} + excluded.{f}" for f in FIELDS)
     _insert_rows(session, _Json(session), "arm_stats", _STATS_ROW, rows,
                  "ON CONFLICT (experiment_id, arm_key, partition) DO UPDATE SET "
+                 f"{added}, updated_at = excluded.updated_at")
+
+
+def upsert_guardrail_stats(
+    session: Session, stats: dict[tuple[int, str, str, int], ArmSums], now: datetime
+) -> None:
+    """Add each (experiment, arm, metric, partition) shard's sums to its ``guardrail_stats``
+    row (the same statement as :func:`upsert_stats`, one more key column)."""
+    rows = []
+    for (exp_id, arm, metric, part), sums in sorted(stats.items()):
+        row: dict[str, Any] = {"experiment_id": exp_id, "arm_key": arm, "metric": metric,
+                               "partition": part, "updated_at": now}
+        for name in FIELDS:
+            value = getattr(sums, name)
+            row[name] = int(value) if name in COUNTS else value
+        rows.append(row)
+    added = ", ".join(f"{f} = guardrail_stats.{f} + excluded.{f}" for f in FIELDS)
+    _insert_rows(session, _Json(session), "guardrail_stats", _GUARDRAIL_ROW, rows,
+                 "ON CONFLICT (experiment_id, arm_key, metric, partition) DO UPDATE SET "
                  f"{added}, updated_at = excluded.updated_at")
 
 

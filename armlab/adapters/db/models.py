@@ -56,6 +56,11 @@ class Experiment(Base):
     sequential: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
     salt: Mapped[str] = mapped_column(String(64), nullable=False)
     shipped_arm_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Guardrail metrics as registered (GuardrailSpec dumps); immutable once running.
+    guardrails: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list,
+                                                             nullable=False)
+    # Arms taken out of the allocation by a guardrail breach: arm key -> the evidence.
+    rolled_back: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -151,6 +156,32 @@ class ArmStats(Base):
     )
 
 
+class GuardrailStats(Base):
+    """Per-arm sufficient statistics of one guardrail metric (the ``ArmSums`` fields with
+    "reward" = the metric's per-impression value), sharded by partition like ``arm_stats`` and
+    written in the same batch transaction."""
+
+    __tablename__ = "guardrail_stats"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    arm_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    reward_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    reward_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_n: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_n_sq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    feedback_n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
 #: Widths (seconds) of the time buckets the consumer adds each batch's per-arm sums to.
 ROLLUP_WIDTHS_S = (60, 3600)
 
@@ -213,6 +244,9 @@ class Impression(Base):
     feedback_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     items: Mapped[list[Any]] = mapped_column(JSON, default=list, nullable=False)
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    # Guardrail metric values of this impression: metric key -> [value, feedback events];
+    # None when the experiment has no guardrails (a metric absent: not observed).
+    guardrail_values: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Feedback(Base):

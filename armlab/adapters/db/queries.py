@@ -6,6 +6,8 @@
   is still inside its attribution window, or was logged after a stop), from ``impressions``;
 * :func:`unit_sums`: the sums with one term per randomisation unit (``unit: user``), each
   unit's rewards added up, over the impressions served up to a time;
+* :func:`guardrail_sums` / :func:`guardrail_sums_served_after`: the same per arm and
+  guardrail metric, from ``guardrail_stats`` and from the impressions' ``guardrail_values``;
 * :func:`latest_snapshot`: an experiment's newest allocation snapshot;
 * :func:`latest_decisions`: the newest sequential decision row of each arm.
 """
@@ -17,7 +19,14 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from armlab.adapters.db.models import AllocationSnapshot, Arm, ArmStats, Decision, Impression
+from armlab.adapters.db.models import (
+    AllocationSnapshot,
+    Arm,
+    ArmStats,
+    Decision,
+    GuardrailStats,
+    Impression,
+)
 from armlab.core.evidence import FIELDS, ArmSums
 
 
@@ -82,6 +91,38 @@ def unit_sums(
         func.sum(y / p), func.sum(y * y / (p * p)), func.sum(1.0 / (p * p)), func.sum(u.c.f),
     ).group_by(u.c.arm)
     return {str(k): ArmSums(*(float(v or 0.0) for v in vals)) for k, *vals in session.execute(q)}
+
+
+def guardrail_sums(session: Session, experiment_id: int) -> dict[str, dict[str, ArmSums]]:
+    """``guardrail_stats`` summed over partitions: metric key -> arm key -> sums."""
+    g = GuardrailStats
+    cols = [func.coalesce(func.sum(getattr(g, f)), 0) for f in FIELDS]
+    q = (select(g.metric, g.arm_key, *cols).where(g.experiment_id == experiment_id)
+         .group_by(g.metric, g.arm_key))
+    out: dict[str, dict[str, ArmSums]] = {}
+    for metric, arm, *vals in session.execute(q):
+        out.setdefault(str(metric), {})[str(arm)] = ArmSums(*(float(v) for v in vals))
+    return out
+
+
+def guardrail_sums_served_after(
+    session: Session, experiment_id: int, cutoff: datetime
+) -> dict[str, dict[str, ArmSums]]:
+    """The guardrail sums (metric -> arm -> sums) over impressions served after ``cutoff``,
+    added up in Python from each impression's ``guardrail_values`` (a JSON column: one
+    portable query; the rows read are those still inside the attribution window)."""
+    i = Impression
+    q = select(i.arm_key, i.propensity, i.guardrail_values).where(
+        i.experiment_id == experiment_id, i.served_at > cutoff,
+        i.guardrail_values.is_not(None))
+    out: dict[str, dict[str, ArmSums]] = {}
+    for arm, p, values in session.execute(q):
+        for metric, (y, count) in (values or {}).items():
+            s = out.setdefault(str(metric), {}).setdefault(str(arm), ArmSums())
+            s.add_impression(float(p))
+            s.add_reward_change(0.0, float(y), float(p))
+            s.feedback_n += float(count)
+    return out
 
 
 def latest_snapshot(session: Session, experiment_id: int) -> AllocationSnapshot | None:

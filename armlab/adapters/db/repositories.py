@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session, selectinload
 from armlab.adapters.db.models import AllocationSnapshot, AuditLog, Decision, Experiment
 from armlab.adapters.db.queries import (
     arm_sums,
+    guardrail_sums,
+    guardrail_sums_served_after,
     latest_decisions,
     latest_snapshot,
     sums_served_after,
@@ -94,6 +96,13 @@ class SqlEvidence:
 
     def unit_sums(self, experiment_id: int, cutoff: datetime | None) -> dict[str, ArmSums]:
         return unit_sums(self.session, experiment_id, cutoff)
+
+    def guardrail_sums(self, experiment_id: int) -> dict[str, dict[str, ArmSums]]:
+        return guardrail_sums(self.session, experiment_id)
+
+    def guardrail_sums_served_after(self, experiment_id: int, cutoff: datetime
+                                    ) -> dict[str, dict[str, ArmSums]]:
+        return guardrail_sums_served_after(self.session, experiment_id, cutoff)
 
     def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None:
         return latest_snapshot(self.session, experiment_id)

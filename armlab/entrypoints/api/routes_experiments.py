@@ -72,6 +72,8 @@ def experiment_out(exp: Experiment, *, show_salt: bool = True) -> ExperimentOut:
             ArmOut(key=a.key, control=a.is_control, position=a.position, variant=dict(a.variant))
             for a in exp.arms
         ],
+        guardrails=list(exp.guardrails or []),
+        rolled_back=dict(exp.rolled_back or {}),
     )
 
 

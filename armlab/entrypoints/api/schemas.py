@@ -84,6 +84,11 @@ class ExperimentOut(BaseModel):
     started_at: UtcDatetime
     ended_at: UtcDatetime
     arms: list[ArmOut]
+    guardrails: list[dict[str, Any]] = Field(
+        default_factory=list, description="Guardrail metrics as registered.")
+    rolled_back: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Arms a guardrail breach took out of the allocation, with the evidence.")
 
 
 class ExperimentList(BaseModel):
@@ -114,6 +119,13 @@ class ResultsOut(BaseModel):
     arms: list[ArmResult]
     snapshot: dict[str, Any] | None
     sequential: Any = None
+    guardrails: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Per guardrail and treatment arm: state (ok / breached / non_inferior / "
+        "not_informative), estimate, confidence sequence, p-value, alpha.")
+    recommendation: dict[str, Any] | None = Field(
+        None, description="ship <arm> / keep control / continue, with the reasons: the "
+        "primary test and the guardrails combined.")
 
 
 class AuditEntry(BaseModel):

@@ -53,6 +53,11 @@ def render_experiment(console: Console, exp: dict[str, Any]) -> None:
         ("sequential", exp["sequential"]),
         ("control arm", exp["control_arm_key"]),
         ("shipped arm", exp.get("shipped_arm")),
+        ("guardrails", ", ".join(
+            f"{g['key']} ({g['source'].get('feedback') or g['source'].get('impression_field')}"
+            f" {g['aggregate']}, harm {g['harm']}, alpha {g['alpha']}, {g['on_breach']})"
+            for g in exp.get("guardrails") or []) or None),
+        ("rolled back", ", ".join(sorted(exp.get("rolled_back") or {})) or None),
         ("version", exp["version"]),
         ("started", exp.get("started_at")),
         ("ended", exp.get("ended_at")),
@@ -88,6 +93,42 @@ def render_results(console: Console, results: dict[str, Any]) -> None:
     else:
         console.print("no allocation snapshot yet: weights shown are the uniform split")
     render_sequential(console, results.get("sequential"))
+    render_guardrails(console, results.get("guardrails") or [])
+    render_recommendation(console, results.get("recommendation"))
+
+
+def render_guardrails(console: Console, rows: list[dict[str, Any]]) -> None:
+    """Per guardrail and treatment arm: state, excess harm and its confidence sequence."""
+    if not rows:
+        return
+
+    def f(x: Any, spec: str = ".4g") -> str:
+        return "-" if x is None else format(float(x), spec)
+
+    table = Table(title="guardrails (one-sided always-valid non-inferiority)")
+    for col in ("guardrail", "arm", "state", "control mean", "treatment mean", "excess harm",
+                "confidence sequence", "p", "alpha"):
+        table.add_column(col)
+    for g in rows:
+        margin = f"{f(g.get('margin'))}{' rel' if g.get('relative') else ''}"
+        table.add_row(f"{g['metric']} ({g.get('harm')}, margin {margin})", str(g["arm"]),
+                      str(g.get("state")), f(g.get("control_mean")), f(g.get("treatment_mean")),
+                      f(g.get("excess"), "+.4g"),
+                      f"[{f(g.get('excess_low'))}, {f(g.get('excess_high'))}]",
+                      f(g.get("p_value")), f(g.get("alpha")))
+    console.print(table)
+
+
+def render_recommendation(console: Console, rec: dict[str, Any] | None) -> None:
+    """The one recommendation (primary test and guardrails combined) and its reasons."""
+    if not rec:
+        return
+    action = str(rec.get("action", "continue"))
+    head = {"ship": f"ship {rec.get('arm')}", "keep_control": "keep control"}.get(
+        action, "continue")
+    console.print(f"recommendation: [bold]{head}[/bold]")
+    for r in rec.get("reasons", []):
+        console.print(f"  - {r}")
 
 
 def render_audit(console: Console, key: str, rows: list[dict[str, Any]]) -> None:

@@ -144,7 +144,17 @@ def experiment_spec(key: str, cfg: DemoConfig, arms: list[dict[str, Any]],
         "sequential": {"alpha": 0.05, "auto_stop": True, "min_samples": 50,
                        "max_n": n_requests, "correction": "holm"},
         "arms": arms,
+        # The guardrail: the share of recommended lists holding a movie the user later rated
+        # 1-2 must not rise by more than 2 points over the control's.
+        "guardrails": [DEMO_GUARDRAIL],
     }
+
+
+#: The replay sends a ``rating`` feedback (its value: the rating, 1 or 2) only when the list
+#: holds a movie the user later rated 1-2, so "any rating feedback" is "a low-rated movie".
+DEMO_GUARDRAIL: dict[str, Any] = {
+    "key": "low_rated", "source": {"feedback": "rating"}, "aggregate": "any",
+    "harm": "increase", "margin": {"absolute": 0.02}, "alpha": 0.05, "on_breach": "rollback"}
 
 
 def _check(resp: Any, what: str) -> dict[str, Any]:
@@ -164,8 +174,11 @@ def choose_winner(seq: dict[str, Any] | None, control: str) -> tuple[str, str]:
     otherwise the control: without evidence of an improvement the status quo ships (the
     registry's ship guard would refuse a treatment the test has not declared better).
     """
+    breached = {str(g.get("arm")) for g in (seq or {}).get("guardrails") or []
+                if g.get("state") == "breached"} | set((seq or {}).get("rolled_back") or {})
     arms = (seq or {}).get("arms", [])
-    better = [a for a in arms if a.get("decision") == "treatment_better"]
+    better = [a for a in arms if a.get("decision") == "treatment_better"
+              and a.get("arm") not in breached]
     if better:
         best = max(better, key=lambda a: (a.get("estimate") or 0.0))
         return best["arm"], (f"mSPRT: better than {control} (estimate "
@@ -318,6 +331,13 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
                             items=rec, context={"movielens_time": req.t, "user": req.user},
                         )
                         click = not req.positives.isdisjoint(rec)
+                        low = [req.disliked[i] for i in rec if i in req.disliked]
+                        if low:
+                            producer.send_feedback(
+                                impression_id=out["impression_id"], experiment_key=key,
+                                kind="rating", value=float(min(low)),
+                                occurred_at=served_at + timedelta(milliseconds=50),
+                            )
                         if click:
                             producer.send_feedback(
                                 impression_id=out["impression_id"], experiment_key=key,
@@ -393,6 +413,12 @@ def print_summary(console: Any, r: DemoResult, *, control: str, why: str) -> Non
                   d.get("decision", "control" if arm == control else "—"),
                   f"{d['p_adjusted']:.3g}" if d.get("p_adjusted") is not None else "—")
     console.print(t)
+    for g in (r.sequential or {}).get("guardrails") or []:
+        def f(x: Any) -> str:
+            return "—" if x is None else f"{x:+.3f}"
+        console.print(f"guardrail {g['metric']} on {g['arm']}: {g.get('state')} (excess harm "
+                      f"{f(g.get('excess'))} [{f(g.get('excess_low'))}, "
+                      f"{f(g.get('excess_high'))}])")
     if r.shipped:
         console.print(f"[bold green]shipped[/] {r.shipped}: {why}")
     else:

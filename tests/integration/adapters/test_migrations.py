@@ -62,3 +62,53 @@ def test_postgres_enum_types_dropped_on_downgrade(pg_url):
     finally:
         engine.dispose()
     assert leftovers == []
+
+
+def _keeps_rows(url: str) -> None:
+    """Existing experiments keep their arms, impressions and audit rows through the guardrail
+    revision, up and down (a SQLite table rebuild of ``experiments`` once cascaded them away)."""
+    migrate.downgrade(url, "base")
+    migrate.upgrade(url, "0002_arm_rollups")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO experiments (id, key, name, description, status, unit, reward_kind,"
+                " reward_metric, policy_name, policy_params, exploration_floor, burn_in,"
+                " attribution_window_s, control_arm_key, sequential, salt, version, created_at,"
+                " updated_at) VALUES (7, 'old', 'old', '', 'running', 'request', 'binary',"
+                " 'click', 'thompson', '{}', 0, 0, 60, 'a', '{}', 's', 1, CURRENT_TIMESTAMP,"
+                " CURRENT_TIMESTAMP)"))
+            conn.execute(sa.text("INSERT INTO arms (experiment_id, key, is_control, position,"
+                                 " variant) VALUES (7, 'a', true, 0, '{}'), (7, 'b', false, 1,"
+                                 " '{}')"))
+            conn.execute(sa.text(
+                "INSERT INTO impressions (impression_id, event_id, experiment_id, arm_key,"
+                " unit_id, propensity, served_at, partition, reward, feedback_count, items,"
+                " context) VALUES ('i1', 'e1', 7, 'a', 'u', 0.5, CURRENT_TIMESTAMP, 0, 1, 1,"
+                " '[]', '{}')"))
+            conn.execute(sa.text("INSERT INTO audit_log (experiment_id, at, actor, action,"
+                                 " reason, before, after, evidence) VALUES (7,"
+                                 " CURRENT_TIMESTAMP, 'x', 'create', '', '{}', '{}', '{}')"))
+        counts = "SELECT (SELECT count(*) FROM arms), (SELECT count(*) FROM impressions), " \
+                 "(SELECT count(*) FROM audit_log)"
+        migrate.upgrade(url, "head")
+        with engine.connect() as conn:
+            assert tuple(conn.execute(sa.text(counts)).one()) == (2, 1, 1)
+            g = conn.execute(sa.text("SELECT guardrails, rolled_back FROM experiments")).one()
+            assert [str(v).replace(" ", "") for v in g] in (["[]", "{}"], ["[]", "{}"])
+        migrate.downgrade(url, "0002_arm_rollups")
+        with engine.connect() as conn:
+            assert tuple(conn.execute(sa.text(counts)).one()) == (2, 1, 1)
+    finally:
+        engine.dispose()
+        migrate.downgrade(url, "base")
+        migrate.upgrade(url, "head")
+
+
+def test_postgres_guardrail_revision_keeps_existing_rows(pg_url):
+    _keeps_rows(pg_url)
+
+
+def test_sqlite_guardrail_revision_keeps_existing_rows(sqlite_url):
+    _keeps_rows(sqlite_url)

@@ -29,11 +29,17 @@ def build_runner(services: Services, *, bus: MemoryBus, max_batch: int | None = 
         max_batch=max_batch)
 
 
+GUARDRAILS = [{"key": "dwell_any", "source": {"feedback": "dwell"}, "aggregate": "any"},
+              {"key": "dwell_sum", "source": {"feedback": "dwell"}, "aggregate": "sum"}]
+
+
 def _experiment(services: Services, key: str = "exp", kind: str = "binary",
-                metric: str = "click", window: int = 3600) -> int:
+                metric: str = "click", window: int = 3600,
+                guardrails: list[dict[str, Any]] | None = None) -> int:
     with services.session_factory() as s, s.begin():
         e = Experiment(key=key, name=key, control_arm_key=ARMS[0], salt=key, status="running",
-                       reward_kind=kind, reward_metric=metric, attribution_window_s=window)
+                       reward_kind=kind, reward_metric=metric, attribution_window_s=window,
+                       guardrails=guardrails or [])
         e.arms = [Arm(key=a, is_control=i == 0, position=i) for i, a in enumerate(ARMS)]
         s.add(e)
         s.flush()
@@ -48,7 +54,7 @@ def _arm_stats(services: Services, exp_id: int) -> dict[str, dict[str, float]]:
 @pytest.mark.parametrize("kind", ["binary", "continuous"])
 def test_memory_bus_end_to_end_exact(sqlite_url: str, kind: str) -> None:
     services = _services(sqlite_url)
-    exp_id = _experiment(services, kind=kind, metric="click")
+    exp_id = _experiment(services, kind=kind, metric="click", guardrails=GUARDRAILS)
     bus = MemoryBus(default_partitions=3)
     s = services.settings
     events = list(synthetic_events(3000, experiment_key="exp", arms=ARMS, seed=1,
@@ -76,6 +82,13 @@ def test_memory_bus_end_to_end_exact(sqlite_url: str, kind: str) -> None:
     assert counts["duplicate"] > 0 and counts["feedback_pending"] > 0
     got = _arm_stats(services, exp_id)
     assert got == expected_stats(sent, reward_kind=kind, metric="click", window_s=3600)
+    # the guardrail metrics, summed in the same transactions, match their own reference
+    with services.session_factory() as session:
+        guard = queries.guardrail_sums(session, exp_id)
+    assert {a: v.as_dict() for a, v in guard["dwell_any"].items()} == expected_stats(
+        sent, reward_kind="binary", metric="dwell", window_s=3600)
+    assert {a: v.as_dict() for a, v in guard["dwell_sum"].items()} == expected_stats(
+        sent, reward_kind="continuous", metric="dwell", window_s=3600)
     dlq = [orjson.loads(r.value) for r in bus.records(s.topic_dlq)]
     assert {d["reason"] for d in dlq} == {"not_json", "late"}
     assert sum(d["reason"] == "late" for d in dlq) == counts["late"]

@@ -211,6 +211,21 @@ def test_variants_are_immutable_once_running(sf: Any) -> None:
         assert exp.arms[1].variant["kind"] == "bi_encoder" and exp.status == "running"
 
 
+def test_guardrails_are_immutable_once_running(sf: Any) -> None:
+    g = {"key": "skips", "source": {"feedback": "skip"}, "harm": "increase"}
+    with UnitOfWork(sf) as uow:
+        registry.create_experiment(uow, spec=spec(guardrails=[g]), actor="t")
+        registry.start_experiment(uow, key="exp", actor="t")
+        uow.commit()
+    with pytest.raises(IllegalTransition, match="guardrails are immutable"), UnitOfWork(sf) as uow:
+        exp = registry.get_experiment(uow, key="exp")
+        exp.guardrails = []
+        registry.stop_experiment(uow, key="exp", actor="x", reason="r")
+    with UnitOfWork(sf) as uow:
+        exp = registry.get_experiment(uow, key="exp")
+        assert [x["key"] for x in exp.guardrails] == ["skips"] and exp.status == "running"
+
+
 def test_evidence_is_made_json_safe(sf: Any) -> None:
     register(sf, start=True)
     evidence = {"p": float("nan"), "n": np.int64(7), "lam": np.float64(2.5),

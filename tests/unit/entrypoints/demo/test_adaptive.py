@@ -15,7 +15,14 @@ from sqlalchemy import func, select
 
 from armlab.adapters.data.movielens import load_movielens
 from armlab.adapters.db.engine import make_engine, make_session_factory
-from armlab.adapters.db.models import AllocationSnapshot, AuditLog, Decision, Experiment, Impression
+from armlab.adapters.db.models import (
+    AllocationSnapshot,
+    AuditLog,
+    Decision,
+    Experiment,
+    GuardrailStats,
+    Impression,
+)
 from armlab.entrypoints.demo import adaptive
 from armlab.settings import Settings
 
@@ -55,11 +62,18 @@ def test_reduced_demo_runs_end_to_end(sqlite_url: str, tmp_path: Path) -> None:
                                            .where(AuditLog.experiment_id == exp.id)
                                            .order_by(AuditLog.id))]
         assert actions[:2] == ["create", "start"] and actions[-1] == "ship"
+        # the guardrail is registered and its metric ingested for every impression
+        assert [g["key"] for g in exp.guardrails] == ["low_rated"]
+        low = s.execute(select(func.sum(GuardrailStats.n), func.sum(GuardrailStats.reward_sum))
+                        .where(GuardrailStats.experiment_id == exp.id,
+                               GuardrailStats.metric == "low_rated")).one()
+        assert low[0] == 60 and low[1] is not None
     engine.dispose()
 
     assert res.report_path is not None
     page = res.report_path.read_text()
-    for section in ('id="chart-weights"', 'id="chart-reward"', 'id="chart-cs"', 'id="audit"'):
+    for section in ('id="chart-weights"', 'id="chart-reward"', 'id="chart-cs"', 'id="audit"',
+                    "id='guardrails'", "low_rated"):
         assert section in page
 
 
@@ -76,6 +90,10 @@ def test_requests_are_time_ordered_and_rewards_come_from_future_ratings() -> Non
     expect = {i for i, v, t in hist if r.t <= t <= r.t + 3 * 3600 and v >= 4}
     assert r.positives == frozenset(expect)
     assert r.positives.isdisjoint(r.seen)
+    # the guardrail's movies: rated 1-2 in the same window
+    bad = {i: v for i, v, t in hist if r.t <= t <= r.t + 3 * 3600 and v <= 2}
+    assert r.disliked == bad
+    assert any(q.disliked for q in reqs[:500])
     assert set(r.history) <= r.seen and len(r.history) <= 10
     assert all(t < r.t for i, _, t in hist if i in r.seen)
 
@@ -118,3 +136,7 @@ def test_choose_winner_follows_the_sequential_decisions() -> None:
     seq3 = {"arms": [{"arm": "a", "decision": "continue"}]}
     arm, why = adaptive.choose_winner(seq3, "ctl")
     assert arm == "ctl" and "keeping the control" in why
+    # a breached (or rolled-back) arm is never chosen, even when it is the best on clicks
+    assert adaptive.choose_winner({**seq, "guardrails": [
+        {"arm": "b", "metric": "low_rated", "state": "breached"}]}, "ctl")[0] == "a"
+    assert adaptive.choose_winner({**seq, "rolled_back": {"b": {}, "a": {}}}, "ctl")[0] == "ctl"
