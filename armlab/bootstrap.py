@@ -163,7 +163,8 @@ class Services:
         return IngestRunner(self.session_factory, source, dlq=dlq, group=group,
                             topic_impressions=s.topic_impressions,
                             topic_feedback=s.topic_feedback, max_batch=batch,
-                            poll_timeout_s=poll_timeout_s, metrics=metrics)
+                            poll_timeout_s=poll_timeout_s, metrics=metrics,
+                            lag_report_interval_s=s.lag_report_interval_s)
 
     def close(self) -> None:
         """Stop what was started (assigner threads, scorer thread, producer), then the engine."""

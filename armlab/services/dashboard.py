@@ -24,10 +24,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from armlab.adapters.db import rollups
-from armlab.adapters.db.ingest_store import read_counters
+from armlab.adapters.db.ingest_store import read_counters, read_dead_letters
 from armlab.adapters.db.models import (
     AllocationSnapshot,
     AuditLog,
+    ConsumerLag,
     ConsumerOffset,
     Decision,
     Experiment,
@@ -47,6 +48,11 @@ MAX_POINTS = 400
 #: A running experiment whose newest snapshot is older than this many allocator intervals
 #: gets a "stale" health badge.
 STALE_INTERVALS = 3.0
+#: A consumer's lag report older than this many seconds is shown as stale (consumers report
+#: every 2 s by default, ``ARMLAB_LAG_REPORT_INTERVAL_S``).
+LAG_STALE_S = 30.0
+#: The window of the health panel's "dead letters in the last hour".
+DEAD_LETTER_WINDOW_S = 3600
 
 
 def _epoch_bin(session: Session, col: Any, width_s: float) -> ColumnElement[Any]:
@@ -186,19 +192,42 @@ def _warnings(exp: Experiment, sequential: dict[str, Any]) -> list[str]:
     return out
 
 
-def _consumers(session: Session) -> list[dict[str, Any]]:
-    return [
-        {"group": g, "topic": t, "partition": int(p), "next_offset": int(o),
-         "updated_at": as_utc_or_none(u)}
-        for g, t, p, o, u in session.execute(
+def consumers(session: Session, now: datetime) -> list[dict[str, Any]]:
+    """Per (group, topic, partition): the next offset stored with the effects and when its
+    last batch committed, and the consumer's newest lag report (high watermark, lag, who
+    reported it, its age; ``stale`` when older than :data:`LAG_STALE_S`)."""
+    lag = {
+        (g, t, int(p)): (hw, lg, who, as_utc(at))
+        for g, t, p, hw, lg, who, at in session.execute(
+            select(ConsumerLag.group_id, ConsumerLag.topic, ConsumerLag.partition,
+                   ConsumerLag.high_watermark, ConsumerLag.lag, ConsumerLag.consumer,
+                   ConsumerLag.reported_at))
+    }
+    out = []
+    for g, t, p, o, u in session.execute(
             select(ConsumerOffset.group_id, ConsumerOffset.topic, ConsumerOffset.partition,
                    ConsumerOffset.next_offset, ConsumerOffset.updated_at)
-            .order_by(ConsumerOffset.group_id, ConsumerOffset.topic, ConsumerOffset.partition))
-    ]
+            .order_by(ConsumerOffset.group_id, ConsumerOffset.topic, ConsumerOffset.partition)):
+        hw, lg, who, at = lag.get((g, t, int(p)), (None, None, None, None))
+        age = None if at is None else max(0.0, (now - at).total_seconds())
+        out.append({"group": g, "topic": t, "partition": int(p), "next_offset": int(o),
+                    "updated_at": as_utc_or_none(u),
+                    "high_watermark": None if hw is None else int(hw),
+                    "lag": None if lg is None else int(lg), "consumer": who,
+                    "reported_at": at, "report_age_s": age,
+                    "stale": age is None or age > LAG_STALE_S})
+    return out
 
 
-def _dead_letters(session: Session) -> dict[str, int]:
-    return {k: v for k, v in sorted(read_counters(session).items()) if k not in OK_OUTCOMES}
+def dead_letters(session: Session, now: datetime) -> dict[str, dict[str, int]]:
+    """Dead letters by reason: ``last_hour`` (the per-minute buckets) and ``all_time`` (the
+    counters)."""
+    return {
+        "last_hour": dict(sorted(
+            read_dead_letters(session, now - timedelta(seconds=DEAD_LETTER_WINDOW_S)).items())),
+        "all_time": {k: v for k, v in sorted(read_counters(session).items())
+                     if k not in OK_OUTCOMES},
+    }
 
 
 def experiment_view(
@@ -272,7 +301,7 @@ def experiment_view(
             "srm": srm, "warnings": _warnings(exp, seq),
             "last_allocator_run": last_run, "next_allocator_run": next_run,
             "snapshot_id": (snapshot or {}).get("id"),
-            "consumers": _consumers(session), "dead_letters": _dead_letters(session),
+            "consumers": consumers(session, now), "dead_letters": dead_letters(session, now),
         },
         "audit": audit,
         "now": now,
