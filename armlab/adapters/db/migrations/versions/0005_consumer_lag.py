@@ -1,5 +1,6 @@
 """consumer_lag: each consumer's per-partition lag report; dead_letter_buckets: dead letters
-by reason per minute (the dashboard's health panel reads both)
+by reason per minute (the dashboard's health panel reads both); an index that lets the
+dashboard bin an experiment's snapshots by time without reading their rows
 
 Revision ID: 0005_consumer_lag
 Revises: 0002_arm_rollups
@@ -42,9 +43,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("group_id", "reason", "bucket_start", "partition"),
     )
     op.create_index("ix_dead_letter_buckets_start", "dead_letter_buckets", ["bucket_start"])
+    op.create_index("ix_alloc_snap_experiment_created", "allocation_snapshots",
+                    ["experiment_id", "created_at", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_alloc_snap_experiment_created", table_name="allocation_snapshots")
     op.drop_index("ix_dead_letter_buckets_start", table_name="dead_letter_buckets")
     op.drop_table("dead_letter_buckets")
     op.drop_table("consumer_lag")
