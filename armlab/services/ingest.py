@@ -158,6 +158,7 @@ class IngestRunner:
         self.lag_report_interval_s = lag_report_interval_s
         self.consumer_id = consumer_id or f"{socket.gethostname()}:{os.getpid()}"
         self._last_lag_report = float("-inf")
+        self._lag_warned = float("-inf")
 
     # -- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -311,7 +312,10 @@ class IngestRunner:
                     ingest_store.report_lag(session, self.group, self.consumer_id, positions,
                                             utcnow())
             except Exception as exc:  # noqa: BLE001 - the next report will try again
-                log.warning("could not record consumer lag", extra={"error": str(exc)[:300]})
+                if now - self._lag_warned > 60.0:  # once a minute through an outage
+                    self._lag_warned = now
+                    log.warning("could not record consumer lag",
+                                extra={"error": str(exc)[:300]})
         return lag
 
     def prune_dead_letters(self, now: datetime | None = None) -> int:

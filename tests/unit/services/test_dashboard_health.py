@@ -118,3 +118,19 @@ def test_lag_is_reported_per_partition_and_falls_to_zero(sqlite_url: str) -> Non
         assert all(r["stale"] for r in dashboard.consumers(session, later))
         assert session.scalar(select(func.count()).select_from(ConsumerLag)) >= 2
     services.close()  # type: ignore[attr-defined]
+
+
+def test_a_failing_lag_report_never_stops_the_consumer(sqlite_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    services, _, prod, runner = _stack(sqlite_url, lag_report_interval_s=0.0)
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(ingest_store, "report_lag", broken)
+    for i in range(120):
+        prod.send_impression(experiment_key="exp", arm_key="a", unit_id=f"u{i}", propensity=0.5)
+    out = runner.drain()  # type: ignore[attr-defined]
+    assert out["impression"] == 120
+    with services.session_factory() as session:  # type: ignore[attr-defined]
+        assert session.scalar(select(func.count()).select_from(ConsumerLag)) == 0
+    services.close()  # type: ignore[attr-defined]
