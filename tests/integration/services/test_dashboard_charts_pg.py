@@ -49,6 +49,8 @@ def test_sql_json_charts_equal_the_portable_path(pg_url: str) -> None:
             with services.uow() as uow:
                 fast = dashboard.chart_data(uow, "cmp", source=source, max_points=max_points,
                                             sql_json=True)
+                # the charts' transaction runs without JIT compilation
+                assert uow.session.execute(text("SHOW jit")).scalar() == "off"
                 slow = dashboard.chart_data(uow, "cmp", source=source, max_points=max_points,
                                             sql_json=False)
             _same(orjson.loads(orjson.dumps(fast)), orjson.loads(orjson.dumps(slow)))
