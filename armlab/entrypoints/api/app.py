@@ -56,7 +56,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             # the cyclic collector's reach: a full collection then scans only what requests
             # allocate. Without it, every few chart requests paid a full collection of the
             # whole heap (200-800 ms on the 2-core VM; the dashboard benchmark's slow mode).
-            gc.collect()
+            # No gc.collect() first: it would cost a full collection per start-up (tests
+            # start hundreds of apps); start-up garbage stays frozen until shutdown.
             gc.freeze()
         try:
             yield
