@@ -164,7 +164,8 @@ class Services:
                             topic_impressions=s.topic_impressions,
                             topic_feedback=s.topic_feedback, max_batch=batch,
                             poll_timeout_s=poll_timeout_s, metrics=metrics,
-                            retention_days=None if s.is_sqlite else s.retention_days)
+                            retention_days=None if s.is_sqlite else s.retention_days,
+                            lag_report_interval_s=s.lag_report_interval_s)
 
     def close(self) -> None:
         """Stop what was started (assigner threads, scorer thread, producer), then the engine."""

@@ -121,6 +121,16 @@ class Settings(BaseSettings):
         DEFAULT_INGEST_BATCH, ge=1, le=100_000,
         description="Most records one ingest batch (transaction) takes.",
     )
+    gc_freeze: bool = Field(
+        True,
+        description="Freeze the objects built at API start-up out of the cyclic garbage "
+                    "collector (gc.freeze), so full collections stay short.",
+    )
+    lag_report_interval_s: float = Field(
+        2.0, ge=0, le=3600,
+        description="How often a consumer records its per-partition lag in the database "
+                    "(the dashboard's health panel).",
+    )
     auth_tokens: SecretStr = Field(
         SecretStr(""),
         description="Comma-separated name:role:secret triples; roles admin, producer, reader.",

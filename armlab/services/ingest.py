@@ -32,17 +32,20 @@ locked pass is retried at the next interval and never stops the consumer.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from armlab.adapters.db import ingest_store, partitions
+from armlab.adapters.db.models import DEAD_LETTER_RETENTION_S
 from armlab.adapters.db.retry import db_retrying, is_transient
 from armlab.adapters.metrics import IngestMetrics
 from armlab.core.clock import utcnow
@@ -69,7 +72,7 @@ class Source(Protocol):
     ) -> None: ...
     def poll(self, max_records: int, timeout_s: float) -> Sequence[RecordLike]: ...
     def seek(self, tp: TP, offset: int | None) -> None: ...
-    def lag(self, committed: dict[TP, int | None]) -> dict[TP, int]: ...
+    def highwaters(self, tps: list[TP]) -> dict[TP, int]: ...
     def close(self) -> None: ...
 
 
@@ -132,6 +135,8 @@ class IngestRunner:
         sweep_grace_s: float = 60.0,
         retention_days: float | None = None,
         maintenance_interval_s: float = 3600.0,
+        lag_report_interval_s: float = 2.0,
+        consumer_id: str | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.source = source
@@ -159,6 +164,12 @@ class IngestRunner:
         self._stop = threading.Event()
         self._started = False
         self._last_lag = 0.0
+        # The dashboard's lag per partition: written to ``consumer_lag`` at most every
+        # lag_report_interval_s (0: after every step), after a batch or while idle.
+        self.lag_report_interval_s = lag_report_interval_s
+        self.consumer_id = consumer_id or f"{socket.gethostname()}:{os.getpid()}"
+        self._last_lag_report = float("-inf")
+        self._lag_warned = float("-inf")
 
     # -- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -234,6 +245,7 @@ class IngestRunner:
         while idle < max_idle_polls and not self._stop.is_set():
             n = self.step()
             idle = idle + 1 if n == 0 else 0
+        self.observe_lag(force=True)  # the table shows where the drain ended
         return dict(self.metrics.outcomes)
 
     def run(self, *, exit_when_idle: float | None = None) -> dict[str, int]:
@@ -250,6 +262,7 @@ class IngestRunner:
             elif exit_when_idle is not None and now - last_work >= exit_when_idle:
                 log.info("idle, exiting", extra={"idle_s": exit_when_idle})
                 break
+        self.observe_lag(force=True)
         log.info("consumer stopped", extra=self.metrics.snapshot())
         return dict(self.metrics.outcomes)
 
@@ -258,19 +271,19 @@ class IngestRunner:
         self._ensure_started()
         records = self.source.poll(self.max_batch, self.poll_timeout_s)
         now = time.monotonic()
-        if now - self._last_lag > 1.0:
-            self._last_lag = now
-            try:
-                self.metrics.set_lag(self.source.lag(dict(self._committed)))
-            except Exception as exc:  # noqa: BLE001 - lag is informational
-                log.debug("lag unavailable: %s", exc)
         if now - self._last_sweep > self.sweep_interval_s:
             self._last_sweep = now
             self.sweep_pending()
+            self.prune_dead_letters()
         if (self._last_maintenance is None
                 or now - self._last_maintenance > self.maintenance_interval_s):
             self._last_maintenance = now
             self.maintain_partitions()
+        n = self._handle(records)
+        self.observe_lag()
+        return n
+
+    def _handle(self, records: Sequence[RecordLike]) -> int:
         if not records:
             return 0
         # Drop records of partitions we no longer own (revoked during poll) and records
@@ -286,6 +299,50 @@ class IngestRunner:
         self._poison_budget = MAX_UNPROCESSABLE_PER_POLL
         self.process(records)
         return len(records)
+
+    # -- lag -------------------------------------------------------------------------------
+    def observe_lag(self, *, force: bool = False) -> dict[TP, int] | None:
+        """Lag per owned partition (high watermark - next offset stored in the database) into
+        the metrics (every second) and, every ``lag_report_interval_s``, into the
+        ``consumer_lag`` table for the dashboard. Never raises (lag is informational); returns
+        the lag when it was computed."""
+        now = time.monotonic()
+        due_report = force or now - self._last_lag_report >= self.lag_report_interval_s
+        if not (due_report or now - self._last_lag > 1.0):
+            return None
+        self._last_lag = now
+        committed = dict(self._committed)
+        try:
+            hws = self.source.highwaters(list(committed))
+        except Exception as exc:  # noqa: BLE001 - lag is informational
+            log.debug("lag unavailable: %s", exc)
+            hws = {}
+        lag = {tp: max(0, hw - (committed.get(tp) or 0)) for tp, hw in hws.items()}
+        self.metrics.set_lag(lag)
+        if due_report and committed:
+            self._last_lag_report = now
+            positions = {tp: (int(off or 0), hws.get(tp)) for tp, off in committed.items()}
+            try:
+                with self.session_factory() as session, session.begin():
+                    ingest_store.report_lag(session, self.group, self.consumer_id, positions,
+                                            utcnow())
+            except Exception as exc:  # noqa: BLE001 - the next report will try again
+                if now - self._lag_warned > 60.0:  # once a minute through an outage
+                    self._lag_warned = now
+                    log.warning("could not record consumer lag",
+                                extra={"error": str(exc)[:300]})
+        return lag
+
+    def prune_dead_letters(self, now: datetime | None = None) -> int:
+        """Delete dead-letter buckets older than ``DEAD_LETTER_RETENTION_S`` (runs with the
+        pending sweep). Never raises."""
+        cutoff = (now or utcnow()) - timedelta(seconds=DEAD_LETTER_RETENTION_S)
+        try:
+            with self.session_factory() as session, session.begin():
+                return ingest_store.prune_dead_letters(session, cutoff)
+        except Exception as exc:  # noqa: BLE001 - retried at the next interval
+            log.warning("pruning dead-letter buckets failed", extra={"error": str(exc)[:300]})
+            return 0
 
     # -- one batch ---------------------------------------------------------------------
     def process(self, records: Sequence[RecordLike]) -> bool:
@@ -474,7 +531,7 @@ class IngestRunner:
                 fx.outcomes[(self.topic_feedback, "no_impression")] += 1
             self._send_dead_letters(fx)
             ingest_store.mark_feedback(session, [pf.event_id for pf in stale], "unknown")
-            ingest_store.upsert_counters(session, self.group, fx.counters.items())
+            ingest_store.upsert_counters(session, self.group, fx.counters.items(), now)
         self.metrics.dlq.labels("no_impression").inc(len(stale))
         self.metrics.dlq_reasons["no_impression"] += len(stale)
         self.metrics.outcomes["no_impression"] += len(stale)

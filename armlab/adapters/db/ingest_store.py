@@ -19,18 +19,21 @@ partitions (a zombie) updates 0 rows and rolls back instead of overwriting the n
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import DateTime, select, text, update
+from sqlalchemy import DateTime, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from armlab.adapters.db import rollups
 from armlab.adapters.db.models import (
+    DEAD_LETTER_BUCKET_S,
     Arm,
+    ConsumerLag,
     ConsumerOffset,
+    DeadLetterBucket,
     Experiment,
     Feedback,
     Impression,
@@ -39,6 +42,7 @@ from armlab.adapters.db.models import (
 from armlab.core.clock import as_utc, utcnow
 from armlab.core.evidence import COUNTS, FIELDS, ArmSums
 from armlab.core.ingest import (
+    OK_OUTCOMES,
     BatchState,
     Effects,
     ExperimentInfo,
@@ -285,6 +289,8 @@ _GUARDRAIL_ROW = [("experiment_id", "int"), ("arm_key", "text"), ("metric", "tex
                   ("updated_at", "ts")]
 _COUNTER_ROW = [("group_id", "text"), ("reason", "text"), ("partition", "int"),
                 ("count", "int")]
+_BUCKET_ROW = [("group_id", "text"), ("reason", "text"), ("bucket_start", "ts"),
+               ("partition", "int"), ("count", "int")]
 
 
 def _names(columns: Sequence[tuple[str, str]]) -> str:
@@ -359,7 +365,7 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
     if fx.guardrail_stats:
         upsert_guardrail_stats(session, fx.guardrail_stats, now)
     if fx.counters:
-        upsert_counters(session, group, fx.counters.items())
+        upsert_counters(session, group, fx.counters.items(), now)
 
 
 def upsert_stats(
@@ -400,15 +406,75 @@ def upsert_guardrail_stats(
 
 
 def upsert_counters(
-    session: Session, group: str, items: Iterable[tuple[tuple[str, int], int]]
+    session: Session, group: str, items: Iterable[tuple[tuple[str, int], int]],
+    now: datetime | None = None,
 ) -> None:
-    """Add outcome counts by (reason, partition) to ``ingest_counters``."""
+    """Add outcome counts by (reason, partition) to ``ingest_counters``, and the dead letters
+    among them (every reason outside ``OK_OUTCOMES``) to the minute of ``now`` in
+    ``dead_letter_buckets``: same transaction, so both roll back with the batch."""
     rows = [{"group_id": group, "reason": reason, "partition": part, "count": n}
             for (reason, part), n in sorted(items)]
-    if rows:
-        _insert_rows(session, _Json(session), "ingest_counters", _COUNTER_ROW, rows,
-                     "ON CONFLICT (group_id, reason, partition) DO UPDATE SET "
-                     "count = ingest_counters.count + excluded.count")
+    if not rows:
+        return
+    j = _Json(session)
+    _insert_rows(session, j, "ingest_counters", _COUNTER_ROW, rows,
+                 "ON CONFLICT (group_id, reason, partition) DO UPDATE SET "
+                 "count = ingest_counters.count + excluded.count")
+    start = dead_letter_bucket(now or utcnow())
+    dead = [{**r, "bucket_start": start} for r in rows if r["reason"] not in OK_OUTCOMES]
+    if dead:
+        _insert_rows(session, j, "dead_letter_buckets", _BUCKET_ROW, dead,
+                     "ON CONFLICT (group_id, reason, bucket_start, partition) DO UPDATE SET "
+                     "count = dead_letter_buckets.count + excluded.count")
+
+
+def dead_letter_bucket(at: datetime) -> datetime:
+    """The start of the ``DEAD_LETTER_BUCKET_S`` bucket holding ``at`` (epoch-aligned, UTC)."""
+    ts = as_utc(at).timestamp()
+    return datetime.fromtimestamp(ts - ts % DEAD_LETTER_BUCKET_S, tz=UTC)
+
+
+def read_dead_letters(
+    session: Session, since: datetime, group: str | None = None
+) -> dict[str, int]:
+    """Dead letters by reason in the buckets starting at or after ``since`` (so a window is
+    exact to one bucket: "the last hour" covers 60 to 61 minutes)."""
+    q = (select(DeadLetterBucket.reason, func.sum(DeadLetterBucket.count))
+         .where(DeadLetterBucket.bucket_start >= dead_letter_bucket(since))
+         .group_by(DeadLetterBucket.reason))
+    if group is not None:
+        q = q.where(DeadLetterBucket.group_id == group)
+    return {str(reason): int(n) for reason, n in session.execute(q)}
+
+
+def prune_dead_letters(session: Session, before: datetime) -> int:
+    """Delete the dead-letter buckets that start before ``before``; returns how many."""
+    result = session.execute(delete(DeadLetterBucket)
+                             .where(DeadLetterBucket.bucket_start < before)
+                             .returning(DeadLetterBucket.reason))
+    return len(result.all())
+
+
+def report_lag(
+    session: Session, group: str, consumer: str,
+    positions: dict[TP, tuple[int, int | None]], now: datetime,
+) -> None:
+    """Upsert this consumer's ``(position, high watermark)`` per partition into
+    ``consumer_lag`` (lag = high watermark - position, never negative; None while the high
+    watermark is unknown)."""
+    rows = []
+    for (topic, part), (pos, hw) in sorted(positions.items()):
+        rows.append({"group_id": group, "topic": topic, "partition": part, "position": pos,
+                     "high_watermark": hw, "lag": None if hw is None else max(0, hw - pos),
+                     "consumer": consumer[:255], "reported_at": now})
+    if not rows:
+        return
+    stmt = _insert(session, ConsumerLag.__table__).values(rows)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["group_id", "topic", "partition"],
+        set_={c: stmt.excluded[c] for c in ("position", "high_watermark", "lag", "consumer",
+                                             "reported_at")})
+    session.execute(stmt)
 
 
 def read_counters(session: Session, group: str | None = None) -> dict[str, int]:

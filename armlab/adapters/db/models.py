@@ -115,7 +115,11 @@ class AllocationSnapshot(Base):
     """Weights the allocator computed at one moment, with the statistics they came from."""
 
     __tablename__ = "allocation_snapshots"
-    __table_args__ = (Index("ix_alloc_snap_experiment_id", "experiment_id", "id"),)
+    __table_args__ = (
+        Index("ix_alloc_snap_experiment_id", "experiment_id", "id"),
+        # the dashboard bins an experiment's snapshots by time: an index-only scan
+        Index("ix_alloc_snap_experiment_created", "experiment_id", "created_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     experiment_id: Mapped[int] = mapped_column(
@@ -299,6 +303,47 @@ class IngestCounter(Base):
 
     group_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+
+
+class ConsumerLag(Base):
+    """Each consumer's last report on a partition it owns: the next offset committed with the
+    effects (``position``), the broker's high watermark then, and their difference.
+
+    Written by the ingest runner on a timer (not inside the batch transaction: it is
+    informational), so the dashboard can show lag per partition without a Kafka client; the
+    age of ``reported_at`` shows a consumer that stopped reporting.
+    """
+
+    __tablename__ = "consumer_lag"
+
+    group_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    high_watermark: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    lag: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    consumer: Mapped[str] = mapped_column(String(255), nullable=False)
+    reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+#: Width (seconds) of the time buckets dead letters are counted in, and how long they are kept.
+DEAD_LETTER_BUCKET_S = 60
+DEAD_LETTER_RETENTION_S = 24 * 3600
+
+
+class DeadLetterBucket(Base):
+    """Dead letters by reason per minute (and partition), added in the batch's transaction
+    next to ``ingest_counters``; buckets older than :data:`DEAD_LETTER_RETENTION_S` are
+    pruned by the consumer, so the table stays small."""
+
+    __tablename__ = "dead_letter_buckets"
+    __table_args__ = (Index("ix_dead_letter_buckets_start", "bucket_start"),)
+
+    group_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 from typing import Any
 
-from sqlalchemy import func, select
+import orjson
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -114,9 +116,7 @@ def series(
     bounds = span(session, experiment_id)
     if bounds is None:
         return min(ROLLUP_WIDTHS_S), []
-    stored = choose_width(bounds[0], bounds[1], max_points)
-    seconds = (bounds[1] - bounds[0]).total_seconds() + stored
-    width = stored * max(1, -(-int(seconds) // (stored * max_points)))
+    stored, width = _display_width(bounds, max_points)
     b = func.floor(epoch_seconds(session, ArmRollup.bucket_start) / width).label("b")
     n = func.sum(func.sum(ArmRollup.n)).over(partition_by=ArmRollup.arm_key, order_by=b)
     r = func.sum(func.sum(ArmRollup.reward_sum)).over(partition_by=ArmRollup.arm_key,
@@ -129,3 +129,49 @@ def series(
     ).all()
     return width, [((int(bin_) + 1) * width, str(arm), float(nn or 0), float(rr or 0.0))
                    for bin_, arm, nn, rr in rows]
+
+
+#: Per-arm bin sums as three JSON arrays per arm (PostgreSQL builds them: one row per arm
+#: instead of one Python row per bin and arm).
+_PG_BY_ARM = text("""
+SELECT arm_key, json_agg(json_build_array(b, sn, sr) ORDER BY b)::text
+FROM (SELECT arm_key, floor(date_part('epoch', bucket_start) / :w) AS b,
+             sum(n)::float8 AS sn, sum(reward_sum)::float8 AS sr
+      FROM arm_rollups WHERE experiment_id = :e AND width_s = :s GROUP BY 1, 2) g
+GROUP BY arm_key
+""")
+
+
+def _display_width(bounds: tuple[datetime, datetime], max_points: int) -> tuple[int, int]:
+    stored = choose_width(bounds[0], bounds[1], max_points)
+    seconds = (bounds[1] - bounds[0]).total_seconds() + stored
+    return stored, stored * max(1, -(-int(seconds) // (stored * max_points)))
+
+
+def series_by_arm(
+    session: Session, experiment_id: int, *, max_points: int = 400
+) -> tuple[int, dict[str, tuple[list[float], list[float], list[float]]]]:
+    """:func:`series` grouped by arm: ``(width_s, {arm: (bin ends, cumulative n, cumulative
+    reward sum)})``, each list in time order. On PostgreSQL the bins come back as one JSON
+    row per arm and the running totals are summed here; elsewhere it regroups
+    :func:`series`."""
+    if session.get_bind().dialect.name != "postgresql":
+        width, rows = series(session, experiment_id, max_points=max_points)
+        out: dict[str, tuple[list[float], list[float], list[float]]] = {}
+        for end, arm, n, r in rows:
+            ends, ns, rs = out.setdefault(arm, ([], [], []))
+            ends.append(end)
+            ns.append(n)
+            rs.append(r)
+        return width, out
+    bounds = span(session, experiment_id)
+    if bounds is None:
+        return min(ROLLUP_WIDTHS_S), {}
+    stored, width = _display_width(bounds, max_points)
+    out = {}
+    for arm, rows in session.execute(_PG_BY_ARM, {"w": width, "e": experiment_id,
+                                                  "s": stored}):
+        bins, bin_n, bin_r = zip(*orjson.loads(rows), strict=True)
+        out[str(arm)] = ([float((int(b) + 1) * width) for b in bins],
+                         list(accumulate(bin_n)), list(accumulate(bin_r)))
+    return width, out

@@ -128,10 +128,9 @@ class MemorySource:
                     out.extend(recs)
         return out
 
-    def lag(self, committed: dict[TP, int | None]) -> dict[TP, int]:
-        return {
-            tp: max(0, self.bus.end_offset(*tp) - (committed.get(tp) or 0)) for tp in self._pos
-        }
+    def highwaters(self, tps: list[TP]) -> dict[TP, int]:
+        """The end offset of each partition (always known in process)."""
+        return {tp: self.bus.end_offset(*tp) for tp in tps}
 
     def close(self) -> None:
         self._assigned = False

@@ -72,6 +72,7 @@ class KafkaSource:
         self.poll_errors = 0
         self._last_poll_warning = 0.0
         self._unassigned_since: float | None = None
+        self._last_end_offsets = float("-inf")
         self._listener: ConsumerRebalanceListener | None = None
         # (impressions topic, feedback topic): hold feedback back until the impressions it
         # refers to have been read (see _align). None disables it.
@@ -260,12 +261,34 @@ class KafkaSource:
                 out[tp] = recs[:cut]
         return out
 
-    def lag(self, committed: dict[TP, int | None]) -> dict[TP, int]:
+    #: How often (seconds) :meth:`highwaters` may ask the broker for end offsets that no
+    #: fetch has told it yet (a partition with nothing to fetch, or right after assignment).
+    END_OFFSETS_EVERY_S = 10.0
+
+    def highwaters(self, tps: list[TP]) -> dict[TP, int]:
+        """The high watermark of each partition: what the last fetch response said
+        (``highwater``, no broker call), else, at most every END_OFFSETS_EVERY_S, the
+        broker's end offsets (``end_offsets``, bounded by a 5 s timeout). Partitions still
+        unknown are left out."""
         out: dict[TP, int] = {}
-        for tp, pos in committed.items():
+        missing = []
+        for tp in tps:
             hw = self.consumer.highwater(TopicPartition(*tp))
-            if hw is not None:
-                out[tp] = max(0, hw - (pos or 0))
+            if hw is None:
+                missing.append(TopicPartition(*tp))
+            else:
+                out[tp] = int(hw)
+        now = time.monotonic()
+        if missing and now - self._last_end_offsets >= self.END_OFFSETS_EVERY_S:
+            self._last_end_offsets = now
+            try:
+                ends = self.consumer.end_offsets(missing, timeout_ms=5_000)
+            except Exception as exc:  # noqa: BLE001 - informational; next time
+                log.debug("end offsets unavailable: %s", exc)
+                ends = {}
+            for ktp, end in ends.items():
+                if end is not None:
+                    out[(ktp.topic, ktp.partition)] = int(end)
         return out
 
     def commit_progress(self, offsets: dict[TP, int]) -> None:

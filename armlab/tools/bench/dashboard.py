@@ -15,6 +15,8 @@ session check, queries, template rendering, JSON), timed around the call: no net
 
 from __future__ import annotations
 
+import gc
+import os
 import re
 import statistics
 import time
@@ -155,26 +157,50 @@ def seed(engine: Any, settings: Settings, *, key: str, arms: int, days: float, r
             "raw_covers_fraction_of_traffic": raw_events / (rate * total_s)}
 
 
+class _GcTimer:
+    """Counts and times the garbage collector's full (generation 2) collections."""
+
+    def __init__(self) -> None:
+        self.full = 0
+        self.full_ms = 0.0
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        elif info.get("generation") == 2:
+            self.full += 1
+            self.full_ms += (time.perf_counter() - self._t0) * 1e3
+
+
 def _time_page(client: TestClient, key: str, source: str, requests: int, warmup: int
                ) -> dict[str, Any]:
     q = "" if source == "rollups" else "?source=raw"
     page_ms: list[float] = []
     chart_ms: list[float] = []
-    for i in range(warmup + requests):
-        t0 = time.perf_counter()
-        r1 = client.get(f"/ui/experiments/{key}{q}")
-        t1 = time.perf_counter()
-        r2 = client.get(f"/ui/experiments/{key}/charts.json{q}")
-        t2 = time.perf_counter()
-        if r1.status_code != 200 or r2.status_code != 200:
-            raise RuntimeError(f"{source}: HTTP {r1.status_code}/{r2.status_code}: "
-                               f"{(r1.text if r1.status_code != 200 else r2.text)[:300]}")
-        if i >= warmup:
-            page_ms.append((t1 - t0) * 1e3)
-            chart_ms.append((t2 - t1) * 1e3)
+    timer = _GcTimer()
+    gc.callbacks.append(timer)
+    try:
+        for i in range(warmup + requests):
+            if i == warmup:
+                timer.full, timer.full_ms = 0, 0.0
+            t0 = time.perf_counter()
+            r1 = client.get(f"/ui/experiments/{key}{q}")
+            t1 = time.perf_counter()
+            r2 = client.get(f"/ui/experiments/{key}/charts.json{q}")
+            t2 = time.perf_counter()
+            if r1.status_code != 200 or r2.status_code != 200:
+                raise RuntimeError(f"{source}: HTTP {r1.status_code}/{r2.status_code}: "
+                                   f"{(r1.text if r1.status_code != 200 else r2.text)[:300]}")
+            if i >= warmup:
+                page_ms.append((t1 - t0) * 1e3)
+                chart_ms.append((t2 - t1) * 1e3)
+    finally:
+        gc.callbacks.remove(timer)
     both = [a + b for a, b in zip(page_ms, chart_ms, strict=True)]
     return {"page": _summary(page_ms), "charts": _summary(chart_ms),
-            "page_plus_charts": _summary(both)}
+            "page_plus_charts": _summary(both),
+            "full_gc": {"collections": timer.full, "ms": round(timer.full_ms, 1)}}
 
 
 def run_bench(
@@ -200,6 +226,7 @@ def run_bench(
         data = seed(engine, settings, key=key, arms=arms, days=days, rate=rate,
                     snapshots=snapshots, raw_events=raw_events)
         data["seed_s"] = round(time.perf_counter() - t0, 1)
+        load_before = [round(x, 2) for x in os.getloadavg()]
         with TestClient(app_factory(settings)) as client:
             login = client.get("/ui/login")
             m = re.search(r'name="csrf" value="([^"]+)"', login.text)
@@ -215,6 +242,7 @@ def run_bench(
             with engine.begin() as conn:
                 conn.execute(text("DELETE FROM experiments WHERE key = :k"), {"k": key})
         engine.dispose()
+    load_after = [round(x, 2) for x in os.getloadavg()]
     p95 = rollups["page_plus_charts"]["p95_ms"]
     raw_p95 = raw["page_plus_charts"]["p95_ms"]
     return {
@@ -224,6 +252,7 @@ def run_bench(
         "raw_baseline": raw,
         "p95_ms": p95,
         "target_p95_ms": TARGET_P95_MS,
+        "load_average_1_5_15": {"before_timing": load_before, "after": load_after},
         "meets_target": p95 <= TARGET_P95_MS,
         "baseline_over_rollups_p95": round(raw_p95 / p95, 2) if p95 else None,
         "raw_p95_extrapolated_to_full_traffic_ms": round(
@@ -231,5 +260,8 @@ def run_bench(
         "note": ("server time in process (FastAPI app, no network); page_plus_charts = the "
                  "experiment page and its charts.json; the raw baseline scans only "
                  "raw_impressions rows, a fraction of the aggregated traffic, so its ratio is a "
-                 "lower bound; the extrapolation assumes a linear scan"),
+                 "lower bound; the extrapolation assumes a linear scan; full_gc = the garbage "
+                 "collector's full collections during the timed requests (the API freezes its "
+                 "start-up heap, ARMLAB_GC_FREEZE); the machine's load average is reported "
+                 "because the timings are only as quiet as the machine"),
     }

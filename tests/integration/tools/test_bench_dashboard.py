@@ -21,6 +21,8 @@ def test_bench_dashboard_small_run(pg_url: str) -> None:
             assert out[source][part]["n"] == 3 and out[source][part]["p95_ms"] > 0
     assert out["p95_ms"] == out["rollups"]["page_plus_charts"]["p95_ms"]
     assert out["meets_target"] == (out["p95_ms"] <= 300)
+    assert len(out["load_average_1_5_15"]["before_timing"]) == 3
+    assert out["rollups"]["full_gc"]["collections"] >= 0
     engine = create_engine(pg_url)
     with engine.connect() as conn:  # the benchmark's experiment is gone, with its rows
         assert conn.execute(text("SELECT count(*) FROM experiments")).scalar() == 0
