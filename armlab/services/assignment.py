@@ -212,6 +212,8 @@ class Assigner:
             if exp_at is not None and exp_at > time.monotonic():
                 raise ExperimentNotFound(f"no experiment with key {experiment_key!r}")
             return None
+        if view.status == "draft":
+            return None  # maybe started since the last refresh: ``assign`` re-reads it
         return self._assign(view, unit_id)
 
     def assign(
@@ -221,8 +223,24 @@ class Assigner:
         got = self.try_assign(experiment_key, unit_id, context)
         if got is not None:
             return got
+        cached = self._views.get(experiment_key)
+        if cached is not None and cached.status == "draft":
+            # A draft in the cache may have been started since the last refresh (by this or
+            # another API process): read it again rather than refuse a running experiment.
+            self.invalidate(experiment_key)
         view = self.load(experiment_key)
         return self._assign(view, unit_id)
+
+    def invalidate(self, experiment_key: str) -> None:
+        """Forget the cached view of one experiment; the next assignment loads it again (the
+        API calls this after it starts, stops or ships an experiment, so this process never
+        serves the old state; other processes catch up at their next refresh)."""
+        with self._load_lock:
+            self._missing.pop(experiment_key, None)
+            if experiment_key in self._views:
+                views = dict(self._views)
+                views.pop(experiment_key, None)
+                self._views = views
 
     def _assign(self, view: ExperimentView, unit_id: str) -> Assignment:
         if view.status == "draft":

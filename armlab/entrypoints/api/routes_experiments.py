@@ -123,6 +123,7 @@ def create_experiment(
         exp = registry.create_experiment(uow, spec=spec, actor=principal.name)
         out = experiment_out(exp)
         uow.commit()
+    _forget_cached(services, exp.key)
     return out
 
 
@@ -151,6 +152,12 @@ def get_experiment(
                           show_salt=principal.role == "admin")
 
 
+def _forget_cached(services: Services, key: str) -> None:
+    """The state changed: this process's assignment cache must not serve the old one."""
+    if services.has("assigner"):
+        services.assigner.invalidate(key)
+
+
 @router.post("/{key}/start", response_model=ExperimentOut, responses=_ERRORS)
 def start_experiment(
     key: str = KeyPath,
@@ -165,6 +172,7 @@ def start_experiment(
         )
         out = experiment_out(exp)
         uow.commit()
+    _forget_cached(services, key)
     return out
 
 
@@ -180,6 +188,7 @@ def stop_experiment(
         exp = registry.stop_experiment(uow, key=key, actor=principal.name, reason=body.reason)
         out = experiment_out(exp)
         uow.commit()
+    _forget_cached(services, key)
     return out
 
 
@@ -202,6 +211,7 @@ def ship_experiment(
         )
         out = experiment_out(exp)
         uow.commit()
+    _forget_cached(services, key)
     return out
 
 

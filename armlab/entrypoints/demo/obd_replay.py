@@ -28,6 +28,7 @@ from armlab.adapters.data import obd
 from armlab.adapters.db.models import Impression
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.bootstrap import make_settings, open_services
+from armlab.core.clock import utcnow
 from armlab.core.specs import ExperimentSpec
 from armlab.core.stats import ope
 from armlab.services import registry
@@ -75,11 +76,13 @@ def _register(sf: Any, log: obd.OBDLog) -> str:
     return key
 
 
-def _stream(producer: Any, key: str, log: obd.OBDLog, tick: Any) -> int:
-    """Send one impression per row and one click feedback per clicked row."""
+def _stream(producer: Any, key: str, log: obd.OBDLog, tick: Any,
+            shift: timedelta = timedelta(0)) -> int:
+    """Send one impression per row and one click feedback per clicked row; every timestamp is
+    moved by ``shift`` (see :func:`replay_obd`)."""
     sent = 0
     for i in range(log.n):
-        ts = log.timestamp[i]
+        ts = log.timestamp[i] + shift
         imp_id = f"{key}-{i}"
         producer.send_impression(
             experiment_key=key, arm_key=obd.arm_key(int(log.item_id[i])),
@@ -120,6 +123,11 @@ def replay_obd(
     settings = settings or make_settings(stack)
     logs = {p: obd.load_log(p, campaign, base=settings.obd_dir, limit=limit)
             for p in obd.POLICIES}
+    # The logs are from November 2019: the consumers refuse events older than the retention
+    # horizon (ARMLAB_RETENTION_DAYS) as `expired`, so the replay moves the whole log forward to
+    # end a minute ago, keeping every gap between events (nothing here reads absolute dates).
+    last = max((max(log.timestamp) for log in logs.values() if log.n), default=None)
+    shift = (utcnow() - timedelta(minutes=1) - last) if last is not None else timedelta(0)
     services = open_services(settings)
     t0 = time.perf_counter()
     try:
@@ -139,11 +147,11 @@ def replay_obd(
                         if i % 500 == 499:
                             bar.update(task, completed=i + 1)
 
-                    sent += _stream(producer, keys[p], log, tick)
+                    sent += _stream(producer, keys[p], log, tick, shift)
                     bar.update(task, completed=log.n)
         else:
             for p, log in logs.items():
-                sent += _stream(producer, keys[p], log, lambda i: None)
+                sent += _stream(producer, keys[p], log, lambda i: None, shift)
         producer.flush()
         for k, v in _ingest(runner, settings).items():
             counts[k] = counts.get(k, 0) + int(v)

@@ -90,6 +90,7 @@ def _round(c: httpx.Client, rng: random.Random, n: int) -> dict[str, int]:
         a = c.post("/v1/experiments/guarded/assign",
                    json={"unit_id": f"r{rng.getrandbits(48)}",
                          "context": {"serving": {"latency_ms": 20}}}).json()
+        assert "arm" in a, a
         arm = a["arm"]
         served[arm] = served.get(arm, 0) + 1
         at = datetime.fromisoformat(a["served_at"])

@@ -198,6 +198,28 @@ def test_states_stopped_shipped_draft_unknown(services: Services) -> None:
     assert {a.snapshot_id for a in nosnap} == {None}
 
 
+def test_a_draft_started_elsewhere_is_served_before_the_next_refresh(services: Services) -> None:
+    """A cached draft is re-read, not refused, once it has been started (by this process or
+    another): the first /assign after /start must not be a 409."""
+    setup(services, "d-start", start=False)
+    asg = Assigner(services.session_factory, seed=7, refresh_s=3600).start(background=False)
+    with pytest.raises(Conflict, match="draft"):
+        asg.assign("d-start", "x")
+    assert asg.view("d-start").status == "draft"  # type: ignore[union-attr]
+    assert asg.try_assign("d-start", "x") is None  # the fast path defers a draft to assign()
+    with UnitOfWork(services.session_factory) as uow:  # started by "another process"
+        registry.start_experiment(uow, key="d-start", actor="t", reason="r")
+        uow.commit()
+    assert asg.assign("d-start", "x").arm_key in WEIGHTS  # no refresh in between
+    # invalidate(): the API calls it after stop/ship, so it never serves the old state
+    with UnitOfWork(services.session_factory) as uow:
+        registry.stop_experiment(uow, key="d-start", actor="t", reason="r")
+        uow.commit()
+    asg.invalidate("d-start")
+    got = asg.assign("d-start", "x")
+    assert (got.arm_key, got.propensity) == ("control", 1.0)
+
+
 def test_new_experiment_is_loaded_on_first_request(services: Services) -> None:
     asg = Assigner(services.session_factory, seed=6).start(background=False)
     setup(services, "late")

@@ -332,6 +332,7 @@ def create(request: Request, spec: str = Form(""), session: Session = Depends(ac
             with _services(request).uow() as uow:
                 registry.create_experiment(uow, spec=parsed, actor=session.principal.name)
                 uow.commit()
+            _forget_cached(request, parsed.key)
             return RedirectResponse(f"/ui/experiments/{quote(parsed.key, safe='')}?done=create",
                                     status_code=303)
         except PolicyError as exc:
@@ -343,6 +344,14 @@ def create(request: Request, spec: str = Form(""), session: Session = Depends(ac
                 return render(request, "new.html", {"text": spec, "errors": errors},
                               exc.status, session=session)
     return render(request, "new.html", {"text": spec, "errors": errors}, 422, session=session)
+
+
+def _forget_cached(request: Request, key: str) -> None:
+    """The experiment's state changed: this process's assignment cache must not serve the old
+    one (other processes catch up at their next refresh)."""
+    services = _services(request)
+    if services.has("assigner"):
+        services.assigner.invalidate(key)
 
 
 def _act(request: Request, session: Session, key: str, action: str, fn: Any,
@@ -357,6 +366,7 @@ def _act(request: Request, session: Session, key: str, action: str, fn: Any,
     except ArmlabError as exc:
         return _experiment_page(request, session, key, status=exc.status, error=exc.message,
                                 failed=action, form=form)
+    _forget_cached(request, key)
     return RedirectResponse(f"/ui/experiments/{quote(key, safe='')}?done={action}",
                             status_code=303)
 
