@@ -26,6 +26,9 @@ Analyses run on the same simulated data (same-run baselines):
   total with its sticky propensity: a cluster-level analysis, so the variance is
   cluster-robust). Also reported one-sided ("treatment better", the half-normal mixture of
   :func:`armlab.core.stats.msprt.log_lambda_greater`) for power.
+* ``armlab_horizon``: the same analysis with ``sequential.boundary: horizon`` (the flat
+  boundary of :class:`armlab.core.stats.msprt.HorizonBoundary` up to the planned information,
+  80% of alpha, beside the mixture with the rest), two-sided and one-sided.
 * ``msprt_thompson``: plain mSPRT (JKPW 2022) on the arm means under the same Thompson
   allocation, no information gate: what armlab replaced.
 * ``msprt_fixed``: plain mSPRT on a fixed 50/50 split: the reference power.
