@@ -18,8 +18,8 @@ class FakeExperiments:
     def __init__(self) -> None:
         self.by_key: dict[str, Experiment] = {}
 
-    def get(self, key: str) -> Experiment | None:
-        return self.by_key.get(key)
+    def get(self, key: str, *, for_update: bool = False) -> Experiment | None:
+        return self.by_key.get(key)  # one thread, one unit of work: nothing to lock
 
     def list(self, status: str | None = None) -> list[Experiment]:
         rows = sorted(self.by_key.values(), key=lambda e: e.id, reverse=True)

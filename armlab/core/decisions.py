@@ -34,12 +34,14 @@ from armlab.core.stats.adaptive import (
     srm_check,
 )
 from armlab.core.stats.msprt import (
+    HorizonBoundary,
     MsprtResult,
     MsprtState,
     bonferroni_adjust,
     holm_adjust,
     msprt_two_sample,
     tau2_for_horizon,
+    variance_for_tau2,
 )
 from armlab.errors import StatsError
 
@@ -76,6 +78,7 @@ class PriorLook:
     srm_p: float | None = None
     alternative: str = "two-sided"
     decision: str | None = None
+    boundary: str = "mixture"
 
 
 def _num(x: float | None) -> float | None:
@@ -106,6 +109,7 @@ def evaluate(
     alpha, theta0, min_samples = seq.alpha, seq.theta0, seq.min_samples
     min_events = seq.min_events
     alternative = seq.alternative
+    boundary = seq.boundary
     max_n, correction, min_effect = seq.max_n, seq.correction, seq.min_effect
     binary, control = design.binary, design.control
     arm_keys = list(design.arm_keys)
@@ -131,12 +135,12 @@ def evaluate(
     # impressions, or DEFAULT_PLAN_IMPRESSIONS): see ``planned_variance``.
     tau2 = seq.tau2
     tau2_source = "experiment"
+    horizon = float(max_n or DEFAULT_PLAN_IMPRESSIONS)
     if tau2 is None:
         frozen = [p.tau2 for p in previous.values() if p.method == method]
         if frozen and frozen[0]:
             tau2, tau2_source = float(frozen[0]), "frozen"
         else:
-            horizon = float(max_n or DEFAULT_PLAN_IMPRESSIONS)
             sigma2 = _pooled_variance(list(sums.values()), binary)
             enough = all(s.n >= max(min_samples, 1) for s in sums.values())
             if sigma2 > 0 and enough:
@@ -147,6 +151,13 @@ def evaluate(
                 tau2_source = "horizon"
     m = max(len(treatments), 1)
     cs_alpha = alpha / m  # simultaneous coverage of the confidence sequences (Bonferroni)
+    # The horizon boundary's plan: the Var(D) at the horizon that tau² was tuned for (frozen
+    # with tau², so fixed before the data it tests), on the sum scale t·D, where t counts
+    # all arms' impressions for IPW and the pair's for plain (see HorizonBoundary).
+    plan: HorizonBoundary | None = None
+    if boundary == "horizon" and tau2 is not None:
+        t_plan = horizon if method == "ipw" else 2.0 * horizon / max(len(arm_keys), 2)
+        plan = HorizonBoundary(t_plan * t_plan * variance_for_tau2(tau2, alpha), 0.0)
 
     results: dict[str, MsprtResult | None] = {}
     for k in treatments:
@@ -155,7 +166,7 @@ def evaluate(
         state = MsprtState()
         if (prev is not None and prev.method == method and tau2 is not None
                 and prev.tau2 == tau2 and prev.p_value is not None
-                and prev.alternative == alternative):
+                and prev.alternative == alternative and prev.boundary == boundary):
             state = MsprtState(
                 min(max(float(prev.p_value), 0.0), 1.0),
                 -math.inf if prev.ci_low is None else float(prev.ci_low),
@@ -170,7 +181,7 @@ def evaluate(
                 results[k] = ipw_msprt(t_total, a, b, tau2=tau2, theta0=theta0, alpha=cs_alpha,
                                        binary=binary, min_samples=min_samples,
                                        min_events=min_events, state=state,
-                                       alternative=alternative)
+                                       alternative=alternative, horizon=plan)
             else:
                 gate = informative(a, b, binary=binary, min_samples=min_samples,
                                    min_events=min_events)
@@ -178,7 +189,7 @@ def evaluate(
                     "bernoulli" if binary else "normal", a.n, a.reward_sum, a.reward_sumsq,
                     b.n, b.reward_sum, b.reward_sumsq, tau2=tau2, theta0=theta0,
                     alpha=cs_alpha, min_samples=min_samples, state=state, gate=gate,
-                    alternative=alternative)
+                    alternative=alternative, horizon=plan)
         except StatsError as exc:
             warnings.append(f"arm {k}: {exc.message}")
             results[k] = None
@@ -261,6 +272,9 @@ def evaluate(
         "min_samples": min_samples,
         "min_events": min_events,
         "alternative": alternative,
+        "boundary": boundary,
+        "horizon_plan": None if plan is None else {
+            "impressions": horizon, "info": plan.info, "share": plan.share},
         "max_n": max_n,
         "impressions": t_total,
         "control": control,

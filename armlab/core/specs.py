@@ -133,6 +133,14 @@ class SequentialSpec(StrictModel):
         "half-normal mixture, all of alpha on that direction, more power; a worse arm is "
         "never declared worse).",
     )
+    boundary: Literal["mixture", "horizon"] = Field(
+        "mixture",
+        description="mixture: the normal-mixture boundary alone (valid at any sample size, "
+        "tuned for the planned horizon); horizon: a flat boundary on the summed evidence up to "
+        "the planned information at max_n (or 20,000 impressions) with 80% of alpha, the "
+        "mixture with the other 20% (valid at any sample size; more power up to the horizon, "
+        "less beyond it).",
+    )
     min_effect: float | None = Field(
         None, gt=0, allow_inf_nan=False,
         description="Futility rule: an arm is futile once its confidence sequence lies inside "

@@ -57,6 +57,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from armlab.adapters.db.models import AllocationSnapshot, Experiment, Impression
 from armlab.adapters.db.queries import arm_sums, latest_snapshot
+from armlab.adapters.db.repositories import lock_experiment
 from armlab.adapters.db.retry import is_transient
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.core.clock import utcnow
@@ -334,11 +335,13 @@ def run_allocation(
     for exp_id in ids:
         try:
             with UnitOfWork(session_factory) as uow:
-                exp = uow.session.scalar(
+                # Locked until the commit: the look below reads the last recorded state of
+                # the sequential test and records the next one (so does the ship guard).
+                exp = uow.session.scalar(lock_experiment(
                     select(Experiment)
                     .options(selectinload(Experiment.arms))
                     .where(Experiment.id == exp_id)
-                )
+                ))
                 if exp is None or exp.status not in ACTIVE_STATUSES:
                     continue
                 snap = compute_snapshot(uow.session, exp, now=now)

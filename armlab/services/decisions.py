@@ -60,8 +60,9 @@ from armlab.services.ports import Evidence
 
 # Top-level fields of an evaluation kept in every decision row (the arms are kept per row).
 _TOP = ("method", "alpha", "cs_alpha", "tau2", "tau2_source", "theta0", "correction",
-        "min_samples", "min_events", "alternative", "max_n", "impressions", "control", "srm",
-        "stop", "stop_reason", "warnings", "evaluated_at", "unit", "cutoff")
+        "min_samples", "min_events", "alternative", "boundary", "horizon_plan", "max_n",
+        "impressions", "control", "srm", "stop", "stop_reason", "warnings", "evaluated_at",
+        "unit", "cutoff")
 
 
 def guardrail_specs(experiment: Experiment) -> list[GuardrailSpec]:
@@ -179,7 +180,7 @@ def _prior(d: Decision) -> PriorLook:
         tau2=ev.get("tau2"), looks=int(ev.get("looks", 0)),
         srm_p=float(srm.get("p_value", 1.0)) if isinstance(srm, dict) else None,
         alternative=str(ev.get("alternative", "two-sided")),
-        decision=d.decision,
+        decision=d.decision, boundary=str(ev.get("boundary", "mixture")),
     )
 
 
@@ -212,7 +213,7 @@ def record_decisions(
     ev = evaluation
     previous = evidence.latest_decisions(experiment.id)
     common = {k: ev[k] for k in ("method", "tau2", "alpha", "cs_alpha", "correction", "theta0",
-                                 "impressions", "alternative")}
+                                 "impressions", "alternative", "boundary")}
     common["srm"] = {k: ev["srm"][k] for k in ("p_value", "mismatch", "ratio")}
     top = {k: ev.get(k) for k in _TOP}
     stored = 0

@@ -17,6 +17,14 @@ Concurrent writers are serialised by optimistic locking on ``experiments.version
 two requests that both read ``running`` only the first UPDATE matches a row; the second raises
 StaleDataError, which the unit of work turns into ConcurrentModification (409) and rolls back
 together with the loser's audit row.
+
+Stop and ship also lock the experiment's row (``SELECT ... FOR NO KEY UPDATE`` on PostgreSQL)
+before they read its state, as the allocator does before each look: the ship guard of a running
+experiment reads the last recorded look of the sequential test and records the next one, and two
+looks that both read the same previous state would record one computed from the older state
+after the newer one. With the lock a second stop/ship waits for the first and then sees its
+result (IllegalTransition for a terminal status); an object loaded earlier in the same session
+keeps its stale version and the version check still refuses its UPDATE.
 """
 
 from __future__ import annotations
@@ -121,9 +129,10 @@ def record_audit(
 # --- reads ------------------------------------------------------------------------------------
 
 
-def get_experiment(uow: UnitOfWorkPort, *, key: str) -> Experiment:
-    """Load one experiment with its arms; ExperimentNotFound (404) when the key is unknown."""
-    exp = uow.experiments.get(key)
+def get_experiment(uow: UnitOfWorkPort, *, key: str, for_update: bool = False) -> Experiment:
+    """Load one experiment with its arms; ExperimentNotFound (404) when the key is unknown.
+    ``for_update`` locks its row until the caller's transaction ends (see the module doc)."""
+    exp = uow.experiments.get(key, for_update=True) if for_update else uow.experiments.get(key)
     if exp is None:
         raise ExperimentNotFound(f"no experiment with key {key!r}")
     return exp
@@ -296,7 +305,7 @@ def stop_experiment(
     evidence: dict[str, Any] | None = None,
 ) -> Experiment:
     """running -> stopped: allocation ends and the control serves from now on."""
-    exp = get_experiment(uow, key=key)
+    exp = get_experiment(uow, key=key, for_update=True)
     return _transition(uow, exp, action="stop", actor=actor, reason=reason, evidence=evidence)
 
 
@@ -327,7 +336,7 @@ def ship_experiment(
     force: bool = False,
 ) -> Experiment:
     """running|stopped -> shipped: ``arm`` gets all traffic (propensity 1) from now on."""
-    exp = get_experiment(uow, key=key)
+    exp = get_experiment(uow, key=key, for_update=True)
     arm_keys = [a.key for a in exp.arms]
     if arm not in arm_keys:
         raise ArmNotFound(

@@ -9,8 +9,9 @@ transaction; nothing here commits.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -27,6 +28,19 @@ from armlab.adapters.db.queries import (
 from armlab.core.evidence import ArmSums
 from armlab.errors import ExperimentExists
 
+_Sel = TypeVar("_Sel", bound=Select[Any])
+
+
+def lock_experiment(stmt: _Sel) -> _Sel:
+    """``stmt`` (a select of experiments) that also locks the rows it reads until the
+    transaction ends: ``SELECT ... FOR NO KEY UPDATE`` on PostgreSQL, the lock an UPDATE of a
+    non-key column takes (two such locks exclude each other, while inserts of rows that
+    reference the experiment, which take FOR KEY SHARE, do not wait); SQLite, which
+    serialises writers anyway, renders nothing. Callers that read an experiment's previous
+    state (its status, its last recorded look of the sequential test) and write from it take
+    it first, so two of them cannot interleave."""
+    return stmt.with_for_update(of=Experiment, key_share=True)
+
 
 class SqlExperiments:
     """Experiments with their arms."""
@@ -34,11 +48,14 @@ class SqlExperiments:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def get(self, key: str) -> Experiment | None:
-        return self.session.scalars(
-            select(Experiment).where(Experiment.key == key)
-            .options(selectinload(Experiment.arms))
-        ).one_or_none()
+    def get(self, key: str, *, for_update: bool = False) -> Experiment | None:
+        """One experiment with its arms. ``for_update``: lock its row until the transaction
+        ends (see :func:`lock_experiment`)."""
+        stmt = (select(Experiment).where(Experiment.key == key)
+                .options(selectinload(Experiment.arms)))
+        if for_update:
+            stmt = lock_experiment(stmt)
+        return self.session.scalars(stmt).one_or_none()
 
     def list(self, status: str | None = None) -> list[Experiment]:
         """Newest first, optionally only those with ``status``."""

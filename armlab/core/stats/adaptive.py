@@ -49,7 +49,13 @@ import numpy as np
 import numpy.typing as npt
 
 from armlab.core.evidence import FIELDS, ArmSums
-from armlab.core.stats.msprt import Alternative, MsprtResult, MsprtState, mixture_test
+from armlab.core.stats.msprt import (
+    Alternative,
+    HorizonBoundary,
+    MsprtResult,
+    MsprtState,
+    mixture_test,
+)
 from armlab.errors import StatsError
 
 FloatArray = npt.NDArray[np.float64]
@@ -197,16 +203,22 @@ def ipw_msprt(
     min_events: int = 0,
     state: MsprtState | None = None,
     alternative: Alternative = "two-sided",
+    horizon: HorizonBoundary | None = None,
 ) -> MsprtResult:
     """Adaptive-valid always-valid test / confidence sequence for mu_b - mu_a.
 
     A look carries evidence only when :func:`informative` (impressions and events per arm).
+    ``horizon``: the flat boundary of :class:`armlab.core.stats.msprt.HorizonBoundary` beside
+    the mixture, with its ``t`` set to ``t`` here (S = sum of the IPW increments = t·Zbar).
     """
     m = ipw_moments(t, a, b, binary=binary)
     enough = m.t >= 2 and informative(a, b, binary=binary, min_samples=min_samples,
                                       min_events=min_events)
+    if horizon is not None:
+        horizon = HorizonBoundary(horizon.info, m.t, horizon.share)
     return mixture_test(m.estimate, m.variance, tau2=tau2, theta0=theta0, alpha=alpha,
-                        state=state, enough_samples=enough, alternative=alternative)
+                        state=state, enough_samples=enough, alternative=alternative,
+                        horizon=horizon)
 
 
 def planned_variance(sigma2: float, horizon: float, k: int, *, method: str,

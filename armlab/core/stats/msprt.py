@@ -18,6 +18,10 @@ The same boundary is the normal-mixture boundary of Howard, Ramdas, McAuliffe, S
 ("Time-uniform, nonparametric, nonasymptotic confidence sequences", Ann. Statist. 2021,
 eq. (3.7) / Prop. 2.(iii)) with intrinsic time m = sigma² t and rho² = tau²/sigma² per
 observation; ``tau2_for_horizon`` uses their tuning rule.
+
+Optional horizon boundary (``HorizonBoundary``, ``sequential.boundary: horizon``): a flat
+boundary on the sum scale S = t (D - theta0) up to a planned information, with the rest of
+alpha on the mixture above (union bound). See :class:`HorizonBoundary`.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import brentq
-from scipy.special import lambertw, log_ndtr
+from scipy.special import lambertw, log_ndtr, ndtr, ndtri
 
 from armlab.errors import StatsError
 
 Kind = Literal["bernoulli", "normal"]
 Alternative = Literal["two-sided", "greater"]
+Boundary = Literal["mixture", "horizon"]
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -224,6 +229,86 @@ def tau2_for_effect(effect: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# The horizon boundary
+
+
+DEFAULT_HORIZON_SHARE = 0.8  # share of alpha on the flat boundary (0.04 of 0.05)
+
+
+@dataclass(frozen=True)
+class HorizonBoundary:
+    """A flat boundary on the sum scale up to a planned information, beside the mixture.
+
+    Write S_t = t (D_t - theta0) for the sum the estimate averages (t = impressions: for the
+    IPW test S_t = sum of the IPW increments Z_s; for a fixed 50/50 split 2 (sum of the
+    treatment's rewards - sum of the control's)) and V_t = t² Var(D_t) for its variance (the
+    sum of the conditional variances of the increments, the martingale's intrinsic time).
+    Under theta = theta0, S is a martingale and, by the martingale CLT / Dambis-Dubins-Schwarz,
+    close to a Brownian motion W run in intrinsic time: S_t ≈ W(V_t). The reflection principle
+    gives P(sup_{v <= V_plan} W(v) >= c sqrt(V_plan)) = 2 (1 - Phi(c)) (Siegmund, "Sequential
+    Analysis", 1985, §3.1; the continuous-monitoring limit of Lan & DeMets' "Discrete
+    sequential boundaries for clinical trials", Biometrika 1983, whose discrete looks cross
+    less often). So the flat boundary
+
+        |S_t| >= c2 sqrt(V_plan), c2 = Phi^-1(1 - alpha1/4)   (two-sided), or
+         S_t  >= c1 sqrt(V_plan), c1 = Phi^-1(1 - alpha1/2)   (greater),
+
+    active only while V_t <= V_plan, is crossed under the null with probability <= alpha1 at
+    any number of looks, and its p-value p_h = 4 (1 - Phi(|S_t|/sqrt(V_plan))) (two-sided) or
+    2 (1 - Phi(S_t/sqrt(V_plan))) (greater) satisfies P(exists t: p_h,t <= x) <= x for every
+    x. Beyond V_plan it is switched off and only the mixture (valid at all times) remains.
+    The test spends ``share`` of alpha on the flat boundary and the rest on the mixture:
+    p = min(p_h / share, p_mix / (1 - share)) is then an always-valid p-value (a union bound,
+    the time-uniform argument of Howard, Ramdas, McAuliffe & Sekhon 2021, §2), and the
+    confidence sequence is the intersection of the flat one (D ± c sqrt(V_plan)/t) at
+    share·alpha and the mixture one at (1 - share)·alpha.
+
+    Why: the mixture boundary, tuned for the horizon, sits at about 3.0 standard errors there
+    (alpha 0.05, two-sided); the flat one at 2.33 (two-sided) or 2.05 (greater) with alpha1 =
+    0.04, and every look before the horizon sees the same boundary on the sum scale. The price
+    is beyond the plan: only alpha2 = 0.01 is left for an experiment that runs past it.
+    ``v_plan`` must be fixed before the data it tests (armlab derives it from the frozen
+    tau², see :func:`variance_for_tau2`); V_t is the test's own (conservative) variance
+    estimate, so an underestimated plan only switches the boundary off earlier.
+
+    info: V_plan, the planned variance of S at the horizon (t_plan² x planned Var(D));
+    t: this look's scale (impressions; S = t (D - theta0)); share: alpha1 / alpha.
+    """
+
+    info: float
+    t: float
+    share: float = DEFAULT_HORIZON_SHARE
+
+    def __post_init__(self) -> None:
+        if not (self.info > 0.0 and math.isfinite(self.info)):
+            raise StatsError(f"horizon info must be positive and finite, got {self.info!r}")
+        if not (self.t >= 0.0 and math.isfinite(self.t)):
+            raise StatsError(f"horizon t must be >= 0 and finite, got {self.t!r}")
+        if not (0.0 < self.share < 1.0):
+            raise StatsError(f"horizon share must lie in (0, 1), got {self.share!r}")
+
+
+def horizon_critical(alpha1: float, alternative: Alternative = "two-sided") -> float:
+    """c with the flat boundary's crossing probability alpha1 (see :class:`HorizonBoundary`)."""
+    _check_alpha(alpha1)
+    return float(ndtri(1.0 - alpha1 / (2.0 if alternative == "greater" else 4.0)))
+
+
+def horizon_p(score: FloatArray | float, alternative: Alternative = "two-sided") -> FloatArray:
+    """p-value of the flat boundary for score = S_t / sqrt(V_plan) (vectorised)."""
+    z = np.asarray(score, dtype=np.float64)
+    if alternative == "greater":
+        return np.minimum(1.0, 2.0 * ndtr(-z))
+    return np.minimum(1.0, 4.0 * ndtr(-np.abs(z)))
+
+
+def variance_for_tau2(tau2: float, alpha: float = 0.05) -> float:
+    """The planned Var(D) at the horizon that :func:`tau2_for_horizon` tunes ``tau2`` for
+    (its inverse): a frozen tau² carries the plan of the horizon boundary with it."""
+    return float(tau2 / tau2_for_horizon(1.0, alpha))
+
+
+# ---------------------------------------------------------------------------------------------
 # The test
 
 
@@ -248,8 +333,12 @@ def mixture_test(
     state: MsprtState | None = None,
     enough_samples: bool = True,
     alternative: Alternative = "two-sided",
+    horizon: HorizonBoundary | None = None,
 ) -> MsprtResult:
     """One look of the normal-mixture test given D and V = Var(D).
+
+    ``horizon``: also the flat boundary of :class:`HorizonBoundary`, with ``horizon.share`` of
+    alpha on it and the rest on the mixture (combined p-value and intersected intervals).
 
     ``alternative="greater"`` uses the one-sided mixture (:func:`log_lambda_greater`): the
     null is theta <= theta0, the whole alpha goes to "treatment better", and the confidence
@@ -280,6 +369,9 @@ def mixture_test(
         half = float(cs_halfwidth(variance, tau2, alpha))
         lo_now, hi_now = estimate - half, estimate + half
     p_now = math.exp(-llr) if llr > 0.0 else 1.0
+    if horizon is not None:
+        p_now, lo_now, hi_now = _with_horizon(horizon, estimate, variance, tau2, theta0,
+                                              alpha, alternative, p_now)
     return MsprtResult(
         estimate=float(estimate), variance=float(variance), log_lambda=llr,
         p_value=min(st.p_value, p_now),
@@ -287,6 +379,27 @@ def mixture_test(
         p_now=p_now, ci_low_now=lo_now, ci_high_now=hi_now,
         tau2=float(tau2), theta0=float(theta0), alpha=float(alpha), looks=looks,
     )
+
+
+def _with_horizon(h: HorizonBoundary, estimate: float, variance: float, tau2: float,
+                  theta0: float, alpha: float, alternative: Alternative, p_mix: float
+                  ) -> tuple[float, float, float]:
+    """(p, ci_low, ci_high) of this look with the horizon boundary beside the mixture."""
+    a1, a2 = h.share * alpha, (1.0 - h.share) * alpha
+    if alternative == "greater":
+        lo, hi = estimate - lower_margin_greater(variance, tau2, a2), math.inf
+    else:
+        half = float(cs_halfwidth(variance, tau2, a2))
+        lo, hi = estimate - half, estimate + half
+    p_h = 1.0
+    if h.t > 0 and h.t * h.t * variance <= h.info:  # still inside the planned information
+        root = math.sqrt(h.info)
+        p_h = float(horizon_p(h.t * (estimate - theta0) / root, alternative))
+        margin = horizon_critical(a1, alternative) * root / h.t
+        lo = max(lo, estimate - margin)
+        if alternative != "greater":
+            hi = min(hi, estimate + margin)
+    return min(1.0, p_h / h.share, p_mix / (1.0 - h.share)), lo, hi
 
 
 def _arm_mean_var(kind: Kind, n: float, s: float, ss: float | None, arm: str) -> tuple[float,
@@ -346,8 +459,12 @@ def msprt_two_sample(
     state: MsprtState | None = None,
     gate: bool = True,
     alternative: Alternative = "two-sided",
+    horizon: HorizonBoundary | None = None,
 ) -> MsprtResult:
     """mSPRT for control a vs treatment b from cumulative sufficient statistics (JKPW §4).
+    ``horizon``: also the flat boundary of :class:`HorizonBoundary` (``horizon.t`` is replaced
+    by n_a + n_b: on a fixed 50/50 split (n_a + n_b)·D is twice the difference of the arms'
+    reward sums, a martingale under the null).
 
     Valid when observations are i.i.d. within each arm and allocation does not depend on the
     outcomes (fixed split). Under bandit allocation use ``armlab.core.stats.adaptive.ipw_msprt``.
@@ -355,8 +472,10 @@ def msprt_two_sample(
     """
     d, v = two_sample_moments(kind, n_a, sum_a, sumsq_a, n_b, sum_b, sumsq_b)
     enough = gate and min(n_a, n_b) >= max(min_samples, 1)
+    if horizon is not None:
+        horizon = HorizonBoundary(horizon.info, float(n_a + n_b), horizon.share)
     return mixture_test(d, v, tau2=tau2, theta0=theta0, alpha=alpha, state=state,
-                        enough_samples=enough, alternative=alternative)
+                        enough_samples=enough, alternative=alternative, horizon=horizon)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ Analyses run on the same simulated data (same-run baselines):
   total with its sticky propensity: a cluster-level analysis, so the variance is
   cluster-robust). Also reported one-sided ("treatment better", the half-normal mixture of
   :func:`armlab.core.stats.msprt.log_lambda_greater`) for power.
+* ``armlab_horizon``: the same analysis with ``sequential.boundary: horizon`` (the flat
+  boundary of :class:`armlab.core.stats.msprt.HorizonBoundary` up to the planned information,
+  80% of alpha, beside the mixture with the rest), two-sided and one-sided.
 * ``msprt_thompson``: plain mSPRT (JKPW 2022) on the arm means under the same Thompson
   allocation, no information gate: what armlab replaced.
 * ``msprt_fixed``: plain mSPRT on a fixed 50/50 split: the reference power.
@@ -55,7 +58,16 @@ import numpy.typing as npt
 from scipy.special import ndtr
 
 from armlab.core.stats.adaptive import ipw_kernel
-from armlab.core.stats.msprt import cs_halfwidth, log_lambda, log_lambda_greater, tau2_for_horizon
+from armlab.core.stats.msprt import (
+    DEFAULT_HORIZON_SHARE,
+    cs_halfwidth,
+    horizon_critical,
+    horizon_p,
+    log_lambda,
+    log_lambda_greater,
+    tau2_for_horizon,
+    variance_for_tau2,
+)
 from armlab.errors import StatsError
 
 FloatArray = npt.NDArray[np.float64]
@@ -147,7 +159,7 @@ class _Tracker:
         self.width = np.full(reps, np.inf)
 
     def look(self, ok: npt.NDArray[np.bool_], d: FloatArray, v: FloatArray,
-             n_per_arm: FloatArray) -> None:
+             n_per_arm: FloatArray, t: FloatArray | None = None) -> None:
         vv = np.where(ok, v, 1.0)
         llr = np.where(ok, log_lambda(d, vv, self.tau2), -np.inf)
         hit = ok & (llr >= self.thr) & ~self.rejected
@@ -167,6 +179,46 @@ class _Tracker:
         self.width = np.where(ok, np.minimum(self.width, 2 * cs_halfwidth(vv, self.tau2,
                                                                           self.alpha)),
                               self.width)
+
+
+class _HorizonTracker(_Tracker):
+    """The same analysis with ``sequential.boundary: horizon``: the flat boundary of
+    :class:`armlab.core.stats.msprt.HorizonBoundary` on the sum t·D up to the planned
+    information ``info`` (share·alpha) beside the mixture ((1 - share)·alpha)."""
+
+    def __init__(self, reps: int, alpha: float, theta: float, tau2: float, n_max: float,
+                 info: float, share: float = DEFAULT_HORIZON_SHARE) -> None:
+        super().__init__(reps, alpha, theta, tau2, n_max)
+        self.info, self.share = info, share
+        self.root = math.sqrt(info)
+        self.margin = horizon_critical(share * alpha, "two-sided") * self.root
+
+    def _p(self, d: FloatArray, vv: FloatArray, t: FloatArray, greater: bool) -> FloatArray:
+        llr = (log_lambda_greater if greater else log_lambda)(d, vv, self.tau2)
+        p_mix = np.exp(-np.maximum(llr, 0.0))
+        active = t * t * vv <= self.info
+        p_h = np.where(active, horizon_p(t * d / self.root,
+                                         "greater" if greater else "two-sided"), 1.0)
+        return np.minimum(p_h / self.share, p_mix / (1.0 - self.share))
+
+    def look(self, ok: npt.NDArray[np.bool_], d: FloatArray, v: FloatArray,
+             n_per_arm: FloatArray, t: FloatArray | None = None) -> None:
+        if t is None:
+            raise StatsError("the horizon boundary needs t")
+        vv = np.where(ok, v, 1.0)
+        tt = np.where(ok, t, 1.0)
+        hit = ok & (self._p(d, vv, tt, False) <= self.alpha) & ~self.rejected
+        self.right_way |= hit & (d > 0)
+        self.n_at = np.where(hit, n_per_arm, self.n_at)
+        self.rejected |= hit
+        self.miss |= ok & (self._p(d - self.theta, vv, tt, False) <= self.alpha)
+        hit_g = ok & (self._p(d, vv, tt, True) <= self.alpha) & ~self.greater
+        self.n_at_greater = np.where(hit_g, n_per_arm, self.n_at_greater)
+        self.greater |= hit_g
+        self.miss_greater |= ok & (self._p(d - self.theta, vv, tt, True) <= self.alpha)
+        half = cs_halfwidth(vv, self.tau2, (1.0 - self.share) * self.alpha)
+        half = np.where(tt * tt * vv <= self.info, np.minimum(half, self.margin / tt), half)
+        self.width = np.where(ok, np.minimum(self.width, 2 * half), self.width)
 
 
 def _simulate(cfg: CellConfig, *, p_b: float, reps: int, allocation: str, seed: int
@@ -205,6 +257,10 @@ def _simulate(cfg: CellConfig, *, p_b: float, reps: int, allocation: str, seed: 
     trackers: dict[str, _Tracker] = {}
     if allocation == "thompson":
         trackers["armlab"] = _Tracker(reps, alpha, theta_unit, tau2_ipw, n_max)
+        # the plan of the horizon boundary, as the platform derives it from the frozen tau²
+        info = horizon_units**2 * variance_for_tau2(tau2_ipw, alpha)
+        trackers["armlab_horizon"] = _HorizonTracker(reps, alpha, theta_unit, tau2_ipw, n_max,
+                                                     info)
         trackers["msprt_thompson"] = _Tracker(reps, alpha, p_b - p_a, tau2_plain, n_max)
         if user:
             trackers["ipw_per_impression"] = _Tracker(reps, alpha, p_b - p_a, tau2_imp, n_max)
@@ -262,6 +318,7 @@ def _simulate(cfg: CellConfig, *, p_b: float, reps: int, allocation: str, seed: 
         }
     if allocation == "thompson":
         out["armlab"]["srm"] = srm_p <= SRM_ALPHA
+        out["armlab_horizon"]["srm"] = out["armlab"]["srm"]
         if user:
             out["ipw_per_impression"]["srm"] = srm_p_imp <= SRM_ALPHA
     return out
@@ -311,6 +368,8 @@ def _analyse(cfg: CellConfig, seen: FloatArray, trackers: dict[str, _Tracker],
                 safe[1], b[1], b[2], b[3], b[4], b[5], b[6], binary=not user)
             v = sigma2 / safe[2]
             trackers["armlab"].look(ok & (v > 0), d, v, n_per_arm)
+            if "armlab_horizon" in trackers:
+                trackers["armlab_horizon"].look(ok & (v > 0), d, v, n_per_arm, safe[2])
         if "ipw_per_impression" in trackers:
             n_a, n_b = n_imp_a, n_imp_b
             t = n_a + n_b

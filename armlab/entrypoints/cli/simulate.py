@@ -149,7 +149,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """A/A false-positive rate (with Monte Carlo SE), SRM false alarms, confidence-sequence
         coverage, power and sample size at decision over a grid of cells, for armlab's test
-        and same-run baselines (plain mSPRT under Thompson and under a fixed 50/50 split)."""
+        (``armlab``; ``armlab_horizon`` with ``sequential.boundary: horizon``) and same-run
+        baselines (plain mSPRT under Thompson and under a fixed 50/50 split)."""
         from concurrent.futures import ProcessPoolExecutor
 
         from armlab.core.stats.validity import grid, run_cell, summarise

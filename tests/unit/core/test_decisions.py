@@ -176,3 +176,33 @@ def test_a_decided_direction_does_not_flip_when_the_estimate_wanders() -> None:
     b = evaluate(design(), later, prev, now=NOW)["arms"][0]
     assert b["estimate"] < 0 and b["p_value"] == a["p_value"]
     assert b["decision"] == "treatment_better"
+
+
+def test_horizon_boundary_is_registrable_and_rejects_inside_the_plan() -> None:
+    """``boundary: horizon``: the flat boundary up to the planned information (from the
+    frozen tau²) rejects a lift the mixture alone does not yet; its state is not carried
+    into a test with the other boundary. The data: 18,000 of the planned 20,000 impressions,
+    the control held at the floor (the bandit found the winner): 5% -> 6.5%."""
+    data = {"control": sums(1800, 90, 0.1), "t1": sums(16_200, 1053, 0.9)}
+    mix = evaluate(design(max_n=20_000), data, {}, now=NOW)
+    hor = evaluate(design(max_n=20_000, boundary="horizon"), data, {}, now=NOW)
+    assert mix["boundary"] == "mixture" and mix["horizon_plan"] is None
+    assert hor["boundary"] == "horizon" and hor["tau2"] == mix["tau2"]
+    plan = hor["horizon_plan"]
+    assert plan["impressions"] == 20_000 and plan["share"] == 0.8
+    assert plan["info"] == pytest.approx(20_000**2 * mix["tau2"] / tau2_for_horizon(1.0, 0.05))
+    m, h = mix["arms"][0], hor["arms"][0]
+    assert m["decision"] == "continue" and m["p_value"] > 0.05
+    assert h["decision"] == "treatment_better" and h["p_value"] <= 0.05
+    assert h["ci_low"] > 0 and h["ci_high"] - h["ci_low"] < m["ci_high"] - m["ci_low"]
+    # the mixture test's running state does not continue into the horizon test
+    prev = {"t1": PriorLook(p_value=0.9, ci_low=-0.5, ci_high=0.5, method="ipw",
+                            tau2=mix["tau2"], looks=4)}
+    again = evaluate(design(max_n=20_000, boundary="horizon"), data, prev, now=NOW)["arms"][0]
+    assert again["looks"] == 1 and again["p_value"] == h["p_value"]
+    carried = {"t1": PriorLook(p_value=0.9, ci_low=-0.5, ci_high=0.5, method="ipw",
+                               tau2=mix["tau2"], looks=4, boundary="horizon")}
+    assert evaluate(design(max_n=20_000, boundary="horizon"), data, carried,
+                    now=NOW)["arms"][0]["looks"] == 5
+    with pytest.raises(ValueError, match="boundary"):
+        SequentialSpec.model_validate({"boundary": "pocock"})

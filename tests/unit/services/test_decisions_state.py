@@ -128,3 +128,18 @@ def test_user_unit_is_evaluated_on_per_user_sums() -> None:
     ev = run_decisions(uow, exp)
     assert ev["unit"] == "user" and ev["impressions"] == 2000  # users, not impressions
     assert ev["arms"][0]["n_control"] == 1000
+
+
+def test_a_horizon_boundary_look_continues_the_recorded_state() -> None:
+    """``boundary: horizon`` is recorded with each look, so the next look continues its
+    running state (looks 1 -> 2, p never rises) instead of starting a fresh test."""
+    uow, exp = make(boundary="horizon", max_n=20_000)
+    uow.evidence.sums[exp.id] = dict(GOOD)
+    first = run_decisions(uow, exp)
+    assert first["boundary"] == "horizon" and first["horizon_plan"]["impressions"] == 20_000
+    uow.evidence.sums[exp.id] = dict(LATER)
+    second = run_decisions(uow, exp)["arms"][0]
+    assert second["looks"] == first["arms"][0]["looks"] + 1 == 2
+    assert second["p_value"] <= first["arms"][0]["p_value"]
+    shown = build_results(uow, exp)["sequential"]
+    assert shown["boundary"] == "horizon" and shown["arms"][0]["looks"] == 2

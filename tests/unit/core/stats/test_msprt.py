@@ -12,10 +12,13 @@ from scipy import integrate, optimize
 from scipy.stats import norm
 
 from armlab.core.stats.msprt import (
+    HorizonBoundary,
     MsprtState,
     bonferroni_adjust,
     cs_halfwidth,
     holm_adjust,
+    horizon_critical,
+    horizon_p,
     log_lambda,
     log_lambda_greater,
     lower_margin_greater,
@@ -23,6 +26,7 @@ from armlab.core.stats.msprt import (
     msprt_two_sample,
     tau2_for_effect,
     tau2_for_horizon,
+    variance_for_tau2,
 )
 from armlab.errors import StatsError
 
@@ -206,3 +210,76 @@ def test_one_sided_mixture_keeps_alpha_under_continuous_monitoring() -> None:
         s += rng.standard_normal(reps)
         hit |= log_lambda_greater(s / n, 1.0 / n, tau2) >= -math.log(0.05)
     assert hit.mean() <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / reps)
+
+
+def test_horizon_boundary_closed_forms() -> None:
+    """Reflection principle: P(sup_{v<=1} W(v) >= c) = 2 (1 - Phi(c)); alpha1 = 0.04 gives
+    c = 2.054 one-sided and 2.326 two-sided (union of the two one-sided crossings)."""
+    assert horizon_critical(0.04, "greater") == pytest.approx(norm.ppf(0.98), abs=1e-12)
+    assert horizon_critical(0.04) == pytest.approx(norm.ppf(0.99), abs=1e-12)
+    assert float(horizon_p(norm.ppf(0.98), "greater")) == pytest.approx(0.04)
+    assert float(horizon_p(-norm.ppf(0.99))) == pytest.approx(0.04)
+    assert float(horizon_p(-3.0, "greater")) == 1.0
+    assert variance_for_tau2(tau2_for_horizon(2.5e-5, 0.05), 0.05) == pytest.approx(2.5e-5)
+    # one look by hand: p = min(p_h / share, p_mix / (1 - share)); CS = both intersected
+    d, v, t, tau2 = 0.012, 2.0e-5, 20_000.0, 1.6e-4
+    info = (t * math.sqrt(2.5e-5)) ** 2  # the plan: Var(D) 2.5e-5 at t = 20,000
+    h = HorizonBoundary(info, t)
+    r = mixture_test(d, v, tau2=tau2, alpha=0.05, horizon=h)
+    p_h = 4 * norm.sf(t * d / math.sqrt(info))
+    p_mix = math.exp(-float(log_lambda(d, v, tau2)))
+    assert r.p_now == pytest.approx(min(p_h / 0.8, p_mix / 0.2))
+    margin = horizon_critical(0.04) * math.sqrt(info) / t
+    half = float(cs_halfwidth(v, tau2, 0.01))
+    assert r.ci_low_now == pytest.approx(d - min(margin, half))
+    assert r.ci_high_now == pytest.approx(d + min(margin, half))
+    assert r.p_now < 0.05 < p_mix  # the flat boundary rejects where the mixture does not
+    # beyond the planned information only the mixture (at 1 - share of alpha) is left
+    late = mixture_test(d, v, tau2=tau2, alpha=0.05, horizon=HorizonBoundary(info / 2, t))
+    assert late.p_now == pytest.approx(min(1.0, p_mix / 0.2))
+    g = mixture_test(d, v, tau2=tau2, alpha=0.05, alternative="greater", horizon=h)
+    assert g.p_now == pytest.approx(min(2 * norm.sf(t * d / math.sqrt(info)) / 0.8,
+                                        math.exp(-float(log_lambda_greater(d, v, tau2))) / 0.2))
+    assert g.ci_high_now == math.inf
+    with pytest.raises(StatsError, match="share"):
+        HorizonBoundary(1.0, 1.0, share=1.0)
+    with pytest.raises(StatsError, match="info"):
+        HorizonBoundary(0.0, 1.0)
+
+
+@pytest.mark.parametrize("alternative", ["two-sided", "greater"])
+def test_horizon_boundary_keeps_alpha_at_every_look_and_beyond_the_plan(
+        alternative: str) -> None:
+    """Random walk at theta = 0 with a look after every step, run to three times the planned
+    information: P(ever p <= alpha) <= alpha; the flat part alone crosses with probability
+    close to (and below) alpha1, so the boundary is not needlessly conservative; the
+    confidence sequence covers theta under an alternative."""
+    rng = np.random.default_rng(12)
+    reps, plan, looks, alpha = 3000, 500, 1500, 0.05
+    info, tau2 = float(plan), tau2_for_horizon(1.0 / plan, alpha)
+    greater = alternative == "greater"
+    s = np.zeros(reps)
+    s_alt = np.zeros(reps)
+    theta = 0.1
+    hit = np.zeros(reps, dtype=bool)
+    flat = np.zeros(reps, dtype=bool)
+    miss = np.zeros(reps, dtype=bool)
+
+    def p_value(total: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        d, v = total / n, 1.0 / n
+        llr = (log_lambda_greater if greater else log_lambda)(d, v, tau2)
+        p_mix = np.exp(-np.maximum(llr, 0.0))
+        p_h = horizon_p(total / math.sqrt(info), alternative) if n <= plan else np.ones(reps)
+        return np.minimum(p_h / 0.8, p_mix / 0.2), p_h
+
+    for n in range(1, looks + 1):
+        s += rng.standard_normal(reps)
+        s_alt += rng.standard_normal(reps) + theta
+        p, p_h = p_value(s, n)
+        hit |= p <= alpha
+        flat |= p_h <= 0.8 * alpha
+        miss |= p_value(s_alt - theta * n, n)[0] <= alpha
+    se = 2 * math.sqrt(alpha * (1 - alpha) / reps)
+    assert hit.mean() <= alpha + se
+    assert 0.8 * alpha - 0.02 <= flat.mean() <= 0.8 * alpha + se
+    assert miss.mean() <= alpha + se

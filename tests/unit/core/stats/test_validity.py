@@ -28,6 +28,7 @@ def test_low_base_rate_with_frequent_looks_stays_within_alpha() -> None:
     r = run_cell(CellConfig(base_rate=0.01, floor=0.05, look_every=10, max_n=3000,
                             reps=reps, reps_alt=100, seed=3))
     _assert_valid(r["analyses"]["armlab"], reps)
+    _assert_valid(r["analyses"]["armlab_horizon"], reps)
     assert r["analyses"]["armlab"]["srm_false_alarm"] <= 0.01
     # the same-run baseline that armlab replaced is invalid here
     assert r["analyses"]["msprt_thompson"]["fpr"] > ALPHA + 2 * r["analyses"][
@@ -43,6 +44,7 @@ def test_user_unit_with_delay_is_analysed_per_user() -> None:
                             delay=True, reps=reps, reps_alt=200, seed=5))
     a = r["analyses"]["armlab"]
     _assert_valid(a, reps)
+    _assert_valid(r["analyses"]["armlab_horizon"], reps)
     assert a["srm_false_alarm"] <= 0.01
     per_imp = r["analyses"]["ipw_per_impression"]
     assert per_imp["srm_false_alarm"] > 0.2  # what the per-impression check did
@@ -57,8 +59,13 @@ def test_request_unit_with_delay_keeps_coverage_and_has_power() -> None:
     _assert_valid(a, reps)
     assert a["power_greater"] > 0.25 and a["power_greater"] >= a["power"]
     assert r["analyses"]["msprt_fixed"]["power"] > a["power"]  # the price of adaptivity
+    # boundary: horizon buys power back inside the plan and stays valid
+    h = r["analyses"]["armlab_horizon"]
+    _assert_valid(h, reps)
+    assert h["power_greater"] > a["power_greater"] and h["power"] > a["power"]
     s = summarise([r])
     assert s["armlab"]["cells"] == 1 and s["armlab"]["cells_fpr_within_2se"] == 1
+    assert s["armlab_horizon"]["cells_fpr_within_2se"] == 1
 
 
 def test_grid_cells_and_config_errors() -> None:

@@ -20,7 +20,8 @@ def test_validity_subset_json_and_one_line_errors() -> None:
     out = json.loads(res.output)
     assert out["n_cells"] == 2 and len(out["cells"]) == 2
     names = set(out["cells"][1]["analyses"])
-    assert names == {"armlab", "msprt_thompson", "msprt_fixed", "ipw_per_impression"}
+    assert names == {"armlab", "armlab_horizon", "msprt_thompson", "msprt_fixed",
+                     "ipw_per_impression"}
     row = out["cells"][0]["analyses"]["armlab"]
     assert {"fpr", "fpr_se", "srm_false_alarm", "coverage", "power", "power_greater",
             "mean_n_at_decision"} <= set(row)
