@@ -132,7 +132,22 @@ class AllocationSnapshot(Base):
     stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
 
 
-class ArmStats(Base):
+class SumsColumns:
+    """The columns of one :class:`armlab.core.evidence.ArmSums` (same names), shared by
+    ``arm_stats``, ``guardrail_stats`` and ``arm_rollups``; each table lists them after its
+    own key columns."""
+
+    n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    reward_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    reward_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_n: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    ipw_n_sq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    feedback_n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+
+
+class ArmStats(SumsColumns, Base):
     """Per-arm sufficient statistics, sharded by Kafka partition (no cross-consumer contention).
 
     n / reward_sum / reward_sumsq: plain sums over impressions (reward 0 until feedback lands).
@@ -147,20 +162,12 @@ class ArmStats(Base):
     )
     arm_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
-    n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
-    reward_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    reward_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_n: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_n_sq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    feedback_n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    updated_at: Mapped[datetime] = mapped_column(  # after the sums, as the migration has it
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow, sort_order=1
     )
 
 
-class GuardrailStats(Base):
+class GuardrailStats(SumsColumns, Base):
     """Per-arm sufficient statistics of one guardrail metric (the ``ArmSums`` fields with
     "reward" = the metric's per-impression value), sharded by partition like ``arm_stats`` and
     written in the same batch transaction."""
@@ -173,16 +180,8 @@ class GuardrailStats(Base):
     arm_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     metric: Mapped[str] = mapped_column(String(64), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
-    n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
-    reward_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    reward_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_n: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_n_sq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    feedback_n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow, sort_order=1
     )
 
 
@@ -190,7 +189,7 @@ class GuardrailStats(Base):
 ROLLUP_WIDTHS_S = (60, 3600)
 
 
-class ArmRollup(Base):
+class ArmRollup(SumsColumns, Base):
     """Per-arm sums of the consumer batches committed inside one time bucket.
 
     The consumer adds a batch's :class:`armlab.core.evidence.ArmSums` (the same increments it
@@ -210,14 +209,6 @@ class ArmRollup(Base):
     bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     arm_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
-    n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
-    reward_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    reward_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_n: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_sum: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_sumsq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    ipw_n_sq: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
-    feedback_n: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
 
 
 class Impression(Base):

@@ -40,6 +40,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_ready(url: str, procs: dict[str, subprocess.Popen[bytes]],
+                     logs: dict[str, Path], timeout_s: float = 90) -> None:
+    """Wait for ``url``'s /readyz; fail with the log tail if a process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for name, p in procs.items():
+            if p.poll() is not None:
+                pytest.fail(f"armlab {name} exited {p.returncode}: "
+                            f"{logs[name].read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"armlab serve not ready in {timeout_s:.0f} s: "
+                        f"{logs['serve'].read_text()[-2000:]}")
+        time.sleep(0.3)
+
+
 @pytest.fixture()
 def api(pg_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     """`armlab serve` on a free loopback port; yields the environment the CLI needs."""
@@ -58,20 +78,7 @@ def api(pg_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"armlab serve exited {proc.returncode}: "
-                            f"{(tmp_path / 'serve.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"armlab serve not ready in 90 s: "
-                            f"{(tmp_path / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.3)
+        wait_until_ready(url, {"serve": proc}, {"serve": tmp_path / "serve.log"})
         yield {**env, "ARMLAB_API_URL": url, "ARMLAB_TOKEN": "admin-secret"}
     finally:
         proc.terminate()

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.entrypoints.test_cli_live import free_port
+from tests.integration.entrypoints.test_cli_live import free_port, wait_until_ready
 
 pytestmark = pytest.mark.integration
 
@@ -56,20 +56,7 @@ def stack(pg_url: str, kafka_bootstrap: str, kafka_topic_factory: Callable[..., 
                 procs[name] = subprocess.Popen(cmd, env=env, stdout=out,
                                                stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            for name, p in procs.items():
-                if p.poll() is not None:
-                    pytest.fail(f"armlab {name} exited {p.returncode}: "
-                                f"{logs[name].read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"armlab serve not ready: {logs['serve'].read_text()[-2000:]}")
-            time.sleep(0.3)
+        wait_until_ready(url, procs, logs)
         yield url
     finally:
         for p in procs.values():
