@@ -141,8 +141,10 @@ def experiment_spec(key: str, cfg: DemoConfig, arms: list[dict[str, Any]],
         # Rewards are known at request time here, so feedback lands within milliseconds;
         # a 1 s window keeps the allocator's "matured" view almost current.
         "attribution_window_s": 1,
+        # The demo knows its budget, so it registers the horizon boundary (most of alpha on a
+        # flat boundary up to the planned information at max_n; still valid beyond it).
         "sequential": {"alpha": 0.05, "auto_stop": True, "min_samples": 50,
-                       "max_n": n_requests, "correction": "holm"},
+                       "max_n": n_requests, "correction": "holm", "boundary": "horizon"},
         "arms": arms,
         # The guardrail: the share of recommended lists holding a movie the user later rated
         # 1-2 must not rise by more than 2 points over the control's.

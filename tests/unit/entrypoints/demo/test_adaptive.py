@@ -64,6 +64,8 @@ def test_reduced_demo_runs_end_to_end(sqlite_url: str, tmp_path: Path) -> None:
         assert actions[:2] == ["create", "start"] and actions[-1] == "ship"
         # the guardrail is registered and its metric ingested for every impression
         assert [g["key"] for g in exp.guardrails] == ["low_rated"]
+        # the demo knows its budget: the horizon boundary, planned at the request budget
+        assert exp.sequential["boundary"] == "horizon" and exp.sequential["max_n"] == 60
         low = s.execute(select(func.sum(GuardrailStats.n), func.sum(GuardrailStats.reward_sum))
                         .where(GuardrailStats.experiment_id == exp.id,
                                GuardrailStats.metric == "low_rated")).one()
