@@ -18,7 +18,7 @@ partitions (a zombie) updates 0 rows and rolls back instead of overwriting the n
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -372,36 +372,34 @@ def upsert_stats(
     session: Session, stats: dict[tuple[int, str, int], ArmSums], now: datetime
 ) -> None:
     """Add each (experiment, arm, partition) shard's sums to its ``arm_stats`` row."""
-    rows = []
-    for (exp_id, arm, part), sums in sorted(stats.items()):
-        row: dict[str, Any] = {"experiment_id": exp_id, "arm_key": arm, "partition": part,
-                               "updated_at": now}
-        for name in FIELDS:
-            value = getattr(sums, name)
-            row[name] = int(value) if name in COUNTS else value
-        rows.append(row)
-    added = ", ".join(f"{f} = arm_stats.{f} + excluded.{f}" for f in FIELDS)
-    _insert_rows(session, _Json(session), "arm_stats", _STATS_ROW, rows,
-                 "ON CONFLICT (experiment_id, arm_key, partition) DO UPDATE SET "
-                 f"{added}, updated_at = excluded.updated_at")
+    _upsert_sums(session, "arm_stats", _STATS_ROW, ("experiment_id", "arm_key", "partition"),
+                 stats, now)
 
 
 def upsert_guardrail_stats(
     session: Session, stats: dict[tuple[int, str, str, int], ArmSums], now: datetime
 ) -> None:
     """Add each (experiment, arm, metric, partition) shard's sums to its ``guardrail_stats``
-    row (the same statement as :func:`upsert_stats`, one more key column)."""
+    row."""
+    _upsert_sums(session, "guardrail_stats", _GUARDRAIL_ROW,
+                 ("experiment_id", "arm_key", "metric", "partition"), stats, now)
+
+
+def _upsert_sums(session: Session, table: str, spec: list[tuple[str, str]],
+                 keys: tuple[str, ...], stats: Mapping[tuple[Any, ...], ArmSums],
+                 now: datetime) -> None:
+    """One upsert adding each shard's ``ArmSums`` to its row of ``table`` (key columns
+    ``keys``, in the order of the stats' keys)."""
     rows = []
-    for (exp_id, arm, metric, part), sums in sorted(stats.items()):
-        row: dict[str, Any] = {"experiment_id": exp_id, "arm_key": arm, "metric": metric,
-                               "partition": part, "updated_at": now}
+    for key, sums in sorted(stats.items()):
+        row: dict[str, Any] = {**dict(zip(keys, key, strict=True)), "updated_at": now}
         for name in FIELDS:
             value = getattr(sums, name)
             row[name] = int(value) if name in COUNTS else value
         rows.append(row)
-    added = ", ".join(f"{f} = guardrail_stats.{f} + excluded.{f}" for f in FIELDS)
-    _insert_rows(session, _Json(session), "guardrail_stats", _GUARDRAIL_ROW, rows,
-                 "ON CONFLICT (experiment_id, arm_key, metric, partition) DO UPDATE SET "
+    added = ", ".join(f"{f} = {table}.{f} + excluded.{f}" for f in FIELDS)
+    _insert_rows(session, _Json(session), table, spec, rows,
+                 f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
                  f"{added}, updated_at = excluded.updated_at")
 
 

@@ -49,7 +49,7 @@ from armlab.core.stats.guardrails import (
     pooled_variance,
     tau2_factor,
 )
-from armlab.core.stats.validity import _thompson_weight
+from armlab.core.stats.validity import thompson_weight
 from armlab.errors import StatsError
 
 FloatArray = npt.NDArray[np.float64]
@@ -138,7 +138,7 @@ def simulate_guardrail(cfg: GuardrailSimConfig) -> dict[str, FloatArray]:
     rates_skip = (cfg.skip_a, cfg.skip_b)
     looks = cfg.horizon // batch
     for look in range(looks):
-        w_b = _thompson_weight(clicks[0], n[0], clicks[1], n[1], cfg.floor)
+        w_b = thompson_weight(clicks[0], n[0], clicks[1], n[1], cfg.floor)
         k_b = rng.binomial(batch, w_b).astype(np.float64)
         for arm, k, w in ((0, batch - k_b, 1.0 - w_b), (1, k_b, w_b)):
             c = rng.binomial(k.astype(np.int64), rates_click[arm]).astype(np.float64)

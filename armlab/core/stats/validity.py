@@ -128,7 +128,7 @@ class CellConfig:
         return 2 * self.max_n
 
 
-def _thompson_weight(s_a: FloatArray, n_a: FloatArray, s_b: FloatArray, n_b: FloatArray,
+def thompson_weight(s_a: FloatArray, n_a: FloatArray, s_b: FloatArray, n_b: FloatArray,
                      floor: float) -> FloatArray:
     """P(b best) under Beta(1+S, 1+F) posteriors, normal approximation, clipped to the floor."""
     ma, mb = (1 + s_a) / (2 + n_a), (1 + s_b) / (2 + n_b)
@@ -273,7 +273,7 @@ def _simulate(cfg: CellConfig, *, p_b: float, reps: int, allocation: str, seed: 
     for step in range(looks):
         if allocation == "thompson" and step % alloc_batches == 0:
             ia, ib = seen[0], seen[1]
-            w_b = _thompson_weight(ia[_IDX["imp_s"]], ia[_IDX["imp_n"]], ib[_IDX["imp_s"]],
+            w_b = thompson_weight(ia[_IDX["imp_s"]], ia[_IDX["imp_n"]], ib[_IDX["imp_s"]],
                                    ib[_IDX["imp_n"]], cfg.floor)
         inc = np.zeros((2, len(_FIELDS), reps))
         if user:
