@@ -128,6 +128,11 @@ class MemorySource:
                     out.extend(recs)
         return out
 
+    def end_offsets(self, tps: list[TP], timeout_s: float = 10.0) -> dict[TP, int]:
+        """The log end offset of each partition (the offsets check on assignment)."""
+        del timeout_s
+        return {tp: self.bus.end_offset(*tp) for tp in tps}
+
     def highwaters(self, tps: list[TP]) -> dict[TP, int]:
         """The end offset of each partition (always known in process)."""
         return {tp: self.bus.end_offset(*tp) for tp in tps}

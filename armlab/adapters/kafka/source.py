@@ -261,6 +261,20 @@ class KafkaSource:
                 out[tp] = recs[:cut]
         return out
 
+    def end_offsets(self, tps: list[TP], timeout_s: float = 10.0) -> dict[TP, int]:
+        """The log end offset of each partition, asked of the broker now (the offsets check
+        on assignment: :meth:`armlab.services.ingest.IngestRunner._on_assign`). Raises
+        :class:`ServiceUnavailable` when the broker does not answer within ``timeout_s``."""
+        if not tps:
+            return {}
+        try:
+            ends = self.consumer.end_offsets([TopicPartition(*tp) for tp in tps],
+                                             timeout_ms=int(timeout_s * 1000))
+        except KafkaError as exc:
+            raise _kafka_unavailable(self.bootstrap, exc) from exc
+        return {(ktp.topic, ktp.partition): int(end) for ktp, end in ends.items()
+                if end is not None}
+
     #: How often (seconds) :meth:`highwaters` may ask the broker for end offsets that no
     #: fetch has told it yet (a partition with nothing to fetch, or right after assignment).
     END_OFFSETS_EVERY_S = 10.0
