@@ -165,7 +165,19 @@ class Services:
                             topic_feedback=s.topic_feedback, max_batch=batch,
                             poll_timeout_s=poll_timeout_s, metrics=metrics,
                             retention_days=None if s.is_sqlite else s.retention_days,
-                            lag_report_interval_s=s.lag_report_interval_s)
+                            lag_report_interval_s=s.lag_report_interval_s,
+                            max_clock_skew_s=s.ingest_max_clock_skew_s,
+                            reset_offsets_on_start=transport == "memory"
+                            and self.bus.first_consumer(group))
+
+    def log_end_offsets(self, topics: list[str]) -> dict[tuple[str, int], int]:
+        """The end offset of every partition of ``topics`` on this process's transport."""
+        if self.settings.transport == "memory":
+            return {(t, p): self.bus.end_offset(t, p)
+                    for t in topics for p in range(self.bus.partitions(t))}
+        from armlab.adapters.kafka.admin import log_end_offsets
+
+        return log_end_offsets(self.settings.kafka, topics)
 
     def close(self) -> None:
         """Stop what was started (assigner threads, scorer thread, producer), then the engine."""

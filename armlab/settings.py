@@ -131,6 +131,11 @@ class Settings(BaseSettings):
         description="How often a consumer records its per-partition lag in the database "
                     "(the dashboard's health panel).",
     )
+    ingest_max_clock_skew_s: float = Field(
+        300.0, ge=0, le=30 * 86400,
+        description="The consumer dead-letters events stamped (served_at / occurred_at) more "
+                    "than this many seconds after its own clock as `from_future`.",
+    )
     auth_tokens: SecretStr = Field(
         SecretStr(""),
         description="Comma-separated name:role:secret triples; roles admin, producer, reader.",

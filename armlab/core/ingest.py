@@ -258,8 +258,10 @@ class _Batch:
         state: BatchState,
         feedback_topic: str,
         horizon: datetime | None = None,
+        latest: datetime | None = None,
     ) -> None:
         self.horizon = None if horizon is None else as_utc(horizon)
+        self.latest = None if latest is None else as_utc(latest)
         self.experiments = experiments
         self.by_id = {e.id: e for e in experiments.values()}
         self.state = state
@@ -293,6 +295,16 @@ class _Batch:
                     f"{self.horizon.isoformat()}", rec)
         return True
 
+    def from_future(self, at: datetime, what: str, rec: RecordLike) -> bool:
+        """Refuse an event stamped after ``latest`` (the consumer's clock plus the allowed
+        skew): a wrong clock or unit would otherwise put it in the statistics and, for an
+        impression, open an attribution window in the future."""
+        if self.latest is None or as_utc(at) <= self.latest:
+            return False
+        self.reject("from_future", f"{what} {at.isoformat()} is later than the consumer's "
+                    f"clock allows ({self.latest.isoformat()}: now plus the allowed skew)", rec)
+        return True
+
     def impression(self, ev: ImpressionV1, rec: RecordLike) -> None:
         exp = self.experiments.get(ev.experiment_key)
         if exp is None:
@@ -314,7 +326,8 @@ class _Batch:
                 f"(status {exp.status})", rec,
             )
             return
-        if self.expired(ev.served_at, "served_at", rec):
+        if self.expired(ev.served_at, "served_at", rec) or \
+                self.from_future(ev.served_at, "served_at", rec):
             return
         st = self.state
         if ev.event_id in st.impression_event_ids:
@@ -380,7 +393,8 @@ class _Batch:
 
     # -- feedback ----------------------------------------------------------------------
     def feedback(self, ev: FeedbackV1, rec: RecordLike) -> None:
-        if self.expired(ev.occurred_at, "occurred_at", rec):
+        if self.expired(ev.occurred_at, "occurred_at", rec) or \
+                self.from_future(ev.occurred_at, "occurred_at", rec):
             return
         st = self.state
         content = (ev.impression_id, ev.experiment_key, ev.kind, ev.value,
@@ -514,6 +528,7 @@ def handle_batch(
     *,
     feedback_topic: str,
     horizon: datetime | None = None,
+    latest: datetime | None = None,
 ) -> Effects:
     """Turn a batch of decoded records into effects. Pure: mutates only ``state``.
 
@@ -521,9 +536,10 @@ def handle_batch(
     whichever comes first. ``state`` must hold every stored impression, impression event_id,
     feedback event_id and pending feedback row that the batch references. Events whose own
     time (``served_at`` / ``occurred_at``) is before ``horizon`` (the retention horizon; None:
-    no retention) are rejected as ``expired``.
+    no retention) are rejected as ``expired``; events whose own time is after ``latest``
+    (the consumer's clock plus the allowed skew; None: no bound) as ``from_future``.
     """
-    b = _Batch(experiments, state, feedback_topic, horizon)
+    b = _Batch(experiments, state, feedback_topic, horizon, latest)
     for rec, ev in decoded:
         if isinstance(ev, DecodeFailure):
             b.reject(ev.reason, ev.detail, rec)

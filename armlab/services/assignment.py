@@ -273,7 +273,7 @@ class Assigner:
                 u = float(self._rng.random())
             arm, p = view.pick(u)
         return Assignment(
-            impression_id=self._new_id(),
+            impression_id=self._new_id(view.key),
             experiment_key=view.key,
             arm_key=arm,
             variant=view.variants.get(arm, {}),
@@ -282,10 +282,14 @@ class Assigner:
             snapshot_id=view.snapshot_id,
         )
 
-    def _new_id(self) -> str:
+    def _new_id(self, experiment_key: str) -> str:
+        """A new impression id: random, or with a seed reproducible and still distinct
+        between experiments (the experiment key is hashed in: two seeded runs of the demo on
+        one database must not reuse each other's ids)."""
         if self._seeded:
             with self._rng_lock:
                 raw = self._rng.bytes(16)
+            raw = hashlib.blake2b(experiment_key.encode() + raw, digest_size=16).digest()
             return uuid.UUID(bytes=raw, version=4).hex
         return uuid.uuid4().hex
 

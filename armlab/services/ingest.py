@@ -45,7 +45,7 @@ from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from armlab.adapters.db import ingest_store, partitions
-from armlab.adapters.db.models import DEAD_LETTER_RETENTION_S
+from armlab.adapters.db.models import DEAD_LETTER_RETENTION_S, INGEST_LOCK_RETENTION_S
 from armlab.adapters.db.retry import db_retrying, is_transient
 from armlab.adapters.metrics import IngestMetrics
 from armlab.core.clock import utcnow
@@ -59,6 +59,7 @@ from armlab.core.ingest import (
     pending_raw,
     referenced_ids,
 )
+from armlab.errors import ArmlabError
 from armlab.settings import DEFAULT_INGEST_BATCH
 
 log = logging.getLogger("armlab.consumers")
@@ -87,6 +88,46 @@ class _Retry(Exception):  # noqa: N818 - internal control flow
     pass
 
 
+class OffsetsBeyondLog(ArmlabError):
+    """Stored offsets point past the end of their logs (see
+    :meth:`IngestRunner._check_offsets`). One line: each partition with both offsets, and the
+    command that resets them."""
+
+    def __init__(self, group: str, beyond: list[tuple[TP, int, int]]) -> None:
+        self.group = group
+        self.beyond = beyond
+        parts = "; ".join(f"{t}[{p}] stored {stored}, log ends at {end}"
+                          for (t, p), stored, end in sorted(beyond))
+        topics = sorted({t for (t, _), _, _ in beyond})
+        reset = " ".join(f"--topic {t}" for t in topics)
+        super().__init__(
+            f"consumer group {group!r} has offsets beyond the end of the log ({parts}): the "
+            "topic was deleted and created again, the cluster migrated, or the bus is new, "
+            "and reading on would skip every record below the stored offset. Nothing was "
+            "consumed. If the log was replaced on purpose, reset the group and start again: "
+            f"armlab offsets reset --group {group} {reset} (re-reads each log from its start; "
+            "events already stored are recognised as duplicates)")
+
+
+def reset_offsets(session_factory: sessionmaker[Session], group: str,
+                  topics: Sequence[str] | None = None, *,
+                  to: dict[TP, int] | None = None) -> int:
+    """Forget the stored offsets of ``group`` (only ``topics`` when given): its consumers then
+    read each log from the start, where duplicates of stored events are recognised and
+    counted once. With ``to``, store those offsets instead (``--to latest``). Returns how
+    many partitions changed. The consumers of the group must be stopped (a running one is
+    fenced at its next batch and re-reads from the new offsets)."""
+    with session_factory() as session, session.begin():
+        return ingest_store.reset_offsets(session, group, topics, to or {})
+
+
+def stored_offsets(session_factory: sessionmaker[Session],
+                   group: str | None = None) -> list[tuple[str, str, int, int]]:
+    """(group, topic, partition, next offset) of every stored offset (of ``group``)."""
+    with session_factory() as session:
+        return ingest_store.stored_offsets(session, group)
+
+
 UNPROCESSABLE = "unprocessable"
 #: At most this many records of one poll are dead-lettered as ``unprocessable``; one more
 #: means the failure is not in the records, and the consumer stops instead.
@@ -100,7 +141,8 @@ def is_record_error(exc: BaseException) -> bool:
     """True when ``exc`` depends on the content of the records being written (the batch is
     bisected and the culprit dead-lettered), False for failures of the environment (retried
     or raised as they are)."""
-    if isinstance(exc, _Retry | ingest_store.Fenced) or is_transient(exc):
+    if isinstance(exc, _Retry | ingest_store.Fenced | ingest_store.StoredRowsDiffer) \
+            or is_transient(exc):
         return False
     if isinstance(exc, DataError | IntegrityError):
         return True
@@ -138,6 +180,8 @@ class IngestRunner:
         maintenance_interval_s: float = 3600.0,
         lag_report_interval_s: float = 2.0,
         consumer_id: str | None = None,
+        max_clock_skew_s: float | None = 300.0,
+        reset_offsets_on_start: bool = False,
     ) -> None:
         self.session_factory = session_factory
         self.source = source
@@ -171,6 +215,12 @@ class IngestRunner:
         self.consumer_id = consumer_id or f"{socket.gethostname()}:{os.getpid()}"
         self._last_lag_report = float("-inf")
         self._lag_warned = float("-inf")
+        self.max_clock_skew_s = max_clock_skew_s
+        # A new in-process bus starts every log at offset 0: offsets stored by an earlier run
+        # describe logs that no longer exist (the embedded demo sets this).
+        self.reset_offsets_on_start = reset_offsets_on_start
+        # partitions assigned whose stored offset is not yet compared with the log end
+        self._unchecked: dict[TP, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -187,6 +237,12 @@ class IngestRunner:
             # fails here, plainly, instead of inside a Kafka rebalance callback.
             self._with_db_retry(lambda: self._read_offsets([(self.topic_impressions, 0)]),
                                 what="check the database schema")
+            if self.reset_offsets_on_start:
+                n = self._with_db_retry(lambda: reset_offsets(self.session_factory, self.group),
+                                        what="reset the offsets of a new bus")
+                if n:
+                    log.info("offsets of an earlier bus forgotten",
+                             extra={"group": self.group, "partitions": n})
             self.source.start(self._on_assign, self._on_revoke)
             self._started = True
 
@@ -205,6 +261,8 @@ class IngestRunner:
             off = offsets.get(tp)
             self._committed[tp] = off
             self.source.seek(tp, off)
+            if off:
+                self._unchecked[tp] = off
         log.info(
             "partitions assigned",
             extra={"partitions": {f"{t}:{p}": offsets.get((t, p)) for t, p in tps}},
@@ -213,6 +271,33 @@ class IngestRunner:
     def _on_revoke(self, tps: list[TP]) -> None:
         for tp in tps:
             self._committed.pop(tp, None)
+            self._unchecked.pop(tp, None)
+
+    def _check_offsets(self) -> None:
+        """Compare each newly assigned partition's stored offset with the end of its log.
+
+        A stored offset beyond the log end means the log is not the one the offsets were
+        stored for (a topic deleted and created again, a migrated cluster, a new in-process
+        bus): reading on would skip every record below the stored offset, silently. So the
+        consumer stops with :class:`OffsetsBeyondLog`, naming the topic, partition, both
+        offsets and the reset command; nothing of the batch is committed. Runs after each
+        assignment, before any record of it is handled; when the broker cannot say, the
+        check is tried again at the next poll (records at or past a stored offset are safe
+        to handle either way: only a skip is silent)."""
+        tps = [tp for tp in self._unchecked if tp in self._committed]
+        try:
+            ends = self.source.end_offsets(tps)
+        except Exception as exc:  # noqa: BLE001 - the broker may be away; checked next poll
+            log.warning("could not read the log end offsets; checking at the next poll",
+                        extra={"error": str(exc)[:300]})
+            return
+        beyond = [(tp, self._committed[tp] or 0, ends[tp]) for tp in tps
+                  if tp in ends and (self._committed[tp] or 0) > ends[tp]]
+        for tp in tps:
+            if tp in ends:
+                self._unchecked.pop(tp, None)
+        if beyond:
+            raise OffsetsBeyondLog(self.group, beyond)
 
     def _read_offsets(self, tps: list[TP]) -> dict[TP, int]:
         with self.session_factory() as session:
@@ -271,11 +356,16 @@ class IngestRunner:
         """Poll once and process what came back as one batch; returns records handled."""
         self._ensure_started()
         records = self.source.poll(self.max_batch, self.poll_timeout_s)
+        if self._unchecked:
+            self._check_offsets()
+            if self._unchecked:  # not known yet: nothing of those partitions is handled
+                records = [r for r in records if (r.topic, r.partition) not in self._unchecked]
         now = time.monotonic()
         if now - self._last_sweep > self.sweep_interval_s:
             self._last_sweep = now
             self.sweep_pending()
             self.prune_dead_letters()
+            self.prune_locks()
         if (self._last_maintenance is None
                 or now - self._last_maintenance > self.maintenance_interval_s):
             self._last_maintenance = now
@@ -345,6 +435,18 @@ class IngestRunner:
             log.warning("pruning dead-letter buckets failed", extra={"error": str(exc)[:300]})
             return 0
 
+    def prune_locks(self, now: datetime | None = None) -> int:
+        """Delete ``ingest_locks`` rows older than ``INGEST_LOCK_RETENTION_S`` (runs with the
+        pending sweep; the rows only serialise batches running at the same moment). Never
+        raises."""
+        cutoff = (now or utcnow()) - timedelta(seconds=INGEST_LOCK_RETENTION_S)
+        try:
+            with self.session_factory() as session, session.begin():
+                return ingest_store.prune_locks(session, cutoff)
+        except Exception as exc:  # noqa: BLE001 - retried at the next interval
+            log.warning("pruning ingest locks failed", extra={"error": str(exc)[:300]})
+            return 0
+
     # -- one batch ---------------------------------------------------------------------
     def process(self, records: Sequence[RecordLike]) -> bool:
         """Commit ``records`` (one partition's records in offset order) as one batch, or, when
@@ -399,13 +501,17 @@ class IngestRunner:
                 moves[tp] = (cur[0], end)
 
         def on_retry(exc: BaseException, wait_s: float) -> None:
-            cause = "kafka" if isinstance(exc, _Retry) else "database"
+            cause = ("kafka" if isinstance(exc, _Retry) else
+                     "contention" if isinstance(exc, ingest_store.StoredRowsDiffer) else
+                     "database")
             self.metrics.retries.labels(cause).inc()
             log.warning("batch failed, retrying",
                         extra={"cause": cause, "error": str(exc)[:300], "wait_s": wait_s})
 
-        retrying = db_retrying(stop_event=self._stop, max_wait_s=self.retry_max_s,
-                               retry_also=lambda e: isinstance(e, _Retry), on_retry=on_retry)
+        retrying = db_retrying(
+            stop_event=self._stop, max_wait_s=self.retry_max_s,
+            retry_also=lambda e: isinstance(e, _Retry | ingest_store.StoredRowsDiffer),
+            on_retry=on_retry)
         try:
             for attempt in retrying:
                 with attempt:
@@ -441,6 +547,8 @@ class IngestRunner:
         imp_ids, imp_events, fb_events, arriving = referenced_ids(decoded)
         with self.session_factory() as session, session.begin():
             ingest_store.advance_offsets(session, self.group, moves)
+            ingest_store.lock_ids(session, ingest_store.lock_keys(imp_ids, imp_events,
+                                                                  fb_events))
             state = ingest_store.prefetch(session, imp_ids, imp_events, fb_events, arriving)
             if self._needs_reload(decoded):
                 self._experiments = ingest_store.load_experiments(session)
@@ -448,6 +556,8 @@ class IngestRunner:
             fx = handle_batch(
                 decoded, self._experiments, state, feedback_topic=self.topic_feedback,
                 horizon=partitions.horizon(utcnow(), self.retention_days),
+                latest=None if self.max_clock_skew_s is None
+                else utcnow() + timedelta(seconds=self.max_clock_skew_s),
             )
             if fx.rejects:
                 self._send_dead_letters(fx)

@@ -38,6 +38,7 @@ from armlab.adapters.db.models import (
     Feedback,
     Impression,
     IngestCounter,
+    IngestLock,
 )
 from armlab.core.clock import as_utc, utcnow
 from armlab.core.evidence import COUNTS, FIELDS, ArmSums
@@ -60,6 +61,12 @@ class Fenced(Exception):  # noqa: N818 - control flow, never escapes the runner
     def __init__(self, tps: list[TP]) -> None:
         super().__init__(f"fenced on {tps}")
         self.tps = tps
+
+
+class StoredRowsDiffer(Exception):  # noqa: N818 - control flow, never escapes the runner
+    """The database stored fewer rows than the batch decided to insert: another transaction
+    stored one of them first. The batch is rolled back and handled again from what is
+    stored (with :func:`lock_ids` this does not happen; it is the check that it does not)."""
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -117,6 +124,39 @@ def load_offsets(session: Session, group: str, tps: Iterable[TP]) -> dict[TP, in
     return {(t, p): int(o) for t, p, o in rows if (t, p) in wanted}
 
 
+def stored_offsets(session: Session, group: str | None = None) -> list[tuple[str, str, int, int]]:
+    """(group, topic, partition, next offset) of the stored offsets (of ``group``), sorted."""
+    q = select(ConsumerOffset.group_id, ConsumerOffset.topic, ConsumerOffset.partition,
+               ConsumerOffset.next_offset).order_by(ConsumerOffset.group_id,
+                                                    ConsumerOffset.topic,
+                                                    ConsumerOffset.partition)
+    if group is not None:
+        q = q.where(ConsumerOffset.group_id == group)
+    return [(g, t, int(p), int(o)) for g, t, p, o in session.execute(q)]
+
+
+def reset_offsets(session: Session, group: str, topics: Sequence[str] | None,
+                  to: Mapping[TP, int]) -> int:
+    """Delete the stored offsets of ``group`` (of ``topics`` when given), then store ``to``;
+    the group's lag reports go too (they describe the old positions). Returns the number of
+    partitions deleted or stored."""
+    cond = [ConsumerOffset.group_id == group]
+    lag_cond = [ConsumerLag.group_id == group]
+    if topics:
+        cond.append(ConsumerOffset.topic.in_(list(topics)))
+        lag_cond.append(ConsumerLag.topic.in_(list(topics)))
+    gone = {(t, int(p)) for t, p in session.execute(
+        delete(ConsumerOffset).where(*cond)
+        .returning(ConsumerOffset.topic, ConsumerOffset.partition))}
+    session.execute(delete(ConsumerLag).where(*lag_cond))
+    now = utcnow()
+    for (topic, part), off in sorted(to.items()):
+        session.add(ConsumerOffset(group_id=group, topic=topic, partition=part,
+                                   next_offset=int(off), updated_at=now))
+    session.flush()
+    return len(gone | set(to))
+
+
 def advance_offsets(
     session: Session, group: str, moves: dict[TP, tuple[int | None, int]]
 ) -> None:
@@ -152,6 +192,45 @@ def advance_offsets(
             fenced.append((topic, part))
     if fenced:
         raise Fenced(fenced)
+
+
+# -- serialising consumers on the ids a batch touches --------------------------------------
+def lock_keys(impression_ids: Iterable[str], impression_events: Iterable[str],
+              feedback_events: Iterable[str]) -> list[str]:
+    """The :class:`IngestLock` keys of a batch, sorted and distinct: ``i:`` each impression id
+    (an impression's own, and the one a feedback names: an impression and its feedback read
+    by two consumers at once are serialised too), ``e:`` each impression event id and ``f:``
+    each feedback event id."""
+    keys = {f"i:{i}" for i in impression_ids}
+    keys.update(f"e:{e}" for e in impression_events)
+    keys.update(f"f:{e}" for e in feedback_events)
+    return sorted(keys)
+
+
+def lock_ids(session: Session, keys: Sequence[str], now: datetime | None = None) -> None:
+    """Upsert ``keys`` (sorted, distinct; :func:`lock_keys`) into ``ingest_locks``, in order,
+    holding each row's lock until the batch commits (PostgreSQL; SQLite has one writer, and a
+    transaction that read before another's commit fails to write and is retried).
+
+    Two consumers whose batches share an id therefore run one after the other, and the second
+    one's prefetch (a new statement in READ COMMITTED) sees what the first stored: every
+    decision (new, duplicate, conflicting, pending) is made on stored rows. Sorted order means
+    two batches never wait on each other in a cycle."""
+    if not keys or session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(
+        text("INSERT INTO ingest_locks (key, at) SELECT k, :now "
+             "FROM unnest(CAST(:keys AS text[])) WITH ORDINALITY AS t(k, n) ORDER BY n "
+             "ON CONFLICT (key) DO UPDATE SET at = excluded.at"),
+        {"keys": list(keys), "now": now or utcnow()},
+    )
+
+
+def prune_locks(session: Session, before: datetime) -> int:
+    """Delete the ``ingest_locks`` rows last touched before ``before``; returns how many."""
+    result = session.execute(delete(IngestLock).where(IngestLock.at < before)
+                             .returning(IngestLock.key))
+    return len(result.all())
 
 
 # -- JSON parameters read back as rows --------------------------------------------------------
@@ -298,15 +377,22 @@ def _names(columns: Sequence[tuple[str, str]]) -> str:
 
 
 def _insert_rows(session: Session, j: _Json, table: str, columns: Sequence[tuple[str, str]],
-                 rows: list[dict[str, Any]], on_conflict: str) -> None:
+                 rows: list[dict[str, Any]], on_conflict: str, *,
+                 all_stored: str | None = None) -> None:
     """INSERT every row of ``rows`` in one statement (``WHERE true`` keeps SQLite's parser
-    from reading ``ON CONFLICT`` as a join constraint)."""
+    from reading ``ON CONFLICT`` as a join constraint). With ``all_stored`` (a key column),
+    raise :class:`StoredRowsDiffer` unless every row was stored (the stored row decides)."""
     cols = _names(columns)
-    session.execute(
+    returning = f" RETURNING {all_stored}" if all_stored else ""
+    result = session.execute(
         text(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {j.rows('rows', columns)} "
-             f"WHERE true {on_conflict}"),
+             f"WHERE true {on_conflict}{returning}"),
         {"rows": j.encode_rows(rows)},
     )
+    if all_stored:
+        stored = len(result.all())
+        if stored != len(rows):
+            raise StoredRowsDiffer(f"{table}: {stored} of {len(rows)} new rows stored")
 
 
 def write_effects(session: Session, group: str, fx: Effects) -> None:
@@ -325,7 +411,7 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
              "feedback_count": imp.feedback_count, "items": ev.items, "context": ev.context,
              "guardrail_values": imp.metrics}
             for imp, ev in zip(fx.new_impressions, fx.new_impression_rows, strict=True)
-        ], "ON CONFLICT DO NOTHING")
+        ], "ON CONFLICT DO NOTHING", all_stored="impression_id")
     if fx.impression_updates:
         # the id list as well as the join: the planner then probes each partition's index
         # instead of hashing a scan of every partition
@@ -349,7 +435,7 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
              "occurred_at": ev.occurred_at, "received_at": now, "partition": part,
              "status": status}
             for ev, part, status in fx.feedback_rows
-        ], "ON CONFLICT DO NOTHING")
+        ], "ON CONFLICT DO NOTHING", all_stored="event_id")
     if fx.feedback_status:
         session.execute(
             text(f"UPDATE feedback SET status = r.status"

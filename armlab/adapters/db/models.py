@@ -339,6 +339,26 @@ class DeadLetterBucket(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
 
 
+#: Keys of :class:`IngestLock` older than this are pruned by the consumer: a key only has to
+#: outlive the transactions that touch it at the same moment.
+INGEST_LOCK_RETENTION_S = 600
+
+
+class IngestLock(Base):
+    """One row per id an ingest batch touches (``i:<impression_id>``, ``e:<impression
+    event_id>``, ``f:<feedback event_id>``), upserted in sorted order at the start of the
+    batch's transaction (PostgreSQL only). The upsert locks the row until COMMIT, so two
+    consumers handling the same impression or event at the same moment (copies spread over
+    partitions that different members own) run one after the other, and the second reads
+    what the first stored. Rows are pruned after :data:`INGEST_LOCK_RETENTION_S`."""
+
+    __tablename__ = "ingest_locks"
+    __table_args__ = (Index("ix_ingest_locks_at", "at"),)
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
 class Decision(Base):
     """One sequential-test evaluation of a treatment arm against control."""
 

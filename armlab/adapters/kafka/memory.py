@@ -32,6 +32,17 @@ class MemoryBus:
         self.default_partitions = default_partitions
         self._logs: dict[str, list[list[tuple[bytes | None, bytes | None]]]] = {}
         self._lock = threading.Lock()
+        self._groups: set[str] = set()
+
+    def first_consumer(self, group: str) -> bool:
+        """True the first time a consumer of ``group`` is built on this bus: every log of a
+        new bus starts at offset 0, so offsets the database stored for the group belong to
+        an earlier bus and must be forgotten (consumers built later on the same bus keep
+        them, like a restarted Kafka consumer)."""
+        with self._lock:
+            first = group not in self._groups
+            self._groups.add(group)
+            return first
 
     def create_topic(self, name: str, partitions: int | None = None) -> None:
         with self._lock:

@@ -142,3 +142,28 @@ def test_choose_winner_follows_the_sequential_decisions() -> None:
     assert adaptive.choose_winner({**seq, "guardrails": [
         {"arm": "b", "metric": "low_rated", "state": "breached"}]}, "ctl")[0] == "a"
     assert adaptive.choose_winner({**seq, "rolled_back": {"b": {}, "a": {}}}, "ctl")[0] == "ctl"
+
+
+@pytest.mark.timeout(300)
+def test_the_demo_run_twice_on_one_database_counts_the_second_runs_traffic(
+    sqlite_url: str, tmp_path: Path,
+) -> None:
+    """The second `make demo` used to ingest nothing: the database kept the first run's
+    consumer offsets and the new in-process bus started at 0, so every record was skipped."""
+    settings = Settings(database_url=sqlite_url, transport="memory", auth_disabled=True,
+                        home=tmp_path / "home")
+    engine = make_engine(sqlite_url)
+    for key in ("demo-first", "demo-second"):
+        cfg = adaptive.DemoConfig(max_requests=40, cadence=20, tiny=True, quiet=True,
+                                  settings=settings, report_dir=tmp_path / "reports",
+                                  tiny_dir=tmp_path / "tiny", key=key, include_lm=False,
+                                  concurrency=2)
+        res = adaptive.run_demo(cfg)
+        assert res.requests == 40
+        with make_session_factory(engine)() as s:
+            exp = s.scalars(select(Experiment).where(Experiment.key == key)).one()
+            n, clicks = s.execute(select(func.count(), func.sum(Impression.reward))
+                                  .where(Impression.experiment_id == exp.id)).one()
+        assert n == 40, f"{key}: the platform counted {n} of 40 impressions"
+        assert clicks == sum(t.clicks for t in res.tallies.values())
+    engine.dispose()
