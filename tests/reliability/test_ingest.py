@@ -642,3 +642,53 @@ def test_two_members_handling_one_event_at_the_same_moment_count_it_once(
     assert c.get(expected) == 1, c
     if shape == "feedback":
         assert sum(v["reward_sum"] for v in totals.values()) == 1.0
+
+
+# -- offsets that cannot silently skip data -------------------------------------------------------
+def test_a_recreated_topic_stops_the_consumer_until_the_group_is_reset(
+    harness: Callable[..., Harness], kafka: Any,
+) -> None:
+    """A topic deleted and created again starts at offset 0 while the database keeps the
+    group's offsets: `armlab consume` refuses to start with one line naming the partition,
+    both offsets and the reset command (it used to skip every record, silently); after
+    `armlab offsets reset` the new log is read and counted exactly."""
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+    h = harness(1)
+    h.produce(h.events(600, seed=31))
+    p = h.start("--exit-when-idle", "3")
+    h.wait_committed(h.records)
+    assert p.wait(timeout=120) == 0
+    h.procs.remove(p)
+    admin = kafka.admin()
+    try:
+        admin.delete_topics([h.topic_imp, h.topic_fb])
+        deadline = time.monotonic() + 60
+        while True:  # the broker finishes the deletion in the background
+            try:
+                admin.create_topics([NewTopic(h.topic_imp, 1, 1), NewTopic(h.topic_fb, 1, 1)],
+                                    wait_for_metadata=True)
+                break
+            except (TopicAlreadyExistsError, UnknownTopicOrPartitionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        admin.close()
+    before = h.stats()
+    h.produce(h.events(200, seed=32))  # 200 < the stored offsets: all would be skipped
+    p = h.start("--exit-when-idle", "3")
+    assert p.wait(timeout=120) == 1
+    h.procs.remove(p)
+    err = h.log_tail(p)
+    assert f"armlab offsets reset --group {h.group}" in err, err
+    assert f"{h.topic_imp}[0] stored " in err and "log ends at" in err
+    assert h.stats() == before  # nothing skipped, nothing counted
+    reset = subprocess.run([sys.executable, "-m", "armlab", "offsets", "reset", "--group",
+                            h.group], env=h.env(), capture_output=True, text=True, timeout=120)
+    assert reset.returncode == 0, reset.stderr
+    h.start()
+    h.wait_committed(200)  # the stored offsets now count the new logs' records only
+    h.stop_all()
+    h.assert_exact()  # the 600 events before and the 200 after, each once
