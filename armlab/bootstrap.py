@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from armlab.adapters.db import migrate
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.uow import UnitOfWork
+from armlab.adapters.kafka.admin import log_end_offsets
 from armlab.adapters.kafka.memory import MemoryBus, MemoryDlq, MemorySource
 from armlab.adapters.kafka.producer import (
     KafkaEventProducer,
@@ -44,7 +45,10 @@ from armlab.adapters.scoring.models import set_cpu_threads
 from armlab.errors import ValidationFailed
 from armlab.services.assignment import Assigner
 from armlab.services.catalog import CatalogCache
+from armlab.services.dashboard import DashboardReads
+from armlab.services.experiments import ExperimentUseCases
 from armlab.services.ingest import IngestRunner
+from armlab.services.report import ReportReads
 from armlab.settings import Settings, get_settings
 
 STACKS = ("embedded", "local")
@@ -103,6 +107,27 @@ class Services:
         return self._once(
             "producer", lambda: producer_from_settings(self.settings, bus=bus, fail_fast=True)
         )
+
+    @property
+    def experiments(self) -> ExperimentUseCases:
+        """The experiment use cases; each change drops the experiment from this process's
+        assignment cache (other processes catch up at their next refresh)."""
+        return self._once("experiments",
+                          lambda: ExperimentUseCases(self.uow, on_change=self._forget_cached))
+
+    @property
+    def dashboard(self) -> DashboardReads:
+        """The dashboard's read use cases."""
+        return self._once("dashboard", lambda: DashboardReads(self.uow))
+
+    @property
+    def reports(self) -> ReportReads:
+        """The report's read use case."""
+        return self._once("reports", lambda: ReportReads(self.uow))
+
+    def _forget_cached(self, key: str) -> None:
+        if self.has("assigner"):
+            self.assigner.invalidate(key)
 
     @property
     def assigner(self) -> Assigner:
@@ -175,8 +200,6 @@ class Services:
         if self.settings.transport == "memory":
             return {(t, p): self.bus.end_offset(t, p)
                     for t in topics for p in range(self.bus.partitions(t))}
-        from armlab.adapters.kafka.admin import log_end_offsets
-
         return log_end_offsets(self.settings.kafka, topics)
 
     def close(self) -> None:

@@ -24,9 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from armlab.adapters.db.uow import UnitOfWork
 from armlab.core.clock import utcnow
-from armlab.services.report import ReportData, collect_by_key
+from armlab.services.report import ReportData
 
 # Okabe-Ito colour-blind-safe palette; the control is always drawn in grey.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
@@ -494,19 +493,19 @@ orange line the stopping point. {_stop_caption(data)}</figcaption></figure>
 """
 
 
-def build_report(uow: UnitOfWork, key: str) -> str:
-    """The HTML report of the experiment ``key`` (ExperimentNotFound if unknown)."""
-    return render_html(collect_by_key(uow, key))
+def build_report(data: ReportData) -> str:
+    """The HTML report of one experiment (``Services.reports.collect(key)`` reads it)."""
+    return render_html(data)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def write_report(uow: UnitOfWork, key: str, out_dir: str | Path) -> Path:
+def write_report(data: ReportData, out_dir: str | Path) -> Path:
     """Write ``<out_dir>/<key>.html`` and return its path."""
-    page = build_report(uow, key)
+    page = build_report(data)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{_SAFE.sub('_', key)}.html"
+    path = out / f"{_SAFE.sub('_', data.key)}.html"
     path.write_text(page, encoding="utf-8")
     return path

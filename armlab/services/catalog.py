@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -59,6 +60,15 @@ def load_catalog(uow: UnitOfWork, *, name: str, items: list[dict[str, Any]]) -> 
     )
     s.flush()
     return _summary(cat, changed=True)
+
+
+def store_catalog(uow_factory: Callable[[], UnitOfWork], *, name: str,
+                  items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``armlab catalog load``: :func:`load_catalog` in its own committed transaction."""
+    with uow_factory() as uow:
+        out = load_catalog(uow, name=name, items=items)
+        uow.commit()
+    return out
 
 
 def _summary(cat: Catalog, *, changed: bool) -> dict[str, Any]:

@@ -15,7 +15,7 @@ scanning ``impressions``: the baseline of ``armlab bench dashboard``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -640,3 +640,31 @@ def chart_data(
         "mean": mean, "impressions": impressions,
         "bucket_s": width, "decisions": n_decs, "cs": cs,
     }
+
+
+class DashboardReads:
+    """The dashboard's read use cases, each in its own unit of work (read only: nothing is
+    committed). ``uow_factory`` opens one; :attr:`armlab.bootstrap.Services.dashboard` wires
+    it."""
+
+    def __init__(self, uow_factory: Callable[[], Any]) -> None:
+        self._uow = uow_factory
+
+    def list_rows(self, *, status: str | None, query: str,
+                  allocator_interval_s: float) -> list[dict[str, Any]]:
+        """The experiment list's rows (see :func:`list_rows`)."""
+        with self._uow() as uow:
+            return list_rows(uow, status=status, query=query,
+                             allocator_interval_s=allocator_interval_s)
+
+    def experiment_view(self, key: str, *, allocator_interval_s: float,
+                        source: str = "rollups") -> dict[str, Any]:
+        """One experiment's page (see :func:`experiment_view`)."""
+        with self._uow() as uow:
+            return experiment_view(uow, key, allocator_interval_s=allocator_interval_s,
+                                   source=source)
+
+    def chart_data(self, key: str, *, source: str = "rollups") -> dict[str, Any]:
+        """One experiment's chart series (see :func:`chart_data`)."""
+        with self._uow() as uow:
+            return chart_data(uow, key, source=source)

@@ -7,6 +7,7 @@ decisions and audit rows over time, and adds the experiment's results.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -105,3 +106,16 @@ def collect(uow: UnitOfWork, experiment: Experiment) -> ReportData:
 def collect_by_key(uow: UnitOfWork, key: str) -> ReportData:
     """:func:`collect` for the experiment ``key`` (ExperimentNotFound if unknown)."""
     return collect(uow, get_experiment(uow, key=key))
+
+
+class ReportReads:
+    """The report's read use case in its own unit of work (read only);
+    :attr:`armlab.bootstrap.Services.reports` wires it."""
+
+    def __init__(self, uow_factory: Callable[[], Any]) -> None:
+        self._uow = uow_factory
+
+    def collect(self, key: str) -> ReportData:
+        """What the report of experiment ``key`` shows (ExperimentNotFound if unknown)."""
+        with self._uow() as uow:
+            return collect_by_key(uow, key)

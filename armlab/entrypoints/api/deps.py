@@ -1,25 +1,17 @@
-"""FastAPI dependencies shared by every router: services, a unit of work, the principal."""
+"""FastAPI dependencies shared by every router: the services and the principal."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-from fastapi import Depends, Request
+from fastapi import Request
 
-from armlab.adapters.db.uow import UnitOfWork
 from armlab.bootstrap import Services
 from armlab.entrypoints.api.auth import Authenticator, Principal
 
 
 def get_services(request: Request) -> Services:
     return request.app.state.services
-
-
-def get_uow(services: Services = Depends(get_services)) -> Iterator[UnitOfWork]:
-    """A unit of work for a read path (never committed: it rolls back when the request ends).
-    Write paths open their own and commit."""
-    with services.uow() as uow:
-        yield uow
 
 
 def require_role(role: str) -> Callable[[Request], Principal]:

@@ -17,8 +17,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from armlab.adapters.db.retry import is_transient
 from armlab.errors import ArmlabError
+from armlab.services.database import is_transient
 
 #: Seconds a client should wait before retrying a 503.
 RETRY_AFTER_S = 5

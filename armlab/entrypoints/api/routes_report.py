@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
-from armlab.adapters.db.uow import UnitOfWork
+from armlab.bootstrap import Services
 from armlab.entrypoints.api.auth import Principal
-from armlab.entrypoints.api.deps import get_uow, require_role
+from armlab.entrypoints.api.deps import get_services, require_role
 from armlab.entrypoints.report import build_report
 
 router = APIRouter(tags=["report"])
@@ -20,10 +20,10 @@ router = APIRouter(tags=["report"])
 )
 def get_report(
     key: str,
-    uow: UnitOfWork = Depends(get_uow),
+    services: Services = Depends(get_services),
     _: Principal = Depends(require_role("reader")),
 ) -> HTMLResponse:
     """One HTML page with inline SVG charts: allocation weights over time, cumulative reward
     per arm, the always-valid confidence sequences with the stopping point, and the audit
     trail. Same output as ``armlab report KEY``."""
-    return HTMLResponse(build_report(uow, key))
+    return HTMLResponse(build_report(services.reports.collect(key)))

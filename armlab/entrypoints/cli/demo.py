@@ -67,8 +67,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         services = open_services(make_settings(stack))
         try:
-            with services.uow() as uow:
-                path = write_report(uow, key, out)
+            path = write_report(services.reports.collect(key), out)
         finally:
             services.close()
         typer.echo(str(path))

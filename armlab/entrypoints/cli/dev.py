@@ -94,21 +94,23 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @db.command("upgrade")
     def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
         """Migrate the database up to REVISION (default head)."""
-        from armlab.adapters.db import migrate
+        from armlab.services import database
 
         url = _db_url()
-        _run(migrate.upgrade, url, revision)
-        typer.echo(f"upgraded {_redact(url)} to {migrate.current(url)}")
+        out: list[str | None] = []
+        _run(lambda u: out.append(database.upgrade(u, revision)), url)
+        typer.echo(f"upgraded {_redact(url)} to {out[0]}")
 
     @db.command("downgrade")
     def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. base.")
                      ) -> None:
         """Migrate the database down to REVISION (`base` drops every table)."""
-        from armlab.adapters.db import migrate
+        from armlab.services import database
 
         url = _db_url()
-        _run(migrate.downgrade, url, revision)
-        typer.echo(f"downgraded {_redact(url)} to {migrate.current(url) or 'base'}")
+        out: list[str | None] = []
+        _run(lambda u: out.append(database.downgrade(u, revision)), url)
+        typer.echo(f"downgraded {_redact(url)} to {out[0] or 'base'}")
 
     @db.command("maintain")
     def db_maintain(
@@ -119,24 +121,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Create the coming weeks' partitions of impressions and feedback and drop the weeks
         older than the retention (PostgreSQL; the consumer also does this every hour)."""
-        from armlab.adapters.db import partitions
-        from armlab.adapters.db.engine import make_engine, make_session_factory
+        from armlab.services import database
         from armlab.settings import get_settings
 
         url = _db_url()
         days = get_settings().retention_days if retention_days is None else retention_days
-        out: list[partitions.MaintenanceReport] = []
-
-        def go(u: str) -> None:
-            engine = make_engine(u, pool_size=1)
-            try:
-                with make_session_factory(engine)() as session, session.begin():
-                    out.append(partitions.maintain(session, retention_days=days,
-                                                   dry_run=dry_run))
-            finally:
-                engine.dispose()
-
-        _run(go, url)
+        out: list[database.MaintenanceReport] = []
+        _run(lambda u: out.append(database.maintain(u, retention_days=days, dry_run=dry_run)),
+             url)
         prefix = "would have: " if dry_run else ""
         for line in out[0].lines():
             typer.echo(prefix + line)
@@ -144,11 +136,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @db.command("current")
     def db_current() -> None:
         """Print the database's current revision (`base` when unmigrated)."""
-        from armlab.adapters.db import migrate
+        from armlab.services import database
 
         url = _db_url()
         out: list[str | None] = []
-        _run(lambda u: out.append(migrate.current(u)), url)
+        _run(lambda u: out.append(database.current(u)), url)
         typer.echo(out[0] or "base")
 
 

@@ -83,17 +83,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Load (or reload) a catalog into the database."""
         from armlab.adapters.data.items import read_items_file
-        from armlab.adapters.db.uow import UnitOfWork
         from armlab.bootstrap import bootstrap
-        from armlab.services.catalog import load_catalog
+        from armlab.services.catalog import store_catalog
         from armlab.settings import get_settings
 
         items = read_items_file(file)
         services = bootstrap(get_settings())
         try:
-            with UnitOfWork(services.session_factory) as uow:
-                out = load_catalog(uow, name=name, items=items)
-                uow.commit()
+            out = store_catalog(services.uow, name=name, items=items)
         finally:
             services.close()
         if as_json:

@@ -382,8 +382,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
 
         report_path: Path | None = None
         try:
-            with services.uow() as uow:
-                report_path = write_report(uow, key, cfg.report_dir)
+            report_path = write_report(services.reports.collect(key), cfg.report_dir)
         except ArmlabError as exc:
             console.print(f"[red]report failed:[/] {exc.message}")
         timings["total_s"] = time.perf_counter() - t_all

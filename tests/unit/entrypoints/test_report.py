@@ -19,7 +19,7 @@ from armlab.adapters.db.uow import UnitOfWork
 from armlab.core.specs import ExperimentSpec
 from armlab.entrypoints import report
 from armlab.services import registry
-from armlab.services.report import collect
+from armlab.services.report import collect, collect_by_key
 
 KEY = "report-test"
 
@@ -119,7 +119,7 @@ class _Sections(HTMLParser):
 
 def test_report_has_four_charts_and_audit(seeded: sessionmaker, tmp_path: Path) -> None:
     with UnitOfWork(seeded) as uow:
-        path = report.write_report(uow, KEY, tmp_path)
+        path = report.write_report(collect_by_key(uow, KEY), tmp_path)
     page = path.read_text()
     p = _Sections()
     p.feed(page)
@@ -169,7 +169,7 @@ def test_empty_experiment_still_renders(sqlite_url: str) -> None:
         registry.create_experiment(uow, spec=spec, actor="t")
         uow.commit()
     with UnitOfWork(sf) as uow:
-        page = report.build_report(uow, "empty")
+        page = report.build_report(collect_by_key(uow, "empty"))
     assert "no allocation snapshots yet" in page
     assert "no impressions yet" in page
     assert "has not decided yet" in page
@@ -202,7 +202,7 @@ def test_report_renders_in_headless_chromium(seeded: sessionmaker, tmp_path: Pat
     installed by `make setup`; a missing one fails here (it is never skipped)."""
     assert shutil.which("chromium"), "chromium is not installed (apt-get install chromium)"
     with UnitOfWork(seeded) as uow:
-        path = report.write_report(uow, KEY, tmp_path)
+        path = report.write_report(collect_by_key(uow, KEY), tmp_path)
     png = tmp_path / "shot.png"
     subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

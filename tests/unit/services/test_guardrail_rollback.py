@@ -21,6 +21,7 @@ from armlab.services import registry
 from armlab.services.allocator import run_allocation
 from armlab.services.assignment import Assigner
 from armlab.services.decisions import shown_evaluation
+from armlab.services.report import collect_by_key
 
 ARMS = ("control", "harm", "fine")
 N = 4000
@@ -159,7 +160,7 @@ def test_report_shows_the_guardrails_and_their_confidence_sequence(sf: Any) -> N
     _setup(sf)
     run_allocation(sf)
     with UnitOfWork(sf) as uow:
-        page = build_report(uow, "exp")
+        page = build_report(collect_by_key(uow, "exp"))
     assert "Recommendation and guardrails" in page and "<svg" in page
     assert "skips: harm vs control" in page and "skips: fine vs control" in page
     assert "breached" in page and "Guardrails: excess harm" in page

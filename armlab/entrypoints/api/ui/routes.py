@@ -1,7 +1,7 @@
 """The dashboard's pages and forms under ``/ui`` (server-rendered Jinja2, htmx, uPlot).
 
-Reads go through :mod:`armlab.services.dashboard`; every action goes through the same
-registry service as the API (:mod:`armlab.services.registry`), in one unit of work, and so
+Reads go through :class:`armlab.services.dashboard.DashboardReads`; every action goes through
+the same use case as the API (:class:`armlab.services.experiments.ExperimentUseCases`), and so
 writes the same audit row. Roles are the API's (:mod:`armlab.entrypoints.api.auth`): any
 signed-in token sees, only ``admin`` acts; checked here on the server for every POST, after
 the CSRF token.
@@ -30,7 +30,7 @@ from armlab.entrypoints.api.auth import Authenticator
 from armlab.entrypoints.api.errors import _field_name as field_name
 from armlab.entrypoints.api.ui.session import Session, SessionManager
 from armlab.errors import ArmlabError, Conflict, Forbidden, PolicyError, Unauthorized
-from armlab.services import dashboard, registry
+from armlab.services import dashboard
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -228,9 +228,8 @@ def experiments(
 ) -> Response:
     if status and status not in STATUSES:
         raise PageError(422, f"status must be one of {', '.join(STATUSES)}")
-    with _services(request).uow() as uow:
-        rows = dashboard.list_rows(uow, status=status or None, query=q,
-                                   allocator_interval_s=_interval(request))
+    rows = _services(request).dashboard.list_rows(status=status or None, query=q,
+                                                  allocator_interval_s=_interval(request))
     return render(request, "list.html", {"rows": rows, "status": status, "q": q},
                   session=session)
 
@@ -245,9 +244,8 @@ def _source(session: Session, source: str) -> str:
 
 def _view(request: Request, key: str, source: str = "rollups") -> dict[str, Any]:
     try:
-        with _services(request).uow() as uow:
-            return dashboard.experiment_view(uow, key, allocator_interval_s=_interval(request),
-                                             source=source)
+        return _services(request).dashboard.experiment_view(
+            key, allocator_interval_s=_interval(request), source=source)
     except ArmlabError as exc:
         raise PageError(exc.status, exc.message) from exc
 
@@ -286,8 +284,7 @@ def experiment_live(request: Request, key: str, source: str = Query("rollups"),
 def experiment_charts(request: Request, key: str, source: str = Query("rollups"),
                       session: Session = Depends(viewer)) -> Response:
     try:
-        with _services(request).uow() as uow:
-            data = dashboard.chart_data(uow, key, source=_source(session, source))
+        data = _services(request).dashboard.chart_data(key, source=_source(session, source))
     except ArmlabError as exc:
         raise PageError(exc.status, exc.message) from exc
     return Response(orjson.dumps(data), media_type="application/json",
@@ -329,10 +326,7 @@ def create(request: Request, spec: str = Form(""), session: Session = Depends(ac
     parsed, errors = spec_errors(spec)
     if parsed is not None:
         try:
-            with _services(request).uow() as uow:
-                registry.create_experiment(uow, spec=parsed, actor=session.principal.name)
-                uow.commit()
-            _forget_cached(request, parsed.key)
+            _services(request).experiments.create(parsed, actor=session.principal.name)
             return RedirectResponse(f"/ui/experiments/{quote(parsed.key, safe='')}?done=create",
                                     status_code=303)
         except PolicyError as exc:
@@ -346,27 +340,16 @@ def create(request: Request, spec: str = Form(""), session: Session = Depends(ac
     return render(request, "new.html", {"text": spec, "errors": errors}, 422, session=session)
 
 
-def _forget_cached(request: Request, key: str) -> None:
-    """The experiment's state changed: this process's assignment cache must not serve the old
-    one (other processes catch up at their next refresh)."""
-    services = _services(request)
-    if services.has("assigner"):
-        services.assigner.invalidate(key)
-
-
 def _act(request: Request, session: Session, key: str, action: str, fn: Any,
          form: dict[str, Any]) -> Response:
     try:
-        with _services(request).uow() as uow:
-            fn(uow)
-            uow.commit()
+        fn(_services(request).experiments)
     except Conflict as exc:
         return _experiment_page(request, session, key, status=exc.status,
                                 error=exc.message, failed=action, form=form)
     except ArmlabError as exc:
         return _experiment_page(request, session, key, status=exc.status, error=exc.message,
                                 failed=action, form=form)
-    _forget_cached(request, key)
     return RedirectResponse(f"/ui/experiments/{quote(key, safe='')}?done={action}",
                             status_code=303)
 
@@ -374,8 +357,8 @@ def _act(request: Request, session: Session, key: str, action: str, fn: Any,
 @router.post("/experiments/{key}/start")
 def start(request: Request, key: str, reason: str = Form("", max_length=2000),
           session: Session = Depends(actor)) -> Response:
-    return _act(request, session, key, "start", lambda uow: registry.start_experiment(
-        uow, key=key, actor=session.principal.name, reason=reason), {"reason": reason})
+    return _act(request, session, key, "start", lambda use: use.start(
+        key, actor=session.principal.name, reason=reason), {"reason": reason})
 
 
 @router.post("/experiments/{key}/stop")
@@ -384,8 +367,8 @@ def stop(request: Request, key: str, reason: str = Form("", max_length=2000),
     if not reason.strip():
         return _experiment_page(request, session, key, status=422, failed="stop",
                                 error="reason: a stop needs a reason", form={})
-    return _act(request, session, key, "stop", lambda uow: registry.stop_experiment(
-        uow, key=key, actor=session.principal.name, reason=reason.strip()), {"reason": reason})
+    return _act(request, session, key, "stop", lambda use: use.stop(
+        key, actor=session.principal.name, reason=reason.strip()), {"reason": reason})
 
 
 @router.post("/experiments/{key}/ship")
@@ -395,6 +378,6 @@ def ship(request: Request, key: str, arm: str = Form(""), reason: str = Form("",
     if not reason.strip() or not arm:
         return _experiment_page(request, session, key, status=422, failed="ship", form=form,
                                 error="arm and reason: a ship needs an arm and a reason")
-    return _act(request, session, key, "ship", lambda uow: registry.ship_experiment(
-        uow, key=key, arm=arm, actor=session.principal.name, reason=reason.strip(),
+    return _act(request, session, key, "ship", lambda use: use.ship(
+        key, arm=arm, actor=session.principal.name, reason=reason.strip(),
         force=bool(force)), form)
