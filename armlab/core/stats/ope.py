@@ -373,7 +373,7 @@ def evaluate_policy(
                          confidence_sequence=confidence_sequence, t_opt=t_opt)
     if "snipw" in estimators:
         out["snipw"] = snipw(rewards, propensities, tp, alpha=alpha,
-                             confidence_sequence=confidence_sequence)
+                             confidence_sequence=confidence_sequence, t_opt=t_opt)
     if "dr" in estimators:
         out["dr"] = tabular_dr(acts, rewards, propensities, target, strata=strata,
                                target_by_stratum=target_by_stratum, alpha=alpha,
