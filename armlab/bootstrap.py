@@ -71,7 +71,8 @@ class Services:
         self._assigner_seed = assigner_seed
         self.engine = engine
         self.session_factory: sessionmaker[Session] = make_session_factory(engine)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._build_locks: dict[str, threading.Lock] = {}
         self._built: dict[str, Any] = {}
         if assigner is not None:
             self._built["assigner"] = assigner
@@ -83,9 +84,13 @@ class Services:
         return UnitOfWork(self.session_factory)
 
     def _once(self, name: str, build: Callable[[], _T]) -> _T:
+        # One lock per member: a slow build (the producer connecting to a Kafka that is away)
+        # never holds up building another member (the catalogs of /recommend, say).
         got = self._built.get(name)
         if got is None:
             with self._lock:
+                lock = self._build_locks.setdefault(name, threading.Lock())
+            with lock:
                 got = self._built.get(name)
                 if got is None:
                     got = self._built[name] = build()

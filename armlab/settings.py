@@ -196,6 +196,24 @@ class Settings(BaseSettings):
         "seconds has its connection cut, so a hung PostgreSQL gives 503 instead of a hung "
         "request; 0 disables.",
     )
+    events_publish_timeout_s: float = Field(
+        3.0, gt=0, le=120,
+        description="API only: longest a POST /v1/events waits for Kafka (connecting, topic "
+        "metadata, the acknowledgement of every event); past it the request answers 503 with "
+        "Retry-After.",
+    )
+    events_max_waiting: int = Field(
+        32, ge=1, le=1024,
+        description="API only: most POST /v1/events requests waiting on Kafka at once, each in "
+        "a thread of the route's own pool (never the pool the other routes share); further "
+        "ones answer 503 at once.",
+    )
+    events_breaker_s: float = Field(
+        5.0, ge=0, le=300,
+        description="API only: after a publish fails (Kafka unreachable or too slow), further "
+        "POST /v1/events answer 503 at once for this many seconds; then one request tries "
+        "Kafka again while the others keep answering 503. 0 disables the breaker.",
+    )
     retention_days: float = Field(
         90.0, ge=0, le=36_500,
         description="PostgreSQL only: days of raw impressions and feedback kept (weekly time "

@@ -13,6 +13,10 @@ Assumptions stated up front (they are what makes the numbers meaningful):
   feedback, so by default they are left out (``matured_only``);
 - the target is context-free, or stratified by one context field (``stratum_field``, e.g.
   ``position`` for the Open Bandit Dataset replay).
+
+Intervals are clipped to the reward range the experiment declares: [0, 1] for binary
+rewards. Continuous rewards (sums of feedback values) declare no range, so their intervals
+are left as they are (see :mod:`armlab.core.stats.ope` for why the observed range is not used).
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ class LoggedData:
     strata: list[str] | None
     n_total: int
     n_immature: int
+
+
+def reward_range_for(reward_kind: str) -> tuple[float, float] | None:
+    """The range a reward of this kind can take: [0, 1] for binary; None (unknown) else."""
+    return (0.0, 1.0) if reward_kind == "binary" else None
 
 
 def parse_target(text: str, arms: list[str]) -> dict[str, float]:
@@ -121,8 +130,10 @@ def evaluate_logged(
     target: Mapping[str, float] | None = None,
     target_by_stratum: Mapping[str, Mapping[str, float]] | None = None,
     alpha: float = 0.05,
+    reward_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """IPW / SNIPW / DR of the target on ``data`` plus the logged policy's own mean reward."""
+    """IPW / SNIPW / DR of the target on ``data`` plus the logged policy's own mean reward;
+    every interval clipped to ``reward_range`` when given (:func:`reward_range_for`)."""
     if not data.actions:
         raise StatsError(
             f"no matured impressions to evaluate ({data.n_total} logged, {data.n_immature} "
@@ -130,9 +141,9 @@ def evaluate_logged(
         )
     res = ope.evaluate_policy(
         data.actions, data.rewards, data.propensities, target or {}, strata=data.strata,
-        target_by_stratum=target_by_stratum, alpha=alpha,
+        target_by_stratum=target_by_stratum, alpha=alpha, reward_range=reward_range,
     )
-    logged = ope.on_policy_mean(data.rewards, alpha=alpha)
+    logged = ope.on_policy_mean(data.rewards, alpha=alpha, reward_range=reward_range)
     return {
         "estimates": {k: v.as_dict() for k, v in res.items()},
         "logged": logged.as_dict(),
@@ -157,6 +168,7 @@ def evaluate_experiment(
     target = parse_target(target_text, arms)
     data = load_logged(uow.session, exp.id, attribution_window_s=exp.attribution_window_s,
                        matured_only=matured_only, now=now)
-    out = evaluate_logged(data, target=target, alpha=alpha)
+    out = evaluate_logged(data, target=target, alpha=alpha,
+                          reward_range=reward_range_for(exp.reward_kind))
     out.update({"experiment": key, "target": target})
     return out

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from armlab.adapters.kafka.memory import MemoryBus
 from armlab.core.events import (
@@ -62,6 +63,13 @@ class _Base:
 
     def send_many(self, events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
         return [self.send(e) for e in events]
+
+    def publish(self, events: Iterable[Event], timeout_s: float) -> None:
+        """Send validated events and wait until every one is acknowledged, at most about
+        ``timeout_s`` seconds in all (the events route); :class:`ServiceUnavailable` if not."""
+        for ev in events:
+            self.send(ev)
+        self.flush(timeout_s)
 
     def send_impression(
         self,
@@ -186,6 +194,39 @@ class KafkaEventProducer(_Base):
             ) from exc
         fut.add_errback(self._on_error)
 
+    def publish(self, events: Iterable[Event], timeout_s: float) -> None:
+        """Send, then wait on these events' own acknowledgements (not the rest of the
+        producer's traffic, unlike :meth:`flush`) until ``timeout_s`` from the call.
+
+        ``send`` itself blocks at most ``max_block_ms`` (unknown topic metadata, full buffer),
+        so a broker that is away costs at most that plus what is left of ``timeout_s``. On a
+        503 an event may still be in the producer's buffer and be delivered once the broker
+        is back (within ``delivery_timeout_ms``); a retry is safe: the consumer keeps one
+        copy per ``event_id``.
+        """
+        if self._closed:
+            raise ServiceUnavailable("producer is closed")
+        deadline = time.monotonic() + timeout_s
+        futures = []
+        try:
+            for ev in events:
+                if time.monotonic() >= deadline:
+                    raise KafkaTimeoutError(f"not all events sent within {timeout_s:g} s")
+                futures.append(self._producer.send(self.topic_for(ev),
+                                                   key=ev.impression_id.encode(),
+                                                   value=ev.to_json()))
+            for fut in futures:
+                fut.get(timeout=max(0.0, deadline - time.monotonic()))
+        except KafkaTimeoutError as exc:
+            raise ServiceUnavailable(
+                f"Kafka at {self.bootstrap} did not acknowledge the events within "
+                f"{timeout_s:g} s; retry later"
+            ) from exc
+        except KafkaError as exc:
+            raise ServiceUnavailable(
+                f"could not produce events to {self.bootstrap}: {type(exc).__name__}: {exc}"
+            ) from exc
+
     def send_raw(self, topic: str, value: bytes | None, key: bytes | None = None) -> None:
         """Send bytes as they are (no validation); for tools and tests."""
         fut = self._producer.send(topic, key=key, value=value)
@@ -241,7 +282,8 @@ def producer_from_settings(
 ) -> KafkaEventProducer | MemoryEventProducer:
     """Kafka or memory producer from armlab settings (topics from ARMLAB_TOPIC_*).
 
-    ``fail_fast`` (the events route) gives up on an unreachable broker within seconds, so a
+    ``fail_fast`` (the events route) gives up on an unreachable broker within
+    ``settings.events_publish_timeout_s`` (connecting, topic metadata, a full buffer), so a
     request answers 503 instead of hanging.
     """
     if settings.transport == "memory":
@@ -251,7 +293,8 @@ def producer_from_settings(
             bus, topic_impressions=settings.topic_impressions,
             topic_feedback=settings.topic_feedback,
         )
-    timeouts = {"max_block_ms": 5000, "bootstrap_timeout_ms": 3000} if fail_fast else {}
+    bound_ms = max(1, round(settings.events_publish_timeout_s * 1000))
+    timeouts = {"max_block_ms": bound_ms, "bootstrap_timeout_ms": bound_ms} if fail_fast else {}
     return KafkaEventProducer(
         settings.kafka, topic_impressions=settings.topic_impressions,
         topic_feedback=settings.topic_feedback, **timeouts,  # type: ignore[arg-type]

@@ -24,6 +24,17 @@ sequences" (Annals of Statistics 2024, Thm 2.2). Every result states how many ev
 non-zero weight and the Kish effective sample size ``(sum w)^2 / sum w^2``: a small number of
 heavy weights is the usual reason an interval is wide.
 
+Intervals and the reward range: every estimator takes an optional ``reward_range`` ``(lo,
+hi)``, the range a reward can take. A policy's value (its mean reward) lies in that range, so
+the CLT interval and the confidence sequence are intersected with it; that keeps their
+coverage and only removes values that are impossible (a binary reward's interval lies in
+[0, 1]). The point estimate is NOT clipped: IPW and DR are unbiased and may leave the range
+(a sign of heavy weights; their interval then still overlaps the range or collapses to its
+nearest end). With no declared range (``None``, continuous rewards) nothing is clipped: the
+range observed in the log is not used, because the rewards a target policy would collect can
+lie outside what the logging policy happened to observe, and clipping to the sample's range
+would break coverage. Callers that know bounds (a 1-5 rating) pass them.
+
 Pure numpy/scipy: no I/O, no settings. Inputs are 1-d arrays of length n (one entry per
 logged event).
 """
@@ -54,7 +65,8 @@ class OPEEstimate:
     """One off-policy estimate of a target policy's mean reward per event.
 
     ``ci_*`` is the (1 - alpha) CLT interval; ``cs_*`` the (1 - alpha) asymptotic
-    confidence sequence at the final sample size (None unless requested).
+    confidence sequence at the final sample size (None unless requested); both are clipped
+    to ``reward_range`` when one was given (None: not clipped).
     """
 
     estimator: str
@@ -70,6 +82,7 @@ class OPEEstimate:
     mean_weight: float
     cs_low: float | None = None
     cs_high: float | None = None
+    reward_range: tuple[float, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +116,29 @@ def importance_weights(propensities: Any, target_probs: Any) -> FloatArray:
         bad = float(t[(t < 0) | (t > 1 + 1e-12)][0])
         raise StatsError(f"target probabilities must be in [0, 1], got {bad}")
     return t / p
+
+
+RewardRange = tuple[float, float]
+
+
+def _check_range(reward_range: RewardRange | None, rewards: FloatArray) -> None:
+    if reward_range is None:
+        return
+    lo, hi = (float(v) for v in reward_range)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise StatsError(f"reward_range must be finite (low, high) with low <= high, got "
+                         f"{reward_range}")
+    outside = rewards[(rewards < lo) | (rewards > hi)]
+    if outside.shape[0]:
+        raise StatsError(f"reward {float(outside[0])} lies outside reward_range [{lo:g}, {hi:g}]")
+
+
+def _clip(low: float, high: float, reward_range: RewardRange | None) -> tuple[float, float]:
+    """The interval intersected with the reward range (a single end point if they miss)."""
+    if reward_range is None:
+        return low, high
+    lo, hi = float(reward_range[0]), float(reward_range[1])
+    return min(max(low, lo), hi), max(min(high, hi), lo)
 
 
 def _check_alpha(alpha: float) -> None:
@@ -156,6 +192,7 @@ def _finish(
     alpha: float,
     confidence_sequence: bool,
     t_opt: int | None,
+    reward_range: RewardRange | None = None,
 ) -> OPEEstimate:
     se = terms_sd / math.sqrt(n)
     z = float(sps.norm.ppf(1.0 - alpha / 2.0))
@@ -163,13 +200,14 @@ def _finish(
     cs_low = cs_high = None
     if confidence_sequence:
         r = cs_radius(terms_sd, n, alpha, t_opt=t_opt)
-        cs_low, cs_high = value - r, value + r
+        cs_low, cs_high = _clip(value - r, value + r, reward_range)
+    ci_low, ci_high = _clip(value - z * se, value + z * se, reward_range)
     return OPEEstimate(
         estimator=estimator,
         value=float(value),
         se=float(se),
-        ci_low=float(value - z * se),
-        ci_high=float(value + z * se),
+        ci_low=float(ci_low),
+        ci_high=float(ci_high),
         alpha=alpha,
         n_events=n,
         n_weighted=n_weighted,
@@ -178,6 +216,8 @@ def _finish(
         mean_weight=mean_w,
         cs_low=cs_low,
         cs_high=cs_high,
+        reward_range=(None if reward_range is None
+                      else (float(reward_range[0]), float(reward_range[1]))),
     )
 
 
@@ -193,15 +233,17 @@ def ipw(
     alpha: float = 0.05,
     confidence_sequence: bool = False,
     t_opt: int | None = None,
+    reward_range: RewardRange | None = None,
 ) -> OPEEstimate:
     """Inverse propensity weighting: unbiased when propensities are right and positive
     wherever the target policy acts (Horvitz & Thompson 1952)."""
     _check_alpha(alpha)
     w = importance_weights(propensities, target_probs)
     r = _as_1d("rewards", rewards, w.shape[0])
+    _check_range(reward_range, r)
     terms = w * r
     return _finish("ipw", float(np.mean(terms)), _sd(terms), w.shape[0], w, alpha,
-                   confidence_sequence, t_opt)
+                   confidence_sequence, t_opt, reward_range)
 
 
 def snipw(
@@ -212,6 +254,7 @@ def snipw(
     alpha: float = 0.05,
     confidence_sequence: bool = False,
     t_opt: int | None = None,
+    reward_range: RewardRange | None = None,
 ) -> OPEEstimate:
     """Self-normalised IPW: ``sum w r / sum w`` (Swaminathan & Joachims 2015).
 
@@ -222,6 +265,7 @@ def snipw(
     _check_alpha(alpha)
     w = importance_weights(propensities, target_probs)
     r = _as_1d("rewards", rewards, w.shape[0])
+    _check_range(reward_range, r)
     sw = float(np.sum(w))
     if sw <= 0:
         raise StatsError(
@@ -230,7 +274,8 @@ def snipw(
         )
     value = float(np.sum(w * r)) / sw
     terms = w * (r - value) / float(np.mean(w))
-    return _finish("snipw", value, _sd(terms), w.shape[0], w, alpha, confidence_sequence, t_opt)
+    return _finish("snipw", value, _sd(terms), w.shape[0], w, alpha, confidence_sequence, t_opt,
+                   reward_range)
 
 
 def doubly_robust(
@@ -243,6 +288,7 @@ def doubly_robust(
     alpha: float = 0.05,
     confidence_sequence: bool = False,
     t_opt: int | None = None,
+    reward_range: RewardRange | None = None,
 ) -> OPEEstimate:
     """Doubly robust estimate (Dudik, Langford & Li 2011, eq. 2).
 
@@ -256,9 +302,10 @@ def doubly_robust(
     r = _as_1d("rewards", rewards, n)
     ql = _as_1d("q_logged", q_logged, n)
     qt = _as_1d("q_target", q_target, n)
+    _check_range(reward_range, r)
     terms = qt + w * (r - ql)
     return _finish("dr", float(np.mean(terms)), _sd(terms), n, w, alpha, confidence_sequence,
-                   t_opt)
+                   t_opt, reward_range)
 
 
 def tabular_dr(
@@ -273,6 +320,7 @@ def tabular_dr(
     alpha: float = 0.05,
     confidence_sequence: bool = False,
     t_opt: int | None = None,
+    reward_range: RewardRange | None = None,
 ) -> OPEEstimate:
     """DR with a per-(stratum, action) mean-reward model, cross-fitted over ``folds``.
 
@@ -328,7 +376,8 @@ def tabular_dr(
                 qbar_cache[s] = sum(float(pi) * q(s, a) for a, pi in dist(s).items())
             q_target[i] = qbar_cache[s]
     return doubly_robust(r, p, tp, q_logged, q_target, alpha=alpha,
-                         confidence_sequence=confidence_sequence, t_opt=t_opt)
+                         confidence_sequence=confidence_sequence, t_opt=t_opt,
+                         reward_range=reward_range)
 
 
 def evaluate_policy(
@@ -343,12 +392,14 @@ def evaluate_policy(
     confidence_sequence: bool = True,
     estimators: Sequence[str] = ESTIMATORS,
     t_opt: int | None = None,
+    reward_range: RewardRange | None = None,
 ) -> dict[str, OPEEstimate]:
     """IPW, SNIPW and cross-fitted DR of a (possibly stratified) allocation over actions.
 
     ``target`` maps action -> probability (used when ``target_by_stratum`` is None);
     ``target_by_stratum`` maps stratum -> (action -> probability), e.g. a position-aware
-    ranking policy. Probabilities of one stratum must sum to at most 1.
+    ranking policy. Probabilities of one stratum must sum to at most 1. ``t_opt`` tunes every
+    estimator's confidence sequence; ``reward_range`` clips every interval (module docs).
     """
     for name in estimators:
         if name not in ESTIMATORS:
@@ -370,21 +421,28 @@ def evaluate_policy(
     out: dict[str, OPEEstimate] = {}
     if "ipw" in estimators:
         out["ipw"] = ipw(rewards, propensities, tp, alpha=alpha,
-                         confidence_sequence=confidence_sequence, t_opt=t_opt)
+                         confidence_sequence=confidence_sequence, t_opt=t_opt,
+                         reward_range=reward_range)
     if "snipw" in estimators:
         out["snipw"] = snipw(rewards, propensities, tp, alpha=alpha,
-                             confidence_sequence=confidence_sequence)
+                             confidence_sequence=confidence_sequence, t_opt=t_opt,
+                             reward_range=reward_range)
     if "dr" in estimators:
         out["dr"] = tabular_dr(acts, rewards, propensities, target, strata=strata,
                                target_by_stratum=target_by_stratum, alpha=alpha,
-                               confidence_sequence=confidence_sequence, t_opt=t_opt)
+                               confidence_sequence=confidence_sequence, t_opt=t_opt,
+                               reward_range=reward_range)
     return out
 
 
-def on_policy_mean(rewards: Any, *, alpha: float = 0.05) -> OPEEstimate:
+def on_policy_mean(
+    rewards: Any, *, alpha: float = 0.05, reward_range: RewardRange | None = None
+) -> OPEEstimate:
     """The plain mean reward of a log with its CLT interval (the on-policy reference)."""
     r = _as_1d("rewards", rewards)
     if r.shape[0] == 0:
         raise StatsError("no events")
+    _check_range(reward_range, r)
     w = np.ones_like(r)
-    return _finish("on_policy", float(np.mean(r)), _sd(r), r.shape[0], w, alpha, False, None)
+    return _finish("on_policy", float(np.mean(r)), _sd(r), r.shape[0], w, alpha, False, None,
+                   reward_range)

@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         svc = services or bootstrap(settings,
                                     db_call_timeout_s=settings.api_db_timeout_s or None)
         app.state.services = svc
+        app.state.event_gate = gate = routes_events.EventGate.from_settings(settings)
         svc.assigner.start()
         routes_events.warm_producer(svc)
         if settings.gc_freeze:
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         try:
             yield
         finally:
+            gate.close()
             if settings.gc_freeze:
                 gc.unfreeze()  # what this app built may be collected again once it is gone
             if services is None:

@@ -1,8 +1,13 @@
-"""FastAPI dependencies shared by every router: the services and the principal."""
+"""FastAPI dependencies shared by every router: the services and the principal.
+
+``get_services`` and ``require_role`` are ``async``: they only read app state and compare
+tokens, and FastAPI runs a sync dependency in the AnyIO worker thread pool, where it would
+queue behind whatever holds the pool's threads (an ``async`` route would wait on it too).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
@@ -10,14 +15,14 @@ from armlab.bootstrap import Services
 from armlab.entrypoints.api.auth import Authenticator, Principal
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def require_role(role: str) -> Callable[[Request], Principal]:
+def require_role(role: str) -> Callable[[Request], Awaitable[Principal]]:
     """Dependency factory: authenticate the bearer token and check it grants ``role``."""
 
-    def dependency(request: Request) -> Principal:
+    async def dependency(request: Request) -> Principal:
         auth: Authenticator = request.app.state.authenticator
         principal = auth.authenticate(request.headers.get("authorization"))
         auth.require(principal, role)

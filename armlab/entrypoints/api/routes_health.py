@@ -1,5 +1,7 @@
 """Liveness and readiness probes (no authentication: orchestrators call them).
 
+Neither needs a thread of the request thread pool (both routes and their dependencies are
+``async``), so a pool held by slow requests cannot delay them.
 ``/readyz`` runs ``SELECT 1`` in its own thread (never the request thread pool) and waits at
 most READY_TIMEOUT_S for it: a hung database gives a 503 within that time instead of a request
 that never ends, and while one check is still stuck, later probes wait on the same check
@@ -69,8 +71,9 @@ class DatabaseProbe:
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
-    """Liveness: the process is up and serving HTTP. Touches nothing else."""
+async def healthz() -> Health:
+    """Liveness: the process is up and serving HTTP. Touches nothing else (``async``: no
+    worker thread, so it never queues behind requests holding the thread pool)."""
     return Health(status="ok")
 
 

@@ -175,10 +175,12 @@ def replay_obd(
         assert bts.strata is not None and rnd.strata is not None
         target = obd.estimate_policy_from(bts.actions, bts.strata, bts.propensities,
                                           policy_estimate)
+        click_range = (0.0, 1.0)  # binary rewards: every interval lies in [0, 1]
         est = ope.evaluate_policy(rnd.actions, rnd.rewards, rnd.propensities, {},
-                                  strata=rnd.strata, target_by_stratum=target, alpha=alpha)
-        bts_logged = ope.on_policy_mean(bts.rewards, alpha=alpha)
-        rnd_logged = ope.on_policy_mean(rnd.rewards, alpha=alpha)
+                                  strata=rnd.strata, target_by_stratum=target, alpha=alpha,
+                                  reward_range=click_range)
+        bts_logged = ope.on_policy_mean(bts.rewards, alpha=alpha, reward_range=click_range)
+        rnd_logged = ope.on_policy_mean(rnd.rewards, alpha=alpha, reward_range=click_range)
         result: dict[str, Any] = {
             "campaign": campaign,
             "stack": stack,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 from fastapi.testclient import TestClient
 
 from armlab.entrypoints.api.app import create_app
+from armlab.entrypoints.api.routes_events import GRACE_S
 from armlab.settings import KafkaSettings, Settings
 
 EV = {"schema": "impression.v1", "event_id": "e1", "impression_id": "i1",
@@ -44,10 +47,19 @@ def test_events_are_validated_and_produced(sqlite_url: str) -> None:
 
 def test_503_when_kafka_is_unreachable(sqlite_url: str) -> None:
     s = Settings(database_url=sqlite_url, transport="kafka",
-                 kafka=KafkaSettings(bootstrap="127.0.0.1:9"), auth_disabled=True)
+                 kafka=KafkaSettings(bootstrap="127.0.0.1:9"), auth_disabled=True,
+                 events_publish_timeout_s=0.5)
     with TestClient(create_app(s)) as c:
+        t0 = time.monotonic()
         r = c.post("/v1/events", json=EV)
         assert r.status_code == 503 and "Kafka" in r.json()["detail"]
+        assert r.headers["Retry-After"].isdigit()
+        assert time.monotonic() - t0 < 0.5 + GRACE_S + 0.5
+        # the breaker is open: the next one does not try Kafka again
+        t0 = time.monotonic()
+        r = c.post("/v1/events", json=EV)
+        assert r.status_code == 503 and "resumes in" in r.json()["detail"], r.text
+        assert r.headers["Retry-After"].isdigit() and time.monotonic() - t0 < 0.3
 
 
 def test_values_the_consumer_cannot_store_are_422(sqlite_url: str) -> None:
