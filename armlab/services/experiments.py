@@ -151,10 +151,12 @@ class ExperimentUseCases:
         return self._write(key, lambda uow: registry.start_experiment(
             uow, key=key, actor=actor, reason=reason))
 
-    def stop(self, key: str, *, actor: str, reason: str) -> ExperimentRecord:
-        """running -> stopped: the control serves from now on."""
+    def stop(self, key: str, *, actor: str, reason: str,
+             evidence: dict[str, Any] | None = None) -> ExperimentRecord:
+        """running -> stopped: the control serves from now on (``evidence`` goes into the
+        audit row)."""
         return self._write(key, lambda uow: registry.stop_experiment(
-            uow, key=key, actor=actor, reason=reason))
+            uow, key=key, actor=actor, reason=reason, evidence=evidence))
 
     def ship(self, key: str, *, arm: str, actor: str, reason: str,
              force: bool = False) -> ExperimentRecord:
@@ -163,6 +165,11 @@ class ExperimentUseCases:
             uow, key=key, arm=arm, actor=actor, reason=reason, force=force))
 
     # -- reads -------------------------------------------------------------------------------
+    def unique_key(self, base: str) -> str:
+        """``base`` or ``base-2``, ``base-3``... whichever is not registered yet."""
+        with self._uow() as uow:
+            return registry.unique_key(uow, base)
+
     def get(self, key: str) -> ExperimentRecord:
         with self._uow() as uow:
             return experiment_record(registry.get_experiment(uow, key=key))

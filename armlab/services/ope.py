@@ -22,7 +22,7 @@ are left as they are (see :mod:`armlab.core.stats.ope` for why the observed rang
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -172,3 +172,15 @@ def evaluate_experiment(
                           reward_range=reward_range_for(exp.reward_kind))
     out.update({"experiment": key, "target": target})
     return out
+
+
+def load_logged_by_key(
+    uow_factory: Callable[[], UnitOfWork], key: str, *, attribution_window_s: int,
+    stratum_field: str | None = None, matured_only: bool = True,
+) -> LoggedData:
+    """:func:`load_logged` for the experiment ``key``, in its own read-only unit of work
+    (ExperimentNotFound if unknown)."""
+    with uow_factory() as uow:
+        exp = get_experiment(uow, key=key)
+        return load_logged(uow.session, exp.id, attribution_window_s=attribution_window_s,
+                           stratum_field=stratum_field, matured_only=matured_only)

@@ -1,8 +1,8 @@
 """The API's request bodies and response models (pydantic v2).
 
 The registration body itself is :class:`armlab.core.specs.ExperimentSpec`; these are the
-lifecycle requests and everything the API answers with. They live apart from the ORM classes
-(:mod:`armlab.adapters.db.models`); the routes convert.
+lifecycle requests and everything the API answers with. They live apart from the services'
+records (:mod:`armlab.services.experiments`); the routes convert.
 """
 
 from __future__ import annotations

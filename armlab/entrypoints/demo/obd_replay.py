@@ -22,18 +22,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from sqlalchemy import func, select
 
 from armlab.adapters.data import obd
-from armlab.adapters.db.models import Impression
-from armlab.adapters.db.uow import UnitOfWork
 from armlab.bootstrap import make_settings, open_services
 from armlab.core.clock import utcnow
 from armlab.core.specs import ExperimentSpec
 from armlab.core.stats import ope
-from armlab.services import registry
-from armlab.services.ope import load_logged
-from armlab.services.registry import unique_key
+from armlab.services.experiments import ExperimentUseCases
+from armlab.services.ope import load_logged_by_key
 
 ACTOR = "replay-obd"
 CAVEAT = (
@@ -64,15 +60,10 @@ def _spec(key: str, log: obd.OBDLog) -> ExperimentSpec:
     })
 
 
-def _register(sf: Any, log: obd.OBDLog) -> str:
-    with UnitOfWork(sf) as uow:
-        key = unique_key(uow, f"obd-{log.campaign}-{log.policy}")
-    with UnitOfWork(sf) as uow:
-        registry.create_experiment(uow, spec=_spec(key, log), actor=ACTOR)
-        uow.commit()
-    with UnitOfWork(sf) as uow:
-        registry.start_experiment(uow, key=key, actor=ACTOR, reason="replay of a logged policy")
-        uow.commit()
+def _register(experiments: ExperimentUseCases, log: obd.OBDLog) -> str:
+    key = experiments.unique_key(f"obd-{log.campaign}-{log.policy}")
+    experiments.create(_spec(key, log), actor=ACTOR)
+    experiments.start(key, actor=ACTOR, reason="replay of a logged policy")
     return key
 
 
@@ -133,8 +124,7 @@ def replay_obd(
     try:
         producer = services.producer
         runner = services.ingest_runner()
-        sf = services.session_factory
-        keys = {p: _register(sf, log) for p, log in logs.items()}
+        keys = {p: _register(services.experiments, log) for p, log in logs.items()}
 
         counts: dict[str, int] = {}
         sent = 0
@@ -158,20 +148,12 @@ def replay_obd(
         runner.close()
         ingest_s = time.perf_counter() - t0
 
-        with UnitOfWork(sf) as uow:
-            s = uow.session
-            exps = {p: registry.get_experiment(uow, key=keys[p]) for p in logs}
-            stored = {}
-            for p, exp in exps.items():
-                n, clicks = s.execute(
-                    select(func.count(), func.coalesce(func.sum(Impression.reward), 0.0))
-                    .where(Impression.experiment_id == exp.id)
-                ).one()
-                stored[p] = {"impressions": int(n), "clicks": int(clicks)}
-            rnd = load_logged(s, exps["random"].id, attribution_window_s=3600,
-                              stratum_field="position", matured_only=False)
-            bts = load_logged(s, exps["bts"].id, attribution_window_s=3600,
-                              stratum_field="position", matured_only=False)
+        logged = {p: load_logged_by_key(services.uow, keys[p], attribution_window_s=3600,
+                                        stratum_field="position", matured_only=False)
+                  for p in logs}
+        stored = {p: {"impressions": d.n_total, "clicks": int(sum(d.rewards))}
+                  for p, d in logged.items()}
+        rnd, bts = logged["random"], logged["bts"]
         assert bts.strata is not None and rnd.strata is not None
         target = obd.estimate_policy_from(bts.actions, bts.strata, bts.propensities,
                                           policy_estimate)
@@ -208,10 +190,8 @@ def replay_obd(
             "bts_logged_ctr": bts_logged.value,
         }
         for p in logs:
-            with UnitOfWork(sf) as uow:
-                registry.stop_experiment(uow, key=keys[p], actor=ACTOR,
-                                        reason="replay finished", evidence=evidence)
-                uow.commit()
+            services.experiments.stop(keys[p], actor=ACTOR, reason="replay finished",
+                                      evidence=evidence)
         return result
     finally:
         services.close()
