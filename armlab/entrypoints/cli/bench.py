@@ -198,7 +198,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Throughput/latency of a variant vs a naive float32, batch-1, pad-to-max baseline."""
-        from armlab.adapters.scoring.models import set_cpu_threads
+        from armlab.adapters.scoring.checkpoints import set_cpu_threads
         from armlab.tools.bench.scoring import run_bench
 
         set_cpu_threads(threads)

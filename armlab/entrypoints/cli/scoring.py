@@ -53,7 +53,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Score items for one user with a variant; prints [{"item_id", "score"}] best first."""
         from armlab.adapters.data.items import read_items_file
-        from armlab.adapters.scoring.models import set_cpu_threads
+        from armlab.adapters.scoring.checkpoints import set_cpu_threads
         from armlab.adapters.scoring.scorers import UserContext, build_scorer, rank
         from armlab.core.variants import parse_variant
         from armlab.settings import get_settings
@@ -131,7 +131,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         """Run the batching scorer as its own process (POST /score, GET /stats)."""
         import uvicorn
 
-        from armlab.adapters.scoring.models import set_cpu_threads
+        from armlab.adapters.scoring.checkpoints import set_cpu_threads
         from armlab.entrypoints.api.scorer_app import create_scorer_app
         from armlab.settings import get_settings
 
@@ -161,7 +161,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         unseen) and full-catalogue protocols; prior weights tuned on validation users."""
         import sys
 
-        from armlab.adapters.scoring.models import set_cpu_threads
+        from armlab.adapters.scoring.checkpoints import set_cpu_threads
         from armlab.services.quality import DEFAULT_PRESETS, run_quality
 
         set_cpu_threads(threads)

@@ -44,7 +44,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from armlab.adapters.data.movielens import load_movielens
-from armlab.adapters.scoring.models import set_cpu_threads
+from armlab.adapters.scoring.checkpoints import set_cpu_threads
 from armlab.adapters.scoring.scorers import UserContext, rank_catalog_many
 from armlab.adapters.scoring.tiny import make_tiny_model
 from armlab.bootstrap import make_settings, open_services

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from armlab.adapters.scoring.models import resolve_device
+from armlab.adapters.scoring.checkpoints import resolve_device
 from armlab.adapters.scoring.scorers import (
     BiEncoderScorer,
     LMYesNoScorer,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch  # required: make setup installs the scoring extra; never skip
 
-from armlab.adapters.scoring.models import resolve_model  # noqa: E402
+from armlab.adapters.scoring.checkpoints import resolve_model  # noqa: E402
 from armlab.adapters.scoring.scorers import (  # noqa: E402
     UserContext,
     build_scorer,
@@ -73,7 +73,7 @@ def test_missing_model_names_the_path(tmp_path: Path) -> None:
 def test_missing_package_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.metadata
 
-    import armlab.adapters.scoring.models as models
+    import armlab.adapters.scoring.checkpoints as models
 
     def no_dist(name: str) -> Any:
         raise importlib.metadata.PackageNotFoundError(name)
