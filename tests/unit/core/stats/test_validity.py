@@ -1,5 +1,5 @@
 """The validity grid, reduced: a few cells at a few hundred replications (seconds). The full
-grid is ``armlab simulate validity`` (figures in the README)."""
+grid is ``armlab simulate validity`` (figures in docs/statistics.md)."""
 
 from __future__ import annotations
 
