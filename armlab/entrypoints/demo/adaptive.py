@@ -53,8 +53,7 @@ from armlab.entrypoints.api.app import create_app
 from armlab.entrypoints.report import write_report
 from armlab.errors import ArmlabError, ConfigurationError
 from armlab.services.allocator import run_allocation
-from armlab.services.catalog import load_catalog
-from armlab.services.registry import unique_key
+from armlab.services.catalog import store_catalog
 from armlab.tools.movielens_replay import (
     CATALOG,
     ITEM_TEMPLATE_GENRES,
@@ -203,193 +202,240 @@ def _tiny_models(base: Path) -> dict[str, str]:
     return out
 
 
-def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
+def _console(quiet: bool) -> Console:
+    console = Console(quiet=quiet)
+    if not console.is_terminal:  # logs and CI: rich would wrap the summary table at 80 columns
+        console = Console(quiet=quiet, width=130)
+    return console
+
+
+@dataclass
+class _Replay:
+    """What the replay loop tracks (the arms' tallies, the served weights, the latest
+    sequential evaluation)."""
+
+    tallies: dict[str, ArmTally]
+    weights: dict[str, float]
+    stop_reason: str
+    status: str = "running"
+    seq: dict[str, Any] | None = None
+    served: int = 0
+
+
+class _DemoRun:
+    """One run of the demo, step by step (:func:`run_demo` calls them in order)."""
+
+    def __init__(self, cfg: DemoConfig, console: Console, services: Any, settings: Any) -> None:
+        self.cfg, self.console, self.services, self.settings = cfg, console, services, settings
+        self.timings: dict[str, float] = {}
+        self.memory = settings.transport == "memory"
+
+    def load_data(self) -> None:
+        """MovieLens split in time, the catalogue stored, the requests built."""
+        cfg, services = self.cfg, self.services
+        ml = load_movielens()
+        t0 = split_time(ml, cfg.split_quantile)
+        items = ml.items()
+        self.catalog = catalog_payload(items, popularity_before(ml, t0))
+        store_catalog(services.uow, name=CATALOG, items=self.catalog)
+        requests = build_requests(ml, t0=t0, every=cfg.every, window_s=cfg.window_s,
+                                  history_len=cfg.history_len, min_history=cfg.min_history)
+        self.n_planned = min(cfg.max_requests, len(requests))
+        self.requests = requests[:self.n_planned]
+        with_pos = sum(1 for r in self.requests if r.positives)
+        self.console.print(
+            f"[bold]MovieLens-100k[/]: {len(items):,} movies, {len(ml.users):,} users, "
+            f"{ml.n_ratings:,} ratings. Popularity from ratings before "
+            f"{datetime.fromtimestamp(t0, UTC):%Y-%m-%d}; replaying {self.n_planned:,} "
+            f"requests after it ({with_pos / max(self.n_planned, 1):.0%} have a liked movie "
+            f"within {cfg.window_s // 3600} h)."
+        )
+
+    def design(self) -> None:
+        """The arms, the experiment key and its registration body."""
+        cfg = self.cfg
+        tiny = _tiny_models(cfg.tiny_dir or Path(self.settings.home) / "tiny-models") \
+            if cfg.tiny else None
+        self.arms = arm_specs(include_lm=cfg.include_lm, tiny_models=tiny,
+                              prior_weight=cfg.prior_weight)
+        self.key = cfg.key or self.services.experiments.unique_key(
+            f"movielens-{utcnow():%Y%m%d-%H%M%S}")
+        self.spec = experiment_spec(self.key, cfg, self.arms, self.n_planned)
+        self.control = next(a["key"] for a in self.arms if a.get("control"))
+
+    def register(self, client: Any) -> None:
+        """Register and start the experiment through the API; the first allocation."""
+        key = self.key
+        _check(client.post("/v1/experiments", json=self.spec), "registering the experiment")
+        _check(client.post(f"/v1/experiments/{key}/start", json={"reason": "armlab demo"}),
+               "starting the experiment")
+        run_allocation(self.services.session_factory)
+        self.services.assigner.refresh()
+        self.console.print(f"Registered and started [bold]{key}[/] with arms "
+                           + ", ".join(a["key"] for a in self.arms)
+                           + f" (control: {self.control}).")
+
+    def warm_models(self) -> None:
+        """Load every model and encode the catalogue before the clock starts."""
+        t_load = time.perf_counter()
+        with self.console.status("loading models and encoding the catalogue..."):
+            pool = self.services.scorer_pool
+            view = self.services.catalogs.get(CATALOG)
+            warm_user = UserContext(history=[self.catalog[0]])
+            for a in self.arms:
+                # item vectors of the catalogue: computed once per catalog version
+                rank_catalog_many(pool.get(a["variant"]), [warm_user], view, [1], [set()])
+        self.timings["model_load_s"] = time.perf_counter() - t_load
+        self.console.print(f"models ready in {self.timings['model_load_s']:.1f} s")
+
+    def sync(self, client: Any, runner: Any, state: _Replay) -> None:
+        """Events in, one allocator pass, the new weights and evaluation read back."""
+        self.services.producer.flush()
+        runner.drain() if self.memory else runner.run(exit_when_idle=1.0)
+        run_allocation(self.services.session_factory)
+        self.services.assigner.refresh()
+        res = _check(client.get(f"/v1/experiments/{self.key}/results"), "results")
+        state.weights.update({a["key"]: float(a.get("weight", 0.0))
+                              for a in res.get("arms", [])})
+        state.status, state.seq = str(res.get("status")), res.get("sequential")
+
+    def serve(self, client: Any, req: DemoRequest) -> tuple[dict[str, Any], float]:
+        """One ``/recommend`` call for a replayed request; (answer, seconds)."""
+        body = {
+            "unit_id": f"user-{req.user}",
+            "user": {"history": list(req.history)},
+            "catalog": CATALOG,
+            "k": self.cfg.k,
+            "exclude_history": True,
+            "exclude": sorted(req.seen),
+            "context": {"movielens_time": req.t},
+        }
+        t_req = time.perf_counter()
+        out = _check(client.post(f"/v1/experiments/{self.key}/recommend", json=body),
+                     "recommend")
+        return out, time.perf_counter() - t_req
+
+    def emit(self, req: DemoRequest, out: dict[str, Any], state: _Replay, secs: float) -> None:
+        """The impression and its feedback (a click, a low rating) through the producer."""
+        producer, key = self.services.producer, self.key
+        arm = out["arm"]
+        rec = [x["item_id"] for x in out["items"]]
+        served_at = datetime.fromisoformat(out["served_at"])
+        producer.send_impression(
+            experiment_key=key, arm_key=arm, unit_id=f"user-{req.user}",
+            propensity=float(out["propensity"]), impression_id=out["impression_id"],
+            served_at=served_at, items=rec, context={"movielens_time": req.t, "user": req.user},
+        )
+        click = not req.positives.isdisjoint(rec)
+        low = [req.disliked[i] for i in rec if i in req.disliked]
+        if low:
+            producer.send_feedback(
+                impression_id=out["impression_id"], experiment_key=key, kind="rating",
+                value=float(min(low)), occurred_at=served_at + timedelta(milliseconds=50))
+        if click:
+            producer.send_feedback(
+                impression_id=out["impression_id"], experiment_key=key, kind="click",
+                value=1.0, occurred_at=served_at + timedelta(milliseconds=50))
+        tal = state.tallies.setdefault(arm, ArmTally())
+        tal.requests += 1
+        tal.clicks += int(click)
+        tal.seconds += secs
+
+    def replay(self, client: Any, runner: Any) -> _Replay:
+        """Serve the requests ``cadence`` at a time, with a sync after each chunk, until the
+        budget runs out or the sequential test stops the experiment."""
+        cfg, n_planned = self.cfg, self.n_planned
+        state = _Replay(tallies={a["key"]: ArmTally() for a in self.arms},
+                        weights={a["key"]: 1.0 / len(self.arms) for a in self.arms},
+                        stop_reason=f"request budget reached ({n_planned:,})")
+        t_loop = time.perf_counter()
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=self.console, transient=False) as bar, \
+                ThreadPoolExecutor(max_workers=max(cfg.concurrency, 1)) as pool_ex:
+            task = bar.add_task(_label(state), total=n_planned)
+            for start in range(0, n_planned, cfg.cadence):
+                if time.perf_counter() - t_loop > cfg.time_budget_s:
+                    state.stop_reason = f"time budget reached ({cfg.time_budget_s:.0f} s)"
+                    break
+                chunk = self.requests[start:start + cfg.cadence]
+                # concurrent requests: the batching scorer ranks them together
+                answers = pool_ex.map(lambda r: self.serve(client, r), chunk)
+                for req, (out, secs) in zip(chunk, answers, strict=True):
+                    self.emit(req, out, state, secs)
+                state.served += len(chunk)
+                bar.update(task, completed=state.served)
+                if state.served < n_planned:
+                    self.sync(client, runner, state)
+                    bar.update(task, description=_label(state))
+                    if state.status != "running":
+                        state.stop_reason = "the sequential test stopped the experiment"
+                        break
+            self.timings["replay_s"] = time.perf_counter() - t_loop
+        self.sync(client, runner, state)
+        self.timings["requests_per_s"] = state.served / max(self.timings["replay_s"], 1e-9)
+        return state
+
+    def ship(self, client: Any, state: _Replay) -> tuple[str | None, str]:
+        """Ship the winner through the API (the registry's guard decides); (shipped, why)."""
+        winner, why = choose_winner(state.seq, self.control)
+        shipped: str | None = None
+        resp = client.post(f"/v1/experiments/{self.key}/ship",
+                           json={"arm": winner, "reason": f"armlab demo: {why}"})
+        if resp.status_code < 400:
+            shipped, state.status = winner, "shipped"
+            run_allocation(self.services.session_factory)  # the shipped snapshot, for the report
+        else:
+            why = f"not shipped: {resp.json().get('detail')}"
+        final = _check(client.get(f"/v1/experiments/{self.key}/results"), "results")
+        state.seq = final.get("sequential") or state.seq
+        state.weights.update({a["key"]: float(a.get("weight", 0.0))
+                              for a in final.get("arms", [])})
+        return shipped, why
+
+    def report(self) -> Path | None:
+        try:
+            return write_report(self.services.reports.collect(self.key), self.cfg.report_dir)
+        except ArmlabError as exc:
+            self.console.print(f"[red]report failed:[/] {exc.message}")
+            return None
+
+
+def _label(state: _Replay) -> str:
+    tallies = state.tallies
+    best = max(tallies, key=lambda a: tallies[a].clicks / max(tallies[a].requests, 1))
+    w = "  ".join(f"{a}={state.weights.get(a, 0):.2f}" for a in tallies)
+    return f"weights {w} | best so far: [bold]{best}[/]"
+
+
+def run_demo(cfg: DemoConfig) -> DemoResult:
     """Run the whole demo; returns what it printed (for tests)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     set_cpu_threads(cfg.threads)
-    console = Console(quiet=cfg.quiet)
-    if not console.is_terminal:  # logs and CI: rich would wrap the summary table at 80 columns
-        console = Console(quiet=cfg.quiet, width=130)
-    timings: dict[str, float] = {}
+    console = _console(cfg.quiet)
     t_all = time.perf_counter()
-
     settings = cfg.settings or make_settings(cfg.stack, auth_disabled=True)
     if not settings.auth_disabled:
         settings = settings.model_copy(update={"auth_disabled": True})
     services = open_services(settings, assigner_seed=cfg.seed)
     try:
-        memory = settings.transport == "memory"
-        ml = load_movielens()
-        t0 = split_time(ml, cfg.split_quantile)
-        pop = popularity_before(ml, t0)
-        items = ml.items()
-        catalog = catalog_payload(items, pop)
-        with services.uow() as uow:
-            load_catalog(uow, name=CATALOG, items=catalog)
-            uow.commit()
-        requests = build_requests(ml, t0=t0, every=cfg.every, window_s=cfg.window_s,
-                                  history_len=cfg.history_len, min_history=cfg.min_history)
-        n_planned = min(cfg.max_requests, len(requests))
-        requests = requests[:n_planned]
-        with_pos = sum(1 for r in requests if r.positives)
-        console.print(
-            f"[bold]MovieLens-100k[/]: {len(items):,} movies, {len(ml.users):,} users, "
-            f"{ml.n_ratings:,} ratings. Popularity from ratings before "
-            f"{datetime.fromtimestamp(t0, UTC):%Y-%m-%d}; replaying {n_planned:,} requests "
-            f"after it ({with_pos / max(n_planned, 1):.0%} have a liked movie within "
-            f"{cfg.window_s // 3600} h)."
-        )
-        tiny = _tiny_models(cfg.tiny_dir or Path(settings.home) / "tiny-models") \
-            if cfg.tiny else None
-        arms = arm_specs(include_lm=cfg.include_lm, tiny_models=tiny,
-                         prior_weight=cfg.prior_weight)
-        with services.uow() as uow:
-            key = cfg.key or unique_key(uow, f"movielens-{utcnow():%Y%m%d-%H%M%S}")
-        spec = experiment_spec(key, cfg, arms, n_planned)
-        control = next(a["key"] for a in arms if a.get("control"))
-
-        assigner = services.assigner
-        app = create_app(settings, services)
-        producer = services.producer
+        run = _DemoRun(cfg, console, services, settings)
+        run.load_data()
+        run.design()
         runner = services.ingest_runner()
-        with TestClient(app) as client:
-            _check(client.post("/v1/experiments", json=spec), "registering the experiment")
-            _check(client.post(f"/v1/experiments/{key}/start",
-                               json={"reason": "armlab demo"}), "starting the experiment")
-            run_allocation(services.session_factory)
-            assigner.refresh()
-            console.print(f"Registered and started [bold]{key}[/] with arms "
-                          + ", ".join(a["key"] for a in arms) + f" (control: {control}).")
-
-            # Warm every model before the clock starts: loading is not serving time.
-            t_load = time.perf_counter()
-            with console.status("loading models and encoding the catalogue..."):
-                pool = services.scorer_pool
-                view = services.catalogs.get(CATALOG)
-                warm_user = UserContext(history=[catalog[0]])
-                for a in arms:
-                    # item vectors of the catalogue: computed once per catalog version
-                    rank_catalog_many(pool.get(a["variant"]), [warm_user], view, [1], [set()])
-            timings["model_load_s"] = time.perf_counter() - t_load
-            console.print(f"models ready in {timings['model_load_s']:.1f} s")
-
-            tallies = {a["key"]: ArmTally() for a in arms}
-            weights: dict[str, float] = {a["key"]: 1.0 / len(arms) for a in arms}
-            stop_reason = f"request budget reached ({n_planned:,})"
-            status = "running"
-            seq: dict[str, Any] | None = None
-            served = 0
-            t_loop = time.perf_counter()
-
-            def sync() -> tuple[str, dict[str, Any] | None]:
-                producer.flush()
-                runner.drain() if memory else runner.run(exit_when_idle=1.0)
-                run_allocation(services.session_factory)
-                assigner.refresh()
-                res = _check(client.get(f"/v1/experiments/{key}/results"), "results")
-                snap = res.get("arms", [])
-                weights.update({a["key"]: float(a.get("weight", 0.0)) for a in snap})
-                return str(res.get("status")), res.get("sequential")
-
-            def label() -> str:
-                best = max(tallies, key=lambda a: tallies[a].clicks / max(tallies[a].requests, 1))
-                w = "  ".join(f"{a}={weights.get(a, 0):.2f}" for a in tallies)
-                return f"weights {w} | best so far: [bold]{best}[/]"
-
-            def serve(req: DemoRequest) -> tuple[dict[str, Any], float]:
-                body = {
-                    "unit_id": f"user-{req.user}",
-                    "user": {"history": list(req.history)},
-                    "catalog": CATALOG,
-                    "k": cfg.k,
-                    "exclude_history": True,
-                    "exclude": sorted(req.seen),
-                    "context": {"movielens_time": req.t},
-                }
-                t_req = time.perf_counter()
-                out = _check(client.post(f"/v1/experiments/{key}/recommend", json=body),
-                             "recommend")
-                return out, time.perf_counter() - t_req
-
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console, transient=False) as bar, \
-                    ThreadPoolExecutor(max_workers=max(cfg.concurrency, 1)) as pool_ex:
-                task = bar.add_task(label(), total=n_planned)
-                for start in range(0, n_planned, cfg.cadence):
-                    if time.perf_counter() - t_loop > cfg.time_budget_s:
-                        stop_reason = f"time budget reached ({cfg.time_budget_s:.0f} s)"
-                        break
-                    chunk = requests[start:start + cfg.cadence]
-                    # concurrent requests: the batching scorer ranks them together
-                    for req, (out, secs) in zip(chunk, pool_ex.map(serve, chunk), strict=True):
-                        arm = out["arm"]
-                        rec = [x["item_id"] for x in out["items"]]
-                        served_at = datetime.fromisoformat(out["served_at"])
-                        producer.send_impression(
-                            experiment_key=key, arm_key=arm, unit_id=f"user-{req.user}",
-                            propensity=float(out["propensity"]),
-                            impression_id=out["impression_id"], served_at=served_at,
-                            items=rec, context={"movielens_time": req.t, "user": req.user},
-                        )
-                        click = not req.positives.isdisjoint(rec)
-                        low = [req.disliked[i] for i in rec if i in req.disliked]
-                        if low:
-                            producer.send_feedback(
-                                impression_id=out["impression_id"], experiment_key=key,
-                                kind="rating", value=float(min(low)),
-                                occurred_at=served_at + timedelta(milliseconds=50),
-                            )
-                        if click:
-                            producer.send_feedback(
-                                impression_id=out["impression_id"], experiment_key=key,
-                                kind="click", value=1.0,
-                                occurred_at=served_at + timedelta(milliseconds=50),
-                            )
-                        tal = tallies.setdefault(arm, ArmTally())
-                        tal.requests += 1
-                        tal.clicks += int(click)
-                        tal.seconds += secs
-                    served += len(chunk)
-                    bar.update(task, completed=served)
-                    if served < n_planned:
-                        status, seq = sync()
-                        bar.update(task, description=label())
-                        if status != "running":
-                            stop_reason = "the sequential test stopped the experiment"
-                            break
-                timings["replay_s"] = time.perf_counter() - t_loop
-            status, seq = sync()
-            timings["requests_per_s"] = served / max(timings["replay_s"], 1e-9)
-
-            winner, why = choose_winner(seq, control)
-            shipped: str | None = None
-            ship = client.post(f"/v1/experiments/{key}/ship",
-                               json={"arm": winner, "reason": f"armlab demo: {why}"})
-            if ship.status_code < 400:
-                shipped = winner
-                status = "shipped"
-            else:
-                why = f"not shipped: {ship.json().get('detail')}"
-            if status == "shipped":
-                # the shipped snapshot (weight 1) for the report
-                run_allocation(services.session_factory)
-            final = _check(client.get(f"/v1/experiments/{key}/results"), "results")
-            seq = final.get("sequential") or seq
-            weights.update({a["key"]: float(a.get("weight", 0.0))
-                            for a in final.get("arms", [])})
+        with TestClient(create_app(settings, services)) as client:
+            run.register(client)
+            run.warm_models()
+            state = run.replay(client, runner)
+            shipped, why = run.ship(client, state)
         runner.close()
-
-        report_path: Path | None = None
-        try:
-            report_path = write_report(services.reports.collect(key), cfg.report_dir)
-        except ArmlabError as exc:
-            console.print(f"[red]report failed:[/] {exc.message}")
-        timings["total_s"] = time.perf_counter() - t_all
-        result = DemoResult(key=key, requests=served, stop_reason=stop_reason, shipped=shipped,
-                            status=status, tallies=tallies, weights=weights, sequential=seq,
-                            report_path=report_path, seconds=timings)
-        print_summary(console, result, control=control, why=why)
+        report_path = run.report()
+        run.timings["total_s"] = time.perf_counter() - t_all
+        result = DemoResult(key=run.key, requests=state.served, stop_reason=state.stop_reason,
+                            shipped=shipped, status=state.status, tallies=state.tallies,
+                            weights=state.weights, sequential=state.seq,
+                            report_path=report_path, seconds=run.timings)
+        print_summary(console, result, control=run.control, why=why)
         return result
     finally:
         services.close()
