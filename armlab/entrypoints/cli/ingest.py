@@ -117,7 +117,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         services = bootstrap(get_settings())
         try:
-            rows = stored_offsets(services.session_factory, group)
+            rows = stored_offsets(services.ingest_store, group)
         finally:
             services.close()
         if not rows:
@@ -152,13 +152,13 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             if to == "latest":
                 if not topics:
                     topics = sorted({t for _, t, _, _ in
-                                     stored_offsets(services.session_factory, group)}
+                                     stored_offsets(services.ingest_store, group)}
                                     or {services.settings.topic_impressions,
                                         services.settings.topic_feedback})
                 ends = services.log_end_offsets(topics)
             else:
                 ends = {}
-            n = reset_offsets(services.session_factory, group, topics or None, to=ends)
+            n = reset_offsets(services.ingest_store, group, topics or None, to=ends)
         finally:
             services.close()
         what = ", ".join(topics) if topics else "every topic"
