@@ -8,7 +8,8 @@ is built on first use and then kept for the life of the process:
   share it);
 * ``producer``: the event producer for ``settings.transport`` (Kafka or the bus);
 * ``assigner``: the in-memory assignment cache (not started: the API starts its threads);
-* ``ingest_store``: the storage port of the ingest runner, on this process's database;
+* ``ingest_store`` / ``allocation_store``: the storage ports of the ingest runner and the
+  allocator, on this process's database;
 * ``scorer_pool`` / ``scoring`` / ``catalogs``: the scoring side of ``/recommend``.
 
 Nothing happens at import time. :func:`make_settings` and :func:`open_services` give the demo,
@@ -30,6 +31,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from armlab.adapters.db import migrate
+from armlab.adapters.db.allocation_store import SqlAllocationStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.ingest_batches import SqlIngestStore
 from armlab.adapters.db.uow import UnitOfWork
@@ -50,6 +52,7 @@ from armlab.services.catalog import CatalogCache
 from armlab.services.dashboard import DashboardReads
 from armlab.services.experiments import ExperimentUseCases
 from armlab.services.ingest import IngestRunner
+from armlab.services.ports_allocation import AllocationStore
 from armlab.services.ports_ingest import IngestStore
 from armlab.services.report import ReportReads
 from armlab.settings import Settings, get_settings
@@ -137,6 +140,11 @@ class Services:
     def ingest_store(self) -> IngestStore:
         """The ingest runner's storage (offsets, batch transactions, upkeep)."""
         return self._once("ingest_store", lambda: SqlIngestStore(self.session_factory))
+
+    @property
+    def allocation_store(self) -> AllocationStore:
+        """The allocator's storage (the experiments of a pass, one unit of work each)."""
+        return self._once("allocation_store", lambda: SqlAllocationStore(self.session_factory))
 
     def _forget_cached(self, key: str) -> None:
         if self.has("assigner"):

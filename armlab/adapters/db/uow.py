@@ -9,10 +9,10 @@ failure half-way through a use case never leaves half of it in the database.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from armlab.adapters.db.repositories import SqlAuditTrail, SqlEvidence, SqlExperiments
@@ -22,7 +22,7 @@ from armlab.errors import ConcurrentModification
 class UnitOfWork:
     """``with UnitOfWork(session_factory) as uow: ...; uow.commit()``."""
 
-    def __init__(self, session_factory: sessionmaker[Any]) -> None:
+    def __init__(self, session_factory: Callable[[], Session]) -> None:
         self._session_factory = session_factory
         self._session: Session | None = None
         self.committed = False

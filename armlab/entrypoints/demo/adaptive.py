@@ -257,7 +257,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
             _check(client.post("/v1/experiments", json=spec), "registering the experiment")
             _check(client.post(f"/v1/experiments/{key}/start",
                                json={"reason": "armlab demo"}), "starting the experiment")
-            run_allocation(services.session_factory)
+            run_allocation(services.allocation_store)
             assigner.refresh()
             console.print(f"Registered and started [bold]{key}[/] with arms "
                           + ", ".join(a["key"] for a in arms) + f" (control: {control}).")
@@ -285,7 +285,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
             def sync() -> tuple[str, dict[str, Any] | None]:
                 producer.flush()
                 runner.drain() if memory else runner.run(exit_when_idle=1.0)
-                run_allocation(services.session_factory)
+                run_allocation(services.allocation_store)
                 assigner.refresh()
                 res = _check(client.get(f"/v1/experiments/{key}/results"), "results")
                 snap = res.get("arms", [])
@@ -373,7 +373,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
                 why = f"not shipped: {ship.json().get('detail')}"
             if status == "shipped":
                 # the shipped snapshot (weight 1) for the report
-                run_allocation(services.session_factory)
+                run_allocation(services.allocation_store)
             final = _check(client.get(f"/v1/experiments/{key}/results"), "results")
             seq = final.get("sequential") or seq
             weights.update({a["key"]: float(a.get("weight", 0.0))
