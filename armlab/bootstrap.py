@@ -8,8 +8,8 @@ is built on first use and then kept for the life of the process:
   share it);
 * ``producer``: the event producer for ``settings.transport`` (Kafka or the bus);
 * ``assigner``: the in-memory assignment cache (not started: the API starts its threads);
-* ``ingest_store`` / ``allocation_store``: the storage ports of the ingest runner and the
-  allocator, on this process's database;
+* ``ingest_store`` / ``allocation_store`` / ``assignment_store``: the storage ports of the
+  ingest runner, the allocator and the assignment cache, on this process's database;
 * ``scorer_pool`` / ``scoring`` / ``catalogs``: the scoring side of ``/recommend``.
 
 Nothing happens at import time. :func:`make_settings` and :func:`open_services` give the demo,
@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from armlab.adapters.db import migrate
 from armlab.adapters.db.allocation_store import SqlAllocationStore
+from armlab.adapters.db.assignment_store import SqlAssignmentStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.ingest_batches import SqlIngestStore
 from armlab.adapters.db.uow import UnitOfWork
@@ -53,6 +54,7 @@ from armlab.services.dashboard import DashboardReads
 from armlab.services.experiments import ExperimentUseCases
 from armlab.services.ingest import IngestRunner
 from armlab.services.ports_allocation import AllocationStore
+from armlab.services.ports_assignment import AssignmentStore
 from armlab.services.ports_ingest import IngestStore
 from armlab.services.report import ReportReads
 from armlab.settings import Settings, get_settings
@@ -146,6 +148,11 @@ class Services:
         """The allocator's storage (the experiments of a pass, one unit of work each)."""
         return self._once("allocation_store", lambda: SqlAllocationStore(self.session_factory))
 
+    @property
+    def assignment_store(self) -> AssignmentStore:
+        """The assignment cache's storage (its loads and refreshes, sticky assignments)."""
+        return self._once("assignment_store", lambda: SqlAssignmentStore(self.session_factory))
+
     def _forget_cached(self, key: str) -> None:
         if self.has("assigner"):
             self.assigner.invalidate(key)
@@ -156,7 +163,7 @@ class Services:
         s = self.settings
         return self._once(
             "assigner",
-            lambda: Assigner(self.session_factory, seed=self._assigner_seed,
+            lambda: Assigner(self.assignment_store, seed=self._assigner_seed,
                              refresh_s=s.snapshot_refresh_s),
         )
 
