@@ -8,6 +8,8 @@ is built on first use and then kept for the life of the process:
   share it);
 * ``producer``: the event producer for ``settings.transport`` (Kafka or the bus);
 * ``assigner``: the in-memory assignment cache (not started: the API starts its threads);
+* ``ingest_store`` / ``allocation_store`` / ``assignment_store``: the storage ports of the
+  ingest runner, the allocator and the assignment cache, on this process's database;
 * ``scorer_pool`` / ``scoring`` / ``catalogs``: the scoring side of ``/recommend``.
 
 Nothing happens at import time. :func:`make_settings` and :func:`open_services` give the demo,
@@ -29,7 +31,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from armlab.adapters.db import migrate
+from armlab.adapters.db.allocation_store import SqlAllocationStore
+from armlab.adapters.db.assignment_store import SqlAssignmentStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
+from armlab.adapters.db.ingest_batches import SqlIngestStore
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.adapters.kafka.admin import log_end_offsets
 from armlab.adapters.kafka.memory import MemoryBus, MemoryDlq, MemorySource
@@ -48,6 +53,9 @@ from armlab.services.catalog import CatalogCache
 from armlab.services.dashboard import DashboardReads
 from armlab.services.experiments import ExperimentUseCases
 from armlab.services.ingest import IngestRunner
+from armlab.services.ports_allocation import AllocationStore
+from armlab.services.ports_assignment import AssignmentStore
+from armlab.services.ports_ingest import IngestStore
 from armlab.services.report import ReportReads
 from armlab.settings import Settings, get_settings
 
@@ -130,6 +138,21 @@ class Services:
         """The report's read use case."""
         return self._once("reports", lambda: ReportReads(self.uow))
 
+    @property
+    def ingest_store(self) -> IngestStore:
+        """The ingest runner's storage (offsets, batch transactions, upkeep)."""
+        return self._once("ingest_store", lambda: SqlIngestStore(self.session_factory))
+
+    @property
+    def allocation_store(self) -> AllocationStore:
+        """The allocator's storage (the experiments of a pass, one unit of work each)."""
+        return self._once("allocation_store", lambda: SqlAllocationStore(self.session_factory))
+
+    @property
+    def assignment_store(self) -> AssignmentStore:
+        """The assignment cache's storage (its loads and refreshes, sticky assignments)."""
+        return self._once("assignment_store", lambda: SqlAssignmentStore(self.session_factory))
+
     def _forget_cached(self, key: str) -> None:
         if self.has("assigner"):
             self.assigner.invalidate(key)
@@ -140,7 +163,7 @@ class Services:
         s = self.settings
         return self._once(
             "assigner",
-            lambda: Assigner(self.session_factory, seed=self._assigner_seed,
+            lambda: Assigner(self.assignment_store, seed=self._assigner_seed,
                              refresh_s=s.snapshot_refresh_s),
         )
 
@@ -190,7 +213,7 @@ class Services:
             source = KafkaSource(s.kafka, topics, group, max_poll_records=batch,
                                  align=(s.topic_impressions, s.topic_feedback))
             dlq = KafkaDlq(s.kafka, s.topic_dlq)
-        return IngestRunner(self.session_factory, source, dlq=dlq, group=group,
+        return IngestRunner(self.ingest_store, source, dlq=dlq, group=group,
                             topic_impressions=s.topic_impressions,
                             topic_feedback=s.topic_feedback, max_batch=batch,
                             poll_timeout_s=poll_timeout_s, metrics=metrics,

@@ -52,14 +52,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from armlab.adapters.db.models import AllocationSnapshot, Experiment, Impression
-from armlab.adapters.db.queries import arm_sums, latest_snapshot
-from armlab.adapters.db.repositories import lock_experiment
+from armlab.adapters.db.allocation_store import SqlAllocationStore
+from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.adapters.db.retry import is_transient
-from armlab.adapters.db.uow import UnitOfWork
 from armlab.core.clock import utcnow
 from armlab.core.evidence import ArmSums
 from armlab.core.guardrails import BREACHED, breach_summary
@@ -70,10 +66,19 @@ from armlab.errors import ArmlabError
 from armlab.services import registry
 from armlab.services.decisions import evaluate_experiment, record_decisions
 from armlab.services.ports import UnitOfWorkPort
+from armlab.services.ports_allocation import AllocationStore, AllocationUnit
 
 log = logging.getLogger("armlab.allocator")
 
 ACTIVE_STATUSES = ("running", "stopped", "shipped")
+#: Where a pass reads and writes: the storage port, or (for callers written before it) a
+#: session factory, which gets the database implementation.
+StoreOrSessions = AllocationStore | Callable[[], Any]
+
+
+def as_allocation_store(store: StoreOrSessions) -> AllocationStore:
+    """``store`` itself, or the database implementation over a session factory."""
+    return store if isinstance(store, AllocationStore) else SqlAllocationStore(store)
 
 
 @dataclass(frozen=True)
@@ -112,35 +117,23 @@ class ArmEvidence:
 
 
 def matured_stats(
-    session: Session, experiment: Experiment, *, now: datetime
+    uow: AllocationUnit, experiment: Experiment, *, now: datetime
 ) -> dict[str, ArmEvidence]:
     """Per-arm totals (sum over partitions) and the part inside the attribution window."""
-    totals = arm_sums(session, experiment.id)
+    totals = uow.evidence.arm_sums(experiment.id)
     cutoff = now - timedelta(seconds=int(experiment.attribution_window_s or 0))
-    young = {
-        row.arm_key: row
-        for row in session.execute(
-            select(
-                Impression.arm_key,
-                func.count().label("n"),
-                func.coalesce(func.sum(Impression.reward), 0.0).label("s"),
-                func.coalesce(func.sum(Impression.reward * Impression.reward), 0.0).label("q"),
-            )
-            .where(Impression.experiment_id == experiment.id, Impression.served_at > cutoff)
-            .group_by(Impression.arm_key)
-        )
-    }
+    young = uow.immature_sums(experiment.id, cutoff)
     out: dict[str, ArmEvidence] = {}
     for arm in experiment.arms:
         t = totals.get(arm.key) or ArmSums()
-        y = young.get(arm.key)
+        n, s, q = young.get(arm.key, (0.0, 0.0, 0.0))
         out[arm.key] = ArmEvidence(
             n=t.n,
             reward_sum=t.reward_sum,
             reward_sumsq=t.reward_sumsq,
-            immature_n=float(y.n) if y else 0.0,
-            immature_sum=float(y.s) if y else 0.0,
-            immature_sumsq=float(y.q) if y else 0.0,
+            immature_n=n,
+            immature_sum=s,
+            immature_sumsq=q,
         )
     return out
 
@@ -154,63 +147,76 @@ def _seed(experiment: Experiment, now: datetime) -> int:
 
 
 def compute_snapshot(
-    session: Session, experiment: Experiment, *, now: datetime
+    uow: AllocationUnit, experiment: Experiment, *, now: datetime
 ) -> AllocationSnapshot | None:
     """Build (not add) the snapshot this experiment should get now; None if nothing changes."""
-    arm_keys = [a.key for a in experiment.arms]
     if experiment.status == "running":
-        evidence = matured_stats(session, experiment, now=now)
-        rolled = dict(experiment.rolled_back or {})
-        # The policy allocates among the arms still in the experiment (the floor applies to
-        # them only); a rolled-back arm gets weight 0.
-        active = [k for k in arm_keys if k not in rolled]
-        policy = make_policy(
-            experiment.policy_name,
-            experiment.policy_params,
-            reward_kind=experiment.reward_kind,
-            floor=float(experiment.exploration_floor),
-            burn_in=int(experiment.burn_in),
+        return _running_snapshot(uow, experiment, now)
+    return _terminal_snapshot(uow, experiment, now)
+
+
+def _running_snapshot(uow: AllocationUnit, experiment: Experiment,
+                      now: datetime) -> AllocationSnapshot:
+    """The policy's weights on the matured statistics (rolled-back arms get weight 0)."""
+    arm_keys = [a.key for a in experiment.arms]
+    evidence = matured_stats(uow, experiment, now=now)
+    rolled = dict(experiment.rolled_back or {})
+    # The policy allocates among the arms still in the experiment (the floor applies to
+    # them only); a rolled-back arm gets weight 0.
+    active = [k for k in arm_keys if k not in rolled]
+    policy = make_policy(
+        experiment.policy_name,
+        experiment.policy_params,
+        reward_kind=experiment.reward_kind,
+        floor=float(experiment.exploration_floor),
+        burn_in=int(experiment.burn_in),
+    )
+    seed = _seed(experiment, now)
+    weights = dict.fromkeys(arm_keys, 0.0)
+    detail: dict[str, Any] = {}
+    if len(active) == 1:
+        weights[active[0]] = 1.0
+    else:
+        stats = PolicyStats.from_lists(
+            [evidence[k].matured_n for k in active],
+            [evidence[k].matured_sum for k in active],
+            [evidence[k].matured_sumsq for k in active],
         )
-        seed = _seed(experiment, now)
-        weights = dict.fromkeys(arm_keys, 0.0)
-        detail: dict[str, Any] = {}
-        if len(active) == 1:
-            weights[active[0]] = 1.0
-        else:
-            stats = PolicyStats.from_lists(
-                [evidence[k].matured_n for k in active],
-                [evidence[k].matured_sum for k in active],
-                [evidence[k].matured_sumsq for k in active],
-            )
-            result = policy.weights(stats, np.random.default_rng(seed))
-            weights.update({k: float(w) for k, w in zip(active, result.weights, strict=True)})
-            detail = result.to_dict()
-            detail.pop("weights", None)
-        if rolled:
-            detail["rolled_back"] = sorted(rolled)
-        return AllocationSnapshot(
-            experiment_id=experiment.id,
-            created_at=now,
-            policy_name=policy.name,
-            policy_version=f"{POLICY_VERSION}",
-            weights=weights,
-            stats={
-                "status": "running",
-                "arms": {k: evidence[k].as_dict() for k in arm_keys},
-                "matured_before": (
-                    now - timedelta(seconds=int(experiment.attribution_window_s or 0))
-                ).isoformat(),
-                "seed": seed,
-                "exploration_floor": float(experiment.exploration_floor),
-                "burn_in": int(experiment.burn_in),
-                "policy_params": dict(experiment.policy_params or {}),
-                **detail,
-            },
-        )
+        result = policy.weights(stats, np.random.default_rng(seed))
+        weights.update({k: float(w) for k, w in zip(active, result.weights, strict=True)})
+        detail = result.to_dict()
+        detail.pop("weights", None)
+    if rolled:
+        detail["rolled_back"] = sorted(rolled)
+    return AllocationSnapshot(
+        experiment_id=experiment.id,
+        created_at=now,
+        policy_name=policy.name,
+        policy_version=f"{POLICY_VERSION}",
+        weights=weights,
+        stats={
+            "status": "running",
+            "arms": {k: evidence[k].as_dict() for k in arm_keys},
+            "matured_before": (
+                now - timedelta(seconds=int(experiment.attribution_window_s or 0))
+            ).isoformat(),
+            "seed": seed,
+            "exploration_floor": float(experiment.exploration_floor),
+            "burn_in": int(experiment.burn_in),
+            "policy_params": dict(experiment.policy_params or {}),
+            **detail,
+        },
+    )
+
+
+def _terminal_snapshot(uow: AllocationUnit, experiment: Experiment,
+                       now: datetime) -> AllocationSnapshot | None:
+    """Stopped / shipped: the serving rule's one arm with weight 1, unless already recorded."""
+    arm_keys = [a.key for a in experiment.arms]
     target = fixed_arm(experiment.status, control=experiment.control_arm_key,
                        shipped=experiment.shipped_arm_key) or experiment.control_arm_key
     weights = {k: (1.0 if k == target else 0.0) for k in arm_keys}
-    latest = latest_snapshot(session, experiment.id)
+    latest = uow.evidence.latest_snapshot(experiment.id)
     if latest is not None and latest.weights == weights and latest.policy_name == experiment.status:
         return None  # terminal state already recorded
     return AllocationSnapshot(
@@ -292,7 +298,7 @@ def apply_guardrails(
     return out
 
 
-def _after_snapshot(uow: UnitOfWork, experiment: Experiment, now: datetime) -> None:
+def _after_snapshot(uow: AllocationUnit, experiment: Experiment, now: datetime) -> None:
     """Per-experiment hook after the snapshot is written, in the same unit of work: the
     sequential decisions of a running experiment and the guardrails' rollbacks. An auto-stop
     or a rollback writes its snapshot in the same transaction, so ``/assign`` never serves the
@@ -303,50 +309,40 @@ def _after_snapshot(uow: UnitOfWork, experiment: Experiment, now: datetime) -> N
         if not ev["stopped"]:
             acted = apply_guardrails(uow, experiment, ev, actor="allocator")
         if acted["rolled_back"] and not acted["stopped"]:
-            snap = compute_snapshot(uow.session, experiment, now=now)
+            snap = compute_snapshot(uow, experiment, now=now)
             if snap is not None:
-                uow.session.add(snap)
+                uow.evidence.add_snapshot(snap)
                 uow.flush()
         if ev["stopped"] or acted["stopped"]:
-            terminal = compute_snapshot(uow.session, experiment, now=now)
+            terminal = compute_snapshot(uow, experiment, now=now)
             if terminal is not None:
-                uow.session.add(terminal)
+                uow.evidence.add_snapshot(terminal)
                 uow.flush()
 
 
 def run_allocation(
-    session_factory: sessionmaker[Session],
+    store: StoreOrSessions,
     *,
     now: datetime | None = None,
-    after_snapshot: Callable[[UnitOfWork, Experiment, datetime], None] | None = None,
+    after_snapshot: Callable[[AllocationUnit, Experiment, datetime], None] | None = None,
 ) -> list[AllocationSnapshot]:
-    """One allocation pass over running/stopped/shipped experiments; returns new snapshots."""
+    """One allocation pass over running/stopped/shipped experiments; returns new snapshots.
+    ``store``: the storage port, or a session factory (the database implementation)."""
     now = now or utcnow()
     hook = after_snapshot or _after_snapshot
-    with session_factory() as session:
-        ids = list(
-            session.scalars(
-                select(Experiment.id)
-                .where(Experiment.status.in_(ACTIVE_STATUSES))
-                .order_by(Experiment.id)
-            )
-        )
+    store = as_allocation_store(store)
     written: list[AllocationSnapshot] = []
-    for exp_id in ids:
+    for exp_id in store.active_experiment_ids(ACTIVE_STATUSES):
         try:
-            with UnitOfWork(session_factory) as uow:
+            with store.unit() as uow:
                 # Locked until the commit: the look below reads the last recorded state of
                 # the sequential test and records the next one (so does the ship guard).
-                exp = uow.session.scalar(lock_experiment(
-                    select(Experiment)
-                    .options(selectinload(Experiment.arms))
-                    .where(Experiment.id == exp_id)
-                ))
+                exp = uow.lock_experiment(exp_id)
                 if exp is None or exp.status not in ACTIVE_STATUSES:
                     continue
-                snap = compute_snapshot(uow.session, exp, now=now)
+                snap = compute_snapshot(uow, exp, now=now)
                 if snap is not None:
-                    uow.session.add(snap)
+                    uow.evidence.add_snapshot(snap)
                     uow.flush()
                 hook(uow, exp, now)
                 uow.commit()
@@ -361,7 +357,7 @@ def run_allocation(
 
 
 def allocation_loop(
-    session_factory: sessionmaker[Session],
+    store: StoreOrSessions,
     *,
     once: bool = False,
     interval_s: float = 5.0,
@@ -372,12 +368,13 @@ def allocation_loop(
 
     A pass that fails because the database is unavailable (a transient error, e.g. during a
     PostgreSQL restart) is logged and skipped; the loop carries on at the next interval."""
+    store = as_allocation_store(store)
     passes = 0
     next_at = time.monotonic()
     while True:
         t0 = time.perf_counter()
         try:
-            snaps = run_allocation(session_factory)
+            snaps = run_allocation(store)
         except Exception as exc:
             # The database is restarting or unreachable: skip this pass, try at the next one
             # (a loop that exits would leave every experiment without snapshots or auto-stops).

@@ -25,7 +25,10 @@ Rules:
   without a snapshot is served uniformly (the serving rule, :mod:`armlab.core.serving`).
 * draft: Conflict (409). Unknown key: ExperimentNotFound (404).
 
-``Assigner(session_factory, seed=...)`` makes draws and impression ids reproducible (tests, demo).
+``Assigner(store, seed=...)`` makes draws and impression ids reproducible (tests, demo). ``store``
+is the storage port (:class:`~armlab.services.ports_assignment.AssignmentStore`; the database
+one is :class:`~armlab.adapters.db.assignment_store.SqlAssignmentStore`) or a session factory,
+which gets the database one. The cache's entries are :mod:`armlab.services.assignment_views`.
 """
 
 from __future__ import annotations
@@ -36,109 +39,26 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from armlab.adapters.db.models import AllocationSnapshot, Experiment, UnitAssignment
-from armlab.adapters.db.queries import latest_snapshot
+from armlab.adapters.db.assignment_store import SqlAssignmentStore
 from armlab.adapters.db.retry import db_retrying, is_transient
 from armlab.core.clock import utcnow
-from armlab.core.policies.base import CdfSampler
-from armlab.core.serving import fixed_arm, served_weights
 from armlab.errors import Conflict, ExperimentNotFound
+from armlab.services.assignment_views import Assignment, ExperimentView, build_view, unit_hash
+from armlab.services.ports_assignment import AssignmentReads, AssignmentStore, StickyRow
+
+__all__ = ["Assigner", "Assignment", "ExperimentView", "build_view", "unit_hash"]
 
 log = logging.getLogger("armlab.assignment")
 
-
-@dataclass(frozen=True)
-class Assignment:
-    impression_id: str
-    experiment_key: str
-    arm_key: str
-    variant: dict[str, Any]
-    propensity: float
-    served_at: datetime
-    snapshot_id: int | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "impression_id": self.impression_id,
-            "experiment_key": self.experiment_key,
-            "arm": self.arm_key,
-            "variant": self.variant,
-            "propensity": self.propensity,
-            "served_at": self.served_at.isoformat(),
-            "snapshot_id": self.snapshot_id,
-        }
-
-
-@dataclass(frozen=True)
-class ExperimentView:
-    """Immutable snapshot of what assignment needs about one experiment."""
-
-    id: int
-    key: str
-    status: str
-    unit: str
-    salt: str
-    version: int
-    arm_keys: tuple[str, ...]
-    variants: dict[str, dict[str, Any]]
-    weights: tuple[float, ...]
-    sampler: CdfSampler  # precomputed CDF of ``weights``, built once per snapshot
-    snapshot_id: int | None
-    fixed_arm: str | None  # stopped -> control, shipped -> shipped arm
-    control: str = ""
-    rolled_back: frozenset[str] = frozenset()  # arms a guardrail breach took out
-
-    def pick(self, u: float) -> tuple[str, float]:
-        """Arm whose CDF interval contains u in [0, 1), and its weight."""
-        i, p = self.sampler.pick(u)
-        return self.arm_keys[i], p
-
-
-def unit_hash(salt: str, unit_id: str) -> float:
-    """Deterministic u in [0, 1) from the experiment salt and the unit id."""
-    d = hashlib.blake2b(f"{salt}\x1f{unit_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(d, "big") / 2.0**64
-
-
-def build_view(exp: Experiment, snapshot: AllocationSnapshot | None) -> ExperimentView:
-    arm_keys = tuple(a.key for a in exp.arms)
-    # Weights of a running experiment (the serving rule); stopped/shipped serve ``fixed``.
-    served = served_weights(
-        "running", arm_keys, control=exp.control_arm_key, shipped=exp.shipped_arm_key,
-        snapshot=snapshot.weights if snapshot is not None else None,
-    )
-    weights = [served[k] for k in arm_keys]
-    fixed = fixed_arm(exp.status, control=exp.control_arm_key, shipped=exp.shipped_arm_key)
-    return ExperimentView(
-        id=exp.id,
-        key=exp.key,
-        status=exp.status,
-        unit=exp.unit,
-        salt=exp.salt,
-        version=exp.version,
-        arm_keys=arm_keys,
-        variants={a.key: dict(a.variant or {}) for a in exp.arms},
-        weights=tuple(weights),
-        sampler=CdfSampler(weights),
-        # A stopped/shipped experiment serves its fixed arm under its terminal snapshot's id;
-        # until the allocator has written that snapshot, under no id (never the last running
-        # snapshot's, whose weights are no longer what is served).
-        snapshot_id=(snapshot.id if snapshot is not None
-                     and (fixed is None or snapshot.policy_name == exp.status) else None),
-        fixed_arm=fixed,
-        control=exp.control_arm_key,
-        rolled_back=frozenset((exp.rolled_back or {}).keys()),
-    )
+#: Where the cache reads and writes: the storage port, or (for callers written before it) a
+#: session factory, which gets the database implementation.
+StoreOrSessions = AssignmentStore | Callable[[], Any]
 
 
 class Assigner:
@@ -146,14 +66,15 @@ class Assigner:
 
     def __init__(
         self,
-        session_factory: sessionmaker[Session],
+        store: StoreOrSessions,
         *,
         seed: int | None = None,
         refresh_s: float = 1.0,
         clock: Callable[[], datetime] | None = None,
         negative_ttl_s: float | None = None,
     ) -> None:
-        self._sf = session_factory
+        self._store: AssignmentStore = (
+            store if isinstance(store, AssignmentStore) else SqlAssignmentStore(store))
         self._refresh_s = refresh_s
         self._negative_ttl = negative_ttl_s if negative_ttl_s is not None else self._refresh_s
         self._clock = clock or (lambda: utcnow())
@@ -304,27 +225,14 @@ class Assigner:
             view = self._views.get(experiment_key)
             if view is not None:
                 return view
-            with self._sf() as session:
-                exp = session.scalar(
-                    select(Experiment)
-                    .options(selectinload(Experiment.arms))
-                    .where(Experiment.key == experiment_key)
-                )
+            with self._store.reads() as r:
+                exp = r.experiment(experiment_key)
                 if exp is None:
                     self._missing[experiment_key] = time.monotonic() + self._negative_ttl
                     raise ExperimentNotFound(f"no experiment with key {experiment_key!r}")
-                view = build_view(exp, latest_snapshot(session, exp.id))
+                view = build_view(exp, r.latest_snapshot(exp.id))
                 if view.unit == "user":
-                    self._merge_sticky(
-                        session.execute(
-                            select(
-                                UnitAssignment.experiment_id,
-                                UnitAssignment.unit_id,
-                                UnitAssignment.arm_key,
-                                UnitAssignment.propensity,
-                            ).where(UnitAssignment.experiment_id == exp.id)
-                        )
-                    )
+                    self._merge_sticky(r.sticky([exp.id]))
             views = dict(self._views)
             views[view.key] = view
             self._views = views
@@ -334,78 +242,61 @@ class Assigner:
     def refresh(self) -> int:
         """Rebuild the views whose experiment version or latest snapshot changed."""
         started = self._clock()
-        changed = 0
-        with self._sf() as session:
-            latest = dict(
-                session.execute(
-                    select(
-                        AllocationSnapshot.experiment_id, func.max(AllocationSnapshot.id)
-                    ).group_by(AllocationSnapshot.experiment_id)
-                ).all()
-            )
-            heads = session.execute(select(Experiment.id, Experiment.key, Experiment.version)).all()
-            current = self._views
-            stale = [
-                row.id
-                for row in heads
-                if (v := current.get(row.key)) is None
-                or v.version != row.version
-                or v.snapshot_id != latest.get(row.id)
-            ]
-            new_views: dict[str, ExperimentView] = {}
-            if stale:
-                exps = session.scalars(
-                    select(Experiment)
-                    .options(selectinload(Experiment.arms))
-                    .where(Experiment.id.in_(stale))
-                ).all()
-                snap_ids = [latest[e.id] for e in exps if e.id in latest]
-                snaps = (
-                    {
-                        s.experiment_id: s
-                        for s in session.scalars(
-                            select(AllocationSnapshot).where(AllocationSnapshot.id.in_(snap_ids))
-                        )
-                    }
-                    if snap_ids
-                    else {}
-                )
-                for e in exps:
-                    new_views[e.key] = build_view(e, snaps.get(e.id))
-            keys = {row.key for row in heads}
-            views = {k: v for k, v in current.items() if k in keys}
-            views.update(new_views)
-            changed = len(new_views)
-            # sticky assignments written since the last refresh (other processes included)
-            user_ids = [v.id for v in views.values() if v.unit == "user"]
-            if user_ids:
-                q = select(
-                    UnitAssignment.experiment_id,
-                    UnitAssignment.unit_id,
-                    UnitAssignment.arm_key,
-                    UnitAssignment.propensity,
-                ).where(UnitAssignment.experiment_id.in_(user_ids))
-                fresh_ids = {v.id for v in new_views.values()} | {
-                    i for i in user_ids if i not in self._sticky
-                }
-                if self._sticky_watermark is not None:
-                    q_recent = q.where(
-                        UnitAssignment.assigned_at >= self._sticky_watermark - timedelta(seconds=5)
-                    )
-                    self._merge_sticky(session.execute(q_recent))
-                    if fresh_ids:
-                        self._merge_sticky(
-                            session.execute(q.where(UnitAssignment.experiment_id.in_(fresh_ids)))
-                        )
-                else:
-                    self._merge_sticky(session.execute(q))
+        with self._store.reads() as r:
+            views, new_views = self._rebuild_views(r)
+            self._refresh_sticky(r, views, new_views)
         self._views = views
         self._sticky_watermark = started
         self.refreshes += 1
         self.last_refresh_error = None
-        return changed
+        return len(new_views)
 
-    def _merge_sticky(self, rows: Any) -> None:
+    def _rebuild_views(self, r: AssignmentReads
+                       ) -> tuple[dict[str, ExperimentView], dict[str, ExperimentView]]:
+        """(every view, the views rebuilt): experiments gone are dropped, those whose version
+        or latest snapshot changed (or not cached yet) are rebuilt."""
+        latest = r.latest_snapshot_ids()
+        heads = r.heads()
+        current = self._views
+        stale = [
+            exp_id
+            for exp_id, key, version in heads
+            if (v := current.get(key)) is None
+            or v.version != version
+            or v.snapshot_id != latest.get(exp_id)
+        ]
+        new_views: dict[str, ExperimentView] = {}
+        if stale:
+            exps = r.experiments(stale)
+            snap_ids = [latest[e.id] for e in exps if e.id in latest]
+            snaps = r.snapshots(snap_ids) if snap_ids else {}
+            for e in exps:
+                new_views[e.key] = build_view(e, snaps.get(e.id))
+        keys = {key for _, key, _ in heads}
+        views = {k: v for k, v in current.items() if k in keys}
+        views.update(new_views)
+        return views, new_views
+
+    def _refresh_sticky(self, r: AssignmentReads, views: dict[str, ExperimentView],
+                        new_views: dict[str, ExperimentView]) -> None:
+        """Sticky assignments written since the last refresh (other processes included); all
+        of those of experiments new to the cache."""
+        user_ids = [v.id for v in views.values() if v.unit == "user"]
+        if not user_ids:
+            return
+        fresh_ids = {v.id for v in new_views.values()} | {
+            i for i in user_ids if i not in self._sticky
+        }
+        if self._sticky_watermark is not None:
+            self._merge_sticky(r.sticky(
+                user_ids, since=self._sticky_watermark - timedelta(seconds=5)))
+            fresh = [i for i in user_ids if i in fresh_ids]
+            if fresh:
+                self._merge_sticky(r.sticky(fresh))
+        else:
+            self._merge_sticky(r.sticky(user_ids))
+
+    def _merge_sticky(self, rows: Iterable[StickyRow]) -> None:
         """Stored assignments win over in-memory ones (first writer across processes wins)."""
         for exp_id, unit_id, arm, p in rows:
             self._sticky.setdefault(exp_id, {})[unit_id] = (arm, float(p))
@@ -460,14 +351,8 @@ class Assigner:
 
         try:
             for attempt in db_retrying(attempts=3, max_wait_s=1.0, on_retry=on_retry):
-                with attempt, self._sf() as session:
-                    dialect = postgresql if session.get_bind().dialect.name == "postgresql" \
-                        else sqlite
-                    stmt = dialect.insert(UnitAssignment).on_conflict_do_nothing(
-                        index_elements=["experiment_id", "unit_id"]
-                    )
-                    session.execute(stmt, batch)
-                    session.commit()
+                with attempt:
+                    self._store.store_sticky(batch)
         except Exception as exc:  # noqa: BLE001 - counted and logged; the request never waits
             if len(batch) > 1 and not is_transient(exc):
                 # One row's content (e.g. a unit id PostgreSQL refuses) must not cost the

@@ -27,6 +27,14 @@ Retention (PostgreSQL): with ``retention_days`` set, events older than the horiz
 maintenance (:func:`armlab.adapters.db.partitions.maintain`: weeks created ahead, weeks older
 than the retention dropped) when it starts and every ``maintenance_interval_s``; a failed or
 locked pass is retried at the next interval and never stops the consumer.
+
+Storage is a port (:class:`armlab.services.ports_ingest.IngestStore`; the database one is
+:class:`armlab.adapters.db.ingest_batches.SqlIngestStore`): ``store.batch()`` is the one
+transaction of a batch, and whether a failure lies in the records' content is, for database
+errors, :func:`armlab.adapters.db.retry.is_data_error`'s call. The runner is this module (the
+loop, the batches, the bisection), :mod:`armlab.services.ingest_offsets` (the partitions and
+their stored offsets) and :mod:`armlab.services.ingest_upkeep` (lag, sweeps, pruning,
+partition maintenance).
 """
 
 from __future__ import annotations
@@ -37,96 +45,40 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from collections.abc import Sequence
+from datetime import timedelta
 
-from sqlalchemy.exc import DataError, IntegrityError, StatementError
-from sqlalchemy.orm import Session, sessionmaker
-
-from armlab.adapters.db import ingest_store, partitions
-from armlab.adapters.db.models import DEAD_LETTER_RETENTION_S, INGEST_LOCK_RETENTION_S
-from armlab.adapters.db.retry import db_retrying, is_transient
+from armlab.adapters.db.retry import db_retrying, is_data_error, is_transient
 from armlab.adapters.metrics import IngestMetrics
 from armlab.core.clock import utcnow
 from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1, decode
+from armlab.core.fencing import TP, Fenced, StoredRowsDiffer
 from armlab.core.ingest import (
     Effects,
     ExperimentInfo,
     RecordLike,
-    Reject,
     handle_batch,
-    pending_raw,
     referenced_ids,
 )
-from armlab.errors import ArmlabError
+from armlab.services.ingest_offsets import (
+    OffsetsBeyondLog,
+    PartitionOffsets,
+    StoreOrSessions,
+    as_ingest_store,
+    reset_offsets,
+    stored_offsets,
+)
+from armlab.services.ingest_upkeep import IngestUpkeep
+from armlab.services.ingest_upkeep import RetryBatch as _Retry
+from armlab.services.ports_ingest import DlqSink, IngestStore, Source
 from armlab.settings import DEFAULT_INGEST_BATCH
 
+__all__ = [
+    "MAX_UNPROCESSABLE_PER_POLL", "DlqSink", "IngestRunner", "IngestStore", "OffsetsBeyondLog",
+    "Source", "is_record_error", "reset_offsets", "stored_offsets",
+]
+
 log = logging.getLogger("armlab.consumers")
-
-TP = tuple[str, int]
-
-
-class Source(Protocol):
-    def start(
-        self, on_assign: Callable[[list[TP]], None], on_revoke: Callable[[list[TP]], None]
-    ) -> None: ...
-    def poll(self, max_records: int, timeout_s: float) -> Sequence[RecordLike]: ...
-    def seek(self, tp: TP, offset: int | None) -> None: ...
-    def highwaters(self, tps: list[TP]) -> dict[TP, int]: ...
-    def end_offsets(self, tps: list[TP], timeout_s: float = 10.0) -> dict[TP, int]: ...
-    def close(self) -> None: ...
-
-
-class DlqSink(Protocol):
-    def send(self, value: bytes, key: bytes | None = None) -> None: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class _Retry(Exception):  # noqa: N818 - internal control flow
-    pass
-
-
-class OffsetsBeyondLog(ArmlabError):
-    """Stored offsets point past the end of their logs (see
-    :meth:`IngestRunner._check_offsets`). One line: each partition with both offsets, and the
-    command that resets them."""
-
-    def __init__(self, group: str, beyond: list[tuple[TP, int, int]]) -> None:
-        self.group = group
-        self.beyond = beyond
-        parts = "; ".join(f"{t}[{p}] stored {stored}, log ends at {end}"
-                          for (t, p), stored, end in sorted(beyond))
-        topics = sorted({t for (t, _), _, _ in beyond})
-        reset = " ".join(f"--topic {t}" for t in topics)
-        super().__init__(
-            f"consumer group {group!r} has offsets beyond the end of the log ({parts}): the "
-            "topic was deleted and created again, the cluster migrated, or the bus is new, "
-            "and reading on would skip every record below the stored offset. Nothing was "
-            "consumed. If the log was replaced on purpose, reset the group and start again: "
-            f"armlab offsets reset --group {group} {reset} (re-reads each log from its start; "
-            "events already stored are recognised as duplicates)")
-
-
-def reset_offsets(session_factory: sessionmaker[Session], group: str,
-                  topics: Sequence[str] | None = None, *,
-                  to: dict[TP, int] | None = None) -> int:
-    """Forget the stored offsets of ``group`` (only ``topics`` when given): its consumers then
-    read each log from the start, where duplicates of stored events are recognised and
-    counted once. With ``to``, store those offsets instead (``--to latest``). Returns how
-    many partitions changed. The consumers of the group must be stopped (a running one is
-    fenced at its next batch and re-reads from the new offsets)."""
-    with session_factory() as session, session.begin():
-        return ingest_store.reset_offsets(session, group, topics, to or {})
-
-
-def stored_offsets(session_factory: sessionmaker[Session],
-                   group: str | None = None) -> list[tuple[str, str, int, int]]:
-    """(group, topic, partition, next offset) of every stored offset (of ``group``)."""
-    with session_factory() as session:
-        return ingest_store.stored_offsets(session, group)
-
 
 UNPROCESSABLE = "unprocessable"
 #: At most this many records of one poll are dead-lettered as ``unprocessable``; one more
@@ -141,29 +93,28 @@ def is_record_error(exc: BaseException) -> bool:
     """True when ``exc`` depends on the content of the records being written (the batch is
     bisected and the culprit dead-lettered), False for failures of the environment (retried
     or raised as they are)."""
-    if isinstance(exc, _Retry | ingest_store.Fenced | ingest_store.StoredRowsDiffer) \
-            or is_transient(exc):
+    if isinstance(exc, _Retry | Fenced | StoredRowsDiffer) or is_transient(exc):
         return False
-    if isinstance(exc, DataError | IntegrityError):
-        return True
-    if isinstance(exc, StatementError):  # bind-parameter processing failed before the driver
-        return exc.orig is not None and isinstance(exc.orig, _RECORD_ERRORS)
-    return isinstance(exc, _RECORD_ERRORS)
+    # the database refused a value (or binding one raised a record error): the adapter knows
+    return is_data_error(exc, _RECORD_ERRORS) or isinstance(exc, _RECORD_ERRORS)
 
 
-class IngestRunner:
+class IngestRunner(PartitionOffsets, IngestUpkeep):
     """Consume impressions and feedback into arm statistics, exactly once in effect.
 
-    ``IngestRunner(session_factory, source, dlq=..., group=..., topic_impressions=...,
+    ``IngestRunner(store, source, dlq=..., group=..., topic_impressions=...,
     topic_feedback=...)`` then ``drain()`` (consume until the source is empty; the demo) or
     ``run(exit_when_idle=...)`` (the service loop; SIGTERM-safe via :meth:`stop`). Both return
-    a dict of counts by outcome. ``armlab.bootstrap.Services.ingest_runner`` wires one from
-    settings.
+    a dict of counts by outcome. ``store`` is the storage port (:class:`IngestStore`) or a
+    session factory (the database implementation is built over it).
+    ``armlab.bootstrap.Services.ingest_runner`` wires one from settings. The partitions and
+    their offsets are :class:`PartitionOffsets`' part, the upkeep between batches (lag,
+    sweeps, pruning, partitions) :class:`IngestUpkeep`'s.
     """
 
     def __init__(
         self,
-        session_factory: sessionmaker[Session],
+        store: StoreOrSessions,
         source: Source,
         *,
         dlq: DlqSink | None = None,
@@ -183,7 +134,7 @@ class IngestRunner:
         max_clock_skew_s: float | None = 300.0,
         reset_offsets_on_start: bool = False,
     ) -> None:
-        self.session_factory = session_factory
+        self.store = as_ingest_store(store)
         self.source = source
         self.dlq = dlq
         self.group = group
@@ -238,7 +189,7 @@ class IngestRunner:
             self._with_db_retry(lambda: self._read_offsets([(self.topic_impressions, 0)]),
                                 what="check the database schema")
             if self.reset_offsets_on_start:
-                n = self._with_db_retry(lambda: reset_offsets(self.session_factory, self.group),
+                n = self._with_db_retry(lambda: reset_offsets(self.store, self.group),
                                         what="reset the offsets of a new bus")
                 if n:
                     log.info("offsets of an earlier bus forgotten",
@@ -250,78 +201,6 @@ class IngestRunner:
         self.source.close()
         if self.dlq is not None:
             self.dlq.close()
-
-    def _on_assign(self, tps: list[TP]) -> None:
-        offsets = self._with_db_retry(
-            lambda: self._read_offsets(tps), what="load offsets on assignment"
-        )
-        if offsets is None:  # stopping while the database is down
-            return
-        for tp in tps:
-            off = offsets.get(tp)
-            self._committed[tp] = off
-            self.source.seek(tp, off)
-            if off:
-                self._unchecked[tp] = off
-        log.info(
-            "partitions assigned",
-            extra={"partitions": {f"{t}:{p}": offsets.get((t, p)) for t, p in tps}},
-        )
-
-    def _on_revoke(self, tps: list[TP]) -> None:
-        for tp in tps:
-            self._committed.pop(tp, None)
-            self._unchecked.pop(tp, None)
-
-    def _check_offsets(self) -> None:
-        """Compare each newly assigned partition's stored offset with the end of its log.
-
-        A stored offset beyond the log end means the log is not the one the offsets were
-        stored for (a topic deleted and created again, a migrated cluster, a new in-process
-        bus): reading on would skip every record below the stored offset, silently. So the
-        consumer stops with :class:`OffsetsBeyondLog`, naming the topic, partition, both
-        offsets and the reset command; nothing of the batch is committed. Runs after each
-        assignment, before any record of it is handled; when the broker cannot say, the
-        check is tried again at the next poll (records at or past a stored offset are safe
-        to handle either way: only a skip is silent)."""
-        tps = [tp for tp in self._unchecked if tp in self._committed]
-        try:
-            ends = self.source.end_offsets(tps)
-        except Exception as exc:  # noqa: BLE001 - the broker may be away; checked next poll
-            log.warning("could not read the log end offsets; checking at the next poll",
-                        extra={"error": str(exc)[:300]})
-            return
-        beyond = [(tp, self._committed[tp] or 0, ends[tp]) for tp in tps
-                  if tp in ends and (self._committed[tp] or 0) > ends[tp]]
-        for tp in tps:
-            if tp in ends:
-                self._unchecked.pop(tp, None)
-        if beyond:
-            raise OffsetsBeyondLog(self.group, beyond)
-
-    def _read_offsets(self, tps: list[TP]) -> dict[TP, int]:
-        with self.session_factory() as session:
-            return ingest_store.load_offsets(session, self.group, tps)
-
-    def _with_db_retry(self, fn: Callable[[], Any], *, what: str) -> Any:
-        """``fn()``, retried while the database is unreachable; None if stopped meanwhile."""
-
-        def on_retry(exc: BaseException, wait_s: float) -> None:
-            self.metrics.retries.labels("database").inc()
-            log.warning("database unavailable, retrying",
-                        extra={"what": what, "error": str(exc)[:200], "wait_s": wait_s})
-
-        retrying = db_retrying(stop_event=self._stop, max_wait_s=self.retry_max_s,
-                               on_retry=on_retry)
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return fn()
-        except Exception:
-            if self._stop.is_set():
-                return None
-            raise
-        return None  # pragma: no cover - tenacity either returns or raises
 
     # -- loops -------------------------------------------------------------------------
     def drain(self, max_idle_polls: int = 1) -> dict[str, int]:
@@ -391,62 +270,6 @@ class IngestRunner:
         self.process(records)
         return len(records)
 
-    # -- lag -------------------------------------------------------------------------------
-    def observe_lag(self, *, force: bool = False) -> dict[TP, int] | None:
-        """Lag per owned partition (high watermark - next offset stored in the database) into
-        the metrics (every second) and, every ``lag_report_interval_s``, into the
-        ``consumer_lag`` table for the dashboard. Never raises (lag is informational); returns
-        the lag when it was computed."""
-        now = time.monotonic()
-        due_report = force or now - self._last_lag_report >= self.lag_report_interval_s
-        if not (due_report or now - self._last_lag > 1.0):
-            return None
-        self._last_lag = now
-        committed = dict(self._committed)
-        try:
-            hws = self.source.highwaters(list(committed))
-        except Exception as exc:  # noqa: BLE001 - lag is informational
-            log.debug("lag unavailable: %s", exc)
-            hws = {}
-        lag = {tp: max(0, hw - (committed.get(tp) or 0)) for tp, hw in hws.items()}
-        self.metrics.set_lag(lag)
-        if due_report and committed:
-            self._last_lag_report = now
-            positions = {tp: (int(off or 0), hws.get(tp)) for tp, off in committed.items()}
-            try:
-                with self.session_factory() as session, session.begin():
-                    ingest_store.report_lag(session, self.group, self.consumer_id, positions,
-                                            utcnow())
-            except Exception as exc:  # noqa: BLE001 - the next report will try again
-                if now - self._lag_warned > 60.0:  # once a minute through an outage
-                    self._lag_warned = now
-                    log.warning("could not record consumer lag",
-                                extra={"error": str(exc)[:300]})
-        return lag
-
-    def prune_dead_letters(self, now: datetime | None = None) -> int:
-        """Delete dead-letter buckets older than ``DEAD_LETTER_RETENTION_S`` (runs with the
-        pending sweep). Never raises."""
-        cutoff = (now or utcnow()) - timedelta(seconds=DEAD_LETTER_RETENTION_S)
-        try:
-            with self.session_factory() as session, session.begin():
-                return ingest_store.prune_dead_letters(session, cutoff)
-        except Exception as exc:  # noqa: BLE001 - retried at the next interval
-            log.warning("pruning dead-letter buckets failed", extra={"error": str(exc)[:300]})
-            return 0
-
-    def prune_locks(self, now: datetime | None = None) -> int:
-        """Delete ``ingest_locks`` rows older than ``INGEST_LOCK_RETENTION_S`` (runs with the
-        pending sweep; the rows only serialise batches running at the same moment). Never
-        raises."""
-        cutoff = (now or utcnow()) - timedelta(seconds=INGEST_LOCK_RETENTION_S)
-        try:
-            with self.session_factory() as session, session.begin():
-                return ingest_store.prune_locks(session, cutoff)
-        except Exception as exc:  # noqa: BLE001 - retried at the next interval
-            log.warning("pruning ingest locks failed", extra={"error": str(exc)[:300]})
-            return 0
-
     # -- one batch ---------------------------------------------------------------------
     def process(self, records: Sequence[RecordLike]) -> bool:
         """Commit ``records`` (one partition's records in offset order) as one batch, or, when
@@ -490,19 +313,11 @@ class IngestRunner:
         # the extra ledger writes are saved.
         imp_topic = self.topic_impressions
         decoded.sort(key=lambda d: d[0].topic != imp_topic)
-        moves: dict[TP, tuple[int | None, int]] = {}
-        for r in records:
-            tp = (r.topic, r.partition)
-            end = r.offset + 1
-            cur = moves.get(tp)
-            if cur is None:
-                moves[tp] = (self._committed.get(tp), end)
-            elif end > cur[1]:
-                moves[tp] = (cur[0], end)
+        moves = self._moves(records)
 
         def on_retry(exc: BaseException, wait_s: float) -> None:
             cause = ("kafka" if isinstance(exc, _Retry) else
-                     "contention" if isinstance(exc, ingest_store.StoredRowsDiffer) else
+                     "contention" if isinstance(exc, StoredRowsDiffer) else
                      "database")
             self.metrics.retries.labels(cause).inc()
             log.warning("batch failed, retrying",
@@ -510,13 +325,13 @@ class IngestRunner:
 
         retrying = db_retrying(
             stop_event=self._stop, max_wait_s=self.retry_max_s,
-            retry_also=lambda e: isinstance(e, _Retry | ingest_store.StoredRowsDiffer),
+            retry_also=lambda e: isinstance(e, _Retry | StoredRowsDiffer),
             on_retry=on_retry)
         try:
             for attempt in retrying:
                 with attempt:
                     fx = self._commit_batch(decoded, moves)
-        except ingest_store.Fenced as exc:
+        except Fenced as exc:
             log.warning("fenced: another consumer owns these partitions",
                         extra={"partitions": [f"{t}:{p}" for t, p in exc.tps]})
             self._resync(list(moves))
@@ -539,29 +354,41 @@ class IngestRunner:
         self.metrics.observe_batch(fx.outcomes, rejects, time.perf_counter() - t0, len(records))
         return True
 
+    def _moves(self, records: Sequence[RecordLike]) -> dict[TP, tuple[int | None, int]]:
+        """Per partition of the batch: (the stored offset it starts from, the next offset)."""
+        moves: dict[TP, tuple[int | None, int]] = {}
+        for r in records:
+            tp = (r.topic, r.partition)
+            end = r.offset + 1
+            cur = moves.get(tp)
+            if cur is None:
+                moves[tp] = (self._committed.get(tp), end)
+            elif end > cur[1]:
+                moves[tp] = (cur[0], end)
+        return moves
+
     def _commit_batch(
         self,
         decoded: list[tuple[RecordLike, Event | DecodeFailure]],
         moves: dict[TP, tuple[int | None, int]],
     ) -> Effects:
         imp_ids, imp_events, fb_events, arriving = referenced_ids(decoded)
-        with self.session_factory() as session, session.begin():
-            ingest_store.advance_offsets(session, self.group, moves)
-            ingest_store.lock_ids(session, ingest_store.lock_keys(imp_ids, imp_events,
-                                                                  fb_events))
-            state = ingest_store.prefetch(session, imp_ids, imp_events, fb_events, arriving)
+        with self.store.batch() as tx:  # BEGIN ... COMMIT (ROLLBACK on any error)
+            tx.advance_offsets(self.group, moves)  # the fence
+            tx.lock_ids(imp_ids, imp_events, fb_events)
+            state = tx.prefetch(imp_ids, imp_events, fb_events, arriving)
             if self._needs_reload(decoded):
-                self._experiments = ingest_store.load_experiments(session)
+                self._experiments = tx.load_experiments()
                 self._experiments_at = time.monotonic()
             fx = handle_batch(
                 decoded, self._experiments, state, feedback_topic=self.topic_feedback,
-                horizon=partitions.horizon(utcnow(), self.retention_days),
+                horizon=self.store.oldest_kept(utcnow(), self.retention_days),
                 latest=None if self.max_clock_skew_s is None
                 else utcnow() + timedelta(seconds=self.max_clock_skew_s),
             )
             if fx.rejects:
                 self._send_dead_letters(fx)
-            ingest_store.write_effects(session, self.group, fx)
+            tx.write_effects(self.group, fx)
         return fx
 
     def _needs_reload(self, decoded: list[tuple[RecordLike, Event | DecodeFailure]]) -> bool:
@@ -579,86 +406,3 @@ class IngestRunner:
             elif isinstance(ev, FeedbackV1) and ev.experiment_key not in exps:
                 return True
         return False
-
-    def _send_dead_letters(self, fx: Effects) -> None:
-        if self.dlq is None:
-            log.warning("no DLQ sink configured; rejects only counted",
-                        extra={"n": len(fx.rejects)})
-            return
-        try:
-            for r in fx.rejects:
-                self.dlq.send(r.to_dlq(self.group), r.key)
-            self.dlq.flush()
-        except Exception as exc:  # kafka errors: roll back this batch and retry it
-            raise _Retry(f"dead-letter produce failed: {exc}") from exc
-
-    # -- time partitions and retention --------------------------------------------------
-    def maintain_partitions(self) -> partitions.MaintenanceReport | None:
-        """One partition-maintenance pass (module doc); None when it failed (logged, retried
-        at the next interval: the consumer must not stop for it)."""
-        try:
-            with self.session_factory() as session, session.begin():
-                report = partitions.maintain(session, retention_days=self.retention_days)
-        except Exception as exc:  # noqa: BLE001 - retried at the next interval
-            log.warning("partition maintenance failed; retrying at the next interval",
-                        extra={"error": str(exc)[:300]})
-            return None
-        if report.created or report.dropped or any(report.purged.values()):
-            log.info("partitions maintained", extra={"actions": report.lines()})
-        return report
-
-    # -- pending feedback whose impression never came ---------------------------------
-    def sweep_pending(self, now: datetime | None = None) -> int:
-        """Dead-letter (reason ``no_impression``) and mark ``unknown`` the pending feedback
-        whose impression has not arrived within the attribution window (plus
-        ``sweep_grace_s``) of its arrival; runs every ``sweep_interval_s`` from the loop.
-        Returns how many were swept. Never raises: a failed sweep is retried next time."""
-        try:
-            return self._sweep(now or utcnow())
-        except Exception as exc:  # noqa: BLE001 - the consumer must not stop for a sweep
-            log.warning("pending-feedback sweep failed; retrying at the next interval",
-                        extra={"error": str(exc)[:300]})
-            return 0
-
-    def _sweep(self, now: datetime) -> int:
-        with self.session_factory() as session, session.begin():
-            if not self._experiments:
-                self._experiments = ingest_store.load_experiments(session)
-                self._experiments_at = time.monotonic()
-            stale = ingest_store.stale_pending(session, self._experiments, now,
-                                               self.sweep_grace_s)
-            if not stale:
-                return 0
-            fx = Effects()
-            for pf in stale:
-                window = self._experiments.get(pf.experiment_key)
-                fx.rejects.append(Reject(
-                    "no_impression",
-                    f"impression {pf.impression_id!r} did not arrive within the attribution "
-                    f"window ({window.window_s:.0f}s)" if window else
-                    f"impression {pf.impression_id!r} never arrived",
-                    self.topic_feedback, pf.partition, -1, pending_raw(pf)))
-                fx.counters[("no_impression", pf.partition)] += 1
-                fx.outcomes[(self.topic_feedback, "no_impression")] += 1
-            self._send_dead_letters(fx)
-            ingest_store.mark_feedback(session, [pf.event_id for pf in stale], "unknown")
-            ingest_store.upsert_counters(session, self.group, fx.counters.items(), now)
-        self.metrics.dlq.labels("no_impression").inc(len(stale))
-        self.metrics.dlq_reasons["no_impression"] += len(stale)
-        self.metrics.outcomes["no_impression"] += len(stale)
-        log.info("pending feedback swept", extra={"n": len(stale)})
-        return len(stale)
-
-    def _resync(self, tps: list[TP], quiet: bool = False) -> None:
-        """After a fence or an abandoned batch: seek back to the stored offsets."""
-        owned = [tp for tp in tps if tp in self._committed]
-        offsets = self._with_db_retry(lambda: self._read_offsets(owned), what="resync offsets")
-        if offsets is None:
-            return
-        for tp in owned:
-            off = offsets.get(tp)
-            self._committed[tp] = off
-            self.source.seek(tp, off)
-        if not quiet:
-            log.info("resynced offsets", extra={"offsets": {f"{t}:{p}": offsets.get((t, p))
-                                                           for t, p in owned}})

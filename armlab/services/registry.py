@@ -35,8 +35,6 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import inspect
-
 from armlab.adapters.db.models import (
     EXPERIMENT_STATUSES,
     AllocationSnapshot,
@@ -44,6 +42,7 @@ from armlab.adapters.db.models import (
     AuditLog,
     Experiment,
 )
+from armlab.adapters.db.uow import changed_unflushed
 from armlab.core.clock import utcnow
 from armlab.core.policies.base import POLICY_VERSION
 from armlab.core.serving import fixed_arm
@@ -217,15 +216,13 @@ def _assert_variants_frozen(exp: Experiment) -> None:
     """
     if exp.status == "draft":
         return
-    state = inspect(exp)
-    if state.persistent and state.attrs.guardrails.history.has_changes():
+    if changed_unflushed(exp, "guardrails"):
         raise IllegalTransition(
             f"experiment {exp.key!r} is {exp.status}: its guardrails are immutable; register a "
             "new experiment instead"
         )
     for arm in exp.arms:
-        state = inspect(arm)
-        if state.persistent and state.attrs.variant.history.has_changes():
+        if changed_unflushed(arm, "variant"):
             raise IllegalTransition(
                 f"arm {arm.key!r} of experiment {exp.key!r} is {exp.status}: its variant is "
                 "immutable; register a new experiment (or a new arm) instead"

@@ -42,6 +42,7 @@ from armlab.adapters.db.models import (
 )
 from armlab.core.clock import as_utc, utcnow
 from armlab.core.evidence import COUNTS, FIELDS, ArmSums
+from armlab.core.fencing import Fenced, StoredRowsDiffer
 from armlab.core.ingest import (
     OK_OUTCOMES,
     BatchState,
@@ -53,20 +54,8 @@ from armlab.core.ingest import (
 )
 
 TP = tuple[str, int]
-
-
-class Fenced(Exception):  # noqa: N818 - control flow, never escapes the runner
-    """Another consumer owns (and has advanced) a partition this batch covers."""
-
-    def __init__(self, tps: list[TP]) -> None:
-        super().__init__(f"fenced on {tps}")
-        self.tps = tps
-
-
-class StoredRowsDiffer(Exception):  # noqa: N818 - control flow, never escapes the runner
-    """The database stored fewer rows than the batch decided to insert: another transaction
-    stored one of them first. The batch is rolled back and handled again from what is
-    stored (with :func:`lock_ids` this does not happen; it is the check that it does not)."""
+# Fenced and StoredRowsDiffer (raised here) are declared in armlab.core.fencing, so the runner
+# recognises them without importing this module; ``ingest_store.Fenced`` still names them.
 
 
 def _insert(session: Session, table: Any) -> Any:

@@ -10,6 +10,10 @@ SQLSTATE codes (psycopg's ``sqlstate``), not exception class names.
 
 :func:`db_retrying` wraps that in a tenacity policy: exponential back-off from 0.2 s up to
 ``max_wait_s``, forever or until a stop event is set, with a hook per retry (metrics, logs).
+
+:func:`is_data_error` is the database half of the ingest runner's other question (is this
+failure caused by the records written?): the database refused the values (``DataError``,
+``IntegrityError``), or binding a value failed before the driver was reached.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import threading
 from collections.abc import Callable
 
 import psycopg
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -49,6 +53,19 @@ def is_transient(exc: BaseException) -> bool:
         return code[:2] in TRANSIENT_CLASSES or code in TRANSIENT_CODES
     if isinstance(orig, sqlite3.OperationalError):
         return "locked" in str(orig) or "busy" in str(orig)
+    return False
+
+
+def is_data_error(exc: BaseException,
+                  value_errors: tuple[type[BaseException], ...] = ()) -> bool:
+    """True when the database failed on the values it was given: a ``DataError`` or an
+    ``IntegrityError``, or a statement whose bind-parameter processing raised one of
+    ``value_errors`` before the driver was reached. False for anything else (including
+    every error that is not the database's)."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, StatementError):  # bind-parameter processing failed before the driver
+        return exc.orig is not None and isinstance(exc.orig, value_errors)
     return False
 
 

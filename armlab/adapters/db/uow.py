@@ -5,14 +5,18 @@ Service functions take a unit of work, do their reads and writes through its rep
 ``session``, and leave the decision to commit to the caller (a route, a CLI command, the
 allocator). Leaving the ``with`` block without ``commit()`` rolls everything back, so a
 failure half-way through a use case never leaves half of it in the database.
+
+:func:`changed_unflushed` asks the session's change tracking whether a stored object's
+attribute was changed in memory (the registry's guard on frozen variants and guardrails).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import inspect
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from armlab.adapters.db.repositories import SqlAuditTrail, SqlEvidence, SqlExperiments
@@ -22,7 +26,7 @@ from armlab.errors import ConcurrentModification
 class UnitOfWork:
     """``with UnitOfWork(session_factory) as uow: ...; uow.commit()``."""
 
-    def __init__(self, session_factory: sessionmaker[Any]) -> None:
+    def __init__(self, session_factory: Callable[[], Session]) -> None:
         self._session_factory = session_factory
         self._session: Session | None = None
         self.committed = False
@@ -81,3 +85,11 @@ class UnitOfWork:
 
     def rollback(self) -> None:
         self.session.rollback()
+
+
+def changed_unflushed(obj: object, attribute: str) -> bool:
+    """True when ``obj`` is a persistent ORM object (stored, in a session) whose ``attribute``
+    was changed in memory and not flushed yet; False for objects that were never stored (a
+    new object, or one held by an in-memory unit of work)."""
+    state = inspect(obj)
+    return bool(state.persistent and state.attrs[attribute].history.has_changes())

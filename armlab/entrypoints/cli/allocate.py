@@ -32,7 +32,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             raise typer.BadParameter("--interval must be > 0")
         services = bootstrap(settings)
         try:
-            allocation_loop(services.session_factory, once=once,
+            allocation_loop(services.allocation_store, once=once,
                             interval_s=interval or settings.allocator_interval_s)
         finally:
             services.close()

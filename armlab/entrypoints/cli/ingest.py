@@ -108,7 +108,7 @@ def offsets_show(
 
     services = bootstrap(get_settings())
     try:
-        rows = stored_offsets(services.session_factory, group)
+        rows = stored_offsets(services.ingest_store, group)
     finally:
         services.close()
     if not rows:
@@ -143,13 +143,13 @@ def offsets_reset(
         if to == "latest":
             if not topics:
                 topics = sorted({t for _, t, _, _ in
-                                 stored_offsets(services.session_factory, group)}
+                                 stored_offsets(services.ingest_store, group)}
                                 or {services.settings.topic_impressions,
                                     services.settings.topic_feedback})
             ends = services.log_end_offsets(topics)
         else:
             ends = {}
-        n = reset_offsets(services.session_factory, group, topics or None, to=ends)
+        n = reset_offsets(services.ingest_store, group, topics or None, to=ends)
     finally:
         services.close()
     what = ", ".join(topics) if topics else "every topic"

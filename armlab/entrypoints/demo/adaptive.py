@@ -269,7 +269,7 @@ class _DemoRun:
         _check(client.post("/v1/experiments", json=self.spec), "registering the experiment")
         _check(client.post(f"/v1/experiments/{key}/start", json={"reason": "armlab demo"}),
                "starting the experiment")
-        run_allocation(self.services.session_factory)
+        run_allocation(self.services.allocation_store)
         self.services.assigner.refresh()
         self.console.print(f"Registered and started [bold]{key}[/] with arms "
                            + ", ".join(a["key"] for a in self.arms)
@@ -292,7 +292,7 @@ class _DemoRun:
         """Events in, one allocator pass, the new weights and evaluation read back."""
         self.services.producer.flush()
         runner.drain() if self.memory else runner.run(exit_when_idle=1.0)
-        run_allocation(self.services.session_factory)
+        run_allocation(self.services.allocation_store)
         self.services.assigner.refresh()
         res = _check(client.get(f"/v1/experiments/{self.key}/results"), "results")
         state.weights.update({a["key"]: float(a.get("weight", 0.0))
@@ -383,7 +383,7 @@ class _DemoRun:
                            json={"arm": winner, "reason": f"armlab demo: {why}"})
         if resp.status_code < 400:
             shipped, state.status = winner, "shipped"
-            run_allocation(self.services.session_factory)  # the shipped snapshot, for the report
+            run_allocation(self.services.allocation_store)  # the shipped snapshot, for the report
         else:
             why = f"not shipped: {resp.json().get('detail')}"
         final = _check(client.get(f"/v1/experiments/{self.key}/results"), "results")

@@ -224,7 +224,7 @@ def test_a_systematic_write_failure_stops_the_consumer_after_a_few_dead_letters(
             raise TypeError("a bug in the writer")
         real(session, group, fx)
 
-    monkeypatch.setattr(ingest_service.ingest_store, "write_effects", broken)
+    monkeypatch.setattr(ingest_store, "write_effects", broken)
     runner = build_runner(services, bus=bus)
     with pytest.raises(TypeError, match="a bug"):
         runner.drain()

@@ -1,0 +1,39 @@
+"""What the allocator needs from storage, as protocols (the allocator's ports).
+
+:class:`AllocationStore` lists the experiments a pass visits and opens one
+:class:`AllocationUnit` per experiment: a unit of work (:class:`~armlab.services.ports.
+UnitOfWorkPort`, one transaction, committed by the allocator) that can also lock the
+experiment's row and read the part of its statistics still inside the attribution window.
+:class:`armlab.adapters.db.allocation_store.SqlAllocationStore` implements them on the
+database; :mod:`armlab.bootstrap` wires it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from armlab.adapters.db.models import Experiment
+from armlab.services.ports import UnitOfWorkPort
+
+
+class AllocationUnit(UnitOfWorkPort, Protocol):
+    """One experiment's transaction in an allocation pass."""
+
+    def lock_experiment(self, experiment_id: int) -> Experiment | None:
+        """The experiment with its arms, its row locked until the transaction ends (None
+        when it is gone)."""
+    def immature_sums(self, experiment_id: int, cutoff: datetime
+                      ) -> dict[str, tuple[float, float, float]]:
+        """Per arm: (count, reward sum, sum of squared rewards) of the impressions served
+        after ``cutoff`` (arms without such impressions are absent)."""
+
+
+@runtime_checkable
+class AllocationStore(Protocol):
+    def active_experiment_ids(self, statuses: Sequence[str]) -> list[int]:
+        """Ids of the experiments in one of ``statuses``, in id order."""
+    def unit(self) -> AbstractContextManager[AllocationUnit]:
+        """A new unit of work (rolled back unless committed)."""
