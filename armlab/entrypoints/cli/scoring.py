@@ -109,8 +109,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
         services = bootstrap(get_settings())
         try:
-            with services.session_factory() as s:
-                rows = list_catalogs(s)
+            with services.uow() as uow:
+                rows = list_catalogs(uow)
         finally:
             services.close()
         if as_json:
