@@ -188,7 +188,7 @@ class Services:
     def catalogs(self) -> CatalogCache:
         return self._once(
             "catalogs",
-            lambda: CatalogCache(self.session_factory, ttl_s=self.settings.snapshot_refresh_s),
+            lambda: CatalogCache(self.uow, ttl_s=self.settings.snapshot_refresh_s),
         )
 
     def ingest_runner(

@@ -1,14 +1,24 @@
 """In-memory stand-ins for the service layer's ports (armlab.services.ports), so use cases
-run without a database: the same registry, decision and allocator code, different storage."""
+run without a database: the same registry, decision, allocator and read-model code, different
+storage."""
 
 from __future__ import annotations
 
 import itertools
+import math
 from datetime import datetime
 from typing import Any
 
 from armlab.adapters.db.models import AllocationSnapshot, AuditLog, Decision, Experiment
+from armlab.core.catalog import CatalogInfo
 from armlab.core.evidence import ArmSums
+from armlab.core.readings import (
+    ChartSeries,
+    ConsumerPosition,
+    LatestDecision,
+    LoggedRow,
+    RewardBucket,
+)
 from armlab.errors import ExperimentExists
 
 _ids = itertools.count(1)
@@ -92,15 +102,26 @@ class FakeEvidence:
 
 
 class FakeUnitOfWork:
-    """Implements armlab.services.ports.UnitOfWorkPort in memory. ``commits`` counts commits;
-    every flush bumps the version of experiments whose state changed, as the database does."""
+    """Implements armlab.services.ports.UnitOfWorkPort (and ReadsUnitOfWork) in memory.
+    ``commits`` counts commits; every flush bumps the version of experiments whose state
+    changed, as the database does. ``with uow:`` returns it unchanged (one shared store)."""
 
     def __init__(self) -> None:
         self.experiments = FakeExperiments()
         self.audit = FakeAuditTrail()
         self.evidence = FakeEvidence()
+        self.dashboard = FakeDashboardQueries()
+        self.report = FakeReportQueries()
+        self.impression_log = FakeImpressionLog()
+        self.catalogs = FakeCatalogs()
         self.commits = 0
         self._seen: dict[int, tuple[Any, ...]] = {}
+
+    def __enter__(self) -> FakeUnitOfWork:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
     def flush(self) -> None:
         for exp in self.experiments.by_key.values():
@@ -113,3 +134,114 @@ class FakeUnitOfWork:
     def commit(self) -> None:
         self.flush()
         self.commits += 1
+
+
+class FakeDashboardQueries:
+    """What a test declares the dashboard reads (armlab.services.ports.DashboardQueries)."""
+
+    def __init__(self) -> None:
+        self.traffic: dict[int, int] = {}
+        self.decisions: dict[int, dict[str, LatestDecision]] = {}
+        self.snapshot_times: dict[int, datetime] = {}
+        self.raw: dict[int, tuple[dict[str, ArmSums], dict[str, float]]] = {}
+        self.positions: list[ConsumerPosition] = []
+        self.dead_letters: list[tuple[datetime, str, int]] = []  # (bucket start, reason, n)
+        self.counters: dict[str, int] = {}
+        self.charts: dict[int, ChartSeries] = {}
+
+    def impressions_by_experiment(self) -> dict[int, int]:
+        return dict(self.traffic)
+
+    def latest_decisions(self) -> dict[int, dict[str, LatestDecision]]:
+        return {e: dict(d) for e, d in self.decisions.items()}
+
+    def last_snapshot_times(self) -> dict[int, datetime]:
+        return dict(self.snapshot_times)
+
+    def raw_arm_sums(self, experiment_id: int, matured_before: datetime
+                     ) -> tuple[dict[str, ArmSums], dict[str, float]]:
+        return self.raw.get(experiment_id, ({}, {}))
+
+    def consumer_positions(self) -> list[ConsumerPosition]:
+        return sorted(self.positions, key=lambda c: (c.group, c.topic, c.partition))
+
+    def dead_letters_since(self, since: datetime) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for at, reason, n in self.dead_letters:
+            if at >= since:
+                out[reason] = out.get(reason, 0) + n
+        return out
+
+    def ingest_counters(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    def chart_series(self, experiment_id: int, *, source: str, max_points: int,
+                     sql_json: bool | None = None) -> ChartSeries:
+        return self.charts.get(experiment_id) or ChartSeries()
+
+
+class FakeReportQueries:
+    """An experiment's history in memory (armlab.services.ports.ReportQueries); impressions are
+    bucketed here as the database does it."""
+
+    def __init__(self) -> None:
+        self.snapshot_rows: dict[int, list[tuple[datetime, dict[str, float]]]] = {}
+        self.impressions: dict[int, list[tuple[datetime, str, float]]] = {}
+        self.decision_rows: dict[int, list[dict[str, Any]]] = {}
+
+    def snapshots(self, experiment_id: int) -> list[tuple[datetime, dict[str, float]]]:
+        return list(self.snapshot_rows.get(experiment_id, []))
+
+    def reward_buckets(self, experiment_id: int, max_buckets: int
+                       ) -> tuple[datetime | None, list[RewardBucket]]:
+        rows = sorted(self.impressions.get(experiment_id, []), key=lambda r: r[0])
+        if not rows:
+            return None, []
+        lo, hi = rows[0][0], rows[-1][0]
+        width = max((hi - lo).total_seconds() / max_buckets, 1e-3)
+        acc: dict[tuple[int, str], list[Any]] = {}
+        for at, arm, reward in rows:
+            b = acc.setdefault((math.floor(at.timestamp() / width), arm), [at, 0, 0.0])
+            b[0], b[1], b[2] = max(b[0], at), b[1] + 1, b[2] + reward
+        return lo, [(at, arm, n, r) for (_, arm), (at, n, r) in sorted(acc.items())]
+
+    def decisions(self, experiment_id: int) -> list[dict[str, Any]]:
+        return [dict(d) for d in self.decision_rows.get(experiment_id, [])]
+
+
+class FakeImpressionLog:
+    """Logged impressions in memory (armlab.services.ports.ImpressionLog)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, list[LoggedRow]] = {}
+
+    def logged(self, experiment_id: int) -> list[LoggedRow]:
+        return sorted(self.rows.get(experiment_id, []), key=lambda r: r[3])
+
+
+class FakeCatalogs:
+    """Catalogs in memory (armlab.services.ports.CatalogStore)."""
+
+    def __init__(self) -> None:
+        self.infos: dict[str, CatalogInfo] = {}
+        self.item_lists: dict[str, list[dict[str, Any]]] = {}
+        self.version_reads = 0
+
+    def get(self, name: str) -> CatalogInfo | None:
+        return self.infos.get(name)
+
+    def version(self, name: str) -> int | None:
+        self.version_reads += 1
+        info = self.infos.get(name)
+        return None if info is None else info.version
+
+    def items(self, name: str) -> list[dict[str, Any]]:
+        items = sorted(self.item_lists.get(name, []), key=lambda it: it["id"])
+        return [dict(it, popularity=float(it.get("popularity") or 0.0)) for it in items]
+
+    def list_all(self) -> list[CatalogInfo]:
+        return [self.infos[n] for n in sorted(self.infos)]
+
+    def replace(self, info: CatalogInfo, items: list[dict[str, Any]]) -> None:
+        self.infos[info.name] = info
+        self.item_lists[info.name] = [dict(it) for it in items]

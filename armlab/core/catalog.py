@@ -18,6 +18,16 @@ Item = dict[str, Any]
 MAX_ITEM_ID_LEN = 128
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogInfo:
+    """A stored catalog's header: its version, how many items and the hash of their content."""
+
+    name: str
+    version: int
+    item_count: int
+    content_hash: str
+
+
 @dataclass
 class CatalogView:
     """A versioned item list. The version keys the embedding cache (a reload invalidates it)."""

@@ -3,8 +3,8 @@
 Sections (each chart is a ``<figure id="chart-...">`` so tests and people can find it):
 
 1. ``chart-weights``: allocation weights over time (allocation_snapshots);
-2. ``chart-reward``: cumulative reward per arm (impressions with their attributed reward),
-   with the running mean reward per arm beside it;
+2. ``chart-reward``: cumulative reward per arm (impressions with their attributed reward,
+   summed per time bucket in the database), with the running mean reward per arm beside it;
 3. ``chart-cs``: the always-valid confidence sequence of each treatment minus control over
    time (decisions table) with the point where the sequential test stopped;
 4. ``audit``: the audit trail (audit_log), with the evidence of every automated decision.
@@ -50,8 +50,10 @@ def _colours(arms: Sequence[str], control: str) -> dict[str, str]:
 
 
 def _origin(data: ReportData) -> datetime:
-    times = [t for t, _ in data.snapshots] + [t for t, _, _ in data.impressions]
+    times = [t for t, _ in data.snapshots] + [t for t, _, _, _ in data.impressions]
     times += [d["at"] for d in data.decisions]
+    if data.first_impression_at is not None:
+        times.append(data.first_impression_at)
     cands = [t for t in times if t is not None]
     if data.started_at is not None:
         cands.append(data.started_at)
@@ -86,7 +88,7 @@ def _style(ax: Any) -> None:
 
 def _scale(data: ReportData) -> tuple[datetime, float, str]:
     origin = _origin(data)
-    ends = [t for t, _ in data.snapshots] + [t for t, _, _ in data.impressions]
+    ends = [t for t, _ in data.snapshots] + [t for t, _, _, _ in data.impressions]
     span = max(((t - origin).total_seconds() for t in ends), default=0.0)
     if span < 180:
         return origin, 1.0, "seconds since start"
@@ -140,24 +142,27 @@ def chart_reward(data: ReportData) -> str:
     }
     cum: dict[str, float] = dict.fromkeys(keys, 0.0)
     cnt: dict[str, int] = dict.fromkeys(keys, 0)
-    for t, arm, r in data.impressions:
+    skip: dict[str, int] = dict.fromkeys(keys, 0)  # points before the 21st impression
+    for t, arm, n, r in data.impressions:
         if arm not in series:
             series[arm] = ([], [], [])
-            cum[arm], cnt[arm] = 0.0, 0
+            cum[arm], cnt[arm], skip[arm] = 0.0, 0, 0
             colours.setdefault(arm, PALETTE[len(colours) % len(PALETTE)])
         cum[arm] += r
-        cnt[arm] += 1
+        cnt[arm] += n
         xs, cs, ms = series[arm]
         xs.append((t - origin).total_seconds() / div)
         cs.append(cum[arm])
         ms.append(cum[arm] / cnt[arm])
+        if cnt[arm] <= 20:
+            skip[arm] += 1
     few = len(series) <= MAX_LEGEND_ARMS
     for arm, (xs, cs, ms) in series.items():
         if not xs:
             continue
         label = f"{arm} ({cnt[arm]} imp.)" if few else None
         ax1.step(xs, cs, where="post", color=colours[arm], label=label, linewidth=1.6)
-        start = min(len(ms) - 1, 20)  # the first few means are noise
+        start = min(len(ms) - 1, skip[arm])  # the means of the first 20 impressions are noise
         ax2.plot(xs[start:], ms[start:], color=colours[arm], linewidth=1.4)
     if not data.impressions:
         for ax in (ax1, ax2):
@@ -445,8 +450,8 @@ def _stop_caption(data: ReportData) -> str:
 
 def render_html(data: ReportData) -> str:
     """The full page as one string (inline SVG charts, inline CSS, no scripts)."""
-    n_imp = len(data.impressions)
-    total_reward = sum(r for _, _, r in data.impressions)
+    n_imp = sum(n for _, _, n, _ in data.impressions)
+    total_reward = sum(r for _, _, _, r in data.impressions)
     cards = [
         ("status", data.status),
         ("shipped arm", data.shipped_arm or "—"),

@@ -1,4 +1,5 @@
-"""Item catalogs: versioned item lists in the database (``catalogs`` / ``catalog_items``).
+"""Item catalogs: versioned item lists in storage (the unit of work's ``catalogs`` port,
+:class:`armlab.services.ports.CatalogStore`; ``catalogs`` / ``catalog_items`` on the database).
 
 Loading the same content again is a no-op; different content bumps ``version`` and replaces
 the items in one transaction. Scorers key their cached item embeddings by (catalog name,
@@ -10,20 +11,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session, sessionmaker
-
-from armlab.adapters.db.models import Catalog, CatalogItem
-from armlab.adapters.db.uow import UnitOfWork
-from armlab.core.catalog import CatalogView, check_name, content_hash, normalise_items
+from armlab.core.catalog import CatalogInfo, CatalogView, check_name, content_hash, normalise_items
 from armlab.errors import NotFound, ValidationFailed
+from armlab.services.ports import ReadsUnitOfWork
 
-_CORE = ("id", "title", "text", "popularity")
+UowFactory = Callable[[], AbstractContextManager[ReadsUnitOfWork]]
 
 
-def load_catalog(uow: UnitOfWork, *, name: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+def load_catalog(uow: ReadsUnitOfWork, *, name: str, items: list[dict[str, Any]]
+                 ) -> dict[str, Any]:
     """Store ``items`` as catalog ``name``; bump the version when the content changed.
 
     The caller commits (``uow.commit()``). Returns {name, version, item_count, content_hash,
@@ -34,35 +33,16 @@ def load_catalog(uow: UnitOfWork, *, name: str, items: list[dict[str, Any]]) -> 
     if not items:
         raise ValidationFailed("a catalog needs at least one item", field="items")
     digest = content_hash(items)
-    s = uow.session
-    cat = s.get(Catalog, name)
-    if cat is not None and cat.content_hash == digest:
-        return _summary(cat, changed=False)
-    if cat is None:
-        cat = Catalog(name=name, version=1, content_hash=digest, item_count=len(items))
-        s.add(cat)
-    else:
-        s.execute(delete(CatalogItem).where(CatalogItem.catalog_name == name))
-        cat.version += 1
-        cat.content_hash = digest
-        cat.item_count = len(items)
-    s.flush()
-    s.add_all(
-        CatalogItem(
-            catalog_name=name,
-            item_id=it["id"],
-            title=it["title"],
-            text=it["text"],
-            popularity=float(it.get("popularity") or 0.0),
-            attrs={k: v for k, v in it.items() if k not in _CORE},
-        )
-        for it in items
-    )
-    s.flush()
-    return _summary(cat, changed=True)
+    current = uow.catalogs.get(name)
+    if current is not None and current.content_hash == digest:
+        return _summary(current, changed=False)
+    info = CatalogInfo(name=name, version=1 if current is None else current.version + 1,
+                       item_count=len(items), content_hash=digest)
+    uow.catalogs.replace(info, items)
+    return _summary(info, changed=True)
 
 
-def store_catalog(uow_factory: Callable[[], UnitOfWork], *, name: str,
+def store_catalog(uow_factory: UowFactory, *, name: str,
                   items: list[dict[str, Any]]) -> dict[str, Any]:
     """``armlab catalog load``: :func:`load_catalog` in its own committed transaction."""
     with uow_factory() as uow:
@@ -71,7 +51,7 @@ def store_catalog(uow_factory: Callable[[], UnitOfWork], *, name: str,
     return out
 
 
-def _summary(cat: Catalog, *, changed: bool) -> dict[str, Any]:
+def _summary(cat: CatalogInfo, *, changed: bool | None) -> dict[str, Any]:
     return {
         "name": cat.name,
         "version": cat.version,
@@ -81,38 +61,31 @@ def _summary(cat: Catalog, *, changed: bool) -> dict[str, Any]:
     }
 
 
-def get_catalog(session: Session, *, name: str) -> CatalogView:
+def get_catalog(uow: ReadsUnitOfWork, *, name: str) -> CatalogView:
     """The catalog's items as a :class:`CatalogView` (raises NotFound)."""
-    cat = session.get(Catalog, name)
-    if cat is None:
+    info = uow.catalogs.get(name)
+    if info is None:
         raise NotFound(
             f"catalog {name!r} not found; load it with `armlab catalog load {name} FILE`"
         )
-    rows = session.scalars(
-        select(CatalogItem).where(CatalogItem.catalog_name == name).order_by(CatalogItem.item_id)
-    ).all()
-    items = [
-        {**(r.attrs or {}), "id": r.item_id, "title": r.title, "text": r.text,
-         "popularity": r.popularity}
-        for r in rows
-    ]
-    return CatalogView(name=name, version=cat.version, items=items)
+    return CatalogView(name=name, version=info.version, items=uow.catalogs.items(name))
 
 
-def list_catalogs(session: Session) -> list[dict[str, Any]]:
-    return [_summary(c, changed=False) | {"changed": None}
-            for c in session.scalars(select(Catalog).order_by(Catalog.name))]
+def list_catalogs(uow: ReadsUnitOfWork) -> list[dict[str, Any]]:
+    """Every catalog's summary, by name (``changed`` is None)."""
+    return [_summary(c, changed=None) for c in uow.catalogs.list_all()]
 
 
 class CatalogCache:
     """Per-process cache of catalogs for the request path.
 
-    The version is re-read at most every ``ttl_s`` seconds (one indexed primary-key read);
-    items are reloaded only when the version changed.
+    The version is re-read at most every ``ttl_s`` seconds (one indexed primary-key read, in a
+    unit of work of its own from ``uow_factory``); items are reloaded only when the version
+    changed.
     """
 
-    def __init__(self, session_factory: sessionmaker[Session], ttl_s: float = 1.0) -> None:
-        self._sf = session_factory
+    def __init__(self, uow_factory: UowFactory, ttl_s: float = 1.0) -> None:
+        self._uow = uow_factory
         self._ttl = ttl_s
         self._lock = threading.Lock()
         self._views: dict[str, tuple[float, CatalogView]] = {}
@@ -123,13 +96,13 @@ class CatalogCache:
             hit = self._views.get(name)
             if hit is not None and now - hit[0] < self._ttl:
                 return hit[1]
-            with self._sf() as s:
-                version = s.scalar(select(Catalog.version).where(Catalog.name == name))
+            with self._uow() as uow:
+                version = uow.catalogs.version(name)
                 if version is None:
                     raise NotFound(f"catalog {name!r} not found")
                 if hit is not None and hit[1].version == version:
                     view = hit[1]
                 else:
-                    view = get_catalog(s, name=name)
+                    view = get_catalog(uow, name=name)
             self._views[name] = (now, view)
             return view

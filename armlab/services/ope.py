@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from armlab.adapters.db.models import Impression
-from armlab.adapters.db.uow import UnitOfWork
-from armlab.core.clock import as_utc, utcnow
+from armlab.core.clock import utcnow
 from armlab.core.stats import ope
 from armlab.errors import StatsError, ValidationFailed
+from armlab.services.ports import ReadsUnitOfWork
 from armlab.services.registry import get_experiment
 
 
@@ -89,7 +86,7 @@ def parse_target(text: str, arms: list[str]) -> dict[str, float]:
 
 
 def load_logged(
-    session: Session,
+    uow: ReadsUnitOfWork,
     experiment_id: int,
     *,
     attribution_window_s: int,
@@ -97,13 +94,9 @@ def load_logged(
     matured_only: bool = True,
     now: datetime | None = None,
 ) -> LoggedData:
-    """The impressions of one experiment as OPE inputs (time order)."""
-    rows = session.execute(
-        select(Impression.arm_key, Impression.reward, Impression.propensity,
-               Impression.served_at, Impression.context)
-        .where(Impression.experiment_id == experiment_id)
-        .order_by(Impression.served_at, Impression.impression_id)
-    ).all()
+    """The impressions of one experiment as OPE inputs (time order), read through the unit
+    of work's ``impression_log``."""
+    rows = uow.impression_log.logged(experiment_id)
     now = now or utcnow()
     cutoff = now - timedelta(seconds=attribution_window_s)
     acts: list[str] = []
@@ -112,13 +105,12 @@ def load_logged(
     strata: list[str] = []
     immature = 0
     for arm, reward, p, served, ctx in rows:
-        served = as_utc(served)
         if matured_only and served > cutoff:
             immature += 1
             continue
         acts.append(arm)
-        rew.append(float(reward))
-        prop.append(float(p))
+        rew.append(reward)
+        prop.append(p)
         if stratum_field is not None:
             strata.append(str((ctx or {}).get(stratum_field, "")))
     return LoggedData(acts, rew, prop, strata if stratum_field else None, len(rows), immature)
@@ -154,7 +146,7 @@ def evaluate_logged(
 
 
 def evaluate_experiment(
-    uow: UnitOfWork,
+    uow: ReadsUnitOfWork,
     key: str,
     target_text: str,
     *,
@@ -166,7 +158,7 @@ def evaluate_experiment(
     exp = get_experiment(uow, key=key)
     arms = [a.key for a in exp.arms]
     target = parse_target(target_text, arms)
-    data = load_logged(uow.session, exp.id, attribution_window_s=exp.attribution_window_s,
+    data = load_logged(uow, exp.id, attribution_window_s=exp.attribution_window_s,
                        matured_only=matured_only, now=now)
     out = evaluate_logged(data, target=target, alpha=alpha,
                           reward_range=reward_range_for(exp.reward_kind))
@@ -175,12 +167,12 @@ def evaluate_experiment(
 
 
 def load_logged_by_key(
-    uow_factory: Callable[[], UnitOfWork], key: str, *, attribution_window_s: int,
-    stratum_field: str | None = None, matured_only: bool = True,
+    uow_factory: Callable[[], AbstractContextManager[ReadsUnitOfWork]], key: str, *,
+    attribution_window_s: int, stratum_field: str | None = None, matured_only: bool = True,
 ) -> LoggedData:
     """:func:`load_logged` for the experiment ``key``, in its own read-only unit of work
     (ExperimentNotFound if unknown)."""
     with uow_factory() as uow:
         exp = get_experiment(uow, key=key)
-        return load_logged(uow.session, exp.id, attribution_window_s=attribution_window_s,
+        return load_logged(uow, exp.id, attribution_window_s=attribution_window_s,
                            stratum_field=stratum_field, matured_only=matured_only)

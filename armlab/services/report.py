@@ -1,7 +1,9 @@
-"""What an experiment's report shows, read once from the database as plain values.
+"""What an experiment's report shows, read once from storage as plain values.
 
-A read model: it queries the unit of work's session directly for the snapshots, impressions,
-decisions and audit rows over time, and adds the experiment's results.
+A read model: it reads the snapshots, the decisions and the impressions over time through the
+unit of work's ``report`` port (:class:`armlab.services.ports.ReportQueries`), the audit trail,
+and adds the experiment's results. The impressions come aggregated per time bucket and arm
+(at most about :data:`MAX_REWARD_BUCKETS` buckets, however many impressions there are).
 :mod:`armlab.entrypoints.report` renders them as HTML. No writes.
 """
 
@@ -12,18 +14,26 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
-from armlab.adapters.db.models import AllocationSnapshot, AuditLog, Decision, Experiment, Impression
-from armlab.adapters.db.uow import UnitOfWork
+from armlab.adapters.db.models import Experiment
 from armlab.core.clock import as_utc_or_none
+from armlab.core.readings import RewardBucket
+from armlab.services.ports import ReadsUnitOfWork
 from armlab.services.registry import get_experiment
 from armlab.services.results import build_results
+
+#: The reward chart's resolution: the impressions are summed per arm in this many equal time
+#: buckets (about one per pixel of the chart), so the report reads a bounded number of rows.
+MAX_REWARD_BUCKETS = 1000
 
 
 @dataclass
 class ReportData:
-    """Everything the page shows, read once from the database (plain Python values)."""
+    """Everything the page shows, read once from the database (plain Python values).
+
+    ``impressions``: per time bucket and arm, ``(the last impression's serving time, arm,
+    impressions, reward sum)`` in time order (one row per impression where no two of an
+    arm's share a bucket); ``first_impression_at``: when the first one was served.
+    """
 
     key: str
     name: str
@@ -38,34 +48,31 @@ class ReportData:
     started_at: datetime | None
     ended_at: datetime | None
     snapshots: list[tuple[datetime, dict[str, float]]] = field(default_factory=list)
-    impressions: list[tuple[datetime, str, float]] = field(default_factory=list)
+    impressions: list[RewardBucket] = field(default_factory=list)
+    first_impression_at: datetime | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
     extra_sections: list[tuple[str, str]] = field(default_factory=list)
 
 
-def collect(uow: UnitOfWork, experiment: Experiment) -> ReportData:
+def _decision_row(d: dict[str, Any]) -> dict[str, Any]:
+    """A stored decision row as the report shows it: its guardrail entries brought out."""
+    evidence = d.get("evidence") or {}
+    row = {k: v for k, v in d.items() if k != "evidence"}
+    row["guardrails"] = list((evidence.get("entry") or {}).get("guardrails") or [])
+    return row
+
+
+def collect(uow: ReadsUnitOfWork, experiment: Experiment) -> ReportData:
     """Read the report's data for ``experiment`` (no writes)."""
-    session = uow.session
+    reads = uow.report
     eid = experiment.id
-    snaps = session.execute(
-        select(AllocationSnapshot.created_at, AllocationSnapshot.weights)
-        .where(AllocationSnapshot.experiment_id == eid)
-        .order_by(AllocationSnapshot.id)
-    ).all()
-    imps = session.execute(
-        select(Impression.served_at, Impression.arm_key, Impression.reward)
-        .where(Impression.experiment_id == eid)
-        .order_by(Impression.served_at, Impression.impression_id)
-    ).all()
-    decs = session.scalars(
-        select(Decision).where(Decision.experiment_id == eid).order_by(Decision.id)
-    ).all()
-    audit = session.scalars(
-        select(AuditLog).where(AuditLog.experiment_id == eid).order_by(AuditLog.id)
-    ).all()
-    try:
+    snapshots = reads.snapshots(eid)
+    first_at, buckets = reads.reward_buckets(eid, MAX_REWARD_BUCKETS)
+    decisions = [_decision_row(d) for d in reads.decisions(eid)]
+    audit = uow.audit.for_experiment(eid)
+    try:  # last: a failure here (an aborted transaction on PostgreSQL) spoils no read above
         results = build_results(uow, experiment)
     except Exception as exc:  # noqa: BLE001 - the page still renders without the summary
         results = {"error": str(exc)}
@@ -83,17 +90,10 @@ def collect(uow: UnitOfWork, experiment: Experiment) -> ReportData:
         created_at=as_utc_or_none(experiment.created_at),
         started_at=as_utc_or_none(experiment.started_at),
         ended_at=as_utc_or_none(experiment.ended_at),
-        snapshots=[(as_utc_or_none(t), {k: float(v) for k, v in (w or {}).items()})  # type: ignore[misc]
-                   for t, w in snaps],
-        impressions=[(as_utc_or_none(t), str(a), float(r)) for t, a, r in imps],  # type: ignore[misc]
-        decisions=[
-            {"at": as_utc_or_none(d.at), "arm": d.arm_key, "decision": d.decision,
-             "estimate": d.estimate, "p_value": d.p_value, "ci_low": d.ci_low,
-             "ci_high": d.ci_high, "n_control": d.n_control, "n_treatment": d.n_treatment,
-             "guardrails": list(((d.evidence or {}).get("entry") or {}).get("guardrails")
-                                or [])}
-            for d in decs
-        ],
+        snapshots=snapshots,
+        impressions=buckets,
+        first_impression_at=first_at,
+        decisions=decisions,
         audit=[
             {"at": as_utc_or_none(a.at), "actor": a.actor, "action": a.action, "reason": a.reason,
              "before": a.before, "after": a.after, "evidence": a.evidence}
@@ -103,7 +103,7 @@ def collect(uow: UnitOfWork, experiment: Experiment) -> ReportData:
     )
 
 
-def collect_by_key(uow: UnitOfWork, key: str) -> ReportData:
+def collect_by_key(uow: ReadsUnitOfWork, key: str) -> ReportData:
     """:func:`collect` for the experiment ``key`` (ExperimentNotFound if unknown)."""
     return collect(uow, get_experiment(uow, key=key))
 

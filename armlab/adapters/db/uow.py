@@ -1,10 +1,11 @@
 """Unit of work: one session, one transaction, committed explicitly and only here.
 
 Service functions take a unit of work, do their reads and writes through its repositories
-(``experiments``, ``audit``, ``evidence``; see :mod:`armlab.adapters.db.repositories`) or
-``session``, and leave the decision to commit to the caller (a route, a CLI command, the
-allocator). Leaving the ``with`` block without ``commit()`` rolls everything back, so a
-failure half-way through a use case never leaves half of it in the database.
+(``experiments``, ``audit``, ``evidence``; see :mod:`armlab.adapters.db.repositories`), its
+read ports (``dashboard``, ``report``, ``impression_log``, ``catalogs``) or ``session``, and
+leave the decision to commit to the caller (a route, a CLI command, the allocator). Leaving
+the ``with`` block without ``commit()`` rolls everything back, so a failure half-way through
+a use case never leaves half of it in the database.
 
 :func:`changed_unflushed` asks the session's change tracking whether a stored object's
 attribute was changed in memory (the registry's guard on frozen variants and guardrails).
@@ -19,6 +20,9 @@ from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from armlab.adapters.db.catalog_store import SqlCatalogs
+from armlab.adapters.db.dashboard_queries import SqlDashboardQueries
+from armlab.adapters.db.report_queries import SqlImpressionLog, SqlReportQueries
 from armlab.adapters.db.repositories import SqlAuditTrail, SqlEvidence, SqlExperiments
 from armlab.errors import ConcurrentModification
 
@@ -43,6 +47,10 @@ class UnitOfWork:
         self.experiments = SqlExperiments(self._session)
         self.audit = SqlAuditTrail(self._session)
         self.evidence = SqlEvidence(self._session)
+        self.dashboard = SqlDashboardQueries(self._session)
+        self.report = SqlReportQueries(self._session)
+        self.impression_log = SqlImpressionLog(self._session)
+        self.catalogs = SqlCatalogs(self._session)
         return self
 
     def __exit__(

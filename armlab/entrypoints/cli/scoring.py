@@ -102,8 +102,8 @@ def catalog_list(as_json: bool = typer.Option(False, "--json")) -> None:
 
     services = bootstrap(get_settings())
     try:
-        with services.session_factory() as s:
-            rows = list_catalogs(s)
+        with services.uow() as uow:
+            rows = list_catalogs(uow)
     finally:
         services.close()
     if as_json:

@@ -51,8 +51,8 @@ def test_lag_appears_then_falls_to_zero_on_kafka_and_postgres(
     runner = services.ingest_runner(max_batch=100)
 
     def imp_rows() -> list[dict[str, object]]:
-        with services.session_factory() as s:
-            return [r for r in dashboard.consumers(s, utcnow()) if r["topic"] == imp]
+        with services.uow() as uow:
+            return [r for r in dashboard.consumers(uow, utcnow()) if r["topic"] == imp]
 
     deadline = time.monotonic() + 60
     behind = None
@@ -77,7 +77,7 @@ def test_lag_appears_then_falls_to_zero_on_kafka_and_postgres(
     for r in done:
         assert r["lag"] == 0 and r["high_watermark"] == r["next_offset"], r
         assert not r["stale"] and r["consumer"]
-    with services.session_factory() as s:
-        dl = dashboard.dead_letters(s, utcnow())
+    with services.uow() as uow:
+        dl = dashboard.dead_letters(uow, utcnow())
     assert sum(dl["last_hour"].values()) == 6 == sum(dl["all_time"].values())
     services.close()

@@ -11,14 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import insert, select
 from sqlalchemy.orm import sessionmaker
 
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import AllocationSnapshot, Decision, Impression
 from armlab.adapters.db.uow import UnitOfWork
+from armlab.core.clock import as_utc
 from armlab.core.specs import ExperimentSpec
 from armlab.entrypoints import report
 from armlab.services import registry
+from armlab.services import report as report_service
 from armlab.services.report import collect, collect_by_key
 
 KEY = "report-test"
@@ -214,3 +217,39 @@ def test_report_renders_in_headless_chromium(seeded: sessionmaker, tmp_path: Pat
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 50_000  # a blank page compresses to a few kB
+
+
+def _bulk_impressions(sf: sessionmaker, key: str, n: int, t0: datetime) -> None:
+    with UnitOfWork(sf) as uow:
+        exp = registry.get_experiment(uow, key=key)
+        uow.session.execute(insert(Impression), [
+            {"impression_id": f"bulk-{i}", "event_id": f"bulk-e{i}", "experiment_id": exp.id,
+             "arm_key": ("control", "minilm", "genres")[i % 3], "unit_id": f"b{i}",
+             "propensity": 1 / 3, "served_at": t0 + timedelta(seconds=i * 0.7),
+             "reward": float(i % 5 == 0)} for i in range(n)])
+        uow.commit()
+
+
+def test_report_aggregates_impressions_in_sql(
+        seeded: sessionmaker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many impressions there are, the report reads at most about
+    MAX_REWARD_BUCKETS buckets per arm, and each bucket's running totals are exact."""
+    t0 = datetime(2024, 1, 2, tzinfo=UTC)
+    _bulk_impressions(seeded, KEY, 3000, t0)
+    monkeypatch.setattr(report_service, "MAX_REWARD_BUCKETS", 50)
+    with UnitOfWork(seeded) as uow:
+        data = collect_by_key(uow, KEY)
+        served = uow.session.execute(
+            select(Impression.served_at, Impression.arm_key, Impression.reward)).all()
+    assert len(data.impressions) <= 3 * 51
+    assert sum(n for _, _, n, _ in data.impressions) == 3600
+    assert data.first_impression_at == datetime(2024, 1, 1, tzinfo=UTC)
+    totals: dict[str, list[float]] = {}
+    for at, arm, n, r in data.impressions:
+        acc = totals.setdefault(arm, [0, 0.0])
+        acc[0] += n
+        acc[1] += r
+        upto = [rw for t, a, rw in served if a == arm and as_utc(t) <= at]
+        assert acc == [len(upto), pytest.approx(sum(upto))], (at, arm)
+    page = report.build_report(data)
+    assert "(3,600 impressions)" in page

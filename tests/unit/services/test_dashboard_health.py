@@ -54,8 +54,8 @@ def test_dead_letters_are_counted_per_minute_and_only_the_last_hour_is_shown(
                              propensity=0.5)
     runner.drain()  # type: ignore[attr-defined]
     now = utcnow()
-    with services.session_factory() as session:  # type: ignore[attr-defined]
-        dl = dashboard.dead_letters(session, now)
+    with services.uow() as uow:  # type: ignore[attr-defined]
+        dl = dashboard.dead_letters(uow, now)
         # Nothing older than this run exists yet: the last hour equals all time, OK outcomes
         # (the 4 good impressions) are not dead letters.
         assert dl["last_hour"] == dl["all_time"]
@@ -68,9 +68,9 @@ def test_dead_letters_are_counted_per_minute_and_only_the_last_hour_is_shown(
             session.add(DeadLetterBucket(
                 group_id="other", reason=reason, partition=0, count=n,
                 bucket_start=ingest_store.dead_letter_bucket(now - ago)))
-    with services.session_factory() as session:  # type: ignore[attr-defined]
-        assert dashboard.dead_letters(session, now)["last_hour"] == dl["last_hour"]
-        assert ingest_store.read_dead_letters(session, now - timedelta(hours=3))[reason] == \
+    with services.uow() as uow:  # type: ignore[attr-defined]
+        assert dashboard.dead_letters(uow, now)["last_hour"] == dl["last_hour"]
+        assert ingest_store.read_dead_letters(uow.session, now - timedelta(hours=3))[reason] == \
             dl["last_hour"][reason] + 5
     assert runner.prune_dead_letters(now) == 1  # type: ignore[attr-defined]
     with services.session_factory() as session:  # type: ignore[attr-defined]
@@ -101,8 +101,8 @@ def test_lag_is_reported_per_partition_and_falls_to_zero(sqlite_url: str) -> Non
                              propensity=0.5)
     runner.step()  # type: ignore[attr-defined]  # one batch of 50 out of 400
     now = utcnow()
-    with services.session_factory() as session:  # type: ignore[attr-defined]
-        rows = dashboard.consumers(session, now)
+    with services.uow() as uow:  # type: ignore[attr-defined]
+        rows = dashboard.consumers(uow, now)
         imp = [r for r in rows if r["topic"] == "armlab.impressions"]
         assert imp and sum(r["next_offset"] for r in imp) == 50
         assert sum(r["lag"] for r in imp) == 350
@@ -110,13 +110,13 @@ def test_lag_is_reported_per_partition_and_falls_to_zero(sqlite_url: str) -> Non
             assert r["high_watermark"] - r["next_offset"] == r["lag"]
             assert not r["stale"] and r["consumer"]
     runner.drain()  # type: ignore[attr-defined]
-    with services.session_factory() as session:  # type: ignore[attr-defined]
-        rows = dashboard.consumers(session, utcnow())
+    with services.uow() as uow:  # type: ignore[attr-defined]
+        rows = dashboard.consumers(uow, utcnow())
         assert {r["lag"] for r in rows if r["topic"] == "armlab.impressions"} == {0}
         # A report older than LAG_STALE_S is flagged stale.
         later = utcnow() + timedelta(seconds=dashboard.LAG_STALE_S + 1)
-        assert all(r["stale"] for r in dashboard.consumers(session, later))
-        assert session.scalar(select(func.count()).select_from(ConsumerLag)) >= 2
+        assert all(r["stale"] for r in dashboard.consumers(uow, later))
+        assert uow.session.scalar(select(func.count()).select_from(ConsumerLag)) >= 2
     services.close()  # type: ignore[attr-defined]
 
 

@@ -497,8 +497,8 @@ def test_catalog_versions_and_hash(sqlite_url: str, tmp_path: Path) -> None:
         assert again["version"] == 1 and not again["changed"]
         changed = load(items + [{"id": "3", "title": "Alien"}])
         assert changed["version"] == 2 and changed["item_count"] == 3 and changed["changed"]
-        with services.session_factory() as s:
-            view = get_catalog(s, name="c")
+        with UnitOfWork(services.session_factory) as uow:
+            view = get_catalog(uow, name="c")
         assert view.version == 2 and view.items[0]["genre"] == "scifi"
     finally:
         services.close()
