@@ -52,6 +52,7 @@ from armlab.adapters.db.retry import db_retrying, is_transient
 from armlab.core.clock import utcnow
 from armlab.core.policies.base import CdfSampler
 from armlab.core.serving import fixed_arm, served_weights
+from armlab.core.status import ExperimentStatus
 from armlab.errors import Conflict, ExperimentNotFound
 
 log = logging.getLogger("armlab.assignment")
@@ -114,7 +115,8 @@ def build_view(exp: Experiment, snapshot: AllocationSnapshot | None) -> Experime
     arm_keys = tuple(a.key for a in exp.arms)
     # Weights of a running experiment (the serving rule); stopped/shipped serve ``fixed``.
     served = served_weights(
-        "running", arm_keys, control=exp.control_arm_key, shipped=exp.shipped_arm_key,
+        ExperimentStatus.RUNNING, arm_keys, control=exp.control_arm_key,
+        shipped=exp.shipped_arm_key,
         snapshot=snapshot.weights if snapshot is not None else None,
     )
     weights = [served[k] for k in arm_keys]
@@ -212,7 +214,7 @@ class Assigner:
             if exp_at is not None and exp_at > time.monotonic():
                 raise ExperimentNotFound(f"no experiment with key {experiment_key!r}")
             return None
-        if view.status == "draft":
+        if view.status == ExperimentStatus.DRAFT:
             return None  # maybe started since the last refresh: ``assign`` re-reads it
         return self._assign(view, unit_id)
 
@@ -224,7 +226,7 @@ class Assigner:
         if got is not None:
             return got
         cached = self._views.get(experiment_key)
-        if cached is not None and cached.status == "draft":
+        if cached is not None and cached.status == ExperimentStatus.DRAFT:
             # A draft in the cache may have been started since the last refresh (by this or
             # another API process): read it again rather than refuse a running experiment.
             self.invalidate(experiment_key)
@@ -243,7 +245,7 @@ class Assigner:
                 self._views = views
 
     def _assign(self, view: ExperimentView, unit_id: str) -> Assignment:
-        if view.status == "draft":
+        if view.status == ExperimentStatus.DRAFT:
             raise Conflict(
                 f"experiment {view.key!r} is a draft; start it before asking for assignments"
             )

@@ -59,6 +59,7 @@ from armlab.core.ingest import (
     pending_raw,
     referenced_ids,
 )
+from armlab.core.status import ExperimentStatus
 from armlab.errors import ArmlabError
 from armlab.settings import DEFAULT_INGEST_BATCH
 
@@ -574,7 +575,7 @@ class IngestRunner:
         for _, ev in decoded:
             if isinstance(ev, ImpressionV1):
                 e = exps.get(ev.experiment_key)
-                if e is None or ev.arm_key not in e.arms or e.status == "draft":
+                if e is None or ev.arm_key not in e.arms or e.status == ExperimentStatus.DRAFT:
                     return True
             elif isinstance(ev, FeedbackV1) and ev.experiment_key not in exps:
                 return True
