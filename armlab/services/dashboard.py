@@ -38,7 +38,7 @@ from armlab.adapters.db.models import (
 from armlab.adapters.db.queries import arm_totals
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.core.clock import as_utc, as_utc_or_none, utcnow
-from armlab.core.decisions import TERMINAL
+from armlab.core.decisions import TERMINAL, Evaluation
 from armlab.core.evidence import ArmSums
 from armlab.core.ingest import OK_OUTCOMES
 from armlab.services.registry import get_experiment, list_experiments
@@ -243,7 +243,7 @@ def experiment_view(
     snapshot = results.get("snapshot")
     arm_keys = [a.key for a in exp.arms]
     seq = results.get("sequential") or {}
-    by_arm = {e["arm"]: e for e in seq.get("arms", []) or []}
+    by_arm = {a.arm: a for a in Evaluation.from_dict(seq).arms}
     p_best = _prob_best(snapshot, arm_keys)
     snap_arms = ((snapshot or {}).get("stats") or {}).get("arms") or {}
     if source == "raw":
@@ -257,15 +257,15 @@ def experiment_view(
         else:
             n, mean = arm["impressions"], arm["mean"]
             mat = (snap_arms.get(k) or {}).get("matured_n")
-        ev = by_arm.get(k) or {}
+        ev = by_arm.get(k)
         board.append({
             "key": k, "control": arm["control"], "impressions": n,
             "matured": None if mat is None else int(mat), "mean": mean,
-            "estimate": ev.get("estimate"), "ci_low": ev.get("ci_low"),
-            "ci_high": ev.get("ci_high"), "p_adjusted": ev.get("p_adjusted"),
+            "estimate": ev and ev.estimate, "ci_low": ev and ev.ci_low,
+            "ci_high": ev and ev.ci_high, "p_adjusted": ev and ev.p_adjusted,
             "p_best": p_best.get(k), "weight": arm["weight"],
-            "decision": "control" if arm["control"] else ev.get("decision", "—"),
-            "reason": ev.get("reason", ""),
+            "decision": "control" if arm["control"] else ev.decision.value if ev else "—",
+            "reason": ev.reason if ev else "",
             "rolled_back": bool(arm.get("rolled_back")),
             "guardrails": [g for g in results.get("guardrails") or [] if g.get("arm") == k],
         })

@@ -49,6 +49,8 @@ from armlab.adapters.scoring.scorers import UserContext, rank_catalog_many
 from armlab.adapters.scoring.tiny import make_tiny_model
 from armlab.bootstrap import make_settings, open_services
 from armlab.core.clock import utcnow
+from armlab.core.decisions import Decision, Evaluation
+from armlab.core.status import ExperimentStatus
 from armlab.entrypoints.api.app import create_app
 from armlab.entrypoints.report import write_report
 from armlab.errors import ArmlabError, ConfigurationError
@@ -178,15 +180,16 @@ def choose_winner(seq: dict[str, Any] | None, control: str) -> tuple[str, str]:
     """
     breached = {str(g.get("arm")) for g in (seq or {}).get("guardrails") or []
                 if g.get("state") == "breached"} | set((seq or {}).get("rolled_back") or {})
-    arms = (seq or {}).get("arms", [])
-    better = [a for a in arms if a.get("decision") == "treatment_better"
-              and a.get("arm") not in breached]
+    arms = Evaluation.from_dict(seq or {}).arms
+    better = [a for a in arms if a.decision == Decision.TREATMENT_BETTER
+              and a.arm not in breached]
     if better:
-        best = max(better, key=lambda a: (a.get("estimate") or 0.0))
-        return best["arm"], (f"mSPRT: better than {control} (estimate "
-                             f"{best.get('estimate', 0):+.3f}, adjusted always-valid p "
-                             f"{best.get('p_adjusted', float('nan')):.3g})")
-    decided = [a for a in arms if a.get("decision") in ("treatment_worse", "futile")]
+        best = max(better, key=lambda a: (a.estimate or 0.0))
+        p_adjusted = float("nan") if best.p_adjusted is None else best.p_adjusted
+        return best.arm, (f"mSPRT: better than {control} (estimate "
+                          f"{best.estimate or 0:+.3f}, adjusted always-valid p "
+                          f"{p_adjusted:.3g})")
+    decided = [a for a in arms if a.decision in (Decision.TREATMENT_WORSE, Decision.FUTILE)]
     if arms and len(decided) == len(arms):
         return control, "mSPRT: no treatment beat the control (all worse or futile)"
     return control, ("no treatment was shown better than the control by the always-valid "
@@ -277,7 +280,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
             tallies = {a["key"]: ArmTally() for a in arms}
             weights: dict[str, float] = {a["key"]: 1.0 / len(arms) for a in arms}
             stop_reason = f"request budget reached ({n_planned:,})"
-            status = "running"
+            status: str = ExperimentStatus.RUNNING
             seq: dict[str, Any] | None = None
             served = 0
             t_loop = time.perf_counter()
@@ -355,7 +358,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
                     if served < n_planned:
                         status, seq = sync()
                         bar.update(task, description=label())
-                        if status != "running":
+                        if status != ExperimentStatus.RUNNING:
                             stop_reason = "the sequential test stopped the experiment"
                             break
                 timings["replay_s"] = time.perf_counter() - t_loop
@@ -368,10 +371,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
                                json={"arm": winner, "reason": f"armlab demo: {why}"})
             if ship.status_code < 400:
                 shipped = winner
-                status = "shipped"
+                status = ExperimentStatus.SHIPPED
             else:
                 why = f"not shipped: {ship.json().get('detail')}"
-            if status == "shipped":
+            if status == ExperimentStatus.SHIPPED:
                 # the shipped snapshot (weight 1) for the report
                 run_allocation(services.session_factory)
             final = _check(client.get(f"/v1/experiments/{key}/results"), "results")
@@ -396,14 +399,14 @@ def run_demo(cfg: DemoConfig) -> DemoResult:  # noqa: C901 - one linear story
 
 
 def print_summary(console: Any, r: DemoResult, *, control: str, why: str) -> None:
-    by_arm = {a["arm"]: a for a in (r.sequential or {}).get("arms", [])}
+    by_arm = {a.arm: a for a in Evaluation.from_dict(r.sequential or {}).arms}
     t = Table(title=f"{r.key}: {r.requests:,} requests, stopped because {r.stop_reason}")
     for col in ("arm", "requests", "clicks", "click rate", "final weight", "vs control",
                 "decision", "always-valid p"):
         t.add_column(col, justify="left" if col in ("arm", "decision", "vs control") else "right")
     for arm, tal in r.tallies.items():
-        d = by_arm.get(arm, {})
-        est, lo, hi = d.get("estimate"), d.get("ci_low"), d.get("ci_high")
+        d = by_arm.get(arm)
+        est, lo, hi = (None, None, None) if d is None else (d.estimate, d.ci_low, d.ci_high)
         vs = "control" if arm == control else (
             f"{est:+.3f} [{lo if lo is not None else float('-inf'):+.3f}, "
             f"{hi if hi is not None else float('inf'):+.3f}]" if est is not None else "—")
@@ -411,8 +414,8 @@ def print_summary(console: Any, r: DemoResult, *, control: str, why: str) -> Non
         t.add_row(name, f"{tal.requests:,}", f"{tal.clicks:,}",
                   f"{tal.clicks / tal.requests:.3f}" if tal.requests else "—",
                   f"{r.weights.get(arm, 0.0):.3f}", vs,
-                  d.get("decision", "control" if arm == control else "—"),
-                  f"{d['p_adjusted']:.3g}" if d.get("p_adjusted") is not None else "—")
+                  ("control" if arm == control else "—") if d is None else d.decision.value,
+                  f"{d.p_adjusted:.3g}" if d is not None and d.p_adjusted is not None else "—")
     console.print(t)
     for g in (r.sequential or {}).get("guardrails") or []:
         def f(x: Any) -> str:
