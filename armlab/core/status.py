@@ -12,6 +12,8 @@ from enum import StrEnum
 
 
 class ExperimentStatus(StrEnum):
+    """The lifecycle status of an experiment."""
+
     DRAFT = "draft"
     RUNNING = "running"
     STOPPED = "stopped"

@@ -126,7 +126,8 @@ def ship_experiment(
         key, arm=body.arm, actor=principal.name, reason=body.reason, force=body.force))
 
 
-@router.get("/{key}/results", response_model=ResultsOut, responses=_ERRORS)
+@router.get("/{key}/results", response_model=ResultsOut, responses=_ERRORS,
+            response_model_exclude_unset=True)
 def experiment_results(
     key: str = KeyPath,
     services: Services = Depends(get_services),
