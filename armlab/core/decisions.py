@@ -1,13 +1,19 @@
 """Sequential decisions per treatment arm against the control, as a pure function of the
 per-arm sums, the experiment's design and each arm's previous look.
 
-:func:`evaluate` returns the always-valid evaluation: estimate, running p-value (the minimum
-with the previous one), running confidence sequence (the intersection with the previous one),
-multiplicity-adjusted p-value (Holm or Bonferroni over the treatment arms), a decision
-(continue / treatment_better / treatment_worse / futile) and an always-valid sample-ratio-
-mismatch check that allows for time-varying weights. :func:`ship_problem` says whether the
-evaluation argues against shipping an arm. Reading the sums and storing decisions is
-:mod:`armlab.services.decisions`' job.
+:func:`evaluate` returns the always-valid :class:`Evaluation`: per treatment arm an
+:class:`ArmLook` with the estimate, running p-value (the minimum with the previous one),
+running confidence sequence (the intersection with the previous one), multiplicity-adjusted
+p-value (Holm or Bonferroni over the treatment arms) and a :class:`Decision` (continue /
+treatment_better / treatment_worse / futile), and an always-valid sample-ratio-mismatch check
+that allows for time-varying weights. :func:`ship_problem` says whether the evaluation argues
+against shipping an arm. Reading the sums and storing decisions is
+:mod:`armlab.services.decisions`' job; ``Evaluation.as_dict`` is the stored and served form
+and ``Evaluation.from_dict`` reads it back.
+
+The steps of one look: :func:`choose_method`, :func:`plan_look` (tau² and the horizon plan),
+:func:`arm_test` per treatment arm, then :func:`arm_decision` (the per-arm stopping rule) and
+:func:`stopping_rule` (the experiment stops when every arm is decided).
 
 Method: the adaptive-valid IPW test (:mod:`armlab.core.stats.adaptive`) whenever allocation can
 depend on the data (every policy except ``uniform``); plain mSPRT on the arm means
@@ -20,14 +26,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from armlab.core.evidence import ArmSums
 from armlab.core.specs import SequentialSpec
 from armlab.core.stats.adaptive import (
     DEFAULT_PLAN_IMPRESSIONS,
+    SrmResult,
     informative,
     ipw_msprt,
     planned_variance,
@@ -45,8 +53,18 @@ from armlab.core.stats.msprt import (
 )
 from armlab.errors import StatsError
 
+
+class Decision(StrEnum):
+    """A treatment arm's decision against the control (each member is its string)."""
+
+    CONTINUE = "continue"
+    TREATMENT_BETTER = "treatment_better"
+    TREATMENT_WORSE = "treatment_worse"
+    FUTILE = "futile"
+
+
 SRM_ALPHA = 0.001
-TERMINAL = ("treatment_better", "treatment_worse", "futile")
+TERMINAL = (Decision.TREATMENT_BETTER, Decision.TREATMENT_WORSE, Decision.FUTILE)
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,164 @@ class PriorLook:
     boundary: str = "mixture"
 
 
+#: An arm's fields that exist only once the test has looked at it (absent from ``as_dict``
+#: before; ``p_now`` is also set on the placeholder shown before the first recorded look).
+_LOOK_ONLY = frozenset({"p_now", "log_lambda", "cs_empty"})
+
+
+@dataclass(frozen=True)
+class ArmLook:
+    """One treatment arm's look against the control.
+
+    Before the test has looked at the arm (no tau² yet, too few samples, a degenerate look)
+    it is at ``continue`` with p = 1, no estimate and no confidence sequence, and ``p_now``,
+    ``log_lambda`` and ``cs_empty`` are None (and absent from :meth:`as_dict`). Unbounded
+    sides of the confidence sequence are None (JSON has no infinity)."""
+
+    arm: str
+    control: str
+    n_control: float
+    n_treatment: float
+    mean_control: float | None = None
+    mean_treatment: float | None = None
+    decision: Decision = Decision.CONTINUE
+    reason: str = ""
+    estimate: float | None = None
+    p_value: float = 1.0
+    p_adjusted: float | None = 1.0
+    p_now: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    log_lambda: float | None = None
+    valid: bool = False
+    looks: int = 0
+    cs_empty: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The stored and served entry (key order and presence as it has always been)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if not (f.name in _LOOK_ONLY and getattr(self, f.name) is None)}
+        out["decision"] = self.decision.value
+        return out
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> ArmLook:
+        """An entry as stored or served. Keys that are not an arm's look (``guardrails``,
+        ``rolled_back``) are ignored; missing ones (rows written before whole evaluations
+        were stored) take the defaults of an arm not looked at."""
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in entry.items() if k in names}
+        known["decision"] = Decision(known.get("decision") or Decision.CONTINUE)
+        known.setdefault("control", "")
+        known.setdefault("n_control", 0.0)
+        known.setdefault("n_treatment", 0.0)
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class HorizonPlan:
+    """The horizon boundary's plan (``sequential.boundary: horizon``): the planned
+    impressions, the planned information on the sum scale and the share of alpha it spends."""
+
+    impressions: float
+    info: float
+    share: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"impressions": self.impressions, "info": self.info, "share": self.share}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One look of the always-valid test over every treatment arm (see the module doc).
+
+    ``srm`` is the sample-ratio-mismatch check as a dict (:meth:`SrmResult.as_dict`);
+    ``stop`` is True when every arm is decided and the SRM check found no mismatch;
+    ``tau2_source``: experiment / frozen / horizon (None while tau² is unknown)."""
+
+    method: str
+    alpha: float
+    cs_alpha: float
+    tau2: float | None
+    tau2_source: str | None
+    theta0: float
+    correction: str
+    min_samples: int
+    min_events: int
+    alternative: str
+    boundary: str
+    horizon_plan: HorizonPlan | None
+    max_n: int | None
+    impressions: float
+    control: str
+    arms: tuple[ArmLook, ...]
+    srm: Mapping[str, Any]
+    stop: bool
+    stop_reason: str
+    warnings: tuple[str, ...]
+    evaluated_at: datetime | None
+
+    def arm(self, key: str) -> ArmLook | None:
+        """The look of treatment arm ``key`` (None for the control or an unknown arm)."""
+        return next((a for a in self.arms if a.arm == key), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The stored and served evaluation (fresh containers: callers may extend it)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(
+            horizon_plan=None if self.horizon_plan is None else self.horizon_plan.as_dict(),
+            arms=[a.as_dict() for a in self.arms], srm=dict(self.srm),
+            warnings=list(self.warnings),
+            evaluated_at=None if self.evaluated_at is None else self.evaluated_at.isoformat())
+        return out
+
+    @classmethod
+    def from_dict(cls, ev: Mapping[str, Any]) -> Evaluation:
+        """An evaluation as stored or served. Keys the services add (guardrails,
+        recommendation, unit, ...) are ignored; missing ones (rows written before whole
+        evaluations were stored, an ``{"error": ...}`` placeholder) take the defaults of
+        :class:`SequentialSpec` and of an evaluation with no arms."""
+        spec = SequentialSpec()
+        plan, at = ev.get("horizon_plan"), ev.get("evaluated_at")
+        return cls(
+            method=ev.get("method") or "", alpha=ev.get("alpha", spec.alpha),
+            cs_alpha=ev.get("cs_alpha", spec.alpha), tau2=ev.get("tau2"),
+            tau2_source=ev.get("tau2_source"), theta0=ev.get("theta0", spec.theta0),
+            correction=ev.get("correction", spec.correction),
+            min_samples=ev.get("min_samples", spec.min_samples),
+            min_events=ev.get("min_events", spec.min_events),
+            alternative=ev.get("alternative", spec.alternative),
+            boundary=ev.get("boundary", spec.boundary),
+            horizon_plan=HorizonPlan(**plan) if isinstance(plan, Mapping) else None,
+            max_n=ev.get("max_n"), impressions=ev.get("impressions", 0.0),
+            control=ev.get("control") or "",
+            arms=tuple(ArmLook.from_dict(a) for a in ev.get("arms") or ()),
+            srm=dict(ev.get("srm") or {}), stop=bool(ev.get("stop", False)),
+            stop_reason=ev.get("stop_reason") or "", warnings=tuple(ev.get("warnings") or ()),
+            evaluated_at=datetime.fromisoformat(at) if isinstance(at, str) else None,
+        )
+
+
+@dataclass(frozen=True)
+class LookPlan:
+    """What every arm's test shares in one look: the method, tau² (None until it is known)
+    and where it came from, the planned horizon (impressions), the horizon boundary (with
+    ``boundary: horizon``) and the per-arm alpha of the confidence sequences."""
+
+    method: str
+    tau2: float | None
+    tau2_source: str | None
+    horizon: float
+    boundary: HorizonBoundary | None
+    cs_alpha: float
+
+    @property
+    def horizon_plan(self) -> HorizonPlan | None:
+        if self.boundary is None:
+            return None
+        return HorizonPlan(self.horizon, self.boundary.info, self.boundary.share)
+
+
 def _num(x: float | None) -> float | None:
     if x is None or (isinstance(x, float) and (math.isinf(x) or math.isnan(x))):
         return None
@@ -97,28 +273,10 @@ def _pooled_variance(sums: Sequence[ArmSums], binary: bool) -> float:
     return max(sum(s.reward_sumsq for s in sums) / n - mean * mean, 0.0) * n / (n - 1)
 
 
-def evaluate(
-    design: Design,
-    arm_sums: Mapping[str, ArmSums],
-    previous: Mapping[str, PriorLook],
-    *,
-    now: datetime,
-) -> dict[str, Any]:
-    """Always-valid evaluation of every treatment arm against the control (see module doc)."""
-    seq = design.sequential
-    alpha, theta0, min_samples = seq.alpha, seq.theta0, seq.min_samples
-    min_events = seq.min_events
-    alternative = seq.alternative
-    boundary = seq.boundary
-    max_n, correction, min_effect = seq.max_n, seq.correction, seq.min_effect
-    binary, control = design.binary, design.control
-    arm_keys = list(design.arm_keys)
-    treatments = design.treatments
-    sums = {k: arm_sums.get(k) or ArmSums() for k in arm_keys}
-    t_total = sum(s.n for s in sums.values())
+def choose_method(design: Design, sums: Mapping[str, ArmSums]) -> tuple[str, list[str]]:
+    """The test's method (see the module doc) and the warnings the choice raises."""
     warnings: list[str] = []
-
-    method: str = seq.method
+    method: str = design.sequential.method
     if method == "auto":
         method = "plain" if design.policy_name == "uniform" else "ipw"
     if method == "ipw" and any(s.n > 0 and s.ipw_n <= 0 for s in sums.values()):
@@ -128,79 +286,168 @@ def evaluate(
     if method == "ipw" and design.exploration_floor <= 0.0:
         warnings.append("exploration_floor is 0: the IPW test needs propensities bounded away "
                         "from 0 for its guarantee")
+    return method, warnings
 
-    # tau²: the experiment's setting, else the value frozen at the first evaluation that had
-    # data (carried in the evidence), else Howard et al.'s horizon rule applied to the
-    # variance of the estimate the method will have at the planned horizon (max_n
-    # impressions, or DEFAULT_PLAN_IMPRESSIONS): see ``planned_variance``.
-    tau2 = seq.tau2
-    tau2_source = "experiment"
-    horizon = float(max_n or DEFAULT_PLAN_IMPRESSIONS)
-    if tau2 is None:
-        frozen = [p.tau2 for p in previous.values() if p.method == method]
-        if frozen and frozen[0]:
-            tau2, tau2_source = float(frozen[0]), "frozen"
-        else:
-            sigma2 = _pooled_variance(list(sums.values()), binary)
-            enough = all(s.n >= max(min_samples, 1) for s in sums.values())
-            if sigma2 > 0 and enough:
-                v_star = planned_variance(sigma2, horizon, len(arm_keys), method=method,
-                                          floor=(0.0 if design.policy_name == "uniform"
-                                                 else design.exploration_floor))
-                tau2 = tau2_for_horizon(v_star, alpha)
-                tau2_source = "horizon"
-    m = max(len(treatments), 1)
-    cs_alpha = alpha / m  # simultaneous coverage of the confidence sequences (Bonferroni)
+
+def _tau2(design: Design, sums: Mapping[str, ArmSums], previous: Mapping[str, PriorLook],
+          method: str, horizon: float) -> tuple[float | None, str]:
+    """tau²: the experiment's setting, else the value frozen at the first evaluation that had
+    data (carried in the evidence), else Howard et al.'s horizon rule applied to the variance
+    of the estimate the method will have at the planned horizon (max_n impressions, or
+    DEFAULT_PLAN_IMPRESSIONS): see ``planned_variance``. None while there is too little data."""
+    seq = design.sequential
+    if seq.tau2 is not None:
+        return seq.tau2, "experiment"
+    frozen = [p.tau2 for p in previous.values() if p.method == method]
+    if frozen and frozen[0]:
+        return float(frozen[0]), "frozen"
+    sigma2 = _pooled_variance(list(sums.values()), design.binary)
+    enough = all(s.n >= max(seq.min_samples, 1) for s in sums.values())
+    if sigma2 > 0 and enough:
+        v_star = planned_variance(sigma2, horizon, len(design.arm_keys), method=method,
+                                  floor=(0.0 if design.policy_name == "uniform"
+                                         else design.exploration_floor))
+        return tau2_for_horizon(v_star, seq.alpha), "horizon"
+    return None, "experiment"
+
+
+def plan_look(design: Design, sums: Mapping[str, ArmSums], previous: Mapping[str, PriorLook],
+              method: str) -> LookPlan:
+    """tau² (see :func:`_tau2`), the horizon plan and the confidence sequences' alpha."""
+    seq = design.sequential
+    horizon = float(seq.max_n or DEFAULT_PLAN_IMPRESSIONS)
+    tau2, source = _tau2(design, sums, previous, method, horizon)
     # The horizon boundary's plan: the Var(D) at the horizon that tau² was tuned for (frozen
     # with tau², so fixed before the data it tests), on the sum scale t·D, where t counts
     # all arms' impressions for IPW and the pair's for plain (see HorizonBoundary).
-    plan: HorizonBoundary | None = None
-    if boundary == "horizon" and tau2 is not None:
-        t_plan = horizon if method == "ipw" else 2.0 * horizon / max(len(arm_keys), 2)
-        plan = HorizonBoundary(t_plan * t_plan * variance_for_tau2(tau2, alpha), 0.0)
+    boundary: HorizonBoundary | None = None
+    if seq.boundary == "horizon" and tau2 is not None:
+        t_plan = horizon if method == "ipw" else 2.0 * horizon / max(len(design.arm_keys), 2)
+        boundary = HorizonBoundary(t_plan * t_plan * variance_for_tau2(tau2, seq.alpha), 0.0)
+    # simultaneous coverage of the confidence sequences (Bonferroni over the treatment arms)
+    cs_alpha = seq.alpha / max(len(design.treatments), 1)
+    return LookPlan(method=method, tau2=tau2, tau2_source=source if tau2 is not None else None,
+                    horizon=horizon, boundary=boundary, cs_alpha=cs_alpha)
 
+
+def _resume(prev: PriorLook | None, plan: LookPlan, seq: SequentialSpec) -> MsprtState:
+    """The arm's stored running state when it belongs to the same test, else a fresh one."""
+    if (prev is not None and prev.method == plan.method and plan.tau2 is not None
+            and prev.tau2 == plan.tau2 and prev.p_value is not None
+            and prev.alternative == seq.alternative and prev.boundary == seq.boundary):
+        return MsprtState(
+            min(max(float(prev.p_value), 0.0), 1.0),
+            -math.inf if prev.ci_low is None else float(prev.ci_low),
+            math.inf if prev.ci_high is None else float(prev.ci_high),
+            prev.looks,
+        )
+    return MsprtState()
+
+
+def arm_test(design: Design, plan: LookPlan, tau2: float, control: ArmSums,
+             treatment: ArmSums, state: MsprtState, t_total: float) -> MsprtResult:
+    """One look of one treatment arm's test against the control, continuing ``state``.
+    Raises StatsError on data the test cannot use."""
+    seq = design.sequential
+    if plan.method == "ipw":
+        return ipw_msprt(t_total, control, treatment, tau2=tau2, theta0=seq.theta0,
+                         alpha=plan.cs_alpha, binary=design.binary,
+                         min_samples=seq.min_samples, min_events=seq.min_events, state=state,
+                         alternative=seq.alternative, horizon=plan.boundary)
+    a, b = control, treatment
+    gate = informative(a, b, binary=design.binary, min_samples=seq.min_samples,
+                       min_events=seq.min_events)
+    return msprt_two_sample(
+        "bernoulli" if design.binary else "normal", a.n, a.reward_sum, a.reward_sumsq,
+        b.n, b.reward_sum, b.reward_sumsq, tau2=tau2, theta0=seq.theta0, alpha=plan.cs_alpha,
+        min_samples=seq.min_samples, state=state, gate=gate, alternative=seq.alternative,
+        horizon=plan.boundary)
+
+
+def _arm_tests(design: Design, plan: LookPlan, sums: Mapping[str, ArmSums],
+               previous: Mapping[str, PriorLook], t_total: float, warnings: list[str]
+               ) -> dict[str, MsprtResult | None]:
+    """:func:`arm_test` for every treatment arm (None: no tau² yet, or the look failed, which
+    adds a warning)."""
     results: dict[str, MsprtResult | None] = {}
-    for k in treatments:
-        a, b = sums[control], sums[k]
-        prev = previous.get(k)
-        state = MsprtState()
-        if (prev is not None and prev.method == method and tau2 is not None
-                and prev.tau2 == tau2 and prev.p_value is not None
-                and prev.alternative == alternative and prev.boundary == boundary):
-            state = MsprtState(
-                min(max(float(prev.p_value), 0.0), 1.0),
-                -math.inf if prev.ci_low is None else float(prev.ci_low),
-                math.inf if prev.ci_high is None else float(prev.ci_high),
-                prev.looks,
-            )
-        if tau2 is None:
+    for k in design.treatments:
+        state = _resume(previous.get(k), plan, design.sequential)
+        if plan.tau2 is None:
             results[k] = None
             continue
         try:
-            if method == "ipw":
-                results[k] = ipw_msprt(t_total, a, b, tau2=tau2, theta0=theta0, alpha=cs_alpha,
-                                       binary=binary, min_samples=min_samples,
-                                       min_events=min_events, state=state,
-                                       alternative=alternative, horizon=plan)
-            else:
-                gate = informative(a, b, binary=binary, min_samples=min_samples,
-                                   min_events=min_events)
-                results[k] = msprt_two_sample(
-                    "bernoulli" if binary else "normal", a.n, a.reward_sum, a.reward_sumsq,
-                    b.n, b.reward_sum, b.reward_sumsq, tau2=tau2, theta0=theta0,
-                    alpha=cs_alpha, min_samples=min_samples, state=state, gate=gate,
-                    alternative=alternative, horizon=plan)
+            results[k] = arm_test(design, plan, plan.tau2, sums[design.control], sums[k],
+                                  state, t_total)
         except StatsError as exc:
             warnings.append(f"arm {k}: {exc.message}")
             results[k] = None
+    return results
 
-    raw_p = [r.p_value if (r := results[k]) is not None else 1.0 for k in treatments]
-    adjusted = (holm_adjust(raw_p) if correction == "holm" else bonferroni_adjust(raw_p)) \
-        if treatments else []
-    horizon_reached = max_n is not None and t_total >= float(max_n)
 
+def _direction(r: MsprtResult, theta0: float, prev: PriorLook | None) -> Decision:
+    """The side of a rejection: kept from the look that first rejected (the running p cannot
+    rise, the direction must not flip); else the side of theta0 the running confidence
+    sequence excludes; else the sign of the estimate. With Holm the adjusted p can reach
+    alpha while the Bonferroni-level (alpha/m) confidence sequence still contains theta0:
+    one finite side of it says nothing."""
+    kept = prev.decision if prev is not None and r.looks > 1 else None
+    if kept in (Decision.TREATMENT_BETTER, Decision.TREATMENT_WORSE):
+        return Decision(kept)
+    if r.ci_low > theta0 or r.ci_high < theta0:
+        return Decision.TREATMENT_BETTER if r.ci_low > theta0 else Decision.TREATMENT_WORSE
+    return Decision.TREATMENT_BETTER if r.estimate > theta0 else Decision.TREATMENT_WORSE
+
+
+def arm_decision(seq: SequentialSpec, r: MsprtResult, p_adjusted: float,
+                 prev: PriorLook | None, *, horizon_reached: bool) -> tuple[Decision, str]:
+    """The per-arm stopping rule: reject on the adjusted always-valid p (see
+    :func:`_direction`); futile once the confidence sequence lies inside ±min_effect or
+    max_n is reached; else continue, with the reason."""
+    if p_adjusted <= seq.alpha:
+        return (_direction(r, seq.theta0, prev),
+                f"adjusted always-valid p {p_adjusted:.4g} <= alpha {seq.alpha}")
+    min_effect = seq.min_effect
+    if (min_effect is not None and r.valid
+            and -float(min_effect) < r.ci_low and r.ci_high < float(min_effect)):
+        return Decision.FUTILE, (f"confidence sequence inside ±{min_effect}: no meaningful "
+                                 "effect")
+    if horizon_reached:
+        return Decision.FUTILE, f"max_n={seq.max_n} impressions reached"
+    if not r.valid:
+        return Decision.CONTINUE, r.reason
+    return Decision.CONTINUE, r.reason or "evidence not conclusive"
+
+
+def arm_look(design: Design, arm: str, sums: Mapping[str, ArmSums], r: MsprtResult | None,
+             p_adjusted: float, prev: PriorLook | None, *, horizon_reached: bool) -> ArmLook:
+    """The arm's :class:`ArmLook` from its test's result and adjusted p-value."""
+    a, b = sums[design.control], sums[arm]
+    look = ArmLook(arm=arm, control=design.control, n_control=a.n, n_treatment=b.n,
+                   mean_control=a.reward_sum / a.n if a.n else None,
+                   mean_treatment=b.reward_sum / b.n if b.n else None,
+                   reason="no tau2 yet: too few samples")
+    if r is None or r.looks == 0:
+        return look
+    decision, reason = arm_decision(design.sequential, r, p_adjusted, prev,
+                                    horizon_reached=horizon_reached)
+    return replace(look, decision=decision, reason=reason, estimate=r.estimate,
+                   p_value=r.p_value, p_adjusted=p_adjusted, p_now=r.p_now,
+                   ci_low=_num(r.ci_low), ci_high=_num(r.ci_high), log_lambda=r.log_lambda,
+                   valid=r.valid, looks=r.looks, cs_empty=r.cs_empty)
+
+
+def stopping_rule(arms: Sequence[ArmLook]) -> tuple[bool, str]:
+    """The experiment is decided when every treatment arm is (and why)."""
+    stop = bool(arms) and all(a.decision in TERMINAL for a in arms)
+    if not stop:
+        return False, ""
+    return True, "; ".join(f"{a.arm}: {a.decision} ({a.reason})" for a in arms)
+
+
+def _srm(sums: Mapping[str, ArmSums], previous: Mapping[str, PriorLook], min_samples: int
+         ) -> SrmResult:
     prev_srm = [p.srm_p for p in previous.values() if p.srm_p is not None]
-    srm = srm_check(
+    return srm_check(
         {k: s.n for k, s in sums.items()},
         {k: s.ipw_n for k, s in sums.items()},
         {k: s.ipw_n_sq for k, s in sums.items()},
@@ -208,103 +455,61 @@ def evaluate(
         previous_p=min(prev_srm) if prev_srm else 1.0,
     )
 
-    arms_out = []
-    for k, p_adj in zip(treatments, adjusted, strict=True):
-        r = results[k]
-        a, b = sums[control], sums[k]
-        entry: dict[str, Any] = {
-            "arm": k, "control": control, "n_control": a.n, "n_treatment": b.n,
-            "mean_control": a.reward_sum / a.n if a.n else None,
-            "mean_treatment": b.reward_sum / b.n if b.n else None,
-        }
-        if r is None or r.looks == 0:
-            entry.update(decision="continue", reason="no tau2 yet: too few samples",
-                         estimate=None, p_value=1.0, p_adjusted=1.0, ci_low=None,
-                         ci_high=None, valid=False, looks=0)
-        else:
-            decision, reason = "continue", r.reason or "evidence not conclusive"
-            if p_adj <= alpha:
-                # Direction: kept from the look that first rejected (the running p cannot
-                # rise, the direction must not flip); else the side of theta0 the running
-                # confidence sequence excludes; else the sign of the estimate. With Holm the
-                # adjusted p can reach alpha while the Bonferroni-level (alpha/m) confidence
-                # sequence still contains theta0: one finite side of it says nothing.
-                prev = previous.get(k)
-                kept = prev.decision if prev is not None and r.looks > 1 else None
-                if kept in ("treatment_better", "treatment_worse"):
-                    decision = str(kept)
-                elif r.ci_low > theta0 or r.ci_high < theta0:
-                    decision = "treatment_better" if r.ci_low > theta0 else "treatment_worse"
-                else:
-                    decision = "treatment_better" if r.estimate > theta0 else "treatment_worse"
-                reason = f"adjusted always-valid p {p_adj:.4g} <= alpha {alpha}"
-            elif (min_effect is not None and r.valid
-                  and -float(min_effect) < r.ci_low and r.ci_high < float(min_effect)):
-                decision, reason = "futile", (f"confidence sequence inside ±{min_effect}: no "
-                                              "meaningful effect")
-            elif horizon_reached:
-                decision, reason = "futile", f"max_n={max_n} impressions reached"
-            elif not r.valid:
-                reason = r.reason
-            entry.update(
-                decision=decision, reason=reason, estimate=r.estimate, p_value=r.p_value,
-                p_adjusted=p_adj, p_now=r.p_now, ci_low=_num(r.ci_low), ci_high=_num(r.ci_high),
-                log_lambda=r.log_lambda, valid=r.valid, looks=r.looks, cs_empty=r.cs_empty,
-            )
-        arms_out.append(entry)
 
-    decided = [e for e in arms_out if e["decision"] in TERMINAL]
-    stop = bool(arms_out) and len(decided) == len(arms_out)
-    stop_reason = ""
-    if stop:
-        stop_reason = "; ".join(f"{e['arm']}: {e['decision']} ({e['reason']})" for e in arms_out)
+def evaluate(
+    design: Design,
+    arm_sums: Mapping[str, ArmSums],
+    previous: Mapping[str, PriorLook],
+    *,
+    now: datetime,
+) -> Evaluation:
+    """Always-valid evaluation of every treatment arm against the control (see module doc)."""
+    seq, treatments = design.sequential, design.treatments
+    sums = {k: arm_sums.get(k) or ArmSums() for k in design.arm_keys}
+    t_total = sum(s.n for s in sums.values())
+    method, warnings = choose_method(design, sums)
+    plan = plan_look(design, sums, previous, method)
+    results = _arm_tests(design, plan, sums, previous, t_total, warnings)
+    raw_p = [r.p_value if (r := results[k]) is not None else 1.0 for k in treatments]
+    adjusted = (holm_adjust(raw_p) if seq.correction == "holm" else bonferroni_adjust(raw_p)) \
+        if treatments else []
+    horizon_reached = seq.max_n is not None and t_total >= float(seq.max_n)
+    srm = _srm(sums, previous, seq.min_samples)
+    arms = tuple(arm_look(design, k, sums, results[k], p_adj, previous.get(k),
+                          horizon_reached=horizon_reached)
+                 for k, p_adj in zip(treatments, adjusted, strict=True))
+    stop, stop_reason = stopping_rule(arms)
     if srm.mismatch:
         warnings.append(f"sample-ratio mismatch (always-valid p {srm.p_value:.3g}): the served "
                         "traffic does not match the logged propensities; results are suspect")
-    return {
-        "method": method,
-        "alpha": alpha,
-        "cs_alpha": cs_alpha,
-        "tau2": tau2,
-        "tau2_source": tau2_source if tau2 is not None else None,
-        "theta0": theta0,
-        "correction": correction,
-        "min_samples": min_samples,
-        "min_events": min_events,
-        "alternative": alternative,
-        "boundary": boundary,
-        "horizon_plan": None if plan is None else {
-            "impressions": horizon, "info": plan.info, "share": plan.share},
-        "max_n": max_n,
-        "impressions": t_total,
-        "control": control,
-        "arms": arms_out,
-        "srm": srm.as_dict(),
-        "stop": stop and not srm.mismatch,
-        "stop_reason": stop_reason,
-        "warnings": warnings,
-        "evaluated_at": now.isoformat(),
-    }
+    return Evaluation(
+        method=plan.method, alpha=seq.alpha, cs_alpha=plan.cs_alpha, tau2=plan.tau2,
+        tau2_source=plan.tau2_source, theta0=seq.theta0, correction=seq.correction,
+        min_samples=seq.min_samples, min_events=seq.min_events, alternative=seq.alternative,
+        boundary=seq.boundary, horizon_plan=plan.horizon_plan, max_n=seq.max_n,
+        impressions=t_total, control=design.control, arms=arms, srm=srm.as_dict(),
+        stop=stop and not srm.mismatch, stop_reason=stop_reason, warnings=tuple(warnings),
+        evaluated_at=now,
+    )
 
 
-def ship_problem(evaluation: Mapping[str, Any], *, arm: str, control: str) -> str:
+def ship_problem(evaluation: Evaluation, *, arm: str, control: str) -> str:
     """Why the evaluation argues against shipping ``arm`` ('' when it does not).
 
     Against: shipping a treatment whose latest evaluation is not ``treatment_better`` (once
     the test has looked at enough data), or shipping the control while some treatment is
     ``treatment_better``. Without enough data there is no evidence either way.
     """
-    arms = evaluation.get("arms", [])
     if arm == control:
-        better = [e["arm"] for e in arms if e["decision"] == "treatment_better"]
+        better = [e.arm for e in evaluation.arms if e.decision == Decision.TREATMENT_BETTER]
         if better:
             return f"treatment arm(s) {', '.join(better)} are better than the control {arm!r}"
         return ""
-    e = next((x for x in arms if x["arm"] == arm), None)
-    if e is None or not e.get("valid") or e["decision"] == "treatment_better":
+    e = evaluation.arm(arm)
+    if e is None or not e.valid or e.decision == Decision.TREATMENT_BETTER:
         return ""
-    lo, hi = e.get("ci_low"), e.get("ci_high")
-    return (f"arm {arm!r} is {e['decision'].replace('_', ' ')} against control {control!r}: "
-            f"estimate {e['estimate']:+.4g}, always-valid p {e['p_adjusted']:.3g}, confidence "
+    lo, hi = e.ci_low, e.ci_high
+    return (f"arm {arm!r} is {e.decision.replace('_', ' ')} against control {control!r}: "
+            f"estimate {e.estimate:+.4g}, always-valid p {e.p_adjusted:.3g}, confidence "
             f"sequence [{'-inf' if lo is None else f'{lo:.4g}'}, "
             f"{'inf' if hi is None else f'{hi:.4g}'}]")

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from armlab.core.decisions import ArmLook, Decision, Evaluation
 from armlab.core.evidence import ArmSums
 from armlab.core.specs import GuardrailSpec
 from armlab.core.stats.guardrails import guardrail_test
@@ -120,7 +121,7 @@ def breached_arms(guardrails: Sequence[Mapping[str, Any]],
 
 
 def recommend(
-    evaluation: Mapping[str, Any],
+    evaluation: Evaluation | Mapping[str, Any],
     guardrails: Sequence[Mapping[str, Any]],
     *,
     control: str,
@@ -131,37 +132,41 @@ def recommend(
     * ship: some treatment is ``treatment_better`` on the primary test and breached no
       guardrail (the largest estimate among them); a breached arm is never recommended;
     * keep_control: every treatment is decided against (worse, futile) or breached;
-    * continue: otherwise. Reasons say why, arm by arm."""
-    arms = list(evaluation.get("arms", []))
+    * continue: otherwise. Reasons say why, arm by arm.
+
+    ``evaluation``: the primary test's evaluation, typed or in its stored form."""
+    if not isinstance(evaluation, Evaluation):
+        evaluation = Evaluation.from_dict(evaluation)
+    arms = evaluation.arms
     breached = breached_arms(guardrails, rolled_back)
     reasons: list[str] = []
-    candidates = []
+    candidates: list[ArmLook] = []
     pending = []
     for e in arms:
-        arm, decision = str(e["arm"]), str(e.get("decision", "continue"))
+        arm, decision = e.arm, e.decision
         if arm in breached:
             reasons.append(f"{arm}: breached guardrail(s) {', '.join(breached[arm])}"
                            + (" (rolled back)" if arm in (rolled_back or {}) else ""))
-        elif decision == "treatment_better":
+        elif decision == Decision.TREATMENT_BETTER:
             cleared = [g["metric"] for g in guardrails
                        if g.get("arm") == arm and g.get("state") == NON_INFERIOR]
             waiting = [g["metric"] for g in guardrails
                        if g.get("arm") == arm and g.get("state") != NON_INFERIOR]
             candidates.append(e)
             reasons.append(
-                f"{arm}: better than {control} (estimate {float(e.get('estimate') or 0):+.4g},"
-                f" adjusted p {float(e.get('p_adjusted') or 1):.3g})"
+                f"{arm}: better than {control} (estimate {float(e.estimate or 0):+.4g},"
+                f" adjusted p {float(e.p_adjusted or 1):.3g})"
                 + (f"; guardrails shown non-inferior: {', '.join(cleared)}" if cleared else "")
                 + (f"; not yet shown non-inferior (no breach): {', '.join(waiting)}"
                    if waiting else ""))
-        elif decision in ("treatment_worse", "futile"):
-            reasons.append(f"{arm}: {decision.replace('_', ' ')} ({e.get('reason', '')})")
+        elif decision in (Decision.TREATMENT_WORSE, Decision.FUTILE):
+            reasons.append(f"{arm}: {decision.replace('_', ' ')} ({e.reason})")
         else:
             pending.append(arm)
             reasons.append(f"{arm}: evidence not conclusive yet")
     if candidates:
-        best = max(candidates, key=lambda e: float(e.get("estimate") or 0.0))
-        return {"action": "ship", "arm": str(best["arm"]), "reasons": reasons}
+        best = max(candidates, key=lambda e: float(e.estimate or 0.0))
+        return {"action": "ship", "arm": best.arm, "reasons": reasons}
     if arms and not pending:
         return {"action": "keep_control", "arm": control, "reasons": reasons}
     return {"action": "continue", "arm": None, "reasons": reasons}

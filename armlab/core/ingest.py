@@ -44,6 +44,7 @@ import orjson
 from armlab.core.clock import as_utc, utcnow
 from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1
 from armlab.core.evidence import ArmSums
+from armlab.core.status import ENDED, ExperimentStatus
 
 # Outcomes that are not rejections (counted, never dead-lettered).
 OUT_IMPRESSION = "impression"
@@ -121,16 +122,16 @@ class ExperimentInfo:
     reward_kind: str  # binary | continuous
     reward_metric: str
     window_s: float
-    status: str = "running"
+    status: str = ExperimentStatus.RUNNING
     ended_at: datetime | None = None
     guardrails: tuple[MetricRule, ...] = ()
 
     def not_running_at(self, served_at: datetime) -> bool:
         """True for a draft, and for a stopped/shipped experiment after it ended: impressions
         served then are not part of the experiment (dead-lettered, not counted)."""
-        if self.status == "draft":
+        if self.status == ExperimentStatus.DRAFT:
             return True
-        return (self.status in ("stopped", "shipped") and self.ended_at is not None
+        return (self.status in ENDED and self.ended_at is not None
                 and as_utc(served_at) > as_utc(self.ended_at))
 
 

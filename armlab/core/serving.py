@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from armlab.core.status import ExperimentStatus
+
 
 def fixed_arm(status: str, *, control: str, shipped: str | None) -> str | None:
     """The one arm a stopped or shipped experiment serves (propensity 1); None otherwise."""
-    if status == "stopped":
+    if status == ExperimentStatus.STOPPED:
         return control
-    if status == "shipped":
+    if status == ExperimentStatus.SHIPPED:
         return shipped or control
     return None
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from armlab.core.clock import utcnow
+from armlab.core.decisions import Decision
 from armlab.services.report import ReportData
 
 # Okabe-Ito colour-blind-safe palette; the control is always drawn in grey.
@@ -184,7 +185,7 @@ def chart_reward(data: ReportData) -> str:
 def stopping_point(data: ReportData) -> dict[str, Any] | None:
     """The first decision that was not 'continue' (the sequential test's stopping point)."""
     for d in data.decisions:
-        if d["decision"] and d["decision"] != "continue":
+        if d["decision"] and d["decision"] != Decision.CONTINUE:
             return d
     return None
 

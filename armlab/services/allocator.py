@@ -62,6 +62,7 @@ from armlab.core.guardrails import BREACHED, breach_summary
 from armlab.core.policies import POLICY_VERSION, make_policy
 from armlab.core.policies import ArmStats as PolicyStats
 from armlab.core.serving import fixed_arm
+from armlab.core.status import ExperimentStatus
 from armlab.errors import ArmlabError
 from armlab.services import registry
 from armlab.services.decisions import evaluate_experiment, record_decisions
@@ -70,7 +71,8 @@ from armlab.services.ports_allocation import AllocationStore, AllocationUnit
 
 log = logging.getLogger("armlab.allocator")
 
-ACTIVE_STATUSES = ("running", "stopped", "shipped")
+ACTIVE_STATUSES = (ExperimentStatus.RUNNING, ExperimentStatus.STOPPED,
+                   ExperimentStatus.SHIPPED)
 #: Where a pass reads and writes: the storage port, or (for callers written before it) a
 #: session factory, which gets the database implementation.
 StoreOrSessions = AllocationStore | Callable[[], Any]
@@ -150,7 +152,7 @@ def compute_snapshot(
     uow: AllocationUnit, experiment: Experiment, *, now: datetime
 ) -> AllocationSnapshot | None:
     """Build (not add) the snapshot this experiment should get now; None if nothing changes."""
-    if experiment.status == "running":
+    if experiment.status == ExperimentStatus.RUNNING:
         return _running_snapshot(uow, experiment, now)
     return _terminal_snapshot(uow, experiment, now)
 
@@ -195,7 +197,7 @@ def _running_snapshot(uow: AllocationUnit, experiment: Experiment,
         policy_version=f"{POLICY_VERSION}",
         weights=weights,
         stats={
-            "status": "running",
+            "status": ExperimentStatus.RUNNING.value,
             "arms": {k: evidence[k].as_dict() for k in arm_keys},
             "matured_before": (
                 now - timedelta(seconds=int(experiment.attribution_window_s or 0))
@@ -243,7 +245,7 @@ def run_decisions(
     uow.flush()
     ev["stopped"] = False
     seq = experiment.sequential or {}
-    if seq.get("auto_stop") and ev["stop"] and experiment.status == "running":
+    if seq.get("auto_stop") and ev["stop"] and experiment.status == ExperimentStatus.RUNNING:
         registry.stop_experiment(uow, key=experiment.key, actor=actor,
                                  reason=f"sequential test decided: {ev['stop_reason']}",
                                  evidence=ev)
@@ -275,7 +277,7 @@ def apply_guardrails(
         else:
             new[arm] = evidence
     out: dict[str, Any] = {"rolled_back": sorted(new), "stopped": False}
-    if stop_for and experiment.status == "running":
+    if stop_for and experiment.status == ExperimentStatus.RUNNING:
         registry.stop_experiment(
             uow, key=experiment.key, actor=actor,
             reason="guardrail breached: " + "; ".join(e["summary"] for e in stop_for),
@@ -303,7 +305,7 @@ def _after_snapshot(uow: AllocationUnit, experiment: Experiment, now: datetime) 
     sequential decisions of a running experiment and the guardrails' rollbacks. An auto-stop
     or a rollback writes its snapshot in the same transaction, so ``/assign`` never serves the
     new allocation under the id of the last running snapshot."""
-    if experiment.status == "running":
+    if experiment.status == ExperimentStatus.RUNNING:
         ev = run_decisions(uow, experiment, actor="allocator", now=now)
         acted = {"rolled_back": [], "stopped": False}
         if not ev["stopped"]:

@@ -48,6 +48,7 @@ import numpy as np
 from armlab.adapters.db.assignment_store import SqlAssignmentStore
 from armlab.adapters.db.retry import db_retrying, is_transient
 from armlab.core.clock import utcnow
+from armlab.core.status import ExperimentStatus
 from armlab.errors import Conflict, ExperimentNotFound
 from armlab.services.assignment_views import Assignment, ExperimentView, build_view, unit_hash
 from armlab.services.ports_assignment import AssignmentReads, AssignmentStore, StickyRow
@@ -133,7 +134,7 @@ class Assigner:
             if exp_at is not None and exp_at > time.monotonic():
                 raise ExperimentNotFound(f"no experiment with key {experiment_key!r}")
             return None
-        if view.status == "draft":
+        if view.status == ExperimentStatus.DRAFT:
             return None  # maybe started since the last refresh: ``assign`` re-reads it
         return self._assign(view, unit_id)
 
@@ -145,7 +146,7 @@ class Assigner:
         if got is not None:
             return got
         cached = self._views.get(experiment_key)
-        if cached is not None and cached.status == "draft":
+        if cached is not None and cached.status == ExperimentStatus.DRAFT:
             # A draft in the cache may have been started since the last refresh (by this or
             # another API process): read it again rather than refuse a running experiment.
             self.invalidate(experiment_key)
@@ -164,7 +165,7 @@ class Assigner:
                 self._views = views
 
     def _assign(self, view: ExperimentView, unit_id: str) -> Assignment:
-        if view.status == "draft":
+        if view.status == ExperimentStatus.DRAFT:
             raise Conflict(
                 f"experiment {view.key!r} is a draft; start it before asking for assignments"
             )

@@ -14,6 +14,7 @@ from typing import Any
 from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.core.policies.base import CdfSampler
 from armlab.core.serving import fixed_arm, served_weights
+from armlab.core.status import ExperimentStatus
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def build_view(exp: Experiment, snapshot: AllocationSnapshot | None) -> Experime
     arm_keys = tuple(a.key for a in exp.arms)
     # Weights of a running experiment (the serving rule); stopped/shipped serve ``fixed``.
     served = served_weights(
-        "running", arm_keys, control=exp.control_arm_key, shipped=exp.shipped_arm_key,
+        ExperimentStatus.RUNNING, arm_keys, control=exp.control_arm_key,
+        shipped=exp.shipped_arm_key,
         snapshot=snapshot.weights if snapshot is not None else None,
     )
     weights = [served[k] for k in arm_keys]

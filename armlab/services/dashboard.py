@@ -23,10 +23,11 @@ from typing import Any
 
 from armlab.adapters.db.models import Experiment
 from armlab.core.clock import as_utc, as_utc_or_none, utcnow
-from armlab.core.decisions import TERMINAL
+from armlab.core.decisions import TERMINAL, Evaluation
 from armlab.core.evidence import ArmSums
 from armlab.core.ingest import OK_OUTCOMES
 from armlab.core.readings import ArmSeries, ChartSeries, LatestDecision
+from armlab.core.status import ExperimentStatus
 from armlab.services.ports import ReadsUnitOfWork
 from armlab.services.registry import get_experiment, list_experiments
 from armlab.services.results import build_results
@@ -53,9 +54,9 @@ def _ts(value: datetime | None) -> float | None:
 
 def primary_decision(exp: Experiment, decisions: Mapping[str, LatestDecision]) -> str:
     """One phrase: what the experiment's evidence says now."""
-    if exp.status == "shipped":
+    if exp.status == ExperimentStatus.SHIPPED:
         return f"shipped {exp.shipped_arm_key}"
-    if exp.status == "draft":
+    if exp.status == ExperimentStatus.DRAFT:
         return "not started"
     decided = [f"{k}: {d.decision.replace('_', ' ')}" for k, d in sorted(decisions.items())
                if d.decision in TERMINAL]
@@ -69,13 +70,13 @@ def health_badge(
     allocator_interval_s: float, now: datetime,
 ) -> tuple[str, list[str]]:
     """``(level, reasons)`` with level ``ok`` | ``warn`` | ``bad`` | ``idle``."""
-    if exp.status == "draft":
+    if exp.status == ExperimentStatus.DRAFT:
         return "idle", ["draft: no traffic"]
     reasons: list[str] = []
     level = "ok"
     if any(d.srm_mismatch for d in decisions.values()):
         level, reasons = "bad", ["sample-ratio mismatch"]
-    if exp.status == "running":
+    if exp.status == ExperimentStatus.RUNNING:
         limit = timedelta(seconds=STALE_INTERVALS * allocator_interval_s)
         if last_snapshot is None:
             reasons.append("no allocator snapshot yet")
@@ -133,7 +134,7 @@ def _warnings(exp: Experiment, sequential: dict[str, Any]) -> list[str]:
     out = [str(w) for w in sequential.get("warnings", []) or []]
     if "error" in sequential:
         out.append(f"sequential test unavailable: {sequential['error']}")
-    if (exp.status == "running" and float(exp.exploration_floor or 0.0) == 0.0
+    if (exp.status == ExperimentStatus.RUNNING and float(exp.exploration_floor or 0.0) == 0.0
             and exp.policy_name != "uniform"):
         out.append("exploration floor is 0: the policy may starve an arm, and the "
                    "inverse-propensity weights of the sequential test then grow without bound")
@@ -176,7 +177,7 @@ def _leaderboard(
     impressions), the sequential test's verdict, P(best), weight and guardrails."""
     snapshot = results.get("snapshot")
     seq = results.get("sequential") or {}
-    by_arm = {e["arm"]: e for e in seq.get("arms", []) or []}
+    by_arm = {a.arm: a for a in Evaluation.from_dict(seq).arms}
     p_best = _prob_best(snapshot, [a.key for a in exp.arms])
     snap_arms = ((snapshot or {}).get("stats") or {}).get("arms") or {}
     if source == "raw":
@@ -191,15 +192,15 @@ def _leaderboard(
         else:
             n, mean = arm["impressions"], arm["mean"]
             mat = (snap_arms.get(k) or {}).get("matured_n")
-        ev = by_arm.get(k) or {}
+        ev = by_arm.get(k)
         board.append({
             "key": k, "control": arm["control"], "impressions": n,
             "matured": None if mat is None else int(mat), "mean": mean,
-            "estimate": ev.get("estimate"), "ci_low": ev.get("ci_low"),
-            "ci_high": ev.get("ci_high"), "p_adjusted": ev.get("p_adjusted"),
+            "estimate": ev and ev.estimate, "ci_low": ev and ev.ci_low,
+            "ci_high": ev and ev.ci_high, "p_adjusted": ev and ev.p_adjusted,
             "p_best": p_best.get(k), "weight": arm["weight"],
-            "decision": "control" if arm["control"] else ev.get("decision", "—"),
-            "reason": ev.get("reason", ""),
+            "decision": "control" if arm["control"] else ev.decision.value if ev else "—",
+            "reason": ev.reason if ev else "",
             "rolled_back": bool(arm.get("rolled_back")),
             "guardrails": [g for g in results.get("guardrails") or [] if g.get("arm") == k],
         })
@@ -232,7 +233,7 @@ def _health(
     last_run = as_utc_or_none(datetime.fromisoformat(snapshot["created_at"])) \
         if snapshot and snapshot.get("created_at") else None
     next_run = (last_run + timedelta(seconds=allocator_interval_s)
-                if last_run is not None and exp.status == "running" else None)
+                if last_run is not None and exp.status == ExperimentStatus.RUNNING else None)
     return {
         "srm": seq.get("srm") or {}, "warnings": _warnings(exp, seq),
         "last_allocator_run": last_run, "next_allocator_run": next_run,

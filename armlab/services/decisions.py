@@ -41,11 +41,14 @@ from armlab.core.clock import as_utc, utcnow
 from armlab.core.decisions import (
     DEFAULT_PLAN_IMPRESSIONS,
     TERMINAL,
+    ArmLook,
     Design,
+    Evaluation,
     PriorLook,
     evaluate,
     ship_problem,
 )
+from armlab.core.decisions import Decision as Verdict
 from armlab.core.evidence import FIELDS, SIGNED, ArmSums
 from armlab.core.guardrails import (
     BREACHED,
@@ -55,6 +58,7 @@ from armlab.core.guardrails import (
     recommend,
 )
 from armlab.core.specs import GuardrailSpec, SequentialSpec
+from armlab.core.status import ENDED, ExperimentStatus
 from armlab.errors import Conflict
 from armlab.services.ports import Evidence
 
@@ -117,12 +121,13 @@ def _add_guardrails(evidence: Evidence, experiment: Experiment, ev: dict[str, An
             e["rolled_back"] = True
         e["guardrails"] = [g for g in entries if g["arm"] == arm]
     if rolled and ev["arms"]:
-        decided = [e for e in ev["arms"] if e["decision"] in TERMINAL or e.get("rolled_back")]
-        ev["stop"] = len(decided) == len(ev["arms"]) and not ev["srm"].get("mismatch")
+        # the stopping rule with the rolled-back arms counted as decided
+        looks = [ArmLook.from_dict(e) for e in ev["arms"]]
+        ev["stop"] = (all(a.decision in TERMINAL or a.arm in rolled for a in looks)
+                      and not ev["srm"].get("mismatch"))
         if ev["stop"]:
             ev["stop_reason"] = "; ".join(
-                f"{e['arm']}: {'rolled back' if e.get('rolled_back') else e['decision']}"
-                for e in ev["arms"])
+                f"{a.arm}: {'rolled back' if a.arm in rolled else a.decision}" for a in looks)
     ev["guardrails"] = entries
     ev["rolled_back"] = rolled
     ev["recommendation"] = recommend(ev, entries, control=control, rolled_back=rolled)
@@ -157,7 +162,7 @@ def analysis_cutoff(experiment: Experiment, now: datetime) -> datetime:
     """Impressions served up to this time enter the test: those whose attribution window has
     closed, and none served after the experiment stopped or shipped."""
     cutoff = as_utc(now) - timedelta(seconds=int(experiment.attribution_window_s or 0))
-    if experiment.status in ("stopped", "shipped") and experiment.ended_at is not None:
+    if experiment.status in ENDED and experiment.ended_at is not None:
         cutoff = min(cutoff, as_utc(experiment.ended_at))
     return cutoff
 
@@ -192,8 +197,9 @@ def evaluate_experiment(
     now = now or utcnow()
     rows = evidence.latest_decisions(experiment.id)
     previous = {k: _prior(d) for k, d in rows.items()}
-    ev = evaluate(design_of(experiment), analysis_sums(evidence, experiment, now=now), previous,
-                  now=now)
+    evaluation = evaluate(design_of(experiment), analysis_sums(evidence, experiment, now=now),
+                          previous, now=now)
+    ev = evaluation.as_dict()
     ev["unit"] = experiment.unit
     ev["cutoff"] = analysis_cutoff(experiment, now).isoformat()
     _add_guardrails(evidence, experiment, ev, rows, now=now)
@@ -217,20 +223,21 @@ def record_decisions(
     common["srm"] = {k: ev["srm"][k] for k in ("p_value", "mismatch", "ratio")}
     top = {k: ev.get(k) for k in _TOP}
     stored = 0
-    for arm in ev["arms"]:
-        prev = previous.get(arm["arm"])
-        if (prev is not None and prev.n_control == arm["n_control"]
-                and prev.n_treatment == arm["n_treatment"] and prev.decision == arm["decision"]
+    for arm in ev["arms"]:  # the entry as stored: the arm's look, its guardrails, rolled_back
+        look = ArmLook.from_dict(arm)
+        prev = previous.get(look.arm)
+        if (prev is not None and prev.n_control == look.n_control
+                and prev.n_treatment == look.n_treatment and prev.decision == look.decision
                 and _states(_stored_entry(prev)) == _states(arm)
                 and bool(_stored_entry(prev).get("rolled_back")) == bool(arm.get("rolled_back"))):
             continue  # nothing new since the last evaluation
         evidence.add_decision(Decision(
-            experiment_id=experiment.id, at=now, arm_key=arm["arm"], decision=arm["decision"],
-            estimate=arm.get("estimate"), p_value=arm.get("p_value"),
-            ci_low=arm.get("ci_low"), ci_high=arm.get("ci_high"),
-            n_control=arm["n_control"], n_treatment=arm["n_treatment"],
-            evidence={**common, "looks": arm.get("looks", 0), "p_adjusted": arm.get("p_adjusted"),
-                      "reason": arm.get("reason"), "valid": arm.get("valid"),
+            experiment_id=experiment.id, at=now, arm_key=look.arm, decision=look.decision.value,
+            estimate=look.estimate, p_value=look.p_value,
+            ci_low=look.ci_low, ci_high=look.ci_high,
+            n_control=look.n_control, n_treatment=look.n_treatment,
+            evidence={**common, "looks": look.looks, "p_adjusted": look.p_adjusted,
+                      "reason": look.reason, "valid": look.valid,
                       "entry": dict(arm), "evaluation": top},
         ))
         stored += 1
@@ -286,9 +293,10 @@ def shown_evaluation(evidence: Evidence, experiment: Experiment, *, now: datetim
         return stored
     ev = evaluate_experiment(evidence, experiment, now=now)
     for e in ev["arms"]:
-        e.update(decision="continue", reason="no recorded look yet (the allocator evaluates the "
-                 "test on its cadence)", p_value=1.0, p_adjusted=1.0, p_now=1.0, ci_low=None,
-                 ci_high=None, valid=False, looks=0)
+        e.update(decision=Verdict.CONTINUE.value,
+                 reason="no recorded look yet (the allocator evaluates the test on its cadence)",
+                 p_value=1.0, p_adjusted=1.0, p_now=1.0, ci_low=None, ci_high=None, valid=False,
+                 looks=0)
     for g in ev.get("guardrails", []):
         g.update(state=NOT_INFORMATIVE, p_value=1.0, breached=False, non_inferior=False,
                  excess=None, excess_low=None, excess_high=None, delta=None)
@@ -307,12 +315,14 @@ def ship_guard(evidence: Evidence, experiment: Experiment, arm: str, force: bool
     A running experiment gets one more look, recorded like the allocator's; a stopped one
     shows the evidence frozen at its stop (one look on its in-design data if it never had
     one)."""
-    ev = stored_evaluation(evidence, experiment) if experiment.status != "running" else None
+    running = experiment.status == ExperimentStatus.RUNNING
+    ev = stored_evaluation(evidence, experiment) if not running else None
     if ev is None:
         now = utcnow()
         ev = evaluate_experiment(evidence, experiment, now=now)
         record_decisions(evidence, experiment, ev, now=now)
-    problem = ship_problem(ev, arm=arm, control=experiment.control_arm_key)
+    evaluation = Evaluation.from_dict(ev)
+    problem = ship_problem(evaluation, arm=arm, control=experiment.control_arm_key)
     breaches = [g for g in ev.get("guardrails", [])
                 if g.get("arm") == arm and g.get("state") == BREACHED]
     rolled = (experiment.rolled_back or {}).get(arm)
@@ -321,7 +331,7 @@ def ship_guard(evidence: Evidence, experiment: Experiment, arm: str, force: bool
             (rolled or {}).get("summary", f"arm {arm!r} was rolled back"))
         problem = f"{why}; {problem}" if problem else why
     # Without a single valid look there is nothing to record (nor to argue against).
-    has_evidence = any(e.get("valid") for e in ev["arms"])
+    has_evidence = any(a.valid for a in evaluation.arms)
     audited: dict[str, Any] = {"sequential": ev} if has_evidence else {}
     if problem and not force:
         raise Conflict(f"shipping against the sequential evidence: {problem}; pass --force "

@@ -60,6 +60,7 @@ from armlab.core.ingest import (
     handle_batch,
     referenced_ids,
 )
+from armlab.core.status import ExperimentStatus
 from armlab.services.ingest_offsets import (
     OffsetsBeyondLog,
     PartitionOffsets,
@@ -401,7 +402,7 @@ class IngestRunner(PartitionOffsets, IngestUpkeep):
         for _, ev in decoded:
             if isinstance(ev, ImpressionV1):
                 e = exps.get(ev.experiment_key)
-                if e is None or ev.arm_key not in e.arms or e.status == "draft":
+                if e is None or ev.arm_key not in e.arms or e.status == ExperimentStatus.DRAFT:
                     return True
             elif isinstance(ev, FeedbackV1) and ev.experiment_key not in exps:
                 return True

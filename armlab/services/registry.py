@@ -47,6 +47,7 @@ from armlab.core.clock import utcnow
 from armlab.core.policies.base import POLICY_VERSION
 from armlab.core.serving import fixed_arm
 from armlab.core.specs import ExperimentSpec
+from armlab.core.status import ENDED, ExperimentStatus
 from armlab.errors import (
     ArmNotFound,
     ExperimentExists,
@@ -58,10 +59,11 @@ from armlab.services.decisions import ship_guard
 from armlab.services.ports import UnitOfWorkPort
 
 # action -> (statuses it may start from, status it leads to)
-TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
-    "start": (frozenset({"draft"}), "running"),
-    "stop": (frozenset({"running"}), "stopped"),
-    "ship": (frozenset({"running", "stopped"}), "shipped"),
+TRANSITIONS: dict[str, tuple[frozenset[ExperimentStatus], ExperimentStatus]] = {
+    "start": (frozenset({ExperimentStatus.DRAFT}), ExperimentStatus.RUNNING),
+    "stop": (frozenset({ExperimentStatus.RUNNING}), ExperimentStatus.STOPPED),
+    "ship": (frozenset({ExperimentStatus.RUNNING, ExperimentStatus.STOPPED}),
+             ExperimentStatus.SHIPPED),
 }
 TERMINAL_ACTIONS = frozenset({"stop", "ship"})
 
@@ -174,7 +176,7 @@ def create_experiment(uow: UnitOfWorkPort, *, spec: ExperimentSpec, actor: str) 
         key=spec.key,
         name=spec.name or spec.key,
         description=spec.description,
-        status="draft",
+        status=ExperimentStatus.DRAFT,
         unit=spec.unit,
         reward_kind=spec.reward.kind,
         reward_metric=spec.reward.metric,
@@ -214,7 +216,7 @@ def _assert_variants_frozen(exp: Experiment) -> None:
     No endpoint edits a variant; this guards against any code path that tries: a change makes
     a new arm (a new experiment), never an edit of evidence already collected.
     """
-    if exp.status == "draft":
+    if exp.status == ExperimentStatus.DRAFT:
         return
     if changed_unflushed(exp, "guardrails"):
         raise IllegalTransition(
@@ -269,7 +271,7 @@ def _transition(
         evidence=evidence,
     )
     uow.flush()
-    if target in ("stopped", "shipped"):
+    if target in ENDED:
         _terminal_snapshot(uow, exp, now)
     return exp
 

@@ -27,8 +27,9 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from armlab.adapters.db.engine import Base
 from armlab.core.clock import utcnow
+from armlab.core.status import ExperimentStatus
 
-EXPERIMENT_STATUSES = ("draft", "running", "stopped", "shipped")
+EXPERIMENT_STATUSES = tuple(s.value for s in ExperimentStatus)
 
 
 # BigInteger primary keys autoincrement on SQLite only as INTEGER; this variant keeps both happy.
@@ -42,7 +43,8 @@ class Experiment(Base):
     key: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
     description: Mapped[str] = mapped_column(Text, default="", nullable=False)
-    status: Mapped[str] = mapped_column(String(16), default="draft", nullable=False)
+    status: Mapped[str] = mapped_column(String(16), default=ExperimentStatus.DRAFT.value,
+                                        nullable=False)
     unit: Mapped[str] = mapped_column(String(16), default="request", nullable=False)
     reward_kind: Mapped[str] = mapped_column(String(16), default="binary", nullable=False)
     reward_metric: Mapped[str] = mapped_column(String(64), default="click", nullable=False)

@@ -9,12 +9,13 @@ HTTP in armlab.entrypoints.api.errors.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from armlab.bootstrap import Services
 from armlab.core.specs import ExperimentSpec
+from armlab.core.status import ExperimentStatus
 from armlab.entrypoints.api.auth import Principal
 from armlab.entrypoints.api.deps import get_services, require_role
 from armlab.entrypoints.api.schemas import (
@@ -64,7 +65,7 @@ def create_experiment(
 
 @router.get("", response_model=ExperimentList, responses=_ERRORS)
 def list_experiments(
-    status: Literal["draft", "running", "stopped", "shipped"] | None = Query(
+    status: ExperimentStatus | None = Query(
         None, description="Only experiments in this status."
     ),
     services: Services = Depends(get_services),
@@ -126,7 +127,8 @@ def ship_experiment(
         key, arm=body.arm, actor=principal.name, reason=body.reason, force=body.force))
 
 
-@router.get("/{key}/results", response_model=ResultsOut, responses=_ERRORS)
+@router.get("/{key}/results", response_model=ResultsOut, responses=_ERRORS,
+            response_model_exclude_unset=True)
 def experiment_results(
     key: str = KeyPath,
     services: Services = Depends(get_services),

@@ -3,17 +3,25 @@
 The registration body itself is :class:`armlab.core.specs.ExperimentSpec`; these are the
 lifecycle requests and everything the API answers with. They live apart from the services'
 records (:mod:`armlab.services.experiments`); the routes convert.
+
+Every response model declares its fields and refuses any other (``extra="forbid"``): a field
+the services start returning must be declared here first. The results endpoint's models
+(:class:`ResultsOut`) have optional fields that some evaluations lack (rows stored before
+whole evaluations were, arms the test has not looked at yet); the route serializes with
+``response_model_exclude_unset`` so that an absent field stays absent rather than ``null``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from armlab.core.clock import as_utc_or_none
+from armlab.core.decisions import Decision
 from armlab.core.specs import Key, RewardSpec, StrictModel
+from armlab.core.status import ExperimentStatus
 
 UtcDatetime = Annotated[datetime | None, AfterValidator(as_utc_or_none)]
 
@@ -39,18 +47,27 @@ class ShipRequest(StrictModel):
 
 # --- responses --------------------------------------------------------------------------------
 
+#: A count or sum as the services hand it over (an int stays an int in the JSON).
+Number = int | float
 
-class ArmOut(BaseModel):
+
+class OutModel(BaseModel):
+    """A response model: the declared fields and no other."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArmOut(OutModel):
     key: str
     control: bool
     position: int
     variant: dict[str, Any]
 
 
-class ExperimentSummary(BaseModel):
+class ExperimentSummary(OutModel):
     key: str
     name: str
-    status: str
+    status: ExperimentStatus
     unit: str
     policy: str
     control_arm_key: str
@@ -62,11 +79,11 @@ class ExperimentSummary(BaseModel):
     ended_at: UtcDatetime
 
 
-class ExperimentOut(BaseModel):
+class ExperimentOut(OutModel):
     key: str
     name: str
     description: str
-    status: str
+    status: ExperimentStatus
     unit: str
     reward: RewardSpec
     policy: dict[str, Any]
@@ -91,13 +108,11 @@ class ExperimentOut(BaseModel):
         description="Arms a guardrail breach took out of the allocation, with the evidence.")
 
 
-class ExperimentList(BaseModel):
+class ExperimentList(OutModel):
     experiments: list[ExperimentSummary]
 
 
-class ArmResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class ArmResult(OutModel):
     key: str
     control: bool
     impressions: int
@@ -105,30 +120,136 @@ class ArmResult(BaseModel):
     reward_sum: float
     mean: float | None
     weight: float
+    rolled_back: bool = Field(False, description="A guardrail breach took it out.")
 
 
-class ResultsOut(BaseModel):
+class SnapshotOut(OutModel):
+    """The allocation snapshot the served weights come from."""
+
+    id: int | None
+    created_at: str | None
+    policy_name: str
+    policy_version: str
+    weights: dict[str, Number]
+    stats: dict[str, Any]
+
+
+class RecommendationOut(OutModel):
+    action: Literal["ship", "keep_control", "continue"]
+    arm: str | None
+    reasons: list[str]
+
+
+class ArmLookOut(OutModel):
+    """One treatment arm's look (:class:`armlab.core.decisions.ArmLook`) with the entries of
+    its guardrails. ``p_now``, ``log_lambda`` and ``cs_empty`` only once the test has looked
+    at the arm; a null side of the confidence sequence is unbounded."""
+
+    arm: str
+    control: str
+    n_control: Number
+    n_treatment: Number
+    mean_control: float | None = None
+    mean_treatment: float | None = None
+    decision: Decision
+    reason: str
+    estimate: float | None
+    p_value: float
+    p_adjusted: float | None
+    p_now: float | None = None
+    ci_low: float | None
+    ci_high: float | None
+    log_lambda: float | None = None
+    valid: bool
+    looks: int
+    cs_empty: bool | None = None
+    guardrails: list[dict[str, Any]] = Field(default_factory=list)
+    rolled_back: bool = False
+
+
+class HorizonPlanOut(OutModel):
+    impressions: Number
+    info: float
+    share: float
+
+
+class SrmOut(OutModel):
+    """The always-valid sample-ratio-mismatch check (older rows keep p_value, mismatch and
+    ratio only)."""
+
+    t: Number | None = None
+    ratio: dict[str, Number] = Field(default_factory=dict)
+    p_values: dict[str, Number] = Field(default_factory=dict)
+    p_value: float | None = None
+    alpha: float | None = None
+    mismatch: bool = False
+    checked: bool = True
+    reason: str = ""
+    observed: dict[str, Number] = Field(default_factory=dict)
+    expected: dict[str, Number] = Field(default_factory=dict)
+
+
+class SequentialOut(OutModel):
+    """The sequential test's evaluation (:class:`armlab.core.decisions.Evaluation`) as the
+    results endpoint shows it: the last recorded look (``recorded``), or before the first one
+    the test's design with every arm at ``continue``; with the analysis unit and cutoff, and
+    the guardrails, rolled-back arms and recommendation of the same look. Rows recorded
+    before whole evaluations were stored lack some of the fields."""
+
+    method: Literal["ipw", "plain"] | None = None
+    alpha: float | None = None
+    cs_alpha: float | None = None
+    tau2: float | None = None
+    tau2_source: Literal["experiment", "frozen", "horizon"] | None = None
+    theta0: float | None = None
+    correction: Literal["holm", "bonferroni"] | None = None
+    min_samples: int | None = None
+    min_events: int | None = None
+    alternative: Literal["two-sided", "greater"] | None = None
+    boundary: Literal["mixture", "horizon"] | None = None
+    horizon_plan: HorizonPlanOut | None = None
+    max_n: int | None = None
+    impressions: Number | None = None
+    control: str | None = None
+    srm: SrmOut | None = None
+    stop: bool = False
+    stop_reason: str = ""
+    warnings: list[str] = Field(default_factory=list)
+    evaluated_at: str | None = None
+    unit: str | None = None
+    cutoff: str | None = None
+    arms: list[ArmLookOut] = Field(default_factory=list)
+    guardrails: list[dict[str, Any]] = Field(default_factory=list)
+    rolled_back: dict[str, Any] = Field(default_factory=dict)
+    recommendation: RecommendationOut | None = None
+    recorded: bool = False
+    recorded_at: str | None = None
+
+
+class SequentialUnavailable(OutModel):
+    error: str = Field(..., description="Why the sequential evaluation is unavailable.")
+
+
+class ResultsOut(OutModel):
     """Per-arm evidence and the sequential test's evaluation (``sequential``)."""
 
-    model_config = ConfigDict(extra="allow")
-
     key: str
-    status: str
+    status: ExperimentStatus
     shipped_arm: str | None
     control_arm: str
     arms: list[ArmResult]
-    snapshot: dict[str, Any] | None
-    sequential: Any = None
+    snapshot: SnapshotOut | None
+    sequential: SequentialOut | SequentialUnavailable | None = None
     guardrails: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Per guardrail and treatment arm: state (ok / breached / non_inferior / "
         "not_informative), estimate, confidence sequence, p-value, alpha.")
-    recommendation: dict[str, Any] | None = Field(
+    recommendation: RecommendationOut | None = Field(
         None, description="ship <arm> / keep control / continue, with the reasons: the "
         "primary test and the guardrails combined.")
 
 
-class AuditEntry(BaseModel):
+class AuditEntry(OutModel):
     id: int
     at: UtcDatetime
     actor: str
@@ -139,11 +260,11 @@ class AuditEntry(BaseModel):
     evidence: dict[str, Any]
 
 
-class AuditList(BaseModel):
+class AuditList(OutModel):
     key: str
     entries: list[AuditEntry]
 
 
-class Health(BaseModel):
+class Health(OutModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)

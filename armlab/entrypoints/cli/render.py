@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from armlab.core.decisions import Evaluation
+
 
 def console() -> Console:
     return Console(soft_wrap=False)
@@ -152,22 +154,23 @@ def render_sequential(console: Console, seq: dict[str, Any] | None) -> None:
     def f(x: Any, spec: str = ".4g") -> str:
         return "-" if x is None else format(float(x), spec)
 
-    title = (f"sequential test ({seq['method']}, alpha {seq['alpha']}, {seq['correction']}, "
-             f"tau2 {f(seq.get('tau2'))})")
+    ev = Evaluation.from_dict(seq)
+    title = (f"sequential test ({ev.method}, alpha {ev.alpha}, {ev.correction}, "
+             f"tau2 {f(ev.tau2)})")
     table = Table(title=title)
     for col in ("arm", "decision", "estimate", "p (always-valid)", "p adjusted",
                 "confidence sequence", "n control", "n treatment", "reason"):
         table.add_column(col)
-    for a in seq.get("arms", []):
-        lo = "-inf" if a.get("ci_low") is None else f(a["ci_low"])
-        hi = "inf" if a.get("ci_high") is None else f(a["ci_high"])
-        table.add_row(a["arm"], a["decision"], f(a.get("estimate"), "+.4g"), f(a.get("p_value")),
-                      f(a.get("p_adjusted")), f"[{lo}, {hi}]", f(a["n_control"], ".0f"),
-                      f(a["n_treatment"], ".0f"), str(a.get("reason", "")))
+    for a in ev.arms:
+        lo = "-inf" if a.ci_low is None else f(a.ci_low)
+        hi = "inf" if a.ci_high is None else f(a.ci_high)
+        table.add_row(a.arm, a.decision.value, f(a.estimate, "+.4g"), f(a.p_value),
+                      f(a.p_adjusted), f"[{lo}, {hi}]", f(a.n_control, ".0f"),
+                      f(a.n_treatment, ".0f"), a.reason)
     console.print(table)
-    srm = seq.get("srm") or {}
+    srm = ev.srm
     if srm.get("checked"):
         console.print(f"SRM (always-valid, time-varying weights): p {f(srm.get('p_value'))}"
                       f"{'  MISMATCH' if srm.get('mismatch') else ''}")
-    for w in seq.get("warnings", []):
+    for w in ev.warnings:
         console.print(f"warning: {w}")

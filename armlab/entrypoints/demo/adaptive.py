@@ -49,6 +49,8 @@ from armlab.adapters.scoring.scorers import UserContext, rank_catalog_many
 from armlab.adapters.scoring.tiny import make_tiny_model
 from armlab.bootstrap import make_settings, open_services
 from armlab.core.clock import utcnow
+from armlab.core.decisions import Decision, Evaluation
+from armlab.core.status import ExperimentStatus
 from armlab.entrypoints.api.app import create_app
 from armlab.entrypoints.report import write_report
 from armlab.errors import ArmlabError, ConfigurationError
@@ -177,15 +179,16 @@ def choose_winner(seq: dict[str, Any] | None, control: str) -> tuple[str, str]:
     """
     breached = {str(g.get("arm")) for g in (seq or {}).get("guardrails") or []
                 if g.get("state") == "breached"} | set((seq or {}).get("rolled_back") or {})
-    arms = (seq or {}).get("arms", [])
-    better = [a for a in arms if a.get("decision") == "treatment_better"
-              and a.get("arm") not in breached]
+    arms = Evaluation.from_dict(seq or {}).arms
+    better = [a for a in arms if a.decision == Decision.TREATMENT_BETTER
+              and a.arm not in breached]
     if better:
-        best = max(better, key=lambda a: (a.get("estimate") or 0.0))
-        return best["arm"], (f"mSPRT: better than {control} (estimate "
-                             f"{best.get('estimate', 0):+.3f}, adjusted always-valid p "
-                             f"{best.get('p_adjusted', float('nan')):.3g})")
-    decided = [a for a in arms if a.get("decision") in ("treatment_worse", "futile")]
+        best = max(better, key=lambda a: (a.estimate or 0.0))
+        p_adjusted = float("nan") if best.p_adjusted is None else best.p_adjusted
+        return best.arm, (f"mSPRT: better than {control} (estimate "
+                          f"{best.estimate or 0:+.3f}, adjusted always-valid p "
+                          f"{p_adjusted:.3g})")
+    decided = [a for a in arms if a.decision in (Decision.TREATMENT_WORSE, Decision.FUTILE)]
     if arms and len(decided) == len(arms):
         return control, "mSPRT: no treatment beat the control (all worse or futile)"
     return control, ("no treatment was shown better than the control by the always-valid "
@@ -217,7 +220,7 @@ class _Replay:
     tallies: dict[str, ArmTally]
     weights: dict[str, float]
     stop_reason: str
-    status: str = "running"
+    status: str = ExperimentStatus.RUNNING
     seq: dict[str, Any] | None = None
     served: int = 0
 
@@ -367,7 +370,7 @@ class _DemoRun:
                 if state.served < n_planned:
                     self.sync(client, runner, state)
                     bar.update(task, description=_label(state))
-                    if state.status != "running":
+                    if state.status != ExperimentStatus.RUNNING:
                         state.stop_reason = "the sequential test stopped the experiment"
                         break
             self.timings["replay_s"] = time.perf_counter() - t_loop
@@ -382,7 +385,7 @@ class _DemoRun:
         resp = client.post(f"/v1/experiments/{self.key}/ship",
                            json={"arm": winner, "reason": f"armlab demo: {why}"})
         if resp.status_code < 400:
-            shipped, state.status = winner, "shipped"
+            shipped, state.status = winner, ExperimentStatus.SHIPPED
             run_allocation(self.services.allocation_store)  # the shipped snapshot, for the report
         else:
             why = f"not shipped: {resp.json().get('detail')}"
@@ -442,14 +445,14 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
 
 def print_summary(console: Any, r: DemoResult, *, control: str, why: str) -> None:
-    by_arm = {a["arm"]: a for a in (r.sequential or {}).get("arms", [])}
+    by_arm = {a.arm: a for a in Evaluation.from_dict(r.sequential or {}).arms}
     t = Table(title=f"{r.key}: {r.requests:,} requests, stopped because {r.stop_reason}")
     for col in ("arm", "requests", "clicks", "click rate", "final weight", "vs control",
                 "decision", "always-valid p"):
         t.add_column(col, justify="left" if col in ("arm", "decision", "vs control") else "right")
     for arm, tal in r.tallies.items():
-        d = by_arm.get(arm, {})
-        est, lo, hi = d.get("estimate"), d.get("ci_low"), d.get("ci_high")
+        d = by_arm.get(arm)
+        est, lo, hi = (None, None, None) if d is None else (d.estimate, d.ci_low, d.ci_high)
         vs = "control" if arm == control else (
             f"{est:+.3f} [{lo if lo is not None else float('-inf'):+.3f}, "
             f"{hi if hi is not None else float('inf'):+.3f}]" if est is not None else "—")
@@ -457,8 +460,8 @@ def print_summary(console: Any, r: DemoResult, *, control: str, why: str) -> Non
         t.add_row(name, f"{tal.requests:,}", f"{tal.clicks:,}",
                   f"{tal.clicks / tal.requests:.3f}" if tal.requests else "—",
                   f"{r.weights.get(arm, 0.0):.3f}", vs,
-                  d.get("decision", "control" if arm == control else "—"),
-                  f"{d['p_adjusted']:.3g}" if d.get("p_adjusted") is not None else "—")
+                  ("control" if arm == control else "—") if d is None else d.decision.value,
+                  f"{d.p_adjusted:.3g}" if d is not None and d.p_adjusted is not None else "—")
     console.print(t)
     for g in (r.sequential or {}).get("guardrails") or []:
         def f(x: Any) -> str:

@@ -23,6 +23,7 @@ from armlab.adapters.db import ingest_store, migrate, queries
 from armlab.adapters.db.models import Arm, ConsumerOffset, Experiment
 from armlab.bootstrap import bootstrap
 from armlab.core.ingest import OK_OUTCOMES, OUT_RESOLVED
+from armlab.core.status import ExperimentStatus
 from armlab.errors import ServiceUnavailable
 from armlab.settings import Settings
 from armlab.tools.bench.ingest import ARMS, _check_services, bare_read, create_topics
@@ -35,7 +36,7 @@ def _experiment(settings: Settings, key: str, arms: tuple[str, ...], kind: str) 
     try:
         with services.session_factory() as s, s.begin():
             e = Experiment(key=key, name=key, control_arm_key=arms[0], salt=key,
-                           status="running", reward_kind=kind, reward_metric="click",
+                           status=ExperimentStatus.RUNNING, reward_kind=kind, reward_metric="click",
                            attribution_window_s=3600)
             e.arms = [Arm(key=a, is_control=(i == 0), position=i) for i, a in enumerate(arms)]
             s.add(e)

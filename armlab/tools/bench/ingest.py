@@ -26,6 +26,7 @@ from armlab.adapters.db import migrate
 from armlab.adapters.db.engine import make_engine
 from armlab.adapters.db.models import Arm, Experiment
 from armlab.bootstrap import bootstrap
+from armlab.core.status import ExperimentStatus
 from armlab.errors import ConfigurationError, ServiceUnavailable
 from armlab.settings import KafkaSettings, Settings
 from armlab.tools.synth import synthetic_events
@@ -108,8 +109,8 @@ def _make_experiment(settings: Settings, key: str) -> None:
     try:
         with services.session_factory() as s, s.begin():
             e = Experiment(key=key, name=key, control_arm_key=ARMS[0], salt=key,
-                           status="running", reward_kind="binary", reward_metric="click",
-                           attribution_window_s=3600)
+                           status=ExperimentStatus.RUNNING, reward_kind="binary",
+                           reward_metric="click", attribution_window_s=3600)
             e.arms = [Arm(key=a, is_control=(i == 0), position=i) for i, a in enumerate(ARMS)]
             s.add(e)
     finally:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from armlab.bootstrap import Services
 from armlab.core.clock import as_utc
 from armlab.core.specs import ExperimentSpec
+from armlab.core.status import ExperimentStatus
 from armlab.entrypoints.api.auth import Authenticator
 from armlab.entrypoints.api.errors import _field_name as field_name
 from armlab.entrypoints.api.ui.session import Session, SessionManager
@@ -34,7 +35,7 @@ from armlab.services import dashboard
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
-STATUSES = ("draft", "running", "stopped", "shipped")
+STATUSES = tuple(s.value for s in ExperimentStatus)
 DONE = {
     "create": "Experiment registered (draft).",
     "start": "Experiment started.",
