@@ -31,6 +31,7 @@ from armlab.services.allocator import run_allocation
 from armlab.services.assignment import Assigner
 from armlab.services.results import build_results
 from armlab.settings import KafkaSettings, Settings
+from tests.builders import experiment_spec
 
 pytestmark = pytest.mark.reliability
 
@@ -43,14 +44,11 @@ BOUNDARIES = ("mixture", "horizon", "mixture")
 
 
 def _spec(key: str, boundary: str) -> ExperimentSpec:
-    return ExperimentSpec.model_validate({
-        "key": key, "unit": "request", "exploration_floor": 0.1,
-        "attribution_window_s": WINDOW_S, "policy": {"name": "thompson"}, "salt": key,
-        "sequential": {"min_samples": 100, "auto_stop": True, "boundary": boundary,
-                       "max_n": 2 * ROUNDS * PER_ROUND},
-        "arms": [{"key": "control", "control": True, "variant": {"kind": "popularity"}},
-                 {"key": "t1", "variant": {"kind": "popularity"}}],
-    })
+    return experiment_spec(
+        key, unit="request", exploration_floor=0.1, attribution_window_s=WINDOW_S,
+        policy={"name": "thompson"}, salt=key,
+        sequential={"min_samples": 100, "auto_stop": True, "boundary": boundary,
+                    "max_n": 2 * ROUNDS * PER_ROUND})
 
 
 def test_aa_on_kafka_and_postgres_runs_the_decision_path_without_false_winners(

@@ -24,6 +24,7 @@ from armlab.core.specs import ExperimentSpec
 from armlab.entrypoints.api.app import create_app
 from armlab.services import registry
 from armlab.settings import KafkaSettings, Settings
+from tests.builders import experiment_spec
 
 PRODUCER = {"Authorization": "Bearer p-secret"}
 ADMIN = {"Authorization": "Bearer a-secret"}
@@ -34,9 +35,7 @@ CONCURRENT_EVENTS = 60
 
 
 def _spec(key: str) -> ExperimentSpec:
-    return ExperimentSpec.model_validate({"key": key, "arms": [
-        {"key": "control", "control": True, "variant": {"kind": "popularity"}},
-        {"key": "b", "variant": {"kind": "popularity"}}]})
+    return experiment_spec(key, treatments=("b",))
 
 
 def _event(i: int) -> dict[str, Any]:

@@ -24,15 +24,14 @@ from armlab.entrypoints.api.app import create_app
 from armlab.entrypoints.api.routes_health import READY_TIMEOUT_S
 from armlab.services import registry
 from armlab.settings import Settings
+from tests.builders import experiment_spec
 
 H = {"Authorization": "Bearer p-secret"}
 ADMIN = {"Authorization": "Bearer a-secret"}
 
 
 def _spec(key: str) -> ExperimentSpec:
-    return ExperimentSpec.model_validate({"key": key, "arms": [
-        {"key": "control", "control": True, "variant": {"kind": "popularity"}},
-        {"key": "b", "variant": {"kind": "popularity"}}]})
+    return experiment_spec(key, treatments=("b",))
 
 
 @pytest.fixture()

@@ -16,22 +16,13 @@ from armlab.services import registry
 from armlab.services.allocator import allocation_loop, run_allocation
 from armlab.services.assignment import Assigner
 from armlab.settings import Settings
+from tests.builders import experiment_spec
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def make_spec(key: str, **overrides: Any) -> ExperimentSpec:
-    body: dict[str, Any] = {
-        "key": key,
-        "attribution_window_s": 600,
-        "arms": [
-            {"key": "control", "control": True, "variant": {"kind": "popularity"}},
-            {"key": "a", "variant": {"kind": "popularity"}},
-            {"key": "b", "variant": {"kind": "popularity"}},
-        ],
-    }
-    body.update(overrides)
-    return ExperimentSpec.model_validate(body)
+    return experiment_spec(key, treatments=("a", "b"), **{"attribution_window_s": 600, **overrides})
 
 
 @pytest.fixture()

@@ -18,22 +18,14 @@ from armlab.errors import Conflict, ExperimentNotFound
 from armlab.services import registry
 from armlab.services.assignment import Assigner, unit_hash
 from armlab.settings import Settings
+from tests.builders import experiment_spec
 
 WEIGHTS = {"control": 0.2, "a": 0.5, "b": 0.3}
 
 
 def spec(key: str, unit: str = "request") -> ExperimentSpec:
-    return ExperimentSpec.model_validate(
-        {
-            "key": key,
-            "unit": unit,
-            "arms": [
-                {"key": "control", "control": True, "variant": {"kind": "popularity"}},
-                {"key": "a", "variant": {"kind": "popularity", "batch_size": 8}},
-                {"key": "b", "variant": {"kind": "popularity"}},
-            ],
-        }
-    )
+    return experiment_spec(key, unit=unit,
+                           treatments=[("a", {"kind": "popularity", "batch_size": 8}), "b"])
 
 
 @pytest.fixture()

@@ -17,15 +17,12 @@ from armlab.errors import Conflict
 from armlab.services import registry
 from armlab.services.allocator import run_decisions
 from armlab.services.decisions import analysis_sums, evaluate_experiment, ship_guard
+from tests.builders import experiment_spec
 
 
 def _spec(**seq: Any) -> ExperimentSpec:
-    return ExperimentSpec.model_validate({
-        "key": "seq", "exploration_floor": 0.1, "policy": {"name": "thompson"},
-        "sequential": {"min_samples": 100, **seq},
-        "arms": [{"key": "control", "control": True, "variant": {"kind": "popularity"}},
-                 {"key": "t1", "variant": {"kind": "popularity"}}],
-    })
+    return experiment_spec("seq", exploration_floor=0.1, policy={"name": "thompson"},
+                           sequential={"min_samples": 100, **seq})
 
 
 def _add_stats(session: Any, exp_id: int, arm: str, n: int, clicks: int, p: float,

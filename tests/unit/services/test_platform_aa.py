@@ -27,19 +27,16 @@ from armlab.services.allocator import run_allocation
 from armlab.services.assignment import Assigner
 from armlab.services.results import build_results
 from armlab.settings import Settings
+from tests.builders import experiment_spec
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 WINDOW_S = 60
 
 
 def _spec(key: str, unit: str) -> ExperimentSpec:
-    return ExperimentSpec.model_validate({
-        "key": key, "unit": unit, "exploration_floor": 0.1, "attribution_window_s": WINDOW_S,
-        "policy": {"name": "thompson"}, "salt": key,
-        "sequential": {"min_samples": 100},
-        "arms": [{"key": "control", "control": True, "variant": {"kind": "popularity"}},
-                 {"key": "t1", "variant": {"kind": "popularity"}}],
-    })
+    return experiment_spec(key, unit=unit, exploration_floor=0.1,
+                           attribution_window_s=WINDOW_S, policy={"name": "thompson"},
+                           salt=key, sequential={"min_samples": 100})
 
 
 def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: int,

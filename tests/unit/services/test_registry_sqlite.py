@@ -23,19 +23,11 @@ from armlab.errors import (
 )
 from armlab.services import registry
 from armlab.services.results import build_results
+from tests.builders import MINILM, experiment_spec
 
 
 def spec(key: str = "exp", **overrides: Any) -> ExperimentSpec:
-    body: dict[str, Any] = {
-        "key": key,
-        "arms": [
-            {"key": "control", "control": True, "variant": {"kind": "popularity"}},
-            {"key": "a", "variant": {"kind": "bi_encoder", "model": "all-MiniLM-L6-v2"}},
-            {"key": "b", "variant": {"kind": "popularity"}},
-        ],
-    }
-    body.update(overrides)
-    return ExperimentSpec.model_validate(body)
+    return experiment_spec(key, treatments=[("a", MINILM), "b"], **overrides)
 
 
 @pytest.fixture()

@@ -20,18 +20,14 @@ from armlab.errors import (
 from armlab.services import registry
 from armlab.services.allocator import run_decisions
 from armlab.services.results import build_results
+from tests.builders import experiment_spec
 from tests.fakes import FakeUnitOfWork
 
 
 def spec(key: str = "exp", **overrides: Any) -> ExperimentSpec:
-    body: dict[str, Any] = {
-        "key": key, "exploration_floor": 0.1,
-        "sequential": {"min_samples": 100, "auto_stop": True},
-        "arms": [{"key": "control", "control": True, "variant": {"kind": "popularity"}},
-                 {"key": "t1", "variant": {"kind": "popularity"}}],
-    }
-    body.update(overrides)
-    return ExperimentSpec.model_validate(body)
+    return experiment_spec(key, **{"exploration_floor": 0.1,
+                                   "sequential": {"min_samples": 100, "auto_stop": True},
+                                   **overrides})
 
 
 def arm(n: float, clicks: float, p: float = 0.5) -> ArmSums:

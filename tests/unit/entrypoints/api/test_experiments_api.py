@@ -14,6 +14,7 @@ from sqlalchemy import create_engine
 from armlab.bootstrap import bootstrap
 from armlab.entrypoints.api.app import create_app
 from armlab.settings import Settings
+from tests.builders import MINILM, spec_body
 
 TOKENS = "ops:admin:admin-secret,app:producer:producer-secret,ro:reader:reader-secret"
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -22,23 +23,13 @@ READER = {"Authorization": "Bearer reader-secret"}
 
 
 def make_spec(**overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "key": "home-recs",
-        "name": "Home page recommendations",
-        "unit": "request",
+    return spec_body(**{
+        "key": "home-recs", "treatments": [("minilm", MINILM)],
+        "name": "Home page recommendations", "unit": "request",
         "reward": {"kind": "binary", "metric": "click"},
-        "policy": {"name": "thompson", "params": {}},
-        "exploration_floor": 0.02,
-        "burn_in": 100,
-        "attribution_window_s": 3600,
-        "sequential": {"alpha": 0.05, "auto_stop": False},
-        "arms": [
-            {"key": "control", "control": True, "variant": {"kind": "popularity"}},
-            {"key": "minilm", "variant": {"kind": "bi_encoder", "model": "all-MiniLM-L6-v2"}},
-        ],
-    }
-    spec.update(overrides)
-    return spec
+        "policy": {"name": "thompson", "params": {}}, "exploration_floor": 0.02,
+        "burn_in": 100, "attribution_window_s": 3600,
+        "sequential": {"alpha": 0.05, "auto_stop": False}, **overrides})
 
 
 @pytest.fixture()
