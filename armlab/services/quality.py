@@ -214,6 +214,58 @@ def _with_weight(variant: dict[str, Any], w: float) -> dict[str, Any]:
     return out
 
 
+def _load(seed: int, max_users: int, val_share: float) -> _Data:
+    """MovieLens-100k as cases (at most ``max_users``; 0: all) split into validation and
+    evaluation users."""
+    ml = load_movielens()
+    cases, counts = build_cases(ml, seed=seed)
+    if max_users:
+        cases = cases[:max_users]
+    ids = sorted(ml.movies, key=int)
+    val, ev = split_users(len(cases), val_share, seed)
+    return _Data(cases, counts, {m: ml.movies[m].as_item() for m in ids}, ids,
+                 {m: n for n, m in enumerate(ids)}, val, ev)
+
+
+_Tuned = tuple[_Scores, dict[str, Any] | None, dict[str, Any]]
+
+
+class _PresetScores:
+    """The scores of the non-LM presets, each computed once: the bi-encoders' content scores
+    by model (their ``prior`` aside) and every preset's tuned blend."""
+
+    def __init__(self, d: _Data, pop: _Scores, seed: int, device: str) -> None:
+        self.d, self.pop, self.seed, self.device = d, pop, seed, device
+        self.content: dict[str, _Scores] = {}
+        self.tuned: dict[str, _Tuned] = {}
+
+    def content_of(self, v: dict[str, Any]) -> _Scores:
+        key = parse_variant({k: x for k, x in v.items() if k != "prior"}).cache_key()
+        if key not in self.content:
+            self.content[key] = _bi(v, self.d, self.device)
+        return self.content[key]
+
+    def scores_of(self, v: dict[str, Any]) -> _Tuned:
+        """(scores, tuning record, the variant with its weight filled in) of a non-LM preset."""
+        key = repr(sorted(v.items(), key=lambda kv: kv[0]))
+        if key in self.tuned:
+            return self.tuned[key]
+        if v["kind"] == "popularity":
+            out: _Tuned = (self.pop, None, v)
+        else:
+            own = self.content_of(v)
+            if v.get("prior") is None:
+                out = (own, None, v)
+            else:
+                w, grid = _tune(own, self.pop, self.d, self.seed)
+                out = (own.blend(self.pop, w), {"weight": w, "on": "validation users",
+                                                "validation_users": len(self.d.val),
+                                                "grid": grid},
+                       _with_weight(v, w))
+        self.tuned[key] = out
+        return out
+
+
 def run_quality(names: list[str], *, lm_users: int = 100, max_users: int = 0, seed: int = 0,
                 device: str = "auto", val_share: float = 0.3,
                 progress: Any = None) -> dict[str, Any]:
@@ -225,59 +277,25 @@ def run_quality(names: list[str], *, lm_users: int = 100, max_users: int = 0, se
         raise ValidationFailed(f"unknown quality preset(s) {unknown}; use {sorted(PRESETS)}",
                                field="variants")
     say = progress or (lambda msg: None)
-    ml = load_movielens()
-    cases, counts = build_cases(ml, seed=seed)
-    if max_users:
-        cases = cases[:max_users]
-    ids = sorted(ml.movies, key=int)
-    val, ev = split_users(len(cases), val_share, seed)
-    d = _Data(cases, counts, {m: ml.movies[m].as_item() for m in ids}, ids,
-              {m: n for n, m in enumerate(ids)}, val, ev)
+    d = _load(seed, max_users, val_share)
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
     pop = _popularity(d)
-    content: dict[str, _Scores] = {}
-    tuned_cache: dict[str, tuple[_Scores, dict[str, Any] | None, dict[str, Any]]] = {}
-
-    def content_of(v: dict[str, Any]) -> _Scores:
-        key = parse_variant({k: x for k, x in v.items() if k != "prior"}).cache_key()
-        if key not in content:
-            content[key] = _bi(v, d, device)
-        return content[key]
-
-    def scores_of(v: dict[str, Any]) -> tuple[_Scores, dict[str, Any] | None, dict[str, Any]]:
-        """(scores, tuning record, the variant with its weight filled in) of a non-LM preset."""
-        key = repr(sorted(v.items(), key=lambda kv: kv[0]))
-        if key in tuned_cache:
-            return tuned_cache[key]
-        if v["kind"] == "popularity":
-            out: tuple[_Scores, dict[str, Any] | None, dict[str, Any]] = (pop, None, v)
-        else:
-            own = content_of(v)
-            if v.get("prior") is None:
-                out = (own, None, v)
-            else:
-                w, grid = _tune(own, pop, d, seed)
-                out = (own.blend(pop, w), {"weight": w, "on": "validation users",
-                                           "validation_users": len(d.val), "grid": grid},
-                       _with_weight(v, w))
-        tuned_cache[key] = out
-        return out
-
+    presets = _PresetScores(d, pop, seed, device)
     for name in names:
         t0 = time.perf_counter()
         v = PRESETS[name]
         say(f"quality: {name}")
         if v["kind"] in ("popularity", "bi_encoder"):
-            scores, tuned, filled = scores_of(v)
+            scores, tuned, filled = presets.scores_of(v)
             results[name] = _report(filled, scores, d, seed, tuned)
         else:
-            inner, inner_tuned, inner_filled = scores_of(v["candidates_from"])
+            inner, inner_tuned, inner_filled = presets.scores_of(v["candidates_from"])
             results[name] = _lm_rerank(v, inner, inner_filled, d, pop, lm_users, seed, device)
             if inner_tuned is not None:
                 results[name]["inner_tuned"] = inner_tuned
         timings[name] = round(time.perf_counter() - t0, 1)
-    return {"dataset": "MovieLens-100k (recbole wheel)", "users": len(cases),
+    return {"dataset": "MovieLens-100k (recbole wheel)", "users": len(d.cases),
             "evaluation_users": len(d.eval), "validation_users": len(d.val), "negatives": 99,
             "seed": seed,
             "protocol": "leave last >=4 rating out; sampled: 1 held-out vs 99 unseen; full: "
@@ -291,26 +309,30 @@ def _subsample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
 
 
-def _lm_rerank(v: dict[str, Any], inner: _Scores, inner_filled: dict[str, Any], d: _Data,
-               pop: _Scores, lm_users: int, seed: int, device: str) -> dict[str, Any]:
-    """Rerank the inner top ``rerank_top`` with the LM (both protocols). A ``prior`` on the LM
-    score has its weight tuned on validation users, whose LM scores are computed too."""
-    cfg = parse_variant(_with_weight(v, 1.0))
-    lm = build_scorer(cfg.model_copy(update={"candidates_from": None, "prior": None}),
-                      device=device)
-    top_n = cfg.rerank_top
-    ev = _subsample(d.eval, lm_users, seed + 2)
-    n_val = max(1, round(len(ev) * len(d.val) / max(len(d.eval), 1)))
-    va = _subsample(d.val, n_val, seed + 3) if v.get("prior") is not None else np.array([], int)
+#: Per case: (top positions, LM scores, prior scores, inner rank of the target).
+_Part = dict[int, tuple[Any, Any, Any, int]]
 
-    def lm_part(rows: np.ndarray, protocol: str) -> dict[int, tuple[Any, Any, Any, int]]:
+
+@dataclass
+class _Reranker:
+    """The LM reranking the inner scorer's top ``top_n`` (with the popularity prior)."""
+
+    lm: Any
+    top_n: int
+    inner: _Scores
+    pop: _Scores
+    d: _Data
+    seed: int
+
+    def part(self, rows: np.ndarray, protocol: str) -> _Part:
         """Per case: (top positions, LM scores, prior scores, inner rank of the target); the
         scores are None when the target is outside the reranked top (its rank is then
         ``rerank_top + inner rank`` whatever the LM says)."""
-        out: dict[int, tuple[Any, Any, Any, int]] = {}
+        d, top_n = self.d, self.top_n
+        out: _Part = {}
         for n in rows:
             c = d.cases[n]
-            s = (inner.sampled if protocol == "sampled" else inner.full)[n]
+            s = (self.inner.sampled if protocol == "sampled" else self.inner.full)[n]
             cands = c.candidates if protocol == "sampled" else d.full_candidates(c)
             order = np.argsort(-s, kind="stable")
             top = order[:top_n]
@@ -318,39 +340,53 @@ def _lm_rerank(v: dict[str, Any], inner: _Scores, inner_filled: dict[str, Any], 
             if inner_rank >= top_n:  # the target is not reranked: its rank needs no LM score
                 out[int(n)] = (top, None, None, inner_rank)
                 continue
-            lm_s = np.asarray(lm.score(UserContext(history=c.history),
-                                       [d.movies[cands[j]] for j in top]))
-            pr = (pop.sampled if protocol == "sampled" else pop.full)[n][top]
+            lm_s = np.asarray(self.lm.score(UserContext(history=c.history),
+                                            [d.movies[cands[j]] for j in top]))
+            pr = (self.pop.sampled if protocol == "sampled" else self.pop.full)[n][top]
             out[int(n)] = (top, lm_s, pr, inner_rank)
         return out
 
-    def ranks(part: dict[int, Any], w: float, rows: np.ndarray) -> np.ndarray:
-        rng = np.random.default_rng(seed + 1)
+    def ranks(self, part: _Part, w: float, rows: np.ndarray) -> np.ndarray:
+        """The target's rank per case with the LM score + ``w`` x the prior."""
+        rng = np.random.default_rng(self.seed + 1)
         out = []
         for n in rows:
             top, lm_s, pr, inner_rank = part[int(n)]
             if 0 not in top:  # outside the reranked set: below every reranked item
-                out.append(top_n + inner_rank)
+                out.append(self.top_n + inner_rank)
                 continue
             s = lm_s + w * pr
             pos = int(np.where(top == 0)[0][0])
             out.append(_rank_of_first(np.concatenate([[s[pos]], np.delete(s, pos)]), rng))
         return np.asarray(out)
 
-    tuned = None
-    w = 0.0
-    if v.get("prior") is not None:
-        vpart = lm_part(va, "sampled")
-        grid = [{"weight": g, **_metrics(ranks(vpart, g, va))} for g in WEIGHT_GRID]
+    def tune(self, va: np.ndarray) -> tuple[float, dict[str, Any]]:
+        """The prior weight with the best validation NDCG@10 (sampled protocol)."""
+        vpart = self.part(va, "sampled")
+        grid = [{"weight": g, **_metrics(self.ranks(vpart, g, va))} for g in WEIGHT_GRID]
         best = max(grid, key=lambda g: (g["ndcg@10"], -g["weight"]))
         w = float(best["weight"])
-        tuned = {"weight": w, "on": "validation users", "validation_users": len(va),
-                 "grid": grid}
+        return w, {"weight": w, "on": "validation users", "validation_users": len(va),
+                   "grid": grid}
+
+
+def _lm_rerank(v: dict[str, Any], inner: _Scores, inner_filled: dict[str, Any], d: _Data,
+               pop: _Scores, lm_users: int, seed: int, device: str) -> dict[str, Any]:
+    """Rerank the inner top ``rerank_top`` with the LM (both protocols). A ``prior`` on the LM
+    score has its weight tuned on validation users, whose LM scores are computed too."""
+    cfg = parse_variant(_with_weight(v, 1.0))
+    lm = build_scorer(cfg.model_copy(update={"candidates_from": None, "prior": None}),
+                      device=device)
+    rr = _Reranker(lm, cfg.rerank_top, inner, pop, d, seed)
+    ev = _subsample(d.eval, lm_users, seed + 2)
+    n_val = max(1, round(len(ev) * len(d.val) / max(len(d.eval), 1)))
+    va = _subsample(d.val, n_val, seed + 3) if v.get("prior") is not None else np.array([], int)
+    w, tuned = rr.tune(va) if v.get("prior") is not None else (0.0, None)
     out: dict[str, Any] = {"variant": {**_with_weight(v, w), "candidates_from": inner_filled},
                            "subsample_users": len(ev)}
     for protocol in ("sampled", "full"):
-        part = lm_part(ev, protocol)
-        m = _metrics(ranks(part, w, ev))
+        part = rr.part(ev, protocol)
+        m = _metrics(rr.ranks(part, w, ev))
         base = _metrics(np.asarray([part[int(n)][3] for n in ev]))
         if protocol == "sampled":
             out.update(m)

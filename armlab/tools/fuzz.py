@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,98 +122,148 @@ def _random_json(rng: random.Random, depth: int = 0) -> Any:
     return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(6))}
 
 
+@dataclass(slots=True)
+class _Draft:
+    """A record in the making: the valid-looking event (``base``) a family then breaks, the
+    topic it goes to and whether it is an impression."""
+
+    family: str
+    topic: str
+    is_imp: bool
+    base: dict[str, Any]
+
+    def record(self, value: bytes | None, topic: str | None = None) -> FuzzRecord:
+        return FuzzRecord(topic or self.topic, value, self.family)
+
+
+def _bytes(d: _Draft, rng: random.Random) -> FuzzRecord:
+    """Arbitrary bytes of a random length, sometimes wrapped in braces."""
+    n = rng.choice((0, 1, 2, 8, 64, 512, 4096))
+    raw = bytes(rng.randrange(256) for _ in range(n))
+    if rng.random() < 0.3:
+        raw = b"{" + raw + b"}"
+    return d.record(raw)
+
+
+def _json(d: _Draft, rng: random.Random) -> FuzzRecord:
+    """An arbitrary JSON value, sometimes inside an object that names a schema."""
+    value = _random_json(rng)
+    if rng.random() < 0.5 and not isinstance(value, dict):
+        value = {"schema": rng.choice(("impression.v1", "feedback.v1")), "v": value}
+    return d.record(json.dumps(value).encode())
+
+
+def _extreme(d: _Draft, rng: random.Random) -> FuzzRecord:
+    """One number of the event (propensity, an item, a context value, the feedback value)
+    replaced by an extreme token."""
+    token = rng.choice(_EXTREME_NUMBERS)
+    if d.is_imp:
+        path = rng.choice((("propensity",), ("propensity",), ("items",), ("context", "n"),
+                           ("context", "page")))
+        if path == ("items",):
+            return d.record(_dump(d.base).replace(
+                '"items":["m1",2]', f'"items":["m1",{token}]').encode())
+    else:
+        path = ("value",)
+    return d.record(_with_token(d.base, path, token))
+
+
+def _string(d: _Draft, rng: random.Random) -> FuzzRecord:
+    """One string (a field, a context key or value, an item) replaced by a bad or too long
+    one."""
+    base = d.base
+    bad = rng.choice(_BAD_STRINGS)
+    if rng.random() < 0.1:
+        bad = "x" * rng.choice((64, 65, 128, 129, 1000))
+    fields = [k for k, v in base.items() if isinstance(v, str) and k != "schema"]
+    where = rng.choice([*fields, "context-key", "context-value", "item"] if d.is_imp
+                       else fields)
+    text: str
+    if where == "context-key":
+        text = _dump(base).replace('"page":', f'"{bad}":')
+    elif where == "context-value":
+        text = _dump(base).replace('"home"', f'"{bad}"')
+    elif where == "item":
+        text = _dump(base).replace('"m1"', f'"{bad}"')
+    else:
+        text = _with_token(base, (where,), f'"{bad}"').decode("utf-8", "surrogatepass")
+    return d.record(text.encode("utf-8", "surrogatepass"))
+
+
+def _nesting(d: _Draft, rng: random.Random) -> FuzzRecord:
+    """Deeply nested lists in a value, or a context with many keys."""
+    depth = rng.choice((15, 16, 17, 50, 200))
+    nested = "[" * depth + "1" + "]" * depth
+    if not d.is_imp:
+        return d.record(_with_token(d.base, ("value",), nested))
+    if rng.random() < 0.2:
+        wide = "{" + ",".join(f'"k{j}":{j}' for j in range(rng.choice((64, 65, 500)))) + "}"
+        return d.record(_with_token(d.base, ("context",), wide))
+    return d.record(_with_token(d.base, ("context", "n"), nested))
+
+
+def _swap(d: _Draft, rng: random.Random) -> FuzzRecord:
+    """One field's value replaced by a value of another JSON type."""
+    field = rng.choice(sorted(d.base))
+    token = rng.choice(("null", "true", "false", "0", "1.5", '"s"', "[]", "{}",
+                        "[1,2]", '{"a":1}', "99999999999999999999999", '"2026-01-01"'))
+    return d.record(_with_token(d.base, (field,), token))
+
+
+def _size(d: _Draft, rng: random.Random) -> FuzzRecord:
+    """The event padded to just under, at or well past the record-size limit."""
+    base = d.base
+    size = rng.choice((60_000, 65_000, 65_600, 70_000))
+    if rng.random() < 0.1:
+        size = rng.choice((200_000, 900_000))
+    pad = max(0, size - len(_dump(base)) - 20)
+    if d.is_imp:
+        base["context"]["pad"] = "x" * pad
+    else:
+        base["pad"] = "x" * pad
+    return d.record(_dump(base).encode())
+
+
+def _structure(d: _Draft, rng: random.Random) -> FuzzRecord:
+    """Tombstones, truncation, duplicated, missing or unknown fields, a wrong schema, the other
+    topic's schema, repeated records."""
+    base = d.base
+    c = rng.randrange(8)
+    raw_s = _dump(base)
+    if c == 0:
+        return d.record(None)
+    if c == 1:
+        return d.record(raw_s[: rng.randrange(1, len(raw_s))].encode())
+    if c == 2:
+        return d.record(raw_s.replace("{", '{"schema":"impression.v1",', 1).encode())
+    if c == 3:
+        del base[rng.choice(sorted(base))]
+        return d.record(_dump(base).encode())
+    if c == 4:
+        base["extra"] = 1
+        return d.record(_dump(base).encode())
+    if c == 5:  # the other topic's schema
+        return d.record(raw_s.encode(), "feedback" if d.is_imp else "impression")
+    if c == 6:
+        base["schema"] = rng.choice(("impression.v2", "feedback", "", "IMPRESSION.V1"))
+        return d.record(_dump(base).encode())
+    return d.record((" " * rng.randrange(3) + raw_s + "\n").encode() * 2)
+
+
+_MAKERS: dict[str, Callable[[_Draft, random.Random], FuzzRecord]] = {
+    "bytes": _bytes, "json": _json, "extreme": _extreme, "string": _string,
+    "nesting": _nesting, "swap": _swap, "size": _size, "structure": _structure,
+}
+
+
 def _one(i: int, family: str, rng: random.Random, experiment_key: str,
          arms: Sequence[str]) -> FuzzRecord:
+    """Record ``i`` of ``family`` (an unknown family makes a ``structure`` record)."""
     is_imp = rng.random() < 0.6
     topic = "impression" if is_imp else "feedback"
     base = (_impression(i, experiment_key, rng.choice(arms)) if is_imp
             else _feedback(i, experiment_key))
-    if family == "bytes":
-        n = rng.choice((0, 1, 2, 8, 64, 512, 4096))
-        raw = bytes(rng.randrange(256) for _ in range(n))
-        if rng.random() < 0.3:
-            raw = b"{" + raw + b"}"
-        return FuzzRecord(topic, raw, family)
-    if family == "json":
-        value = _random_json(rng)
-        if rng.random() < 0.5 and not isinstance(value, dict):
-            value = {"schema": rng.choice(("impression.v1", "feedback.v1")), "v": value}
-        return FuzzRecord(topic, json.dumps(value).encode(), family)
-    if family == "extreme":
-        token = rng.choice(_EXTREME_NUMBERS)
-        if is_imp:
-            path = rng.choice((("propensity",), ("propensity",), ("items",), ("context", "n"),
-                               ("context", "page")))
-            if path == ("items",):
-                return FuzzRecord(topic, _dump(base).replace(
-                    '"items":["m1",2]', f'"items":["m1",{token}]').encode(), family)
-        else:
-            path = ("value",)
-        return FuzzRecord(topic, _with_token(base, path, token), family)
-    if family == "string":
-        bad = rng.choice(_BAD_STRINGS)
-        if rng.random() < 0.1:
-            bad = "x" * rng.choice((64, 65, 128, 129, 1000))
-        fields = [k for k, v in base.items() if isinstance(v, str) and k != "schema"]
-        where = rng.choice([*fields, "context-key", "context-value", "item"] if is_imp
-                           else fields)
-        text: str
-        if where == "context-key":
-            text = _dump(base).replace('"page":', f'"{bad}":')
-        elif where == "context-value":
-            text = _dump(base).replace('"home"', f'"{bad}"')
-        elif where == "item":
-            text = _dump(base).replace('"m1"', f'"{bad}"')
-        else:
-            text = _with_token(base, (where,), f'"{bad}"').decode("utf-8", "surrogatepass")
-        return FuzzRecord(topic, text.encode("utf-8", "surrogatepass"), family)
-    if family == "nesting":
-        depth = rng.choice((15, 16, 17, 50, 200))
-        nested = "[" * depth + "1" + "]" * depth
-        if not is_imp:
-            return FuzzRecord(topic, _with_token(base, ("value",), nested), family)
-        if rng.random() < 0.2:
-            wide = "{" + ",".join(f'"k{j}":{j}' for j in range(rng.choice((64, 65, 500)))) + "}"
-            return FuzzRecord(topic, _with_token(base, ("context",), wide), family)
-        return FuzzRecord(topic, _with_token(base, ("context", "n"), nested), family)
-    if family == "swap":
-        field = rng.choice(sorted(base))
-        token = rng.choice(("null", "true", "false", "0", "1.5", '"s"', "[]", "{}",
-                            "[1,2]", '{"a":1}', "99999999999999999999999", '"2026-01-01"'))
-        return FuzzRecord(topic, _with_token(base, (field,), token), family)
-    if family == "size":
-        size = rng.choice((60_000, 65_000, 65_600, 70_000))
-        if rng.random() < 0.1:
-            size = rng.choice((200_000, 900_000))
-        pad = max(0, size - len(_dump(base)) - 20)
-        if is_imp:
-            base["context"]["pad"] = "x" * pad
-        else:
-            base["pad"] = "x" * pad
-        return FuzzRecord(topic, _dump(base).encode(), family)
-    # structure
-    c = rng.randrange(8)
-    raw_s = _dump(base)
-    if c == 0:
-        return FuzzRecord(topic, None, family)
-    if c == 1:
-        return FuzzRecord(topic, raw_s[: rng.randrange(1, len(raw_s))].encode(), family)
-    if c == 2:
-        return FuzzRecord(topic, raw_s.replace("{", '{"schema":"impression.v1",', 1).encode(),
-                          family)
-    if c == 3:
-        del base[rng.choice(sorted(base))]
-        return FuzzRecord(topic, _dump(base).encode(), family)
-    if c == 4:
-        base["extra"] = 1
-        return FuzzRecord(topic, _dump(base).encode(), family)
-    if c == 5:  # the other topic's schema
-        other = "feedback" if is_imp else "impression"
-        return FuzzRecord(other, raw_s.encode(), family)
-    if c == 6:
-        base["schema"] = rng.choice(("impression.v2", "feedback", "", "IMPRESSION.V1"))
-        return FuzzRecord(topic, _dump(base).encode(), family)
-    return FuzzRecord(topic, (" " * rng.randrange(3) + raw_s + "\n").encode() * 2, family)
+    return _MAKERS.get(family, _structure)(_Draft(family, topic, is_imp, base), rng)
 
 
 def fuzz_records(

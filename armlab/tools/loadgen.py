@@ -11,8 +11,85 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+
+def _request_head(base: str, key: str, token: str) -> tuple[str, int, bytes]:
+    """(host, port, the request up to its Content-Length value) of the assign endpoint."""
+    parts = urlsplit(base)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = f"/v1/experiments/{key}/assign".encode()
+    head = (
+        b"POST " + path + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+    )
+    return host, port, head
+
+
+async def _call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes,
+                uid: str) -> bool:
+    """One request on a keep-alive connection; True when it answered 200 with a propensity."""
+    body = b'{"unit_id":"' + uid.encode() + b'"}'
+    writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+    hdr = await reader.readuntil(b"\r\n\r\n")
+    lower = hdr.lower()
+    i = lower.find(b"content-length:")
+    if i < 0:
+        raise RuntimeError(f"response without Content-Length: {hdr[:200]!r}")
+    n = int(lower[i + 15 : lower.find(b"\r\n", i)])
+    payload = await reader.readexactly(n)
+    return hdr[9:12] == b"200" and b'"propensity"' in payload
+
+
+@dataclass
+class _Load:
+    """What the workers share: the request numbers still to send, the deadline, and the
+    latencies and errors so far."""
+
+    head: bytes
+    unit: str
+    counter: Iterator[int]
+    t_end: float
+    lat: list[float] = field(default_factory=list)
+    errors: int = 0
+
+
+async def _worker(load: _Load, reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter) -> None:
+    """Send requests on one connection until the numbers or the time run out."""
+    for i in load.counter:
+        if time.perf_counter() > load.t_end:
+            return
+        uid = f"user{i % 5000}" if load.unit == "user" else f"r{i}"
+        t0 = time.perf_counter()
+        ok = await _call(reader, writer, load.head, uid)
+        load.lat.append(time.perf_counter() - t0)
+        if not ok:
+            load.errors += 1
+
+
+def _report(load: _Load, wall: float, conc: int) -> dict[str, Any]:
+    """Throughput and latency percentiles (ms) of the timed requests."""
+    arr = sorted(load.lat)
+
+    def pct(q: float) -> float:
+        return round(arr[min(len(arr) - 1, int(q * len(arr)))] * 1e3, 3) if arr else float("nan")
+
+    return {
+        "requests": len(arr),
+        "errors": load.errors,
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(len(arr) / wall, 1) if wall > 0 else None,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "concurrency": conc,
+    }
 
 
 async def drive(
@@ -25,68 +102,17 @@ async def drive(
     request and reads the status line, Content-Length and body, so nearly all the CPU left is
     the server's. Every response is checked (status 200 and a propensity in the body).
     """
-    parts = urlsplit(base)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    path = f"/v1/experiments/{key}/assign".encode()
-    head = (
-        b"POST " + path + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
-        b"Authorization: Bearer " + token.encode() + b"\r\n"
-        b"Content-Type: application/json\r\nContent-Length: "
-    )
-    lat: list[float] = []
-    errors = 0
-    counter = iter(range(total))
-
-    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, uid: str) -> bool:
-        body = b'{"unit_id":"' + uid.encode() + b'"}'
-        writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
-        hdr = await reader.readuntil(b"\r\n\r\n")
-        lower = hdr.lower()
-        i = lower.find(b"content-length:")
-        if i < 0:
-            raise RuntimeError(f"response without Content-Length: {hdr[:200]!r}")
-        n = int(lower[i + 15 : lower.find(b"\r\n", i)])
-        payload = await reader.readexactly(n)
-        return hdr[9:12] == b"200" and b'"propensity"' in payload
-
+    host, port, head = _request_head(base, key, token)
     conns = [await asyncio.open_connection(host, port) for _ in range(conc)]
     for r, w in conns:  # warm-up: connections open, experiment cached
-        await one(r, w, "warm")
-    t_end = time.perf_counter() + max_s
-
-    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal errors
-        for i in counter:
-            if time.perf_counter() > t_end:
-                return
-            uid = f"user{i % 5000}" if unit == "user" else f"r{i}"
-            t0 = time.perf_counter()
-            ok = await one(reader, writer, uid)
-            lat.append(time.perf_counter() - t0)
-            if not ok:
-                errors += 1
-
+        await _call(r, w, head, "warm")
+    load = _Load(head, unit, iter(range(total)), time.perf_counter() + max_s)
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(r, w) for r, w in conns))
+    await asyncio.gather(*(_worker(load, r, w) for r, w in conns))
     wall = time.perf_counter() - t0
     for _, w in conns:
         w.close()
-    arr = sorted(lat)
-
-    def pct(q: float) -> float:
-        return round(arr[min(len(arr) - 1, int(q * len(arr)))] * 1e3, 3) if arr else float("nan")
-
-    return {
-        "requests": len(arr),
-        "errors": errors,
-        "wall_s": round(wall, 3),
-        "requests_per_s": round(len(arr) / wall, 1) if wall > 0 else None,
-        "p50_ms": pct(0.50),
-        "p90_ms": pct(0.90),
-        "p99_ms": pct(0.99),
-        "max_ms": pct(1.0),
-        "concurrency": conc,
-    }
+    return _report(load, wall, conc)
 
 
 if __name__ == "__main__":  # the load process

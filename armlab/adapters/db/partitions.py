@@ -153,6 +153,69 @@ def ensure_default(session: Session, table: str, have: set[str]) -> bool:
     return True
 
 
+def _skip_reason(session: Session, dry_run: bool) -> str | None:
+    """Why this pass does nothing (SQLite, tables not partitioned, the lock held elsewhere),
+    or None; a real pass takes the advisory lock and sets the DDL lock timeout."""
+    if session.get_bind().dialect.name != "postgresql":
+        return "sqlite (plain tables, no partitions, no retention)"
+    if not all(is_partitioned(session, t) for t in PARTITIONED):
+        return "tables not partitioned (run `armlab db upgrade`)"
+    if not dry_run:
+        if not session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
+                               {"k": ADVISORY_LOCK_ID}).scalar():
+            return "locked (another process is maintaining the partitions)"
+        session.execute(text(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"))
+    return None
+
+
+def _create_ahead(session: Session, table: str, have: set[str], first: datetime,
+                  report: MaintenanceReport, dry_run: bool) -> None:
+    """The DEFAULT partition and the previous, current and next AHEAD_WEEKS weeks."""
+    if dry_run:
+        if default_name(table) not in have:
+            report.created.append(default_name(table))
+    elif ensure_default(session, table, have):
+        report.created.append(default_name(table))
+    for k in range(-1, AHEAD_WEEKS + 1):
+        start = first + k * PERIOD
+        name = partition_name(table, start)
+        if name in have:
+            continue
+        if dry_run:
+            report.created.append(name)
+            continue
+        moved = create_week(session, table, start, have)
+        report.created.append(name)
+        if moved:
+            report.moved[name] = moved
+
+
+def _drop_expired(session: Session, table: str, have: set[str], drop_before: datetime,
+                  report: MaintenanceReport, dry_run: bool) -> None:
+    """Drop the week partitions that ended before ``drop_before``; delete (count, with
+    ``dry_run``) the DEFAULT rows older than that."""
+    key = PARTITIONED[table]
+    for name in sorted(have):
+        m = _NAME.match(name)
+        if m is None or m.group(1) != table:
+            continue
+        start = datetime.strptime(m.group(2), "%Y%m%d").replace(tzinfo=UTC)
+        if start + PERIOD <= drop_before:
+            report.dropped.append(name)
+            if not dry_run:
+                session.execute(text(f"DROP TABLE {name}"))
+    dflt = default_name(table)
+    if dflt in have:
+        if dry_run:
+            n = session.execute(text(f"SELECT count(*) FROM {dflt} WHERE {key} < :c"),
+                                {"c": drop_before}).scalar()
+        else:
+            n = session.execute(text(f"WITH d AS (DELETE FROM {dflt} WHERE {key} < :c "
+                                     "RETURNING 1) SELECT count(*) FROM d"),
+                                {"c": drop_before}).scalar()
+        report.purged[dflt] = int(n or 0)
+
+
 def maintain(
     session: Session,
     *,
@@ -163,60 +226,16 @@ def maintain(
     """One maintenance pass inside the caller's transaction (module doc). The caller commits;
     with ``dry_run`` nothing is changed and the report says what would be."""
     report = MaintenanceReport()
-    if session.get_bind().dialect.name != "postgresql":
-        report.skipped = "sqlite (plain tables, no partitions, no retention)"
+    report.skipped = _skip_reason(session, dry_run)
+    if report.skipped:
         return report
-    if not all(is_partitioned(session, t) for t in PARTITIONED):
-        report.skipped = "tables not partitioned (run `armlab db upgrade`)"
-        return report
-    if not dry_run:
-        if not session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
-                               {"k": ADVISORY_LOCK_ID}).scalar():
-            report.skipped = "locked (another process is maintaining the partitions)"
-            return report
-        session.execute(text(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}"))
     now = (now or datetime.now(UTC)).astimezone(UTC)
     cut = horizon(now, retention_days)
     drop_before = None if cut is None else cut - DROP_SLACK
     first = week_start(now)
-    for table, key in PARTITIONED.items():
+    for table in PARTITIONED:
         have = existing(session, table)
-        if dry_run:
-            if default_name(table) not in have:
-                report.created.append(default_name(table))
-        elif ensure_default(session, table, have):
-            report.created.append(default_name(table))
-        for k in range(-1, AHEAD_WEEKS + 1):
-            start = first + k * PERIOD
-            name = partition_name(table, start)
-            if name in have:
-                continue
-            if dry_run:
-                report.created.append(name)
-                continue
-            moved = create_week(session, table, start, have)
-            report.created.append(name)
-            if moved:
-                report.moved[name] = moved
-        if drop_before is None:
-            continue
-        for name in sorted(have):
-            m = _NAME.match(name)
-            if m is None or m.group(1) != table:
-                continue
-            start = datetime.strptime(m.group(2), "%Y%m%d").replace(tzinfo=UTC)
-            if start + PERIOD <= drop_before:
-                report.dropped.append(name)
-                if not dry_run:
-                    session.execute(text(f"DROP TABLE {name}"))
-        dflt = default_name(table)
-        if dflt in have:
-            if dry_run:
-                n = session.execute(text(f"SELECT count(*) FROM {dflt} WHERE {key} < :c"),
-                                    {"c": drop_before}).scalar()
-            else:
-                n = session.execute(text(f"WITH d AS (DELETE FROM {dflt} WHERE {key} < :c "
-                                         "RETURNING 1) SELECT count(*) FROM d"),
-                                    {"c": drop_before}).scalar()
-            report.purged[dflt] = int(n or 0)
+        _create_ahead(session, table, have, first, report, dry_run)
+        if drop_before is not None:
+            _drop_expired(session, table, have, drop_before, report, dry_run)
     return report

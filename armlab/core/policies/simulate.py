@@ -17,6 +17,7 @@ Szepesvari 2020, Sec. 4.2), averaged over seeds with its standard error.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,79 @@ def _draw(cdf: FloatArray, u: FloatArray) -> IntArray:
     return np.minimum(arms, k - 1).astype(np.int64)
 
 
+@dataclass
+class _Bandits:
+    """The state of ``seeds`` independent bandits that advance together: pulls ``n`` and
+    successes ``s`` per (seed, arm), the pseudo-regret and best-arm pulls so far."""
+
+    mu: FloatArray
+    n: FloatArray
+    s: FloatArray
+    regret: FloatArray
+    best_pulls: FloatArray
+
+    @classmethod
+    def fresh(cls, mu: FloatArray, seeds: int) -> _Bandits:
+        k = mu.shape[0]
+        return cls(mu=mu, n=np.zeros((seeds, k)), s=np.zeros((seeds, k)),
+                   regret=np.zeros(seeds), best_pulls=np.zeros(seeds))
+
+    @property
+    def seeds(self) -> int:
+        return int(self.n.shape[0])
+
+    @property
+    def gaps(self) -> FloatArray:
+        return self.mu.max() - self.mu
+
+    @property
+    def is_best(self) -> npt.NDArray[np.bool_]:
+        return self.mu == self.mu.max()
+
+
+def _online_chunk(b: _Bandits, st: Any, rng: np.random.Generator, m: int) -> None:
+    """``m`` rounds of fully online Thompson sampling: per round one posterior draw per arm
+    and seed, the argmax played (top-two and burn-in applied), its reward observed."""
+    seeds, k = b.n.shape
+    rows = np.arange(seeds)
+    gaps, is_best = b.gaps, b.is_best
+    us = rng.random((seeds, m))
+    for j in range(m):
+        a, bb = beta_posterior(b.n, b.s, st.prior_alpha, st.prior_beta)
+        draws = rng.beta(a, bb)
+        arm = np.argmax(draws, axis=1)
+        if st.top_two:
+            arm = _top_two_online(arm, a, bb, st.top_two_beta, rng)
+        if st.burn_in > 0:
+            burning = np.any(b.n < st.burn_in, axis=1)
+            if burning.any():
+                arm = np.where(burning, rng.integers(0, k, seeds), arm)
+        r = us[:, j] < b.mu[arm]
+        b.n[rows, arm] += 1.0
+        b.s[rows, arm] += r
+        b.regret += gaps[arm]
+        b.best_pulls += is_best[arm]
+
+
+def _batch_step(b: _Bandits, pol: Any, rng: np.random.Generator, m: int) -> None:
+    """One batch: the policy's weights from all the data so far, then ``m`` rounds drawn
+    i.i.d. from them and their rewards."""
+    seeds, k = b.n.shape
+    flat = np.arange(seeds)[:, None] * k
+    w = _batch_weights(pol, b.n, b.s, rng)
+    cdf = np.cumsum(w, axis=1)
+    cdf[:, -1] = 1.0
+    arms = _draw(cdf, rng.random((seeds, m)))
+    r = rng.random((seeds, m)) < b.mu[arms]
+    idx = (flat + arms).ravel()
+    b.n += np.bincount(idx, minlength=seeds * k).reshape(seeds, k)
+    b.s += np.bincount(idx, weights=r.ravel().astype(np.float64), minlength=seeds * k).reshape(
+        seeds, k
+    )
+    b.regret += b.gaps[arms].sum(axis=1)
+    b.best_pulls += b.is_best[arms].sum(axis=1)
+
+
 def simulate_bandit(
     means: list[float],
     *,
@@ -112,18 +186,10 @@ def simulate_bandit(
     if horizon < 1 or seeds < 1 or batch_every < 1:
         raise PolicyError("horizon, seeds and batch_every must all be >= 1")
     mu = np.asarray(means, dtype=np.float64)
-    k = mu.shape[0]
     pol = make_policy(policy, params, reward_kind="binary", floor=floor, burn_in=burn_in)
     st = pol.settings  # type: ignore[attr-defined]
     rng = np.random.default_rng(seed)
-    gaps = mu.max() - mu
-    is_best = mu == mu.max()
-    n = np.zeros((seeds, k))
-    s = np.zeros((seeds, k))
-    regret = np.zeros(seeds)
-    best_pulls = np.zeros(seeds)
-    rows = np.arange(seeds)
-    flat = rows[:, None] * k
+    b = _Bandits.fresh(mu, seeds)
     t0 = time.perf_counter()
     online_ts = isinstance(pol, ThompsonSampling) and batch_every == 1
     if online_ts and floor > 0:
@@ -134,39 +200,11 @@ def simulate_bandit(
     t = 0
     chunk = 1024
     while t < horizon:
+        m = min(chunk if online_ts else batch_every, horizon - t)
         if online_ts:
-            m = min(chunk, horizon - t)
-            us = rng.random((seeds, m))
-            for j in range(m):
-                a, b = beta_posterior(n, s, st.prior_alpha, st.prior_beta)
-                draws = rng.beta(a, b)
-                arm = np.argmax(draws, axis=1)
-                if st.top_two:
-                    arm = _top_two_online(arm, a, b, st.top_two_beta, rng)
-                if st.burn_in > 0:
-                    burning = np.any(n < st.burn_in, axis=1)
-                    if burning.any():
-                        arm = np.where(burning, rng.integers(0, k, seeds), arm)
-                r = us[:, j] < mu[arm]
-                n[rows, arm] += 1.0
-                s[rows, arm] += r
-                regret += gaps[arm]
-                best_pulls += is_best[arm]
-            t += m
-            continue
-        m = min(batch_every, horizon - t)
-        w = _batch_weights(pol, n, s, rng)
-        cdf = np.cumsum(w, axis=1)
-        cdf[:, -1] = 1.0
-        arms = _draw(cdf, rng.random((seeds, m)))
-        r = rng.random((seeds, m)) < mu[arms]
-        idx = (flat + arms).ravel()
-        n += np.bincount(idx, minlength=seeds * k).reshape(seeds, k)
-        s += np.bincount(idx, weights=r.ravel().astype(np.float64), minlength=seeds * k).reshape(
-            seeds, k
-        )
-        regret += gaps[arms].sum(axis=1)
-        best_pulls += is_best[arms].sum(axis=1)
+            _online_chunk(b, st, rng, m)
+        else:
+            _batch_step(b, pol, rng, m)
         t += m
     elapsed = time.perf_counter() - t0
     return {
@@ -177,9 +215,10 @@ def simulate_bandit(
         "batch_every": batch_every,
         "floor": floor,
         "burn_in": burn_in,
-        "regret_mean": float(regret.mean()),
-        "regret_se": float(regret.std(ddof=1) / np.sqrt(seeds)) if seeds > 1 else float("nan"),
-        "best_arm_fraction": float(best_pulls.mean() / horizon),
+        "regret_mean": float(b.regret.mean()),
+        "regret_se": (float(b.regret.std(ddof=1) / np.sqrt(seeds)) if seeds > 1
+                      else float("nan")),
+        "best_arm_fraction": float(b.best_pulls.mean() / horizon),
         "elapsed_s": round(elapsed, 3),
         "seed": seed,
         "params": params or {},

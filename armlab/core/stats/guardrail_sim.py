@@ -112,6 +112,93 @@ class GuardrailSimConfig:
         return s * (mu_b - g * mu_a) - m
 
 
+@dataclass
+class _Sums:
+    """Per arm (rows 0 = control, 1 = treatment; shape (2, reps)): impressions, clicks and the
+    metric's sums y, 1/p, y/p, y/p², 1/p² (y² = y: a 0/1 metric)."""
+
+    n: FloatArray
+    clicks: FloatArray
+    ys: FloatArray
+    inv: FloatArray
+    ys_p: FloatArray
+    ys_p2: FloatArray
+    inv2: FloatArray
+
+    @classmethod
+    def fresh(cls, reps: int) -> _Sums:
+        n, clicks, ys, inv, ys_p, ys_p2, inv2 = (np.zeros((2, reps)) for _ in range(7))
+        return cls(n, clicks, ys, inv, ys_p, ys_p2, inv2)
+
+
+def _serve_batch(cfg: GuardrailSimConfig, rng: np.random.Generator, sums: _Sums) -> None:
+    """One batch: the Thompson weight from the clicks so far, the treatment's impressions, then
+    per arm its clicks and (among the rest) its skips, added to the sums."""
+    batch = cfg.look_every
+    rates_click = (cfg.click_a, cfg.click_b)
+    rates_skip = (cfg.skip_a, cfg.skip_b)
+    n, clicks = sums.n, sums.clicks
+    w_b = thompson_weight(clicks[0], n[0], clicks[1], n[1], cfg.floor)
+    k_b = rng.binomial(batch, w_b).astype(np.float64)
+    for arm, k, w in ((0, batch - k_b, 1.0 - w_b), (1, k_b, w_b)):
+        c = rng.binomial(k.astype(np.int64), rates_click[arm]).astype(np.float64)
+        cond = rates_skip[arm] / (1.0 - rates_click[arm])
+        sk = rng.binomial((k - c).astype(np.int64), cond).astype(np.float64)
+        y = sk if cfg.metric == "skip" else c
+        n[arm] += k
+        clicks[arm] += c
+        sums.ys[arm] += y
+        sums.inv[arm] += k / w
+        sums.ys_p[arm] += y / w
+        sums.ys_p2[arm] += y / (w * w)
+        sums.inv2[arm] += k / (w * w)
+
+
+def _first_breach(out: dict[str, FloatArray], name: str, hit: npt.NDArray[np.bool_], t: float,
+                  nb: FloatArray) -> None:
+    """Record, for the replications that breach ``name`` for the first time, when (``t``) and
+    the treatment impressions served until then (``nb``)."""
+    out[f"{name}_t"] = np.where(hit, t, out[f"{name}_t"])
+    out[f"{name}_nb"] = np.where(hit, nb, out[f"{name}_nb"])
+    out[f"{name}_breach"] = np.where(hit, 1.0, out[f"{name}_breach"])
+
+
+def _ipw_look(cfg: GuardrailSimConfig, sums: _Sums, t: float, gate: npt.NDArray[np.bool_],
+              pooled: FloatArray, nn: FloatArray) -> npt.NDArray[np.bool_]:
+    """The platform's test at this look: which replications cross the boundary."""
+    s, g, m = contrast(cfg.harm, cfg.margin, cfg.relative)
+    ys, inv, ys_p, ys_p2, inv2 = sums.ys, sums.inv, sums.ys_p, sums.ys_p2, sums.inv2
+    tt = np.asarray(t, dtype=np.float64)
+    est, sigma2, _ = excess_kernel(tt, nn[0], ys[0], ys[0], inv[0], ys_p[0], ys_p2[0],
+                                   inv2[0], nn[1], ys[1], ys[1], inv[1], ys_p[1],
+                                   ys_p2[1], inv2[1], sign=s, scale=g, binary=True)
+    tau2 = planned_tau2(pooled, float(cfg.horizon), n_arms=2, floor=cfg.floor,
+                        alpha=cfg.alpha)
+    var = sigma2 / t
+    ok = gate & (var > 0) & (tau2 > 0)
+    llr = np.where(ok, log_lambda_plus(est - m, np.where(ok, var, 1.0),
+                                       np.where(ok, tau2, 1.0)), -np.inf)
+    hit: npt.NDArray[np.bool_] = ok & (llr >= -math.log(cfg.alpha))
+    return hit
+
+
+def _plain_look(cfg: GuardrailSimConfig, sums: _Sums, gate: npt.NDArray[np.bool_],
+                pooled: FloatArray, nn: FloatArray, plain_factor: float
+                ) -> npt.NDArray[np.bool_]:
+    """The one-sided mSPRT on the plain per-arm means at this look (tau² for a 50/50 split)."""
+    s, g, m = contrast(cfg.harm, cfg.margin, cfg.relative)
+    ys = sums.ys
+    ma, mb = ys[0] / nn[0], ys[1] / nn[1]
+    d = s * (mb - g * ma) - m
+    v = g * g * ma * (1 - ma) / nn[0] + mb * (1 - mb) / nn[1]
+    tau2p = pooled * plain_factor
+    okp = gate & (v > 0) & (tau2p > 0)
+    llrp = np.where(okp, log_lambda_plus(d, np.where(okp, v, 1.0),
+                                         np.where(okp, tau2p, 1.0)), -np.inf)
+    hit: npt.NDArray[np.bool_] = okp & (llrp >= -math.log(cfg.alpha))
+    return hit
+
+
 def simulate_guardrail(cfg: GuardrailSimConfig) -> dict[str, FloatArray]:
     """Run one cell; per-replication arrays (shape (reps,)):
 
@@ -122,36 +209,15 @@ def simulate_guardrail(cfg: GuardrailSimConfig) -> dict[str, FloatArray]:
     """
     rng = np.random.default_rng(cfg.seed)
     reps, batch = cfg.reps, cfg.look_every
-    s, g, m = contrast(cfg.harm, cfg.margin, cfg.relative)
-    thr = -math.log(cfg.alpha)
-    binary_metric = True
     plain_v = planned_variance(1.0, float(cfg.horizon), 2, method="plain", floor=0.0)
     plain_factor = plain_v * tau2_factor(cfg.alpha)
-    # per arm: n, clicks, and the metric's sums y, 1/p, y/p, y/p², 1/p² (y² = y: 0/1 metric)
-    n = np.zeros((2, reps))
-    clicks = np.zeros((2, reps))
-    ys, inv, ys_p, ys_p2, inv2 = (np.zeros((2, reps)) for _ in range(5))
+    sums = _Sums.fresh(reps)
+    n, ys = sums.n, sums.ys
     out = {k: np.zeros(reps) for k in ("ipw_breach", "plain_breach", "ipw_nb", "plain_nb")}
     out["ipw_t"] = np.full(reps, float(cfg.horizon))
     out["plain_t"] = np.full(reps, float(cfg.horizon))
-    rates_click = (cfg.click_a, cfg.click_b)
-    rates_skip = (cfg.skip_a, cfg.skip_b)
-    looks = cfg.horizon // batch
-    for look in range(looks):
-        w_b = thompson_weight(clicks[0], n[0], clicks[1], n[1], cfg.floor)
-        k_b = rng.binomial(batch, w_b).astype(np.float64)
-        for arm, k, w in ((0, batch - k_b, 1.0 - w_b), (1, k_b, w_b)):
-            c = rng.binomial(k.astype(np.int64), rates_click[arm]).astype(np.float64)
-            cond = rates_skip[arm] / (1.0 - rates_click[arm])
-            sk = rng.binomial((k - c).astype(np.int64), cond).astype(np.float64)
-            y = sk if cfg.metric == "skip" else c
-            n[arm] += k
-            clicks[arm] += c
-            ys[arm] += y
-            inv[arm] += k / w
-            ys_p[arm] += y / w
-            ys_p2[arm] += y / (w * w)
-            inv2[arm] += k / (w * w)
+    for look in range(cfg.horizon // batch):
+        _serve_batch(cfg, rng, sums)
         t = float((look + 1) * batch)
         events = np.minimum(ys, n - ys)
         gate = ((np.minimum(n[0], n[1]) >= max(cfg.min_samples, 1))
@@ -161,33 +227,11 @@ def simulate_guardrail(cfg: GuardrailSimConfig) -> dict[str, FloatArray]:
         pooled = pooled_variance(n[0] + n[1], ys[0] + ys[1], ys[0] + ys[1], binary=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             nn = np.maximum(n, 1.0)
-            tt = np.asarray(t, dtype=np.float64)
-            est, sigma2, _ = excess_kernel(tt, nn[0], ys[0], ys[0], inv[0], ys_p[0], ys_p2[0],
-                                           inv2[0], nn[1], ys[1], ys[1], inv[1], ys_p[1],
-                                           ys_p2[1], inv2[1], sign=s, scale=g,
-                                           binary=binary_metric)
-            tau2 = planned_tau2(pooled, float(cfg.horizon), n_arms=2, floor=cfg.floor,
-                                alpha=cfg.alpha)
-            var = sigma2 / t
-            ok = gate & (var > 0) & (tau2 > 0)
-            llr = np.where(ok, log_lambda_plus(est - m, np.where(ok, var, 1.0),
-                                               np.where(ok, tau2, 1.0)), -np.inf)
-            hit = ok & (llr >= thr) & (out["ipw_breach"] == 0)
-            out["ipw_t"] = np.where(hit, t, out["ipw_t"])
-            out["ipw_nb"] = np.where(hit, n[1], out["ipw_nb"])
-            out["ipw_breach"] = np.where(hit, 1.0, out["ipw_breach"])
-
-            ma, mb = ys[0] / nn[0], ys[1] / nn[1]
-            d = s * (mb - g * ma) - m
-            v = g * g * ma * (1 - ma) / nn[0] + mb * (1 - mb) / nn[1]
-            tau2p = pooled * plain_factor
-            okp = gate & (v > 0) & (tau2p > 0)
-            llrp = np.where(okp, log_lambda_plus(d, np.where(okp, v, 1.0),
-                                                 np.where(okp, tau2p, 1.0)), -np.inf)
-            hitp = okp & (llrp >= thr) & (out["plain_breach"] == 0)
-            out["plain_t"] = np.where(hitp, t, out["plain_t"])
-            out["plain_nb"] = np.where(hitp, n[1], out["plain_nb"])
-            out["plain_breach"] = np.where(hitp, 1.0, out["plain_breach"])
+            hit = _ipw_look(cfg, sums, t, gate, pooled, nn) & (out["ipw_breach"] == 0)
+            _first_breach(out, "ipw", hit, t, n[1])
+            hitp = (_plain_look(cfg, sums, gate, pooled, nn, plain_factor)
+                    & (out["plain_breach"] == 0))
+            _first_breach(out, "plain", hitp, t, n[1])
     out["nb_total"] = n[1].copy()
     out["ipw_nb"] = np.where(out["ipw_breach"] > 0, out["ipw_nb"], out["nb_total"])
     out["plain_nb"] = np.where(out["plain_breach"] > 0, out["plain_nb"], out["nb_total"])

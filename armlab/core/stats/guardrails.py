@@ -55,33 +55,46 @@ guardrail the per-arm alpha is alpha_g / (number of treatment arms) (Bonferroni)
 probability that any arm falsely breaches guardrail g over the whole experiment is <= alpha_g
 and, by the union bound, the family-wise false-rollback rate over all guardrails is <= the
 sum of their alphas.
+
+Layout: the vectorised kernels live in :mod:`armlab.core.stats.guardrail_kernels` (re-exported
+here); this module holds the scalar test, :func:`guardrail_test`, as named steps: check the
+look's inputs, estimate the excess, plan tau², test.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
-from scipy.special import log_ndtr
 
 from armlab.core.evidence import FIELDS, ArmSums
 from armlab.core.stats.adaptive import (
     DEFAULT_PLAN_IMPRESSIONS,
     KERNEL_FIELDS,
     informative,
-    ipw_kernel,
     ipw_moments,
-    planned_variance,
 )
-from armlab.core.stats.msprt import cs_halfwidth, mixture_test, tau2_for_horizon
+from armlab.core.stats.guardrail_kernels import (
+    HARMS,
+    FloatArray,
+    Harm,
+    contrast,
+    excess_kernel,
+    log_lambda_plus,
+    planned_tau2,
+    pooled_variance,
+    tau2_factor,
+)
+from armlab.core.stats.msprt import cs_halfwidth, mixture_test
 from armlab.errors import StatsError
 
-Harm = Literal["increase", "decrease"]
-HARMS = ("increase", "decrease")
-FloatArray = npt.NDArray[np.float64]
+__all__ = [
+    "DEFAULT_FLOOR", "HARMS", "FloatArray", "GuardrailResult", "Harm", "contrast",
+    "excess_kernel", "guardrail_test", "log_lambda_plus", "planned_tau2", "pooled_variance",
+    "tau2_factor",
+]
+
 #: Exploration floor assumed for tau² planning when the caller does not say.
 DEFAULT_FLOOR = 0.1
 
@@ -140,94 +153,6 @@ class GuardrailResult:
         }
 
 
-# ---------------------------------------------------------------------------------------------
-# Vectorised kernels (the scalar test and the Monte Carlo simulator run the same code)
-
-
-def contrast(harm: Harm, margin: float, relative: bool) -> tuple[float, float, float]:
-    """(s, g, m): harm sign, control scale and absolute margin of E = s (mu_b - g mu_a) - m."""
-    s = 1.0 if harm == "increase" else -1.0
-    if relative:
-        return s, 1.0 + s * margin, 0.0
-    return s, 1.0, margin
-
-
-def excess_kernel(
-    t: FloatArray,
-    n_a: FloatArray, rs_a: FloatArray, rss_a: FloatArray,
-    in_a: FloatArray, is_a: FloatArray, iss_a: FloatArray, ins_a: FloatArray,
-    n_b: FloatArray, rs_b: FloatArray, rss_b: FloatArray,
-    in_b: FloatArray, is_b: FloatArray, iss_b: FloatArray, ins_b: FloatArray,
-    *,
-    sign: float,
-    scale: float,
-    binary: bool,
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """(s · mean of Z(c), variance of Z(c), c) for the contrast mu_b - scale · mu_a.
-
-    :func:`armlab.core.stats.adaptive.ipw_kernel` on the control's sums scaled by g
-    (first moments x g, second moments x g²), with the binary "realised" second moment
-    recomputed for the scaled control, sum (g y - c)²/p² = (g² - 2 c g) sum y/p² + c² sum 1/p²
-    (y = y² for 0/1 metrics); at g = 1 this is exactly ``ipw_kernel(..., binary=True)``.
-    Arguments per arm in ``ArmSums`` order (n, reward_sum, reward_sumsq, ipw_n, ipw_sum,
-    ipw_sumsq, ipw_n_sq); arrays of any common shape; requires n_a, n_b > 0 and t > 1.
-    """
-    g = scale
-    mean, sigma2, c = ipw_kernel(t, n_a, g * rs_a, g * g * rss_a, in_a, g * is_a,
-                                 g * g * iss_a, ins_a, n_b, rs_b, rss_b, in_b, is_b, iss_b,
-                                 ins_b, binary=False)
-    if binary:
-        realised = (np.maximum((g * g - 2.0 * c * g) * iss_a + c * c * ins_a, 0.0)
-                    + np.maximum((1.0 - 2.0 * c) * iss_b + c * c * ins_b, 0.0)) / t
-        extra = np.maximum(realised - mean * mean, 0.0) * t / np.maximum(t - 1.0, 1.0)
-        sigma2 = np.maximum(sigma2, extra)
-    return sign * mean, sigma2, c
-
-
-def pooled_variance(n: FloatArray, s: FloatArray, ss: FloatArray, *, binary: bool
-                    ) -> FloatArray:
-    """Pooled per-impression variance of the metric over both arms (n, sum, sum of squares
-    already added over the arms), as the primary test's tau² planning uses it."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.where(n > 0, s / np.maximum(n, 1.0), 0.0)
-        if binary:
-            return np.where(n >= 2, mean * (1.0 - mean), 0.0)
-        var = np.maximum(ss / np.maximum(n, 1.0) - mean * mean, 0.0) * n / np.maximum(n - 1, 1)
-        return np.where(n >= 2, var, 0.0)
-
-
-def tau2_factor(alpha: float) -> float:
-    """tau² / Var(D) at the horizon of Howard et al.'s (2021, §3.5) tuning rule (≈ 8.2 at 0.05)."""
-    return tau2_for_horizon(1.0, alpha)
-
-
-def planned_tau2(sigma2: FloatArray | float, horizon: float, *, n_arms: int, floor: float,
-                 alpha: float) -> FloatArray:
-    """tau² for the guardrail test: the primary test's rule, Howard et al.'s tuning at the IPW
-    variance expected after ``horizon`` impressions over ``n_arms`` arms with exploration
-    floor ``floor`` (:func:`armlab.core.stats.adaptive.planned_variance`)."""
-    v = planned_variance(1.0, horizon, n_arms, method="ipw", floor=floor)
-    return np.asarray(sigma2, dtype=np.float64) * v * tau2_factor(alpha)
-
-
-def log_lambda_plus(estimate: FloatArray, variance: FloatArray, tau2: FloatArray | float,
-                    theta0: float = 0.0) -> FloatArray:
-    """log Lambda+ of the one-sided normal mixture (as
-    :func:`armlab.core.stats.msprt.log_lambda_greater`) with an array-valued tau²:
-    log 2 + log Lambda + log Phi(d tau / sqrt(V (V + tau²))), d = D - theta0."""
-    d = np.asarray(estimate, dtype=np.float64) - theta0
-    v = np.asarray(variance, dtype=np.float64)
-    tau2a = np.asarray(tau2, dtype=np.float64)
-    z = d * np.sqrt(tau2a) / np.sqrt(v * (v + tau2a))
-    # log Lambda of the two-sided mixture (:func:`armlab.core.stats.msprt.log_lambda`)
-    two_sided = 0.5 * (np.log(v) - np.log(v + tau2a)) + tau2a * d * d / (2.0 * v * (v + tau2a))
-    return math.log(2.0) + two_sided + log_ndtr(z)
-
-
-# ---------------------------------------------------------------------------------------------
-# The test
-
-
 def _arm(name: str, arm: ArmSums, *, binary: bool) -> ArmSums:
     if not isinstance(arm, ArmSums):
         raise StatsError(f"{name} must be ArmSums, got {type(arm).__name__}")
@@ -251,6 +176,129 @@ def _finite(name: str, value: float, *, lo: float | None = None, lo_open: bool =
     if hi is not None and (x >= hi if hi_open else x > hi):
         raise StatsError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value!r}")
     return x
+
+
+@dataclass(frozen=True)
+class _Look:
+    """The checked inputs of one look of :func:`guardrail_test`: the arms, the contrast
+    E = s (mu_b - g mu_a) - m, the tau² plan and the running values of earlier looks."""
+
+    t: float
+    a: ArmSums
+    b: ArmSums
+    s: float
+    g: float
+    m: float
+    alpha: float
+    binary: bool
+    plan: float
+    n_arms: int
+    floor: float
+    tau2: float | None
+    p_prev: float
+    ni_prev: float
+    lo_prev: float
+    hi_prev: float
+
+    def result(self, gate: bool, delta: float | None, excess: float | None, p: float,
+               ni_p: float, lo: float, hi: float, tau: float | None,
+               p_now: float = 1.0) -> GuardrailResult:
+        """The look's result from its p-values and bounds (breach/non-inferiority at alpha)."""
+        return GuardrailResult(
+            informative=gate, control_mean=self.a.mean, treatment_mean=self.b.mean,
+            delta=delta, excess=excess, excess_low=_num(lo), excess_high=_num(hi), p_value=p,
+            breached=p <= self.alpha, non_inferior=ni_p <= self.alpha, alpha=self.alpha,
+            tau2=tau, non_inferior_p=ni_p, p_now=p_now)
+
+    def carried(self, delta: float | None, excess: float | None, tau: float | None
+                ) -> GuardrailResult:
+        """A look without evidence: the earlier looks' running values, unchanged."""
+        return self.result(False, delta, excess, self.p_prev, self.ni_prev, self.lo_prev,
+                           self.hi_prev, tau)
+
+
+def _check_look(
+    t: float, control: ArmSums, treatment: ArmSums, *, harm: Harm, margin: float,
+    relative: bool, alpha: float, binary: bool, min_events: int, min_samples: int,
+    horizon: float | None, prior_p: float | None, n_arms: int, floor: float,
+    tau2: float | None, prior_ni_p: float | None, prior_low: float | None,
+    prior_high: float | None,
+) -> _Look:
+    """Validate the arguments of :func:`guardrail_test` (``StatsError`` naming the field)."""
+    if harm not in HARMS:
+        raise StatsError(f"harm must be one of {HARMS}, got {harm!r}")
+    margin = _finite("margin", margin, lo=0.0)
+    alpha = _finite("alpha", alpha, lo=0.0, lo_open=True, hi=1.0, hi_open=True)
+    t = _finite("t", t, lo=0.0)
+    if relative and harm == "decrease" and margin >= 1.0:
+        raise StatsError(f"a relative margin for harm 'decrease' must be < 1 (a drop of 100% or "
+                         f"more tolerates everything), got {margin!r}")
+    if min_events < 0 or min_samples < 0:
+        raise StatsError("min_events and min_samples must be >= 0")
+    plan = _finite("horizon", DEFAULT_PLAN_IMPRESSIONS if horizon is None else horizon,
+                   lo=0.0, lo_open=True)
+    floor = _finite("floor", floor, lo=0.0, hi=0.5, hi_open=True)
+    if int(n_arms) < 2:
+        raise StatsError(f"n_arms must be >= 2, got {n_arms!r}")
+    p_prev = 1.0 if prior_p is None else _finite("prior_p", prior_p, lo=0.0, hi=1.0)
+    ni_prev = 1.0 if prior_ni_p is None else _finite("prior_ni_p", prior_ni_p, lo=0.0, hi=1.0)
+    if tau2 is not None:
+        tau2 = _finite("tau2", tau2, lo=0.0, lo_open=True)
+    a = _arm("control", control, binary=binary)
+    b = _arm("treatment", treatment, binary=binary)
+    if t < a.n + b.n - 1e-9:
+        raise StatsError(f"t ({t!r}) must count every impression of the experiment, at least "
+                         f"control.n + treatment.n = {a.n + b.n!r}")
+    s, g, m = contrast(harm, margin, relative)
+    lo_prev = -math.inf if prior_low is None else float(prior_low)
+    hi_prev = math.inf if prior_high is None else float(prior_high)
+    if math.isnan(lo_prev) or math.isnan(hi_prev):
+        raise StatsError("prior_low and prior_high must not be NaN")
+    return _Look(t=t, a=a, b=b, s=s, g=g, m=m, alpha=alpha, binary=binary, plan=plan,
+                 n_arms=int(n_arms), floor=floor, tau2=tau2, p_prev=p_prev, ni_prev=ni_prev,
+                 lo_prev=lo_prev, hi_prev=hi_prev)
+
+
+def _excess(look: _Look) -> tuple[float, float, float]:
+    """(delta, excess, var): the plain IPW difference, the estimated excess harm E and its
+    variance at this look (``StatsError`` when the sums give a non-finite estimate)."""
+    a, b, t = look.a, look.b, look.t
+    delta = ipw_moments(t, a, b, binary=look.binary).estimate
+    arrays = [np.asarray(getattr(x, f), dtype=np.float64) for x in (a, b) for f in KERNEL_FIELDS]
+    est, sigma2, _ = excess_kernel(np.asarray(t, dtype=np.float64), *arrays, sign=look.s,
+                                   scale=look.g, binary=look.binary)
+    d, var = float(est), float(sigma2) / t
+    if not (math.isfinite(d) and math.isfinite(var)):
+        raise StatsError("arm sums give a non-finite IPW estimate")
+    return delta, d - look.m, var
+
+
+def _look_tau2(look: _Look) -> float | None:
+    """The caller's tau², else the planned one from the pooled variance of the metric (None
+    while that variance is still 0)."""
+    if look.tau2 is not None:
+        return look.tau2
+    a, b = look.a, look.b
+    tot = [np.asarray(x, dtype=np.float64) for x in
+           (a.n + b.n, a.reward_sum + b.reward_sum, a.reward_sumsq + b.reward_sumsq)]
+    pooled = float(pooled_variance(*tot, binary=look.binary))
+    if pooled > 0.0:
+        return float(planned_tau2(pooled, look.plan, n_arms=look.n_arms, floor=look.floor,
+                                  alpha=look.alpha))
+    return None
+
+
+def _informative_look(look: _Look, delta: float, excess: float, var: float, tau2: float
+                      ) -> GuardrailResult:
+    """The one-sided harm and non-inferiority tests and the two-sided confidence sequence of
+    an informative look, combined with the earlier looks' running values."""
+    alpha = look.alpha
+    harm_test = mixture_test(excess, var, tau2=tau2, alpha=alpha, alternative="greater")
+    ni_test = mixture_test(-excess, var, tau2=tau2, alpha=alpha, alternative="greater")
+    half = float(cs_halfwidth(var, tau2, alpha))
+    return look.result(True, delta, excess, min(look.p_prev, harm_test.p_now),
+                       min(look.ni_prev, ni_test.p_now), max(look.lo_prev, excess - half),
+                       min(look.hi_prev, excess + half), tau2, harm_test.p_now)
 
 
 def guardrail_test(
@@ -285,68 +333,17 @@ def guardrail_test(
     ``prior_low`` / ``prior_high``: the running values from earlier looks. Raises
     ``StatsError`` with the offending field for invalid input.
     """
-    if harm not in HARMS:
-        raise StatsError(f"harm must be one of {HARMS}, got {harm!r}")
-    margin = _finite("margin", margin, lo=0.0)
-    alpha = _finite("alpha", alpha, lo=0.0, lo_open=True, hi=1.0, hi_open=True)
-    t = _finite("t", t, lo=0.0)
-    if relative and harm == "decrease" and margin >= 1.0:
-        raise StatsError(f"a relative margin for harm 'decrease' must be < 1 (a drop of 100% or "
-                         f"more tolerates everything), got {margin!r}")
-    if min_events < 0 or min_samples < 0:
-        raise StatsError("min_events and min_samples must be >= 0")
-    plan = _finite("horizon", DEFAULT_PLAN_IMPRESSIONS if horizon is None else horizon,
-                   lo=0.0, lo_open=True)
-    floor = _finite("floor", floor, lo=0.0, hi=0.5, hi_open=True)
-    if int(n_arms) < 2:
-        raise StatsError(f"n_arms must be >= 2, got {n_arms!r}")
-    p_prev = 1.0 if prior_p is None else _finite("prior_p", prior_p, lo=0.0, hi=1.0)
-    ni_prev = 1.0 if prior_ni_p is None else _finite("prior_ni_p", prior_ni_p, lo=0.0, hi=1.0)
-    if tau2 is not None:
-        tau2 = _finite("tau2", tau2, lo=0.0, lo_open=True)
-    a = _arm("control", control, binary=binary)
-    b = _arm("treatment", treatment, binary=binary)
-    if t < a.n + b.n - 1e-9:
-        raise StatsError(f"t ({t!r}) must count every impression of the experiment, at least "
-                         f"control.n + treatment.n = {a.n + b.n!r}")
-    s, g, m = contrast(harm, margin, relative)
-    lo_prev = -math.inf if prior_low is None else float(prior_low)
-    hi_prev = math.inf if prior_high is None else float(prior_high)
-    if math.isnan(lo_prev) or math.isnan(hi_prev):
-        raise StatsError("prior_low and prior_high must not be NaN")
-
-    def result(gate: bool, delta: float | None, excess: float | None, p: float,
-               ni_p: float, lo: float, hi: float, tau: float | None,
-               p_now: float = 1.0) -> GuardrailResult:
-        return GuardrailResult(
-            informative=gate, control_mean=a.mean, treatment_mean=b.mean, delta=delta,
-            excess=excess, excess_low=_num(lo), excess_high=_num(hi), p_value=p,
-            breached=p <= alpha, non_inferior=ni_p <= alpha, alpha=alpha, tau2=tau,
-            non_inferior_p=ni_p, p_now=p_now)
-
-    if a.n == 0 or b.n == 0 or t < 2:
-        return result(False, None, None, p_prev, ni_prev, lo_prev, hi_prev, tau2)
-    delta = ipw_moments(t, a, b, binary=binary).estimate
-    arrays = [np.asarray(getattr(x, f), dtype=np.float64) for x in (a, b) for f in KERNEL_FIELDS]
-    est, sigma2, _ = excess_kernel(np.asarray(t, dtype=np.float64), *arrays, sign=s, scale=g,
-                                   binary=binary)
-    d, var = float(est), float(sigma2) / t
-    if not (math.isfinite(d) and math.isfinite(var)):
-        raise StatsError("arm sums give a non-finite IPW estimate")
-    excess = d - m
-    if tau2 is None:
-        tot = [np.asarray(x, dtype=np.float64) for x in
-               (a.n + b.n, a.reward_sum + b.reward_sum, a.reward_sumsq + b.reward_sumsq)]
-        pooled = float(pooled_variance(*tot, binary=binary))
-        if pooled > 0.0:
-            tau2 = float(planned_tau2(pooled, plan, n_arms=int(n_arms), floor=floor,
-                                      alpha=alpha))
-    gate = informative(a, b, binary=binary, min_samples=min_samples, min_events=min_events)
-    if not gate or tau2 is None or var <= 0.0:
-        return result(False, delta, excess, p_prev, ni_prev, lo_prev, hi_prev, tau2)
-    harm_test = mixture_test(excess, var, tau2=tau2, alpha=alpha, alternative="greater")
-    ni_test = mixture_test(-excess, var, tau2=tau2, alpha=alpha, alternative="greater")
-    half = float(cs_halfwidth(var, tau2, alpha))
-    return result(True, delta, excess, min(p_prev, harm_test.p_now),
-                  min(ni_prev, ni_test.p_now), max(lo_prev, excess - half),
-                  min(hi_prev, excess + half), tau2, harm_test.p_now)
+    look = _check_look(t, control, treatment, harm=harm, margin=margin, relative=relative,
+                       alpha=alpha, binary=binary, min_events=min_events,
+                       min_samples=min_samples, horizon=horizon, prior_p=prior_p,
+                       n_arms=n_arms, floor=floor, tau2=tau2, prior_ni_p=prior_ni_p,
+                       prior_low=prior_low, prior_high=prior_high)
+    if look.a.n == 0 or look.b.n == 0 or look.t < 2:
+        return look.carried(None, None, look.tau2)
+    delta, excess, var = _excess(look)
+    tau2_used = _look_tau2(look)
+    gate = informative(look.a, look.b, binary=binary, min_samples=min_samples,
+                       min_events=min_events)
+    if not gate or tau2_used is None or var <= 0.0:
+        return look.carried(delta, excess, tau2_used)
+    return _informative_look(look, delta, excess, var, tau2_used)

@@ -22,26 +22,51 @@ observation; ``tau2_for_horizon`` uses their tuning rule.
 Optional horizon boundary (``HorizonBoundary``, ``sequential.boundary: horizon``): a flat
 boundary on the sum scale S = t (D - theta0) up to a planned information, with the rest of
 alpha on the mixture above (union bound). See :class:`HorizonBoundary`.
+
+Layout: the mixture's kernels and the choice of tau² live in :mod:`armlab.core.stats.mixture`,
+the horizon boundary in :mod:`armlab.core.stats.horizon`, the Bonferroni and Holm adjustments
+in :mod:`armlab.core.stats.multiplicity`; this module holds the test (state, result, one look,
+two samples) and re-exports the rest under their old names.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-import numpy.typing as npt
-from scipy.optimize import brentq
-from scipy.special import lambertw, log_ndtr, ndtr, ndtri
-
+from armlab.core.stats.horizon import (
+    DEFAULT_HORIZON_SHARE,
+    HorizonBoundary,
+    _with_horizon,
+    horizon_critical,
+    horizon_p,
+)
+from armlab.core.stats.mixture import (
+    Alternative,
+    FloatArray,
+    _check_alpha,
+    cs_halfwidth,
+    log_lambda,
+    log_lambda_greater,
+    lower_margin_greater,
+    tau2_for_effect,
+    tau2_for_horizon,
+    variance_for_tau2,
+)
+from armlab.core.stats.multiplicity import bonferroni_adjust, holm_adjust
 from armlab.errors import StatsError
 
+__all__ = [
+    "DEFAULT_HORIZON_SHARE", "Alternative", "Boundary", "FloatArray", "HorizonBoundary", "Kind",
+    "MsprtResult", "MsprtState", "bonferroni_adjust", "cs_halfwidth", "holm_adjust",
+    "horizon_critical", "horizon_p", "log_lambda", "log_lambda_greater", "lower_margin_greater",
+    "mixture_test", "msprt_two_sample", "tau2_for_effect", "tau2_for_horizon",
+    "two_sample_moments", "variance_for_tau2",
+]
+
 Kind = Literal["bernoulli", "normal"]
-Alternative = Literal["two-sided", "greater"]
 Boundary = Literal["mixture", "horizon"]
-FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -130,191 +155,7 @@ class MsprtResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Vectorised kernels (shared by the scalar API and the Monte Carlo simulator)
-
-
-def log_lambda(
-    estimate: FloatArray | float,
-    variance: FloatArray | float,
-    tau2: float,
-    theta0: float = 0.0,
-) -> FloatArray:
-    """log Lambda of JKPW's normal-mixture mSPRT; arrays broadcast. V must be > 0."""
-    d = np.asarray(estimate, dtype=np.float64) - theta0
-    v = np.asarray(variance, dtype=np.float64)
-    return 0.5 * (np.log(v) - np.log(v + tau2)) + tau2 * d * d / (2.0 * v * (v + tau2))
-
-
-def log_lambda_greater(
-    estimate: FloatArray | float,
-    variance: FloatArray | float,
-    tau2: float,
-    theta0: float = 0.0,
-) -> FloatArray:
-    """log Lambda+ of the one-sided ("treatment better": theta > theta0) normal mixture.
-
-    Mixing the Gaussian likelihood ratio exp(theta d/V - theta²/(2V)) (d = D - theta0) over a
-    half-normal theta >= 0 with scale tau (density 2 phi(theta/tau)/tau) gives
-
-        Lambda+ = 2 sqrt(V/(V + tau²)) exp(tau² d²/(2 V (V + tau²))) Phi(d tau/sqrt(V (V + tau²)))
-                = 2 Lambda Phi(d tau / sqrt(V (V + tau²))),
-
-    the one-sided normal mixture of Howard, Ramdas, McAuliffe & Sekhon (2021) (in their
-    variables M = 2 sqrt(rho/(V+rho)) exp(S²/(2(V+rho))) Phi(S/sqrt(V+rho)) with S = d/V,
-    V -> 1/V, rho = 1/tau²). Lambda+ starts at 1 and is a nonnegative (super)martingale
-    under theta <= theta0, so Ville's inequality makes p = min 1/Lambda+ always valid for the
-    one-sided null, with the whole alpha spent on the "better" direction.
-    """
-    d = np.asarray(estimate, dtype=np.float64) - theta0
-    v = np.asarray(variance, dtype=np.float64)
-    z = d * math.sqrt(tau2) / np.sqrt(v * (v + tau2))
-    return math.log(2.0) + log_lambda(estimate, variance, tau2, theta0) + log_ndtr(z)
-
-
-def lower_margin_greater(variance: float, tau2: float, alpha: float) -> float:
-    """x > 0 with log Lambda+(x) = log(1/alpha): {theta: Lambda+_theta < 1/alpha} = [D - x, inf).
-
-    Lambda <= Lambda+ <= 2 Lambda for x >= 0 brackets the root between the two-sided
-    half-widths at 2 alpha and alpha; Lambda+ increases in x, so Brent's method finds it.
-    """
-    thr = -math.log(alpha)
-    lo = float(cs_halfwidth(variance, tau2, min(2.0 * alpha, 0.999))) * 0.5
-    hi = float(cs_halfwidth(variance, tau2, alpha)) * 1.01
-
-    def f(x: float) -> float:
-        return float(log_lambda_greater(x, variance, tau2)) - thr
-
-    return float(brentq(f, lo, hi, xtol=1e-12 * max(hi, 1e-300)))
-
-
-def cs_halfwidth(variance: FloatArray | float, tau2: float, alpha: float) -> FloatArray:
-    """Half-width of {theta: Lambda(theta) < 1/alpha} (JKPW §4.2; Howard et al. eq. (3.7))."""
-    v = np.asarray(variance, dtype=np.float64)
-    return np.sqrt(v * (v + tau2) / tau2 * (np.log1p(tau2 / v) - 2.0 * math.log(alpha)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Choice of tau²
-
-
-def tau2_for_horizon(variance_at_horizon: float, alpha: float = 0.05) -> float:
-    """tau² that makes the confidence sequence tightest when Var(D) reaches ``variance_at_horizon``.
-
-    Howard et al. (2021) §3.5 tune the normal-mixture boundary for intrinsic time m by
-    rho² m = -W_{-1}(-alpha² e^{alpha² - 1}) - 1 (exact minimiser of the boundary width;
-    their closed-form approximation is -2 log alpha + log(1 - 2 log alpha)); the same rule
-    is ``best_rho2_exact`` in Waudby-Smith et al.'s drconfseq. In JKPW's parametrisation
-    tau² = rho² sigma² and V* = sigma²/t*, so tau² = V* · (-W_{-1}(-alpha² e^{alpha²-1}) - 1)
-    (≈ 8.2 V* at alpha = 0.05). Use it with V* = Var(D) at the planned maximum sample size,
-    e.g. 2 p(1-p)/n_max for a binary metric with baseline p and n_max per arm.
-    """
-    _check_alpha(alpha)
-    if not (variance_at_horizon > 0.0 and math.isfinite(variance_at_horizon)):
-        raise StatsError(f"variance_at_horizon must be positive and finite, got "
-                         f"{variance_at_horizon!r}")
-    w = lambertw(-(alpha**2) * math.exp(alpha**2 - 1.0), k=-1).real
-    return float(variance_at_horizon * (-w - 1.0))
-
-
-def tau2_for_effect(effect: float) -> float:
-    """tau² = effect²: the mixing distribution N(0, tau²) puts its scale at the anticipated effect.
-
-    JKPW §5 (and Johari et al., KDD 2017, "Peeking at A/B tests") choose H to match the
-    distribution of effects seen in past experiments; with one anticipated absolute effect
-    delta the matching normal prior has tau = |delta|.
-    """
-    if not (math.isfinite(effect) and effect != 0.0):
-        raise StatsError(f"effect must be a non-zero finite number, got {effect!r}")
-    return float(effect * effect)
-
-
-# ---------------------------------------------------------------------------------------------
-# The horizon boundary
-
-
-DEFAULT_HORIZON_SHARE = 0.8  # share of alpha on the flat boundary (0.04 of 0.05)
-
-
-@dataclass(frozen=True)
-class HorizonBoundary:
-    """A flat boundary on the sum scale up to a planned information, beside the mixture.
-
-    Write S_t = t (D_t - theta0) for the sum the estimate averages (t = impressions: for the
-    IPW test S_t = sum of the IPW increments Z_s; for a fixed 50/50 split 2 (sum of the
-    treatment's rewards - sum of the control's)) and V_t = t² Var(D_t) for its variance (the
-    sum of the conditional variances of the increments, the martingale's intrinsic time).
-    Under theta = theta0, S is a martingale and, by the martingale CLT / Dambis-Dubins-Schwarz,
-    close to a Brownian motion W run in intrinsic time: S_t ≈ W(V_t). The reflection principle
-    gives P(sup_{v <= V_plan} W(v) >= c sqrt(V_plan)) = 2 (1 - Phi(c)) (Siegmund, "Sequential
-    Analysis", 1985, §3.1; the continuous-monitoring limit of Lan & DeMets' "Discrete
-    sequential boundaries for clinical trials", Biometrika 1983, whose discrete looks cross
-    less often). So the flat boundary
-
-        |S_t| >= c2 sqrt(V_plan), c2 = Phi^-1(1 - alpha1/4)   (two-sided), or
-         S_t  >= c1 sqrt(V_plan), c1 = Phi^-1(1 - alpha1/2)   (greater),
-
-    active only while V_t <= V_plan, is crossed under the null with probability <= alpha1 at
-    any number of looks, and its p-value p_h = 4 (1 - Phi(|S_t|/sqrt(V_plan))) (two-sided) or
-    2 (1 - Phi(S_t/sqrt(V_plan))) (greater) satisfies P(exists t: p_h,t <= x) <= x for every
-    x. Beyond V_plan it is switched off and only the mixture (valid at all times) remains.
-    The test spends ``share`` of alpha on the flat boundary and the rest on the mixture:
-    p = min(p_h / share, p_mix / (1 - share)) is then an always-valid p-value (a union bound,
-    the time-uniform argument of Howard, Ramdas, McAuliffe & Sekhon 2021, §2), and the
-    confidence sequence is the intersection of the flat one (D ± c sqrt(V_plan)/t) at
-    share·alpha and the mixture one at (1 - share)·alpha.
-
-    Why: the mixture boundary, tuned for the horizon, sits at about 3.0 standard errors there
-    (alpha 0.05, two-sided); the flat one at 2.33 (two-sided) or 2.05 (greater) with alpha1 =
-    0.04, and every look before the horizon sees the same boundary on the sum scale. The price
-    is beyond the plan: only alpha2 = 0.01 is left for an experiment that runs past it.
-    ``v_plan`` must be fixed before the data it tests (armlab derives it from the frozen
-    tau², see :func:`variance_for_tau2`); V_t is the test's own (conservative) variance
-    estimate, so an underestimated plan only switches the boundary off earlier.
-
-    info: V_plan, the planned variance of S at the horizon (t_plan² x planned Var(D));
-    t: this look's scale (impressions; S = t (D - theta0)); share: alpha1 / alpha.
-    """
-
-    info: float
-    t: float
-    share: float = DEFAULT_HORIZON_SHARE
-
-    def __post_init__(self) -> None:
-        if not (self.info > 0.0 and math.isfinite(self.info)):
-            raise StatsError(f"horizon info must be positive and finite, got {self.info!r}")
-        if not (self.t >= 0.0 and math.isfinite(self.t)):
-            raise StatsError(f"horizon t must be >= 0 and finite, got {self.t!r}")
-        if not (0.0 < self.share < 1.0):
-            raise StatsError(f"horizon share must lie in (0, 1), got {self.share!r}")
-
-
-def horizon_critical(alpha1: float, alternative: Alternative = "two-sided") -> float:
-    """c with the flat boundary's crossing probability alpha1 (see :class:`HorizonBoundary`)."""
-    _check_alpha(alpha1)
-    return float(ndtri(1.0 - alpha1 / (2.0 if alternative == "greater" else 4.0)))
-
-
-def horizon_p(score: FloatArray | float, alternative: Alternative = "two-sided") -> FloatArray:
-    """p-value of the flat boundary for score = S_t / sqrt(V_plan) (vectorised)."""
-    z = np.asarray(score, dtype=np.float64)
-    if alternative == "greater":
-        return np.minimum(1.0, 2.0 * ndtr(-z))
-    return np.minimum(1.0, 4.0 * ndtr(-np.abs(z)))
-
-
-def variance_for_tau2(tau2: float, alpha: float = 0.05) -> float:
-    """The planned Var(D) at the horizon that :func:`tau2_for_horizon` tunes ``tau2`` for
-    (its inverse): a frozen tau² carries the plan of the horizon boundary with it."""
-    return float(tau2 / tau2_for_horizon(1.0, alpha))
-
-
-# ---------------------------------------------------------------------------------------------
 # The test
-
-
-def _check_alpha(alpha: float) -> None:
-    if not (0.0 < alpha < 1.0):
-        raise StatsError(f"alpha must lie in (0, 1), got {alpha!r}")
 
 
 def _check_finite(**values: float) -> None:
@@ -379,27 +220,6 @@ def mixture_test(
         p_now=p_now, ci_low_now=lo_now, ci_high_now=hi_now,
         tau2=float(tau2), theta0=float(theta0), alpha=float(alpha), looks=looks,
     )
-
-
-def _with_horizon(h: HorizonBoundary, estimate: float, variance: float, tau2: float,
-                  theta0: float, alpha: float, alternative: Alternative, p_mix: float
-                  ) -> tuple[float, float, float]:
-    """(p, ci_low, ci_high) of this look with the horizon boundary beside the mixture."""
-    a1, a2 = h.share * alpha, (1.0 - h.share) * alpha
-    if alternative == "greater":
-        lo, hi = estimate - lower_margin_greater(variance, tau2, a2), math.inf
-    else:
-        half = float(cs_halfwidth(variance, tau2, a2))
-        lo, hi = estimate - half, estimate + half
-    p_h = 1.0
-    if h.t > 0 and h.t * h.t * variance <= h.info:  # still inside the planned information
-        root = math.sqrt(h.info)
-        p_h = float(horizon_p(h.t * (estimate - theta0) / root, alternative))
-        margin = horizon_critical(a1, alternative) * root / h.t
-        lo = max(lo, estimate - margin)
-        if alternative != "greater":
-            hi = min(hi, estimate + margin)
-    return min(1.0, p_h / h.share, p_mix / (1.0 - h.share)), lo, hi
 
 
 def _arm_mean_var(kind: Kind, n: float, s: float, ss: float | None, arm: str) -> tuple[float,
@@ -476,38 +296,3 @@ def msprt_two_sample(
         horizon = HorizonBoundary(horizon.info, float(n_a + n_b), horizon.share)
     return mixture_test(d, v, tau2=tau2, theta0=theta0, alpha=alpha, state=state,
                         enough_samples=enough, alternative=alternative, horizon=horizon)
-
-
-# ---------------------------------------------------------------------------------------------
-# Multiple treatment arms
-
-
-def _check_pvalues(pvalues: Sequence[float]) -> FloatArray:
-    p = np.asarray(pvalues, dtype=np.float64)
-    if p.ndim != 1 or np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
-        raise StatsError(f"p-values must be a 1-d sequence in [0, 1], got {list(pvalues)!r}")
-    return p
-
-
-def bonferroni_adjust(pvalues: Sequence[float]) -> list[float]:
-    """Bonferroni-adjusted p-values min(1, m p_i): reject i when adjusted p_i <= alpha."""
-    p = _check_pvalues(pvalues)
-    return [float(x) for x in np.minimum(1.0, p * len(p))]
-
-
-def holm_adjust(pvalues: Sequence[float]) -> list[float]:
-    """Holm (1979) step-down adjusted p-values: max_{j<=i} min(1, (m-j+1) p_(j)) in sorted order.
-
-    With always-valid p-values this stays valid under continuous monitoring: Holm is monotone
-    in the p-values, so a rejection at any look is also a rejection of Holm applied to the
-    per-arm infima inf_n p_{i,n}, which are valid p-values (JKPW §6 on multiple testing).
-    """
-    p = _check_pvalues(pvalues)
-    m = len(p)
-    order = np.argsort(p, kind="stable")
-    adj = np.empty(m)
-    running = 0.0
-    for rank, idx in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[idx]))
-        adj[idx] = running
-    return [float(x) for x in adj]

@@ -36,6 +36,7 @@ from armlab.core.stats.adaptive import ipw_kernel
 from armlab.core.stats.msprt import log_lambda, tau2_for_horizon
 from armlab.errors import StatsError
 
+FloatArray = npt.NDArray[np.float64]
 Allocation = Literal["fixed", "thompson"]
 Method = Literal["naive-z", "msprt", "armlab"]
 ALLOCATIONS = ("fixed", "thompson")
@@ -108,79 +109,115 @@ def _ts_weight_b(rng: np.random.Generator, s_a: npt.NDArray[np.float64],
     return np.clip(pbest, floor, 1.0 - floor)
 
 
-def simulate_sequential(cfg: SequentialSimConfig) -> dict[str, float | int | str | None]:
-    """Run the simulation; returns rejection rate (with its Monte Carlo SE) and n at decision."""
-    rng = np.random.default_rng(cfg.seed)
-    reps, batch = cfg.reps, cfg.peek_every
-    tau2 = cfg.tau2_used
-    log_thr = -math.log(cfg.alpha)
-    z_crit = float(norm.ppf(1 - cfg.alpha / 2))
-    n_a = np.zeros(reps)
-    n_b = np.zeros(reps)
-    s_a = np.zeros(reps)
-    s_b = np.zeros(reps)
-    # Per-arm sums as in arm_stats: ipw_n = sum 1/p, ipw_sum = sum r/p, ipw_sumsq = sum r²/p²,
-    # ipw_n_sq = sum 1/p².
-    in_a, is_a, iss_a, ins_a = (np.zeros(reps) for _ in range(4))
-    in_b, is_b, iss_b, ins_b = (np.zeros(reps) for _ in range(4))
-    active = np.ones(reps, dtype=bool)
-    rejected = np.zeros(reps, dtype=bool)
-    n_stop = np.full(reps, float(cfg.max_n))
-    looks = cfg.max_n // batch
-    for _ in range(looks):
-        if cfg.allocation == "fixed":
-            w_b = np.full(reps, 0.5)
-            k_b = np.full(reps, float(batch))
-            k_a = np.full(reps, float(batch))
-        else:
-            w_b = _ts_weight_b(rng, s_a, n_a, s_b, n_b, cfg.ts_draws, cfg.floor)
-            k_b = rng.binomial(2 * batch, w_b).astype(np.float64)
-            k_a = 2 * batch - k_b
-        w_a = 1.0 - w_b
-        x_a = rng.binomial(k_a.astype(np.int64), cfg.p_control).astype(np.float64)
-        x_b = rng.binomial(k_b.astype(np.int64), cfg.p_treatment).astype(np.float64)
-        # Rewards are 0/1, so sum r/p = x/w and sum r²/p² = x/w² within a constant-weight batch.
-        n_a += k_a
-        n_b += k_b
-        s_a += x_a
-        s_b += x_b
-        in_a += k_a / w_a
-        in_b += k_b / w_b
-        is_a += x_a / w_a
-        is_b += x_b / w_b
-        iss_a += x_a / w_a**2
-        iss_b += x_b / w_b**2
-        ins_a += k_a / w_a**2
-        ins_b += k_b / w_b**2
-        enough = np.minimum(n_a, n_b) >= max(cfg.min_samples, 1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if cfg.method == "naive-z":
-                pool = (s_a + s_b) / (n_a + n_b)
-                se = np.sqrt(pool * (1 - pool) * (1 / n_a + 1 / n_b))
-                stat = np.abs(s_b / n_b - s_a / n_a) / se
-                hit = enough & (se > 0) & (stat > z_crit)
-            else:
-                if cfg.method == "msprt":
-                    ma, mb = s_a / n_a, s_b / n_b
-                    d = mb - ma
-                    v = ma * (1 - ma) / n_a + mb * (1 - mb) / n_b
-                else:  # armlab: IPW contributions over all T impressions (platform code)
-                    t = n_a + n_b
-                    d, sigma2, _ = ipw_kernel(t, n_a, s_a, s_a, in_a, is_a, iss_a, ins_a,
-                                              n_b, s_b, s_b, in_b, is_b, iss_b, ins_b,
-                                              binary=True)
-                    v = sigma2 / t
-                ok = enough & (v > 0)
-                llr = np.where(ok, log_lambda(d, np.where(ok, v, 1.0), tau2), 0.0)
-                hit = ok & (llr >= log_thr)
-        newly = active & hit
-        rejected |= newly
-        n_stop = np.where(newly, (n_a + n_b) / 2.0, n_stop)
-        active &= ~hit
-        if not active.any():
-            break
-    rate = float(rejected.mean())
-    stopped = n_stop[rejected]
+@dataclass
+class _SeqState:
+    """The running per-replication sums of both arms (shape (reps,) each) and the stopping
+    state. IPW sums as in arm_stats: ipw_n = sum 1/p, ipw_sum = sum r/p, ipw_sumsq =
+    sum r²/p², ipw_n_sq = sum 1/p²."""
+
+    n_a: FloatArray
+    n_b: FloatArray
+    s_a: FloatArray
+    s_b: FloatArray
+    in_a: FloatArray
+    is_a: FloatArray
+    iss_a: FloatArray
+    ins_a: FloatArray
+    in_b: FloatArray
+    is_b: FloatArray
+    iss_b: FloatArray
+    ins_b: FloatArray
+    active: npt.NDArray[np.bool_]
+    rejected: npt.NDArray[np.bool_]
+    n_stop: FloatArray
+
+    @classmethod
+    def fresh(cls, reps: int, max_n: int) -> _SeqState:
+        sums = {f: np.zeros(reps) for f in ("n_a", "n_b", "s_a", "s_b", "in_a", "is_a",
+                                               "iss_a", "ins_a", "in_b", "is_b", "iss_b",
+                                               "ins_b")}
+        return cls(**sums, active=np.ones(reps, dtype=bool),
+                   rejected=np.zeros(reps, dtype=bool), n_stop=np.full(reps, float(max_n)))
+
+    def add(self, k_a: FloatArray, k_b: FloatArray, x_a: FloatArray, x_b: FloatArray,
+            w_a: FloatArray, w_b: FloatArray) -> None:
+        """One batch: ``k`` impressions and ``x`` successes per arm at weights ``w``.
+        Rewards are 0/1, so sum r/p = x/w and sum r²/p² = x/w² within a constant-weight batch."""
+        self.n_a += k_a
+        self.n_b += k_b
+        self.s_a += x_a
+        self.s_b += x_b
+        self.in_a += k_a / w_a
+        self.in_b += k_b / w_b
+        self.is_a += x_a / w_a
+        self.is_b += x_b / w_b
+        self.iss_a += x_a / w_a**2
+        self.iss_b += x_b / w_b**2
+        self.ins_a += k_a / w_a**2
+        self.ins_b += k_b / w_b**2
+
+    def stop(self, hit: npt.NDArray[np.bool_]) -> None:
+        """Record the first rejection of every still-active replication."""
+        newly = self.active & hit
+        self.rejected |= newly
+        self.n_stop = np.where(newly, (self.n_a + self.n_b) / 2.0, self.n_stop)
+        self.active &= ~hit
+
+
+def _draw_batch(cfg: SequentialSimConfig, rng: np.random.Generator, st: _SeqState
+                ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray,
+                           FloatArray]:
+    """(k_a, k_b, x_a, x_b, w_a, w_b) of one batch: impressions per arm (exactly half each on
+    the fixed split, binomial with the Thompson weight otherwise) and their successes."""
+    batch, reps = cfg.peek_every, cfg.reps
+    if cfg.allocation == "fixed":
+        w_b = np.full(reps, 0.5)
+        k_b = np.full(reps, float(batch))
+        k_a = np.full(reps, float(batch))
+    else:
+        w_b = _ts_weight_b(rng, st.s_a, st.n_a, st.s_b, st.n_b, cfg.ts_draws, cfg.floor)
+        k_b = rng.binomial(2 * batch, w_b).astype(np.float64)
+        k_a = 2 * batch - k_b
+    w_a = 1.0 - w_b
+    x_a = rng.binomial(k_a.astype(np.int64), cfg.p_control).astype(np.float64)
+    x_b = rng.binomial(k_b.astype(np.int64), cfg.p_treatment).astype(np.float64)
+    return k_a, k_b, x_a, x_b, w_a, w_b
+
+
+def _look(cfg: SequentialSimConfig, st: _SeqState, tau2: float, log_thr: float,
+          z_crit: float) -> npt.NDArray[np.bool_]:
+    """Which replications the method rejects at this look (enough samples in both arms)."""
+    n_a, n_b, s_a, s_b = st.n_a, st.n_b, st.s_a, st.s_b
+    enough = np.minimum(n_a, n_b) >= max(cfg.min_samples, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if cfg.method == "naive-z":
+            pool = (s_a + s_b) / (n_a + n_b)
+            se = np.sqrt(pool * (1 - pool) * (1 / n_a + 1 / n_b))
+            stat = np.abs(s_b / n_b - s_a / n_a) / se
+            hit: npt.NDArray[np.bool_] = enough & (se > 0) & (stat > z_crit)
+            return hit
+        if cfg.method == "msprt":
+            ma, mb = s_a / n_a, s_b / n_b
+            d = mb - ma
+            v = ma * (1 - ma) / n_a + mb * (1 - mb) / n_b
+        else:  # armlab: IPW contributions over all T impressions (platform code)
+            t = n_a + n_b
+            d, sigma2, _ = ipw_kernel(t, n_a, s_a, s_a, st.in_a, st.is_a, st.iss_a, st.ins_a,
+                                      n_b, s_b, s_b, st.in_b, st.is_b, st.iss_b, st.ins_b,
+                                      binary=True)
+            v = sigma2 / t
+        ok = enough & (v > 0)
+        llr = np.where(ok, log_lambda(d, np.where(ok, v, 1.0), tau2), 0.0)
+        hit = ok & (llr >= log_thr)
+        return hit
+
+
+def _summary(cfg: SequentialSimConfig, st: _SeqState, tau2: float
+             ) -> dict[str, float | int | str | None]:
+    """The configuration with the rejection rate (and its Monte Carlo SE) and n at decision."""
+    reps = cfg.reps
+    rate = float(st.rejected.mean())
+    stopped = st.n_stop[st.rejected]
     return {
         "allocation": cfg.allocation,
         "method": cfg.method,
@@ -195,8 +232,23 @@ def simulate_sequential(cfg: SequentialSimConfig) -> dict[str, float | int | str
         "floor": cfg.floor if cfg.allocation == "thompson" else None,
         "rejection_rate": rate,
         "rejection_rate_se": math.sqrt(max(rate * (1 - rate), 1e-12) / reps),
-        "mean_n": float(n_stop.mean()),
-        "median_n": float(np.median(n_stop)),
+        "mean_n": float(st.n_stop.mean()),
+        "median_n": float(np.median(st.n_stop)),
         "mean_n_rejected": float(stopped.mean()) if stopped.size else None,
         "fixed_horizon_n_80": fixed_horizon_n(cfg.p_control, cfg.p_treatment, cfg.alpha),
     }
+
+
+def simulate_sequential(cfg: SequentialSimConfig) -> dict[str, float | int | str | None]:
+    """Run the simulation; returns rejection rate (with its Monte Carlo SE) and n at decision."""
+    rng = np.random.default_rng(cfg.seed)
+    tau2 = cfg.tau2_used
+    log_thr = -math.log(cfg.alpha)
+    z_crit = float(norm.ppf(1 - cfg.alpha / 2))
+    st = _SeqState.fresh(cfg.reps, cfg.max_n)
+    for _ in range(cfg.max_n // cfg.peek_every):
+        st.add(*_draw_batch(cfg, rng, st))
+        st.stop(_look(cfg, st, tau2, log_thr, z_crit))
+        if not st.active.any():
+            break
+    return _summary(cfg, st, tau2)

@@ -22,7 +22,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -66,10 +66,56 @@ def _summary(ms: list[float]) -> dict[str, float]:
             "max_ms": round(max(ms), 2), "n": len(ms)}
 
 
-def seed(engine: Any, settings: Settings, *, key: str, arms: int, days: float, rate: float,
-         snapshots: int, raw_events: int) -> dict[str, Any]:
-    """Register the experiment and fill its tables; returns what was written."""
-    services = bootstrap(settings, engine=engine)
+_ARM_STATS_SQL = (
+    "INSERT INTO arm_stats (experiment_id, arm_key, partition, n, reward_sum, "
+    "reward_sumsq, ipw_n, ipw_sum, ipw_sumsq, ipw_n_sq, feedback_n, updated_at) "
+    "SELECT :eid, 'arm' || a, 0, (:per_s * :secs)::bigint, x.r, x.r, :per_s * :secs / :p, "
+    "x.r / :p, x.r / (:p * :p), :per_s * :secs / (:p * :p), x.r::bigint, now() "
+    "FROM generate_series(0, :arms - 1) a, "
+    "LATERAL (SELECT :per_s * :secs * (0.05 + 0.002 * a) AS r) x")
+_ROLLUPS_SQL = (
+    "INSERT INTO arm_rollups (experiment_id, width_s, bucket_start, arm_key, "
+    "partition, n, reward_sum, reward_sumsq, ipw_n, ipw_sum, ipw_sumsq, ipw_n_sq, "
+    "feedback_n) "
+    "SELECT :eid, :w, :t0 + make_interval(secs => g * :w), 'arm' || a, 0, "
+    "(:per_s * :w)::bigint, r, r, :per_s * :w / :p, r / :p, r / (:p * :p), "
+    ":per_s * :w / (:p * :p), r::bigint "
+    "FROM generate_series(0, :b - 1) g, generate_series(0, :arms - 1) a, "
+    "LATERAL (SELECT :per_s * :w * (0.05 + 0.002 * a) * (0.8 + 0.4 * random()) "
+    "         AS r) x")
+_SNAPSHOTS_SQL = (
+    "INSERT INTO allocation_snapshots (experiment_id, created_at, policy_name, "
+    "policy_version, weights, stats) "
+    "SELECT :eid, :t0 + make_interval(secs => (g + 1) * :step), 'thompson', '1', "
+    "(SELECT json_object_agg('arm' || a, 1.0 / :arms) "
+    " FROM generate_series(0, :arms - 1) a), "
+    "json_build_object('status', 'running', 'seed', g, "
+    "  'prob_best', (SELECT json_agg(1.0 / :arms) FROM generate_series(0, :arms - 1) a), "
+    "  'arms', (SELECT json_object_agg('arm' || a, json_build_object("
+    "     'n', :per_s * (g + 1) * :step, "
+    "     'matured_n', :per_s * (g + 1) * :step - :per_s * 3600, "
+    "     'reward_sum', :per_s * (g + 1) * :step * 0.05)) "
+    "   FROM generate_series(0, :arms - 1) a)) "
+    "FROM generate_series(0, :n - 1) g")
+_DECISIONS_SQL = (
+    "INSERT INTO decisions (experiment_id, at, arm_key, decision, estimate, p_value, "
+    "ci_low, ci_high, n_control, n_treatment, evidence) "
+    "SELECT :eid, :t0 + make_interval(secs => (g + 1) * :step), 'arm' || a, 'continue', "
+    "0.002 * a, 0.5, 0.002 * a - 1.0 / sqrt(g + 1), 0.002 * a + 1.0 / sqrt(g + 1), "
+    ":per_s * (g + 1) * :step, :per_s * (g + 1) * :step, '{}'::json "
+    "FROM generate_series(0, :n - 1) g, generate_series(1, :arms - 1) a")
+_RAW_SQL = (
+    "INSERT INTO impressions (impression_id, event_id, experiment_id, arm_key, "
+    "unit_id, propensity, served_at, partition, reward, feedback_count, items, "
+    "context) "
+    "SELECT :prefix || g, :prefix || 'e' || g, :eid, 'arm' || (g % :arms), 'u' || g, "
+    ":p, :now - make_interval(secs => (:n - g) / :rate), 0, "
+    "CASE WHEN random() < 0.05 + 0.002 * (g % :arms) THEN 1 ELSE 0 END, 0, "
+    "'[]'::json, '{}'::json FROM generate_series(1, :n) g")
+
+
+def _register(services: Any, *, key: str, arms: int, days: float, start: datetime) -> int:
+    """Create and start the experiment (``arms`` popularity arms), backdated to ``start``."""
     keys = [f"arm{i}" for i in range(arms)]
     spec = ExperimentSpec.model_validate({
         "key": key, "name": f"dashboard benchmark ({arms} arms, {days:g} days)",
@@ -77,76 +123,43 @@ def seed(engine: Any, settings: Settings, *, key: str, arms: int, days: float, r
         "arms": [{"key": k, "control": i == 0, "variant": {"kind": "popularity"}}
                  for i, k in enumerate(keys)],
     })
-    now = utcnow().replace(microsecond=0)
-    start = now - timedelta(days=days)
     with services.uow() as uow:
         exp = registry.create_experiment(uow, spec=spec, actor="bench")
         registry.start_experiment(uow, key=key, actor="bench", reason="benchmark data")
         exp.started_at = start
         uow.commit()
-        eid = exp.id
-    per_s = rate / arms
-    p = 1.0 / arms
+        return int(exp.id)
+
+
+def _insert_rollups(conn: Any, params: dict[str, Any], total_s: float, arms: int) -> int:
+    """The one-minute and one-hour buckets over the whole period; returns the rows written."""
+    rollup_rows = 0
+    for width in (60, 3600):
+        buckets = int(total_s // width)
+        conn.execute(text(_ROLLUPS_SQL), {**params, "w": width, "b": buckets})
+        rollup_rows += buckets * arms
+    return rollup_rows
+
+
+def seed(engine: Any, settings: Settings, *, key: str, arms: int, days: float, rate: float,
+         snapshots: int, raw_events: int) -> dict[str, Any]:
+    """Register the experiment and fill its tables; returns what was written."""
+    services = bootstrap(settings, engine=engine)
+    now = utcnow().replace(microsecond=0)
+    start = now - timedelta(days=days)
+    eid = _register(services, key=key, arms=arms, days=days, start=start)
     total_s = days * 86400
-    params = {"eid": eid, "t0": start, "arms": arms, "per_s": per_s, "p": p}
+    params = {"eid": eid, "t0": start, "arms": arms, "per_s": rate / arms, "p": 1.0 / arms}
+    step = total_s / snapshots
     # Click rate of arm a: 0.05 + 0.002 a (a small, steady difference).
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO arm_stats (experiment_id, arm_key, partition, n, reward_sum, "
-            "reward_sumsq, ipw_n, ipw_sum, ipw_sumsq, ipw_n_sq, feedback_n, updated_at) "
-            "SELECT :eid, 'arm' || a, 0, (:per_s * :secs)::bigint, x.r, x.r, :per_s * :secs / :p, "
-            "x.r / :p, x.r / (:p * :p), :per_s * :secs / (:p * :p), x.r::bigint, now() "
-            "FROM generate_series(0, :arms - 1) a, "
-            "LATERAL (SELECT :per_s * :secs * (0.05 + 0.002 * a) AS r) x"),
-            {**params, "secs": total_s})
-        rollup_rows = 0
-        for width in (60, 3600):
-            buckets = int(total_s // width)
-            conn.execute(text(
-                "INSERT INTO arm_rollups (experiment_id, width_s, bucket_start, arm_key, "
-                "partition, n, reward_sum, reward_sumsq, ipw_n, ipw_sum, ipw_sumsq, ipw_n_sq, "
-                "feedback_n) "
-                "SELECT :eid, :w, :t0 + make_interval(secs => g * :w), 'arm' || a, 0, "
-                "(:per_s * :w)::bigint, r, r, :per_s * :w / :p, r / :p, r / (:p * :p), "
-                ":per_s * :w / (:p * :p), r::bigint "
-                "FROM generate_series(0, :b - 1) g, generate_series(0, :arms - 1) a, "
-                "LATERAL (SELECT :per_s * :w * (0.05 + 0.002 * a) * (0.8 + 0.4 * random()) "
-                "         AS r) x"),
-                {**params, "w": width, "b": buckets})
-            rollup_rows += buckets * arms
-        step = total_s / snapshots
-        conn.execute(text(
-            "INSERT INTO allocation_snapshots (experiment_id, created_at, policy_name, "
-            "policy_version, weights, stats) "
-            "SELECT :eid, :t0 + make_interval(secs => (g + 1) * :step), 'thompson', '1', "
-            "(SELECT json_object_agg('arm' || a, 1.0 / :arms) "
-            " FROM generate_series(0, :arms - 1) a), "
-            "json_build_object('status', 'running', 'seed', g, "
-            "  'prob_best', (SELECT json_agg(1.0 / :arms) FROM generate_series(0, :arms - 1) a), "
-            "  'arms', (SELECT json_object_agg('arm' || a, json_build_object("
-            "     'n', :per_s * (g + 1) * :step, "
-            "     'matured_n', :per_s * (g + 1) * :step - :per_s * 3600, "
-            "     'reward_sum', :per_s * (g + 1) * :step * 0.05)) "
-            "   FROM generate_series(0, :arms - 1) a)) "
-            "FROM generate_series(0, :n - 1) g"), {**params, "step": step, "n": snapshots})
-        conn.execute(text(
-            "INSERT INTO decisions (experiment_id, at, arm_key, decision, estimate, p_value, "
-            "ci_low, ci_high, n_control, n_treatment, evidence) "
-            "SELECT :eid, :t0 + make_interval(secs => (g + 1) * :step), 'arm' || a, 'continue', "
-            "0.002 * a, 0.5, 0.002 * a - 1.0 / sqrt(g + 1), 0.002 * a + 1.0 / sqrt(g + 1), "
-            ":per_s * (g + 1) * :step, :per_s * (g + 1) * :step, '{}'::json "
-            "FROM generate_series(0, :n - 1) g, generate_series(1, :arms - 1) a"),
-            {**params, "step": step, "n": snapshots})
+        conn.execute(text(_ARM_STATS_SQL), {**params, "secs": total_s})
+        rollup_rows = _insert_rollups(conn, params, total_s, arms)
+        conn.execute(text(_SNAPSHOTS_SQL), {**params, "step": step, "n": snapshots})
+        conn.execute(text(_DECISIONS_SQL), {**params, "step": step, "n": snapshots})
         if raw_events:
-            conn.execute(text(
-                "INSERT INTO impressions (impression_id, event_id, experiment_id, arm_key, "
-                "unit_id, propensity, served_at, partition, reward, feedback_count, items, "
-                "context) "
-                "SELECT :prefix || g, :prefix || 'e' || g, :eid, 'arm' || (g % :arms), 'u' || g, "
-                ":p, :now - make_interval(secs => (:n - g) / :rate), 0, "
-                "CASE WHEN random() < 0.05 + 0.002 * (g % :arms) THEN 1 ELSE 0 END, 0, "
-                "'[]'::json, '{}'::json FROM generate_series(1, :n) g"),
-                {**params, "prefix": f"{key}-", "now": now, "n": raw_events, "rate": rate})
+            conn.execute(text(_RAW_SQL), {**params, "prefix": f"{key}-", "now": now,
+                                          "n": raw_events, "rate": rate})
         conn.execute(text("ANALYZE arm_rollups; ANALYZE allocation_snapshots; ANALYZE decisions;"
                           " ANALYZE impressions; ANALYZE arm_stats"))
     services.close()
@@ -203,6 +216,43 @@ def _time_page(client: TestClient, key: str, source: str, requests: int, warmup:
             "full_gc": {"collections": timer.full, "ms": round(timer.full_ms, 1)}}
 
 
+def _sign_in(client: TestClient) -> None:
+    """Sign in to the dashboard with the bench's admin token (CSRF token from the form)."""
+    login = client.get("/ui/login")
+    m = re.search(r'name="csrf" value="([^"]+)"', login.text)
+    if m is None:
+        raise RuntimeError("the sign-in page has no CSRF token")
+    client.post("/ui/login", data={"token": _TOKEN, "csrf": m.group(1)})
+
+
+def _result(data: dict[str, Any], rollups: dict[str, Any], raw: dict[str, Any],
+            load_before: list[float], load_after: list[float], raw_events: int
+            ) -> dict[str, Any]:
+    """The JSON: both sources' timings, the target and the baseline ratios."""
+    p95 = rollups["page_plus_charts"]["p95_ms"]
+    raw_p95 = raw["page_plus_charts"]["p95_ms"]
+    return {
+        "bench": "dashboard",
+        "data": data,
+        "rollups": rollups,
+        "raw_baseline": raw,
+        "p95_ms": p95,
+        "target_p95_ms": TARGET_P95_MS,
+        "load_average_1_5_15": {"before_timing": load_before, "after": load_after},
+        "meets_target": p95 <= TARGET_P95_MS,
+        "baseline_over_rollups_p95": round(raw_p95 / p95, 2) if p95 else None,
+        "raw_p95_extrapolated_to_full_traffic_ms": round(
+            raw_p95 / data["raw_covers_fraction_of_traffic"]) if raw_events else None,
+        "note": ("server time in process (FastAPI app, no network); page_plus_charts = the "
+                 "experiment page and its charts.json; the raw baseline scans only "
+                 "raw_impressions rows, a fraction of the aggregated traffic, so its ratio is a "
+                 "lower bound; the extrapolation assumes a linear scan; full_gc = the garbage "
+                 "collector's full collections during the timed requests (the API freezes its "
+                 "start-up heap, ARMLAB_GC_FREEZE); the machine's load average is reported "
+                 "because the timings are only as quiet as the machine"),
+    }
+
+
 def run_bench(
     settings: Settings, app_factory: Callable[[Settings], FastAPI], *, arms: int = 10,
     days: float = 30.0, rate: float = 1000.0, snapshots: int = 10_000,
@@ -228,11 +278,7 @@ def run_bench(
         data["seed_s"] = round(time.perf_counter() - t0, 1)
         load_before = [round(x, 2) for x in os.getloadavg()]
         with TestClient(app_factory(settings)) as client:
-            login = client.get("/ui/login")
-            m = re.search(r'name="csrf" value="([^"]+)"', login.text)
-            if m is None:
-                raise RuntimeError("the sign-in page has no CSRF token")
-            client.post("/ui/login", data={"token": _TOKEN, "csrf": m.group(1)})
+            _sign_in(client)
             say("timing the page from rollups")
             rollups = _time_page(client, key, "rollups", requests, warmup)
             say("timing the page from raw impressions (baseline)")
@@ -243,25 +289,4 @@ def run_bench(
                 conn.execute(text("DELETE FROM experiments WHERE key = :k"), {"k": key})
         engine.dispose()
     load_after = [round(x, 2) for x in os.getloadavg()]
-    p95 = rollups["page_plus_charts"]["p95_ms"]
-    raw_p95 = raw["page_plus_charts"]["p95_ms"]
-    return {
-        "bench": "dashboard",
-        "data": data,
-        "rollups": rollups,
-        "raw_baseline": raw,
-        "p95_ms": p95,
-        "target_p95_ms": TARGET_P95_MS,
-        "load_average_1_5_15": {"before_timing": load_before, "after": load_after},
-        "meets_target": p95 <= TARGET_P95_MS,
-        "baseline_over_rollups_p95": round(raw_p95 / p95, 2) if p95 else None,
-        "raw_p95_extrapolated_to_full_traffic_ms": round(
-            raw_p95 / data["raw_covers_fraction_of_traffic"]) if raw_events else None,
-        "note": ("server time in process (FastAPI app, no network); page_plus_charts = the "
-                 "experiment page and its charts.json; the raw baseline scans only "
-                 "raw_impressions rows, a fraction of the aggregated traffic, so its ratio is a "
-                 "lower bound; the extrapolation assumes a linear scan; full_gc = the garbage "
-                 "collector's full collections during the timed requests (the API freezes its "
-                 "start-up heap, ARMLAB_GC_FREEZE); the machine's load average is reported "
-                 "because the timings are only as quiet as the machine"),
-    }
+    return _result(data, rollups, raw, load_before, load_after, raw_events)

@@ -74,6 +74,125 @@ def _round(x: Any) -> Any:
     return x
 
 
+def _tasks(grid: dict[str, tuple[str, GuardrailSimConfig]], *, reps: int, seed: int,
+           quick: bool) -> list[tuple[str, GuardrailSimConfig]]:
+    """Every cell split into chunks with independent seeds (``numpy.random.SeedSequence``).
+
+    A fixed split into chunks (not one per worker), so the figures depend on the seed only:
+    ``--workers`` changes the wall time, never the numbers."""
+    chunks = max(1, min(2 if quick else 8, reps // 2))
+    sizes = [reps // chunks + (1 if i < reps % chunks else 0) for i in range(chunks)]
+    seeds = np.random.SeedSequence(seed).spawn(len(grid) * chunks)
+    tasks: list[tuple[str, GuardrailSimConfig]] = []
+    for ci, (name, (_, cfg)) in enumerate(grid.items()):
+        for j, size in enumerate(sizes):
+            child = int(seeds[ci * chunks + j].generate_state(1)[0])
+            tasks.append((name, replace(cfg, reps=size, seed=child)))
+    return tasks
+
+
+def _run_tasks(tasks: list[tuple[str, GuardrailSimConfig]], names: list[str], *, workers: int,
+               t0: float, progress: Callable[[str], None] | None
+               ) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Each cell's chunk results, in task order (in process, or on ``workers`` processes)."""
+    parts: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in names}
+    if workers == 1:
+        for i, (name, cfg) in enumerate(tasks):
+            parts[name].append(_run(cfg))
+            if progress:
+                progress(f"guardrails: {i + 1}/{len(tasks)} chunks ({name})")
+        return parts
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(_run, [cfg for _, cfg in tasks])
+        for i, ((name, _), res) in enumerate(zip(tasks, results, strict=True)):
+            parts[name].append(res)
+            if progress:
+                progress(f"guardrails: {i + 1}/{len(tasks)} chunks ({name}, "
+                         f"{time.perf_counter() - t0:.0f} s)")
+    return parts
+
+
+def _describe(cfg: GuardrailSimConfig) -> dict[str, Any]:
+    """The cell as the JSON states it: metric, harm, rates, margin, clicks, true excess."""
+    return {"metric": cfg.metric, "harm": cfg.harm, "control": cfg.guard_rates[0],
+            "treatment": cfg.guard_rates[1],
+            "margin": {"kind": "relative" if cfg.relative else "absolute",
+                       "value": cfg.margin},
+            "clicks": [cfg.click_a, cfg.click_b], "true_excess": cfg.true_excess}
+
+
+def _no_harm_row(desc: dict[str, Any], summ: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """False rollbacks of both tests in a cell without harm."""
+    ipw, plain, ng = summ["ipw"], summ["plain"], summ["no_guardrail"]
+    rate, se = ipw["breach"]["rate"], ipw["breach"]["se"]
+    return {
+        **desc, "alpha": alpha, "reps": summ["reps"],
+        "ipw": {"false_rollback_rate": rate, "se": se,
+                "within_alpha_plus_2se": rate <= alpha + 2 * se},
+        "plain_msprt": {"false_rollback_rate": plain["breach"]["rate"],
+                        "se": plain["breach"]["se"]},
+        "ratio_plain_over_ipw": (plain["breach"]["rate"] / rate if rate > 0
+                                 else None),
+        "treatment_share_no_guardrail": ng["treatment_share"],
+    }
+
+
+def _detection_row(desc: dict[str, Any], summ: dict[str, Any], alpha: float
+                   ) -> dict[str, Any]:
+    """Detection rate and time to rollback of both tests in a harmful cell."""
+    ipw, plain = summ["ipw"], summ["plain"]
+    return {
+        **desc, "alpha": alpha, "reps": summ["reps"],
+        "ipw": {"detection_rate": ipw["breach"]["rate"], "se": ipw["breach"]["se"],
+                "median_impressions_to_rollback": ipw["median_t"],
+                "mean_impressions_to_rollback": ipw["mean_t"]},
+        "plain_msprt": {"detection_rate": plain["breach"]["rate"],
+                        "se": plain["breach"]["se"],
+                        "median_impressions_to_rollback": plain["median_t"],
+                        "mean_impressions_to_rollback": plain["mean_t"]},
+    }
+
+
+def _regret_row(summ: dict[str, Any]) -> dict[str, Any]:
+    """Harm saved and clicks lost by the rollback against the no-guardrail run."""
+    ipw, ng = summ["ipw"], summ["no_guardrail"]
+    saved = ng["extra_harm"] - ipw["extra_harm"]
+    lost = ng["click_gain"] - ipw["click_gain"]
+    return {
+        "definition": ("expected events over the horizon at the simulated rates: "
+                       "extra_harm = treatment impressions x (harm rate b - a) (harmful "
+                       "events beyond serving the control), click_gain = treatment "
+                       "impressions x (click b - a); with rollback the treatment serves "
+                       "only its impressions before the first breach"),
+        "no_guardrail": {"extra_harm": ng["extra_harm"], "click_gain": ng["click_gain"],
+                         "treatment_share": ng["treatment_share"]},
+        "ipw_rollback": {"extra_harm": ipw["extra_harm"], "click_gain": ipw["click_gain"]},
+        "harm_saved": saved,
+        "harm_saved_share": saved / ng["extra_harm"] if ng["extra_harm"] > 0 else None,
+        "clicks_lost_by_rollback": lost,
+        "harm_saved_per_click_lost": saved / lost if lost > 0 else None,
+    }
+
+
+def _summaries(grid: dict[str, tuple[str, GuardrailSimConfig]],
+               parts: dict[str, list[dict[str, np.ndarray]]], alpha: float
+               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(false rollbacks without harm, detection, regret): one row per cell of its kind."""
+    no_harm: dict[str, Any] = {}
+    detection: dict[str, Any] = {}
+    regret: dict[str, Any] = {}
+    for name, (kind, cfg) in grid.items():
+        summ = summarise(cfg, merge(parts[name]))
+        assert isinstance(summ["ipw"], dict) and isinstance(summ["plain"], dict)
+        assert isinstance(summ["no_guardrail"], dict)
+        if kind == "no_harm":
+            no_harm[name] = _no_harm_row(_describe(cfg), summ, alpha)
+            continue
+        detection[name] = _detection_row(_describe(cfg), summ, alpha)
+        regret[name] = _regret_row(summ)
+    return no_harm, detection, regret
+
+
 def run_guardrail_bench(
     *,
     reps: int = 4000,
@@ -93,84 +212,9 @@ def run_guardrail_bench(
         raise StatsError("reps must be >= 2 and workers >= 1")
     t0 = time.perf_counter()
     grid = cells(horizon=horizon, look_every=look_every, floor=floor, alpha=alpha)
-    # A fixed split into chunks (not one per worker), so the figures depend on the seed only:
-    # ``--workers`` changes the wall time, never the numbers.
-    chunks = max(1, min(2 if quick else 8, reps // 2))
-    sizes = [reps // chunks + (1 if i < reps % chunks else 0) for i in range(chunks)]
-    seeds = np.random.SeedSequence(seed).spawn(len(grid) * chunks)
-    tasks: list[tuple[str, GuardrailSimConfig]] = []
-    for ci, (name, (_, cfg)) in enumerate(grid.items()):
-        for j, size in enumerate(sizes):
-            child = int(seeds[ci * chunks + j].generate_state(1)[0])
-            tasks.append((name, replace(cfg, reps=size, seed=child)))
-    parts: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in grid}
-    if workers == 1:
-        for i, (name, cfg) in enumerate(tasks):
-            parts[name].append(_run(cfg))
-            if progress:
-                progress(f"guardrails: {i + 1}/{len(tasks)} chunks ({name})")
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(_run, [cfg for _, cfg in tasks])
-            for i, ((name, _), res) in enumerate(zip(tasks, results, strict=True)):
-                parts[name].append(res)
-                if progress:
-                    progress(f"guardrails: {i + 1}/{len(tasks)} chunks ({name}, "
-                             f"{time.perf_counter() - t0:.0f} s)")
-
-    no_harm: dict[str, Any] = {}
-    detection: dict[str, Any] = {}
-    regret: dict[str, Any] = {}
-    for name, (kind, cfg) in grid.items():
-        summ = summarise(cfg, merge(parts[name]))
-        ipw, plain = summ["ipw"], summ["plain"]
-        assert isinstance(ipw, dict) and isinstance(plain, dict)
-        ng = summ["no_guardrail"]
-        assert isinstance(ng, dict)
-        desc = {"metric": cfg.metric, "harm": cfg.harm, "control": cfg.guard_rates[0],
-                "treatment": cfg.guard_rates[1],
-                "margin": {"kind": "relative" if cfg.relative else "absolute",
-                           "value": cfg.margin},
-                "clicks": [cfg.click_a, cfg.click_b], "true_excess": cfg.true_excess}
-        if kind == "no_harm":
-            rate, se = ipw["breach"]["rate"], ipw["breach"]["se"]
-            no_harm[name] = {
-                **desc, "alpha": alpha, "reps": summ["reps"],
-                "ipw": {"false_rollback_rate": rate, "se": se,
-                        "within_alpha_plus_2se": rate <= alpha + 2 * se},
-                "plain_msprt": {"false_rollback_rate": plain["breach"]["rate"],
-                                "se": plain["breach"]["se"]},
-                "ratio_plain_over_ipw": (plain["breach"]["rate"] / rate if rate > 0
-                                         else None),
-                "treatment_share_no_guardrail": ng["treatment_share"],
-            }
-            continue
-        detection[name] = {
-            **desc, "alpha": alpha, "reps": summ["reps"],
-            "ipw": {"detection_rate": ipw["breach"]["rate"], "se": ipw["breach"]["se"],
-                    "median_impressions_to_rollback": ipw["median_t"],
-                    "mean_impressions_to_rollback": ipw["mean_t"]},
-            "plain_msprt": {"detection_rate": plain["breach"]["rate"],
-                            "se": plain["breach"]["se"],
-                            "median_impressions_to_rollback": plain["median_t"],
-                            "mean_impressions_to_rollback": plain["mean_t"]},
-        }
-        saved = ng["extra_harm"] - ipw["extra_harm"]
-        lost = ng["click_gain"] - ipw["click_gain"]
-        regret[name] = {
-            "definition": ("expected events over the horizon at the simulated rates: "
-                           "extra_harm = treatment impressions x (harm rate b - a) (harmful "
-                           "events beyond serving the control), click_gain = treatment "
-                           "impressions x (click b - a); with rollback the treatment serves "
-                           "only its impressions before the first breach"),
-            "no_guardrail": {"extra_harm": ng["extra_harm"], "click_gain": ng["click_gain"],
-                             "treatment_share": ng["treatment_share"]},
-            "ipw_rollback": {"extra_harm": ipw["extra_harm"], "click_gain": ipw["click_gain"]},
-            "harm_saved": saved,
-            "harm_saved_share": saved / ng["extra_harm"] if ng["extra_harm"] > 0 else None,
-            "clicks_lost_by_rollback": lost,
-            "harm_saved_per_click_lost": saved / lost if lost > 0 else None,
-        }
+    tasks = _tasks(grid, reps=reps, seed=seed, quick=quick)
+    parts = _run_tasks(tasks, list(grid), workers=workers, t0=t0, progress=progress)
+    no_harm, detection, regret = _summaries(grid, parts, alpha)
     return _round({
         "bench": "guardrails",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),

@@ -153,6 +153,54 @@ def decision_speed(k: int = 10, batch: int = 10_000, repeats: int = 2000) -> dic
     }
 
 
+def _mab_names(mab_configs: str, names: list[str]) -> list[str]:
+    """The configs MABWiser runs on (``all`` or a comma list), each checked against CONFIGS."""
+    mab_names = names if mab_configs == "all" else [c for c in mab_configs.split(",") if c]
+    unknown = sorted(set(mab_names) - set(CONFIGS))
+    if unknown:
+        raise PolicyError(f"unknown --mab-configs {', '.join(unknown)}; valid: {', '.join(names)}")
+    return mab_names
+
+
+def _regret_row(name: str, base: int, *, horizon: int, seeds: int, mab_seeds: int,
+                mab_names: list[str]) -> dict[str, Any]:
+    """One config: armlab's online and batched Thompson sampling and uniform, and (when the
+    config is among ``mab_names``) MABWiser's Thompson and epsilon-greedy; seeds from ``base``."""
+    means = CONFIGS[name]
+    ts = simulate_bandit(means, policy="thompson", horizon=horizon, seeds=seeds, seed=base)
+    tsb = simulate_bandit(
+        means,
+        policy="thompson",
+        horizon=horizon,
+        seeds=seeds,
+        batch_every=1000,
+        params=default_sim_params("thompson", 1000),
+        seed=base + 1,
+    )
+    uni = simulate_bandit(
+        means,
+        policy="uniform",
+        horizon=horizon,
+        seeds=seeds,
+        batch_every=1000,
+        seed=base + 2,
+    )
+    row: dict[str, Any] = {
+        "means": means,
+        "armlab_ts_online": _slim(ts),
+        "armlab_ts_batch1000": _slim(tsb),
+        "uniform": _slim(uni),
+        "batch1000_over_online": _ratio(tsb, ts),
+    }
+    if mab_seeds > 0 and name in mab_names:
+        mts = _mabwiser_regret(means, "thompson", horizon, mab_seeds, base + 500)
+        meg = _mabwiser_regret(means, "epsilon", horizon, mab_seeds, base + 600)
+        row["mabwiser_ts"] = mts
+        row["mabwiser_eps0.1"] = meg
+        row["armlab_ts_over_mabwiser_ts"] = _ratio(ts, mts)
+    return row
+
+
 def run_policy_bench(
     *,
     seeds: int = 50,
@@ -164,49 +212,15 @@ def run_policy_bench(
     if quick:
         seeds, horizon, mab_seeds, mab_configs = 4, 2000, 2, "k3_easy"
     names = list(CONFIGS)
-    mab_names = names if mab_configs == "all" else [c for c in mab_configs.split(",") if c]
-    unknown = sorted(set(mab_names) - set(CONFIGS))
-    if unknown:
-        raise PolicyError(f"unknown --mab-configs {', '.join(unknown)}; valid: {', '.join(names)}")
+    mab_names = _mab_names(mab_configs, names)
     if quick:
         names = ["k3_easy"]
     t_start = time.perf_counter()
-    results: dict[str, Any] = {}
-    for i, name in enumerate(names):
-        means = CONFIGS[name]
-        base = 1000 * i
-        ts = simulate_bandit(means, policy="thompson", horizon=horizon, seeds=seeds, seed=base)
-        tsb = simulate_bandit(
-            means,
-            policy="thompson",
-            horizon=horizon,
-            seeds=seeds,
-            batch_every=1000,
-            params=default_sim_params("thompson", 1000),
-            seed=base + 1,
-        )
-        uni = simulate_bandit(
-            means,
-            policy="uniform",
-            horizon=horizon,
-            seeds=seeds,
-            batch_every=1000,
-            seed=base + 2,
-        )
-        row: dict[str, Any] = {
-            "means": means,
-            "armlab_ts_online": _slim(ts),
-            "armlab_ts_batch1000": _slim(tsb),
-            "uniform": _slim(uni),
-            "batch1000_over_online": _ratio(tsb, ts),
-        }
-        if mab_seeds > 0 and name in mab_names:
-            mts = _mabwiser_regret(means, "thompson", horizon, mab_seeds, base + 500)
-            meg = _mabwiser_regret(means, "epsilon", horizon, mab_seeds, base + 600)
-            row["mabwiser_ts"] = mts
-            row["mabwiser_eps0.1"] = meg
-            row["armlab_ts_over_mabwiser_ts"] = _ratio(ts, mts)
-        results[name] = row
+    results: dict[str, Any] = {
+        name: _regret_row(name, 1000 * i, horizon=horizon, seeds=seeds, mab_seeds=mab_seeds,
+                          mab_names=mab_names)
+        for i, name in enumerate(names)
+    }
     speed = decision_speed(batch=10_000 if not quick else 1000, repeats=2000 if not quick else 200)
     return {
         "benchmark": "policy",

@@ -121,42 +121,47 @@ def _latency(fn: Any, reps: int, device: str) -> dict[str, float]:
             "requests": reps}
 
 
-def _bench_bi_encoder(v: Any, device: str, quick: bool, n_items: int,
-                      catalog_sizes: list[int], peak: float | None) -> dict[str, Any]:
-    import torch
-
+def _bi_scorers(v: Any, device: str) -> tuple[BiEncoderScorer, BiEncoderScorer]:
+    """(the optimised scorer, the naive baseline: float32, batch 1, padded to 128, eager)."""
     cuda = device.startswith("cuda")
-    rng = np.random.default_rng(0)
     opt = build_scorer(v.model_copy(update={"max_length": 128}), device=device,
                        batch_size=(v.batch_size if v.batch_size > 64 else 512) if cuda else 32)
     base = build_scorer(v.model_copy(update={"max_length": 128, "dtype": "float32",
                                              "compile": False}),
                         device=device, batch_size=1, bucketing=False, pad_to_max=True)
     assert isinstance(opt, BiEncoderScorer) and isinstance(base, BiEncoderScorer)
-    n = n_items or (50_000 if cuda else (32 if quick else 256))
-    nb = max(8, n // 50) if cuda else (4 if quick else 32)
-    min_s = 2.0 if cuda else 0.0
-    out: dict[str, Any] = {"encode": {}}
+    return opt, base
+
+
+def _bi_encode(opt: BiEncoderScorer, base: BiEncoderScorer, rng: np.random.Generator, *,
+               n: int, nb: int, device: str, peak: float | None) -> dict[str, Any]:
+    """Item encodes/s at sequence 64 and 128, against the baseline on ``nb`` items."""
+    min_s = 2.0 if device.startswith("cuda") else 0.0
+    out: dict[str, Any] = {}
     for seq in (64, 128):
         seqs = _random_seqs(opt.tok, n, seq, rng, specials=True)
         flops = encoder_flops(opt.model, seq)
         r_opt = _rate(lambda s=seqs: opt.encode_ids(s), n, device, min_s)
         r_base = _rate(lambda s=seqs[:nb]: base.encode_ids(s), nb, device, min_s)
-        out["encode"][f"seq{seq}"] = {
+        out[f"seq{seq}"] = {
             "items_per_s": r_opt, "baseline_items_per_s": r_base, "ratio": r_opt / r_base,
             "flops_per_item": flops, "achieved_flops": r_opt * flops,
             "mfu": r_opt * flops / peak if peak else None,
             "batch_size": opt.batch_size, "items": n, "baseline_items": nb,
             "baseline_padded_to": 128,
         }
-    # Ranking 100 candidates with cached embeddings vs the naive scorer (no cache, batch 1).
+    return out
+
+
+def _bi_rank100(opt: BiEncoderScorer, base: BiEncoderScorer, rng: np.random.Generator,
+                user: UserContext, *, device: str, quick: bool) -> dict[str, Any]:
+    """Ranking 100 candidates with cached embeddings vs the naive scorer (no cache, batch 1).
+    A quick CPU run times the naive path on 10 candidates and scales it to 100 (stated)."""
+    cuda = device.startswith("cuda")
     cands = [{"id": str(i), "title": f"movie number {i} " + "word " * int(rng.integers(2, 12))}
              for i in range(100)]
-    user = UserContext(text="a space adventure with robots and a farm boy")
     opt.score(user, cands)  # fills the text cache
     lat = _latency(lambda: opt.score(user, cands), 50 if cuda or not quick else 10, device)
-
-    # A quick CPU run times the naive path on 10 candidates and scales it to 100 (stated).
     base_cands = cands[:10] if quick and not cuda else cands
     scale = len(cands) / len(base_cands)
 
@@ -165,39 +170,59 @@ def _bench_bi_encoder(v: Any, device: str, quick: bool, n_items: int,
         base.score(user, base_cands)
 
     blat = _latency(naive, 10 if cuda or not quick else 1, device)
-    out["rank100"] = {**lat, "baseline_p50_ms": blat["p50_ms"] * scale,
-                      "baseline_p99_ms": blat["p99_ms"] * scale,
-                      "baseline_candidates_timed": len(base_cands),
-                      "ratio_p50": blat["p50_ms"] * scale / lat["p50_ms"],
-                      "note": "cached candidate embeddings + 1 user encode + matmul; baseline "
-                              "encodes the candidates each request (float32, batch 1, pad 128)"}
-    # User requests against big cached catalogs (random unit embeddings, model dtype).
-    out["catalog"] = {}
+    return {**lat, "baseline_p50_ms": blat["p50_ms"] * scale,
+            "baseline_p99_ms": blat["p99_ms"] * scale,
+            "baseline_candidates_timed": len(base_cands),
+            "ratio_p50": blat["p50_ms"] * scale / lat["p50_ms"],
+            "note": "cached candidate embeddings + 1 user encode + matmul; baseline "
+                    "encodes the candidates each request (float32, batch 1, pad 128)"}
+
+
+def _bi_catalog(opt: BiEncoderScorer, base: BiEncoderScorer, user: UserContext, size: int, *,
+                device: str, quick: bool) -> dict[str, Any]:
+    """User requests against a big cached catalog (random unit embeddings, model dtype)."""
+    import torch
+
+    cuda = device.startswith("cuda")
     dim = opt.model.config.hidden_size
-    for size in catalog_sizes:
-        emb = torch.nn.functional.normalize(torch.randn(size, dim, device=device), dim=-1)
-        view = CatalogView(f"bench{size}", 1, [{"id": str(i)} for i in range(size)])
-        opt.put_catalog_embeddings(view.name, 1, emb.to(opt.dtype))
-        base.put_catalog_embeddings(view.name, 1, emb.float())
-        reps = 100 if cuda else (3 if quick else 20)
-        lat = _latency(lambda vw=view: opt.rank_catalog(user, vw, 10), reps, device)
-        blat = _latency(lambda vw=view: base.rank_catalog(user, vw, 10), max(2, reps // 5),
-                        device)
-        users = [UserContext(text=f"user {i} likes space adventure") for i in range(32)]
-        t0 = time.perf_counter()
-        opt.rank_catalog_many(users, view, [10] * 32, [set()] * 32)
-        _sync(device)
-        batched = 32 / (time.perf_counter() - t0)
-        out["catalog"][str(size)] = {
-            "requests_per_s": 1000 / lat["p50_ms"], "p50_ms": lat["p50_ms"],
-            "p99_ms": lat["p99_ms"], "batched32_requests_per_s": batched,
-            "baseline_requests_per_s": 1000 / blat["p50_ms"],
-            "ratio": blat["p50_ms"] / lat["p50_ms"],
-            "note": "random unit-vector item embeddings; one user encode + matmul + top-10",
-        }
-        del emb
-        opt._catalogs.clear()
-        base._catalogs.clear()
+    emb = torch.nn.functional.normalize(torch.randn(size, dim, device=device), dim=-1)
+    view = CatalogView(f"bench{size}", 1, [{"id": str(i)} for i in range(size)])
+    opt.put_catalog_embeddings(view.name, 1, emb.to(opt.dtype))
+    base.put_catalog_embeddings(view.name, 1, emb.float())
+    reps = 100 if cuda else (3 if quick else 20)
+    lat = _latency(lambda vw=view: opt.rank_catalog(user, vw, 10), reps, device)
+    blat = _latency(lambda vw=view: base.rank_catalog(user, vw, 10), max(2, reps // 5),
+                    device)
+    users = [UserContext(text=f"user {i} likes space adventure") for i in range(32)]
+    t0 = time.perf_counter()
+    opt.rank_catalog_many(users, view, [10] * 32, [set()] * 32)
+    _sync(device)
+    batched = 32 / (time.perf_counter() - t0)
+    del emb
+    opt._catalogs.clear()
+    base._catalogs.clear()
+    return {
+        "requests_per_s": 1000 / lat["p50_ms"], "p50_ms": lat["p50_ms"],
+        "p99_ms": lat["p99_ms"], "batched32_requests_per_s": batched,
+        "baseline_requests_per_s": 1000 / blat["p50_ms"],
+        "ratio": blat["p50_ms"] / lat["p50_ms"],
+        "note": "random unit-vector item embeddings; one user encode + matmul + top-10",
+    }
+
+
+def _bench_bi_encoder(v: Any, device: str, quick: bool, n_items: int,
+                      catalog_sizes: list[int], peak: float | None) -> dict[str, Any]:
+    cuda = device.startswith("cuda")
+    rng = np.random.default_rng(0)
+    opt, base = _bi_scorers(v, device)
+    n = n_items or (50_000 if cuda else (32 if quick else 256))
+    nb = max(8, n // 50) if cuda else (4 if quick else 32)
+    out: dict[str, Any] = {
+        "encode": _bi_encode(opt, base, rng, n=n, nb=nb, device=device, peak=peak)}
+    user = UserContext(text="a space adventure with robots and a farm boy")
+    out["rank100"] = _bi_rank100(opt, base, rng, user, device=device, quick=quick)
+    out["catalog"] = {str(size): _bi_catalog(opt, base, user, size, device=device, quick=quick)
+                      for size in catalog_sizes}
     head = out["encode"]["seq128"]
     return {"items_per_s": head["items_per_s"], "baseline_items_per_s":
             head["baseline_items_per_s"], "ratio": head["ratio"], "mfu": head["mfu"],
