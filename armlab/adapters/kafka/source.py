@@ -5,6 +5,15 @@ Offsets live in the database, not in Kafka: ``enable_auto_commit=False`` and a
 seeks to the offsets stored with the effects (KafkaConsumer Javadoc, "Storing Offsets Outside
 Kafka"). After each database commit the runner may also commit to Kafka, only so that
 standard lag tooling sees progress; that commit is never read back.
+
+Transactions: the consumer reads ``read_committed``: records of aborted transactions and the
+transaction markers are never handed out (they only take offsets). Batches: every codec Kafka
+has (gzip, snappy, lz4, zstd) is decoded, with bounded decompression, and a batch that cannot
+be decoded (unknown codec, corrupt data, CRC mismatch, more than ``max_batch_bytes``
+decompressed) comes out of :meth:`KafkaSource.poll` as ONE record at the batch's last offset
+that carries its :class:`~armlab.core.events.DecodeFailure` (``undecodable_batch`` or
+``too_large``) in ``failure``: the runner dead-letters it and moves past the whole batch
+(:mod:`armlab.adapters.kafka.batches`).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import (
@@ -23,8 +33,10 @@ from kafka import (
 )
 from kafka.errors import KafkaError
 
+from armlab.adapters.kafka.batches import fault_of, install_guarded_batches
+from armlab.core.events import DecodeFailure
 from armlab.errors import ServiceUnavailable
-from armlab.settings import DEFAULT_INGEST_BATCH, KafkaSettings
+from armlab.settings import DEFAULT_INGEST_BATCH, DEFAULT_INGEST_MAX_BATCH_BYTES, KafkaSettings
 
 log = logging.getLogger("armlab.consumers.kafka")
 
@@ -36,6 +48,33 @@ def _kafka_unavailable(bootstrap: str, exc: Exception) -> ServiceUnavailable:
         f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}: {exc}); "
         "start it with `armlab dev up` or set ARMLAB_KAFKA_BOOTSTRAP"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class UndecodableRecord:
+    """A batch kafka-python's fetch could not decode, as one record at the batch's last
+    offset: ``value`` is the batch as fetched, ``failure`` why (the runner dead-letters it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    failure: DecodeFailure
+
+
+def _undecodable(r: Any) -> Any:
+    """``r``, or an :class:`UndecodableRecord` when it is the synthetic record of a batch that
+    could not be decoded (:func:`armlab.adapters.kafka.batches.fault_of`)."""
+    fault = fault_of(r.headers)
+    if fault is None:
+        return r
+    log.warning("undecodable record batch; dead-lettering it",
+                extra={"topic": r.topic, "partition": r.partition, "offset": r.offset,
+                       "reason": fault.reason, "detail": fault.detail[:300]})
+    return UndecodableRecord(r.topic, r.partition, r.offset, r.timestamp, None, r.value,
+                             DecodeFailure(fault.reason, fault.detail))
 
 
 class KafkaSource:
@@ -61,8 +100,10 @@ class KafkaSource:
         client_id: str = "armlab-consumer",
         align: tuple[str, str] | None = None,
         rejoin_after_s: float = 60.0,
+        max_batch_bytes: int = DEFAULT_INGEST_MAX_BATCH_BYTES,
         **config: Any,
     ) -> None:
+        install_guarded_batches(max_batch_bytes)
         self.kafka = kafka
         self.bootstrap = kafka.bootstrap
         self.topics = list(topics)
@@ -94,6 +135,10 @@ class KafkaSource:
             "max_poll_interval_ms": 300_000,
             "reconnect_backoff_max_ms": 2_000,
             "request_timeout_ms": 30_000,
+            # aborted transactions never count; markers and aborted records only take offsets
+            "isolation_level": "read_committed",
+            # a CRC mismatch becomes a dead letter (batches.GuardedRecordBatch.validate_crc)
+            "check_crcs": True,
             **config,
         }
         self.consumer = self._build()
@@ -167,6 +212,9 @@ class KafkaSource:
         out: list[Any] = []
         for recs in batches.values():
             out.extend(recs)
+        for i, r in enumerate(out):
+            if getattr(r, "headers", None):  # a synthetic record has one (cheap test first)
+                out[i] = _undecodable(r)
         return out
 
     def _is_stable_member(self) -> bool:
