@@ -25,7 +25,9 @@ from confluent_kafka import Producer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.record.util import calc_crc32c
+from sqlalchemy import select
 
+from armlab.adapters.db.models import ConsumerLag
 from armlab.core.ingest import OUT_RESOLVED
 from armlab.tools.devstack import find_java, kafka_libs_dir
 from armlab.tools.synth import SynthEvent
@@ -166,12 +168,15 @@ def test_librdkafka_every_codec_keys_null_keys_and_headers(
 def test_librdkafka_transactions_on_a_log_append_time_topic(harness: Callable[..., Harness]
                                                             ) -> None:
     """A transactional librdkafka producer (gzip) writes one transaction that it aborts and
-    one that it commits, around plain idempotent records, on topics whose timestamps the
-    broker sets (LogAppendTime). Only the committed and the plain records count. (The
-    consumer read ``read_uncommitted`` before: the aborted events were counted.)"""
+    one that it commits, between plain idempotent records, then a last committed transaction,
+    on topics whose timestamps the broker sets (LogAppendTime). Only the committed and the
+    plain records count (the consumer read ``read_uncommitted`` before: the aborted events
+    were counted), and the lag the consumer reports ends at 0 although each partition's
+    last offset is a transaction marker, which no record ever commits past."""
     h = harness(1)
     make_topics(h, 2, {"message.timestamp.type": "LogAppendTime"})
-    before, aborted, committed, after = (h.events(1_500, seed=s) for s in (21, 22, 23, 24))
+    before, aborted, committed, after, last = (h.events(1_500, seed=s)
+                                               for s in (21, 22, 23, 24, 25))
     plain = rdkafka(h, **{"compression.type": "none"})
     n = rd_send(plain, h, before)
     flush(plain)
@@ -186,21 +191,32 @@ def test_librdkafka_transactions_on_a_log_append_time_topic(harness: Callable[..
     tx.commit_transaction(30)
     n += rd_send(plain, h, after)
     flush(plain)
+    tx.begin_transaction()
+    n += rd_send(tx, h, last)
+    tx.commit_transaction(30)
+    tps = [TopicPartition(t, p) for t in (h.topic_imp, h.topic_fb) for p in (0, 1)]
     probe = KafkaConsumer(bootstrap_servers=[h.bootstrap])  # read_uncommitted: the log end
     try:
-        ends = sum(probe.end_offsets([TopicPartition(t, p) for t in (h.topic_imp, h.topic_fb)
-                                      for p in (0, 1)]).values())
+        ends = probe.end_offsets(tps)
     finally:
         probe.close()
     # the aborted records are in the log (they take offsets), and so are the markers
-    assert ends >= n + len(aborted) + 2, (ends, n)
-    h.sent.extend(e.fields for e in (*before, *committed, *after))
+    assert sum(ends.values()) >= n + len(aborted) + 2, (ends, n)
+    h.sent.extend(e.fields for e in (*before, *committed, *after, *last))
     h.start()
     wait_counted(h, n)
     time.sleep(3)  # nothing more may arrive (an aborted record would)
     assert counted(h) == n
     h.stop_all()
     h.assert_exact()
+    with h.sf() as s:
+        rows = s.execute(select(ConsumerLag.topic, ConsumerLag.partition, ConsumerLag.position,
+                                ConsumerLag.high_watermark, ConsumerLag.lag)
+                         .where(ConsumerLag.group_id == h.group)).all()
+    assert len(rows) == 4, rows
+    for topic, part, position, _hw, lag in rows:
+        assert position < ends[TopicPartition(topic, part)]  # stored before the marker
+        assert lag == 0, rows
 
 
 # -- Kafka's own Java producer ----------------------------------------------------------------

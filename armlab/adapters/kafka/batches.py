@@ -321,29 +321,24 @@ class GuardedRecordBatch(DefaultRecordBatch):
         super()._maybe_uncompress()
 
     def __next__(self) -> Any:
-        if self.is_control_batch:
-            return super().__next__()
-        self._maybe_uncompress()  # kafka-python's own next(batch) skips __iter__
-        if self._next_record_index >= self._num_records:
-            if self._pos == len(self._buffer):
-                raise StopIteration
-            error = f"{len(self._buffer) - self._pos} bytes left after the last record"
-        else:
-            pos = self._pos
-            try:
-                msg = self._read_msg()
-            except Exception as exc:  # noqa: BLE001 - records that do not parse
-                self._pos = pos
-                error = (f"record {self._next_record_index} does not parse: "
-                         f"{type(exc).__name__}: {exc}")
-            else:
-                self._next_record_index += 1
-                return msg
+        try:
+            return DefaultRecordBatch.__next__(self)
+        except StopIteration:
+            raise
+        except Exception as exc:
+            # A record that does not parse, or bytes left after the last one (kafka-python
+            # raises CorruptRecordError with the position unchanged): the rest of the batch
+            # becomes the synthetic record. Control batches keep kafka-python's behaviour.
+            if self.is_control_batch or not self._decompressed:
+                raise
+            rest = bytes(memoryview(self._buffer)[self._pos:])
+            where = (f"after {self._next_record_index} of {self._num_records} records"
+                     if self._next_record_index < self._num_records else
+                     "after the last record")
+            self._replace(UNDECODABLE_BATCH, f"records do not parse {where}: "
+                          f"{type(exc).__name__}: {exc}"[:500], rest)
         # The synthetic record always parses, and it is the last one: no second replacement.
-        self._replace(UNDECODABLE_BATCH, error[:500], bytes(self._buffer[self._pos:]))
-        msg = self._read_msg()
-        self._next_record_index += 1
-        return msg
+        return DefaultRecordBatch.__next__(self)
 
     next = __next__
 

@@ -119,6 +119,9 @@ class KafkaSource:
         # refers to have been read (see _align). None disables it.
         self.align = align
         self._imp_ts: dict[int, int] = {}  # partition -> newest impression timestamp read
+        # partition -> the offset after the last record handed out (or sought to): with it,
+        # highwaters() leaves out the offsets read_committed skips (markers, aborted records)
+        self._handed: dict[TP, int] = {}
         # feedback partition -> (held records, monotonic time the hold began)
         self._held: dict[Any, tuple[list[Any], float]] = {}
         self._config: dict[str, Any] = {
@@ -162,6 +165,7 @@ class KafkaSource:
             def on_partitions_revoked(self, revoked: Any) -> None:
                 src._imp_ts.clear()
                 src._held.clear()
+                src._handed.clear()
                 on_revoke([(tp.topic, tp.partition) for tp in revoked])
 
             def on_partitions_assigned(self, assigned: Any) -> None:
@@ -177,8 +181,10 @@ class KafkaSource:
         ktp = TopicPartition(*tp)
         self._held.pop(ktp, None)  # re-read from ``offset``
         if offset is None:
+            self._handed.pop(tp, None)
             self.consumer.seek_to_beginning(ktp)
         else:
+            self._handed[tp] = offset
             self.consumer.seek(ktp, offset)
 
     def poll(self, max_records: int, timeout_s: float) -> list[Any]:
@@ -210,8 +216,10 @@ class KafkaSource:
         if self.align is not None and (batches or self._held):
             batches = self._align(batches)
         out: list[Any] = []
-        for recs in batches.values():
-            out.extend(recs)
+        for ktp, recs in batches.items():
+            if recs:
+                out.extend(recs)
+                self._handed[(ktp.topic, ktp.partition)] = recs[-1].offset + 1
         for i, r in enumerate(out):
             if getattr(r, "headers", None):  # a synthetic record has one (cheap test first)
                 out[i] = _undecodable(r)
@@ -250,6 +258,7 @@ class KafkaSource:
             log.debug("closing the stuck consumer failed: %s", exc)
         self._imp_ts.clear()
         self._held.clear()
+        self._handed.clear()
         self.consumer = fresh
         self.consumer.subscribe(topics=self.topics, listener=self._listener)
         self._unassigned_since = now
@@ -323,15 +332,30 @@ class KafkaSource:
         return {(ktp.topic, ktp.partition): int(end) for ktp, end in ends.items()
                 if end is not None}
 
+    def _skipped(self, tp: TP) -> int:
+        """Offsets the consumer has moved past without handing out a record: transaction
+        markers and aborted records (``read_committed``). They hold no work, so the lag
+        leaves them out (otherwise a partition whose last write was a committed transaction
+        would show a lag of 1 for good). 0 while feedback of ``tp`` is held back."""
+        nxt = self._handed.get(tp)
+        ktp = TopicPartition(*tp)
+        if nxt is None or ktp in self._held:
+            return 0
+        try:
+            pos = self.consumer.position(ktp, timeout_ms=0)
+        except Exception:  # noqa: BLE001 - position not known yet
+            return 0
+        return max(0, int(pos) - nxt) if pos is not None else 0
+
     #: How often (seconds) :meth:`highwaters` may ask the broker for end offsets that no
     #: fetch has told it yet (a partition with nothing to fetch, or right after assignment).
     END_OFFSETS_EVERY_S = 10.0
 
     def highwaters(self, tps: list[TP]) -> dict[TP, int]:
         """The high watermark of each partition: what the last fetch response said
-        (``highwater``, no broker call), else, at most every END_OFFSETS_EVERY_S, the
-        broker's end offsets (``end_offsets``, bounded by a 5 s timeout). Partitions still
-        unknown are left out."""
+        (``highwater``, no broker call, less the offsets read_committed skipped past:
+        :meth:`_skipped`), else, at most every END_OFFSETS_EVERY_S, the broker's end offsets
+        (``end_offsets``, bounded by a 5 s timeout). Partitions still unknown are left out."""
         out: dict[TP, int] = {}
         missing = []
         for tp in tps:
@@ -339,7 +363,7 @@ class KafkaSource:
             if hw is None:
                 missing.append(TopicPartition(*tp))
             else:
-                out[tp] = int(hw)
+                out[tp] = int(hw) - self._skipped(tp)
         now = time.monotonic()
         if missing and now - self._last_end_offsets >= self.END_OFFSETS_EVERY_S:
             self._last_end_offsets = now

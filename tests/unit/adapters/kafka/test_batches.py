@@ -185,7 +185,7 @@ def test_records_that_do_not_parse_after_good_ones() -> None:
     recs, pos = fetch(buf, offset=10)
     assert [r.value for r in recs[:-1]] == VALUES[:1]
     fault = _only_fault(recs, last=14)
-    assert "record 1 does not parse" in fault.detail and pos == 15
+    assert "do not parse after 1 of 5 records" in fault.detail and pos == 15
 
 
 def test_bytes_left_after_the_last_record() -> None:
@@ -193,7 +193,8 @@ def test_bytes_left_after_the_last_record() -> None:
     buf = rewrite(plain, records=bytes(plain[HEADER:]) + b"\x00" * 9)
     recs, pos = fetch(buf)
     assert [r.value for r in recs[:3]] == VALUES[:3]
-    assert "9 bytes left" in _only_fault(recs, last=2).detail and pos == 3
+    detail = _only_fault(recs, last=2).detail
+    assert "after the last record" in detail and "9 unconsumed bytes" in detail and pos == 3
 
 
 def test_fetch_from_the_middle_of_an_undecodable_batch_still_moves_past_it() -> None:
