@@ -347,22 +347,25 @@ def _damage(seg: Path, base: int, how: Callable[[bytearray], None], fix_crc: boo
 def test_undecodable_batches_on_the_broker_are_dead_lettered(
     harness: Callable[..., Harness], kafka: Any,
 ) -> None:
-    """Three impression batches are damaged in the broker's log file: codec id 6 (no such
+    """Four impression batches are damaged in the broker's log file: codec id 6 (no such
     codec, CRC made valid), a zstd batch whose compressed bytes are garbage (CRC made valid),
-    and a bit flipped in a plain batch (CRC mismatch). Each is dead-lettered once as
-    ``undecodable_batch`` naming its codec and offsets; the records between and after them
-    count exactly (the feedback of a lost impression stays pending). (Before: the first
-    damaged batch stopped the consumer, at the same offset on every restart.)"""
+    a bit flipped in a plain batch (CRC mismatch), and one record's header key made invalid
+    UTF-8 (CRC made valid; a broker stores header keys as sent). The first three are each
+    dead-lettered once as ``undecodable_batch`` naming codec and offsets, the record with the
+    bad header alone as ``undecodable_record``; the records between and after them count
+    exactly (the feedback of a lost impression stays pending). (Before: the first damaged
+    batch stopped the consumer, at the same offset on every restart.)"""
     h = harness(1)
-    groups = [h.events(300, seed=50 + i) for i in range(7)]
+    groups = [h.events(300, seed=50 + i) for i in range(8)]
     bases: list[int] = []
     imp_offsets: dict[int, SynthEvent] = {}
     for i, events in enumerate(groups):
-        codec = {1: "gzip", 3: "zstd", 5: None}.get(i, "gzip")
+        codec = {1: "gzip", 3: "zstd", 5: None, 6: None}.get(i, "gzip")
         p = KafkaProducer(bootstrap_servers=[h.bootstrap], acks="all", linger_ms=1000,
                           batch_size=1 << 20, compression_type=codec)
         futures = [p.send(h.topic_imp if ev.kind == "impression" else h.topic_fb,
-                          key=ev.key, value=ev.value) for ev in events]
+                          key=ev.key, value=ev.value, headers=[("src", b"k")])
+                   for ev in events]
         p.flush()
         p.close()
         offsets = {f.get().offset: ev for f, ev in zip(futures, events, strict=True)
@@ -372,8 +375,10 @@ def test_undecodable_batches_on_the_broker_are_dead_lettered(
     seg = _segment(kafka, h.topic_imp)
     in_log = _batches(seg)
     damaged = {i: range(bases[i], bases[i] + in_log[bases[i]][2] + 1) for i in (1, 3, 5)}
-    assert [in_log[bases[i]][3] & 0x07 for i in (1, 3, 5)] == [1, 4, 0]  # gzip, zstd, none
-    lost = {o for r in damaged.values() for o in r}  # the impressions of the damaged batches
+    assert [in_log[bases[i]][3] & 0x07 for i in (1, 3, 5, 6)] == [1, 4, 0, 0]
+    assert in_log[bases[6]][2] >= 2  # the header damage hits the batch's third record
+    bad_record = bases[6] + 2
+    lost = {o for r in damaged.values() for o in r} | {bad_record}  # impressions lost
     lost_ids = {imp_offsets[o].fields["event_id"] for o in lost}
     h.sent = [ev.fields for g in groups for ev in g if ev.fields["event_id"] not in lost_ids]
 
@@ -386,24 +391,34 @@ def test_undecodable_batches_on_the_broker_are_dead_lettered(
     def flip(b: bytearray) -> None:
         b[-40] ^= 0x10
 
+    def bad_header_key(b: bytearray) -> None:
+        at = -1
+        for _ in range(3):  # the third record's header: key "src" (length varint 0x06)
+            at = b.index(b"\x06src", at + 1)
+        b[at + 1] = 0xFF
+
     _damage(seg, bases[1], codec6, fix_crc=True)
     _damage(seg, bases[3], garbage, fix_crc=True)
     _damage(seg, bases[5], flip, fix_crc=False)
+    _damage(seg, bases[6], bad_header_key, fix_crc=True)
     # The feedback of the damaged groups waits for impressions that never come: pending.
     h.start()
     h.wait_committed(sum(len(g) for g in groups))
     h.stop_all()
-    dead = sorted(dead_letters(h, 3), key=lambda d: d["offset"])
-    assert [d["reason"] for d in dead] == ["undecodable_batch"] * 3
+    dead = sorted(dead_letters(h, 4), key=lambda d: d["offset"])
+    assert [d["reason"] for d in dead] == ["undecodable_batch"] * 3 + ["undecodable_record"]
     assert "unknown codec id 6" in dead[0]["detail"]
     assert "zstd batch" in dead[1]["detail"]
     assert "CRC mismatch" in dead[2]["detail"] and "none batch" in dead[2]["detail"]
-    for d, i in zip(dead, (1, 3, 5), strict=True):
+    for d, i in zip(dead[:3], (1, 3, 5), strict=True):
         first, last = damaged[i][0], damaged[i][-1]
         assert f"offsets {first}-{last}" in d["detail"], d["detail"]
         assert d["offset"] == last
+    assert dead[3]["offset"] == bad_record
+    assert f"record at offset {bad_record} does not parse: UnicodeDecodeError" in \
+        dead[3]["detail"]
     c = h.counters()
-    assert c["undecodable_batch"] == 3
+    assert c["undecodable_batch"] == 3 and c["undecodable_record"] == 1
     assert c["impression"] == len(imp_offsets) - len(lost)
     assert lost and len(lost) < len(imp_offsets) // 2
     h.assert_exact()

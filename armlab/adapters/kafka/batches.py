@@ -13,14 +13,18 @@ subclass of its ``DefaultRecordBatch``) for every fetched v2 batch of this proce
 
 * decompresses gzip, snappy (raw and xerial-framed), lz4 (frame) and zstd incrementally and
   stops at ``max_batch_bytes`` of output, so one batch costs at most that much memory;
-* on any failure (unknown codec, corrupt data, over the bound, CRC mismatch, records that do
-  not parse) replaces the batch's content by ONE synthetic record at the batch's last offset
+* on any failure (unknown codec, corrupt data, over the bound, CRC mismatch) replaces the
+  batch's content by ONE synthetic record at the batch's last offset
   (``base_offset + last_offset_delta``), so the fetch position moves past the whole batch.
-  Its value is the batch as fetched (for the dead letter; the decompressed records section
-  when the records themselves do not parse) and its one header is :data:`MARKER` (a name with
-  a random per-process token, so no producer can forge it) with a JSON
-  ``{"reason", "detail"}``: :func:`fault_of` reads it back, and the Kafka source turns the
-  record into a dead letter (reason ``undecodable_batch`` or ``too_large``).
+  Its value is the batch as fetched (for the dead letter) and its one header is
+  :data:`MARKER` (a name with a random per-process token, so no producer can forge it) with a
+  JSON ``{"reason", "detail"}``: :func:`fault_of` reads it back, and the Kafka source turns
+  the record into a dead letter (reason ``undecodable_batch`` or ``too_large``);
+* hands a record that does not parse (a header key that is not UTF-8, which brokers store as
+  sent) out as such a synthetic record at its own offset (reason ``undecodable_record``, the
+  record's bytes as the value), and goes on with the next record; when even the record's
+  length or offset cannot be read, the rest of the batch becomes one ``undecodable_batch``
+  record at the batch's last offset.
 
 Batches that decode are handed out exactly as kafka-python would. Not guarded: control
 batches (written by the broker's transaction coordinator, never by a producer: one that fails
@@ -47,11 +51,12 @@ import lz4.frame
 import snappy
 import zstandard
 from kafka.record import memory_records
-from kafka.record.default_records import DefaultRecordBatch
-from kafka.record.util import encode_varint
+from kafka.record.default_records import DefaultRecord, DefaultRecordBatch
+from kafka.record.util import decode_varint, encode_varint
 
 #: Reasons of the dead letters made here (``armlab.core.events.DecodeFailure.reason``).
 UNDECODABLE_BATCH = "undecodable_batch"
+UNDECODABLE_RECORD = "undecodable_record"
 TOO_LARGE = "too_large"
 
 #: Default bound on one batch's decompressed size (``ARMLAB_INGEST_MAX_BATCH_BYTES``).
@@ -327,18 +332,50 @@ class GuardedRecordBatch(DefaultRecordBatch):
             raise
         except Exception as exc:
             # A record that does not parse, or bytes left after the last one (kafka-python
-            # raises CorruptRecordError with the position unchanged): the rest of the batch
-            # becomes the synthetic record. Control batches keep kafka-python's behaviour.
+            # raises CorruptRecordError with the position unchanged). Control batches keep
+            # kafka-python's behaviour.
             if self.is_control_batch or not self._decompressed:
                 raise
-            rest = bytes(memoryview(self._buffer)[self._pos:])
-            where = (f"after {self._next_record_index} of {self._num_records} records"
-                     if self._next_record_index < self._num_records else
-                     "after the last record")
-            self._replace(UNDECODABLE_BATCH, f"records do not parse {where}: "
-                          f"{type(exc).__name__}: {exc}"[:500], rest)
+            cause = exc.__context__ or exc  # kafka-python wraps the parse error
+            error = f"{type(cause).__name__}: {cause}"[:400]
+            if self._next_record_index < self._num_records:
+                record = self._skip_record(error)
+                if record is not None:
+                    return record
+                where = f"record {self._next_record_index} of {self._num_records}"
+            else:
+                where = "after the last record"
+            self._replace(UNDECODABLE_BATCH, f"records do not parse from {where}: {error}",
+                          bytes(memoryview(self._buffer)[self._pos:]))
         # The synthetic record always parses, and it is the last one: no second replacement.
         return DefaultRecordBatch.__next__(self)
+
+    def _skip_record(self, error: str) -> DefaultRecord | None:
+        """The record at the current position as a synthetic record at its own offset (its
+        raw bytes as the value, reason ``undecodable_record``), the position moved past it;
+        None when its framing (length, offset) cannot be read either."""
+        buf, pos = self._buffer, self._pos
+        try:
+            length, body = decode_varint(buf, pos)
+            end = body + length
+            _, p = decode_varint(buf, body)  # attributes
+            ts_delta, p = decode_varint(buf, p)
+            offset_delta, p = decode_varint(buf, p)
+        except (ValueError, IndexError):
+            return None
+        if length <= 0 or end > len(buf) or p > end \
+                or not 0 <= offset_delta <= self.last_offset_delta:
+            return None
+        offset = self.base_offset + offset_delta
+        fault = BatchFault(UNDECODABLE_RECORD, f"record at offset {offset} does not parse: "
+                           f"{error} ({self._where()})")
+        payload = json.dumps({"reason": fault.reason, "detail": fault.detail}).encode()
+        timestamp = (self.max_timestamp if self.timestamp_type == self.LOG_APPEND_TIME
+                     else self.first_timestamp + ts_delta)
+        self._pos = end
+        self._next_record_index += 1
+        return DefaultRecord(length, offset, timestamp, self.timestamp_type, None,
+                             bytes(buf[pos:end]), [(MARKER, payload)])
 
     next = __next__
 

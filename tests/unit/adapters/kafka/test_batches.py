@@ -31,6 +31,7 @@ from armlab.adapters.kafka.batches import (
     CODEC_ZSTD,
     TOO_LARGE,
     UNDECODABLE_BATCH,
+    UNDECODABLE_RECORD,
     BatchTooLarge,
     fault_of,
     install_guarded_batches,
@@ -185,7 +186,28 @@ def test_records_that_do_not_parse_after_good_ones() -> None:
     recs, pos = fetch(buf, offset=10)
     assert [r.value for r in recs[:-1]] == VALUES[:1]
     fault = _only_fault(recs, last=14)
-    assert "do not parse after 1 of 5 records" in fault.detail and pos == 15
+    assert "do not parse from record 1 of 5" in fault.detail and pos == 15
+
+
+@pytest.mark.parametrize("codec", [CODEC_NONE, CODEC_ZSTD])
+def test_a_header_key_that_is_not_utf8_costs_one_record(codec: int) -> None:
+    """Brokers store header keys as sent; kafka-python's decode of one raised out of every
+    poll. Now that record alone is a dead letter at its own offset and the batch goes on."""
+    plain = build(VALUES[:5], base=30)  # odd records carry the header ("h", b"x")
+    section = bytearray(plain[HEADER:])
+    first = section.index(b"\x02h\x02x")  # record 1's header: key "h", value "x"
+    section[first + 1] = 0xFF
+    records = bytes(section)
+    if codec == CODEC_ZSTD:
+        records = zstandard.ZstdCompressor().compress(records)
+    recs, pos = fetch(rewrite(plain, records=records, attrs=codec), offset=30)
+    assert [r.offset for r in recs] == [30, 31, 32, 33, 34] and pos == 35
+    assert [r.value for i, r in enumerate(recs) if i != 1] == [VALUES[i] for i in (0, 2, 3, 4)]
+    fault = fault_of(recs[1].headers)
+    assert fault is not None and fault.reason == UNDECODABLE_RECORD
+    assert "record at offset 31 does not parse: UnicodeDecodeError" in fault.detail
+    assert VALUES[1] in recs[1].value and recs[1].key is None
+    assert not any(fault_of(r.headers) for i, r in enumerate(recs) if i != 1)
 
 
 def test_bytes_left_after_the_last_record() -> None:
