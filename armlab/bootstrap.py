@@ -211,7 +211,8 @@ class Services:
             dlq: Any = MemoryDlq(self.bus, s.topic_dlq)
         else:
             source = KafkaSource(s.kafka, topics, group, max_poll_records=batch,
-                                 align=(s.topic_impressions, s.topic_feedback))
+                                 align=(s.topic_impressions, s.topic_feedback),
+                                 max_batch_bytes=s.ingest_max_batch_bytes)
             dlq = KafkaDlq(s.kafka, s.topic_dlq)
         return IngestRunner(self.ingest_store, source, dlq=dlq, group=group,
                             topic_impressions=s.topic_impressions,

@@ -21,6 +21,10 @@ from armlab.errors import ConfigurationError, redact
 DEFAULT_HOME = Path(".armlab")
 #: Records one ingest batch (one transaction) takes at most; amortises the per-commit cost.
 DEFAULT_INGEST_BATCH = 5000
+#: Most bytes one Kafka record batch may decompress to in the consumer (a larger one is
+#: dead-lettered as ``too_large``); far above any real producer's batch (librdkafka's
+#: batch.size and the brokers' message.max.bytes default to about 1 MB).
+DEFAULT_INGEST_MAX_BATCH_BYTES = 32 * 1024 * 1024
 
 
 class KafkaSettings(BaseSettings):
@@ -120,6 +124,12 @@ class Settings(BaseSettings):
     ingest_batch: int = Field(
         DEFAULT_INGEST_BATCH, ge=1, le=100_000,
         description="Most records one ingest batch (transaction) takes.",
+    )
+    ingest_max_batch_bytes: int = Field(
+        DEFAULT_INGEST_MAX_BATCH_BYTES, ge=1024 * 1024, le=1024**3,
+        description="Most bytes the consumer decompresses one Kafka record batch to; a batch "
+        "that decompresses to more (a compression bomb) is dead-lettered as `too_large` "
+        "without being held in memory whole.",
     )
     gc_freeze: bool = Field(
         True,

@@ -303,9 +303,12 @@ class IngestRunner(PartitionOffsets, IngestUpkeep):
 
     def _process(self, records: Sequence[RecordLike], poison: str | None = None) -> bool:
         t0 = time.perf_counter()
+        # (A record the source could not decode carries its own ``failure``: a Kafka batch
+        # with an unknown codec, corrupt data or a decompression bomb, one record per batch.)
         decoded: list[tuple[RecordLike, Event | DecodeFailure]] = [
             (r, DecodeFailure(UNPROCESSABLE, poison) if poison is not None
-             else decode(r.value, self.expected.get(r.topic))) for r in records
+             else getattr(r, "failure", None) or decode(r.value, self.expected.get(r.topic)))
+            for r in records
         ]
         # Impressions before feedback (a stable sort: each partition keeps its own order).
         # A poll often returns a feedback partition's records ahead of the impressions they

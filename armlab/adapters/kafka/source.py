@@ -5,6 +5,15 @@ Offsets live in the database, not in Kafka: ``enable_auto_commit=False`` and a
 seeks to the offsets stored with the effects (KafkaConsumer Javadoc, "Storing Offsets Outside
 Kafka"). After each database commit the runner may also commit to Kafka, only so that
 standard lag tooling sees progress; that commit is never read back.
+
+Transactions: the consumer reads ``read_committed``: records of aborted transactions and the
+transaction markers are never handed out (they only take offsets). Batches: every codec Kafka
+has (gzip, snappy, lz4, zstd) is decoded, with bounded decompression, and a batch that cannot
+be decoded (unknown codec, corrupt data, CRC mismatch, more than ``max_batch_bytes``
+decompressed) comes out of :meth:`KafkaSource.poll` as ONE record at the batch's last offset
+that carries its :class:`~armlab.core.events.DecodeFailure` (``undecodable_batch`` or
+``too_large``) in ``failure``: the runner dead-letters it and moves past the whole batch
+(:mod:`armlab.adapters.kafka.batches`).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import (
@@ -23,8 +33,10 @@ from kafka import (
 )
 from kafka.errors import KafkaError
 
+from armlab.adapters.kafka.batches import fault_of, install_guarded_batches
+from armlab.core.events import DecodeFailure
 from armlab.errors import ServiceUnavailable
-from armlab.settings import DEFAULT_INGEST_BATCH, KafkaSettings
+from armlab.settings import DEFAULT_INGEST_BATCH, DEFAULT_INGEST_MAX_BATCH_BYTES, KafkaSettings
 
 log = logging.getLogger("armlab.consumers.kafka")
 
@@ -36,6 +48,33 @@ def _kafka_unavailable(bootstrap: str, exc: Exception) -> ServiceUnavailable:
         f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}: {exc}); "
         "start it with `armlab dev up` or set ARMLAB_KAFKA_BOOTSTRAP"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class UndecodableRecord:
+    """A batch kafka-python's fetch could not decode, as one record at the batch's last
+    offset: ``value`` is the batch as fetched, ``failure`` why (the runner dead-letters it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    failure: DecodeFailure
+
+
+def _undecodable(r: Any) -> Any:
+    """``r``, or an :class:`UndecodableRecord` when it is the synthetic record of a batch that
+    could not be decoded (:func:`armlab.adapters.kafka.batches.fault_of`)."""
+    fault = fault_of(r.headers)
+    if fault is None:
+        return r
+    log.warning("undecodable record batch; dead-lettering it",
+                extra={"topic": r.topic, "partition": r.partition, "offset": r.offset,
+                       "reason": fault.reason, "detail": fault.detail[:300]})
+    return UndecodableRecord(r.topic, r.partition, r.offset, r.timestamp, None, r.value,
+                             DecodeFailure(fault.reason, fault.detail))
 
 
 class KafkaSource:
@@ -61,8 +100,10 @@ class KafkaSource:
         client_id: str = "armlab-consumer",
         align: tuple[str, str] | None = None,
         rejoin_after_s: float = 60.0,
+        max_batch_bytes: int = DEFAULT_INGEST_MAX_BATCH_BYTES,
         **config: Any,
     ) -> None:
+        install_guarded_batches(max_batch_bytes)
         self.kafka = kafka
         self.bootstrap = kafka.bootstrap
         self.topics = list(topics)
@@ -78,6 +119,9 @@ class KafkaSource:
         # refers to have been read (see _align). None disables it.
         self.align = align
         self._imp_ts: dict[int, int] = {}  # partition -> newest impression timestamp read
+        # partition -> the offset after the last record handed out (or sought to): with it,
+        # highwaters() leaves out the offsets read_committed skips (markers, aborted records)
+        self._handed: dict[TP, int] = {}
         # feedback partition -> (held records, monotonic time the hold began)
         self._held: dict[Any, tuple[list[Any], float]] = {}
         self._config: dict[str, Any] = {
@@ -94,6 +138,10 @@ class KafkaSource:
             "max_poll_interval_ms": 300_000,
             "reconnect_backoff_max_ms": 2_000,
             "request_timeout_ms": 30_000,
+            # aborted transactions never count; markers and aborted records only take offsets
+            "isolation_level": "read_committed",
+            # a CRC mismatch becomes a dead letter (batches.GuardedRecordBatch.validate_crc)
+            "check_crcs": True,
             **config,
         }
         self.consumer = self._build()
@@ -117,6 +165,7 @@ class KafkaSource:
             def on_partitions_revoked(self, revoked: Any) -> None:
                 src._imp_ts.clear()
                 src._held.clear()
+                src._handed.clear()
                 on_revoke([(tp.topic, tp.partition) for tp in revoked])
 
             def on_partitions_assigned(self, assigned: Any) -> None:
@@ -132,8 +181,10 @@ class KafkaSource:
         ktp = TopicPartition(*tp)
         self._held.pop(ktp, None)  # re-read from ``offset``
         if offset is None:
+            self._handed.pop(tp, None)
             self.consumer.seek_to_beginning(ktp)
         else:
+            self._handed[tp] = offset
             self.consumer.seek(ktp, offset)
 
     def poll(self, max_records: int, timeout_s: float) -> list[Any]:
@@ -165,8 +216,13 @@ class KafkaSource:
         if self.align is not None and (batches or self._held):
             batches = self._align(batches)
         out: list[Any] = []
-        for recs in batches.values():
-            out.extend(recs)
+        for ktp, recs in batches.items():
+            if recs:
+                out.extend(recs)
+                self._handed[(ktp.topic, ktp.partition)] = recs[-1].offset + 1
+        for i, r in enumerate(out):
+            if getattr(r, "headers", None):  # a synthetic record has one (cheap test first)
+                out[i] = _undecodable(r)
         return out
 
     def _is_stable_member(self) -> bool:
@@ -202,6 +258,7 @@ class KafkaSource:
             log.debug("closing the stuck consumer failed: %s", exc)
         self._imp_ts.clear()
         self._held.clear()
+        self._handed.clear()
         self.consumer = fresh
         self.consumer.subscribe(topics=self.topics, listener=self._listener)
         self._unassigned_since = now
@@ -275,15 +332,30 @@ class KafkaSource:
         return {(ktp.topic, ktp.partition): int(end) for ktp, end in ends.items()
                 if end is not None}
 
+    def _skipped(self, tp: TP) -> int:
+        """Offsets the consumer has moved past without handing out a record: transaction
+        markers and aborted records (``read_committed``). They hold no work, so the lag
+        leaves them out (otherwise a partition whose last write was a committed transaction
+        would show a lag of 1 for good). 0 while feedback of ``tp`` is held back."""
+        nxt = self._handed.get(tp)
+        ktp = TopicPartition(*tp)
+        if nxt is None or ktp in self._held:
+            return 0
+        try:
+            pos = self.consumer.position(ktp, timeout_ms=0)
+        except Exception:  # noqa: BLE001 - position not known yet
+            return 0
+        return max(0, int(pos) - nxt) if pos is not None else 0
+
     #: How often (seconds) :meth:`highwaters` may ask the broker for end offsets that no
     #: fetch has told it yet (a partition with nothing to fetch, or right after assignment).
     END_OFFSETS_EVERY_S = 10.0
 
     def highwaters(self, tps: list[TP]) -> dict[TP, int]:
         """The high watermark of each partition: what the last fetch response said
-        (``highwater``, no broker call), else, at most every END_OFFSETS_EVERY_S, the
-        broker's end offsets (``end_offsets``, bounded by a 5 s timeout). Partitions still
-        unknown are left out."""
+        (``highwater``, no broker call, less the offsets read_committed skipped past:
+        :meth:`_skipped`), else, at most every END_OFFSETS_EVERY_S, the broker's end offsets
+        (``end_offsets``, bounded by a 5 s timeout). Partitions still unknown are left out."""
         out: dict[TP, int] = {}
         missing = []
         for tp in tps:
@@ -291,7 +363,7 @@ class KafkaSource:
             if hw is None:
                 missing.append(TopicPartition(*tp))
             else:
-                out[tp] = int(hw)
+                out[tp] = int(hw) - self._skipped(tp)
         now = time.monotonic()
         if missing and now - self._last_end_offsets >= self.END_OFFSETS_EVERY_S:
             self._last_end_offsets = now

@@ -1,5 +1,5 @@
-"""``armlab bench ingest|fuzz|policy|guardrails|assign|scoring``: each prints JSON with its
-figure and a baseline measured in the same run. The benchmark code lives in
+"""``armlab bench ingest|consumers|fuzz|policy|guardrails|assign|scoring``: each prints JSON
+with its figure and a baseline measured in the same run. The benchmark code lives in
 :mod:`armlab.tools.bench`.
 
 Commands import their benchmark inside the function so ``armlab --help`` stays fast.
@@ -38,6 +38,41 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                            processes=processes,
                            progress=None if as_json else lambda m: typer.echo(m, err=True))
         typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+    @groups["bench"].command("consumers")
+    def bench_consumers(
+        events: int = typer.Option(100_000, "--events", min=100, help="Events per run."),
+        partitions: int = typer.Option(4, "--partitions", min=1,
+                                       help="Partitions of each run's topics."),
+        processes: str = typer.Option("1,2,4", "--processes",
+                                      help="Consumer process counts, one run each."),
+        codec: str = typer.Option("none", "--codec",
+                                  help="Producer compression: none, gzip, snappy, lz4, zstd."),
+        own_stack: bool = typer.Option(
+            False, "--own-stack",
+            help="Start a temporary PostgreSQL and Kafka for the run (armlab.tools.devstack) "
+                 "instead of using ARMLAB_DATABASE_URL / ARMLAB_KAFKA_BOOTSTRAP."),
+        as_json: bool = typer.Option(False, "--json", help="Print only JSON."),
+    ) -> None:
+        """1, 2 and 4 `armlab consume` processes in one group on a pre-filled topic against
+        bare kafka-python and confluent-kafka reads of it, same run; exits 1 when a run's
+        accounting is not exact.
+
+        Needs ARMLAB_DATABASE_URL (PostgreSQL) and ARMLAB_KAFKA_BOOTSTRAP (`armlab dev up`),
+        or --own-stack.
+        """
+        from armlab.settings import get_settings
+        from armlab.tools.bench.consumers import run
+
+        counts = [int(p) for p in processes.split(",") if p.strip()]
+        if not counts or min(counts) < 1:
+            raise typer.BadParameter("--processes: comma-separated counts, each at least 1")
+        result = run(events, settings=get_settings(), own=own_stack, partitions=partitions,
+                     processes=counts, codec=codec,
+                     progress=None if as_json else lambda m: typer.echo(m, err=True))
+        typer.echo(json.dumps(result, indent=None if as_json else 2))
+        if not result["accounting_exact"]:
+            raise typer.Exit(1)
 
     @groups["bench"].command("fuzz")
     def bench_fuzz(

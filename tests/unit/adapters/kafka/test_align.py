@@ -51,6 +51,7 @@ def source(consumer: FakeConsumer) -> KafkaSource:
     s.align = ("imp", "fb")
     s._imp_ts = {}
     s._held = {}
+    s._handed = {}
     s._listener = None  # not subscribed: the assignment watchdog stays out of the way
     return s
 
