@@ -8,7 +8,7 @@ is built on first use and then kept for the life of the process:
   share it);
 * ``producer``: the event producer for ``settings.transport`` (Kafka or the bus);
 * ``assigner``: the in-memory assignment cache (not started: the API starts its threads);
-* ``ingest_store`` / ``allocation_store`` / ``assignment_store``: the storage ports of the
+* ``consumer_store`` / ``allocation_store`` / ``assignment_store``: the storage ports of the
   ingest runner, the allocator and the assignment cache, on this process's database;
 * ``scorer_pool`` / ``scoring`` / ``catalogs``: the scoring side of ``/recommend``.
 
@@ -33,8 +33,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from armlab.adapters.db import migrate
 from armlab.adapters.db.allocation_store import SqlAllocationStore
 from armlab.adapters.db.assignment_store import SqlAssignmentStore
+from armlab.adapters.db.consumer_batches import SqlIngestStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
-from armlab.adapters.db.ingest_batches import SqlIngestStore
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.adapters.kafka.admin import log_end_offsets
 from armlab.adapters.kafka.memory import MemoryBus, MemoryDlq, MemorySource
@@ -50,12 +50,12 @@ from armlab.adapters.scoring.checkpoints import set_cpu_threads
 from armlab.errors import ValidationFailed
 from armlab.services.assignment import Assigner
 from armlab.services.catalog import CatalogCache
+from armlab.services.consumer import IngestRunner
 from armlab.services.dashboard import DashboardReads
 from armlab.services.experiments import ExperimentUseCases
-from armlab.services.ingest import IngestRunner
 from armlab.services.ports_allocation import AllocationStore
 from armlab.services.ports_assignment import AssignmentStore
-from armlab.services.ports_ingest import IngestStore
+from armlab.services.ports_consumer import IngestStore
 from armlab.services.report import ReportReads
 from armlab.settings import Settings, get_settings
 
@@ -139,9 +139,9 @@ class Services:
         return self._once("reports", lambda: ReportReads(self.uow))
 
     @property
-    def ingest_store(self) -> IngestStore:
+    def consumer_store(self) -> IngestStore:
         """The ingest runner's storage (offsets, batch transactions, upkeep)."""
-        return self._once("ingest_store", lambda: SqlIngestStore(self.session_factory))
+        return self._once("consumer_store", lambda: SqlIngestStore(self.session_factory))
 
     @property
     def allocation_store(self) -> AllocationStore:
@@ -214,7 +214,7 @@ class Services:
                                  align=(s.topic_impressions, s.topic_feedback),
                                  max_batch_bytes=s.ingest_max_batch_bytes)
             dlq = KafkaDlq(s.kafka, s.topic_dlq)
-        return IngestRunner(self.ingest_store, source, dlq=dlq, group=group,
+        return IngestRunner(self.consumer_store, source, dlq=dlq, group=group,
                             topic_impressions=s.topic_impressions,
                             topic_feedback=s.topic_feedback, max_batch=batch,
                             poll_timeout_s=poll_timeout_s, metrics=metrics,

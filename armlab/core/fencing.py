@@ -1,7 +1,7 @@
 """How a batch's transaction tells the ingest runner that it lost a race.
 
 Both are control flow between the storage side of ingestion
-(:mod:`armlab.adapters.db.ingest_store`) and the runner (:mod:`armlab.services.ingest`); they
+(:mod:`armlab.adapters.db.consumer_store`) and the runner (:mod:`armlab.services.consumer`); they
 never escape the runner. Declared here, below both, so the runner needs nothing of the
 database to recognise them.
 """
@@ -22,5 +22,5 @@ class Fenced(Exception):  # noqa: N818 - control flow, never escapes the runner
 class StoredRowsDiffer(Exception):  # noqa: N818 - control flow, never escapes the runner
     """The database stored fewer rows than the batch decided to insert: another transaction
     stored one of them first. The batch is rolled back and handled again from what is
-    stored (with :func:`armlab.adapters.db.ingest_store.lock_ids` this does not happen; it is
+    stored (with :func:`armlab.adapters.db.consumer_store.lock_ids` this does not happen; it is
     the check that it does not)."""

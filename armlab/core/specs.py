@@ -199,7 +199,7 @@ class GuardrailMargin(StrictModel):
 
 class GuardrailSpec(StrictModel):
     """A guardrail metric: a one-sided always-valid non-inferiority test per treatment arm
-    (see :mod:`armlab.core.guardrails`); a breach takes the arm out of the allocation."""
+    (see :mod:`armlab.core.recommendation`); a breach takes the arm out of the allocation."""
 
     key: Key
     source: GuardrailSource

@@ -16,14 +16,14 @@ records the look and, with ``sequential.auto_stop``, stops the experiment and wr
 control-only snapshot in the same transaction.
 
 Guardrail rollback: when the look finds a treatment arm that breached a guardrail
-(:mod:`armlab.core.guardrails`), the allocator, in the same unit of work, either takes the arm
+(:mod:`armlab.core.recommendation`), the allocator, in the same unit of work, either takes the arm
 out of the allocation (``on_breach: rollback``, the default: the arm is recorded in
 ``experiments.rolled_back`` with its evidence, an audit row ``rollback`` is written, and a new
 snapshot gives it weight 0; the exploration floor no longer applies to it and the policy shares
 the traffic among the remaining arms), or stops the whole experiment (``on_breach: stop``: the
 control serves, as with an auto-stop). Users of ``unit: user`` stuck to a rolled-back arm get
 the control from then on (:mod:`armlab.services.assignment`). The rolled-back arm's comparisons
-are frozen at that look; the others stay valid (see :mod:`armlab.core.guardrails`).
+are frozen at that look; the others stay valid (see :mod:`armlab.core.recommendation`).
 
 Each experiment is handled in its own unit of work, so a bad experiment (e.g. parameters the
 current policy code rejects) is logged and skipped without blocking the others.
@@ -58,9 +58,8 @@ from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.adapters.db.retry import is_transient
 from armlab.core.clock import utcnow
 from armlab.core.evidence import ArmSums
-from armlab.core.guardrails import BREACHED, breach_summary
-from armlab.core.policies import POLICY_VERSION, make_policy
-from armlab.core.policies import ArmStats as PolicyStats
+from armlab.core.policies import POLICY_VERSION, PolicyStats, make_policy
+from armlab.core.recommendation import BREACHED, breach_summary
 from armlab.core.serving import fixed_arm
 from armlab.core.status import ExperimentStatus
 from armlab.errors import ArmlabError

@@ -24,8 +24,8 @@ from typing import Any
 from armlab.adapters.db.models import Experiment
 from armlab.core.clock import as_utc, as_utc_or_none, utcnow
 from armlab.core.decisions import TERMINAL, Evaluation
+from armlab.core.event_effects import OK_OUTCOMES
 from armlab.core.evidence import ArmSums
-from armlab.core.ingest import OK_OUTCOMES
 from armlab.core.readings import ArmSeries, ChartSeries, LatestDecision
 from armlab.core.status import ExperimentStatus
 from armlab.services.ports import ReadsUnitOfWork

@@ -18,13 +18,13 @@ allocator, recorded, and shown everywhere else.
   experiment it takes (and records) one more look first. An arm that breached a guardrail is
   refused the same way, with the guardrail's evidence.
 
-Guardrails (:mod:`armlab.core.guardrails`) are evaluated in the same look, on the same matured,
+Guardrails (:mod:`armlab.core.recommendation`) are evaluated in the same look, on the same matured,
 in-design impressions (each metric's ``guardrail_stats`` minus the impressions served after the
 cutoff); their entries are stored in each treatment arm's decision row (``entry.guardrails``),
 which carries each pair's running p-value to the next look, and the evaluation gets the one
 ``recommendation`` (ship / keep control / continue). With ``unit: user`` the guardrails are
 analysed per impression (not per user). An arm rolled back by a breach keeps the entries of the
-look that rolled it back (its comparisons are frozen: see :mod:`armlab.core.guardrails`).
+look that rolled it back (its comparisons are frozen: see :mod:`armlab.core.recommendation`).
 
 None of them commits: the caller's unit of work does. The allocator runs the look on its
 cadence and stops an experiment with ``auto_stop``; a stopped or shipped experiment is never
@@ -50,7 +50,7 @@ from armlab.core.decisions import (
 )
 from armlab.core.decisions import Decision as Verdict
 from armlab.core.evidence import FIELDS, SIGNED, ArmSums
-from armlab.core.guardrails import (
+from armlab.core.recommendation import (
     BREACHED,
     NOT_INFORMATIVE,
     breach_summary,

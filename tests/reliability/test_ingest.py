@@ -25,7 +25,8 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from armlab.adapters.db import ingest_store, queries
+from armlab.adapters.db import consumer_store as consumer_store
+from armlab.adapters.db import queries
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import Arm, ConsumerOffset, Experiment, Impression
 from armlab.tools.synth import SynthEvent, expected_stats, synthetic_events
@@ -158,7 +159,7 @@ class Harness:
 
     def counters(self) -> dict[str, int]:
         with self.sf() as s:
-            return ingest_store.read_counters(s, self.group)
+            return consumer_store.read_counters(s, self.group)
 
     def guardrail_stats(self) -> dict[str, dict[str, float]]:
         with self.sf() as s:
@@ -399,7 +400,7 @@ def test_a_record_the_database_rejects_is_bisected_out(
     written goes to the DLQ as ``unprocessable`` and every other record is counted."""
     from armlab.bootstrap import bootstrap
     from armlab.core import events
-    from armlab.services import ingest as ingest_service
+    from armlab.services import consumer as ingest_service
     from armlab.settings import KafkaSettings, Settings
 
     h = harness(1)
@@ -448,7 +449,7 @@ def test_fuzz_corpus_never_stops_the_consumer_and_accounting_is_exact(
     dead-lettered exactly once (by topic/partition/offset); the good experiment's statistics
     equal the reference computed from the good events alone. Valid-looking fuzz records name a
     second running experiment, so they go through the handlers and the database writes."""
-    from armlab.core.ingest import OK_OUTCOMES, OUT_RESOLVED
+    from armlab.core.event_effects import OK_OUTCOMES, OUT_RESOLVED
     from armlab.tools.fuzz import fuzz_records
 
     h = harness(2)
@@ -580,9 +581,9 @@ def test_two_members_handling_one_event_at_the_same_moment_count_it_once(
     partition. B must wait for A and then see A's row, not count X a second time."""
     import threading
 
-    from armlab.adapters.db import ingest_store as store
+    from armlab.adapters.db import consumer_store as store
     from armlab.adapters.kafka.memory import MemoryRecord
-    from armlab.services.ingest import IngestRunner
+    from armlab.services.consumer import IngestRunner
 
     h = harness(2)
     at = datetime.fromisoformat(RECENT)

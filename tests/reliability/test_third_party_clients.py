@@ -28,7 +28,7 @@ from kafka.record.util import calc_crc32c
 from sqlalchemy import select
 
 from armlab.adapters.db.models import ConsumerLag
-from armlab.core.ingest import OUT_RESOLVED
+from armlab.core.event_effects import OUT_RESOLVED
 from armlab.tools.devstack import find_java, kafka_libs_dir
 from armlab.tools.synth import SynthEvent
 from tests.reliability.test_ingest import Harness

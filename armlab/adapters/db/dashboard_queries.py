@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from armlab.adapters.db.chart_queries import chart_series
-from armlab.adapters.db.ingest_store import read_counters, read_dead_letters
+from armlab.adapters.db.consumer_store import read_counters, read_dead_letters
 from armlab.adapters.db.models import (
     AllocationSnapshot,
     ConsumerLag,

@@ -1,6 +1,6 @@
 """Embedded in-process event bus for the demo: topics, partitions, offsets, like Kafka.
 
-The same :class:`armlab.services.ingest.IngestRunner` consumes it (and the same handlers
+The same :class:`armlab.services.consumer.IngestRunner` consumes it (and the same handlers
 run), with offsets stored in the database exactly as for Kafka. Records are keyed and
 partitioned with Kafka's murmur2 partitioner so an impression and its feedback share a
 partition here too. Thread-safe: an API thread may produce while the demo drains.

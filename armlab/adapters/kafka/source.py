@@ -320,7 +320,7 @@ class KafkaSource:
 
     def end_offsets(self, tps: list[TP], timeout_s: float = 10.0) -> dict[TP, int]:
         """The log end offset of each partition, asked of the broker now (the offsets check
-        on assignment: :meth:`armlab.services.ingest.IngestRunner._on_assign`). Raises
+        on assignment: :meth:`armlab.services.consumer.IngestRunner._on_assign`). Raises
         :class:`ServiceUnavailable` when the broker does not answer within ``timeout_s``."""
         if not tps:
             return {}
@@ -395,7 +395,7 @@ class KafkaSource:
 
 #: The DLQ producer's largest request, set explicitly (kafka-python's default, and the
 #: broker's default ``message.max.bytes`` is about the same). Dead letters stay far below it:
-#: :meth:`armlab.core.ingest.Reject.to_dlq` truncates the original record to 256 KiB.
+#: :meth:`armlab.core.event_effects.Reject.to_dlq` truncates the original record to 256 KiB.
 DLQ_MAX_REQUEST_BYTES = 1024 * 1024
 
 

@@ -27,7 +27,7 @@ POLICY_VERSION = "1"
 
 
 @dataclass(frozen=True)
-class ArmStats:
+class PolicyStats:
     """Sufficient statistics of the *matured* observations of each arm.
 
     Parameters
@@ -74,7 +74,7 @@ class ArmStats:
         n: Any,
         reward_sum: Any,
         reward_sumsq: Any = None,
-    ) -> ArmStats:
+    ) -> PolicyStats:
         n_arr = np.asarray(n, dtype=np.float64)
         q = np.zeros_like(n_arr) if reward_sumsq is None else reward_sumsq
         return cls(n_arr, np.asarray(reward_sum, dtype=np.float64), np.asarray(q, dtype=np.float64))
@@ -127,7 +127,7 @@ class Policy(Protocol):
     name: str
     version: str
 
-    def weights(self, stats: ArmStats, rng: np.random.Generator) -> AllocationWeights: ...
+    def weights(self, stats: PolicyStats, rng: np.random.Generator) -> AllocationWeights: ...
 
 
 def policy_error(exc: ValidationError) -> PolicyError:
@@ -216,7 +216,7 @@ def uniform_weights(k: int) -> FloatArray:
     return np.full(k, 1.0 / k)
 
 
-def in_burn_in(stats: ArmStats, burn_in: int) -> bool:
+def in_burn_in(stats: PolicyStats, burn_in: int) -> bool:
     return burn_in > 0 and bool(np.any(stats.n < burn_in))
 
 

@@ -23,10 +23,10 @@ from pydantic import Field
 from armlab.core.policies.base import (
     POLICY_VERSION,
     AllocationWeights,
-    ArmStats,
     CommonSettings,
     FloatArray,
     PolicyModel,
+    PolicyStats,
     apply_floor,
     check_floor,
     in_burn_in,
@@ -72,7 +72,7 @@ class EpsilonGreedy:
     def __init__(self, settings: EpsilonGreedySettings | None = None) -> None:
         self.settings = settings or EpsilonGreedySettings()
 
-    def weights(self, stats: ArmStats, rng: np.random.Generator) -> AllocationWeights:
+    def weights(self, stats: PolicyStats, rng: np.random.Generator) -> AllocationWeights:
         s = self.settings
         check_floor(s.floor, stats.k)
         if in_burn_in(stats, s.burn_in):
@@ -101,6 +101,6 @@ class Uniform:
     def __init__(self, settings: UniformSettings | None = None) -> None:
         self.settings = settings or UniformSettings()
 
-    def weights(self, stats: ArmStats, rng: np.random.Generator) -> AllocationWeights:
+    def weights(self, stats: PolicyStats, rng: np.random.Generator) -> AllocationWeights:
         check_floor(self.settings.floor, stats.k)
         return AllocationWeights(uniform_weights(stats.k), "exact")

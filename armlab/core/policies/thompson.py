@@ -43,10 +43,10 @@ from scipy import special
 from armlab.core.policies.base import (
     POLICY_VERSION,
     AllocationWeights,
-    ArmStats,
     CommonSettings,
     FloatArray,
     PolicyModel,
+    PolicyStats,
     apply_floor,
     check_floor,
     in_burn_in,
@@ -253,7 +253,8 @@ class ThompsonSampling:
         self.settings = settings or ThompsonSettings()
         self.name = "top_two_thompson" if self.settings.top_two else "thompson"
 
-    def posterior_draws(self, stats: ArmStats, rng: np.random.Generator, size: int) -> FloatArray:
+    def posterior_draws(self, stats: PolicyStats, rng: np.random.Generator,
+                        size: int) -> FloatArray:
         """(size, K) joint draws of the arm means from the posterior."""
         s = self.settings
         if s.reward == "binary":
@@ -271,7 +272,7 @@ class ThompsonSampling:
         return loc + scale * rng.standard_t(df, size=(size, stats.k))
 
     def prob_best(
-        self, stats: ArmStats, rng: np.random.Generator
+        self, stats: PolicyStats, rng: np.random.Generator
     ) -> tuple[FloatArray, float | None, float | None]:
         """(P(best), Monte Carlo SE or None, quadrature error or None)."""
         s = self.settings
@@ -294,7 +295,7 @@ class ThompsonSampling:
             p, err = prob_best_t_quadrature(df, loc, scale, s.grid)
         return p, None, float(err)
 
-    def weights(self, stats: ArmStats, rng: np.random.Generator) -> AllocationWeights:
+    def weights(self, stats: PolicyStats, rng: np.random.Generator) -> AllocationWeights:
         s = self.settings
         check_floor(s.floor, stats.k)
         # binary rewards: successes are clipped into [0, n] by beta_posterior

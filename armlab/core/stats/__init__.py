@@ -15,7 +15,6 @@ from armlab.core.stats.adaptive import (
     ipw_msprt,
     srm_check,
 )
-from armlab.core.stats.guardrails import GuardrailResult, guardrail_test
 from armlab.core.stats.msprt import (
     MsprtResult,
     MsprtState,
@@ -27,6 +26,7 @@ from armlab.core.stats.msprt import (
     tau2_for_horizon,
     two_sample_moments,
 )
+from armlab.core.stats.noninferiority import GuardrailResult, guardrail_test
 
 __all__ = [
     "ArmSums",

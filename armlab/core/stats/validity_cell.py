@@ -1,4 +1,4 @@
-"""One cell of the validity grid (:mod:`armlab.core.stats.validity`): its configuration, the
+"""One cell of the validity grid (:mod:`armlab.core.stats.validity_grid`): its configuration, the
 per-arm sums a simulation keeps, and the batched Thompson weight that allocates its traffic."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _IDX = {f: i for i, f in enumerate(_FIELDS)}
 
 @dataclass(frozen=True)
 class CellConfig:
-    """One cell of the grid (see the module doc of :mod:`armlab.core.stats.validity`)."""
+    """One cell of the grid (see the module doc of :mod:`armlab.core.stats.validity_grid`)."""
 
     base_rate: float = 0.05
     floor: float = 0.1

@@ -1,4 +1,4 @@
-"""One simulated experiment of the validity grid (:mod:`armlab.core.stats.validity`) with
+"""One simulated experiment of the validity grid (:mod:`armlab.core.stats.validity_grid`) with
 every analysis on it, vectorised over replications.
 
 The steps of :func:`_simulate`: derive the plan of the run from its cell (:func:`_plan`), set
@@ -67,7 +67,7 @@ def _plan(cfg: CellConfig, *, p_b: float, reps: int, allocation: str) -> _Plan:
 
 
 def _make_trackers(cfg: CellConfig, plan: _Plan) -> dict[str, _Tracker]:
-    """The analyses of this run (module doc of :mod:`armlab.core.stats.validity`), each with
+    """The analyses of this run (module doc of :mod:`armlab.core.stats.validity_grid`), each with
     tau² planned at the horizon as the platform plans it."""
     alpha, reps, m = cfg.alpha, plan.reps, plan.m
     p_a, p_b = plan.p_a, plan.p_b
@@ -190,7 +190,7 @@ def _track_srm(cfg: CellConfig, state: _State, user: bool) -> None:
 
 def _outcomes(trackers: dict[str, _Tracker], state: _State, allocation: str, user: bool
               ) -> dict[str, dict[str, Any]]:
-    """Per analysis, the per-replication outcomes :func:`armlab.core.stats.validity.run_cell`
+    """Per analysis, the per-replication outcomes :func:`armlab.core.stats.validity_grid.run_cell`
     turns into rates (and the SRM false alarms of the analyses that check SRM)."""
     out: dict[str, dict[str, Any]] = {}
     for name, tr in trackers.items():

@@ -1,5 +1,5 @@
 """The running always-valid state of one analysis of the validity grid
-(:mod:`armlab.core.stats.validity`) over the looks of one simulation, vectorised over
+(:mod:`armlab.core.stats.validity_grid`) over the looks of one simulation, vectorised over
 replications: rejections (two- and one-sided), coverage misses, the sample size at the
 decision and the narrowest confidence-sequence width."""
 

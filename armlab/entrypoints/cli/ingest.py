@@ -103,12 +103,12 @@ def offsets_show(
 ) -> None:
     """Print each stored offset: group, topic, partition, next offset."""
     from armlab.bootstrap import bootstrap
-    from armlab.services.ingest import stored_offsets
+    from armlab.services.consumer import stored_offsets
     from armlab.settings import get_settings
 
     services = bootstrap(get_settings())
     try:
-        rows = stored_offsets(services.ingest_store, group)
+        rows = stored_offsets(services.consumer_store, group)
     finally:
         services.close()
     if not rows:
@@ -132,7 +132,7 @@ def offsets_reset(
     consumer refuses to start while a stored offset is beyond the end of its log.
     """
     from armlab.bootstrap import bootstrap
-    from armlab.services.ingest import reset_offsets, stored_offsets
+    from armlab.services.consumer import reset_offsets, stored_offsets
     from armlab.settings import get_settings
 
     if to not in ("earliest", "latest"):
@@ -143,13 +143,13 @@ def offsets_reset(
         if to == "latest":
             if not topics:
                 topics = sorted({t for _, t, _, _ in
-                                 stored_offsets(services.ingest_store, group)}
+                                 stored_offsets(services.consumer_store, group)}
                                 or {services.settings.topic_impressions,
                                     services.settings.topic_feedback})
             ends = services.log_end_offsets(topics)
         else:
             ends = {}
-        n = reset_offsets(services.ingest_store, group, topics or None, to=ends)
+        n = reset_offsets(services.consumer_store, group, topics or None, to=ends)
     finally:
         services.close()
     what = ", ".join(topics) if topics else "every topic"

@@ -70,7 +70,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Mean cumulative pseudo-regret of a policy on a Bernoulli bandit, across seeds."""
-        from armlab.core.policies.simulate import default_sim_params, parse_means, simulate_bandit
+        from armlab.core.policies.regret_simulation import (
+            default_sim_params,
+            parse_means,
+            simulate_bandit,
+        )
 
         p = _parse_params(params)
         if not p:
@@ -113,7 +117,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """False-positive rate / power of a sequential test under continuous monitoring."""
 
-        from armlab.core.stats.sim import SequentialSimConfig, simulate_sequential
+        from armlab.core.stats.sequential_simulation import SequentialSimConfig, simulate_sequential
 
         cfg = SequentialSimConfig(
             allocation=allocation, method=method,  # type: ignore[arg-type]
@@ -153,7 +157,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         baselines (plain mSPRT under Thompson and under a fixed 50/50 split)."""
         from concurrent.futures import ProcessPoolExecutor
 
-        from armlab.core.stats.validity import grid, run_cell, summarise
+        from armlab.core.stats.validity_grid import grid, run_cell, summarise
 
         cells = grid(
             _floats("--base-rates", base_rates), _floats("--floors", floors),

@@ -44,11 +44,12 @@ from kafka.errors import KafkaError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from armlab.adapters.db import ingest_store, migrate, queries
+from armlab.adapters.db import consumer_store as consumer_store
+from armlab.adapters.db import migrate, queries
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import Arm, ConsumerOffset, Experiment
 from armlab.adapters.kafka.batches import install_guarded_batches, uninstall_guarded_batches
-from armlab.core.ingest import OK_OUTCOMES, OUT_RESOLVED
+from armlab.core.event_effects import OK_OUTCOMES, OUT_RESOLVED
 from armlab.errors import ServiceUnavailable
 from armlab.settings import KafkaSettings, Settings
 from armlab.tools.bench.ingest import _check_services, bare_read, create_topics
@@ -260,7 +261,7 @@ def _check_run(sf: sessionmaker[Session], exp_id: int, sent: list[dict[str, obje
     """The run's accounting against its produced events."""
     with sf() as s:
         stats = {arm: v.as_dict() for (_, arm), v in queries.arm_totals(s, exp_id).items()}
-        counters = ingest_store.read_counters(s, group)
+        counters = consumer_store.read_counters(s, group)
     handled = sum(n for reason, n in counters.items() if reason != OUT_RESOLVED)
     rejected = {reason: n for reason, n in counters.items() if reason not in OK_OUTCOMES}
     return {"stats_equal_reference": stats == expected_stats(sent, window_s=3600),

@@ -20,10 +20,11 @@ from typing import Any
 from kafka import KafkaProducer
 from sqlalchemy import func, select
 
-from armlab.adapters.db import ingest_store, migrate, queries
+from armlab.adapters.db import consumer_store as consumer_store
+from armlab.adapters.db import migrate, queries
 from armlab.adapters.db.models import Arm, ConsumerOffset, Experiment
 from armlab.bootstrap import bootstrap
-from armlab.core.ingest import OK_OUTCOMES, OUT_RESOLVED
+from armlab.core.event_effects import OK_OUTCOMES, OUT_RESOLVED
 from armlab.core.status import ExperimentStatus
 from armlab.errors import ServiceUnavailable
 from armlab.settings import Settings
@@ -127,7 +128,7 @@ def _consume(cfg: Settings, exp_id: int, produced: int, timeout_s: float) -> _Co
             committed = int(s.scalar(
                 select(func.coalesce(func.sum(ConsumerOffset.next_offset), 0))
                 .where(ConsumerOffset.group_id == cfg.consumer_group)) or 0)
-            counters = ingest_store.read_counters(s, cfg.consumer_group)
+            counters = consumer_store.read_counters(s, cfg.consumer_group)
             stats = {arm: v.as_dict() for (_, arm), v in queries.arm_totals(s, exp_id).items()}
     finally:
         runner.close()

@@ -1,13 +1,13 @@
 """``armlab bench guardrails``: false rollbacks, detection and regret saved by the guardrail
 test under Thompson allocation with continuous looks, each against a same-run baseline.
 
-Every cell is :func:`armlab.core.stats.guardrail_sim.simulate_guardrail` (two arms, Thompson
+Every cell is :func:`armlab.core.stats.guardrail_simulation.simulate_guardrail` (two arms, Thompson
 on the click rate with an exploration floor, a look every ``look_every`` impressions up to
 ``horizon``), split into chunks that run on ``workers`` processes with independent seeds
 (``numpy.random.SeedSequence``); the split does not depend on ``workers``, so the figures
 depend on the seed only. On the same simulated data:
 
-* ``ipw``: armlab's guardrail test (:mod:`armlab.core.stats.guardrails`);
+* ``ipw``: armlab's guardrail test (:mod:`armlab.core.stats.noninferiority`);
 * ``plain_msprt``: the one-sided mSPRT on plain per-arm means (the baseline that ignores the
   allocation);
 * ``no_guardrail``: the same run without any rollback (the regret baseline).
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from armlab.core.stats.guardrail_sim import (
+from armlab.core.stats.guardrail_simulation import (
     GuardrailSimConfig,
     merge,
     simulate_guardrail,

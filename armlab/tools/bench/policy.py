@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from armlab.core.policies import ArmStats, CdfSampler, make_policy, select_many
-from armlab.core.policies.simulate import default_sim_params, simulate_bandit
+from armlab.core.policies import CdfSampler, PolicyStats, make_policy, select_many
+from armlab.core.policies.regret_simulation import default_sim_params, simulate_bandit
 from armlab.errors import PolicyError
 
 CONFIGS: dict[str, list[float]] = {
@@ -107,7 +107,7 @@ def decision_speed(k: int = 10, batch: int = 10_000, repeats: int = 2000) -> dic
     a, b = 1.0 + s, 1.0 + n - s
 
     # what the platform does per request: draw from the snapshot's P(best) weights
-    w = make_policy("thompson").weights(ArmStats.from_lists(n, s), rng).weights
+    w = make_policy("thompson").weights(PolicyStats.from_lists(n, s), rng).weights
     sampler = CdfSampler(w.tolist())  # built once per snapshot by the API's assigner
     draw_u = rng.random
     armlab_single = _best_of(lambda: sampler.pick(draw_u()), repeats)
@@ -116,7 +116,7 @@ def decision_speed(k: int = 10, batch: int = 10_000, repeats: int = 2000) -> dic
     draw_single = _best_of(lambda: int(np.argmax(rng.beta(a, b))), repeats)
     draw_batch = _best_of(lambda: np.argmax(rng.beta(a, b, size=(batch, k)), axis=1), 10)
 
-    stats = ArmStats.from_lists(n, s)
+    stats = PolicyStats.from_lists(n, s)
     pol = make_policy("thompson")
     t0 = time.perf_counter()
     for _ in range(20):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from armlab.adapters.db import ingest_store
+from armlab.adapters.db import consumer_store as consumer_store
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import Feedback
-from armlab.core.ingest import ExperimentInfo
+from armlab.core.event_effects import ExperimentInfo
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -28,14 +28,14 @@ def test_stale_pending_on_postgres(pg_url: str) -> None:
                            received_at=NOW - timedelta(seconds=age_s), partition=0,
                            status=status))
     with sf() as s, s.begin():
-        stale = ingest_store.stale_pending(s, exps, NOW, grace_s=60.0)
+        stale = consumer_store.stale_pending(s, exps, NOW, grace_s=60.0)
         assert {p.event_id for p in stale} == {"old-short", "older-long"}
         # a concurrent sweep skips the rows this one holds
         with sf() as other, other.begin():
-            assert ingest_store.stale_pending(other, exps, NOW, grace_s=60.0) == []
-        ingest_store.mark_feedback(s, [p.event_id for p in stale], "unknown")
+            assert consumer_store.stale_pending(other, exps, NOW, grace_s=60.0) == []
+        consumer_store.mark_feedback(s, [p.event_id for p in stale], "unknown")
     with sf() as s:
-        assert ingest_store.stale_pending(s, exps, NOW, grace_s=60.0) == []
+        assert consumer_store.stale_pending(s, exps, NOW, grace_s=60.0) == []
         statuses = dict(s.query(Feedback.event_id, Feedback.status).all())
     assert statuses["old-short"] == statuses["older-long"] == "unknown"
     assert statuses["new-short"] == statuses["old-long"] == "pending"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from armlab.core.evidence import ArmSums
-from armlab.core.guardrails import breached_arms, evaluate_guardrails, recommend
+from armlab.core.recommendation import breached_arms, evaluate_guardrails, recommend
 from armlab.core.specs import GuardrailSpec
-from armlab.core.stats.guardrails import guardrail_test
+from armlab.core.stats.noninferiority import guardrail_test
 
 
 def sums(rate: float, n: int = 4000, p: float = 0.5, value: float = 1.0) -> ArmSums:

@@ -7,9 +7,7 @@ from typing import NamedTuple
 
 import orjson
 
-from armlab.core.events import FeedbackV1, ImpressionV1, decode
-from armlab.core.evidence import ArmSums
-from armlab.core.ingest import (
+from armlab.core.event_effects import (
     BatchState,
     ExperimentInfo,
     ImpressionState,
@@ -17,6 +15,8 @@ from armlab.core.ingest import (
     handle_batch,
     referenced_ids,
 )
+from armlab.core.events import FeedbackV1, ImpressionV1, decode
+from armlab.core.evidence import ArmSums
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 IMP_T, FB_T = "imps", "fbs"
@@ -176,7 +176,7 @@ def test_dead_letter_of_a_huge_record_is_truncated_with_length_and_hash() -> Non
     import base64
     import hashlib
 
-    from armlab.core.ingest import MAX_DLQ_RAW_BYTES, Reject
+    from armlab.core.event_effects import MAX_DLQ_RAW_BYTES, Reject
 
     raw = b"{" + b"x" * 900_000
     out = orjson.loads(Reject("too_large", "d" * 10_000, "t", 0, 5, raw).to_dlq("g"))

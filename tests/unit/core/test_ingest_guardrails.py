@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import orjson
 
-from armlab.core.evidence import ArmSums
-from armlab.core.ingest import (
+from armlab.core.event_effects import (
     BatchState,
     ExperimentInfo,
     ImpressionState,
     MetricRule,
     handle_batch,
 )
+from armlab.core.evidence import ArmSums
 from tests.unit.core.test_ingest import FB_T, IMP_T, T0, Stream
 
 RULES = (

@@ -8,14 +8,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from armlab.adapters.db import ingest_store, queries, rollups
+from armlab.adapters.db import consumer_store as consumer_store
+from armlab.adapters.db import queries, rollups
 from armlab.adapters.db.models import ROLLUP_WIDTHS_S, ArmRollup
 from armlab.adapters.kafka.memory import MemoryBus
 from armlab.bootstrap import Services, bootstrap
 from armlab.client import MemoryEventProducer
 from armlab.core.clock import utcnow
+from armlab.core.event_effects import Effects
 from armlab.core.evidence import FIELDS, ArmSums
-from armlab.core.ingest import Effects
 from armlab.core.specs import ExperimentSpec
 from armlab.services import dashboard, registry
 from armlab.services.allocator import run_allocation
@@ -94,7 +95,7 @@ def test_rollups_roll_back_with_the_batch(sqlite_url: str) -> None:
     fx.stat(1, "a", 0).add_impression(0.5)
     with services.session_factory() as s:
         with s.begin():
-            ingest_store.write_effects(s, "g", fx)
+            consumer_store.write_effects(s, "g", fx)
             assert s.scalar(select(func.count()).select_from(ArmRollup)) == len(ROLLUP_WIDTHS_S)
             s.rollback()
         assert s.scalar(select(func.count()).select_from(ArmRollup)) == 0

@@ -7,13 +7,13 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from armlab.adapters.db import ingest_store
+from armlab.adapters.db import consumer_store as consumer_store
 from armlab.adapters.db.models import ConsumerLag, DeadLetterBucket
 from armlab.adapters.kafka.memory import MemoryBus
 from armlab.bootstrap import bootstrap
 from armlab.client import MemoryEventProducer
 from armlab.core.clock import utcnow
-from armlab.core.ingest import Effects
+from armlab.core.event_effects import Effects
 from armlab.core.specs import ExperimentSpec
 from armlab.services import dashboard, registry
 from armlab.settings import Settings
@@ -67,10 +67,10 @@ def test_dead_letters_are_counted_per_minute_and_only_the_last_hour_is_shown(
         for ago, n in ((timedelta(hours=2), 5), (timedelta(days=2), 9)):
             session.add(DeadLetterBucket(
                 group_id="other", reason=reason, partition=0, count=n,
-                bucket_start=ingest_store.dead_letter_bucket(now - ago)))
+                bucket_start=consumer_store.dead_letter_bucket(now - ago)))
     with services.uow() as uow:  # type: ignore[attr-defined]
         assert dashboard.dead_letters(uow, now)["last_hour"] == dl["last_hour"]
-        assert ingest_store.read_dead_letters(uow.session, now - timedelta(hours=3))[reason] == \
+        assert consumer_store.read_dead_letters(uow.session, now - timedelta(hours=3))[reason] == \
             dl["last_hour"][reason] + 5
     assert runner.prune_dead_letters(now) == 1  # type: ignore[attr-defined]
     with services.session_factory() as session:  # type: ignore[attr-defined]
@@ -86,7 +86,7 @@ def test_dead_letter_buckets_roll_back_with_the_batch(sqlite_url: str) -> None:
     fx.counters[("impression", 0)] += 5
     with services.session_factory() as s:  # type: ignore[attr-defined]
         with s.begin():
-            ingest_store.write_effects(s, "g", fx)
+            consumer_store.write_effects(s, "g", fx)
             rows = s.execute(select(DeadLetterBucket.reason, DeadLetterBucket.count)).all()
             assert rows == [("malformed", 2)]  # OK outcomes are not bucketed
             s.rollback()
@@ -126,7 +126,7 @@ def test_a_failing_lag_report_never_stops_the_consumer(sqlite_url: str, monkeypa
     def broken(*_a: object, **_k: object) -> None:
         raise RuntimeError("database gone")
 
-    monkeypatch.setattr(ingest_store, "report_lag", broken)
+    monkeypatch.setattr(consumer_store, "report_lag", broken)
     for i in range(120):
         prod.send_impression(experiment_key="exp", arm_key="a", unit_id=f"u{i}", propensity=0.5)
     out = runner.drain()  # type: ignore[attr-defined]

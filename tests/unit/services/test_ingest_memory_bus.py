@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from armlab.adapters.db import ingest_store, queries
+from armlab.adapters.db import consumer_store as consumer_store
+from armlab.adapters.db import queries
 from armlab.adapters.db.models import Arm, Experiment
 from armlab.adapters.kafka.memory import MemoryBus
 from armlab.bootstrap import Services, bootstrap
@@ -118,7 +119,7 @@ def test_sdk_producer_and_late_registration(sqlite_url: str) -> None:
     assert counts["unknown_experiment"] == 1 and counts["impression"] == 1
     assert _arm_stats(services, exp_id)["b"]["ipw_sum"] == 4.0
     with services.session_factory() as sess:
-        assert ingest_store.read_counters(sess)["unknown_experiment"] == 1
+        assert consumer_store.read_counters(sess)["unknown_experiment"] == 1
     services.close()
 
 
@@ -183,7 +184,7 @@ def test_pending_feedback_is_swept_after_the_window_and_conflicts_are_dead_lette
                        event_id="orphan")
     runner = build_runner(services, bus=bus)
     runner.drain()
-    c = ingest_store.read_counters(services.session_factory(), runner.group)
+    c = consumer_store.read_counters(services.session_factory(), runner.group)
     assert c["conflicting_duplicate"] == 2 and c["duplicate"] == 1
     assert c["experiment_not_running"] == 1 and c["impression"] == 1
     assert _arm_stats(services, exp_id)["a"]["n"] == 1
@@ -199,7 +200,7 @@ def test_pending_feedback_is_swept_after_the_window_and_conflicts_are_dead_lette
         "no_impression"]
     orphan = next(d for d in dlq if d["reason"] == "no_impression")
     assert "orphan" in __import__("base64").b64decode(orphan["raw"]).decode()
-    assert ingest_store.read_counters(services.session_factory(), runner.group)[
+    assert consumer_store.read_counters(services.session_factory(), runner.group)[
         "no_impression"] == 1
 
 
@@ -209,7 +210,7 @@ def test_a_systematic_write_failure_stops_the_consumer_after_a_few_dead_letters(
     """Bisection isolates poison records; a failure that hits every record (a bug) must stop
     the consumer after MAX_UNPROCESSABLE_PER_POLL dead letters, not drain the topic into the
     DLQ."""
-    from armlab.services import ingest as ingest_service
+    from armlab.services import consumer as ingest_service
 
     services = _services(sqlite_url)
     _experiment(services)
@@ -217,14 +218,14 @@ def test_a_systematic_write_failure_stops_the_consumer_after_a_few_dead_letters(
     prod = MemoryEventProducer(bus)
     for i in range(200):
         prod.send_impression(experiment_key="exp", arm_key="a", unit_id=f"u{i}", propensity=0.5)
-    real = ingest_store.write_effects
+    real = consumer_store.write_effects
 
     def broken(session: Any, group: str, fx: Any) -> None:
         if fx.new_impressions:
             raise TypeError("a bug in the writer")
         real(session, group, fx)
 
-    monkeypatch.setattr(ingest_store, "write_effects", broken)
+    monkeypatch.setattr(consumer_store, "write_effects", broken)
     runner = build_runner(services, bus=bus)
     with pytest.raises(TypeError, match="a bug"):
         runner.drain()

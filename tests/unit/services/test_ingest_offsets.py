@@ -24,7 +24,7 @@ from armlab.adapters.kafka.memory import MemoryBus, MemoryDlq, MemorySource
 from armlab.bootstrap import Services, bootstrap
 from armlab.client import MemoryEventProducer
 from armlab.core.clock import utcnow
-from armlab.services.ingest import IngestRunner, OffsetsBeyondLog
+from armlab.services.consumer import IngestRunner, OffsetsBeyondLog
 from armlab.settings import Settings
 
 ARMS = ("a", "b")

@@ -1,7 +1,7 @@
 """The ingest runner's storage port on SQLite, and how the runner classifies failures.
 
-The runner reaches the database only through :class:`armlab.services.ports_ingest.IngestStore`
-(the database one: :class:`armlab.adapters.db.ingest_batches.SqlIngestStore`). Its exactly-once
+The runner reaches the database only through :class:`armlab.services.ports_consumer.IngestStore`
+(the database one: :class:`armlab.adapters.db.consumer_batches.SqlIngestStore`). Its exactly-once
 design rests on ``store.batch()`` being ONE transaction: the fence and the offsets it advanced
 roll back with the rest when anything inside fails. And whether a failure lies in the records'
 content (bisect, dead-letter the culprit) or in the environment (retry the whole batch) is
@@ -14,12 +14,12 @@ import psycopg
 import pytest
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, StatementError
 
+from armlab.adapters.db.consumer_batches import SqlIngestStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
-from armlab.adapters.db.ingest_batches import SqlIngestStore
+from armlab.core.event_effects import Effects
 from armlab.core.fencing import Fenced, StoredRowsDiffer
-from armlab.core.ingest import Effects
-from armlab.services.ingest import IngestRunner, IngestStore, is_record_error
-from armlab.services.ingest_upkeep import RetryBatch
+from armlab.services.consumer import IngestRunner, IngestStore, is_record_error
+from armlab.services.consumer_upkeep import RetryBatch
 
 TP = ("armlab.impressions", 0)
 

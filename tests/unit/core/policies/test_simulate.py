@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from armlab.core.policies.simulate import parse_means, simulate_bandit
+from armlab.core.policies.regret_simulation import parse_means, simulate_bandit
 from armlab.errors import PolicyError
 
 EASY = [0.10, 0.05, 0.05]

@@ -10,8 +10,8 @@ from scipy import integrate
 from scipy import stats as sps
 
 from armlab.core.policies import (
-    ArmStats,
     EpsilonGreedySettings,
+    PolicyStats,
     ThompsonSettings,
     apply_floor,
     make_policy,
@@ -95,7 +95,7 @@ def test_nig_posterior_reference_values() -> None:
 
 
 def test_monte_carlo_reports_standard_error_and_agrees_with_quadrature() -> None:
-    stats = ArmStats.from_lists([200, 220, 180], [20, 30, 15])
+    stats = PolicyStats.from_lists([200, 220, 180], [20, 30, 15])
     quad = make_policy("thompson").weights(stats, rng())
     mc = make_policy("thompson", {"method": "monte_carlo", "n_draws": 200_000}).weights(
         stats, rng()
@@ -111,7 +111,7 @@ def test_continuous_thompson_prefers_the_higher_mean() -> None:
     n = np.array([200.0, 200.0])
     s = np.array([200.0, 300.0])
     q = np.array([200.0 * (1 + 1.0), 200.0 * (1 + 2.25)])
-    w = make_policy("thompson", reward_kind="continuous").weights(ArmStats(n, s, q), rng())
+    w = make_policy("thompson", reward_kind="continuous").weights(PolicyStats(n, s, q), rng())
     assert w.weights[1] > 0.999
 
 
@@ -139,7 +139,7 @@ def test_top_two_formula_against_simulation() -> None:
 
 
 def test_epsilon_greedy_weights_are_exact() -> None:
-    stats = ArmStats.from_lists([100, 100, 100, 100], [5, 9, 7, 9])  # tie between arms 1 and 3
+    stats = PolicyStats.from_lists([100, 100, 100, 100], [5, 9, 7, 9])  # tie between arms 1 and 3
     w = make_policy("epsilon_greedy", {"epsilon": 0.2}).weights(stats, rng())
     np.testing.assert_allclose(w.weights, [0.05, 0.05 + 0.4, 0.05, 0.05 + 0.4])
     assert w.epsilon == 0.2
@@ -147,8 +147,8 @@ def test_epsilon_greedy_weights_are_exact() -> None:
 
 def test_epsilon_decay_schedule() -> None:
     pol = make_policy("epsilon_greedy", {"epsilon": 0.5, "schedule": "decay", "decay_c": 100.0})
-    few = pol.weights(ArmStats.from_lists([50, 50], [1, 2]), rng())
-    many = pol.weights(ArmStats.from_lists([5000, 5000], [100, 200]), rng())
+    few = pol.weights(PolicyStats.from_lists([50, 50], [1, 2]), rng())
+    many = pol.weights(PolicyStats.from_lists([5000, 5000], [100, 200]), rng())
     assert few.epsilon == 0.5  # min(0.5, 100/100)
     assert many.epsilon == pytest.approx(100 / 10_000)
     np.testing.assert_allclose(many.weights, [0.005, 0.995])
@@ -156,13 +156,13 @@ def test_epsilon_decay_schedule() -> None:
 
 def test_unplayed_arm_counts_as_best_for_epsilon_greedy() -> None:
     w = make_policy("epsilon_greedy", {"epsilon": 0.1}).weights(
-        ArmStats.from_lists([100, 0], [50, 0]), rng()
+        PolicyStats.from_lists([100, 0], [50, 0]), rng()
     )
     np.testing.assert_allclose(w.weights, [0.05, 0.95])
 
 
 def test_uniform() -> None:
-    w = make_policy("uniform").weights(ArmStats.from_lists([1, 1000, 3], [1, 10, 3]), rng())
+    w = make_policy("uniform").weights(PolicyStats.from_lists([1, 1000, 3], [1, 10, 3]), rng())
     np.testing.assert_allclose(w.weights, [1 / 3] * 3)
 
 
@@ -181,10 +181,10 @@ def test_floor_projection_examples() -> None:
 
 def test_burn_in_is_uniform_until_every_arm_has_enough_observations() -> None:
     pol = make_policy("thompson", burn_in=100)
-    w = pol.weights(ArmStats.from_lists([500, 99, 400], [100, 0, 1]), rng())
+    w = pol.weights(PolicyStats.from_lists([500, 99, 400], [100, 0, 1]), rng())
     assert w.method == "burn_in"
     np.testing.assert_allclose(w.weights, [1 / 3] * 3)
-    w = pol.weights(ArmStats.from_lists([500, 100, 400], [100, 0, 1]), rng())
+    w = pol.weights(PolicyStats.from_lists([500, 100, 400], [100, 0, 1]), rng())
     assert w.method == "quadrature" and w.weights[0] > 0.99
 
 
@@ -201,7 +201,7 @@ def test_weights_are_a_distribution_respecting_the_floor(
     frac = np.array(data.draw(st.lists(st.floats(0, 1), min_size=k, max_size=k)))
     floor = data.draw(st.floats(0.0, 1.0 / k))
     s = np.floor(n * frac)
-    w = make_policy(policy, floor=floor).weights(ArmStats(n, s, s), rng()).weights
+    w = make_policy(policy, floor=floor).weights(PolicyStats(n, s, s), rng()).weights
     assert w.shape == (k,)
     assert np.all(np.isfinite(w))
     assert w.sum() == pytest.approx(1.0, abs=1e-9)
@@ -273,7 +273,8 @@ def test_make_policy_errors() -> None:
     with pytest.raises(PolicyError, match="unknown policy parameter.*alpha0.*valid"):
         make_policy("thompson", {"alpha0": 2})
     with pytest.raises(PolicyError, match="too large for 3 arms"):
-        make_policy("uniform", floor=0.4).weights(ArmStats.from_lists([1, 1, 1], [0, 0, 0]), rng())
+        make_policy("uniform", floor=0.4).weights(
+            PolicyStats.from_lists([1, 1, 1], [0, 0, 0]), rng())
 
 
 @pytest.mark.parametrize(
@@ -287,4 +288,4 @@ def test_make_policy_errors() -> None:
 )
 def test_arm_stats_validation(n: list, s: list, match: str) -> None:
     with pytest.raises(PolicyError, match=match):
-        ArmStats.from_lists(n, s)
+        PolicyStats.from_lists(n, s)

@@ -16,7 +16,11 @@ from armlab.core.stats.adaptive import (
     srm_check,
 )
 from armlab.core.stats.msprt import log_lambda, msprt_two_sample, tau2_for_horizon
-from armlab.core.stats.sim import SequentialSimConfig, fixed_horizon_n, simulate_sequential
+from armlab.core.stats.sequential_simulation import (
+    SequentialSimConfig,
+    fixed_horizon_n,
+    simulate_sequential,
+)
 from armlab.errors import StatsError
 
 

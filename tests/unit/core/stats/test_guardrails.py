@@ -21,14 +21,14 @@ from armlab.core.stats.adaptive import (
     ipw_msprt,
     planned_variance,
 )
-from armlab.core.stats.guardrail_sim import GuardrailSimConfig, simulate_guardrail, summarise
-from armlab.core.stats.guardrails import (
+from armlab.core.stats.guardrail_simulation import GuardrailSimConfig, simulate_guardrail, summarise
+from armlab.core.stats.msprt import log_lambda_greater, tau2_for_horizon
+from armlab.core.stats.noninferiority import (
     excess_kernel,
     log_lambda_plus,
     planned_tau2,
     pooled_variance,
 )
-from armlab.core.stats.msprt import log_lambda_greater, tau2_for_horizon
 from armlab.errors import StatsError
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from armlab.core.stats.validity import CellConfig, grid, run_cell, summarise
+from armlab.core.stats.validity_grid import CellConfig, grid, run_cell, summarise
 from armlab.errors import StatsError
 
 ALPHA = 0.05

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from fastapi.testclient import TestClient
 
-from armlab.adapters.db import ingest_store
+from armlab.adapters.db import consumer_store as consumer_store
 from armlab.adapters.db.models import ConsumerLag, ConsumerOffset, DeadLetterBucket, IngestCounter
 from armlab.core.clock import utcnow
 from armlab.entrypoints.api.app import create_app
@@ -32,9 +32,9 @@ def test_health_panel_shows_lag_per_partition_and_dead_letters_of_the_last_hour(
                                   reported_at=now - timedelta(seconds=age)))
             s.add(IngestCounter(group_id="g", reason="malformed", partition=0, count=12))
             s.add(DeadLetterBucket(group_id="g", reason="malformed", partition=0, count=3,
-                                   bucket_start=ingest_store.dead_letter_bucket(now)))
+                                   bucket_start=consumer_store.dead_letter_bucket(now)))
             s.add(DeadLetterBucket(group_id="g", reason="malformed", partition=0, count=9,
-                                   bucket_start=ingest_store.dead_letter_bucket(
+                                   bucket_start=consumer_store.dead_letter_bucket(
                                        now - timedelta(hours=3))))
         sign_in(client, "reader-secret")
         page = client.get("/ui/experiments/home-recs/live").text

@@ -1,7 +1,7 @@
 """The ingest runner's upkeep, between batches: consumer lag, the pending-feedback sweep,
 pruning the dead-letter buckets and the ingest locks, and the time-partition maintenance.
 
-:class:`IngestUpkeep` is a part of :class:`armlab.services.ingest.IngestRunner` (its base
+:class:`IngestUpkeep` is a part of :class:`armlab.services.consumer.IngestRunner` (its base
 class), kept apart from the batch path. None of it may stop the consumer: each step logs a
 failure and is tried again at its next interval. Dead letters go out through
 :meth:`IngestUpkeep._send_dead_letters`, which batches and sweeps share.
@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 from armlab.adapters.db.models import DEAD_LETTER_RETENTION_S, INGEST_LOCK_RETENTION_S
 from armlab.adapters.metrics import IngestMetrics
 from armlab.core.clock import utcnow
+from armlab.core.event_effects import Effects, ExperimentInfo, Reject, pending_raw
 from armlab.core.fencing import TP
-from armlab.core.ingest import Effects, ExperimentInfo, Reject, pending_raw
-from armlab.services.ports_ingest import DlqSink, IngestStore, MaintenanceResult, Source
+from armlab.services.ports_consumer import DlqSink, IngestStore, MaintenanceResult, Source
 
 log = logging.getLogger("armlab.consumers")
 
@@ -104,7 +104,7 @@ class IngestUpkeep:
 
     # -- time partitions and retention --------------------------------------------------
     def maintain_partitions(self) -> MaintenanceResult | None:
-        """One partition-maintenance pass (see :mod:`armlab.services.ingest`); None when it
+        """One partition-maintenance pass (see :mod:`armlab.services.consumer`); None when it
         failed (logged, retried at the next interval: the consumer must not stop for it)."""
         try:
             report = self.store.maintain_partitions(self.retention_days)

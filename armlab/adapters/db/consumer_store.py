@@ -41,9 +41,7 @@ from armlab.adapters.db.models import (
     IngestLock,
 )
 from armlab.core.clock import as_utc, utcnow
-from armlab.core.evidence import COUNTS, FIELDS, ArmSums
-from armlab.core.fencing import Fenced, StoredRowsDiffer
-from armlab.core.ingest import (
+from armlab.core.event_effects import (
     OK_OUTCOMES,
     BatchState,
     Effects,
@@ -52,10 +50,12 @@ from armlab.core.ingest import (
     MetricRule,
     PendingFeedback,
 )
+from armlab.core.evidence import COUNTS, FIELDS, ArmSums
+from armlab.core.fencing import Fenced, StoredRowsDiffer
 
 TP = tuple[str, int]
 # Fenced and StoredRowsDiffer (raised here) are declared in armlab.core.fencing, so the runner
-# recognises them without importing this module; ``ingest_store.Fenced`` still names them.
+# recognises them without importing this module; ``consumer_store.Fenced`` still names them.
 
 
 def _insert(session: Session, table: Any) -> Any:

@@ -28,12 +28,12 @@ maintenance (:func:`armlab.adapters.db.partitions.maintain`: weeks created ahead
 than the retention dropped) when it starts and every ``maintenance_interval_s``; a failed or
 locked pass is retried at the next interval and never stops the consumer.
 
-Storage is a port (:class:`armlab.services.ports_ingest.IngestStore`; the database one is
-:class:`armlab.adapters.db.ingest_batches.SqlIngestStore`): ``store.batch()`` is the one
+Storage is a port (:class:`armlab.services.ports_consumer.IngestStore`; the database one is
+:class:`armlab.adapters.db.consumer_batches.SqlIngestStore`): ``store.batch()`` is the one
 transaction of a batch, and whether a failure lies in the records' content is, for database
 errors, :func:`armlab.adapters.db.retry.is_data_error`'s call. The runner is this module (the
-loop, the batches, the bisection), :mod:`armlab.services.ingest_offsets` (the partitions and
-their stored offsets) and :mod:`armlab.services.ingest_upkeep` (lag, sweeps, pruning,
+loop, the batches, the bisection), :mod:`armlab.services.consumer_offsets` (the partitions and
+their stored offsets) and :mod:`armlab.services.consumer_upkeep` (lag, sweeps, pruning,
 partition maintenance).
 """
 
@@ -51,17 +51,17 @@ from datetime import timedelta
 from armlab.adapters.db.retry import db_retrying, is_data_error, is_transient
 from armlab.adapters.metrics import IngestMetrics
 from armlab.core.clock import utcnow
-from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1, decode
-from armlab.core.fencing import TP, Fenced, StoredRowsDiffer
-from armlab.core.ingest import (
+from armlab.core.event_effects import (
     Effects,
     ExperimentInfo,
     RecordLike,
     handle_batch,
     referenced_ids,
 )
+from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1, decode
+from armlab.core.fencing import TP, Fenced, StoredRowsDiffer
 from armlab.core.status import ExperimentStatus
-from armlab.services.ingest_offsets import (
+from armlab.services.consumer_offsets import (
     OffsetsBeyondLog,
     PartitionOffsets,
     StoreOrSessions,
@@ -69,9 +69,9 @@ from armlab.services.ingest_offsets import (
     reset_offsets,
     stored_offsets,
 )
-from armlab.services.ingest_upkeep import IngestUpkeep
-from armlab.services.ingest_upkeep import RetryBatch as _Retry
-from armlab.services.ports_ingest import DlqSink, IngestStore, Source
+from armlab.services.consumer_upkeep import IngestUpkeep
+from armlab.services.consumer_upkeep import RetryBatch as _Retry
+from armlab.services.ports_consumer import DlqSink, IngestStore, Source
 from armlab.settings import DEFAULT_INGEST_BATCH
 
 __all__ = [

@@ -3,7 +3,7 @@
 * :class:`Source` / :class:`DlqSink`: the log it reads and the dead-letter topic it writes
   (Kafka, or the in-process bus: :mod:`armlab.adapters.kafka`);
 * :class:`IngestStore`: the offsets, the batch transaction and the upkeep of the tables
-  (:class:`armlab.adapters.db.ingest_batches.SqlIngestStore` on the database, wired in
+  (:class:`armlab.adapters.db.consumer_batches.SqlIngestStore` on the database, wired in
   :mod:`armlab.bootstrap`);
 * :class:`IngestBatch`: what one batch does inside its transaction. ``with store.batch() as
   tx:`` is BEGIN; leaving the block normally is COMMIT, leaving it with an error ROLLBACK, so
@@ -21,14 +21,14 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from armlab.core.fencing import TP
-from armlab.core.ingest import (
+from armlab.core.event_effects import (
     BatchState,
     Effects,
     ExperimentInfo,
     PendingFeedback,
     RecordLike,
 )
+from armlab.core.fencing import TP
 
 
 class Source(Protocol):

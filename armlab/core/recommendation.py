@@ -1,7 +1,7 @@
 """Guardrail evaluation and the one recommendation (pure).
 
 :func:`evaluate_guardrails` runs, per guardrail metric and treatment arm, the one-sided
-always-valid non-inferiority test of :func:`armlab.core.stats.guardrails.guardrail_test` on the
+always-valid non-inferiority test of :func:`armlab.core.stats.noninferiority.guardrail_test` on the
 metric's per-arm sums (the same IPW machinery as the primary test, so valid under the bandit's
 allocation), and :func:`recommend` combines the primary test and the guardrails into the one
 recommendation that the results endpoint, ``armlab experiments show``, the report and the
@@ -34,7 +34,7 @@ from typing import Any
 from armlab.core.decisions import ArmLook, Decision, Evaluation
 from armlab.core.evidence import ArmSums
 from armlab.core.specs import GuardrailSpec
-from armlab.core.stats.guardrails import guardrail_test
+from armlab.core.stats.noninferiority import guardrail_test
 
 #: States of one (guardrail, treatment) pair.
 BREACHED, NON_INFERIOR, OK, NOT_INFORMATIVE = "breached", "non_inferior", "ok", "not_informative"

@@ -5,7 +5,7 @@ Each impression ends in exactly one of: a click (the primary reward, rate ``clic
 (rate ``skip_*``; clicks and skips exclude each other, as on a real list) or nothing. Before
 every batch armlab's Thompson policy sets the treatment's weight to P(b has the better click
 rate) under Beta(1 + S, 1 + F) posteriors (the normal approximation of
-:mod:`armlab.core.stats.validity`), clipped to [floor, 1 - floor] (the two-arm floor
+:mod:`armlab.core.stats.validity_grid`), clipped to [floor, 1 - floor] (the two-arm floor
 projection); the batch's arms are drawn with those weights, which are the logged
 propensities. So the allocation depends on the past clicks and, through their exclusion, on
 the past skips: exactly the adaptivity the IPW test is built for.
@@ -14,11 +14,11 @@ The guardrail metric is the skip (``metric="skip"``) or the click itself (``metr
 a guardrail on the primary reward, the allocation's own signal, the hardest case for a test
 that ignores the allocation). After every batch (a look) two analyses run on the same data:
 
-* ``ipw``: the platform's test, :func:`armlab.core.stats.guardrails.excess_kernel` (the exact
-  code :func:`armlab.core.stats.guardrails.guardrail_test` runs) with tau² from
-  :func:`armlab.core.stats.guardrails.planned_tau2` recomputed at every look as the test does
+* ``ipw``: the platform's test, :func:`armlab.core.stats.noninferiority.excess_kernel` (the exact
+  code :func:`armlab.core.stats.noninferiority.guardrail_test` runs) with tau² from
+  :func:`armlab.core.stats.noninferiority.planned_tau2` recomputed at every look as the test does
   by default, the information gate (``min_samples`` impressions and ``min_events`` events per
-  arm) and the one-sided mixture (:func:`armlab.core.stats.guardrails.log_lambda_plus`);
+  arm) and the one-sided mixture (:func:`armlab.core.stats.noninferiority.log_lambda_plus`);
 * ``plain``: the one-sided mSPRT (Johari et al. 2022) on the plain per-arm means, same gate,
   tau² planned for a fixed 50/50 split: what a guardrail test that ignores the allocation does.
 
@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from armlab.core.stats.adaptive import planned_variance
-from armlab.core.stats.guardrails import (
+from armlab.core.stats.noninferiority import (
     HARMS,
     Harm,
     contrast,
@@ -49,7 +49,7 @@ from armlab.core.stats.guardrails import (
     pooled_variance,
     tau2_factor,
 )
-from armlab.core.stats.validity import thompson_weight
+from armlab.core.stats.validity_grid import thompson_weight
 from armlab.errors import StatsError
 
 FloatArray = npt.NDArray[np.float64]

@@ -1,11 +1,11 @@
 """The ingest runner's storage on the database: its ``IngestStore`` port
-(:mod:`armlab.services.ports_ingest`) over the statements of
-:mod:`armlab.adapters.db.ingest_store` and :mod:`armlab.adapters.db.partitions`.
+(:mod:`armlab.services.ports_consumer`) over the statements of
+:mod:`armlab.adapters.db.consumer_store` and :mod:`armlab.adapters.db.partitions`.
 
 :meth:`SqlIngestStore.batch` opens one session and one transaction (``session.begin()``)
 and yields a :class:`SqlIngestBatch` bound to it: COMMIT when the block ends, ROLLBACK when it
 raises. Every other method is one short transaction of its own. The functions are looked up
-on their modules at each call, so a test that replaces one (``ingest_store.write_effects``)
+on their modules at each call, so a test that replaces one (``consumer_store.write_effects``)
 replaces it here too.
 """
 
@@ -17,8 +17,9 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from armlab.adapters.db import ingest_store, partitions
-from armlab.core.ingest import BatchState, Effects, ExperimentInfo, PendingFeedback
+from armlab.adapters.db import consumer_store as consumer_store
+from armlab.adapters.db import partitions
+from armlab.core.event_effects import BatchState, Effects, ExperimentInfo, PendingFeedback
 
 TP = tuple[str, int]
 
@@ -30,33 +31,33 @@ class SqlIngestBatch:
         self.session = session
 
     def advance_offsets(self, group: str, moves: dict[TP, tuple[int | None, int]]) -> None:
-        ingest_store.advance_offsets(self.session, group, moves)
+        consumer_store.advance_offsets(self.session, group, moves)
 
     def lock_ids(self, impression_ids: Iterable[str], impression_events: Iterable[str],
                  feedback_events: Iterable[str]) -> None:
-        ingest_store.lock_ids(self.session, ingest_store.lock_keys(
+        consumer_store.lock_ids(self.session, consumer_store.lock_keys(
             impression_ids, impression_events, feedback_events))
 
     def prefetch(self, imp_ids: set[str], imp_events: set[str], fb_events: set[str],
                  arriving: set[str]) -> BatchState:
-        return ingest_store.prefetch(self.session, imp_ids, imp_events, fb_events, arriving)
+        return consumer_store.prefetch(self.session, imp_ids, imp_events, fb_events, arriving)
 
     def load_experiments(self) -> dict[str, ExperimentInfo]:
-        return ingest_store.load_experiments(self.session)
+        return consumer_store.load_experiments(self.session)
 
     def write_effects(self, group: str, fx: Effects) -> None:
-        ingest_store.write_effects(self.session, group, fx)
+        consumer_store.write_effects(self.session, group, fx)
 
     def stale_pending(self, experiments: dict[str, ExperimentInfo], now: datetime,
                       grace_s: float) -> list[PendingFeedback]:
-        return ingest_store.stale_pending(self.session, experiments, now, grace_s)
+        return consumer_store.stale_pending(self.session, experiments, now, grace_s)
 
     def mark_feedback(self, event_ids: Sequence[str], status: str) -> None:
-        ingest_store.mark_feedback(self.session, event_ids, status)
+        consumer_store.mark_feedback(self.session, event_ids, status)
 
     def upsert_counters(self, group: str, items: Iterable[tuple[tuple[str, int], int]],
                         now: datetime | None = None) -> None:
-        ingest_store.upsert_counters(self.session, group, items, now)
+        consumer_store.upsert_counters(self.session, group, items, now)
 
 
 class SqlIngestStore:
@@ -73,29 +74,29 @@ class SqlIngestStore:
 
     def load_offsets(self, group: str, tps: Iterable[TP]) -> dict[TP, int]:
         with self.session_factory() as session:
-            return ingest_store.load_offsets(session, group, tps)
+            return consumer_store.load_offsets(session, group, tps)
 
     def stored_offsets(self, group: str | None = None) -> list[tuple[str, str, int, int]]:
         with self.session_factory() as session:
-            return ingest_store.stored_offsets(session, group)
+            return consumer_store.stored_offsets(session, group)
 
     def reset_offsets(self, group: str, topics: Sequence[str] | None,
                       to: Mapping[TP, int]) -> int:
         with self.session_factory() as session, session.begin():
-            return ingest_store.reset_offsets(session, group, topics, to)
+            return consumer_store.reset_offsets(session, group, topics, to)
 
     def report_lag(self, group: str, consumer: str,
                    positions: dict[TP, tuple[int, int | None]], now: datetime) -> None:
         with self.session_factory() as session, session.begin():
-            ingest_store.report_lag(session, group, consumer, positions, now)
+            consumer_store.report_lag(session, group, consumer, positions, now)
 
     def prune_dead_letters(self, before: datetime) -> int:
         with self.session_factory() as session, session.begin():
-            return ingest_store.prune_dead_letters(session, before)
+            return consumer_store.prune_dead_letters(session, before)
 
     def prune_locks(self, before: datetime) -> int:
         with self.session_factory() as session, session.begin():
-            return ingest_store.prune_locks(session, before)
+            return consumer_store.prune_locks(session, before)
 
     def maintain_partitions(self, retention_days: float | None) -> partitions.MaintenanceReport:
         with self.session_factory() as session, session.begin():

@@ -56,7 +56,7 @@ probability that any arm falsely breaches guardrail g over the whole experiment 
 and, by the union bound, the family-wise false-rollback rate over all guardrails is <= the
 sum of their alphas.
 
-Layout: the vectorised kernels live in :mod:`armlab.core.stats.guardrail_kernels` (re-exported
+Layout: the vectorised kernels live in :mod:`armlab.core.stats.noninferiority_kernels` (re-exported
 here); this module holds the scalar test, :func:`guardrail_test`, as named steps: check the
 look's inputs, estimate the excess, plan tau², test.
 """
@@ -75,7 +75,8 @@ from armlab.core.stats.adaptive import (
     informative,
     ipw_moments,
 )
-from armlab.core.stats.guardrail_kernels import (
+from armlab.core.stats.msprt import cs_halfwidth, mixture_test
+from armlab.core.stats.noninferiority_kernels import (
     HARMS,
     FloatArray,
     Harm,
@@ -86,7 +87,6 @@ from armlab.core.stats.guardrail_kernels import (
     pooled_variance,
     tau2_factor,
 )
-from armlab.core.stats.msprt import cs_halfwidth, mixture_test
 from armlab.errors import StatsError
 
 __all__ = [

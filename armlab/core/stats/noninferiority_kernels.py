@@ -1,7 +1,7 @@
-"""The vectorised kernels of the guardrail test (:mod:`armlab.core.stats.guardrails`, whose
+"""The vectorised kernels of the guardrail test (:mod:`armlab.core.stats.noninferiority`, whose
 module doc derives them): the contrast E = s (mu_b - g mu_a) - m, its IPW estimate and
 variance, the pooled variance and tau² planning, and the one-sided mixture. The scalar test
-and the Monte Carlo simulator (:mod:`armlab.core.stats.guardrail_sim`) run the same code."""
+and the Monte Carlo simulator (:mod:`armlab.core.stats.guardrail_simulation`) run the same code."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ revocation it forgets the partitions, after a fence or an abandoned batch it rea
 consumer with :class:`OffsetsBeyondLog` before anything is skipped.
 :func:`reset_offsets` / :func:`stored_offsets` are the ``armlab offsets`` commands.
 
-:class:`PartitionOffsets` is a part of :class:`armlab.services.ingest.IngestRunner` (its base
-class). ``store`` is the runner's :class:`~armlab.services.ports_ingest.IngestStore`; callers
+:class:`PartitionOffsets` is a part of :class:`armlab.services.consumer.IngestRunner` (its base
+class). ``store`` is the runner's :class:`~armlab.services.ports_consumer.IngestStore`; callers
 written before the port may pass a session factory, which gets the database implementation
 (:func:`as_ingest_store`).
 """
@@ -20,12 +20,12 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from armlab.adapters.db.ingest_batches import SqlIngestStore
+from armlab.adapters.db.consumer_batches import SqlIngestStore
 from armlab.adapters.db.retry import db_retrying
 from armlab.adapters.metrics import IngestMetrics
 from armlab.core.fencing import TP
 from armlab.errors import ArmlabError
-from armlab.services.ports_ingest import IngestStore, Source
+from armlab.services.ports_consumer import IngestStore, Source
 
 log = logging.getLogger("armlab.consumers")
 
