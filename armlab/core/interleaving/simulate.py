@@ -101,7 +101,7 @@ class CellConfig:
     min_units: int = 100
     requests_per_user: int = 40
     k: int = 10
-    candidates: int = 30
+    candidates: int = 20
     alpha: float = 0.05
     floor: float = 0.02
     n_draws: int = 256
@@ -287,6 +287,9 @@ def run_cell(cfg: CellConfig, progress: Callable[[str], None] | None = None) -> 
     eps = exploration_epsilon(r, m, cfg.floor) if cfg.select else 0.0
     iu, ju = np.triu_indices(r, 1)
     requests = cfg.look_every * per_unit  # per replication per look
+    # Draft rounds: every ranker's list has k items except in ``identical`` (short lists), so
+    # until the list is full no ranker runs dry and each round drafts m items.
+    rounds = k if cfg.scenario == "identical" else -(-k // m)
     rows = reps * requests
     rep_of_row = np.repeat(np.arange(reps), requests)
     for look in range(cfg.units // cfg.look_every):
@@ -298,14 +301,14 @@ def run_cell(cfg: CellConfig, progress: Callable[[str], None] | None = None) -> 
             sets = thompson_sets(wins, m, cfg.n_draws, rng)
             prob = pair_probabilities(sets, r, eps)  # (reps, P)
             chosen = sample_sets(sets, eps, r, rows, rng, rows=rep_of_row)  # (rows, m)
-            perm = draw_orders(rng, rows, k, m)
+            perm = draw_orders(rng, rows, rounds, m)
             order = np.take_along_axis(np.broadcast_to(chosen[:, None, :], perm.shape), perm,
                                        axis=2)
             member = (chosen[:, :, None] == np.arange(r)[None, None, :]).any(axis=1)
             compared = member[:, iu] & member[:, ju]
             pi = prob[rep_of_row]
         else:
-            order = draw_orders(rng, rows, k, r)
+            order = draw_orders(rng, rows, rounds, r)
             compared = np.ones((rows, n_pairs), dtype=bool)
             pi = None
         shown, team, _, _ = team_draft_kernel(lists, order, k, n_items=cfg.candidates)
@@ -350,9 +353,9 @@ def _cell(scenario: Scenario, rankers: int, clicks: Clicks, unit: Unit, *, reps:
           seed: int, select: int | None = None, quick: bool = False,
           sigma_good: float = 0.1) -> CellConfig:
     if unit == "user":
-        units, look, gate = (100, 5, 20) if quick else (200, 5, 20)
+        units, look, gate = (60, 5, 20) if quick else (100, 5, 20)
     else:
-        units, look, gate = (1500, 100, 100) if quick else (4000, 100, 100)
+        units, look, gate = (1500, 100, 100) if quick else (3000, 100, 100)
     return CellConfig(scenario=scenario, rankers=rankers, select=select, clicks=clicks,
                       unit=unit, reps=reps, units=units, look_every=look, min_units=gate,
                       sigma_good=sigma_good, seed=seed)

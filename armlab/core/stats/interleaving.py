@@ -279,13 +279,12 @@ def preference_test(
     cfg = config or InterleavingConfig()
     d, v, t2, _, ok = preference_kernel(sums.n, sums.total, sums.sumsq, rho2=cfg.rho2,
                                         tau2=cfg.tau2, min_units=cfg.min_units)
-    enough = bool(ok)
-    reason_n = sums.n < cfg.min_units
-    tau2 = float(t2) if enough else (cfg.tau2 or 1.0)
-    res = mixture_test(float(d), float(v) if enough else 0.0, tau2=tau2,
+    enough_units = sums.n >= max(cfg.min_units, 2)
+    tau2 = float(t2) if bool(ok) else (cfg.tau2 or 1.0)  # unused when the look is void
+    res = mixture_test(float(d), float(v) if bool(ok) else 0.0, tau2=tau2,
                        alpha=cfg.alpha if alpha is None else alpha, state=state,
-                       enough_samples=enough)
-    if not enough and reason_n:
+                       enough_samples=enough_units)
+    if not enough_units:
         res = replace(res, reason=f"fewer than {cfg.min_units} units")
     return res
 
@@ -312,7 +311,7 @@ class InterleavingState:
     """Resumable state of an interleaving experiment's test (store it with the evaluation).
 
     ``frozen`` holds the result at which the experiment stopped; while it is set, further
-    looks return it unchanged.
+    looks return it unchanged (with this state).
     """
 
     pairs: Mapping[Pair, PairState] = field(default_factory=dict)
@@ -396,7 +395,7 @@ def evaluate_preferences(
         raise StatsError(f"need two or more distinct rankers, got {list(keys)!r}")
     st = state or InterleavingState()
     if st.frozen is not None:
-        return st.frozen
+        return replace(st.frozen, state=st)
     pairs = ranker_pairs(keys)
     unknown = [p for p in sums if tuple(p) not in pairs]
     if unknown:
@@ -439,7 +438,5 @@ def evaluate_preferences(
     result = InterleavingResult(keys, tuple(out), cw, stop, why, cfg.alpha, cs_alpha, looks,
                                 InterleavingState(new_states, looks))
     if stop:
-        frozen_state = InterleavingState(new_states, looks, None)
-        result = replace(result, state=frozen_state)
-        result = replace(result, state=replace(frozen_state, frozen=result))
+        result = replace(result, state=InterleavingState(new_states, looks, frozen=result))
     return result
