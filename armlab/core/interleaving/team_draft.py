@@ -263,8 +263,9 @@ def team_draft(
     ranker indices (replay), which must have enough rounds to finish the list.
     """
     keys = [str(x) for x in rankings]
-    if len(keys) < 1:
-        raise ValidationFailed("team draft needs at least one ranker", field="rankings")
+    if len(keys) < 2:
+        raise ValidationFailed(f"team draft needs two or more rankers, got {keys!r}",
+                               field="rankings")
     if k < 1:
         raise ValidationFailed(f"k must be >= 1, got {k}", field="k")
     lists = [_dedupe(rankings[key]) for key in rankings]

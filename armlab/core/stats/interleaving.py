@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from itertools import combinations
 from typing import Literal
 
@@ -257,8 +258,9 @@ class InterleavingConfig:
             raise StatsError(f"stop_on must be condorcet, all_pairs or never, got "
                              f"{self.stop_on!r}")
 
-    @property
+    @cached_property
     def rho2(self) -> float:
+        """rho² of the scale-free tau² (:func:`rho2_for_units`)."""
         return rho2_for_units(self.planned_units, self.alpha)
 
 

@@ -135,6 +135,8 @@ def test_replaying_the_logged_draft_reproduces_the_list() -> None:
         team_draft(rankings, 7, draft=[(0, 0, 1)])
     with pytest.raises(ValidationFailed, match="k must be"):
         team_draft(rankings, 0, rng=np.random.default_rng(0))
+    with pytest.raises(ValidationFailed, match="two or more rankers"):
+        team_draft({"A": ["a"]}, 3, rng=np.random.default_rng(0))
 
 
 def test_credit_by_item_and_position() -> None:
