@@ -37,7 +37,9 @@ chooses m rankers per request, its distribution recomputed at every look from th
 wins so far; outcomes are weighted by 1 / P(pair compared) (IPW).
 
 Per cell: ``fpr`` = share of replications in which any *null* pair was decided at any look
-(continuous monitoring; all pairs are null except in ``better``), its Monte Carlo standard
+(continuous monitoring; all pairs are null except in ``better``, where only the pairs of
+equivalent rankers are, and a two-ranker ``better`` cell has none: fpr 0 by construction,
+``null_pairs`` 0), its Monte Carlo standard
 error sqrt(fpr (1 - fpr) / reps), and ``pass`` iff fpr <= alpha + 2 sqrt(alpha (1 - alpha) /
 reps). Power cells also report the share of replications that declared ranker 0 the Condorcet
 winner, the median units to that decision, and wrong winners.
@@ -255,7 +257,8 @@ class _Analysis:
         se = math.sqrt(fpr * (1 - fpr) / reps)
         limit = alpha + 2 * math.sqrt(alpha * (1 - alpha) / reps)
         out: dict[str, Any] = {"fpr": round(fpr, 4), "fpr_se": round(se, 4),
-                               "limit": round(limit, 4), "pass": fpr <= limit}
+                               "limit": round(limit, 4), "pass": fpr <= limit,
+                               "null_pairs": int(self.null_pairs.sum())}
         if power:
             right = self.winner == 0
             out["power"] = round(float(right.mean()), 4)
