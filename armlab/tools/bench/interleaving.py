@@ -1,5 +1,5 @@
 """``armlab bench interleaving``: how many users an interleaved comparison needs on MovieLens,
-beside the A/B design on the same users (issue 21, item 5).
+beside the A/B design on the same users.
 
 The data is the demo's MovieLens-100k replay (:mod:`armlab.tools.movielens_replay`: ratings
 split in time, a request at every second rating of a user after the split, history = the
@@ -51,6 +51,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from armlab.adapters.data.movielens import load_movielens
+from armlab.adapters.scoring.checkpoints import resolve_model
+from armlab.adapters.scoring.scorers import UserContext, build_scorer, rank_catalog_many
+from armlab.core.catalog import CatalogView
 from armlab.core.evidence import ArmSums
 from armlab.core.interleaving import draw_orders, team_credit_kernel, team_draft_kernel
 from armlab.core.policies import ArmStats, make_policy
@@ -63,6 +67,14 @@ from armlab.core.stats.interleaving import (
     unit_preferences,
 )
 from armlab.core.stats.msprt import MsprtState, msprt_two_sample, tau2_for_horizon
+from armlab.tools.movielens_replay import (
+    CATALOG,
+    arm_specs,
+    build_requests,
+    catalog_payload,
+    popularity_before,
+    split_time,
+)
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -99,8 +111,6 @@ class Replay:
 
 def _cache_key(k: int, max_requests: int | None, tiny: dict[str, str] | None,
                prior_weight: float) -> str:
-    from armlab.adapters.scoring.checkpoints import resolve_model
-
     model = "tiny:" + json.dumps(tiny, sort_keys=True) if tiny else str(
         resolve_model("all-MiniLM-L6-v2").path)
     raw = json.dumps({"k": k, "max": max_requests, "model": model, "replay": REPLAY,
@@ -124,18 +134,6 @@ def build_replay(home: Path, *, k: int = 10, max_requests: int | None = None,
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from armlab.adapters.data.movielens import load_movielens
-    from armlab.adapters.scoring.scorers import UserContext, build_scorer, rank_catalog_many
-    from armlab.core.catalog import CatalogView
-    from armlab.tools.movielens_replay import (
-        CATALOG,
-        arm_specs,
-        build_requests,
-        catalog_payload,
-        popularity_before,
-        split_time,
-    )
-
     t0 = time.perf_counter()
     ml = load_movielens()
     split = split_time(ml, REPLAY["split_quantile"])
