@@ -1,5 +1,5 @@
-"""``armlab bench ingest|consumers|fuzz|policy|guardrails|assign|scoring``: each prints JSON
-with its figure and a baseline measured in the same run. The benchmark code lives in
+"""``armlab bench ingest|consumers|fuzz|policy|guardrails|assign|scoring|interleaving``: each
+prints JSON with its figure and a baseline measured in the same run. The benchmark code lives in
 :mod:`armlab.tools.bench`.
 
 Commands import their benchmark inside the function so ``armlab --help`` stays fast.
@@ -241,3 +241,38 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         out = run_bench(variant_arg(variant), device=device, quick=quick, n_items=items,
                         catalog_sizes=sizes, compile_model=compile_model)
         typer.echo(json.dumps(out, indent=None if as_json else 2))
+
+    @groups["bench"].command("interleaving")
+    def bench_interleaving(
+        orders: int = typer.Option(50, "--orders", min=2, help="Random orders of the users."),
+        seed: int = typer.Option(2026, "--seed"),
+        alpha: float = typer.Option(0.05, "--alpha", min=1e-6, max=0.5),
+        min_users: int = typer.Option(20, "--min-users", min=2,
+                                      help="Users before a look carries evidence (every "
+                                           "design; for A/B, per arm)."),
+        floor: float = typer.Option(0.1, "--floor", min=0.01, max=0.49,
+                                    help="The Thompson A/B design's exploration floor."),
+        cadence: int = typer.Option(10, "--cadence", min=1,
+                                    help="Users between Thompson re-weightings."),
+        max_requests: int = typer.Option(0, "--max-requests", min=0,
+                                         help="Only the first N replayed requests (0 = all)."),
+        threads: int = typer.Option(1, help="torch CPU threads for the one-off scoring."),
+        as_json: bool = typer.Option(False, "--json", help="Compact JSON."),
+    ) -> None:
+        """Interleaving vs A/B on the MovieLens replay: the blended MiniLM arm against
+        popularity, per user, over random user orders; share of orders decided and median
+        users to a decision for team-draft interleaving and, on the same orders, the A/B
+        design (user unit; fixed 50/50 and Thompson with the IPW test). Each request is
+        scored once per ranker (cached under <home>/bench-interleaving/)."""
+        import sys
+
+        from armlab.adapters.scoring.checkpoints import set_cpu_threads
+        from armlab.settings import get_settings
+        from armlab.tools.bench.interleaving import run_interleaving_bench
+
+        set_cpu_threads(threads)
+        result = run_interleaving_bench(
+            get_settings().home, orders=orders, seed=seed, alpha=alpha, min_users=min_users,
+            floor=floor, cadence=cadence, max_requests=max_requests or None,
+            progress=lambda m: print(m, file=sys.stderr, flush=True))
+        typer.echo(json.dumps(result, indent=None if as_json else 2))

@@ -1,6 +1,7 @@
-"""``armlab simulate bandit|sequential|validity``: Monte Carlo regret of a policy, false-positive
-rate / power of a sequential test under continuous monitoring, and the validity grid of the
-platform's test (low base rates, user units, delayed feedback, frequent looks).
+"""``armlab simulate bandit|sequential|validity|interleaving``: Monte Carlo regret of a policy,
+false-positive rate / power of a sequential test under continuous monitoring, the validity grid
+of the platform's test (low base rates, user units, delayed feedback, frequent looks), and the
+A/A grid of interleaved comparisons (team draft, multileaving, the dueling bandit).
 """
 
 from __future__ import annotations
@@ -192,3 +193,84 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                            f"{a['power']:>6.3f} {a['power_greater']:>6.3f} "
                            f"{a['mean_n_at_decision']:>7.0f}")
         typer.echo(f"{len(cells)} cells in {seconds} s on {workers} worker(s)")
+
+    @groups["simulate"].command("interleaving")
+    def simulate_interleaving_cmd(
+        reps: int = typer.Option(1000, "--reps", min=1, help="A/A replications per cell."),
+        power_reps: int = typer.Option(
+            0, "--power-reps", min=0, help="Replications of the power cells (0 = --reps)."),
+        cells: str = typer.Option(
+            "", "--cells", help="Only the cells whose label contains one of these "
+                                "comma-separated strings (e.g. 'user,2 of 4')."),
+        quick: bool = typer.Option(False, "--quick", help="The reduced grid of the unit test."),
+        workers: int = typer.Option(2, "--workers", min=1, help="Processes (cores)."),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """A/A false-positive rate (with its Monte Carlo SE; PASS iff <= alpha + 2 SE) of the
+        interleaving test under continuous monitoring: a ranker against itself, rankers with
+        identical (short) output, random and cascade clicks, request and user units (40
+        correlated requests per user), 2 and 3 rankers multileaved and the dueling bandit
+        choosing 2 of 4; plus power cells (a truly better ranker: share decided, median
+        units to the decision). Progress on stderr."""
+        import sys
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from armlab.core.interleaving.simulate import (
+            default_grid,
+            quick_grid,
+            run_cell,
+            summarise,
+        )
+
+        grid = quick_grid(reps, seed) if quick else default_grid(
+            reps, seed, power_reps=power_reps or None)
+        wanted = [w.strip() for w in cells.split(",") if w.strip()]
+        if wanted:
+            grid = [c for c in grid if any(w in c.label for w in wanted)]
+        if not grid:
+            raise StatsError(f"no cell matches --cells {cells!r}")
+
+        def say(msg: str) -> None:
+            print(msg, file=sys.stderr, flush=True)
+
+        t0 = time.perf_counter()
+        results: list[dict[str, Any]] = [{} for _ in grid]
+        if workers > 1 and len(grid) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(run_cell, c): i for i, c in enumerate(grid)}
+                for done, fut in enumerate(as_completed(futures), 1):
+                    i = futures[fut]
+                    results[i] = fut.result()
+                    a = results[i]["analysis"]
+                    say(f"[{done}/{len(grid)}] {grid[i].label}: fpr {a['fpr']:.3f} ± "
+                        f"{a['fpr_se']:.3f} {'PASS' if a['pass'] else 'FAIL'} "
+                        f"({results[i]['seconds']} s)")
+        else:
+            for i, c in enumerate(grid):
+                results[i] = run_cell(c)
+                a = results[i]["analysis"]
+                say(f"[{i + 1}/{len(grid)}] {c.label}: fpr {a['fpr']:.3f} ± {a['fpr_se']:.3f} "
+                    f"{'PASS' if a['pass'] else 'FAIL'} ({results[i]['seconds']} s)")
+        seconds = round(time.perf_counter() - t0, 1)
+        summary = summarise(results)
+        out = {"cells": results, "summary": summary, "seconds": seconds,
+               "workers": workers, "n_cells": len(grid)}
+        if as_json:
+            typer.echo(json.dumps(out))
+            return
+        typer.echo(f"{'cell':<36} {'reps':>5} {'A/A fpr':>13} {'limit':>6} {'':>4} "
+                   f"{'power':>6} {'median units':>12} {'per-request baseline fpr':>25}")
+        for r in results:
+            a, c = r["analysis"], r["cell"]
+            base = r.get("per_request_baseline")
+            med = a.get("median_units_to_decision")
+            power = "" if "power" not in a else f"{a['power']:.3f}"
+            median = "" if med is None else f"{med:.0f}"
+            baseline = "" if base is None else f"{base['fpr']:.3f}"
+            verdict = "PASS" if a["pass"] else "FAIL"
+            typer.echo(f"{c['label']:<36} {c['reps']:>5} {a['fpr']:>6.3f}±{a['fpr_se']:.3f} "
+                       f"{a['limit']:>6.3f} {verdict:>4} {power:>6} {median:>12} "
+                       f"{baseline:>25}")
+        typer.echo(f"{summary['pass']}/{summary['cells']} cells pass; {len(grid)} cells in "
+                   f"{seconds} s on {workers} worker(s)")
