@@ -35,7 +35,9 @@ from tests.builders import experiment_spec
 
 pytestmark = pytest.mark.reliability
 
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
+# A simulated clock that starts a day ago: the consumer refuses events stamped in its future
+# (ARMLAB_INGEST_MAX_CLOCK_SKEW_S), and the whole run stays in the past.
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 WINDOW_S = 60
 RATE = 0.01
 ROUNDS, PER_ROUND = 12, 1000  # impressions per experiment per allocator pass

@@ -29,7 +29,9 @@ from armlab.services.results import build_results
 from armlab.settings import Settings
 from tests.builders import experiment_spec
 
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
+# A simulated clock that starts a day ago: the consumer refuses events stamped in its future
+# (ARMLAB_INGEST_MAX_CLOCK_SKEW_S), and the whole run stays in the past.
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 WINDOW_S = 60
 
 
@@ -86,10 +88,11 @@ def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: in
                 seq = build_results(uow, registry.get_experiment(uow, key=k))["sequential"]
                 if seq["arms"]:
                     shown_p[k].append(seq["arms"][0]["p_value"])
-    decided, srm = 0, 0
+    decided, srm, counted = 0, 0, 0
     with UnitOfWork(services.session_factory) as uow:
         for k in keys:
             exp = registry.get_experiment(uow, key=k)
+            counted += sum(int(t.n) for t in uow.evidence.arm_sums(exp.id).values())
             rows = uow.evidence.latest_decisions(exp.id)
             ev = build_results(uow, exp)["sequential"]
             decided += any(d.decision in ("treatment_better", "treatment_worse")
@@ -97,6 +100,7 @@ def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: in
             srm += bool(ev["srm"]["mismatch"])
     asg.close()
     services.close()
+    assert counted == n, f"the platform counted {counted} of {n} impressions"
     return {"fpr": decided / experiments, "srm": srm / experiments, "shown_p": shown_p}
 
 
