@@ -30,224 +30,54 @@ sums of squares, each divided by p or p^2 for the inverse-propensity-weighted fo
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
-from armlab.core.clock import as_utc, utcnow
+from armlab.core.clock import as_utc
+from armlab.core.event_records import (
+    MAX_DLQ_DETAIL,
+    MAX_DLQ_RAW_BYTES,
+    OK_OUTCOMES,
+    OUT_APPLIED,
+    OUT_DUPLICATE,
+    OUT_IMPRESSION,
+    OUT_PENDING,
+    OUT_RESOLVED,
+    BatchState,
+    Effects,
+    ExperimentInfo,
+    ImpressionState,
+    MetricRule,
+    PendingFeedback,
+    RecordLike,
+    Reject,
+)
 from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1
-from armlab.core.evidence import ArmSums
-from armlab.core.status import ENDED, ExperimentStatus
 
-# Outcomes that are not rejections (counted, never dead-lettered).
-OUT_IMPRESSION = "impression"
-OUT_APPLIED = "feedback_applied"
-OUT_PENDING = "feedback_pending"
-OUT_RESOLVED = "pending_resolved"
-OUT_DUPLICATE = "duplicate"
-OK_OUTCOMES = frozenset({OUT_IMPRESSION, OUT_APPLIED, OUT_PENDING, OUT_RESOLVED, OUT_DUPLICATE})
-
-#: A dead letter carries at most this many bytes of the original record (base64-encoded);
-#: longer records keep their first MAX_DLQ_RAW_BYTES plus ``raw_length`` and ``raw_sha256``,
-#: so every dead letter fits the DLQ producer's request size (1 MiB, set explicitly).
-MAX_DLQ_RAW_BYTES = 256 * 1024
-MAX_DLQ_DETAIL = 2000
-
-
-class RecordLike(Protocol):
-    """The part of a Kafka record the handlers read (kafka-python's ConsumerRecord fits)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class MetricRule:
-    """How one guardrail metric is computed per impression (see the module doc)."""
-
-    key: str
-    aggregate: str  # any | first | sum | mean
-    feedback: str | None = None  # feedback kind, or
-    field: tuple[str, ...] = ()  # the context path of an impression field
-
-    @classmethod
-    def from_spec(cls, g: dict[str, Any]) -> MetricRule:
-        """From a stored guardrail spec (``GuardrailSpec.model_dump()``)."""
-        src = g.get("source") or {}
-        path = src.get("impression_field")
-        return cls(key=str(g["key"]), aggregate=str(g.get("aggregate") or "any"),
-                   feedback=src.get("feedback"),
-                   field=tuple(str(path).split(".")) if path else ())
-
-    def read(self, context: dict[str, Any]) -> float | None:
-        """The finite number at this rule's context path (None: not observed)."""
-        node: Any = context
-        for part in self.field:
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
-        if isinstance(node, bool) or not isinstance(node, (int, float)):
-            return None
-        value = float(node)
-        return value if math.isfinite(value) else None
-
-    def update(self, old: float, count: int, value: float) -> float:
-        """The metric's new value after one more feedback event of its kind."""
-        if self.aggregate == "any":
-            return 1.0 if (value > 0 or old >= 1.0) else old
-        if self.aggregate == "first":
-            return 1.0
-        if self.aggregate == "sum":
-            return old + value
-        return (old * count + value) / (count + 1)  # mean
-
-
-@dataclass(frozen=True, slots=True)
-class ExperimentInfo:
-    """What ingestion needs to know about an experiment (loaded from the registry)."""
-
-    id: int
-    key: str
-    arms: frozenset[str]
-    reward_kind: str  # binary | continuous
-    reward_metric: str
-    window_s: float
-    status: str = ExperimentStatus.RUNNING
-    ended_at: datetime | None = None
-    guardrails: tuple[MetricRule, ...] = ()
-
-    def not_running_at(self, served_at: datetime) -> bool:
-        """True for a draft, and for a stopped/shipped experiment after it ended: impressions
-        served then are not part of the experiment (dead-lettered, not counted)."""
-        if self.status == ExperimentStatus.DRAFT:
-            return True
-        return (self.status in ENDED and self.ended_at is not None
-                and as_utc(served_at) > as_utc(self.ended_at))
-
-
-@dataclass(slots=True)
-class ImpressionState:
-    """An impression as stored (or as about to be inserted by this batch)."""
-
-    impression_id: str
-    event_id: str
-    experiment_id: int
-    arm_key: str
-    propensity: float
-    served_at: datetime
-    reward: float = 0.0
-    feedback_count: int = 0
-    partition: int = 0
-    # guardrail metric key -> [value, feedback events]; None without guardrails
-    metrics: dict[str, list[float]] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PendingFeedback:
-    """A feedback ledger row in status ``pending`` (its impression had not arrived)."""
-
-    event_id: str
-    impression_id: str
-    experiment_key: str
-    kind: str
-    value: float
-    occurred_at: datetime
-    partition: int
-
-
-@dataclass(slots=True)
-class BatchState:
-    """Database state a batch touches, prefetched by the runner inside the transaction."""
-
-    impressions: dict[str, ImpressionState] = field(default_factory=dict)  # by impression_id
-    impression_event_ids: set[str] = field(default_factory=set)
-    feedback_event_ids: set[str] = field(default_factory=set)
-    pending: dict[str, list[PendingFeedback]] = field(default_factory=dict)  # by impression_id
-    # stored feedback content by event_id (impression_id, experiment_key, kind, value,
-    # occurred_at), to tell a redelivery from a conflicting duplicate; absent: not compared
-    feedback_content: dict[str, tuple[str, str, str, float, datetime]] = field(
-        default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    """A record that goes to the dead-letter topic (and is counted by reason)."""
-
-    reason: str
-    detail: str
-    topic: str
-    partition: int
-    offset: int
-    raw: bytes | None
-    key: bytes | None = None
-
-    def to_dlq(self, group: str) -> bytes:
-        """The DLQ record: JSON {reason, detail, topic, partition, offset, raw (base64),
-        raw_length, group, at}. A record longer than MAX_DLQ_RAW_BYTES is truncated to its
-        first MAX_DLQ_RAW_BYTES (``raw_truncated``: true) and carries ``raw_sha256`` of the
-        whole original, so a dead letter is never too large for the DLQ topic."""
-        raw = self.raw
-        out: dict[str, Any] = {
-            "reason": self.reason,
-            "detail": self.detail[:MAX_DLQ_DETAIL],
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "raw": None,
-            "raw_length": None if raw is None else len(raw),
-            "group": group,
-            "at": utcnow().isoformat(),
-        }
-        if raw is not None:
-            if len(raw) > MAX_DLQ_RAW_BYTES:
-                out["raw_truncated"] = True
-                out["raw_sha256"] = hashlib.sha256(raw).hexdigest()
-                raw = raw[:MAX_DLQ_RAW_BYTES]
-            out["raw"] = base64.b64encode(raw).decode()
-        return orjson.dumps(out)
-
-
-@dataclass(slots=True)
-class Effects:
-    """Everything one batch changes. Written by the store in one transaction."""
-
-    new_impressions: list[ImpressionState] = field(default_factory=list)
-    new_impression_rows: list[ImpressionV1] = field(default_factory=list)
-    impression_updates: dict[str, ImpressionState] = field(default_factory=dict)
-    feedback_rows: list[tuple[FeedbackV1, int, str]] = field(default_factory=list)
-    feedback_status: dict[str, str] = field(default_factory=dict)  # pending -> new status
-    stats: dict[tuple[int, str, int], ArmSums] = field(default_factory=dict)
-    # guardrail metric sums by (experiment id, arm key, metric key, partition)
-    guardrail_stats: dict[tuple[int, str, str, int], ArmSums] = field(default_factory=dict)
-    counters: Counter[tuple[str, int]] = field(default_factory=Counter)  # (reason, partition)
-    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, outcome)
-    rejects: list[Reject] = field(default_factory=list)
-
-    def stat(self, experiment_id: int, arm_key: str, partition: int) -> ArmSums:
-        """The statistics this batch adds for one (experiment, arm, partition) shard."""
-        key = (experiment_id, arm_key, partition)
-        sums = self.stats.get(key)
-        if sums is None:
-            sums = self.stats[key] = ArmSums()
-        return sums
-
-    def gstat(self, experiment_id: int, arm_key: str, metric: str, partition: int) -> ArmSums:
-        """The statistics this batch adds for one guardrail metric's shard."""
-        key = (experiment_id, arm_key, metric, partition)
-        sums = self.guardrail_stats.get(key)
-        if sums is None:
-            sums = self.guardrail_stats[key] = ArmSums()
-        return sums
+__all__ = [
+    "OUT_IMPRESSION",
+    "OUT_APPLIED",
+    "OUT_PENDING",
+    "OUT_RESOLVED",
+    "OUT_DUPLICATE",
+    "OK_OUTCOMES",
+    "MAX_DLQ_RAW_BYTES",
+    "MAX_DLQ_DETAIL",
+    "RecordLike",
+    "MetricRule",
+    "ExperimentInfo",
+    "ImpressionState",
+    "PendingFeedback",
+    "BatchState",
+    "Reject",
+    "Effects",
+    "handle_batch",
+    "pending_raw",
+    "referenced_ids",
+]
 
 
 class _Batch:
@@ -306,30 +136,38 @@ class _Batch:
                     f"clock allows ({self.latest.isoformat()}: now plus the allowed skew)", rec)
         return True
 
-    def impression(self, ev: ImpressionV1, rec: RecordLike) -> None:
+    def _impression_refused(self, ev: ImpressionV1, rec: RecordLike
+                            ) -> ExperimentInfo | None:
+        """The experiment of ``ev``, or None when the impression is refused (unknown
+        experiment or arm, not running, outside the time bounds)."""
         exp = self.experiments.get(ev.experiment_key)
         if exp is None:
             self.reject(
                 "unknown_experiment", f"experiment {ev.experiment_key!r} is not registered", rec
             )
-            return
+            return None
         if ev.arm_key not in exp.arms:
             self.reject(
                 "unknown_arm",
                 f"arm {ev.arm_key!r} is not an arm of {exp.key!r} ({sorted(exp.arms)})",
                 rec,
             )
-            return
+            return None
         if exp.not_running_at(ev.served_at):
             self.reject(
                 "experiment_not_running",
                 f"experiment {exp.key!r} was not running at {ev.served_at.isoformat()} "
                 f"(status {exp.status})", rec,
             )
-            return
+            return None
         if self.expired(ev.served_at, "served_at", rec) or \
                 self.from_future(ev.served_at, "served_at", rec):
-            return
+            return None
+        return exp
+
+    def _impression_seen(self, exp: ExperimentInfo, ev: ImpressionV1, rec: RecordLike) -> bool:
+        """True when a stored impression already answers for ``ev`` (its redelivery, a
+        conflicting copy, or another event with the same impression id); counted here."""
         st = self.state
         if ev.event_id in st.impression_event_ids:
             stored = st.impressions.get(ev.impression_id)
@@ -344,14 +182,38 @@ class _Batch:
                     f"event_id {ev.event_id!r} was already stored with different content "
                     "(impression_id, experiment, arm, propensity or served_at)", rec,
                 )
-            return
+            return True
         if ev.impression_id in st.impressions:
             self.reject(
                 "duplicate_impression",
                 f"impression_id {ev.impression_id!r} already exists with another event_id",
                 rec,
             )
+            return True
+        return False
+
+    def _start_metrics(self, exp: ExperimentInfo, imp: ImpressionState, ev: ImpressionV1,
+                       partition: int) -> None:
+        """Each guardrail metric's starting value on a new impression, into its sums."""
+        imp.metrics = {}
+        for rule in exp.guardrails:
+            start = 0.0 if rule.feedback is not None else rule.read(ev.context)
+            if start is None:
+                continue  # not observed for this metric
+            observed = rule.feedback is None  # a field's value is one observation
+            imp.metrics[rule.key] = [start, 1 if observed else 0]
+            g = self.fx.gstat(exp.id, ev.arm_key, rule.key, partition)
+            g.add_impression(ev.propensity)
+            if observed:
+                g.add_feedback()  # the information gate counts observed values
+            if start != 0.0:
+                g.add_reward_change(0.0, start, ev.propensity)
+
+    def impression(self, ev: ImpressionV1, rec: RecordLike) -> None:
+        exp = self._impression_refused(ev, rec)
+        if exp is None or self._impression_seen(exp, ev, rec):
             return
+        st = self.state
         imp = ImpressionState(
             impression_id=ev.impression_id,
             event_id=ev.event_id,
@@ -368,19 +230,7 @@ class _Batch:
         self.fx.new_impression_rows.append(ev)
         self.fx.stat(exp.id, ev.arm_key, rec.partition).add_impression(ev.propensity)
         if exp.guardrails:
-            imp.metrics = {}
-            for rule in exp.guardrails:
-                start = 0.0 if rule.feedback is not None else rule.read(ev.context)
-                if start is None:
-                    continue  # not observed for this metric
-                observed = rule.feedback is None  # a field's value is one observation
-                imp.metrics[rule.key] = [start, 1 if observed else 0]
-                g = self.fx.gstat(exp.id, ev.arm_key, rule.key, rec.partition)
-                g.add_impression(ev.propensity)
-                if observed:
-                    g.add_feedback()  # the information gate counts observed values
-                if start != 0.0:
-                    g.add_reward_change(0.0, start, ev.propensity)
+            self._start_metrics(exp, imp, ev, rec.partition)
         self.ok(OUT_IMPRESSION, rec.topic, rec.partition)
         # Feedback that arrived first waits in the ledger: apply it now.
         for pf in st.pending.pop(ev.impression_id, ()):
@@ -460,6 +310,23 @@ class _Batch:
                 rec, raw() if raw else None, src_partition,
             )
             return "rejected"
+        refused = self._outside_window(exp, imp, occurred_at, rec, raw, src_partition)
+        if refused is not None:
+            return refused
+        imp.feedback_count += 1
+        if imp.impression_id not in self.new_ids:
+            self.fx.impression_updates[imp.impression_id] = imp
+        if imp.metrics:
+            self._update_metrics(exp, imp, kind, value, partition)
+        if kind == exp.reward_metric:
+            self._update_reward(exp, imp, value, partition)
+        return "applied"
+
+    def _outside_window(self, exp: ExperimentInfo, imp: ImpressionState,
+                        occurred_at: datetime, rec: RecordLike | None, raw: Any,
+                        src_partition: int) -> str | None:
+        """The ledger status when the feedback falls outside the attribution window (it is
+        dead-lettered as ``before_impression`` or ``late``); None inside it."""
         dt = (as_utc(occurred_at) - as_utc(imp.served_at)).total_seconds()
         if dt < 0:
             self.reject(
@@ -477,23 +344,27 @@ class _Batch:
                 rec, raw() if raw else None, src_partition,
             )
             return "late"
-        imp.feedback_count += 1
-        if imp.impression_id not in self.new_ids:
-            self.fx.impression_updates[imp.impression_id] = imp
-        if imp.metrics:
-            for rule in exp.guardrails:
-                cur = imp.metrics.get(rule.key) if rule.feedback == kind else None
-                if cur is None:
-                    continue
-                g_old, count = cur[0], int(cur[1])
-                g_new = rule.update(g_old, count, value)
-                imp.metrics[rule.key] = [g_new, count + 1]
-                g = self.fx.gstat(exp.id, imp.arm_key, rule.key, partition)
-                g.add_feedback()
-                if g_new != g_old:
-                    g.add_reward_change(g_old, g_new, imp.propensity)
-        if kind != exp.reward_metric:
-            return "applied"
+        return None
+
+    def _update_metrics(self, exp: ExperimentInfo, imp: ImpressionState, kind: str,
+                        value: float, partition: int) -> None:
+        """Move each guardrail metric fed by feedback of ``kind`` (old -> new in its sums)."""
+        assert imp.metrics is not None
+        for rule in exp.guardrails:
+            cur = imp.metrics.get(rule.key) if rule.feedback == kind else None
+            if cur is None:
+                continue
+            g_old, count = cur[0], int(cur[1])
+            g_new = rule.update(g_old, count, value)
+            imp.metrics[rule.key] = [g_new, count + 1]
+            g = self.fx.gstat(exp.id, imp.arm_key, rule.key, partition)
+            g.add_feedback()
+            if g_new != g_old:
+                g.add_reward_change(g_old, g_new, imp.propensity)
+
+    def _update_reward(self, exp: ExperimentInfo, imp: ImpressionState, value: float,
+                       partition: int) -> None:
+        """The primary reward after one more feedback of its kind (old -> new in the sums)."""
         old = imp.reward
         if exp.reward_kind == "binary":
             new = 1.0 if (value > 0 or old >= 1.0) else old
@@ -504,7 +375,6 @@ class _Batch:
         if new != old:
             sums.add_reward_change(old, new, imp.propensity)
             imp.reward = new
-        return "applied"
 
 
 def pending_raw(pf: PendingFeedback) -> bytes:

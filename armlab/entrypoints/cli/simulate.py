@@ -46,231 +46,235 @@ def _parse_params(text: str | None) -> dict[str, Any]:
     return value
 
 
+def simulate_bandit_cmd(
+    policy: str = typer.Option(
+        "thompson", "--policy", help="thompson | top_two_thompson | epsilon_greedy | uniform"
+    ),
+    means: str = typer.Option(
+        "0.05,0.04,0.04", "--means", help="Bernoulli means, comma-separated."
+    ),
+    horizon: int = typer.Option(10_000, "--horizon", min=1),
+    seeds: int = typer.Option(20, "--seeds", min=2),
+    batch_every: int = typer.Option(
+        1, "--batch-every", min=1, help="Recompute weights every B rounds (1 = fully online)."
+    ),
+    floor: float = typer.Option(0.0, "--floor", help="Exploration floor per arm."),
+    burn_in: int = typer.Option(0, "--burn-in", min=0),
+    params: str = typer.Option(
+        None, "--params", help="Policy parameters as JSON, e.g. '{\"epsilon\": 0.05}'."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Mean cumulative pseudo-regret of a policy on a Bernoulli bandit, across seeds."""
+    from armlab.core.policies.regret_simulation import (
+        default_sim_params,
+        parse_means,
+        simulate_bandit,
+    )
+
+    p = _parse_params(params)
+    if not p:
+        p = default_sim_params(policy, batch_every)
+    result = simulate_bandit(
+        parse_means(means),
+        policy=policy,
+        horizon=horizon,
+        seeds=seeds,
+        batch_every=batch_every,
+        floor=floor,
+        burn_in=burn_in,
+        params=p,
+        seed=seed,
+    )
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(
+            f"{policy}: regret {result['regret_mean']:.1f} ± {result['regret_se']:.1f} "
+            f"(best-arm fraction {result['best_arm_fraction']:.3f}, "
+            f"{result['elapsed_s']:.1f}s)"
+        )
+
+
+def simulate_sequential_cmd(
+    allocation: str = typer.Option("fixed", help="fixed | thompson"),
+    method: str = typer.Option("armlab", help="naive-z | msprt | armlab"),
+    p_control: float = typer.Option(0.05, "--p-control"),
+    p_treatment: float = typer.Option(0.05, "--p-treatment"),
+    max_n: int = typer.Option(10_000, "--max-n", help="Cap, observations per arm."),
+    peek_every: int = typer.Option(100, "--peek-every", help="Look every N per arm."),
+    reps: int = typer.Option(2_000, help="Monte Carlo replications."),
+    seed: int = typer.Option(0),
+    alpha: float = typer.Option(0.05),
+    tau2: float | None = typer.Option(None, help="Default: Howard et al. rule at max-n."),
+    floor: float = typer.Option(0.1, help="Thompson exploration floor per arm."),
+    min_samples: int = typer.Option(100, "--min-samples"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """False-positive rate / power of a sequential test under continuous monitoring."""
+
+    from armlab.core.stats.sequential_simulation import SequentialSimConfig, simulate_sequential
+
+    cfg = SequentialSimConfig(
+        allocation=allocation, method=method,  # type: ignore[arg-type]
+        p_control=p_control, p_treatment=p_treatment, max_n=max_n,
+        peek_every=peek_every, reps=reps, seed=seed, alpha=alpha, tau2=tau2,
+        floor=floor, min_samples=min_samples,
+    )
+    t0 = time.perf_counter()
+    res: dict[str, Any] = dict(simulate_sequential(cfg))
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    if as_json:
+        typer.echo(json.dumps(res))
+    else:
+        for k, v in res.items():
+            typer.echo(f"{k}: {v}")
+
+
+def simulate_validity_cmd(
+    base_rates: str = typer.Option("0.005,0.01,0.02,0.05,0.10", "--base-rates"),
+    floors: str = typer.Option("0.05,0.1,0.2", "--floors"),
+    looks: str = typer.Option("10,100", "--looks", help="Look every N impressions."),
+    units: str = typer.Option("request,user", "--units"),
+    delays: str = typer.Option("no,yes", "--delays", help="Feedback delayed: no,yes."),
+    reps: int = typer.Option(1000, "--reps", min=1, help="A/A replications per cell."),
+    reps_alt: int = typer.Option(
+        0, "--reps-alt", min=0, help="A/B replications per cell (0 = same as --reps)."),
+    max_n: int = typer.Option(10_000, "--max-n", min=100, help="Horizon per arm."),
+    lift: float = typer.Option(1.2, "--lift", help="Treatment rate = lift x base rate."),
+    min_events: int = typer.Option(30, "--min-events", min=0),
+    workers: int = typer.Option(2, "--workers", min=1, help="Processes (cores)."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A/A false-positive rate (with Monte Carlo SE), SRM false alarms, confidence-sequence
+    coverage, power and sample size at decision over a grid of cells, for armlab's test
+    (``armlab``; ``armlab_horizon`` with ``sequential.boundary: horizon``) and same-run
+    baselines (plain mSPRT under Thompson and under a fixed 50/50 split)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from armlab.core.stats.validity_grid import grid, run_cell, summarise
+
+    cells = grid(
+        _floats("--base-rates", base_rates), _floats("--floors", floors),
+        tuple(int(x) for x in _floats("--looks", looks)),
+        _choices("--units", units, ("request", "user")),  # type: ignore[arg-type]
+        tuple(d == "yes" for d in _choices("--delays", delays, ("no", "yes"))),
+        reps=reps, reps_alt=reps_alt or None, max_n=max_n, lift=lift,
+        min_events=min_events, seed=seed,
+    )
+    t0 = time.perf_counter()
+    if workers > 1 and len(cells) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(run_cell, cells))
+    else:
+        results = [run_cell(c) for c in cells]
+    seconds = round(time.perf_counter() - t0, 1)
+    out = {"cells": results, "summary": summarise(results), "seconds": seconds,
+           "workers": workers, "n_cells": len(cells)}
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(f"{'cell':<52} {'analysis':<19} {'A/A fpr':>13} {'srm':>6} {'cover':>6} "
+               f"{'power':>6} {'power>':>6} {'n':>7}")
+    for r in results:
+        c = r["cell"]
+        name = (f"p={c['base_rate']} f={c['floor']} look={c['look_every']} "
+                f"{c['unit']} delay={'yes' if c['delay'] else 'no'}")
+        for k, a in r["analyses"].items():
+            srm = a.get("srm_false_alarm")
+            typer.echo(f"{name:<52} {k:<19} {a['fpr']:>6.3f}±{a['fpr_se']:.3f} "
+                       f"{'' if srm is None else f'{srm:.3f}':>6} {a['coverage']:>6.3f} "
+                       f"{a['power']:>6.3f} {a['power_greater']:>6.3f} "
+                       f"{a['mean_n_at_decision']:>7.0f}")
+    typer.echo(f"{len(cells)} cells in {seconds} s on {workers} worker(s)")
+
+
+def simulate_interleaving_cmd(
+    reps: int = typer.Option(1000, "--reps", min=1, help="A/A replications per cell."),
+    power_reps: int = typer.Option(
+        0, "--power-reps", min=0, help="Replications of the power cells (0 = --reps)."),
+    cells: str = typer.Option(
+        "", "--cells", help="Only the cells whose label contains one of these "
+                            "comma-separated strings (e.g. 'user,2 of 4')."),
+    quick: bool = typer.Option(False, "--quick", help="The reduced grid of the unit test."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Processes (cores)."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A/A false-positive rate (with its Monte Carlo SE; PASS iff <= alpha + 2 SE) of the
+    interleaving test under continuous monitoring: a ranker against itself, rankers with
+    identical (short) output, random and cascade clicks, request and user units (40
+    correlated requests per user), 2 and 3 rankers multileaved and the dueling bandit
+    choosing 2 of 4; plus power cells (a truly better ranker: share decided, median
+    units to the decision). Progress on stderr."""
+    import sys
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from armlab.core.interleaving.simulate import (
+        default_grid,
+        quick_grid,
+        run_cell,
+        summarise,
+    )
+
+    grid = quick_grid(reps, seed) if quick else default_grid(
+        reps, seed, power_reps=power_reps or None)
+    wanted = [w.strip() for w in cells.split(",") if w.strip()]
+    if wanted:
+        grid = [c for c in grid if any(w in c.label for w in wanted)]
+    if not grid:
+        raise StatsError(f"no cell matches --cells {cells!r}")
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    results: list[dict[str, Any]] = [{} for _ in grid]
+    if workers > 1 and len(grid) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(run_cell, c): i for i, c in enumerate(grid)}
+            for done, fut in enumerate(as_completed(futures), 1):
+                i = futures[fut]
+                results[i] = fut.result()
+                a = results[i]["analysis"]
+                say(f"[{done}/{len(grid)}] {grid[i].label}: fpr {a['fpr']:.3f} ± "
+                    f"{a['fpr_se']:.3f} {'PASS' if a['pass'] else 'FAIL'} "
+                    f"({results[i]['seconds']} s)")
+    else:
+        for i, c in enumerate(grid):
+            results[i] = run_cell(c)
+            a = results[i]["analysis"]
+            say(f"[{i + 1}/{len(grid)}] {c.label}: fpr {a['fpr']:.3f} ± {a['fpr_se']:.3f} "
+                f"{'PASS' if a['pass'] else 'FAIL'} ({results[i]['seconds']} s)")
+    seconds = round(time.perf_counter() - t0, 1)
+    summary = summarise(results)
+    out = {"cells": results, "summary": summary, "seconds": seconds,
+           "workers": workers, "n_cells": len(grid)}
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(f"{'cell':<36} {'reps':>5} {'A/A fpr':>13} {'limit':>6} {'':>4} "
+               f"{'power':>6} {'median units':>12} {'per-request baseline fpr':>25}")
+    for r in results:
+        a, c = r["analysis"], r["cell"]
+        base = r.get("per_request_baseline")
+        med = a.get("median_units_to_decision")
+        power = "" if "power" not in a else f"{a['power']:.3f}"
+        median = "" if med is None else f"{med:.0f}"
+        baseline = "" if base is None else f"{base['fpr']:.3f}"
+        verdict = "PASS" if a["pass"] else "FAIL"
+        typer.echo(f"{c['label']:<36} {c['reps']:>5} {a['fpr']:>6.3f}±{a['fpr_se']:.3f} "
+                   f"{a['limit']:>6.3f} {verdict:>4} {power:>6} {median:>12} "
+                   f"{baseline:>25}")
+    typer.echo(f"{summary['pass']}/{summary['cells']} cells pass; {len(grid)} cells in "
+               f"{seconds} s on {workers} worker(s)")
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     del app
-
-    @groups["simulate"].command("bandit")
-    def simulate_bandit_cmd(
-        policy: str = typer.Option(
-            "thompson", "--policy", help="thompson | top_two_thompson | epsilon_greedy | uniform"
-        ),
-        means: str = typer.Option(
-            "0.05,0.04,0.04", "--means", help="Bernoulli means, comma-separated."
-        ),
-        horizon: int = typer.Option(10_000, "--horizon", min=1),
-        seeds: int = typer.Option(20, "--seeds", min=2),
-        batch_every: int = typer.Option(
-            1, "--batch-every", min=1, help="Recompute weights every B rounds (1 = fully online)."
-        ),
-        floor: float = typer.Option(0.0, "--floor", help="Exploration floor per arm."),
-        burn_in: int = typer.Option(0, "--burn-in", min=0),
-        params: str = typer.Option(
-            None, "--params", help="Policy parameters as JSON, e.g. '{\"epsilon\": 0.05}'."
-        ),
-        seed: int = typer.Option(0, "--seed"),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    ) -> None:
-        """Mean cumulative pseudo-regret of a policy on a Bernoulli bandit, across seeds."""
-        from armlab.core.policies.regret_simulation import (
-            default_sim_params,
-            parse_means,
-            simulate_bandit,
-        )
-
-        p = _parse_params(params)
-        if not p:
-            p = default_sim_params(policy, batch_every)
-        result = simulate_bandit(
-            parse_means(means),
-            policy=policy,
-            horizon=horizon,
-            seeds=seeds,
-            batch_every=batch_every,
-            floor=floor,
-            burn_in=burn_in,
-            params=p,
-            seed=seed,
-        )
-        if as_json:
-            typer.echo(json.dumps(result))
-        else:
-            typer.echo(
-                f"{policy}: regret {result['regret_mean']:.1f} ± {result['regret_se']:.1f} "
-                f"(best-arm fraction {result['best_arm_fraction']:.3f}, "
-                f"{result['elapsed_s']:.1f}s)"
-            )
-
-    @groups["simulate"].command("sequential")
-    def simulate_sequential_cmd(
-        allocation: str = typer.Option("fixed", help="fixed | thompson"),
-        method: str = typer.Option("armlab", help="naive-z | msprt | armlab"),
-        p_control: float = typer.Option(0.05, "--p-control"),
-        p_treatment: float = typer.Option(0.05, "--p-treatment"),
-        max_n: int = typer.Option(10_000, "--max-n", help="Cap, observations per arm."),
-        peek_every: int = typer.Option(100, "--peek-every", help="Look every N per arm."),
-        reps: int = typer.Option(2_000, help="Monte Carlo replications."),
-        seed: int = typer.Option(0),
-        alpha: float = typer.Option(0.05),
-        tau2: float | None = typer.Option(None, help="Default: Howard et al. rule at max-n."),
-        floor: float = typer.Option(0.1, help="Thompson exploration floor per arm."),
-        min_samples: int = typer.Option(100, "--min-samples"),
-        as_json: bool = typer.Option(False, "--json"),
-    ) -> None:
-        """False-positive rate / power of a sequential test under continuous monitoring."""
-
-        from armlab.core.stats.sequential_simulation import SequentialSimConfig, simulate_sequential
-
-        cfg = SequentialSimConfig(
-            allocation=allocation, method=method,  # type: ignore[arg-type]
-            p_control=p_control, p_treatment=p_treatment, max_n=max_n,
-            peek_every=peek_every, reps=reps, seed=seed, alpha=alpha, tau2=tau2,
-            floor=floor, min_samples=min_samples,
-        )
-        t0 = time.perf_counter()
-        res: dict[str, Any] = dict(simulate_sequential(cfg))
-        res["seconds"] = round(time.perf_counter() - t0, 3)
-        if as_json:
-            typer.echo(json.dumps(res))
-        else:
-            for k, v in res.items():
-                typer.echo(f"{k}: {v}")
-
-    @groups["simulate"].command("validity")
-    def simulate_validity_cmd(
-        base_rates: str = typer.Option("0.005,0.01,0.02,0.05,0.10", "--base-rates"),
-        floors: str = typer.Option("0.05,0.1,0.2", "--floors"),
-        looks: str = typer.Option("10,100", "--looks", help="Look every N impressions."),
-        units: str = typer.Option("request,user", "--units"),
-        delays: str = typer.Option("no,yes", "--delays", help="Feedback delayed: no,yes."),
-        reps: int = typer.Option(1000, "--reps", min=1, help="A/A replications per cell."),
-        reps_alt: int = typer.Option(
-            0, "--reps-alt", min=0, help="A/B replications per cell (0 = same as --reps)."),
-        max_n: int = typer.Option(10_000, "--max-n", min=100, help="Horizon per arm."),
-        lift: float = typer.Option(1.2, "--lift", help="Treatment rate = lift x base rate."),
-        min_events: int = typer.Option(30, "--min-events", min=0),
-        workers: int = typer.Option(2, "--workers", min=1, help="Processes (cores)."),
-        seed: int = typer.Option(0, "--seed"),
-        as_json: bool = typer.Option(False, "--json"),
-    ) -> None:
-        """A/A false-positive rate (with Monte Carlo SE), SRM false alarms, confidence-sequence
-        coverage, power and sample size at decision over a grid of cells, for armlab's test
-        (``armlab``; ``armlab_horizon`` with ``sequential.boundary: horizon``) and same-run
-        baselines (plain mSPRT under Thompson and under a fixed 50/50 split)."""
-        from concurrent.futures import ProcessPoolExecutor
-
-        from armlab.core.stats.validity_grid import grid, run_cell, summarise
-
-        cells = grid(
-            _floats("--base-rates", base_rates), _floats("--floors", floors),
-            tuple(int(x) for x in _floats("--looks", looks)),
-            _choices("--units", units, ("request", "user")),  # type: ignore[arg-type]
-            tuple(d == "yes" for d in _choices("--delays", delays, ("no", "yes"))),
-            reps=reps, reps_alt=reps_alt or None, max_n=max_n, lift=lift,
-            min_events=min_events, seed=seed,
-        )
-        t0 = time.perf_counter()
-        if workers > 1 and len(cells) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(run_cell, cells))
-        else:
-            results = [run_cell(c) for c in cells]
-        seconds = round(time.perf_counter() - t0, 1)
-        out = {"cells": results, "summary": summarise(results), "seconds": seconds,
-               "workers": workers, "n_cells": len(cells)}
-        if as_json:
-            typer.echo(json.dumps(out))
-            return
-        typer.echo(f"{'cell':<52} {'analysis':<19} {'A/A fpr':>13} {'srm':>6} {'cover':>6} "
-                   f"{'power':>6} {'power>':>6} {'n':>7}")
-        for r in results:
-            c = r["cell"]
-            name = (f"p={c['base_rate']} f={c['floor']} look={c['look_every']} "
-                    f"{c['unit']} delay={'yes' if c['delay'] else 'no'}")
-            for k, a in r["analyses"].items():
-                srm = a.get("srm_false_alarm")
-                typer.echo(f"{name:<52} {k:<19} {a['fpr']:>6.3f}±{a['fpr_se']:.3f} "
-                           f"{'' if srm is None else f'{srm:.3f}':>6} {a['coverage']:>6.3f} "
-                           f"{a['power']:>6.3f} {a['power_greater']:>6.3f} "
-                           f"{a['mean_n_at_decision']:>7.0f}")
-        typer.echo(f"{len(cells)} cells in {seconds} s on {workers} worker(s)")
-
-    @groups["simulate"].command("interleaving")
-    def simulate_interleaving_cmd(
-        reps: int = typer.Option(1000, "--reps", min=1, help="A/A replications per cell."),
-        power_reps: int = typer.Option(
-            0, "--power-reps", min=0, help="Replications of the power cells (0 = --reps)."),
-        cells: str = typer.Option(
-            "", "--cells", help="Only the cells whose label contains one of these "
-                                "comma-separated strings (e.g. 'user,2 of 4')."),
-        quick: bool = typer.Option(False, "--quick", help="The reduced grid of the unit test."),
-        workers: int = typer.Option(2, "--workers", min=1, help="Processes (cores)."),
-        seed: int = typer.Option(0, "--seed"),
-        as_json: bool = typer.Option(False, "--json"),
-    ) -> None:
-        """A/A false-positive rate (with its Monte Carlo SE; PASS iff <= alpha + 2 SE) of the
-        interleaving test under continuous monitoring: a ranker against itself, rankers with
-        identical (short) output, random and cascade clicks, request and user units (40
-        correlated requests per user), 2 and 3 rankers multileaved and the dueling bandit
-        choosing 2 of 4; plus power cells (a truly better ranker: share decided, median
-        units to the decision). Progress on stderr."""
-        import sys
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from armlab.core.interleaving.simulate import (
-            default_grid,
-            quick_grid,
-            run_cell,
-            summarise,
-        )
-
-        grid = quick_grid(reps, seed) if quick else default_grid(
-            reps, seed, power_reps=power_reps or None)
-        wanted = [w.strip() for w in cells.split(",") if w.strip()]
-        if wanted:
-            grid = [c for c in grid if any(w in c.label for w in wanted)]
-        if not grid:
-            raise StatsError(f"no cell matches --cells {cells!r}")
-
-        def say(msg: str) -> None:
-            print(msg, file=sys.stderr, flush=True)
-
-        t0 = time.perf_counter()
-        results: list[dict[str, Any]] = [{} for _ in grid]
-        if workers > 1 and len(grid) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(run_cell, c): i for i, c in enumerate(grid)}
-                for done, fut in enumerate(as_completed(futures), 1):
-                    i = futures[fut]
-                    results[i] = fut.result()
-                    a = results[i]["analysis"]
-                    say(f"[{done}/{len(grid)}] {grid[i].label}: fpr {a['fpr']:.3f} ± "
-                        f"{a['fpr_se']:.3f} {'PASS' if a['pass'] else 'FAIL'} "
-                        f"({results[i]['seconds']} s)")
-        else:
-            for i, c in enumerate(grid):
-                results[i] = run_cell(c)
-                a = results[i]["analysis"]
-                say(f"[{i + 1}/{len(grid)}] {c.label}: fpr {a['fpr']:.3f} ± {a['fpr_se']:.3f} "
-                    f"{'PASS' if a['pass'] else 'FAIL'} ({results[i]['seconds']} s)")
-        seconds = round(time.perf_counter() - t0, 1)
-        summary = summarise(results)
-        out = {"cells": results, "summary": summary, "seconds": seconds,
-               "workers": workers, "n_cells": len(grid)}
-        if as_json:
-            typer.echo(json.dumps(out))
-            return
-        typer.echo(f"{'cell':<36} {'reps':>5} {'A/A fpr':>13} {'limit':>6} {'':>4} "
-                   f"{'power':>6} {'median units':>12} {'per-request baseline fpr':>25}")
-        for r in results:
-            a, c = r["analysis"], r["cell"]
-            base = r.get("per_request_baseline")
-            med = a.get("median_units_to_decision")
-            power = "" if "power" not in a else f"{a['power']:.3f}"
-            median = "" if med is None else f"{med:.0f}"
-            baseline = "" if base is None else f"{base['fpr']:.3f}"
-            verdict = "PASS" if a["pass"] else "FAIL"
-            typer.echo(f"{c['label']:<36} {c['reps']:>5} {a['fpr']:>6.3f}±{a['fpr_se']:.3f} "
-                       f"{a['limit']:>6.3f} {verdict:>4} {power:>6} {median:>12} "
-                       f"{baseline:>25}")
-        typer.echo(f"{summary['pass']}/{summary['cells']} cells pass; {len(grid)} cells in "
-                   f"{seconds} s on {workers} worker(s)")
+    groups["simulate"].command("bandit")(simulate_bandit_cmd)
+    groups["simulate"].command("sequential")(simulate_sequential_cmd)
+    groups["simulate"].command("validity")(simulate_validity_cmd)
+    groups["simulate"].command("interleaving")(simulate_interleaving_cmd)
