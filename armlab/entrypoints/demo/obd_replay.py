@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -98,6 +99,113 @@ def _ingest(runner: Any, settings: Any) -> dict[str, int]:
     return dict(runner.run(exit_when_idle=5.0))
 
 
+def _load_logs(campaign: str, limit: int | None, settings: Any
+               ) -> tuple[dict[str, obd.OBDLog], timedelta]:
+    """Both logs, and the shift that moves them to end a minute ago.
+
+    The logs are from November 2019: the consumers refuse events older than the retention
+    horizon (ARMLAB_RETENTION_DAYS) as `expired`, so the replay moves the whole log forward to
+    end a minute ago, keeping every gap between events (nothing here reads absolute dates)."""
+    logs = {p: obd.load_log(p, campaign, base=settings.obd_dir, limit=limit)
+            for p in obd.POLICIES}
+    last = max((max(log.timestamp) for log in logs.values() if log.n), default=None)
+    shift = (utcnow() - timedelta(minutes=1) - last) if last is not None else timedelta(0)
+    return logs, shift
+
+
+def _stream_all(producer: Any, keys: dict[str, str], logs: dict[str, obd.OBDLog],
+                shift: timedelta, progress: bool) -> int:
+    """:func:`_stream` every log into its experiment (with a progress bar when asked);
+    returns the number of events sent."""
+    sent = 0
+    if progress:
+        with Progress(transient=True) as bar:
+            for p, log in logs.items():
+                task = bar.add_task(f"streaming {keys[p]}", total=log.n)
+
+                def tick(i: int, task: Any = task) -> None:
+                    if i % 500 == 499:
+                        bar.update(task, completed=i + 1)
+
+                sent += _stream(producer, keys[p], log, tick, shift)
+                bar.update(task, completed=log.n)
+    else:
+        for p, log in logs.items():
+            sent += _stream(producer, keys[p], log, lambda i: None, shift)
+    return sent
+
+
+@dataclass(frozen=True)
+class _Estimates:
+    """What :func:`_evaluate` read back and estimated."""
+
+    stored: dict[str, dict[str, int]]  # per log: impressions and clicks stored
+    est: dict[str, ope.OPEEstimate]  # the BTS policy's click rate from the random log
+    bts_logged: ope.OPEEstimate  # the click rate the BTS policy logged
+    rnd_logged: ope.OPEEstimate  # the click rate the random policy logged
+
+
+def _evaluate(services: Any, keys: dict[str, str], policy_estimate: str, alpha: float
+              ) -> _Estimates:
+    """Read both logs back from the impressions table and estimate the BTS policy's click
+    rate from the random log, beside both logged click rates."""
+    logged = {p: load_logged_by_key(services.uow, keys[p], attribution_window_s=3600,
+                                    stratum_field="position", matured_only=False)
+              for p in keys}
+    stored = {p: {"impressions": d.n_total, "clicks": int(sum(d.rewards))}
+              for p, d in logged.items()}
+    rnd, bts = logged["random"], logged["bts"]
+    assert bts.strata is not None and rnd.strata is not None
+    target = obd.estimate_policy_from(bts.actions, bts.strata, bts.propensities,
+                                      policy_estimate)
+    click_range = (0.0, 1.0)  # binary rewards: every interval lies in [0, 1]
+    est = ope.evaluate_policy(rnd.actions, rnd.rewards, rnd.propensities, {},
+                              strata=rnd.strata, target_by_stratum=target, alpha=alpha,
+                              reward_range=click_range)
+    bts_logged = ope.on_policy_mean(bts.rewards, alpha=alpha, reward_range=click_range)
+    rnd_logged = ope.on_policy_mean(rnd.rewards, alpha=alpha, reward_range=click_range)
+    return _Estimates(stored=stored, est=est, bts_logged=bts_logged, rnd_logged=rnd_logged)
+
+
+def _summary(*, campaign: str, stack: str, keys: dict[str, str],
+             logs: dict[str, obd.OBDLog], sent: int, counts: dict[str, int], ingest_s: float,
+             policy_estimate: str, alpha: float, ev: _Estimates) -> dict[str, Any]:
+    """The JSON-able summary :func:`replay_obd` returns (``ev``: :func:`_evaluate`)."""
+    return {
+        "campaign": campaign,
+        "stack": stack,
+        "experiments": keys,
+        "csv": {p: {"rows": log.n, "clicks": log.clicks, "items": log.n_items}
+                for p, log in logs.items()},
+        "ingested": ev.stored,
+        "events_sent": sent,
+        "ingest_outcomes": counts,
+        "ingest_seconds": round(ingest_s, 2),
+        "policy_estimate": policy_estimate,
+        "mapping": "arm = item-<item_id>; position in impression context; propensity = "
+                   "propensity_score = P(item at position | position)",
+        "target": "ZOZOTOWN Bernoulli-TS, action distribution per position estimated "
+                  f"from its own log ({policy_estimate})",
+        "ope_from_random_log": {k: v.as_dict() for k, v in ev.est.items()},
+        "bts_logged_ctr": ev.bts_logged.as_dict(),
+        "random_logged_ctr": ev.rnd_logged.as_dict(),
+        "alpha": alpha,
+        "caveat": CAVEAT,
+    }
+
+
+def _stop_all(services: Any, keys: dict[str, str], ev: _Estimates) -> None:
+    """Stop both experiments with the evaluation as the audit log's evidence."""
+    evidence = {
+        "ope_bts_from_random": {k: {"value": v.value, "ci": [v.ci_low, v.ci_high],
+                                    "n_weighted": v.n_weighted} for k, v in ev.est.items()},
+        "bts_logged_ctr": ev.bts_logged.value,
+    }
+    for p in keys:
+        services.experiments.stop(keys[p], actor=ACTOR, reason="replay finished",
+                                  evidence=evidence)
+
+
 def replay_obd(
     *,
     campaign: str = "all",
@@ -112,86 +220,25 @@ def replay_obd(
     obd._check("campaign", campaign, obd.CAMPAIGNS)
     obd._check("policy_estimate", policy_estimate, obd.POLICY_ESTIMATES)
     settings = settings or make_settings(stack)
-    logs = {p: obd.load_log(p, campaign, base=settings.obd_dir, limit=limit)
-            for p in obd.POLICIES}
-    # The logs are from November 2019: the consumers refuse events older than the retention
-    # horizon (ARMLAB_RETENTION_DAYS) as `expired`, so the replay moves the whole log forward to
-    # end a minute ago, keeping every gap between events (nothing here reads absolute dates).
-    last = max((max(log.timestamp) for log in logs.values() if log.n), default=None)
-    shift = (utcnow() - timedelta(minutes=1) - last) if last is not None else timedelta(0)
+    logs, shift = _load_logs(campaign, limit, settings)
     services = open_services(settings)
     t0 = time.perf_counter()
     try:
         producer = services.producer
         runner = services.ingest_runner()
         keys = {p: _register(services.experiments, log) for p, log in logs.items()}
-
         counts: dict[str, int] = {}
-        sent = 0
-        if progress:
-            with Progress(transient=True) as bar:
-                for p, log in logs.items():
-                    task = bar.add_task(f"streaming {keys[p]}", total=log.n)
-
-                    def tick(i: int, task: Any = task) -> None:
-                        if i % 500 == 499:
-                            bar.update(task, completed=i + 1)
-
-                    sent += _stream(producer, keys[p], log, tick, shift)
-                    bar.update(task, completed=log.n)
-        else:
-            for p, log in logs.items():
-                sent += _stream(producer, keys[p], log, lambda i: None, shift)
+        sent = _stream_all(producer, keys, logs, shift, progress)
         producer.flush()
         for k, v in _ingest(runner, settings).items():
             counts[k] = counts.get(k, 0) + int(v)
         runner.close()
         ingest_s = time.perf_counter() - t0
-
-        logged = {p: load_logged_by_key(services.uow, keys[p], attribution_window_s=3600,
-                                        stratum_field="position", matured_only=False)
-                  for p in logs}
-        stored = {p: {"impressions": d.n_total, "clicks": int(sum(d.rewards))}
-                  for p, d in logged.items()}
-        rnd, bts = logged["random"], logged["bts"]
-        assert bts.strata is not None and rnd.strata is not None
-        target = obd.estimate_policy_from(bts.actions, bts.strata, bts.propensities,
-                                          policy_estimate)
-        click_range = (0.0, 1.0)  # binary rewards: every interval lies in [0, 1]
-        est = ope.evaluate_policy(rnd.actions, rnd.rewards, rnd.propensities, {},
-                                  strata=rnd.strata, target_by_stratum=target, alpha=alpha,
-                                  reward_range=click_range)
-        bts_logged = ope.on_policy_mean(bts.rewards, alpha=alpha, reward_range=click_range)
-        rnd_logged = ope.on_policy_mean(rnd.rewards, alpha=alpha, reward_range=click_range)
-        result: dict[str, Any] = {
-            "campaign": campaign,
-            "stack": stack,
-            "experiments": keys,
-            "csv": {p: {"rows": log.n, "clicks": log.clicks, "items": log.n_items}
-                    for p, log in logs.items()},
-            "ingested": stored,
-            "events_sent": sent,
-            "ingest_outcomes": counts,
-            "ingest_seconds": round(ingest_s, 2),
-            "policy_estimate": policy_estimate,
-            "mapping": "arm = item-<item_id>; position in impression context; propensity = "
-                       "propensity_score = P(item at position | position)",
-            "target": "ZOZOTOWN Bernoulli-TS, action distribution per position estimated "
-                      f"from its own log ({policy_estimate})",
-            "ope_from_random_log": {k: v.as_dict() for k, v in est.items()},
-            "bts_logged_ctr": bts_logged.as_dict(),
-            "random_logged_ctr": rnd_logged.as_dict(),
-            "alpha": alpha,
-            "caveat": CAVEAT,
-        }
-        evidence = {
-            "ope_bts_from_random": {k: {"value": v.value, "ci": [v.ci_low, v.ci_high],
-                                        "n_weighted": v.n_weighted} for k, v in est.items()},
-            "bts_logged_ctr": bts_logged.value,
-        }
-        for p in logs:
-            services.experiments.stop(keys[p], actor=ACTOR, reason="replay finished",
-                                      evidence=evidence)
+        ev = _evaluate(services, keys, policy_estimate, alpha)
+        result = _summary(campaign=campaign, stack=stack, keys=keys, logs=logs, sent=sent,
+                          counts=counts, ingest_s=ingest_s, policy_estimate=policy_estimate,
+                          alpha=alpha, ev=ev)
+        _stop_all(services, keys, ev)
         return result
     finally:
         services.close()

@@ -16,7 +16,8 @@ Baselines, same run, on the first run's topics (no database; each the best of tw
 bare kafka-python consumer (``baseline``), the same with armlab's guarded batch decoding
 installed (``baseline_guarded``: the cost of :mod:`armlab.adapters.kafka.batches`), and a
 bare confluent-kafka (librdkafka) consumer (``baseline_confluent``: what a librdkafka
-transport could read at most). ``ratio`` is each run's rate over ``baseline``.
+transport could read at most). ``ratio`` is each run's rate over ``baseline``. The producer
+and the baseline reads are in :mod:`armlab.tools.bench.consumers_kafka` (re-exported here).
 
 Services: ARMLAB_DATABASE_URL (PostgreSQL) and ARMLAB_KAFKA_BOOTSTRAP (`armlab dev up`), or
 ``own_stack=True``: a PostgreSQL server and a Kafka broker started for the run in a temporary
@@ -48,11 +49,14 @@ from armlab.adapters.db import consumer_store as consumer_store
 from armlab.adapters.db import migrate, queries
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import Arm, ConsumerOffset, Experiment
-from armlab.adapters.kafka.batches import install_guarded_batches, uninstall_guarded_batches
 from armlab.core.event_effects import OK_OUTCOMES, OUT_RESOLVED
 from armlab.errors import ServiceUnavailable
 from armlab.settings import KafkaSettings, Settings
-from armlab.tools.bench.ingest import _check_services, bare_read, create_topics
+from armlab.tools.bench.consumers_kafka import baseline_reads, fill
+from armlab.tools.bench.consumers_kafka import confluent_config as confluent_config
+from armlab.tools.bench.consumers_kafka import confluent_read as confluent_read
+from armlab.tools.bench.consumers_kafka import guarded_read as guarded_read
+from armlab.tools.bench.ingest import _check_services, create_topics
 from armlab.tools.devstack import KafkaBroker, PostgresServer
 from armlab.tools.synth import SynthEvent, expected_stats, synthetic_events
 
@@ -77,94 +81,6 @@ def own_stack(progress: Callable[[str], None]) -> Iterator[tuple[str, str]]:
         broker.stop()
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def fill(kafka: KafkaSettings, topic_imp: str, topic_fb: str, events: list[SynthEvent],
-         codec: str) -> float:
-    """Write ``events`` with an idempotent librdkafka producer in ``codec`` (messages built
-    beforehand, handed over with produce_batch); events/s. Fast enough that the consumers
-    find the topic full."""
-    from confluent_kafka import Producer  # the dev extra; see confluent_read
-
-    by_topic: dict[str, list[dict[str, Any]]] = {topic_imp: [], topic_fb: []}
-    for ev in events:
-        by_topic[topic_imp if ev.kind == "impression" else topic_fb].append(
-            {"key": ev.key, "value": ev.value})
-    p = Producer({**confluent_config(kafka), "compression.type": codec, "linger.ms": 20,
-                  "enable.idempotence": True, "acks": "all",
-                  "queue.buffering.max.messages": 2_000_000})
-    t0 = time.perf_counter()
-    for topic, msgs in by_topic.items():
-        for i in range(0, len(msgs), 20_000):
-            chunk = msgs[i:i + 20_000]
-            if p.produce_batch(topic, chunk) != len(chunk):
-                errors = {str(m.get("_error")) for m in chunk if "_error" in m}
-                raise ServiceUnavailable(f"benchmark records refused: {sorted(errors)[:3]}")
-            p.poll(0)
-    left = p.flush(120)
-    if left:
-        raise ServiceUnavailable(f"{left} benchmark records not delivered")
-    return len(events) / (time.perf_counter() - t0)
-
-
-def confluent_config(kafka: KafkaSettings) -> dict[str, Any]:
-    """librdkafka properties for ``kafka`` (the same cluster and security settings)."""
-    cfg: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap,
-                           "security.protocol": kafka.security_protocol}
-    if kafka.sasl_mechanism:
-        cfg["sasl.mechanism"] = kafka.sasl_mechanism
-        cfg["sasl.username"] = kafka.sasl_username
-        cfg["sasl.password"] = (kafka.sasl_password.get_secret_value()
-                                if kafka.sasl_password else "")
-    for ours, theirs in (("ssl_cafile", "ssl.ca.location"),
-                         ("ssl_certfile", "ssl.certificate.location"),
-                         ("ssl_keyfile", "ssl.key.location")):
-        if getattr(kafka, ours) is not None:
-            cfg[theirs] = str(getattr(kafka, ours))
-    if kafka.ssl_password is not None:
-        cfg["ssl.key.password"] = kafka.ssl_password.get_secret_value()
-    return cfg
-
-
-def confluent_read(kafka: KafkaSettings, topics: list[str], n: int,
-                   timeout_s: float = 300.0) -> float:
-    """A bare confluent-kafka consumer (manual assignment, from the beginning) that only
-    reads (touches each value); events/s from its first record."""
-    # confluent-kafka is a development dependency (pyproject's dev extra): imported here.
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    c = Consumer({**confluent_config(kafka), "group.id": f"bench-cf-{uuid.uuid4().hex[:8]}",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    try:
-        meta = c.list_topics(timeout=10)
-        c.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
-                  for p in sorted(meta.topics[t].partitions)])
-        seen = nbytes = 0
-        t0: float | None = None
-        deadline = time.monotonic() + timeout_s
-        while seen < n and time.monotonic() < deadline:
-            for m in c.consume(num_messages=2000, timeout=0.2):
-                if m.error():
-                    continue
-                if t0 is None:
-                    t0 = time.perf_counter()
-                nbytes += len(m.value() or b"")
-                seen += 1
-        if seen < n:
-            raise ServiceUnavailable(f"confluent-kafka read {seen} of {n} records")
-        return seen / (time.perf_counter() - (t0 or time.perf_counter()))
-    finally:
-        c.close()
-
-
-def guarded_read(kafka: KafkaSettings, topics: list[str], n: int, max_batch_bytes: int
-                 ) -> float:
-    """:func:`bare_read` with armlab's guarded batch decoding installed in this process."""
-    install_guarded_batches(max_batch_bytes)
-    try:
-        return bare_read(kafka, topics, n)
-    finally:
-        uninstall_guarded_batches()
 
 
 def _committed(sf: sessionmaker[Session], group: str) -> int:
@@ -284,60 +200,39 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_bench(settings: Settings, *, events: int, partitions: int = 4,
-              processes: Sequence[int] = (1, 2, 4), codec: str = "none",
-              timeout_s: float = 1800.0,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The benchmark on the services of ``settings`` (module doc); JSON-ready dict."""
-    say = progress or (lambda _m: None)
-    if codec not in CODECS:
-        raise ValueError(f"codec must be one of {', '.join(CODECS)}")
-    _check_services(settings)
-    migrate.upgrade(settings.database_url)
-    engine = make_engine(settings.database_url, pool_size=2)
-    sf = make_session_factory(engine)
-    run_id = uuid.uuid4().hex[:8]
-    dlq = f"benchc-{run_id}-dlq"
-    create_topics(settings.kafka, [dlq], 1)
-    runs: list[dict[str, Any]] = []
-    first_topics: list[str] = []
-    load_before = _load()
-    try:
-        for k in processes:
-            ti, tf = f"benchc-{run_id}-{k}p-imp", f"benchc-{run_id}-{k}p-fb"
-            create_topics(settings.kafka, [ti, tf], partitions)
-            first_topics = first_topics or [ti, tf]
-            exp_key = group = f"benchc-{run_id}-{k}p"
-            exp_id = _experiment(sf, exp_key)
-            batch = list(synthetic_events(events, experiment_key=exp_key, arms=ARMS, seed=k,
-                                          id_prefix=f"{run_id}-{k}p-"))
-            run_settings = settings.model_copy(update={
-                "topic_impressions": ti, "topic_feedback": tf, "topic_dlq": dlq,
-                "consumer_group": group, "transport": "kafka"})
-            say(f"{k} `armlab consume` process(es) in group {group}; {len(batch)} events "
-                f"({codec}) into {partitions}-partition topics once the group is stable")
-            res = run_processes(run_settings, k, batch, codec, sf, timeout_s)
-            sent = [ev.fields for ev in batch]
-            res.update(_check_run(sf, exp_id, sent, group))
-            res["processes"] = k
-            res["accounting_exact"] = bool(
-                res["stats_equal_reference"] and res["records"] == len(sent)
-                and res["records_counted"] == len(sent)
-                and res["offsets_committed"] == len(sent) and res["dead_letters"] == 0)
-            say(f"  {res['events_per_s']:.0f} events/s, accounting exact: "
-                f"{res['accounting_exact']}")
-            runs.append(res)
-    finally:
-        engine.dispose()
-    say("baselines on the first run's topics: kafka-python, guarded kafka-python, "
-        "confluent-kafka")
-    # best of two each, interleaved: a shared machine's noise only ever slows a read down
-    reads: dict[str, list[float]] = {"bare": [], "guarded": [], "confluent": []}
-    for _ in range(2):
-        reads["bare"].append(bare_read(settings.kafka, first_topics, events))
-        reads["guarded"].append(guarded_read(settings.kafka, first_topics, events,
-                                             settings.ingest_max_batch_bytes))
-        reads["confluent"].append(confluent_read(settings.kafka, first_topics, events))
+def _one_run(settings: Settings, sf: sessionmaker[Session], *, run_id: str, dlq: str, k: int,
+             events: int, partitions: int, codec: str, timeout_s: float,
+             say: Callable[[str], None]) -> tuple[dict[str, Any], list[str]]:
+    """One process count ``k``: fresh topics and experiment, ``k`` consumers, the accounting
+    check; returns the run's result and its two topics."""
+    ti, tf = f"benchc-{run_id}-{k}p-imp", f"benchc-{run_id}-{k}p-fb"
+    create_topics(settings.kafka, [ti, tf], partitions)
+    exp_key = group = f"benchc-{run_id}-{k}p"
+    exp_id = _experiment(sf, exp_key)
+    batch = list(synthetic_events(events, experiment_key=exp_key, arms=ARMS, seed=k,
+                                  id_prefix=f"{run_id}-{k}p-"))
+    run_settings = settings.model_copy(update={
+        "topic_impressions": ti, "topic_feedback": tf, "topic_dlq": dlq,
+        "consumer_group": group, "transport": "kafka"})
+    say(f"{k} `armlab consume` process(es) in group {group}; {len(batch)} events "
+        f"({codec}) into {partitions}-partition topics once the group is stable")
+    res = run_processes(run_settings, k, batch, codec, sf, timeout_s)
+    sent = [ev.fields for ev in batch]
+    res.update(_check_run(sf, exp_id, sent, group))
+    res["processes"] = k
+    res["accounting_exact"] = bool(
+        res["stats_equal_reference"] and res["records"] == len(sent)
+        and res["records_counted"] == len(sent)
+        and res["offsets_committed"] == len(sent) and res["dead_letters"] == 0)
+    say(f"  {res['events_per_s']:.0f} events/s, accounting exact: "
+        f"{res['accounting_exact']}")
+    return res, [ti, tf]
+
+
+def _summary(*, events: int, partitions: int, codec: str, processes: Sequence[int],
+             runs: list[dict[str, Any]], reads: dict[str, list[float]],
+             load_before: list[float]) -> dict[str, Any]:
+    """The JSON-ready result of :func:`run_bench`."""
     base, guarded, confluent = (max(reads[k]) for k in ("bare", "guarded", "confluent"))
     rate = {str(r["processes"]): round(r["events_per_s"]) for r in runs}
     one = next((r["events_per_s"] for r in runs if r["processes"] == 1), None)
@@ -360,6 +255,40 @@ def run_bench(settings: Settings, *, events: int, partitions: int = 4,
         "machine": f"{os.cpu_count()} CPUs",
         "load_average_1_5_15": {"before": load_before, "after": _load()},
     }
+
+
+def run_bench(settings: Settings, *, events: int, partitions: int = 4,
+              processes: Sequence[int] = (1, 2, 4), codec: str = "none",
+              timeout_s: float = 1800.0,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The benchmark on the services of ``settings`` (module doc); JSON-ready dict."""
+    say = progress or (lambda _m: None)
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {', '.join(CODECS)}")
+    _check_services(settings)
+    migrate.upgrade(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=2)
+    sf = make_session_factory(engine)
+    run_id = uuid.uuid4().hex[:8]
+    dlq = f"benchc-{run_id}-dlq"
+    create_topics(settings.kafka, [dlq], 1)
+    runs: list[dict[str, Any]] = []
+    first_topics: list[str] = []
+    load_before = _load()
+    try:
+        for k in processes:
+            res, topics = _one_run(settings, sf, run_id=run_id, dlq=dlq, k=k, events=events,
+                                   partitions=partitions, codec=codec, timeout_s=timeout_s,
+                                   say=say)
+            first_topics = first_topics or topics
+            runs.append(res)
+    finally:
+        engine.dispose()
+    say("baselines on the first run's topics: kafka-python, guarded kafka-python, "
+        "confluent-kafka")
+    reads = baseline_reads(settings, first_topics, events)
+    return _summary(events=events, partitions=partitions, codec=codec, processes=processes,
+                    runs=runs, reads=reads, load_before=load_before)
 
 
 def run(events: int, *, settings: Settings | None = None, own: bool = False,
