@@ -26,9 +26,11 @@ class Decision(StrEnum):
     TREATMENT_BETTER = "treatment_better"
     TREATMENT_WORSE = "treatment_worse"
     FUTILE = "futile"
+    INCONCLUSIVE = "inconclusive"
 
 
-TERMINAL = (Decision.TREATMENT_BETTER, Decision.TREATMENT_WORSE, Decision.FUTILE)
+TERMINAL = (Decision.TREATMENT_BETTER, Decision.TREATMENT_WORSE, Decision.FUTILE,
+            Decision.INCONCLUSIVE)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,13 @@ class Design:
     policy_name: str
     exploration_floor: float
     sequential: SequentialSpec
+    #: the unit of analysis (``request`` or ``user``): what the evidence counts, ``max_n`` too
+    unit: str = "request"
+
+    @property
+    def units(self) -> str:
+        """The plural of the unit, for reasons and labels."""
+        return "users" if self.unit == "user" else "impressions"
 
     @property
     def treatments(self) -> list[str]:

@@ -5,9 +5,9 @@ per-arm sums, the experiment's design and each arm's previous look.
 :class:`ArmLook` with the estimate, running p-value (the minimum with the previous one),
 running confidence sequence (the intersection with the previous one), multiplicity-adjusted
 p-value (Holm or Bonferroni over the treatment arms) and a :class:`Decision` (continue /
-treatment_better / treatment_worse / futile), and an always-valid sample-ratio-mismatch check
-that allows for time-varying weights. :func:`ship_problem` says whether the evaluation argues
-against shipping an arm. Reading the sums and storing decisions is
+treatment_better / treatment_worse / futile / inconclusive), and an always-valid
+sample-ratio-mismatch check that allows for time-varying weights. :func:`ship_problem` says
+whether the evaluation argues against shipping an arm. Reading the sums and storing decisions is
 :mod:`armlab.services.decisions`' job; ``Evaluation.as_dict`` is the stored and served form
 and ``Evaluation.from_dict`` reads it back.
 
@@ -218,10 +218,12 @@ def _direction(r: MsprtResult, theta0: float, prev: PriorLook | None) -> Decisio
 
 
 def arm_decision(seq: SequentialSpec, r: MsprtResult, p_adjusted: float,
-                 prev: PriorLook | None, *, horizon_reached: bool) -> tuple[Decision, str]:
+                 prev: PriorLook | None, *, horizon_reached: bool,
+                 units: str = "impressions") -> tuple[Decision, str]:
     """The per-arm stopping rule: reject on the adjusted always-valid p (see
-    :func:`_direction`); futile once the confidence sequence lies inside ±min_effect or
-    max_n is reached; else continue, with the reason."""
+    :func:`_direction`); futile once the confidence sequence lies inside ±min_effect (evidence
+    that the effect is too small to matter); inconclusive when ``max_n`` (counted in the unit
+    of analysis, ``units``) is reached without either; else continue, with the reason."""
     if p_adjusted <= seq.alpha:
         return (_direction(r, seq.theta0, prev),
                 f"adjusted always-valid p {p_adjusted:.4g} <= alpha {seq.alpha}")
@@ -231,10 +233,17 @@ def arm_decision(seq: SequentialSpec, r: MsprtResult, p_adjusted: float,
         return Decision.FUTILE, (f"confidence sequence inside ±{min_effect}: no meaningful "
                                  "effect")
     if horizon_reached:
-        return Decision.FUTILE, f"max_n={seq.max_n} impressions reached"
+        return Decision.INCONCLUSIVE, (
+            f"max_n={seq.max_n} {units} reached without a decision: the data do not show "
+            f"an effect either way (confidence sequence [{_bound(r.ci_low)}, "
+            f"{_bound(r.ci_high)}])")
     if not r.valid:
         return Decision.CONTINUE, r.reason
     return Decision.CONTINUE, r.reason or "evidence not conclusive"
+
+
+def _bound(x: float) -> str:
+    return f"{x:+.4g}" if math.isfinite(x) else ("-inf" if x < 0 else "inf")
 
 
 def arm_look(design: Design, arm: str, sums: Mapping[str, ArmSums], r: MsprtResult | None,
@@ -246,9 +255,13 @@ def arm_look(design: Design, arm: str, sums: Mapping[str, ArmSums], r: MsprtResu
                    mean_treatment=b.reward_sum / b.n if b.n else None,
                    reason="no tau2 yet: too few samples")
     if r is None or r.looks == 0:
+        if horizon_reached:
+            return replace(look, decision=Decision.INCONCLUSIVE,
+                           reason=f"max_n={design.sequential.max_n} {design.units} reached "
+                                  "before the test had enough data to look")
         return look
     decision, reason = arm_decision(design.sequential, r, p_adjusted, prev,
-                                    horizon_reached=horizon_reached)
+                                    horizon_reached=horizon_reached, units=design.units)
     return replace(look, decision=decision, reason=reason, estimate=r.estimate,
                    p_value=r.p_value, p_adjusted=p_adjusted, p_now=r.p_now,
                    ci_low=_num(r.ci_low), ci_high=_num(r.ci_high), log_lambda=r.log_lambda,

@@ -131,7 +131,8 @@ def recommend(
 
     * ship: some treatment is ``treatment_better`` on the primary test and breached no
       guardrail (the largest estimate among them); a breached arm is never recommended;
-    * keep_control: every treatment is decided against (worse, futile) or breached;
+    * keep_control: every treatment is decided against (worse, futile), inconclusive at
+      the horizon, or breached;
     * continue: otherwise. Reasons say why, arm by arm.
 
     ``evaluation``: the primary test's evaluation, typed or in its stored form."""
@@ -159,7 +160,7 @@ def recommend(
                 + (f"; guardrails shown non-inferior: {', '.join(cleared)}" if cleared else "")
                 + (f"; not yet shown non-inferior (no breach): {', '.join(waiting)}"
                    if waiting else ""))
-        elif decision in (Decision.TREATMENT_WORSE, Decision.FUTILE):
+        elif decision in (Decision.TREATMENT_WORSE, Decision.FUTILE, Decision.INCONCLUSIVE):
             reasons.append(f"{arm}: {decision.replace('_', ' ')} ({e.reason})")
         else:
             pending.append(arm)

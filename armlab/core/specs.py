@@ -117,8 +117,12 @@ class SequentialSpec(StrictModel):
         "rarer outcome (successes at low click rates), for continuous rewards the feedback "
         "events. Keeps the test valid at low base rates.",
     )
-    max_n: int | None = Field(None, gt=0, le=JSON_INT_MAX,
-                              description="Optional horizon (total impressions).")
+    max_n: int | None = Field(
+        None, gt=0, le=JSON_INT_MAX,
+        description="Optional horizon in the unit of analysis: impressions for unit request, "
+        "users for unit user (all arms together). When it is reached an arm that is neither "
+        "decided nor futile is `inconclusive` (with auto_stop the experiment stops); the "
+        "horizon boundary is planned for it.")
     auto_stop: bool = Field(False, description="Stop the experiment when the test decides.")
     correction: Literal["holm", "bonferroni"] = "holm"
     method: Literal["auto", "ipw", "plain"] = Field(

@@ -144,6 +144,7 @@ def design_of(experiment: Experiment) -> Design:
         policy_name=experiment.policy_name,
         exploration_floor=float(experiment.exploration_floor or 0.0),
         sequential=SequentialSpec.model_validate(experiment.sequential or {}),
+        unit=str(experiment.unit),
     )
 
 

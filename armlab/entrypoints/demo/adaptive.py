@@ -188,8 +188,12 @@ def choose_winner(seq: dict[str, Any] | None, control: str) -> tuple[str, str]:
         return best.arm, (f"mSPRT: better than {control} (estimate "
                           f"{best.estimate or 0:+.3f}, adjusted always-valid p "
                           f"{p_adjusted:.3g})")
-    decided = [a for a in arms if a.decision in (Decision.TREATMENT_WORSE, Decision.FUTILE)]
+    decided = [a for a in arms if a.decision in (Decision.TREATMENT_WORSE, Decision.FUTILE,
+                                                 Decision.INCONCLUSIVE)]
     if arms and len(decided) == len(arms):
+        if any(a.decision == Decision.INCONCLUSIVE for a in arms):
+            return control, ("the data cannot show a treatment better than the control: "
+                             "inconclusive at the horizon; keeping the control")
         return control, "mSPRT: no treatment beat the control (all worse or futile)"
     return control, ("no treatment was shown better than the control by the always-valid "
                      "test within the budget; keeping the control")

@@ -254,3 +254,42 @@ def test_from_dict_reads_partial_and_extended_entries() -> None:
     assert look.decision == "treatment_worse" and look.valid is False and look.looks == 0
     ev = Evaluation.from_dict({"error": "no such thing"})
     assert ev.arms == () and ev.stop is False and ev.evaluated_at is None
+
+
+def test_the_horizon_without_evidence_is_inconclusive_not_futile() -> None:
+    """At max_n an arm the test has not decided is reported as inconclusive with its
+    interval; futility stays reserved for an interval inside ±min_effect."""
+    data = {"control": sums(20_000, 1000, 0.5), "t1": sums(20_000, 1030, 0.5)}
+    ev = evaluate(design(max_n=40_000), data, {}, now=NOW)
+    arm = ev.arms[0]
+    assert arm.decision == Decision.INCONCLUSIVE and ev.stop is True
+    assert "max_n=40000 impressions reached" in arm.reason
+    assert f"{arm.ci_low:+.4g}" in arm.reason  # the interval is reported
+    below = evaluate(design(max_n=40_001), data, {}, now=NOW)
+    assert below.arms[0].decision == Decision.CONTINUE and below.stop is False
+    # with a min_effect the interval lies inside, futility still wins over the horizon
+    lo, hi = arm.ci_low, arm.ci_high
+    futile = evaluate(design(max_n=40_000, min_effect=max(-lo, hi) * 1.5), data, {},
+                      now=NOW).arms[0]
+    assert futile.decision == Decision.FUTILE
+
+
+def test_max_n_counts_the_unit_of_analysis() -> None:
+    """unit: user: the sums count users, and so does max_n (a user-unit experiment whose
+    horizon was read as impressions never stopped)."""
+    users = {"control": ArmSums(n=300, reward_sum=30, reward_sumsq=60, ipw_n=600,
+                                ipw_sum=60, ipw_sumsq=240, ipw_n_sq=1200),
+             "t1": ArmSums(n=300, reward_sum=31, reward_sumsq=62, ipw_n=600, ipw_sum=62,
+                           ipw_sumsq=248, ipw_n_sq=1200)}
+    d = Design(arm_keys=("control", "t1"), control="control", binary=False,
+               policy_name="thompson", exploration_floor=0.1,
+               sequential=SequentialSpec.model_validate({"min_samples": 100, "max_n": 600}),
+               unit="user")
+    arm = evaluate(d, users, {}, now=NOW).arms[0]
+    assert arm.decision == Decision.INCONCLUSIVE and "max_n=600 users reached" in arm.reason
+    # before any look (too few data for the test), the horizon still ends the arm
+    early = Design(**{**d.__dict__, "sequential": SequentialSpec.model_validate(
+        {"min_samples": 1000, "max_n": 600})})
+    arm = evaluate(early, users, {}, now=NOW).arms[0]
+    assert arm.decision == Decision.INCONCLUSIVE and "before the test had enough data" in \
+        arm.reason

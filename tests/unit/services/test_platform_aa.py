@@ -114,3 +114,58 @@ def test_aa_through_the_platform_stays_within_alpha(sqlite_url: str, unit: str) 
     assert out["srm"] <= 1 / experiments  # SRM at alpha 0.001: none expected
     for ps in out["shown_p"].values():  # what the results endpoint showed never rose
         assert all(b <= a for a, b in zip(ps, ps[1:], strict=False)), ps
+
+
+def test_a_user_unit_experiment_stops_at_its_horizon_counted_in_users(sqlite_url: str) -> None:
+    """max_n counts the unit of analysis: 120 users (each seen 5 times, 600 impressions) end
+    a user-unit A/A experiment with auto_stop, its arm labelled inconclusive (not futile).
+    Before, the horizon was compared in users but documented in impressions, and user-unit
+    experiments ran on after their traffic ended."""
+    services = bootstrap(Settings(database_url=sqlite_url, transport="memory"))
+    bus = MemoryBus(default_partitions=1)
+    runner = bootstrap(services.settings, engine=services.engine, bus=bus).ingest_runner()
+    s = services.settings
+    spec = experiment_spec("hz", unit="user", exploration_floor=0.1, attribution_window_s=WINDOW_S,
+                           policy={"name": "uniform"}, salt="hz",
+                           sequential={"min_samples": 20, "min_events": 5, "max_n": 120,
+                                       "auto_stop": True})
+    with UnitOfWork(services.session_factory) as uow:
+        registry.create_experiment(uow, spec=spec, actor="t")
+        registry.start_experiment(uow, key="hz", actor="t")
+        uow.commit()
+    asg = Assigner(services.session_factory, seed=3).start(background=False)
+    rng = random.Random(3)
+    status, n = "running", 0
+    for r in range(30):  # 10 new users per pass, 5 impressions each
+        served = T0 + timedelta(seconds=r * 10)
+        for u in range(10):
+            uid = f"u{r}-{u}"
+            for _ in range(5):
+                a = asg.assign("hz", uid)
+                imp = {"schema": "impression.v1", "event_id": f"ie{n}",
+                       "impression_id": f"i{n}", "experiment_key": "hz", "arm_key": a.arm_key,
+                       "unit_id": uid, "propensity": a.propensity,
+                       "served_at": served.isoformat()}
+                bus.produce(s.topic_impressions, orjson.dumps(imp), f"i{n}".encode())
+                if rng.random() < 0.2:
+                    fb = {"schema": "feedback.v1", "event_id": f"fe{n}", "impression_id": f"i{n}",
+                          "experiment_key": "hz", "kind": "click", "value": 1.0,
+                          "occurred_at": (served + timedelta(seconds=1)).isoformat()}
+                    bus.produce(s.topic_feedback, orjson.dumps(fb), f"i{n}".encode())
+                n += 1
+        runner.drain()
+        run_allocation(services.session_factory,
+                       now=T0 + timedelta(seconds=r * 10 + WINDOW_S + 1))
+        asg.refresh()
+        with UnitOfWork(services.session_factory) as uow:
+            exp = registry.get_experiment(uow, key="hz")
+            status = exp.status
+            if status != "running":
+                arms = build_results(uow, exp)["sequential"]["arms"]
+                break
+    asg.close()
+    services.close()
+    assert status == "stopped", "a user-unit experiment must stop at max_n users"
+    assert 120 <= (r + 1) * 10 <= 140  # at the horizon (a pass later at most)
+    assert arms[0]["decision"] in ("inconclusive", "treatment_better", "treatment_worse")
+    assert arms[0]["decision"] != "futile"
