@@ -209,15 +209,7 @@ def simulate_interleaving_cmd(
     correlated requests per user), 2 and 3 rankers multileaved and the dueling bandit
     choosing 2 of 4; plus power cells (a truly better ranker: share decided, median
     units to the decision). Progress on stderr."""
-    import sys
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from armlab.core.interleaving.simulate import (
-        default_grid,
-        quick_grid,
-        run_cell,
-        summarise,
-    )
+    from armlab.core.interleaving.simulate import default_grid, quick_grid, summarise
 
     grid = quick_grid(reps, seed) if quick else default_grid(
         reps, seed, power_reps=power_reps or None)
@@ -227,27 +219,8 @@ def simulate_interleaving_cmd(
     if not grid:
         raise StatsError(f"no cell matches --cells {cells!r}")
 
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     t0 = time.perf_counter()
-    results: list[dict[str, Any]] = [{} for _ in grid]
-    if workers > 1 and len(grid) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(run_cell, c): i for i, c in enumerate(grid)}
-            for done, fut in enumerate(as_completed(futures), 1):
-                i = futures[fut]
-                results[i] = fut.result()
-                a = results[i]["analysis"]
-                say(f"[{done}/{len(grid)}] {grid[i].label}: fpr {a['fpr']:.3f} ± "
-                    f"{a['fpr_se']:.3f} {'PASS' if a['pass'] else 'FAIL'} "
-                    f"({results[i]['seconds']} s)")
-    else:
-        for i, c in enumerate(grid):
-            results[i] = run_cell(c)
-            a = results[i]["analysis"]
-            say(f"[{i + 1}/{len(grid)}] {c.label}: fpr {a['fpr']:.3f} ± {a['fpr_se']:.3f} "
-                f"{'PASS' if a['pass'] else 'FAIL'} ({results[i]['seconds']} s)")
+    results = _run_interleaving_cells(grid, workers)
     seconds = round(time.perf_counter() - t0, 1)
     summary = summarise(results)
     out = {"cells": results, "summary": summary, "seconds": seconds,
@@ -255,6 +228,42 @@ def simulate_interleaving_cmd(
     if as_json:
         typer.echo(json.dumps(out))
         return
+    _print_interleaving_table(results)
+    typer.echo(f"{summary['pass']}/{summary['cells']} cells pass; {len(grid)} cells in "
+               f"{seconds} s on {workers} worker(s)")
+
+
+def _cell_line(i: int, total: int, label: str, result: dict[str, Any]) -> str:
+    a = result["analysis"]
+    return (f"[{i}/{total}] {label}: fpr {a['fpr']:.3f} ± {a['fpr_se']:.3f} "
+            f"{'PASS' if a['pass'] else 'FAIL'} ({result['seconds']} s)")
+
+
+def _run_interleaving_cells(grid: list[Any], workers: int) -> list[dict[str, Any]]:
+    """Each cell of the grid, in processes when there are several; progress on stderr."""
+    import sys
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from armlab.core.interleaving.simulate import run_cell
+
+    results: list[dict[str, Any]] = [{} for _ in grid]
+    if workers > 1 and len(grid) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(run_cell, c): i for i, c in enumerate(grid)}
+            for done, fut in enumerate(as_completed(futures), 1):
+                i = futures[fut]
+                results[i] = fut.result()
+                print(_cell_line(done, len(grid), grid[i].label, results[i]),
+                      file=sys.stderr, flush=True)
+    else:
+        for i, c in enumerate(grid):
+            results[i] = run_cell(c)
+            print(_cell_line(i + 1, len(grid), c.label, results[i]), file=sys.stderr,
+                  flush=True)
+    return results
+
+
+def _print_interleaving_table(results: list[dict[str, Any]]) -> None:
     typer.echo(f"{'cell':<36} {'reps':>5} {'A/A fpr':>13} {'limit':>6} {'':>4} "
                f"{'power':>6} {'median units':>12} {'per-request baseline fpr':>25}")
     for r in results:
@@ -268,8 +277,6 @@ def simulate_interleaving_cmd(
         typer.echo(f"{c['label']:<36} {c['reps']:>5} {a['fpr']:>6.3f}±{a['fpr_se']:.3f} "
                    f"{a['limit']:>6.3f} {verdict:>4} {power:>6} {median:>12} "
                    f"{baseline:>25}")
-    typer.echo(f"{summary['pass']}/{summary['cells']} cells pass; {len(grid)} cells in "
-               f"{seconds} s on {workers} worker(s)")
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
