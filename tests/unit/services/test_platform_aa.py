@@ -41,6 +41,22 @@ def _spec(key: str, unit: str) -> ExperimentSpec:
                            salt=key, sequential={"min_samples": 100})
 
 
+def _serve(bus: MemoryBus, s: Settings, asg: Assigner, key: str, uid: str, n: int,
+           served: datetime, click: bool) -> None:
+    """Assign ``uid`` and produce the impression (and a click one second later if ``click``)
+    onto the bus, as a client app would."""
+    a = asg.assign(key, uid)
+    imp = {"schema": "impression.v1", "event_id": f"ie{n}", "impression_id": f"i{n}",
+           "experiment_key": key, "arm_key": a.arm_key, "unit_id": uid,
+           "propensity": a.propensity, "served_at": served.isoformat()}
+    bus.produce(s.topic_impressions, orjson.dumps(imp), f"i{n}".encode())
+    if click:
+        fb = {"schema": "feedback.v1", "event_id": f"fe{n}", "impression_id": f"i{n}",
+              "experiment_key": key, "kind": "click", "value": 1.0,
+              "occurred_at": (served + timedelta(seconds=1)).isoformat()}
+        bus.produce(s.topic_feedback, orjson.dumps(fb), f"i{n}".encode())
+
+
 def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: int,
             rate: float, seed: int) -> dict[str, Any]:
     services = bootstrap(Settings(database_url=url, transport="memory"))
@@ -67,17 +83,8 @@ def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: in
                                                                   (1 - rate) * 5.67))
                 else:
                     uid, q = f"{k}-r{n}", rate
-                a = asg.assign(k, uid)
-                served = T0 + timedelta(seconds=r * 10)
-                imp = {"schema": "impression.v1", "event_id": f"ie{n}", "impression_id": f"i{n}",
-                       "experiment_key": k, "arm_key": a.arm_key, "unit_id": uid,
-                       "propensity": a.propensity, "served_at": served.isoformat()}
-                bus.produce(s.topic_impressions, orjson.dumps(imp), f"i{n}".encode())
-                if rng.random() < q:
-                    fb = {"schema": "feedback.v1", "event_id": f"fe{n}", "impression_id": f"i{n}",
-                          "experiment_key": k, "kind": "click", "value": 1.0,
-                          "occurred_at": (served + timedelta(seconds=1)).isoformat()}
-                    bus.produce(s.topic_feedback, orjson.dumps(fb), f"i{n}".encode())
+                _serve(bus, s, asg, k, uid, n, T0 + timedelta(seconds=r * 10),
+                       rng.random() < q)
                 n += 1
         runner.drain()
         run_allocation(services.session_factory,
@@ -141,17 +148,7 @@ def test_a_user_unit_experiment_stops_at_its_horizon_counted_in_users(sqlite_url
         for u in range(10):
             uid = f"u{r}-{u}"
             for _ in range(5):
-                a = asg.assign("hz", uid)
-                imp = {"schema": "impression.v1", "event_id": f"ie{n}",
-                       "impression_id": f"i{n}", "experiment_key": "hz", "arm_key": a.arm_key,
-                       "unit_id": uid, "propensity": a.propensity,
-                       "served_at": served.isoformat()}
-                bus.produce(s.topic_impressions, orjson.dumps(imp), f"i{n}".encode())
-                if rng.random() < 0.2:
-                    fb = {"schema": "feedback.v1", "event_id": f"fe{n}", "impression_id": f"i{n}",
-                          "experiment_key": "hz", "kind": "click", "value": 1.0,
-                          "occurred_at": (served + timedelta(seconds=1)).isoformat()}
-                    bus.produce(s.topic_feedback, orjson.dumps(fb), f"i{n}".encode())
+                _serve(bus, s, asg, "hz", uid, n, served, rng.random() < 0.2)
                 n += 1
         runner.drain()
         run_allocation(services.session_factory,
