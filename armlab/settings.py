@@ -190,7 +190,14 @@ class Settings(BaseSettings):
         "do not share sessions.",
     )
     ui_session_ttl_s: int = Field(
-        8 * 3600, ge=60, description="How long a dashboard sign-in lasts, in seconds."
+        8 * 3600, ge=60,
+        description="Idle timeout of a dashboard session, in seconds: one not used for this "
+        "long ends (each request renews it, up to ARMLAB_UI_SESSION_MAX_S).",
+    )
+    ui_session_max_s: int = Field(
+        12 * 3600, ge=60,
+        description="Absolute lifetime of a dashboard session, in seconds from sign-in, "
+        "however active it is; then the user signs in again.",
     )
     ui_cookie_secure: bool = Field(
         False, description="Mark the dashboard's cookies Secure (set it when served over HTTPS)."

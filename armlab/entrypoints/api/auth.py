@@ -8,6 +8,8 @@ the time taken does not reveal which prefix matched.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -57,6 +59,8 @@ class Authenticator:
     def __init__(self, raw_tokens: str, *, disabled: bool = False) -> None:
         self._tokens = parse_tokens(raw_tokens)
         self._disabled = disabled
+        # fingerprint key -> {(name, role, fingerprint of the secret)} (see holds)
+        self._fingerprints: dict[bytes, frozenset[tuple[str, str, str]]] = {}
 
     def authenticate(self, authorization: str | None) -> Principal:
         if self._disabled:
@@ -79,16 +83,29 @@ class Authenticator:
     def disabled(self) -> bool:
         return self._disabled
 
-    def current(self, principal: Principal) -> Principal | None:
-        """``principal`` if a configured token still has its name and role (a dashboard
-        session outlives no token removal or role change), else None."""
+    @staticmethod
+    def fingerprint(key: bytes, secret: bytes) -> str:
+        """A keyed fingerprint of a token's secret (HMAC-SHA256 under ``key``, 16 bytes):
+        what a dashboard session carries to stay bound to the credential that created it."""
+        digest = hmac.new(key, secret, hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def holds(self, principal: Principal, key: bytes, fingerprint: str) -> bool:
+        """Whether a configured token still has ``principal``'s name and role and a secret
+        whose :meth:`fingerprint` under ``key`` is ``fingerprint``: a dashboard session
+        outlives no token removal, role change or secret rotation."""
         if self._disabled:
-            return principal if principal.name == "embedded" else None
-        for name, role, _ in self._tokens:
-            if hmac.compare_digest(name.encode(), principal.name.encode()) and \
-                    role == principal.role:
-                return principal
-        return None
+            return principal.name == "embedded"
+        table = self._fingerprints.get(key)
+        if table is None:
+            table = frozenset((name, role, self.fingerprint(key, secret))
+                              for name, role, secret in self._tokens)
+            self._fingerprints[key] = table
+        found = False
+        for name, role, fp in table:
+            same = hmac.compare_digest(fp.encode(), fingerprint.encode())
+            found |= same and name == principal.name and role == principal.role
+        return found
 
     def require(self, principal: Principal, role: str) -> None:
         if principal.role not in GRANTS[role]:

@@ -16,15 +16,15 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from armlab.entrypoints.api.ui.routes import STATIC_DIR, LoginRequired, PageError, render, router
-from armlab.entrypoints.api.ui.session import SessionManager
+from armlab.entrypoints.api.ui.session import SessionManager, SessionRenewal
 from armlab.settings import Settings
 
 
 def install_dashboard(app: FastAPI, settings: Settings) -> None:
     """Serve the dashboard from ``app`` under ``/ui``."""
-    app.state.ui_sessions = SessionManager(
+    app.state.ui_sessions = sessions = SessionManager(
         settings.ui_secret.get_secret_value(), ttl_s=settings.ui_session_ttl_s,
-        secure=settings.ui_cookie_secure,
+        max_s=settings.ui_session_max_s, secure=settings.ui_cookie_secure,
     )
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=str(STATIC_DIR)), name="ui-static")
@@ -38,4 +38,6 @@ def install_dashboard(app: FastAPI, settings: Settings) -> None:
     async def _page(request: Request, exc: PageError) -> Response:
         return render(request, "error.html", {"status": exc.status, "message": exc.message},
                       exc.status)
+
+    app.add_middleware(SessionRenewal, manager=sessions)
 

@@ -199,13 +199,14 @@ def login(
     except Unauthorized:
         return _login_page(request, next, "That token is not valid.", 401)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    sessions.start(response, principal)
+    sessions.start(response, principal, token.strip().encode())
     return response
 
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    """End the session (CSRF-checked like every form, but any role may sign out)."""
+    """End the session (CSRF-checked like every form, but any role may sign out): its id is
+    refused from now on, whoever holds a copy of the cookie."""
     session = _sessions(request).read(request, _auth(request))
     form = await request.form()
     presented = form.get("csrf")
@@ -213,7 +214,7 @@ async def logout(request: Request) -> Response:
             session, presented if isinstance(presented, str) else None):
         raise PageError(403, "Missing or invalid CSRF token: reload the page and try again.")
     response = RedirectResponse("/ui/login", status_code=303)
-    _sessions(request).end(response)
+    _sessions(request).end(request, response, session)
     return response
 
 
