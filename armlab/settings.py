@@ -150,6 +150,17 @@ class Settings(BaseSettings):
         SecretStr(""),
         description="Comma-separated name:role:secret triples; roles admin, producer, reader.",
     )
+    auth_throttle_failures: int = Field(
+        5, ge=0, le=10_000,
+        description="Failed authentication attempts (wrong bearer tokens per client address; "
+        "wrong dashboard sign-ins per address and per token name typed) allowed before "
+        "exponential back-off starts (1 s, 2 s, 4 s, ... answered 429 with Retry-After); "
+        "0 turns the throttle off.",
+    )
+    auth_throttle_max_s: float = Field(
+        60.0, ge=1, le=3600,
+        description="Longest back-off of the authentication throttle, in seconds.",
+    )
     auth_disabled: bool = Field(
         False, description="Only for the embedded demo: every request acts as admin."
     )

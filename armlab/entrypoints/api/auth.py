@@ -3,7 +3,9 @@
 Format: ``name:role:secret`` triples separated by commas. ``admin`` may do everything;
 ``producer`` sends events and asks for assignments/recommendations; ``reader`` reads.
 Secrets are compared in constant time (hmac.compare_digest) against every configured token so
-the time taken does not reveal which prefix matched.
+the time taken does not reveal which prefix matched. Wrong tokens are throttled per client
+address (:mod:`armlab.entrypoints.api.throttle`): after a few, the address gets 429 with
+``Retry-After`` for an exponentially growing while (at most a minute), whatever it sends.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from armlab.entrypoints.api.throttle import Throttle, address_key
 from armlab.errors import ConfigurationError, Forbidden, Unauthorized
 
 ROLES = ("admin", "producer", "reader")
@@ -56,13 +59,20 @@ def parse_tokens(raw: str) -> list[tuple[str, str, bytes]]:
 
 
 class Authenticator:
-    def __init__(self, raw_tokens: str, *, disabled: bool = False) -> None:
+    def __init__(self, raw_tokens: str, *, disabled: bool = False,
+                 throttle: Throttle | None = None) -> None:
         self._tokens = parse_tokens(raw_tokens)
         self._disabled = disabled
+        self.throttle = throttle if throttle is not None else Throttle()
         # fingerprint key -> {(name, role, fingerprint of the secret)} (see holds)
         self._fingerprints: dict[bytes, frozenset[tuple[str, str, str]]] = {}
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    def authenticate(self, authorization: str | None, client: str | None = None) -> Principal:
+        """The principal of an ``Authorization: Bearer`` header. With ``client`` (the client's
+        address) the attempt goes through the throttle: a blocked address gets
+        :class:`~armlab.errors.TooManyRequests` before its token is looked at, and a wrong
+        token counts against it. (The API's tokens carry no name, so bearer attempts are
+        counted per address only; the sign-in form also counts the name typed.)"""
         if self._disabled:
             return Principal(name="embedded", role="admin")
         if not authorization:
@@ -70,13 +80,22 @@ class Authenticator:
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise Unauthorized("Authorization header must be 'Bearer <token>'")
-        candidate = presented.strip().encode()
+        key = address_key(client)
+        if key is not None:
+            self.throttle.check((key,))
+        found = self.lookup(presented.strip().encode())
+        if found is None:
+            if key is not None:
+                self.throttle.failed((key,))
+            raise Unauthorized("invalid token")
+        return found
+
+    def lookup(self, candidate: bytes) -> Principal | None:
+        """The principal whose secret is ``candidate`` (constant time over every token)."""
         found: Principal | None = None
         for name, role, secret in self._tokens:
             if hmac.compare_digest(candidate, secret) and found is None:
                 found = Principal(name=name, role=role)
-        if found is None:
-            raise Unauthorized("invalid token")
         return found
 
     @property

@@ -3,7 +3,8 @@
 A database that cannot be reached (a transient driver error: refused, reset, restarting, out of
 connections; or no pooled connection free within the pool timeout) is a 503 with
 ``Retry-After``, never a 500; so is every :class:`armlab.errors.ServiceUnavailable`. The body
-never names the database host, port or user.
+never names the database host, port or user. Throttled authentication
+(:class:`armlab.errors.TooManyRequests`) is a 429 with its own ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ RETRY_AFTER_S = 5
 log = logging.getLogger("armlab.api")
 
 
-def problem(status: int, type_: str, title: str, detail: str, **extra: object) -> JSONResponse:
+def problem(status: int, type_: str, title: str, detail: str, *,
+            retry_after_s: int | None = None, **extra: object) -> JSONResponse:
     body: dict[str, object] = {"type": type_, "title": title, "detail": detail}
     body.update(extra)
     headers: dict[str, str] = {}
@@ -34,6 +36,8 @@ def problem(status: int, type_: str, title: str, detail: str, **extra: object) -
         headers["WWW-Authenticate"] = "Bearer"
     if status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_S)
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     return JSONResponse(status_code=status, content=body, headers=headers or None)
 
 
@@ -54,7 +58,8 @@ def install_error_handlers(app: FastAPI) -> None:
         field = getattr(exc, "field", None)
         if field:
             extra["field"] = field
-        return problem(exc.status, type(exc).__name__, exc.title, exc.message, **extra)
+        return problem(exc.status, type(exc).__name__, exc.title, exc.message,
+                       retry_after_s=getattr(exc, "retry_after_s", None), **extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
