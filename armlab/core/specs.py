@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationInfo,
     field_validator,
 )
@@ -119,7 +120,8 @@ class SequentialSpec(StrictModel):
     )
     max_n: int | None = Field(None, gt=0, le=JSON_INT_MAX,
                               description="Optional horizon (total impressions).")
-    auto_stop: bool = Field(False, description="Stop the experiment when the test decides.")
+    auto_stop: StrictBool = Field(
+        False, description="Stop the experiment when the test decides (true or false only).")
     correction: Literal["holm", "bonferroni"] = "holm"
     method: Literal["auto", "ipw", "plain"] = Field(
         "auto",
@@ -242,7 +244,7 @@ class GuardrailSpec(StrictModel):
 
 class ArmSpec(StrictModel):
     key: Key
-    control: bool = False
+    control: StrictBool = False
     variant: dict[str, Any] = Field(
         ...,
         description="Variant config (kind bi_encoder|cross_encoder|lm_yes_no|popularity, "

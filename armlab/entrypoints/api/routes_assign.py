@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from armlab.core.events import MAX_UNIT_ID_LEN, json_value_problem, unit_id_problem
 from armlab.entrypoints.api.auth import Authenticator, Principal
 from armlab.entrypoints.api.errors import problem
+from armlab.entrypoints.api.schemas import AUTHED, error_responses
 from armlab.entrypoints.api.throttle import address_key
 from armlab.errors import ArmlabError, TooManyRequests
 from armlab.services.assignment import Assigner
@@ -97,7 +98,7 @@ async def _producer(request: Request) -> Principal:
 @router.post(
     "/v1/experiments/{key}/assign",
     response_model=AssignResponse,
-    responses={404: {"description": "Unknown experiment"}, 409: {"description": "Draft"}},
+    responses=error_responses(*AUTHED, 404, 409),
 )
 async def assign(
     key: str, body: AssignRequest, request: Request, _: Principal = Depends(_producer)
