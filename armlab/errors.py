@@ -77,6 +77,17 @@ class Forbidden(ArmlabError):
     title = "Forbidden"
 
 
+class TooManyRequests(ArmlabError):
+    """Too many failed authentication attempts: the API answers 429 with ``Retry-After``."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class InvalidEvent(ArmlabError):
     """An event that fails validation; consumers send it to the dead-letter topic."""
 

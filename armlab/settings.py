@@ -150,6 +150,17 @@ class Settings(BaseSettings):
         SecretStr(""),
         description="Comma-separated name:role:secret triples; roles admin, producer, reader.",
     )
+    auth_throttle_failures: int = Field(
+        5, ge=0, le=10_000,
+        description="Failed authentication attempts (wrong bearer tokens per client address; "
+        "wrong dashboard sign-ins per address and per token name typed) allowed before "
+        "exponential back-off starts (1 s, 2 s, 4 s, ... answered 429 with Retry-After); "
+        "0 turns the throttle off.",
+    )
+    auth_throttle_max_s: float = Field(
+        60.0, ge=1, le=3600,
+        description="Longest back-off of the authentication throttle, in seconds.",
+    )
     auth_disabled: bool = Field(
         False, description="Only for the embedded demo: every request acts as admin."
     )
@@ -190,7 +201,14 @@ class Settings(BaseSettings):
         "do not share sessions.",
     )
     ui_session_ttl_s: int = Field(
-        8 * 3600, ge=60, description="How long a dashboard sign-in lasts, in seconds."
+        8 * 3600, ge=60,
+        description="Idle timeout of a dashboard session, in seconds: one not used for this "
+        "long ends (each request renews it, up to ARMLAB_UI_SESSION_MAX_S).",
+    )
+    ui_session_max_s: int = Field(
+        12 * 3600, ge=60,
+        description="Absolute lifetime of a dashboard session, in seconds from sign-in, "
+        "however active it is; then the user signs in again.",
     )
     ui_cookie_secure: bool = Field(
         False, description="Mark the dashboard's cookies Secure (set it when served over HTTPS)."

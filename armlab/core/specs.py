@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationInfo,
     field_validator,
 )
@@ -123,7 +124,8 @@ class SequentialSpec(StrictModel):
         "users for unit user (all arms together). When it is reached an arm that is neither "
         "decided nor futile is `inconclusive` (with auto_stop the experiment stops); the "
         "horizon boundary is planned for it.")
-    auto_stop: bool = Field(False, description="Stop the experiment when the test decides.")
+    auto_stop: StrictBool = Field(
+        False, description="Stop the experiment when the test decides (true or false only).")
     correction: Literal["holm", "bonferroni"] = "holm"
     method: Literal["auto", "ipw", "plain"] = Field(
         "auto",
@@ -246,7 +248,7 @@ class GuardrailSpec(StrictModel):
 
 class ArmSpec(StrictModel):
     key: Key
-    control: bool = False
+    control: StrictBool = False
     variant: dict[str, Any] = Field(
         ...,
         description="Variant config (kind bi_encoder|cross_encoder|lm_yes_no|popularity, "

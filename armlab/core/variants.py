@@ -33,7 +33,14 @@ import re
 import string
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 
 from armlab.errors import ValidationFailed
 
@@ -91,11 +98,11 @@ class VariantConfig(BaseModel):
     user_template: str = Field("{text}", min_length=1, max_length=MAX_TEMPLATE_CHARS)
     max_length: int = Field(128, ge=8, le=8192)
     pooling: Literal["mean", "cls"] = "mean"
-    normalize: bool = True
+    normalize: StrictBool = True
     similarity: Literal["cosine", "dot"] = "cosine"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     batch_size: int = Field(64, ge=1, le=65536)
-    compile: bool = Field(False, description="torch.compile the model (CUDA only).")
+    compile: StrictBool = Field(False, description="torch.compile the model (CUDA only).")
     # lm_yes_no
     prompt_template: str = Field(DEFAULT_PROMPT, max_length=MAX_TEMPLATE_CHARS)
     yes_token: str = Field("yes", min_length=1, max_length=64)

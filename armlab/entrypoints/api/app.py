@@ -26,7 +26,9 @@ from armlab.entrypoints.api import (
 )
 from armlab.entrypoints.api.auth import Authenticator
 from armlab.entrypoints.api.errors import install_error_handlers
+from armlab.entrypoints.api.headers import SecurityHeaders
 from armlab.entrypoints.api.limits import BodyLimit
+from armlab.entrypoints.api.throttle import Throttle
 from armlab.entrypoints.api.ui import install_dashboard
 from armlab.settings import Settings, get_settings
 
@@ -80,12 +82,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.state.settings = settings
     app.state.authenticator = Authenticator(
-        settings.auth_tokens.get_secret_value(), disabled=settings.auth_disabled
+        settings.auth_tokens.get_secret_value(), disabled=settings.auth_disabled,
+        throttle=Throttle(free=settings.auth_throttle_failures,
+                          max_s=settings.auth_throttle_max_s),
     )
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     install_dashboard(app, settings)  # the HTML dashboard under /ui
+    app.add_middleware(SecurityHeaders)  # on the HTML pages: the dashboard and the report
     app.add_middleware(routes_assign.AssignFastPath)
     # Added last, so outermost: an oversized body is refused before anything reads it.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

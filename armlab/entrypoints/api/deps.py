@@ -20,11 +20,13 @@ async def get_services(request: Request) -> Services:
 
 
 def require_role(role: str) -> Callable[[Request], Awaitable[Principal]]:
-    """Dependency factory: authenticate the bearer token and check it grants ``role``."""
+    """Dependency factory: authenticate the bearer token (throttled per client address) and
+    check it grants ``role``."""
 
     async def dependency(request: Request) -> Principal:
         auth: Authenticator = request.app.state.authenticator
-        principal = auth.authenticate(request.headers.get("authorization"))
+        principal = auth.authenticate(request.headers.get("authorization"),
+                                      request.client.host if request.client else None)
         auth.require(principal, role)
         return principal
 

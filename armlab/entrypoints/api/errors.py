@@ -3,7 +3,8 @@
 A database that cannot be reached (a transient driver error: refused, reset, restarting, out of
 connections; or no pooled connection free within the pool timeout) is a 503 with
 ``Retry-After``, never a 500; so is every :class:`armlab.errors.ServiceUnavailable`. The body
-never names the database host, port or user.
+never names the database host, port or user. Throttled authentication
+(:class:`armlab.errors.TooManyRequests`) is a 429 with its own ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from armlab.errors import ArmlabError
 from armlab.services.database import is_transient
@@ -26,7 +28,8 @@ RETRY_AFTER_S = 5
 log = logging.getLogger("armlab.api")
 
 
-def problem(status: int, type_: str, title: str, detail: str, **extra: object) -> JSONResponse:
+def problem(status: int, type_: str, title: str, detail: str, *,
+            retry_after_s: int | None = None, **extra: object) -> JSONResponse:
     body: dict[str, object] = {"type": type_, "title": title, "detail": detail}
     body.update(extra)
     headers: dict[str, str] = {}
@@ -34,12 +37,24 @@ def problem(status: int, type_: str, title: str, detail: str, **extra: object) -
         headers["WWW-Authenticate"] = "Bearer"
     if status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_S)
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     return JSONResponse(status_code=status, content=body, headers=headers or None)
 
 
 def database_unavailable() -> JSONResponse:
     return problem(503, "ServiceUnavailable", "Service unavailable",
                    "the database is unavailable; retry later")
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path, sorted."""
+    routes = request.app.router.routes
+    return [m for m in _METHODS
+            if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)]
 
 
 def _field_name(loc: tuple[object, ...]) -> str:
@@ -54,7 +69,8 @@ def install_error_handlers(app: FastAPI) -> None:
         field = getattr(exc, "field", None)
         if field:
             extra["field"] = field
-        return problem(exc.status, type(exc).__name__, exc.title, exc.message, **extra)
+        return problem(exc.status, type(exc).__name__, exc.title, exc.message,
+                       retry_after_s=getattr(exc, "retry_after_s", None), **extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -85,8 +101,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return database_unavailable()
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, "HTTPError", str(exc.detail), str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = problem(exc.status_code, "HTTPError", str(exc.detail), str(exc.detail))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route that matched the path; a
+            # path served by several routes (GET and POST /v1/experiments) allows them all.
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

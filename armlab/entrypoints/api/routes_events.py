@@ -28,6 +28,7 @@ from armlab.bootstrap import Services
 from armlab.core.events import DecodeFailure, FeedbackV1, ImpressionV1, decode
 from armlab.entrypoints.api.auth import Principal
 from armlab.entrypoints.api.deps import get_services, require_role
+from armlab.entrypoints.api.schemas import AUTHED, error_responses
 from armlab.errors import ServiceUnavailable, ValidationFailed
 from armlab.settings import Settings
 
@@ -224,6 +225,7 @@ _EVENT_SCHEMA = {
 @router.post(
     "/v1/events",
     status_code=202,
+    responses=error_responses(*AUTHED),
     openapi_extra={"requestBody": {"required": True,
                                    "content": {"application/json": {"schema": _EVENT_SCHEMA}}}},
 )

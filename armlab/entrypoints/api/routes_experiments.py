@@ -9,7 +9,6 @@ HTTP in armlab.entrypoints.api.errors.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query
 
@@ -19,6 +18,7 @@ from armlab.core.status import ExperimentStatus
 from armlab.entrypoints.api.auth import Principal
 from armlab.entrypoints.api.deps import get_services, require_role
 from armlab.entrypoints.api.schemas import (
+    AUTHED,
     AuditList,
     ExperimentList,
     ExperimentOut,
@@ -26,18 +26,16 @@ from armlab.entrypoints.api.schemas import (
     ShipRequest,
     StartRequest,
     StopRequest,
+    error_responses,
 )
 from armlab.services.experiments import ExperimentRecord
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or invalid bearer token"},
-    403: {"description": "The token's role does not allow this"},
-    404: {"description": "Unknown experiment or arm"},
-    409: {"description": "Illegal transition, concurrent modification or existing key"},
-    422: {"description": "Invalid input; the body names the field"},
-}
+_LIST = error_responses(*AUTHED)
+_CREATE = error_responses(*AUTHED, 409)
+_READ = error_responses(*AUTHED, 404)
+_CHANGE = error_responses(*AUTHED, 404, 409)
 
 KeyPath = Path(..., description="Experiment key.", max_length=64)
 
@@ -48,7 +46,7 @@ def experiment_out(rec: ExperimentRecord, *, show_salt: bool = True) -> Experime
     return ExperimentOut.model_validate(asdict(rec if show_salt else rec.without_salt()))
 
 
-@router.post("", status_code=201, response_model=ExperimentOut, responses=_ERRORS)
+@router.post("", status_code=201, response_model=ExperimentOut, responses=_CREATE)
 def create_experiment(
     spec: ExperimentSpec,
     services: Services = Depends(get_services),
@@ -63,7 +61,7 @@ def create_experiment(
     return experiment_out(services.experiments.create(spec, actor=principal.name))
 
 
-@router.get("", response_model=ExperimentList, responses=_ERRORS)
+@router.get("", response_model=ExperimentList, responses=_LIST)
 def list_experiments(
     status: ExperimentStatus | None = Query(
         None, description="Only experiments in this status."
@@ -76,7 +74,7 @@ def list_experiments(
         {"experiments": [asdict(r) for r in services.experiments.list(status)]})
 
 
-@router.get("/{key}", response_model=ExperimentOut, responses=_ERRORS)
+@router.get("/{key}", response_model=ExperimentOut, responses=_READ)
 def get_experiment(
     key: str = KeyPath,
     services: Services = Depends(get_services),
@@ -87,7 +85,7 @@ def get_experiment(
     return experiment_out(services.experiments.get(key), show_salt=principal.role == "admin")
 
 
-@router.post("/{key}/start", response_model=ExperimentOut, responses=_ERRORS)
+@router.post("/{key}/start", response_model=ExperimentOut, responses=_CHANGE)
 def start_experiment(
     key: str = KeyPath,
     body: StartRequest | None = Body(None),
@@ -99,7 +97,7 @@ def start_experiment(
         key, actor=principal.name, reason=body.reason if body else ""))
 
 
-@router.post("/{key}/stop", response_model=ExperimentOut, responses=_ERRORS)
+@router.post("/{key}/stop", response_model=ExperimentOut, responses=_CHANGE)
 def stop_experiment(
     body: StopRequest,
     key: str = KeyPath,
@@ -111,7 +109,7 @@ def stop_experiment(
                                                      reason=body.reason))
 
 
-@router.post("/{key}/ship", response_model=ExperimentOut, responses=_ERRORS)
+@router.post("/{key}/ship", response_model=ExperimentOut, responses=_CHANGE)
 def ship_experiment(
     body: ShipRequest,
     key: str = KeyPath,
@@ -127,7 +125,7 @@ def ship_experiment(
         key, arm=body.arm, actor=principal.name, reason=body.reason, force=body.force))
 
 
-@router.get("/{key}/results", response_model=ResultsOut, responses=_ERRORS,
+@router.get("/{key}/results", response_model=ResultsOut, responses=_READ,
             response_model_exclude_unset=True)
 def experiment_results(
     key: str = KeyPath,
@@ -138,7 +136,7 @@ def experiment_results(
     return ResultsOut.model_validate(services.experiments.results(key))
 
 
-@router.get("/{key}/audit", response_model=AuditList, responses=_ERRORS)
+@router.get("/{key}/audit", response_model=AuditList, responses=_READ)
 def experiment_audit(
     key: str = KeyPath,
     services: Services = Depends(get_services),

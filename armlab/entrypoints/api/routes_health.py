@@ -21,7 +21,7 @@ from sqlalchemy import Engine, text
 
 from armlab.bootstrap import Services
 from armlab.entrypoints.api.deps import get_services
-from armlab.entrypoints.api.schemas import Health
+from armlab.entrypoints.api.schemas import ANY, Health, error_responses
 from armlab.errors import ServiceUnavailable
 
 log = logging.getLogger("armlab.api.health")
@@ -70,14 +70,14 @@ class DatabaseProbe:
         return None if self._error is None else f"the database is not reachable ({self._error})"
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, responses=error_responses(*ANY))
 async def healthz() -> Health:
     """Liveness: the process is up and serving HTTP. Touches nothing else (``async``: no
     worker thread, so it never queues behind requests holding the thread pool)."""
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"description": "Not ready"}})
+@router.get("/readyz", response_model=Health, responses=error_responses(*ANY, 503))
 async def readyz(request: Request, services: Services = Depends(get_services)) -> Health:
     """Readiness: the database answers ``SELECT 1`` within READY_TIMEOUT_S; 503 otherwise."""
     probe = getattr(request.app.state, "db_probe", None)

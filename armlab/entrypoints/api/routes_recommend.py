@@ -5,12 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from armlab.bootstrap import Services
 from armlab.entrypoints.api.auth import Principal
 from armlab.entrypoints.api.deps import get_services, require_role
 from armlab.entrypoints.api.routes_assign import check_context, check_unit_id
+from armlab.entrypoints.api.schemas import AUTHED, error_responses
 from armlab.services.recommend import recommend
 
 router = APIRouter(prefix="/v1/experiments", tags=["recommend"])
@@ -38,7 +46,7 @@ class RecommendIn(BaseModel):
     candidates: list[CandidateIn] | None = Field(None, min_length=1, max_length=10_000)
     catalog: str | None = Field(None, min_length=1, max_length=64)
     k: int = Field(10, ge=1, le=1000)
-    exclude_history: bool = True
+    exclude_history: StrictBool = True
     exclude: list[str] = Field(
         default_factory=list, max_length=10_000,
         description="Item ids never to return (for example items the user already has).")
@@ -73,10 +81,7 @@ class RecommendOut(BaseModel):
 @router.post(
     "/{key}/recommend",
     response_model=RecommendOut,
-    responses={404: {"description": "Unknown experiment or catalog"},
-               409: {"description": "Experiment not running"},
-               422: {"description": "Invalid body; the field is named"},
-               503: {"description": "Model not available"}},
+    responses=error_responses(*AUTHED, 404, 409),
 )
 def recommend_route(
     body: RecommendIn,

@@ -8,6 +8,7 @@ from fastapi.responses import HTMLResponse
 from armlab.bootstrap import Services
 from armlab.entrypoints.api.auth import Principal
 from armlab.entrypoints.api.deps import get_services, require_role
+from armlab.entrypoints.api.schemas import AUTHED, error_responses
 from armlab.entrypoints.report import build_report
 
 router = APIRouter(tags=["report"])
@@ -16,7 +17,9 @@ router = APIRouter(tags=["report"])
 @router.get(
     "/v1/experiments/{key}/report",
     response_class=HTMLResponse,
-    responses={200: {"content": {"text/html": {}}, "description": "The HTML report."}},
+    responses={200: {"content": {"text/html": {"schema": {"type": "string"}}},
+                     "description": "The HTML report."},
+               **error_responses(*AUTHED, 404, html_route=True)},
 )
 def get_report(
     key: str,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 from armlab.core.clock import as_utc_or_none
 from armlab.core.decisions import Decision
@@ -40,7 +40,7 @@ class StopRequest(StrictModel):
 class ShipRequest(StrictModel):
     arm: Key = Field(..., description="Key of the arm that gets all traffic from now on.")
     reason: str = Field(..., min_length=1, max_length=2000)
-    force: bool = Field(
+    force: StrictBool = Field(
         False, description="Ship even when the sequential evidence does not support it."
     )
 
@@ -268,3 +268,68 @@ class AuditList(OutModel):
 class Health(OutModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class ProblemFieldOut(OutModel):
+    field: str
+    message: str
+
+
+class Problem(OutModel):
+    """Every error body (``application/json``): ``{type, title, detail}``, plus ``field`` when
+    one field is at fault and ``errors`` (one entry per field) when the request failed
+    validation (:mod:`armlab.entrypoints.api.errors`)."""
+
+    type: str = Field(..., description="The error's class: ExperimentNotFound, "
+                      "ValidationFailed, Unauthorized, TooManyRequests, ...")
+    title: str
+    detail: str
+    field: str | None = Field(None, description="The field at fault, when one is.")
+    errors: list[ProblemFieldOut] | None = Field(
+        None, description="Each invalid field and its message (request validation).")
+
+
+_ERROR_DESCRIPTIONS: dict[int, str] = {
+    401: "Missing or invalid bearer token",
+    403: "The token's role does not allow this",
+    404: "Unknown experiment, arm or catalog",
+    409: "Illegal transition, concurrent modification, existing key, or an experiment not "
+         "serving yet (draft)",
+    413: "Request body over ARMLAB_MAX_BODY_BYTES (refused before it is read)",
+    422: "Invalid input; the body names the field",
+    429: "Too many failed authentication attempts from this client: retry after Retry-After "
+         "seconds",
+    500: "Unexpected server error",
+    503: "A dependency (the database, Kafka, a model) is unavailable: retry after Retry-After "
+         "seconds",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                "schema": {"type": "integer"}}}
+
+
+def error_responses(*statuses: int, html_route: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses an operation can answer, each with the
+    :class:`Problem` body as ``application/json`` (and ``Retry-After`` on 429 and 503).
+    ``html_route``: the operation answers HTML on success (FastAPI would give its errors the
+    route's media type), so the body is referenced explicitly."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"description": _ERROR_DESCRIPTIONS[status]}
+        if html_route:
+            entry["content"] = {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Problem"}}}
+        else:
+            entry["model"] = Problem
+        if status in (429, 503):
+            entry["headers"] = _RETRY_AFTER
+        out[status] = entry
+    return out
+
+
+#: Every operation: a body over the limit, an unexpected error.
+ANY = (413, 500)
+#: An operation behind a bearer token that reads the database.
+AUTHED = (401, 403, 413, 422, 429, 500, 503)

@@ -160,8 +160,19 @@ def bench_assign(
     concurrency: int = typer.Option(8, "--concurrency", min=1),
     duration: float = typer.Option(30.0, "--max-seconds", min=1.0),
     unit: str = typer.Option("request", "--unit", help="request | user"),
+    under_attack: bool = typer.Option(
+        False, "--under-attack",
+        help="Measure the throughput quiet and while a thread fires wrong tokens from "
+        "127.0.0.2 at the same server (and at one with the auth throttle off)."),
 ) -> None:
     """Load-test POST /v1/experiments/{key}/assign from a separate process on loopback."""
+    if under_attack:
+        from armlab.tools.bench.assign_attack import run_assign_attack_bench
+
+        typer.echo(json.dumps(run_assign_attack_bench(
+            requests=requests, concurrency=concurrency, max_seconds=duration),
+            indent=None if as_json else 2))
+        return
     from armlab.tools.bench.assign import run_assign_bench
 
     result = run_assign_bench(

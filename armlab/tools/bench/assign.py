@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +78,13 @@ def _prepare(url: str, unit: str) -> str:
     return key
 
 
-def _run_server_and_load(
-    url: str, key: str, token: str, fast_path: bool, requests: int, concurrency: int,
-    max_seconds: float, unit: str,
-) -> dict[str, Any]:
-    """Start the API in its own process, drive it from a load process, return the figures."""
+@contextmanager
+def api_server(url: str, key: str, token: str, fast_path: bool = True,
+               env: dict[str, str] | None = None) -> Iterator[str]:
+    """The API in its own process (uvicorn, one worker, auth on) on a free loopback port,
+    ready (``key`` cached); yields its base URL and stops it afterwards."""
     port = _free_port()
-    env = {
+    server_env = {
         **os.environ,
         "ARMLAB_DATABASE_URL": url,
         "ARMLAB_AUTH_TOKENS": f"bench:producer:{token}",
@@ -90,6 +92,7 @@ def _run_server_and_load(
         "ARMLAB_LOG_LEVEL": "WARNING",
         "ARMLAB_TRANSPORT": "memory",  # /v1/events is not under test
         "ARMLAB_ASSIGN_FAST_PATH": "true" if fast_path else "false",
+        **(env or {}),
     }
     server = subprocess.Popen(
         [
@@ -97,32 +100,47 @@ def _run_server_and_load(
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
             "--no-access-log", "--loop", "uvloop", "--http", "httptools",
         ],
-        env=env,
+        env=server_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base, key, token, server)
-        load = subprocess.run(
-            [
-                sys.executable, "-m", "armlab.tools.loadgen", base, key, token,
-                str(requests), str(concurrency), str(max_seconds), unit,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=max_seconds + 120,
-            check=False,
-        )
-        if load.returncode != 0:
-            raise ConfigurationError(f"load process failed: {load.stderr.strip()[-500:]}")
-        return json.loads(load.stdout.strip().splitlines()[-1])
+        yield base
     finally:
         server.terminate()
         try:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def run_load(base: str, key: str, token: str, requests: int, concurrency: int,
+             max_seconds: float, unit: str) -> dict[str, Any]:
+    """Drive the assign endpoint from a load process (:mod:`armlab.tools.loadgen`)."""
+    load = subprocess.run(
+        [
+            sys.executable, "-m", "armlab.tools.loadgen", base, key, token,
+            str(requests), str(concurrency), str(max_seconds), unit,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=max_seconds + 120,
+        check=False,
+    )
+    if load.returncode != 0:
+        raise ConfigurationError(f"load process failed: {load.stderr.strip()[-500:]}")
+    return dict(json.loads(load.stdout.strip().splitlines()[-1]))
+
+
+def _run_server_and_load(
+    url: str, key: str, token: str, fast_path: bool, requests: int, concurrency: int,
+    max_seconds: float, unit: str,
+) -> dict[str, Any]:
+    """Start the API in its own process, drive it from a load process, return the figures."""
+    with api_server(url, key, token, fast_path) as base:
+        return run_load(base, key, token, requests, concurrency, max_seconds, unit)
 
 
 def run_assign_bench(

@@ -200,6 +200,33 @@ def test_report_endpoint_serves_html(seeded: sessionmaker, sqlite_url: str) -> N
         assert missing.json()["title"]
 
 
+def test_report_endpoint_sends_the_dashboards_security_headers(seeded: sessionmaker,
+                                                                sqlite_url: str) -> None:
+    """The report is an HTML page of the API: it gets the dashboard's CSP (no inline script),
+    X-Frame-Options, nosniff and Referrer-Policy, exactly as a /ui page does."""
+    from fastapi.testclient import TestClient
+
+    from armlab.entrypoints.api.app import create_app
+    from armlab.settings import Settings
+
+    settings = Settings(database_url=sqlite_url, auth_tokens="r:reader:rsecret",
+                        transport="memory")
+    names = ("content-security-policy", "x-frame-options", "x-content-type-options",
+             "referrer-policy")
+    with TestClient(create_app(settings)) as client:
+        dashboard = client.get("/ui/login")
+        report_page = client.get(f"/v1/experiments/{KEY}/report",
+                                 headers={"Authorization": "Bearer rsecret"})
+        assert report_page.status_code == 200
+        for name in names:
+            assert report_page.headers.get(name) == dashboard.headers[name], name
+        assert "script-src 'self'" in report_page.headers["content-security-policy"]
+        assert report_page.headers["x-frame-options"] == "DENY"
+        assert report_page.headers["x-content-type-options"] == "nosniff"
+        # the JSON API is left as it was
+        assert "content-security-policy" not in client.get("/healthz").headers
+
+
 def test_report_renders_in_headless_chromium(seeded: sessionmaker, tmp_path: Path) -> None:
     """A real browser rasterises the page; the screenshot is large and not blank. Chromium is
     installed by `make setup`; a missing one fails here (it is never skipped)."""

@@ -10,6 +10,7 @@ the CSRF token.
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from armlab.core.specs import ExperimentSpec
 from armlab.core.status import ExperimentStatus
 from armlab.entrypoints.api.auth import Authenticator
 from armlab.entrypoints.api.errors import _field_name as field_name
+from armlab.entrypoints.api.throttle import address_key, name_key
 from armlab.entrypoints.api.ui.session import Session, SessionManager
-from armlab.errors import ArmlabError, Conflict, Forbidden, PolicyError, Unauthorized
+from armlab.errors import ArmlabError, Conflict, Forbidden, PolicyError
 from armlab.services import dashboard
 
 HERE = Path(__file__).parent
@@ -169,11 +171,12 @@ def home() -> RedirectResponse:
     return RedirectResponse("/ui/experiments", status_code=303)
 
 
-def _login_page(request: Request, next_url: str, error: str = "", status: int = 200) -> Response:
+def _login_page(request: Request, next_url: str, error: str = "", status: int = 200,
+                name: str = "") -> Response:
     nonce, token = _sessions(request).login_token(request)
     response = render(request, "login.html", {"next": _safe_next(next_url), "error": error,
                                               "disabled": _auth(request).disabled,
-                                              "csrf": token}, status)
+                                              "csrf": token, "name": name}, status)
     _sessions(request).set_login_cookie(response, nonce)
     return response
 
@@ -187,25 +190,46 @@ def login_form(request: Request, next: str = Query("/ui/experiments")) -> Respon
 def login(
     request: Request,
     token: str = Form(""),
+    name: str = Form(""),
     csrf: str = Form(""),
     next: str = Form("/ui/experiments"),  # noqa: A002
 ) -> Response:
+    """Sign in with a token (and optionally its name). Failures are throttled per client
+    address and per name typed (:mod:`armlab.entrypoints.api.throttle`): past the free ones,
+    the form answers 429 with ``Retry-After`` without looking at the token."""
     sessions = _sessions(request)
     if not sessions.login_ok(request, csrf):
         raise PageError(403, "Missing or invalid CSRF token on the sign-in form: reload it.")
     auth = _auth(request)
-    try:
-        principal = auth.authenticate(f"Bearer {token.strip()}" if not auth.disabled else None)
-    except Unauthorized:
-        return _login_page(request, next, "That token is not valid.", 401)
+    secret = token.strip()
+    if auth.disabled:
+        principal = auth.authenticate(None)
+    else:
+        name = name.strip()[:200]
+        keys = (address_key(request.client.host if request.client else None), name_key(name))
+        wait = auth.throttle.retry_after(keys)
+        if wait > 0:
+            response = _login_page(
+                request, next, f"Too many failed sign-ins from here or for this name: try "
+                f"again in {math.ceil(wait)} s.", 429, name)
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
+        found = auth.lookup(secret.encode()) if secret else None
+        if found is None or (name and found.name != name):
+            if secret:
+                auth.throttle.failed(keys)
+            return _login_page(request, next, "That token is not valid.", 401, name)
+        auth.throttle.succeeded(name_key(found.name))
+        principal = found
     response = RedirectResponse(_safe_next(next), status_code=303)
-    sessions.start(response, principal)
+    sessions.start(response, principal, secret.encode())
     return response
 
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    """End the session (CSRF-checked like every form, but any role may sign out)."""
+    """End the session (CSRF-checked like every form, but any role may sign out): its id is
+    refused from now on, whoever holds a copy of the cookie."""
     session = _sessions(request).read(request, _auth(request))
     form = await request.form()
     presented = form.get("csrf")
@@ -213,7 +237,7 @@ async def logout(request: Request) -> Response:
             session, presented if isinstance(presented, str) else None):
         raise PageError(403, "Missing or invalid CSRF token: reload the page and try again.")
     response = RedirectResponse("/ui/login", status_code=303)
-    _sessions(request).end(response)
+    _sessions(request).end(request, response, session)
     return response
 
 

@@ -159,19 +159,19 @@ def test_names_are_escaped_everywhere(client: TestClient) -> None:
 
 def test_revoked_or_tampered_sessions_end() -> None:
     auth = Authenticator("boss:admin:s1")
-    mgr = SessionManager("k", ttl_s=60, secure=False)
+    mgr = SessionManager("k", ttl_s=60, max_s=3600, secure=False)
 
     class Req:
         def __init__(self, cookies: dict[str, str]) -> None:
             self.cookies = cookies
 
     resp = Response()
-    session = mgr.start(resp, Principal("boss", "admin"))
+    session = mgr.start(resp, Principal("boss", "admin"), b"s1")
     value = re.search(rf"{SESSION_COOKIE}=([^;]+)", resp.headers["set-cookie"]).group(1)
     assert mgr.read(Req({SESSION_COOKIE: value}), auth) == session  # type: ignore[arg-type]
     assert mgr.read(Req({SESSION_COOKIE: value[:-2] + "xx"}), auth) is None  # type: ignore[arg-type]
     assert mgr.read(Req({SESSION_COOKIE: value}), Authenticator("boss:reader:s1")) is None  # type: ignore[arg-type]
-    other = SessionManager("another key", ttl_s=60, secure=False)
+    other = SessionManager("another key", ttl_s=60, max_s=3600, secure=False)
     assert other.read(Req({SESSION_COOKIE: value}), auth) is None  # type: ignore[arg-type]
     assert SessionManager.csrf_ok(session, session.csrf)
     assert not SessionManager.csrf_ok(session, None)

@@ -160,3 +160,67 @@ def test_cli_errors_raise_armlab_errors(cli: typer.Typer, tmp_path: Path) -> Non
     assert "arms" in r.exception.message
     r = runner.invoke(cli, ["stop", "ghost"])  # --reason is required
     assert r.exit_code == 2
+
+
+HOSTILE = "[/x] [link=https://evil.example/]click me[/link] [bold red]loud[/] :thumbs_up: \\[esc]"
+
+
+def test_cli_prints_stored_text_as_text(cli: typer.Typer, tmp_path: Path) -> None:
+    """A name, description, metric, variant config and reasons holding Rich markup and emoji
+    codes: `experiments show`, `list` and `audit` print them exactly as stored (no MarkupError,
+    no link, no emoji, no style)."""
+    spec = {"key": "hostile", "name": HOSTILE, "description": "[/x] " + HOSTILE,
+            "reward": {"kind": "binary", "metric": "[/m]"},
+            "arms": [{"key": "control", "control": True, "variant": {"kind": "popularity"}},
+                     {"key": "t1", "variant": {"kind": "bi_encoder", "model": "[/model]",
+                                               "item_template": HOSTILE}}]}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["experiments", "create", "-f", str(path)]).exit_code == 0
+    r = runner.invoke(cli, ["start", "hostile", "--reason", HOSTILE])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["experiments", "show", "hostile"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert r.exception is None
+    assert HOSTILE in r.output  # the name, the description, the item template
+    assert "[/x] " + HOSTILE in r.output
+    assert "binary ([/m])" in r.output and "[/model]" in r.output
+    assert "\x1b]8;" not in r.output and "\N{THUMBS UP SIGN}" not in r.output
+    r = runner.invoke(cli, ["experiments", "audit", "hostile"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert HOSTILE in r.output
+    r = runner.invoke(cli, ["experiments", "list"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0 and "hostile" in r.output
+
+
+def test_renderers_print_hostile_keys_reasons_and_messages_as_text() -> None:
+    """The renderers on data the API never sends today (arm keys and guardrail metrics with
+    markup, decision reasons, warnings, errors): still text, never markup."""
+    import io
+
+    from armlab.entrypoints.cli import render
+
+    out = io.StringIO()
+    con = render.console()
+    con.file = out
+    con.width = 400  # type: ignore[misc]
+    arms = [{"key": "[/a]", "control": True, "impressions": 1, "reward_sum": 0, "weight": 1,
+             "variant": {"kind": "[/k]"}}]
+    render.render_experiment_list(con, [{"key": "[/e]", "status": "running", "policy": "[/p]",
+                                         "unit": "request", "arms": ["[/a]"],
+                                         "control_arm_key": "[/a]", "version": 1}])
+    render.render_results(con, {
+        "status": "[/s]", "arms": arms, "snapshot": None,
+        "sequential": {"error": HOSTILE},
+        "guardrails": [{"metric": "[/g]", "arm": "[/a]", "harm": "[/h]", "state": "[/st]"}],
+        "recommendation": {"action": "ship", "arm": "[/a]", "reasons": [HOSTILE]}})
+    render.render_audit(con, "[/e]", [{"at": "now", "actor": "[/u]", "action": "stop",
+                                      "reason": HOSTILE, "before": {"r": "[/b]"},
+                                      "after": None, "evidence": None}])
+    text = out.getvalue()
+    for piece in ("[/e]", "[/p]", "[/a]", "[/s]", "[/g]", "[/h]", "[/st]", "[/u]", '"[/b]"',
+                  "sequential test unavailable: " + HOSTILE, "  - " + HOSTILE,
+                  "recommendation: ship [/a]"):
+        assert piece in text, piece
+    assert "\x1b" not in text
