@@ -1,4 +1,5 @@
-"""Producer SDK for client apps: send impression and feedback events to armlab.
+"""SDK for client apps: ask armlab for arms (:class:`ServingClient`, see
+:mod:`armlab.client.serving`) and send impression and feedback events to armlab.
 
 Usage::
 
@@ -27,5 +28,23 @@ from armlab.adapters.kafka.producer import (
     KafkaEventProducer,
     MemoryEventProducer,
 )
+from armlab.client.serving import (
+    FALLBACK_PREFIX,
+    Assignment,
+    CircuitBreaker,
+    Recommendation,
+    ScoredItem,
+    ServingClient,
+)
 
-__all__ = ["EventProducer", "KafkaEventProducer", "MemoryEventProducer"]
+__all__ = [
+    "FALLBACK_PREFIX",
+    "Assignment",
+    "CircuitBreaker",
+    "EventProducer",
+    "KafkaEventProducer",
+    "MemoryEventProducer",
+    "Recommendation",
+    "ScoredItem",
+    "ServingClient",
+]
