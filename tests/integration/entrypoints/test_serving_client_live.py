@@ -163,3 +163,81 @@ def test_answers_then_falls_back_within_the_deadline_then_recovers(serve: Serve)
         assert time.monotonic() - t0 < 10
         assert not _until_served(lambda: client.recommend(
             "home", "u5", history=["m1"], candidates=CANDIDATES, k=3)).fallback
+
+
+class _Recorder(httpx.HTTPTransport):
+    """A real transport that keeps every (request, response body) pair."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[httpx.Request, Any]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        resp = super().handle_request(request)
+        resp.read()
+        self.seen.append((request, resp.json() if resp.status_code == 200 else None))
+        return resp
+
+
+#: What ServingClient reads from each 200 answer (armlab/client/serving.py).
+READS = {
+    "assign": {"impression_id", "experiment_key", "arm", "variant", "propensity", "served_at",
+               "snapshot_id"},
+    "recommend": {"impression_id", "experiment_key", "arm", "propensity", "served_at", "items"},
+    "experiment": {"control_arm_key", "arms"},
+}
+
+
+def _schema(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "components": doc["components"]}
+
+
+def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def test_requests_and_answers_match_the_servers_openapi_document(serve: Serve) -> None:
+    import jsonschema_rs
+
+    doc = httpx.get(f"{serve.url}/openapi.json", timeout=10).json()
+    paths = {"assign": "/v1/experiments/{key}/assign",
+             "recommend": "/v1/experiments/{key}/recommend",
+             "experiment": "/v1/experiments/{key}"}
+    recorder = _Recorder()
+    with ServingClient(serve.url, "p-secret", timeout_s=5, transport=recorder) as client:
+        _until_served(lambda: client.assign("home", "u1", context={"page": "home", "n": 1}))
+        client.assign("home", "u2")
+        _until_served(lambda: client.recommend(
+            "home", "u1", user_text="likes films", history=["m1"], candidates=CANDIDATES,
+            k=2, exclude=["m2"], context={"page": "home"}))
+        # and the body for a server-side catalogue validates too (the server may answer 404)
+        client.recommend("home", "u1", history=["m1"], catalog="movies", exclude_history=False)
+    checked: dict[str, int] = {"assign": 0, "recommend": 0, "experiment": 0}
+    for request, answer in recorder.seen:
+        last = request.url.path.rsplit("/", 1)[1]
+        op = last if last in ("assign", "recommend") else "experiment"
+        operation = doc["paths"][paths[op]]["post" if request.method == "POST" else "get"]
+        if request.method == "POST":
+            schema = operation["requestBody"]["content"]["application/json"]["schema"]
+            errors = [e.message for e in jsonschema_rs.validator_for(
+                _schema(doc, schema)).iter_errors(httpx.Response(200, content=request.content)
+                                                  .json())]
+            assert not errors, (op, request.content, errors)
+        if answer is None:
+            continue
+        schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        errors = [e.message for e in
+                  jsonschema_rs.validator_for(_schema(doc, schema)).iter_errors(answer)]
+        assert not errors, (op, answer, errors)
+        props = _resolve(doc, schema)["properties"]
+        assert READS[op] <= set(props), (op, READS[op] - set(props))
+        checked[op] += 1
+    assert all(n >= 1 for n in checked.values()), checked
+    items = _resolve(doc, doc["paths"][paths["recommend"]]["post"]["responses"]["200"]
+                     ["content"]["application/json"]["schema"])["properties"]["items"]["items"]
+    assert {"item_id", "score"} <= set(_resolve(doc, items)["properties"])
+    arms = _resolve(doc, doc["paths"][paths["experiment"]]["get"]["responses"]["200"]
+                    ["content"]["application/json"]["schema"])["properties"]["arms"]["items"]
+    assert {"key", "variant"} <= set(_resolve(doc, arms)["properties"])
