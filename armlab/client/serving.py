@@ -38,9 +38,10 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 #: Prefix of every locally generated impression id (never issued by the server).
 FALLBACK_PREFIX = "fallback-"
 _RETRY_STATUSES = frozenset({502, 503, 504})
+_T = TypeVar("_T")
 
 
 class ScoredItem(NamedTuple):
@@ -215,17 +217,12 @@ class ServingClient:
         if context is not None:
             body["context"] = context
         try:
-            data = self._call(experiment_key, "assign", body, timeout_s)
+            return self._call(experiment_key, "assign", body, timeout_s, _assignment)
         except _Failure as exc:
             arm, variant = self._fallback_arm(experiment_key, fallback_arm)
             return Assignment(experiment_key=experiment_key, impression_id=_local_id(), arm=arm,
                               variant=variant, propensity=1.0, served_at=datetime.now(UTC),
                               fallback=True, reason=exc.reason)
-        return Assignment(
-            experiment_key=str(data["experiment_key"]), impression_id=str(data["impression_id"]),
-            arm=str(data["arm"]), variant=dict(data["variant"]),
-            propensity=float(data["propensity"]), served_at=_parse_time(data["served_at"]),
-            snapshot_id=data.get("snapshot_id"))
 
     def recommend(
         self, experiment_key: str, unit_id: str, *, user_text: str | None = None,
@@ -250,7 +247,7 @@ class ServingClient:
         if context is not None:
             body["context"] = context
         try:
-            data = self._call(experiment_key, "recommend", body, timeout_s)
+            return self._call(experiment_key, "recommend", body, timeout_s, _recommendation)
         except _Failure as exc:
             arm, _ = self._fallback_arm(experiment_key, fallback_arm)
             skip = set(exclude or []) | (set(history or []) if exclude_history else set())
@@ -259,11 +256,6 @@ class ServingClient:
             return Recommendation(experiment_key=experiment_key, impression_id=_local_id(),
                                   arm=arm, propensity=1.0, served_at=datetime.now(UTC),
                                   items=items, fallback=True, reason=exc.reason)
-        return Recommendation(
-            experiment_key=str(data["experiment_key"]), impression_id=str(data["impression_id"]),
-            arm=str(data["arm"]), propensity=float(data["propensity"]),
-            served_at=_parse_time(data["served_at"]),
-            items=[ScoredItem(str(i["item_id"]), float(i["score"])) for i in data["items"]])
 
     def control_arm(self, experiment_key: str) -> str | None:
         """The control arm learned from the server (None before the first success)."""
@@ -279,24 +271,30 @@ class ServingClient:
         variant = dict(learned[1]) if learned and learned[0] == arm else {}
         return arm, variant
 
-    def _call(self, key: str, op: str, body: dict[str, Any],
-              timeout_s: float | None) -> dict[str, Any]:
+    def _call(self, key: str, op: str, body: dict[str, Any], timeout_s: float | None,
+              parse: Callable[[dict[str, Any]], _T]) -> _T:
         if not self.breaker.allow():
             raise _Failure("circuit open")
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.timeout_s)
         try:
             data = self._post(f"/v1/experiments/{quote(key, safe='')}/{op}", body, deadline)
-        except _Failure as exc:
+            try:
+                result = parse(data)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise _Failure(f"unexpected answer ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:
+            if not isinstance(exc, _Failure):  # anything else still must not fail the page
+                exc = _Failure(f"{type(exc).__name__}: {exc}")
             if exc.counts:
                 self.breaker.failure()
             else:
                 self.breaker.success()  # the server answered (a 4xx): it is up
             log.warning("armlab %s %s: serving the fallback (%s)", op, key, exc.reason)
-            raise
+            raise exc from None
         self.breaker.success()
         if key not in self._learned:
             self._learn(key, deadline)
-        return data
+        return result
 
     def _post(self, path: str, body: dict[str, Any], deadline: float) -> dict[str, Any]:
         reason = "no attempt"
@@ -338,20 +336,39 @@ class ServingClient:
         raise _Failure(reason)
 
     def _learn(self, key: str, deadline: float) -> None:
-        """Cache the experiment's control arm and its variant (best effort, once)."""
-        left = max(deadline - time.monotonic(), self.connect_timeout_s)
+        """Cache the experiment's control arm and its variant: one read, within what is left
+        of the call's deadline (best effort: with too little left, the next success tries)."""
+        left = deadline - time.monotonic()
+        if left < 0.02:
+            return
         try:
-            resp = self._http.get(f"/v1/experiments/{quote(key, safe='')}",
-                                  timeout=httpx.Timeout(left, connect=self.connect_timeout_s))
+            resp = self._http.get(f"/v1/experiments/{quote(key, safe='')}", timeout=httpx.Timeout(
+                left, connect=min(self.connect_timeout_s, left)))
             if resp.status_code != 200:
                 return
             data = resp.json()
             control = str(data["control_arm_key"])
             variant = next((dict(a.get("variant") or {}) for a in data.get("arms", [])
                             if a.get("key") == control), {})
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
             return
         self._learned[key] = (control, variant)
+
+
+def _assignment(data: dict[str, Any]) -> Assignment:
+    return Assignment(
+        experiment_key=str(data["experiment_key"]), impression_id=str(data["impression_id"]),
+        arm=str(data["arm"]), variant=dict(data["variant"]),
+        propensity=float(data["propensity"]), served_at=_parse_time(data["served_at"]),
+        snapshot_id=data.get("snapshot_id"))
+
+
+def _recommendation(data: dict[str, Any]) -> Recommendation:
+    return Recommendation(
+        experiment_key=str(data["experiment_key"]), impression_id=str(data["impression_id"]),
+        arm=str(data["arm"]), propensity=float(data["propensity"]),
+        served_at=_parse_time(data["served_at"]),
+        items=[ScoredItem(str(i["item_id"]), float(i["score"])) for i in data["items"]])
 
 
 def _local_id() -> str:

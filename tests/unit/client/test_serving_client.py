@@ -156,3 +156,30 @@ def test_breaker_half_open_trial_closes_or_reopens() -> None:
     assert b.allow()
     b.success()
     assert b.allow() and b.allow() and not b.is_open
+
+
+@pytest.mark.parametrize("answer", [
+    httpx.Response(200, json={**OK, "propensity": "lots"}),
+    httpx.Response(200, json={"impression_id": "x"}),
+    httpx.Response(200, content=b"<html>"),
+    httpx.Response(200, json=[1, 2]),
+])
+def test_a_malformed_answer_falls_back_and_counts_against_the_breaker(
+        answer: httpx.Response) -> None:
+    with _client(Script(answer), breaker_failures=1, breaker_cooldown_s=60) as c:
+        a = c.assign("exp", "u")
+        assert a.fallback and a.reason
+        assert c.breaker.is_open
+
+
+def test_an_unexpected_error_falls_back_and_releases_the_half_open_trial() -> None:
+    now = [0.0]
+    script = Script(RuntimeError("boom"))
+    with _client(script, breaker_failures=1, breaker_cooldown_s=5) as c:
+        c.breaker = CircuitBreaker(1, 5, clock=lambda: now[0])
+        assert c.assign("exp", "u").reason == "RuntimeError: boom"
+        now[0] = 6  # half-open: the trial fails the same way
+        assert c.assign("exp", "u").reason == "RuntimeError: boom"
+        now[0] = 12  # not stuck: another trial goes to the server
+        c.assign("exp", "u")
+    assert len(script.posts) == 3
