@@ -153,7 +153,7 @@ def test_answers_then_falls_back_within_the_deadline_then_recovers(serve: Serve)
               f"open); terminated: {down_closed:.3f} s without, "
               f"{down_open:.3f} s with; recommend {down_rec:.3f} s (deadline {TIMEOUT_S} s)")
         for took in (hung_closed, hung_open, down_closed, down_open, down_rec):
-            assert took < TIMEOUT_S + 0.15, took
+            assert took < TIMEOUT_S + 0.25, took  # the deadline, plus scheduling on a busy box
 
         # restarted: the client answers from the server again after the cool-down
         serve.start()
