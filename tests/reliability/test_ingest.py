@@ -126,6 +126,22 @@ class Harness:
         except Exception:  # noqa: BLE001 - the database may be restarting
             return -1
 
+    def wait_reporting(self, p: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+        """Wait until consumer process ``p`` has written a lag report (its loop runs)."""
+        from armlab.adapters.db.models import ConsumerLag
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.sf() as s:
+                seen = s.scalar(select(func.count()).select_from(ConsumerLag).where(
+                    ConsumerLag.group_id == self.group,
+                    ConsumerLag.consumer.like(f"%:{p.pid}")))
+            if seen:
+                return
+            if p.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"consumer pid {p.pid} never reported: {self.log_tail(p)}")
+            time.sleep(0.2)
+
     def wait_committed(self, target: int, timeout: float = 240.0) -> None:
         deadline = time.monotonic() + timeout
         while self.committed() < target:
@@ -557,8 +573,11 @@ def test_copies_spread_over_partitions_count_once_across_a_consumer_group(
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     h.procs.remove(victim)
-    h.start()
+    replacement = h.start()
     h.wait_committed(h.records)
+    # The others may finish before the replacement has joined; stop it only once its loop
+    # runs (its SIGTERM handler is installed), seen as its first lag report.
+    h.wait_reporting(replacement)
     h.stop_all()
     h.assert_exact()
     c = h.counters()
