@@ -14,7 +14,7 @@ The statements live in cohesive modules and are re-exported here under their old
   SQLite).
 
 This module itself reads the registry (``load_experiments``) and runs the pending-feedback
-sweep (``pending_ids``, ``stale_pending``, ``mark_feedback``).
+sweep (``stale_pending``, ``mark_feedback``).
 
 Commit order inside ONE transaction (quix-streams style, KafkaConsumer Javadoc "Storing
 Offsets Outside Kafka"): fence + advance offsets -> prefetch (rows locked on PostgreSQL) ->
@@ -57,7 +57,7 @@ from armlab.adapters.db.consumer_offsets_sql import (
     reset_offsets,
     stored_offsets,
 )
-from armlab.adapters.db.models import Arm, Experiment, Feedback, Impression
+from armlab.adapters.db.models import Arm, Experiment, Feedback
 from armlab.core.clock import as_utc
 from armlab.core.event_effects import ExperimentInfo, MetricRule, PendingFeedback
 from armlab.core.fencing import Fenced, StoredRowsDiffer
@@ -67,7 +67,7 @@ from armlab.core.fencing import Fenced, StoredRowsDiffer
 # names them.
 __all__ = [
     "TP", "Fenced", "StoredRowsDiffer",
-    "load_experiments", "pending_ids", "stale_pending", "mark_feedback",
+    "load_experiments", "stale_pending", "mark_feedback",
     "load_offsets", "stored_offsets", "reset_offsets", "advance_offsets", "report_lag",
     "lock_keys", "lock_ids", "prune_locks",
     "prefetch", "write_effects", "upsert_stats", "upsert_guardrail_stats",
@@ -112,20 +112,6 @@ def load_experiments(session: Session) -> dict[str, ExperimentInfo]:
 
 
 # -- the pending-feedback sweep ----------------------------------------------------------
-def pending_ids(session: Session, limit: int) -> Sequence[str]:
-    """Impression ids that have pending feedback and whose impression is stored (a sweep
-    target: normally empty; non-empty only if an impression and its feedback were consumed
-    by different consumers at the same moment)."""
-    q = (
-        select(Feedback.impression_id)
-        .join(Impression, Impression.impression_id == Feedback.impression_id)
-        .where(Feedback.status == "pending")
-        .distinct()
-        .limit(limit)
-    )
-    return [r[0] for r in session.execute(q)]
-
-
 def stale_pending(
     session: Session, experiments: dict[str, ExperimentInfo], now: datetime, grace_s: float,
     limit: int = 1000,
