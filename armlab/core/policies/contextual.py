@@ -1,0 +1,281 @@
+"""Per-segment Thompson sampling: one Beta-Bernoulli posterior per (segment, arm).
+
+A segment is the tuple of levels of the declared categorical context features
+(:mod:`armlab.core.policies.context_features`). Statistics are kept per (segment, arm).
+
+Pooling
+-------
+A segment with fewer than ``min_segment_n`` matured observations, or with an arm that has fewer
+than ``burn_in`` of them in the segment, is served from the *pooled* posterior (all segments'
+data, i.e. exactly what non-contextual Thompson sampling would use). Once it has enough, it
+leaves the pool and is served from its own posterior, whose prior still borrows from the
+other segments (``pooling="empirical_bayes"``, the default):
+
+    p_gk ~ Beta(m_k mu_k, m_k (1 - mu_k))   (segment rates of arm k around its pooled rate)
+
+with the prior strength m_k estimated from the between-segment dispersion of arm k by the
+method of moments (Kleinman 1973, "Proportions with extraneous variance", eq. 2.3; the
+beta-binomial form in Kass & Steffey 1989): with N = sum_g n_g, S = sum_g n_g (phat_g - mu)^2
+over the G' segments with data,
+
+    tau^2 = max(0, (S - (G' - 1) mu (1 - mu)) / (N - sum_g n_g^2 / N)),
+    m = mu (1 - mu) / tau^2 - 1.
+
+The segment's posterior for arm k is then Beta(a0 + s_gk + w s_-gk, b0 + f_gk + w f_-gk), where
+s_-gk, f_-gk are the successes and failures of the *other* segments and w = min(1, m_k / n_-gk):
+the other segments' data count as at most m_k pseudo-observations. Homogeneous segments
+(tau^2 = 0) give w = 1, the pooled posterior again; very different segments give w ~ 0, the
+segment alone. ``pooling="none"`` uses w = 0 (independent segments after the split).
+
+Weights and propensities
+------------------------
+Each segment's weights are its posterior P(best) (quadrature as in
+:mod:`armlab.core.policies.thompson`, or Monte Carlo), uniform during burn-in (the pooled
+counts below ``burn_in``), then floored per segment (:func:`apply_floor`). A request is served
+by drawing from its segment's row, so its propensity P(arm | context) is that row's weight,
+exactly. Binary rewards only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+
+from armlab.core.policies.base import (
+    POLICY_VERSION,
+    CdfSampler,
+    CommonSettings,
+    FloatArray,
+    apply_floor,
+    check_floor,
+)
+from armlab.core.policies.context_features import ContextParams, ContextSpec
+from armlab.core.policies.thompson import prob_best_beta_quadrature
+from armlab.errors import PolicyError
+
+Positive = Annotated[float, Field(gt=0.0)]
+IntArray = npt.NDArray[np.int64]
+#: ``SegmentAllocation.source`` codes
+BURN_IN, POOLED, OWN = 0, 1, 2
+SOURCES = ("burn_in", "pooled", "segment")
+
+
+class SegmentThompsonParams(ContextParams):
+    """The registrable parameters of ``segment_thompson`` (not registered yet).
+
+    features: categorical features that define the segments; prior_alpha, prior_beta: Beta
+    prior; min_segment_n: matured observations a segment needs before it leaves the pooled
+    posterior; pooling: ``empirical_bayes`` (shrink to the other segments) or ``none``;
+    method, n_draws, grid: P(best) as in ``thompson``.
+    """
+
+    prior_alpha: Positive = 1.0
+    prior_beta: Positive = 1.0
+    min_segment_n: int = Field(200, ge=0)
+    pooling: Literal["empirical_bayes", "none"] = "empirical_bayes"
+    method: Literal["quadrature", "monte_carlo"] = "quadrature"
+    n_draws: int = Field(20_000, ge=100, le=10_000_000)
+    grid: int = Field(129, ge=17, le=10_001)
+
+
+class SegmentThompsonSettings(CommonSettings, SegmentThompsonParams):
+    """Everything ``segment_thompson`` runs with (floor and burn-in apply per segment)."""
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    """Matured observations per (segment, arm): ``n`` and ``reward_sum``, shape (G, K)."""
+
+    n: FloatArray
+    reward_sum: FloatArray
+
+    def __post_init__(self) -> None:
+        n = np.asarray(self.n, dtype=np.float64)
+        s = np.asarray(self.reward_sum, dtype=np.float64)
+        if n.ndim != 2 or n.size == 0 or s.shape != n.shape:
+            raise PolicyError(
+                f"segment stats need two (segments, arms) arrays of one shape, got n {n.shape}, "
+                f"reward_sum {s.shape}"
+            )
+        if not (np.all(np.isfinite(n)) and np.all(np.isfinite(s))) or np.any(n < 0):
+            raise PolicyError("segment stats must be finite, with counts >= 0")
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "reward_sum", np.clip(s, 0.0, n))
+
+    @classmethod
+    def empty(cls, segments: int, arms: int) -> SegmentStats:
+        return cls(np.zeros((segments, arms)), np.zeros((segments, arms)))
+
+
+def pooling_weight(n: FloatArray, s: FloatArray) -> FloatArray:
+    """w = min(1, m_k / n_-gk) of the module docstring; n, s (..., G, K) -> (..., G, K)."""
+    big_n = n.sum(axis=-2, keepdims=True)
+    mu = np.where(big_n > 0, s.sum(axis=-2, keepdims=True) / np.maximum(big_n, 1e-300), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        phat = np.where(n > 0, s / np.maximum(n, 1e-300), mu)
+    between = np.sum(n * (phat - mu) ** 2, axis=-2, keepdims=True)
+    g_eff = np.sum(n > 0, axis=-2, keepdims=True)
+    v = mu * (1.0 - mu)
+    denom = big_n - np.sum(n * n, axis=-2, keepdims=True) / np.maximum(big_n, 1e-300)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau2 = np.where(denom > 0, (between - (g_eff - 1) * v) / denom, 0.0)
+        m = np.where(tau2 > 0, v / np.maximum(tau2, 1e-300) - 1.0, np.inf)
+        others = big_n - n
+        w = np.where(others > 0, np.minimum(1.0, np.maximum(m, 0.0) / others), 1.0)
+    return np.asarray(w, dtype=np.float64)
+
+
+def segment_posteriors(
+    n: FloatArray, s: FloatArray, st: SegmentThompsonSettings
+) -> tuple[FloatArray, FloatArray, IntArray]:
+    """Beta parameters (..., G, K) of each segment's serving posterior, and its source (..., G).
+
+    Works on any leading shape (the simulation passes (seeds, G, K)).
+    """
+    s = np.clip(s, 0.0, n)
+    big_n = n.sum(axis=-2, keepdims=True)
+    big_s = s.sum(axis=-2, keepdims=True)
+    pooled_a = st.prior_alpha + big_s
+    pooled_b = st.prior_beta + (big_n - big_s)
+    w = pooling_weight(n, s) if st.pooling == "empirical_bayes" else np.zeros_like(n)
+    own_a = st.prior_alpha + s + w * (big_s - s)
+    own_b = st.prior_beta + (n - s) + w * ((big_n - big_s) - (n - s))
+    split = (n.sum(axis=-1) >= max(st.min_segment_n, 1)) & np.all(n >= st.burn_in, axis=-1)
+    burning = ~split & np.any(big_n < st.burn_in, axis=-1)
+    a = np.where(split[..., None], own_a, pooled_a)
+    b = np.where(split[..., None], own_b, pooled_b)
+    source = np.where(split, OWN, np.where(burning, BURN_IN, POOLED)).astype(np.int64)
+    return a, b, source
+
+
+def prob_best_beta_mc(
+    a: FloatArray, b: FloatArray, n_draws: int, rng: np.random.Generator
+) -> tuple[FloatArray, FloatArray]:
+    """Monte Carlo P(best) for independent Beta rows (..., K): fractions and their SE."""
+    k = a.shape[-1]
+    draws = rng.beta(a[..., None, :], b[..., None, :], size=(*a.shape[:-1], n_draws, k))
+    best = np.argmax(draws, axis=-1)
+    p = np.stack([(best == i).mean(axis=-1) for i in range(k)], axis=-1)
+    return p, np.sqrt(p * (1.0 - p) / n_draws)
+
+
+def segment_weights(
+    n: FloatArray, s: FloatArray, st: SegmentThompsonSettings, rng: np.random.Generator
+) -> tuple[FloatArray, FloatArray, IntArray, float | None]:
+    """Floored weights (..., G, K), P(best) (..., G, K), source (..., G), largest MC SE."""
+    k = n.shape[-1]
+    check_floor(st.floor, k)
+    a, b, source = segment_posteriors(n, s, st)
+    if st.method == "monte_carlo":
+        p, se = prob_best_beta_mc(a, b, st.n_draws, rng)
+        mc_se: float | None = float(se.max())
+    else:
+        p, _ = prob_best_beta_quadrature(a, b, st.grid)
+        mc_se = None
+    w = np.where((source == BURN_IN)[..., None], 1.0 / k, p)
+    return apply_floor(w, st.floor), p, source, mc_se
+
+
+@dataclass(frozen=True)
+class SegmentAllocation:
+    """What ``segment_thompson`` decided for one snapshot: a weights row per segment.
+
+    ``decide`` is the per-request path: segment index from the context, then one uniform draw
+    against that row's precomputed CDF; the propensity is the row's weight of the served arm.
+    """
+
+    spec: ContextSpec
+    weights: FloatArray
+    prob_best: FloatArray
+    source: IntArray
+    mc_se: float | None = None
+    samplers: tuple[CdfSampler, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.samplers:
+            object.__setattr__(self, "samplers", tuple(CdfSampler(r) for r in self.weights))
+
+    def propensities(self, contexts: Sequence[Mapping[str, Any]]) -> FloatArray:
+        """(N, K): P(arm | context) for each context."""
+        return self.weights[self.spec.segment_indices(contexts)]
+
+    def decide(self, context: Mapping[str, Any], rng: np.random.Generator) -> tuple[int, float]:
+        """(arm, P(arm | context)) for one request."""
+        return self.samplers[self.spec.segment_index(context)].pick(float(rng.random()))
+
+    def decide_many(
+        self, contexts: Sequence[Mapping[str, Any]], rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray]:
+        """(N,) arms and (N,) propensities, vectorised."""
+        return draw_rows(self.propensities(contexts), rng)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": "segment_thompson",
+            "segments": [
+                {"segment": self.spec.segment_label(g), "source": SOURCES[int(self.source[g])],
+                 "weights": self.weights[g].tolist()}
+                for g in range(self.weights.shape[0])
+            ],
+            **({"mc_se": self.mc_se} if self.mc_se is not None else {}),
+        }
+
+
+def draw_rows(w: FloatArray, rng: np.random.Generator) -> tuple[IntArray, FloatArray]:
+    """One arm per row of weights (N, K) by inverse CDF; (arms, their weights)."""
+    cdf = np.cumsum(w, axis=-1)
+    u = rng.random(w.shape[0]) * cdf[:, -1]
+    arms = np.minimum((u[:, None] >= cdf).sum(axis=1), w.shape[1] - 1).astype(np.int64)
+    return arms, w[np.arange(w.shape[0]), arms] / cdf[:, -1]
+
+
+class SegmentThompson:
+    """``segment_thompson``: per-segment Thompson sampling with pooling below min_segment_n."""
+
+    name = "segment_thompson"
+    version = POLICY_VERSION
+
+    def __init__(self, settings: SegmentThompsonSettings) -> None:
+        self.settings = settings
+        self.spec = ContextSpec(settings.features)
+        self.spec.require_categorical(self.name)
+
+    def allocate(self, stats: SegmentStats, rng: np.random.Generator) -> SegmentAllocation:
+        if stats.n.shape[0] != self.spec.n_segments:
+            raise PolicyError(
+                f"segment stats have {stats.n.shape[0]} rows, the features define "
+                f"{self.spec.n_segments} segments"
+            )
+        w, p, source, se = segment_weights(stats.n, stats.reward_sum, self.settings, rng)
+        return SegmentAllocation(self.spec, w, p, source, se)
+
+    def update(
+        self, stats: SegmentStats, contexts: Sequence[Mapping[str, Any]],
+        arms: Sequence[int], rewards: Sequence[float],
+    ) -> SegmentStats:
+        """New stats with the matured observations added (the input is not modified)."""
+        g = self.spec.segment_indices(contexts)
+        a = np.asarray(arms, dtype=np.int64)
+        r = np.asarray(rewards, dtype=np.float64)
+        n, s = stats.n.copy(), stats.reward_sum.copy()
+        np.add.at(n, (g, a), 1.0)
+        np.add.at(s, (g, a), r)
+        return SegmentStats(n, s)
+
+
+__all__ = [
+    "SegmentAllocation",
+    "SegmentStats",
+    "SegmentThompson",
+    "SegmentThompsonParams",
+    "SegmentThompsonSettings",
+    "draw_rows",
+    "pooling_weight",
+    "segment_posteriors",
+    "segment_weights",
+]
