@@ -55,13 +55,16 @@ class LinearThompsonParams(ContextParams):
     """The registrable parameters of ``linear_thompson`` (not registered yet).
 
     features: numeric and categorical (one-hot) features; ridge: lambda, the prior precision
-    in units of the noise (prior theta ~ N(0, noise_sd^2 / ridge I)); noise_sd: v, the reward
+    in units of the noise (prior theta ~ N(0, noise_sd^2 / ridge I)); onehot_ridge: the prior
+    precision of the one-hot (categorical) coefficients instead, when set: a large value
+    shrinks the per-level deviations towards the shared intercept; noise_sd: v, the reward
     noise scale, which sets how widely the posterior explores; grid: quadrature nodes per arm
     for P(arm | context).
     """
 
     ridge: Positive = 1.0
-    noise_sd: Positive = 0.25
+    onehot_ridge: Positive | None = None
+    noise_sd: Positive = 0.15
     grid: int = Field(48, ge=8, le=2049)
 
 
@@ -111,11 +114,14 @@ class LinearStats:
 
 
 def linear_posterior(
-    xtx: FloatArray, xty: FloatArray, ridge: float, noise_sd: float
+    xtx: FloatArray, xty: FloatArray, ridge: float | FloatArray, noise_sd: float
 ) -> tuple[FloatArray, FloatArray]:
-    """Posterior means (..., K, d) and covariances v^2 A^-1 (..., K, d, d), any leading shape."""
+    """Posterior means (..., K, d) and covariances v^2 A^-1 (..., K, d, d), any leading shape.
+
+    ``ridge``: lambda, a number or one prior precision per coordinate (d,).
+    """
     d = xty.shape[-1]
-    a = xtx + ridge * np.eye(d)
+    a = xtx + np.diag(np.broadcast_to(np.asarray(ridge, dtype=np.float64), (d,)))
     chol = np.linalg.cholesky(a)
     eye = np.broadcast_to(np.eye(d), a.shape)
     # A^-1 = L^-T L^-1 from two triangular-shaped solves (A is symmetric positive definite)
@@ -227,6 +233,15 @@ class LinearAllocation:
         return draw_rows(self.propensities(contexts), rng)
 
 
+def prior_precision(spec: ContextSpec, st: LinearThompsonSettings) -> FloatArray:
+    """(d,) prior precisions: ``ridge`` for the intercept and numeric features, ``onehot_ridge``
+    (default ``ridge``) for the one-hot blocks."""
+    lam = np.full(spec.dim, st.ridge)
+    if st.onehot_ridge is not None:
+        lam[1 + len(spec.numeric):] = st.onehot_ridge
+    return lam
+
+
 class LinearThompson:
     """``linear_thompson``: disjoint linear Thompson sampling with a per-context floor."""
 
@@ -246,7 +261,8 @@ class LinearThompson:
                 f"linear stats have dimension {stats.xty.shape[1]}, the features encode to "
                 f"{self.spec.dim}"
             )
-        mean, cov = linear_posterior(stats.xtx, stats.xty, s.ridge, s.noise_sd)
+        mean, cov = linear_posterior(stats.xtx, stats.xty, prior_precision(self.spec, s),
+                                     s.noise_sd)
         burning = s.burn_in > 0 and bool(np.any(stats.n < s.burn_in))
         return LinearAllocation(self.spec, mean, cov, s.floor, s.grid, burning)
 
@@ -269,4 +285,5 @@ __all__ = [
     "linear_weights",
     "normal_prob_best",
     "normal_prob_best_one",
+    "prior_precision",
 ]
