@@ -1,6 +1,6 @@
-"""``armlab bench ingest|consumers|fuzz|policy|guardrails|assign|scoring|interleaving``: each
-prints JSON with its figure and a baseline measured in the same run. The benchmark code lives in
-:mod:`armlab.tools.bench`.
+"""``armlab bench ingest|consumers|fuzz|policy|contextual|guardrails|assign|scoring|interleaving``:
+each prints JSON with its figure and a baseline measured in the same run. The benchmark code
+lives in :mod:`armlab.tools.bench`.
 
 Commands import their benchmark inside the function so ``armlab --help`` stays fast.
 """
@@ -122,6 +122,29 @@ def bench_policy(
         mab_configs=mab_configs,
         quick=quick,
     )
+    typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+
+def bench_contextual(
+    horizon: int = typer.Option(20_000, "--horizon", min=100, help="Rounds per run."),
+    seeds: int = typer.Option(20, "--seeds", min=2, help="armlab seeds (vectorised)."),
+    peer_seeds: int = typer.Option(
+        4, "--peer-seeds", min=0,
+        help="Seeds for Vowpal Wabbit and MABWiser (one at a time, slower); 0 skips them."),
+    batch_every: int = typer.Option(100, "--batch-every", min=1,
+                                    help="Rounds between weight updates (all policies)."),
+    seed: int = typer.Option(2026, "--seed"),
+    latency: bool = typer.Option(True, "--latency/--no-latency",
+                                 help="Also time one decision per policy."),
+    as_json: bool = typer.Option(False, "--json", help="Compact JSON."),
+) -> None:
+    """Contextual policies (segment and linear Thompson sampling) vs non-contextual Thompson
+    sampling and Vowpal Wabbit / MABWiser (the `bench` extra) on a simulated recommender whose
+    best variant differs by segment, and on one where it does not; decision latency."""
+    from armlab.tools.bench.contextual import run_contextual_bench
+
+    result = run_contextual_bench(horizon=horizon, seeds=seeds, peer_seeds=peer_seeds,
+                                  batch_every=batch_every, seed=seed, latency=latency)
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
@@ -291,6 +314,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     groups["bench"].command("consumers")(bench_consumers)
     groups["bench"].command("fuzz")(bench_fuzz)
     groups["bench"].command("policy")(bench_policy)
+    groups["bench"].command("contextual")(bench_contextual)
     groups["bench"].command("guardrails")(bench_guardrails)
     groups["bench"].command("assign")(bench_assign)
     groups["bench"].command("dashboard")(bench_dashboard)
