@@ -256,7 +256,7 @@ class SegmentThompson:
 
     def update(
         self, stats: SegmentStats, contexts: Sequence[Mapping[str, Any]],
-        arms: Sequence[int], rewards: Sequence[float],
+        arms: npt.ArrayLike, rewards: npt.ArrayLike,
     ) -> SegmentStats:
         """New stats with the matured observations added (the input is not modified)."""
         g = self.spec.segment_indices(contexts)

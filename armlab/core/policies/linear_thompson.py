@@ -268,7 +268,7 @@ class LinearThompson:
 
     def update(
         self, stats: LinearStats, contexts: Sequence[Mapping[str, Any]],
-        arms: Sequence[int], rewards: Sequence[float],
+        arms: npt.ArrayLike, rewards: npt.ArrayLike,
     ) -> LinearStats:
         """New stats with the matured observations added (the input is not modified)."""
         return stats.add(self.spec.encode_many(contexts), np.asarray(arms, dtype=np.int64),

@@ -163,12 +163,13 @@ def _scenario_row(sc: Scenario, *, horizon: int, seeds: int, peer_seeds: int,
                               params={"onehot_ridge": 100.0})
     res.pop("regret_per_seed")
     row["armlab_linear_thompson_onehot_ridge100"] = res
-    peers = {name: (_peer(name, sc, horizon, batch_every, peer_seeds, seed + 1000)
-                    if peer_seeds > 0 else {"installed": None, "note": "--peer-seeds 0"})
-             for name in PEERS}
+    peers: dict[str, dict[str, Any]] = {
+        name: (_peer(name, sc, horizon, batch_every, peer_seeds, seed + 1000)
+               if peer_seeds > 0 else {"installed": None, "note": "--peer-seeds 0"})
+        for name in PEERS}
     row["peers"] = peers
     ran = {n: p for n, p in peers.items() if p.get("regret_mean") is not None}
-    best = min(ran, key=lambda n: ran[n]["regret_mean"]) if ran else None
+    best = min(ran, key=lambda n: float(ran[n]["regret_mean"])) if ran else None
     row["best_peer"] = best
     base = row["armlab_thompson"]
     for pol in ("segment_thompson", "linear_thompson", "linear_thompson_onehot_ridge100"):
@@ -198,7 +199,7 @@ def decision_latency(number: int = 500) -> dict[str, Any]:
     s = n * np.asarray([*sc.mu, (0.05, 0.04, 0.03)])
     pooled = PolicyStats.from_lists(n.sum(0), s.sum(0))
     ts = ThompsonSampling(ThompsonSettings())
-    sampler = CdfSampler(ts.weights(pooled, rng).weights)
+    sampler = CdfSampler(ts.weights(pooled, rng).weights.tolist())
     seg = SegmentThompson(SegmentThompsonSettings(features=feats, floor=0.02))
     seg_alloc = seg.allocate(SegmentStats(n, s), rng)
     lin = LinearThompson(LinearThompsonSettings(features=feats, floor=0.02))
