@@ -22,13 +22,14 @@ the propensity of the served arm is exact up to that quadrature error. During bu
 with fewer than ``burn_in`` observations) every context is served uniformly.
 
 A snapshot precomputes mu_k and v^2 A_k^-1 (via a Cholesky solve) once; a request costs one
-(K, d) product, one (K, d, d) quadratic form and a (K, K * grid) quadrature.
+(K, d) product, one (K, d, d) quadratic form and a (K, K * grid) quadrature, and a design
+vector seen before in the snapshot (categorical contexts repeat) a dict lookup.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
@@ -49,6 +50,8 @@ from armlab.errors import PolicyError
 
 Positive = Annotated[float, Field(gt=0.0)]
 IntArray = npt.NDArray[np.int64]
+#: Design vectors whose weights a snapshot remembers (see LinearAllocation.cache).
+CACHE_SIZE = 4096
 
 
 class LinearThompsonParams(ContextParams):
@@ -198,6 +201,9 @@ class LinearAllocation:
     floor: float
     grid: int
     burn_in: bool
+    #: weights of design vectors already served (the posterior is fixed for the snapshot, so
+    #: a repeated context, e.g. categorical features only, costs a dict lookup); bounded
+    cache: dict[bytes, FloatArray] = field(default_factory=dict, repr=False, compare=False)
 
     def weights_x(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
         """(N, K) P(arm | x) (floored) and (N,) quadrature error for design rows x (N, d)."""
@@ -207,17 +213,28 @@ class LinearAllocation:
         return linear_weights(x, self.mean, self.cov, self.floor, self.grid)
 
     def propensities(self, contexts: Sequence[Mapping[str, Any]]) -> FloatArray:
-        """(N, K): P(arm | context) for each context."""
-        return self.weights_x(self.spec.encode_many(contexts))[0]
+        """(N, K): P(arm | context) for each context (computed once per distinct context)."""
+        x = self.spec.encode_many(contexts)
+        if x.shape[0] == 0:
+            return np.zeros((0, self.mean.shape[0]))
+        rows, inverse = np.unique(x, axis=0, return_inverse=True)
+        return self.weights_x(rows)[0][inverse.reshape(-1)]
 
     def weights_one(self, x: FloatArray) -> FloatArray:
         """(K,) floored P(arm | x) for one design vector x (d,): the per-request path."""
+        key = x.tobytes()
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
         k = self.mean.shape[0]
         if self.burn_in:
             return np.full(k, 1.0 / k)
         sd = np.sqrt(np.maximum(((self.cov @ x) * x).sum(axis=-1), 0.0))
         p = normal_prob_best_one(self.mean @ x, sd, np.linspace(-6.5, 6.5, self.grid))
-        return p if p.min() >= self.floor else apply_floor(p, self.floor)
+        w = p if p.min() >= self.floor else apply_floor(p, self.floor)
+        if len(self.cache) < CACHE_SIZE:
+            self.cache[key] = w
+        return w
 
     def decide(self, context: Mapping[str, Any], rng: np.random.Generator) -> tuple[int, float]:
         """(arm, P(arm | context)) for one request."""

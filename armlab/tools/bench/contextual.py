@@ -210,6 +210,14 @@ def decision_latency(number: int = 500) -> dict[str, Any]:
     lin_alloc = lin.allocate(lin_stats)
     one = {"segment": "s1"}
     batch = ctx[:1000]
+    # a numeric feature: every context is new to the snapshot (no cache hits)
+    num = LinearThompson(LinearThompsonSettings(
+        features=[*feats, {"name": "recency", "kind": "numeric"}], floor=0.02))
+    fresh = [{"segment": sc.levels[i % 3], "recency": float(v)}
+             for i, v in enumerate(rng.random(6000))]
+    num_alloc = num.allocate(num.update(LinearStats.empty(3, num.spec.dim), fresh, arms,
+                                        (rng.random(6000) < 0.05).astype(float)))
+    it = iter(fresh * 10)
     return {
         "arms": 3,
         "thompson_weights_quadrature_us": round(_per_call(lambda: ts.weights(pooled, rng),
@@ -222,8 +230,10 @@ def decision_latency(number: int = 500) -> dict[str, Any]:
                                                       number * 10) * 1e6, 2),
         "linear_thompson_allocate_us": round(_per_call(lambda: lin.allocate(lin_stats),
                                                        number // 5) * 1e6, 1),
-        "linear_thompson_decide_us": round(_per_call(lambda: lin_alloc.decide(one, rng),
-                                                     number) * 1e6, 1),
+        "linear_thompson_decide_repeated_context_us": round(_per_call(
+            lambda: lin_alloc.decide(one, rng), number * 10) * 1e6, 2),
+        "linear_thompson_decide_new_context_us": round(_per_call(
+            lambda: num_alloc.decide(next(it), rng), number) * 1e6, 1),
         "linear_thompson_decide_many_us_per_context": round(_per_call(
             lambda: lin_alloc.decide_many(batch, rng), 5) * 1e6 / len(batch), 2),
     }
