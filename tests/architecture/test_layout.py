@@ -3,8 +3,9 @@
 * the import contracts of ``pyproject.toml`` hold (``lint-imports``), and they do catch an
   upward import and an import cycle when one is planted in a copy of the package;
 * imports sit at the top of modules: a function-level import is allowed only for a heavy
-  optional library (torch and friends, MABWiser, matplotlib, uvicorn, confluent-kafka) or in a
-  command of the CLI (which imports per command so ``armlab --help`` stays fast);
+  optional library (torch and friends, MABWiser, Vowpal Wabbit, matplotlib, uvicorn,
+  confluent-kafka) or in a command of the CLI (which imports per command so ``armlab --help``
+  stays fast);
 * docstrings and comments are self-contained: no references to documents outside the
   repository or to the notes it was built from;
 * the package table of the architecture page (``docs/architecture.md``) lists exactly the
@@ -27,7 +28,7 @@ PKG = REPO / "armlab"
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 HEAVY = {"torch", "transformers", "safetensors", "tokenizers", "gguf", "mabwiser",
-         "matplotlib", "uvicorn", "uvloop", "confluent_kafka"}
+         "vowpalwabbit", "matplotlib", "uvicorn", "uvloop", "confluent_kafka"}
 
 
 def _lint_imports(cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess[str]:
