@@ -21,11 +21,14 @@ over the G' segments with data,
     tau^2 = max(0, (S - (G' - 1) mu (1 - mu)) / (N - sum_g n_g^2 / N)),
     m = mu (1 - mu) / tau^2 - 1.
 
-The segment's posterior for arm k is then Beta(a0 + s_gk + w s_-gk, b0 + f_gk + w f_-gk), where
-s_-gk, f_-gk are the successes and failures of the *other* segments and w = min(1, m_k / n_-gk):
-the other segments' data count as at most m_k pseudo-observations. Homogeneous segments
-(tau^2 = 0) give w = 1, the pooled posterior again; very different segments give w ~ 0, the
-segment alone. ``pooling="none"`` uses w = 0 (independent segments after the split).
+The segment's posterior for arm k is then Beta(a0 + s_gk + c r_-gk, b0 + f_gk + c (1 - r_-gk)):
+its own successes and failures plus c = min(m_k, n_-gk) pseudo-observations (never more than
+the other segments observed) at r_-gk, the rate of arm k in the other segments weighted by
+each segment's traffic (:func:`others_rate`; count weights would favour the segments where a
+bandit found the arm good, since it plays it more there). Homogeneous segments (tau^2 = 0)
+borrow all the others' observations, the pooled posterior again (exactly, when the segments'
+traffic is proportional to their counts); very different segments borrow few, the segment
+alone. ``pooling="none"`` borrows none (independent segments after the split).
 
 Weights and propensities
 ------------------------
@@ -130,6 +133,28 @@ def pooling_weight(n: FloatArray, s: FloatArray) -> FloatArray:
     return np.asarray(w, dtype=np.float64)
 
 
+def others_rate(n: FloatArray, s: FloatArray) -> FloatArray:
+    """Rate of arm k in the segments other than g, (..., G, K): their observed rates weighted
+    by each segment's *traffic* (all its observations), not by the arm's own counts.
+
+    Counts of an arm are highest where a bandit found it good, so the count-weighted pooled
+    rate of the others is biased towards the segments it wins in; traffic weights estimate the
+    rate a new segment would see. Where no other segment has observed the arm it is 0 (and so
+    are the pseudo-counts).
+    """
+    traffic = n.sum(axis=-1, keepdims=True)  # (..., G, 1)
+    has = n > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        phat = np.where(has, s / np.maximum(n, 1e-300), 0.0)
+    num = traffic * has * phat
+    den = traffic * has
+    o_num = num.sum(axis=-2, keepdims=True) - num
+    o_den = den.sum(axis=-2, keepdims=True) - den
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(o_den > 0, o_num / np.maximum(o_den, 1e-300), 0.0)
+    return np.asarray(np.clip(rate, 0.0, 1.0), dtype=np.float64)
+
+
 def segment_posteriors(
     n: FloatArray, s: FloatArray, st: SegmentThompsonSettings
 ) -> tuple[FloatArray, FloatArray, IntArray]:
@@ -143,8 +168,10 @@ def segment_posteriors(
     pooled_a = st.prior_alpha + big_s
     pooled_b = st.prior_beta + (big_n - big_s)
     w = pooling_weight(n, s) if st.pooling == "empirical_bayes" else np.zeros_like(n)
-    own_a = st.prior_alpha + s + w * (big_s - s)
-    own_b = st.prior_beta + (n - s) + w * ((big_n - big_s) - (n - s))
+    pseudo = w * (big_n - n)  # min(m_k, n_-gk) pseudo-observations from the other segments
+    target = others_rate(n, s)
+    own_a = st.prior_alpha + s + pseudo * target
+    own_b = st.prior_beta + (n - s) + pseudo * (1.0 - target)
     split = (n.sum(axis=-1) >= max(st.min_segment_n, 1)) & np.all(n >= st.burn_in, axis=-1)
     burning = ~split & np.any(big_n < st.burn_in, axis=-1)
     a = np.where(split[..., None], own_a, pooled_a)
@@ -275,6 +302,7 @@ __all__ = [
     "SegmentThompsonParams",
     "SegmentThompsonSettings",
     "draw_rows",
+    "others_rate",
     "pooling_weight",
     "segment_posteriors",
     "segment_weights",

@@ -11,6 +11,7 @@ from armlab.core.policies.contextual import (
     SegmentStats,
     SegmentThompson,
     SegmentThompsonSettings,
+    others_rate,
     pooling_weight,
 )
 from armlab.core.policies.thompson import ThompsonSampling
@@ -114,6 +115,19 @@ def test_empirical_bayes_pools_homogeneous_segments_and_not_different_ones() -> 
     # with w = 1 a split segment's posterior is the pooled one: same weights as pooled rows
     al = _policy(min_segment_n=100).allocate(SegmentStats(n, same), rng())
     np.testing.assert_allclose(al.weights[0], al.weights[2], atol=1e-12)
+
+
+def test_shrinkage_target_weights_other_segments_by_traffic_not_by_arm_counts() -> None:
+    # arm 1 was played 900 times where it is good (0.07) and 50 times where it is not (0.03):
+    # counts would put the others' rate near 0.068; each segment's traffic counts equally here
+    n = np.array([[100, 900], [950, 50], [500, 500]], dtype=float)
+    s = np.array([[5, 63], [47.5, 1.5], [25, 25]], dtype=float)
+    rate = others_rate(n, s)
+    assert rate[2, 1] == pytest.approx((0.07 + 0.03) / 2)
+    assert rate[2, 0] == pytest.approx((0.05 + 0.05) / 2)
+    assert rate[0, 1] == pytest.approx((1000 * 0.03 + 1000 * 0.05) / 2000)
+    assert others_rate(np.array([[3.0, 0.0], [0.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 0.0]]))[
+        0, 1] == 0.0
 
 
 def test_burn_in_and_floor_hold_per_segment() -> None:
