@@ -54,7 +54,7 @@ def test_linear_thompson_within_a_factor_of_two_where_segments_are_alike(
     same: dict[str, dict[str, float]]
 ) -> None:
     # The default linear model does not pool its per-level coefficients (onehot_ridge = ridge),
-    # so with alike segments it explores each one: measured 1.2-1.5x non-contextual Thompson
+    # so with alike segments it explores each one: measured 1.2-1.6x non-contextual Thompson
     # sampling (docs/contextual.md); this guards against worse.
     assert _no_worse(same["linear_thompson"], same["thompson"], factor=2.0), (
         same["linear_thompson"]["regret_mean"], same["thompson"]["regret_mean"])
