@@ -115,20 +115,28 @@ class SegmentStats:
         return cls(np.zeros((segments, arms)), np.zeros((segments, arms)))
 
 
-def pooling_weight(n: FloatArray, s: FloatArray) -> FloatArray:
-    """w = min(1, m_k / n_-gk) of the module docstring; n, s (..., G, K) -> (..., G, K)."""
+def between_variance(n: FloatArray, s: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Moment estimate of the between-group variance tau^2 of the rates (Kleinman 1973) and
+    the pooled rate mu: groups on axis -2 of n, s (..., G, K); both results (..., 1, K)."""
     big_n = n.sum(axis=-2, keepdims=True)
     mu = np.where(big_n > 0, s.sum(axis=-2, keepdims=True) / np.maximum(big_n, 1e-300), 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         phat = np.where(n > 0, s / np.maximum(n, 1e-300), mu)
     between = np.sum(n * (phat - mu) ** 2, axis=-2, keepdims=True)
     g_eff = np.sum(n > 0, axis=-2, keepdims=True)
-    v = mu * (1.0 - mu)
     denom = big_n - np.sum(n * n, axis=-2, keepdims=True) / np.maximum(big_n, 1e-300)
     with np.errstate(invalid="ignore", divide="ignore"):
-        tau2 = np.where(denom > 0, (between - (g_eff - 1) * v) / denom, 0.0)
+        tau2 = np.where(denom > 0, (between - (g_eff - 1) * mu * (1.0 - mu)) / denom, 0.0)
+    return np.maximum(tau2, 0.0), mu
+
+
+def pooling_weight(n: FloatArray, s: FloatArray) -> FloatArray:
+    """w = min(1, m_k / n_-gk) of the module docstring; n, s (..., G, K) -> (..., G, K)."""
+    tau2, mu = between_variance(n, s)
+    v = mu * (1.0 - mu)
+    with np.errstate(invalid="ignore", divide="ignore"):
         m = np.where(tau2 > 0, v / np.maximum(tau2, 1e-300) - 1.0, np.inf)
-        others = big_n - n
+        others = n.sum(axis=-2, keepdims=True) - n
         w = np.where(others > 0, np.minimum(1.0, np.maximum(m, 0.0) / others), 1.0)
     return np.asarray(w, dtype=np.float64)
 
@@ -301,6 +309,7 @@ __all__ = [
     "SegmentThompson",
     "SegmentThompsonParams",
     "SegmentThompsonSettings",
+    "between_variance",
     "draw_rows",
     "others_rate",
     "pooling_weight",

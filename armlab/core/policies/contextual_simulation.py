@@ -121,7 +121,8 @@ def _weights(policy: str, st: Any, state: _State, g: IntArray, xg: FloatArray,
         w = apply_floor(p, st.floor)
         return np.broadcast_to(w[:, None, :], (*g.shape, k))
     assert state.xtx is not None and state.xty is not None
-    mean, cov = linear_posterior(state.xtx, state.xty, prior_precision(spec, st), st.noise_sd)
+    lam = prior_precision(spec, st, state.xtx, state.xty)
+    mean, cov = linear_posterior(state.xtx, state.xty, lam, st.noise_sd)
     # every context here is one of the G segment vectors: weights per segment, then per round
     wg, _ = linear_weights(np.broadcast_to(xg, (seeds, *xg.shape)), mean, cov, st.floor,
                            st.grid)  # (S, G, K)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +45,7 @@ from armlab.core.policies.base import (
     check_floor,
 )
 from armlab.core.policies.context_features import ContextParams, ContextSpec
-from armlab.core.policies.contextual import draw_rows
+from armlab.core.policies.contextual import between_variance, draw_rows
 from armlab.errors import PolicyError
 
 Positive = Annotated[float, Field(gt=0.0)]
@@ -60,13 +60,15 @@ class LinearThompsonParams(ContextParams):
     features: numeric and categorical (one-hot) features; ridge: lambda, the prior precision
     in units of the noise (prior theta ~ N(0, noise_sd^2 / ridge I)); onehot_ridge: the prior
     precision of the one-hot (categorical) coefficients instead, when set: a large value
-    shrinks the per-level deviations towards the shared intercept; noise_sd: v, the reward
+    shrinks the per-level deviations towards the shared intercept; ``empirical_bayes``
+    estimates it per arm and feature from the data (:func:`onehot_precision`); noise_sd: v, the
+    reward
     noise scale, which sets how widely the posterior explores; grid: quadrature nodes per arm
     for P(arm | context).
     """
 
     ridge: Positive = 1.0
-    onehot_ridge: Positive | None = None
+    onehot_ridge: Positive | Literal["empirical_bayes"] | None = None
     noise_sd: Positive = 0.15
     grid: int = Field(48, ge=8, le=2049)
 
@@ -121,10 +123,12 @@ def linear_posterior(
 ) -> tuple[FloatArray, FloatArray]:
     """Posterior means (..., K, d) and covariances v^2 A^-1 (..., K, d, d), any leading shape.
 
-    ``ridge``: lambda, a number or one prior precision per coordinate (d,).
+    ``ridge``: lambda, a number or prior precisions per coordinate, (d,) or (..., K, d).
     """
     d = xty.shape[-1]
-    a = xtx + np.diag(np.broadcast_to(np.asarray(ridge, dtype=np.float64), (d,)))
+    idx = np.arange(d)
+    a = np.array(xtx, dtype=np.float64)
+    a[..., idx, idx] += np.asarray(ridge, dtype=np.float64)
     chol = np.linalg.cholesky(a)
     eye = np.broadcast_to(np.eye(d), a.shape)
     # A^-1 = L^-T L^-1 from two triangular-shaped solves (A is symmetric positive definite)
@@ -250,9 +254,46 @@ class LinearAllocation:
         return draw_rows(self.propensities(contexts), rng)
 
 
-def prior_precision(spec: ContextSpec, st: LinearThompsonSettings) -> FloatArray:
-    """(d,) prior precisions: ``ridge`` for the intercept and numeric features, ``onehot_ridge``
-    (default ``ridge``) for the one-hot blocks."""
+#: Largest prior precision the empirical-Bayes one-hot ridge takes (no measurable dispersion
+#: between levels): per-level deviations of sd noise_sd / 100, i.e. pooled.
+MAX_ONEHOT_RIDGE = 1e4
+
+
+def onehot_precision(
+    spec: ContextSpec, xtx: FloatArray, xty: FloatArray, ridge: float, noise_sd: float
+) -> FloatArray:
+    """Empirical-Bayes prior precision of each arm's one-hot coefficients, (..., K, d).
+
+    For each categorical feature and arm, the levels' reward rates (counts and sums are the
+    diagonal of xtx and the entries of xty on the feature's one-hot block) give the
+    between-level variance tau^2 by the moment estimator of segment_thompson
+    (:func:`armlab.core.policies.contextual.between_variance`); a deviation with prior variance
+    tau^2 has precision noise_sd^2 / tau^2 in the units of A (clipped to [ridge,
+    MAX_ONEHOT_RIDGE]). Intercept and numeric coordinates keep ``ridge``.
+    """
+    d = spec.dim
+    lam = np.full((*xty.shape[:-1], d), float(ridge))
+    off = 1 + len(spec.numeric)
+    for r in spec.radix:
+        j = np.arange(off, off + r)
+        n = np.swapaxes(xtx[..., j, j], -1, -2)  # (..., r, K)
+        s = np.clip(np.swapaxes(xty[..., j], -1, -2), 0.0, n)
+        tau2 = between_variance(n, s)[0][..., 0, :]  # (..., K)
+        with np.errstate(divide="ignore"):
+            prec = np.where(tau2 > 0, noise_sd**2 / np.maximum(tau2, 1e-300), MAX_ONEHOT_RIDGE)
+        lam[..., off:off + r] = np.clip(prec, ridge, MAX_ONEHOT_RIDGE)[..., None]
+        off += r
+    return lam
+
+
+def prior_precision(
+    spec: ContextSpec, st: LinearThompsonSettings, xtx: FloatArray, xty: FloatArray
+) -> FloatArray:
+    """Prior precisions, (d,) or (..., K, d) with ``empirical_bayes``: ``ridge`` for the
+    intercept and numeric features, ``onehot_ridge`` (default ``ridge``) for the one-hot
+    blocks."""
+    if st.onehot_ridge == "empirical_bayes":
+        return onehot_precision(spec, xtx, xty, st.ridge, st.noise_sd)
     lam = np.full(spec.dim, st.ridge)
     if st.onehot_ridge is not None:
         lam[1 + len(spec.numeric):] = st.onehot_ridge
@@ -278,8 +319,8 @@ class LinearThompson:
                 f"linear stats have dimension {stats.xty.shape[1]}, the features encode to "
                 f"{self.spec.dim}"
             )
-        mean, cov = linear_posterior(stats.xtx, stats.xty, prior_precision(self.spec, s),
-                                     s.noise_sd)
+        lam = prior_precision(self.spec, s, stats.xtx, stats.xty)
+        mean, cov = linear_posterior(stats.xtx, stats.xty, lam, s.noise_sd)
         burning = s.burn_in > 0 and bool(np.any(stats.n < s.burn_in))
         return LinearAllocation(self.spec, mean, cov, s.floor, s.grid, burning)
 
@@ -302,5 +343,6 @@ __all__ = [
     "linear_weights",
     "normal_prob_best",
     "normal_prob_best_one",
+    "onehot_precision",
     "prior_precision",
 ]

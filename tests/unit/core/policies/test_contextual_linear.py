@@ -11,6 +11,7 @@ from armlab.core.policies.linear_thompson import (
     LinearThompsonSettings,
     normal_prob_best,
     normal_prob_best_one,
+    onehot_precision,
 )
 from armlab.errors import PolicyError
 
@@ -113,3 +114,31 @@ def test_burn_in_serves_uniformly_and_shapes_are_checked() -> None:
     with pytest.raises(PolicyError, match="floor"):
         LinearThompson(LinearThompsonSettings(features=FEATURES, floor=0.4)).allocate(
             LinearStats.empty(3, pol.spec.dim))
+
+
+def test_empirical_bayes_onehot_precision_pools_alike_levels_only() -> None:
+    st = LinearThompsonSettings(features=FEATURES[:1], onehot_ridge="empirical_bayes")
+    pol = LinearThompson(st)
+    r = rng(2)
+    ctx = [{"segment": str(s)} for s in r.choice(["a", "b", "c"], 30_000)]
+    arms = r.integers(0, 3, 30_000)
+    alike = (r.random(30_000) < 0.05).astype(float)
+    differ = np.array([r.random() < true_rate({**c, "recency": 0.0}, int(a))
+                       for c, a in zip(ctx, arms)], float)
+    spec = pol.spec
+    lam_alike = onehot_precision(spec, *_sums(pol, ctx, arms, alike), 1.0, st.noise_sd)
+    lam_differ = onehot_precision(spec, *_sums(pol, ctx, arms, differ), 1.0, st.noise_sd)
+    assert lam_alike.shape == (3, spec.dim) and np.all(lam_alike[:, 0] == 1.0)
+    assert np.all(lam_alike[:, 1:] > 500)  # tau^2 ~ 0: deviations pooled
+    assert np.all(lam_differ[:, 1:] < 100)  # tau^2 ~ 5e-4: noise_sd^2 / tau^2 ~ 45
+    # the policy uses them: P(best | level) follows the levels only where they differ
+    al = pol.allocate(pol.update(LinearStats.empty(3, spec.dim), ctx, arms, differ))
+    assert list(al.propensities([{"segment": s} for s in "abc"]).argmax(axis=1)) == [0, 1, 2]
+    with pytest.raises(PolicyError, match="onehot_ridge"):
+        LinearThompsonSettings(features=FEATURES, onehot_ridge="lots")
+
+
+def _sums(pol: LinearThompson, ctx: list[dict[str, str]], arms: np.ndarray,
+          rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    st = pol.update(LinearStats.empty(3, pol.spec.dim), ctx, arms, rewards)
+    return st.xtx, st.xty
