@@ -59,16 +59,16 @@ class LinearThompsonParams(ContextParams):
 
     features: numeric and categorical (one-hot) features; ridge: lambda, the prior precision
     in units of the noise (prior theta ~ N(0, noise_sd^2 / ridge I)); onehot_ridge: the prior
-    precision of the one-hot (categorical) coefficients instead, when set: a large value
-    shrinks the per-level deviations towards the shared intercept; ``empirical_bayes``
-    estimates it per arm and feature from the data (:func:`onehot_precision`); noise_sd: v, the
-    reward
+    precision of the one-hot (categorical) coefficients: ``empirical_bayes`` (default)
+    estimates it per arm and feature from the data (:func:`onehot_precision`), so alike levels
+    are pooled and different ones are not; a number fixes it (large: shrink the per-level
+    deviations towards the shared intercept); null uses ``ridge``; noise_sd: v, the reward
     noise scale, which sets how widely the posterior explores; grid: quadrature nodes per arm
     for P(arm | context).
     """
 
     ridge: Positive = 1.0
-    onehot_ridge: Positive | Literal["empirical_bayes"] | None = None
+    onehot_ridge: Positive | Literal["empirical_bayes"] | None = "empirical_bayes"
     noise_sd: Positive = 0.15
     grid: int = Field(48, ge=8, le=2049)
 

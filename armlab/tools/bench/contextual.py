@@ -156,18 +156,13 @@ def _scenario_row(sc: Scenario, *, horizon: int, seeds: int, peer_seeds: int,
                                   batch_every=batch_every, seed=seed)
         res.pop("regret_per_seed")
         row[f"armlab_{pol}"] = res
-    # the linear policy with shrinkage of the per-level coefficients, fixed and estimated (the
-    # settings, shown beside the default because they trade one scenario against the other)
+    # the linear policy without pooling of its per-level coefficients (onehot_ridge = ridge),
+    # shown beside the default because it trades one scenario against the other
     res = simulate_contextual(sc, "linear_thompson", horizon=horizon, seeds=seeds,
                               batch_every=batch_every, seed=seed,
-                              params={"onehot_ridge": 100.0})
+                              params={"onehot_ridge": None})
     res.pop("regret_per_seed")
-    row["armlab_linear_thompson_onehot_ridge100"] = res
-    res = simulate_contextual(sc, "linear_thompson", horizon=horizon, seeds=seeds,
-                              batch_every=batch_every, seed=seed,
-                              params={"onehot_ridge": "empirical_bayes"})
-    res.pop("regret_per_seed")
-    row["armlab_linear_thompson_onehot_eb"] = res
+    row["armlab_linear_thompson_unpooled"] = res
     peers: dict[str, dict[str, Any]] = {
         name: (_peer(name, sc, horizon, batch_every, peer_seeds, seed + 1000)
                if peer_seeds > 0 else {"installed": None, "note": "--peer-seeds 0"})
@@ -177,8 +172,7 @@ def _scenario_row(sc: Scenario, *, horizon: int, seeds: int, peer_seeds: int,
     best = min(ran, key=lambda n: float(ran[n]["regret_mean"])) if ran else None
     row["best_peer"] = best
     base = row["armlab_thompson"]
-    for pol in ("segment_thompson", "linear_thompson", "linear_thompson_onehot_ridge100",
-                "linear_thompson_onehot_eb"):
+    for pol in ("segment_thompson", "linear_thompson", "linear_thompson_unpooled"):
         mine = row[f"armlab_{pol}"]
         row[f"{pol}_over_thompson"] = _ratio(mine, base)
         row[f"{pol}_over_best_peer"] = _ratio(mine, ran[best]) if best else None
