@@ -100,6 +100,11 @@ class ExperimentInfo:
     status: str = ExperimentStatus.RUNNING
     ended_at: datetime | None = None
     guardrails: tuple[MetricRule, ...] = ()
+    # "ab" or "interleaving"; the unit of analysis ("request" | "user"); the rankers (arm keys
+    # in the experiment's arm order: a pair (a, b) is kept with a before b in it).
+    design: str = "ab"
+    unit: str = "request"
+    rankers: tuple[str, ...] = ()
 
     def not_running_at(self, served_at: datetime) -> bool:
         """True for a draft, and for a stopped/shipped experiment after it ended: impressions
@@ -125,6 +130,11 @@ class ImpressionState:
     partition: int = 0
     # guardrail metric key -> [value, feedback events]; None without guardrails
     metrics: dict[str, list[float]] | None = None
+    # An interleaved impression's log as stored in ``impressions.interleaving``: {"unit": the
+    # unit of analysis' id, "teams": {item id: ranker}, "pairs": [[a, b, P(compared)], ...]
+    # (a before b in the experiment's arm order), "clicks": {ranker: credited clicks},
+    # "credited": [item ids already credited]}; None for an A/B impression.
+    interleaving: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +214,12 @@ class Effects:
     stats: dict[tuple[int, str, int], ArmSums] = field(default_factory=dict)
     # guardrail metric sums by (experiment id, arm key, metric key, partition)
     guardrail_stats: dict[tuple[int, str, str, int], ArmSums] = field(default_factory=dict)
+    # interleaving: impressions per (experiment id, unit id); IPW credit difference per
+    # (experiment id, unit id, a, b); per (experiment id, a, b, partition) the increments of
+    # [compared, a_wins, b_wins, a_clicks, b_clicks] (tables in models_interleaving)
+    interleaving_units: Counter[tuple[int, str]] = field(default_factory=Counter)
+    interleaving_credits: dict[tuple[int, str, str, str], float] = field(default_factory=dict)
+    interleaving_pairs: dict[tuple[int, str, str, int], list[int]] = field(default_factory=dict)
     counters: Counter[tuple[str, int]] = field(default_factory=Counter)  # (reason, partition)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, outcome)
     rejects: list[Reject] = field(default_factory=list)

@@ -246,6 +246,40 @@ class GuardrailSpec(StrictModel):
         return self.aggregate in ("any", "first")
 
 
+class InterleavingSpec(StrictModel):
+    """How an interleaving experiment (``design: interleaving``) merges and tests its rankers.
+
+    Every arm is a ranker. Each request shows one list merged by team draft (two rankers) or
+    team-draft multileaving (three or more; Schuth et al. 2014), the draft order drawn per
+    request; a click is credited to the team of the clicked item. The test is per pair of
+    rankers on the unit's mean (or summed) credit difference, always valid, Holm across pairs
+    (:mod:`armlab.core.stats.interleaving`); ``sequential.alpha`` and ``sequential.auto_stop``
+    apply. With ``rankers_per_request`` below the number of arms a multi-dueling Thompson
+    bandit chooses the rankers of each request (:mod:`armlab.core.policies.dueling`) and every
+    impression logs the probability of each pair being compared (the test weights by it)."""
+
+    rankers_per_request: int | None = Field(
+        None, ge=2, le=256,
+        description="Rankers merged into each list; omitted = every arm. Below the number of "
+        "arms a dueling bandit chooses them per request.")
+    pair_floor: float = Field(
+        0.02, gt=0, lt=1,
+        description="Smallest probability of any pair being compared when the bandit chooses "
+        "(must be reachable: at most m(m-1)/(K(K-1)) for m of K rankers).")
+    aggregate: Literal["mean", "sum"] = Field(
+        "mean", description="A unit's preference: the mean (default) or the sum of its "
+        "impressions' credit differences.")
+    planned_units: int = Field(
+        1000, ge=1, le=JSON_INT_MAX,
+        description="Units the confidence sequence is tuned for (valid before and after).")
+    min_units: int = Field(30, ge=2, le=INT32_MAX,
+                           description="Units before a look carries evidence.")
+    stop_on: Literal["condorcet", "all_pairs", "never"] = Field(
+        "condorcet", description="condorcet: one ranker decided better than every other (or "
+        "every pair decided); all_pairs: every pair decided; never: monitor only. Applies "
+        "with sequential.auto_stop.")
+
+
 class ArmSpec(StrictModel):
     key: Key
     control: StrictBool = False
@@ -299,6 +333,10 @@ class ExperimentSpec(StrictModel):
     )
 
     key: Key
+    design: Literal["ab", "interleaving"] = Field(
+        "ab", description="ab: each request is served by one arm (the bandit A/B test); "
+        "interleaving: arms are rankers merged into one list per request, clicks credited "
+        "to the ranker that placed the item (see `interleaving`).")
     name: str | None = Field(None, max_length=200, description="Defaults to the key.")
     description: str = Field("", max_length=10_000)
     unit: Literal["request", "user"] = Field(
@@ -324,6 +362,9 @@ class ExperimentSpec(StrictModel):
     guardrails: list[GuardrailSpec] = Field(
         default_factory=list, max_length=16,
         description="Guardrail metrics (keys unique); immutable once the experiment runs.")
+    interleaving: InterleavingSpec | None = Field(
+        None, validate_default=True,
+        description="Interleaving settings (design interleaving only; defaults filled in).")
 
     @field_validator("arms")
     @classmethod
@@ -371,6 +412,35 @@ class ExperimentSpec(StrictModel):
                 raise ValueError(f"guardrails.{i}.source.feedback: {g.source.feedback!r} is the "
                                  "primary reward metric; a guardrail watches another metric")
         return gs
+
+    @field_validator("interleaving")
+    @classmethod
+    def _check_interleaving(cls, v: InterleavingSpec | None, info: ValidationInfo
+                            ) -> InterleavingSpec | None:
+        design = info.data.get("design")
+        if design != "interleaving":
+            if v is not None:
+                raise ValueError("interleaving settings need design: interleaving")
+            return None
+        spec = v or InterleavingSpec.model_validate({})
+        arms = info.data.get("arms") or []
+        m = spec.rankers_per_request
+        if m is not None and arms and m > len(arms):
+            raise ValueError(f"rankers_per_request: {m} is more than the {len(arms)} arms")
+        if m is not None and arms and m < len(arms):
+            k = len(arms)
+            top = m * (m - 1) / (k * (k - 1))
+            if spec.pair_floor > top:
+                raise ValueError(f"pair_floor: {spec.pair_floor} is above what uniform choices "
+                                 f"of {m} of {k} rankers give ({top:.4g})")
+        if info.data.get("guardrails"):
+            raise ValueError("guardrails are not tested in an interleaving experiment (one "
+                             "list mixes every ranker); run them in the A/B stage")
+        reward = info.data.get("reward")
+        if isinstance(reward, RewardSpec) and reward.kind != "binary":
+            raise ValueError("an interleaving experiment credits clicks: reward.kind must be "
+                             "binary")
+        return spec
 
     @property
     def control_arm_key(self) -> str:

@@ -178,6 +178,8 @@ def create_experiment(uow: UnitOfWorkPort, *, spec: ExperimentSpec, actor: str) 
         description=spec.description,
         status=ExperimentStatus.DRAFT,
         unit=spec.unit,
+        design=spec.design,
+        interleaving=spec.interleaving.model_dump() if spec.interleaving else None,
         reward_kind=spec.reward.kind,
         reward_metric=spec.reward.metric,
         policy_name=spec.policy.name,

@@ -46,6 +46,10 @@ class Experiment(Base):
     status: Mapped[str] = mapped_column(String(16), default=ExperimentStatus.DRAFT.value,
                                         nullable=False)
     unit: Mapped[str] = mapped_column(String(16), default="request", nullable=False)
+    # "ab" or "interleaving"; the interleaving settings (InterleavingSpec dump) or None.
+    design: Mapped[str] = mapped_column(String(16), default="ab", server_default=text("'ab'"),
+                                        nullable=False)
+    interleaving: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     reward_kind: Mapped[str] = mapped_column(String(16), default="binary", nullable=False)
     reward_metric: Mapped[str] = mapped_column(String(64), default="click", nullable=False)
     policy_name: Mapped[str] = mapped_column(String(32), default="thompson", nullable=False)
@@ -244,6 +248,9 @@ class Impression(Base):
     # Guardrail metric values of this impression: metric key -> [value, feedback events];
     # None when the experiment has no guardrails (a metric absent: not observed).
     guardrail_values: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # An interleaved impression's log as the consumer keeps it (unit, teams by item, pair
+    # propensities, clicks per team, credited items); None otherwise.
+    interleaving: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Feedback(Base):
@@ -424,3 +431,18 @@ class CatalogItem(Base):
     text: Mapped[str] = mapped_column(Text, nullable=False, default="")
     attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
     popularity: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+
+
+# The interleaving tables live in their own module; imported here so every table is on the
+# metadata whenever the models are.
+from armlab.adapters.db.models_interleaving import (  # noqa: E402
+    InterleavingCredit,
+    InterleavingPair,
+    InterleavingUnit,
+)
+
+__all__ = ["Experiment", "Arm", "AuditLog", "AllocationSnapshot", "ArmStats", "GuardrailStats",
+           "ArmRollup", "Impression", "Feedback", "ConsumerOffset", "IngestCounter",
+           "ConsumerLag", "DeadLetterBucket", "IngestLock", "Decision", "UnitAssignment",
+           "Catalog", "CatalogItem", "InterleavingCredit", "InterleavingPair",
+           "InterleavingUnit", "EXPERIMENT_STATUSES", "ROLLUP_WIDTHS_S"]

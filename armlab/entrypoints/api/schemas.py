@@ -106,6 +106,10 @@ class ExperimentOut(OutModel):
     rolled_back: dict[str, Any] = Field(
         default_factory=dict,
         description="Arms a guardrail breach took out of the allocation, with the evidence.")
+    design: Literal["ab", "interleaving"] = Field(
+        "ab", description="ab (one arm per request) or interleaving (rankers merged).")
+    interleaving: dict[str, Any] | None = Field(
+        None, description="Interleaving settings (design interleaving), defaults filled in.")
 
 
 class ExperimentList(OutModel):
