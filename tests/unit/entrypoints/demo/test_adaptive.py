@@ -23,7 +23,7 @@ from armlab.adapters.db.models import (
     GuardrailStats,
     Impression,
 )
-from armlab.entrypoints.demo import adaptive
+from armlab.entrypoints.demo import adaptive, two_stage
 from armlab.settings import Settings
 
 
@@ -35,7 +35,7 @@ def test_reduced_demo_runs_end_to_end(sqlite_url: str, tmp_path: Path) -> None:
                           settings=settings, report_dir=tmp_path / "reports",
                           tiny_dir=tmp_path / "tiny", key="demo-test", include_lm=True,
                           concurrency=4)
-    res = adaptive.run_demo(cfg)
+    res = two_stage.run_demo(cfg)
     assert res.requests == 60
     assert sum(t.requests for t in res.tallies.values()) == 60
     assert set(res.tallies) == {"popularity", "minilm-history-pop", "minilm-history",
@@ -158,7 +158,7 @@ def test_the_demo_run_twice_on_one_database_counts_the_second_runs_traffic(
                                   settings=settings, report_dir=tmp_path / "reports",
                                   tiny_dir=tmp_path / "tiny", key=key, include_lm=False,
                                   concurrency=2)
-        res = adaptive.run_demo(cfg)
+        res = two_stage.run_demo(cfg)
         assert res.requests == 40
         with make_session_factory(engine)() as s:
             exp = s.scalars(select(Experiment).where(Experiment.key == key)).one()
