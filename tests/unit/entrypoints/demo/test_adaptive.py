@@ -199,7 +199,7 @@ def test_the_demo_run_twice_on_one_database_counts_the_second_runs_traffic(
         cfg = adaptive.DemoConfig(max_requests=40, cadence=20, tiny=True, quiet=True,
                                   settings=settings, report_dir=tmp_path / "reports",
                                   tiny_dir=tmp_path / "tiny", key=key, include_lm=False,
-                                  concurrency=2)
+                                  concurrency=2, stages="ab")
         res = two_stage.run_demo(cfg)
         assert res.requests == 40
         with make_session_factory(engine)() as s:
