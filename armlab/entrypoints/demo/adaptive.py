@@ -45,10 +45,11 @@ from armlab.adapters.scoring.scorers import UserContext, rank_catalog_many
 from armlab.adapters.scoring.tiny import make_tiny_model
 from armlab.core.clock import utcnow
 from armlab.core.status import ExperimentStatus
+from armlab.entrypoints.demo.common import check as _check
 from armlab.entrypoints.demo.interleaved import StageOne
 from armlab.entrypoints.demo.summary import choose_winner
 from armlab.entrypoints.report import write_report
-from armlab.errors import ArmlabError, ConfigurationError
+from armlab.errors import ArmlabError
 from armlab.services.allocator import run_allocation
 from armlab.services.catalog import store_catalog
 from armlab.tools.movielens_replay import (
@@ -161,16 +162,6 @@ def experiment_spec(key: str, cfg: DemoConfig, arms: list[dict[str, Any]],
 DEMO_GUARDRAIL: dict[str, Any] = {
     "key": "low_rated", "source": {"feedback": "rating"}, "aggregate": "any",
     "harm": "increase", "margin": {"absolute": 0.02}, "alpha": 0.05, "on_breach": "rollback"}
-
-
-def _check(resp: Any, what: str) -> dict[str, Any]:
-    if resp.status_code >= 400:
-        try:
-            detail = resp.json().get("detail")
-        except Exception:  # noqa: BLE001
-            detail = resp.text[:300]
-        raise ConfigurationError(f"{what} failed ({resp.status_code}): {detail}")
-    return dict(resp.json())
 
 
 def _tiny_models(base: Path) -> dict[str, str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.table import Table
 
+from armlab.entrypoints.demo.common import check as _check
 from armlab.services.allocator import run_allocation
 
 STAGE1_MIN_UNITS = 30
@@ -108,8 +109,6 @@ class InterleavingStage:
         self.result = StageOne(key=key, tallies={a["key"]: RankerTally() for a in run.arms})
 
     def register(self, client: Any) -> None:
-        from armlab.entrypoints.demo.adaptive import _check
-
         users = len({r.user for r in self.requests})
         spec = stage_one_spec(self.result.key, self.run.arms, k=self.cfg.k, n_users=users,
                               rankers_per_request=self.rankers_per_request)
@@ -145,8 +144,6 @@ class InterleavingStage:
                     item_id=item)
 
     def sync(self, client: Any, runner: Any) -> None:
-        from armlab.entrypoints.demo.adaptive import _check
-
         self.services.producer.flush()
         runner.drain() if self.run.memory else runner.run(exit_when_idle=1.0)
         run_allocation(self.services.allocation_store)
