@@ -69,7 +69,8 @@ class FakeAssigner:
 def variants(n: int) -> dict[str, dict[str, Any]]:
     ids = [it["id"] for it in ITEMS]
     rng = np.random.default_rng(7)
-    return {f"r{j}": {"order": [str(i) for i in rng.permutation(ids)], "bias": j / 10} for j in range(n)}
+    return {f"r{j}": {"order": [str(i) for i in rng.permutation(ids)], "bias": j / 10}
+            for j in range(n)}
 
 
 def run(assigner: FakeAssigner, scoring: FakeScoring | None = None, k: int = 5,
