@@ -40,11 +40,13 @@ class AssignmentLike(Protocol):
 
 
 class Assigns(Protocol):
-    """What recommend needs of an assigner (armlab.services.assignment.Assigner fits)."""
+    """What recommend needs of an assigner (armlab.services.assignment.Assigner fits). An
+    assigner with ``serve`` (the Assigner) is asked that instead, which also serves
+    interleaving experiments (:class:`InterleavedAssignment`)."""
 
-    def serve(
+    def assign(
         self, experiment_key: str, unit_id: str, context: dict[str, Any] | None = None
-    ) -> AssignmentLike | InterleavedAssignment: ...
+    ) -> AssignmentLike: ...
 
 
 def _user(view: CatalogView | None, candidates: list[dict[str, Any]] | None,
@@ -82,7 +84,9 @@ def recommend(
     user = _user(view, candidates, user_text, history)
     ctx = dict(context or {})
     ctx.setdefault("k", k)
-    served = assigner.serve(key, unit_id, ctx)
+    serve = getattr(assigner, "serve", None)
+    served: AssignmentLike | InterleavedAssignment = (
+        serve(key, unit_id, ctx) if serve is not None else assigner.assign(key, unit_id, ctx))
     excluded = set(exclude or ())
     if exclude_history:
         excluded |= set(history)

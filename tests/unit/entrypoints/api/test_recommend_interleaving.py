@@ -118,3 +118,27 @@ def test_openapi_documents_the_interleaving_object(app_url) -> None:
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     assert set(schemas["InterleavingOut"]["properties"]) == {"rankers", "teams", "draft", "pairs"}
     assert "interleaving" in schemas["RecommendOut"]["properties"]
+
+
+def test_a_ranker_that_fails_gets_the_scoring_error_not_a_500(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'bad.db'}"
+    migrate.upgrade(url)
+    svc = bootstrap(Settings(database_url=url))
+    try:
+        spec = ExperimentSpec.model_validate({
+            "key": "il-bad", "design": "interleaving",
+            "arms": [{"key": "pop", "control": True, "variant": {"kind": "popularity"}},
+                     {"key": "bad", "variant": {"kind": "bi_encoder",
+                                                "model": str(tmp_path / "no-such-model")}}]})
+        with UnitOfWork(svc.session_factory) as uow:
+            registry.create_experiment(uow, spec=spec, actor="test")
+            registry.start_experiment(uow, key="il-bad", actor="test")
+            uow.commit()
+    finally:
+        svc.close()
+    settings = Settings(database_url=url, transport="memory", auth_tokens=f"app:producer:{TOKEN}")
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/v1/experiments/il-bad/recommend", headers=H, json={
+            "unit_id": "req-1", "user": {"text": "x"}, "candidates": CANDIDATES, "k": 3})
+    assert r.status_code in (422, 503), r.text
+    assert r.json()["type"] in ("ScoringError", "ModelNotAvailable")
