@@ -1,6 +1,8 @@
 """The assignment cache's entries: an immutable :class:`ExperimentView` per experiment (built
 from the experiment and its latest allocation snapshot by :func:`build_view`), the
 :class:`Assignment` it answers with, and :func:`unit_hash`, the sticky draw of ``unit: user``.
+A ``design: interleaving`` view also holds its ranker-set distribution
+(:class:`~armlab.services.interleave.RankerSets`, from the snapshot's ``stats.sets``).
 See :mod:`armlab.services.assignment` for the rules they serve.
 """
 
