@@ -3,11 +3,15 @@ tallies, pending clicks, duplicates (no I/O; the store tests write the same effe
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from armlab.core.event_effects import (
     BatchState,
@@ -17,6 +21,8 @@ from armlab.core.event_effects import (
     handle_batch,
 )
 from armlab.core.events import FeedbackV1, ImpressionV1, decode
+from armlab.core.interleaving.team_draft import Interleaving, ShownItem, credit
+from armlab.core.stats.interleaving import unit_preferences
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 IMP_T, FB_T = "imps", "fbs"
@@ -249,3 +255,111 @@ def test_an_ab_impression_still_counts_in_the_arm_statistics() -> None:
     assert fx.stats[(3, "a", 0)].reward_sum == 1.0
     assert not fx.interleaving_units and not fx.interleaving_pairs
     assert fx.new_impressions[0].interleaving is None
+
+
+# -- against a direct reference computation -----------------------------------------------
+
+RANKERS = ("r0", "r1", "r2")
+
+
+@st.composite
+def _streams(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[tuple[bool, dict]], list[int]]:
+    """Impressions (rankers, items, teams, pair propensities, unit), the event stream with
+    copies in any order (click or not, document), and the batch boundaries."""
+    imps = []
+    for i in range(draw(st.integers(1, 5))):
+        rankers = draw(st.sampled_from([("r0", "r1"), ("r1", "r2"), ("r0", "r2"), RANKERS]))
+        n = draw(st.integers(1, 4))
+        teams = [draw(st.sampled_from(rankers)) for _ in range(n)]
+        pairs = [(a, b, draw(st.sampled_from([1.0, 0.5, 0.25])))
+                 for j, a in enumerate(rankers) for b in rankers[j + 1:]]
+        imps.append({"iid": f"i{i}", "unit": draw(st.sampled_from(["u0", "u1"])),
+                     "rankers": list(rankers), "items": [f"x{i}.{j}" for j in range(n)],
+                     "teams": teams, "pairs": pairs})
+    events: list[tuple[bool, dict[str, Any]]] = [(False, imp) for imp in imps]
+    for c in range(draw(st.integers(0, 10))):
+        imp = draw(st.sampled_from(imps))
+        j = draw(st.integers(0, len(imp["items"])))  # one past the end: not shown
+        events.append((True, {"eid": f"c{c}", "iid": imp["iid"], "item": f"x{imp['iid'][1:]}.{j}"}))
+    events = draw(st.permutations(events))
+    copies = draw(st.lists(st.sampled_from(events), max_size=5))
+    stream = events + copies  # copies come later (redeliveries)
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=4)))
+    return imps, stream, cuts
+
+
+def _reference(exp: ExperimentInfo, imps: list[dict[str, Any]], clicked: dict[str, set[str]]
+               ) -> tuple[dict[tuple[str, str, str], float], dict[tuple[str, str], list[int]]]:
+    """Credits per (unit, a, b) by team_draft.credit and unit_preferences(aggregate="sum"),
+    and per pair [compared, a_wins, b_wins, a_clicks, b_clicks]."""
+    pairs = [(a, b) for j, a in enumerate(exp.rankers) for b in exp.rankers[j + 1:]]
+    diff = np.zeros((len(imps), len(pairs)))
+    compared = np.zeros((len(imps), len(pairs)), dtype=bool)
+    prop = np.ones((len(imps), len(pairs)))
+    tallies = {p: [0, 0, 0, 0, 0] for p in pairs}
+    for t, imp in enumerate(imps):
+        rankers = tuple(r for r in exp.rankers if r in imp["rankers"])  # arm order
+        il = Interleaving(rankers, tuple(ShownItem(item, pos, team, 0) for pos, (item, team)
+                                         in enumerate(zip(imp["items"], imp["teams"]))),
+                          (), len(imp["items"]), "team_draft_multileave")
+        cr = credit(il, clicked.get(imp["iid"], set()))
+        logged = {frozenset((a, b)): q for a, b, q in imp["pairs"]}
+        for c, (a, b) in enumerate(pairs):
+            if (a, b) in cr.pairs:
+                diff[t, c], compared[t, c] = cr.pairs[(a, b)], True
+                prop[t, c] = logged[frozenset((a, b))]
+                row = tallies[(a, b)]
+                row[0] += 1
+                row[1] += cr.outcome(a, b) > 0
+                row[2] += cr.outcome(a, b) < 0
+                row[3] += int(cr.credits[a])
+                row[4] += int(cr.credits[b])
+    units = [imp["unit"] if exp.unit == "user" else imp["iid"] for imp in imps]
+    codes = {u: i for i, u in enumerate(sorted(set(units)))}
+    ids, x = unit_preferences(diff, [codes[u] for u in units], compared=compared,
+                              propensity=prop, aggregate="sum")
+    names = sorted(codes)
+    out = {(names[int(u)], a, b): float(x[i, c]) for i, u in enumerate(ids)
+           for c, (a, b) in enumerate(pairs)}
+    return out, tallies
+
+
+@pytest.mark.parametrize("unit", ["request", "user"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_streams())
+def test_credits_match_a_direct_reference_in_any_order_with_copies(unit: str, data: Any) -> None:
+    imps, stream, cuts = data
+    exp = _exp(9, "H", RANKERS, unit=unit)
+    s = Stream()
+    for is_click, doc in stream:
+        if is_click:
+            s.fb(doc["eid"], doc["iid"], "H", doc["item"])
+        else:
+            s.imp(doc["iid"], "H", doc["items"], doc["teams"], doc["rankers"], doc["pairs"],
+                  unit=doc["unit"])
+    decoded = s.decoded()
+    state = BatchState()  # the stored rows, carried from batch to batch
+    credits: dict[tuple[str, str, str], float] = {}
+    tallies: dict[tuple[str, str], list[int]] = {}
+    units: Counter[str] = Counter()
+    for lo, hi in zip([0, *cuts], [*cuts, len(decoded)], strict=True):
+        fx = handle_batch(decoded[lo:hi], {"H": exp}, state, feedback_topic=FB_T)
+        assert {r.reason for r in fx.rejects} <= {"item_not_shown"}
+        for (_, u, a, b), v in fx.interleaving_credits.items():
+            credits[(u, a, b)] = credits.get((u, a, b), 0.0) + v
+        for (_, a, b, _), row in fx.interleaving_pairs.items():
+            tallies[(a, b)] = [x + y for x, y in zip(tallies.get((a, b), [0] * 5), row,
+                                                      strict=True)]
+        units.update({u: n for (_, u), n in fx.interleaving_units.items()})
+    clicked: dict[str, set[str]] = {}
+    for is_click, doc in {d[1].get("eid", d[1]["iid"]): d for d in stream}.values():
+        if is_click:
+            clicked.setdefault(doc["iid"], set()).add(doc["item"])
+    want_credits, want_tallies = _reference(exp, imps, clicked)
+    assert {k: v for k, v in credits.items() if v} == pytest.approx(
+        {k: v for k, v in want_credits.items() if v})
+    assert {k: v for k, v in tallies.items() if any(v)} == {
+        k: v for k, v in want_tallies.items() if any(v)}
+    assert dict(units) == dict(Counter(imp["unit"] if unit == "user" else imp["iid"]
+                                       for imp in imps))
+    assert state.pending == {}  # every click found its impression
