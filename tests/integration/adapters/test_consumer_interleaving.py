@@ -13,6 +13,7 @@ import orjson
 import pytest
 from sqlalchemy import select, text
 
+from armlab.adapters.db import consumer_store
 from armlab.adapters.db.models import Arm, ArmStats, Experiment, Feedback, Impression
 from armlab.adapters.kafka.memory import MemoryBus
 from armlab.bootstrap import Services, bootstrap
@@ -138,4 +139,24 @@ def test_interleaving_credits_through_the_consumer(request: pytest.FixtureReques
     replay = drain("replay")
     assert replay == {"duplicate": 12, "not_interleaved": 1}  # i4 was never stored
     assert _tables(services, exp_id) == got
+    services.close()
+
+
+def test_the_registry_gives_design_unit_and_rankers_in_arm_order(sqlite_url: str) -> None:
+    services = bootstrap(Settings(database_url=sqlite_url, transport="memory"))
+    with services.session_factory() as s, s.begin():
+        e = Experiment(key="il", name="il", control_arm_key="z", salt="il", status="running",
+                       unit="user", design="interleaving")
+        # inserted out of order: the position decides
+        e.arms = [Arm(key=k, is_control=k == "z", position=pos)
+                  for k, pos in (("m", 2), ("z", 0), ("a", 1))]
+        s.add(e)
+        s.add(Experiment(key="ab", name="ab", control_arm_key="x", salt="ab",
+                         arms=[Arm(key="x", is_control=True, position=0)]))
+    with services.session_factory() as s:
+        exps = consumer_store.load_experiments(s)
+    assert (exps["il"].design, exps["il"].unit, exps["il"].rankers) == (
+        "interleaving", "user", ("z", "a", "m"))
+    assert exps["il"].arms == frozenset("zam")
+    assert (exps["ab"].design, exps["ab"].unit, exps["ab"].rankers) == ("ab", "request", ("x",))
     services.close()
