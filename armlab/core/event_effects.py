@@ -159,16 +159,16 @@ class _Batch:
                 rec,
             )
             return None
-        refused = interleaving.impression_refusal(exp, ev)
-        if refused is not None:
-            self.reject(*refused, rec)
-            return None
         if exp.not_running_at(ev.served_at):
             self.reject(
                 "experiment_not_running",
                 f"experiment {exp.key!r} was not running at {ev.served_at.isoformat()} "
                 f"(status {exp.status})", rec,
             )
+            return None
+        refused = interleaving.impression_refusal(exp, ev)  # (after: a stopped experiment
+        if refused is not None:  # serves its fixed arm's own list, without interleaving)
+            self.reject(*refused, rec)
             return None
         if self.expired(ev.served_at, "served_at", rec) or \
                 self.from_future(ev.served_at, "served_at", rec):

@@ -4,6 +4,7 @@ tallies, pending clicks, duplicates (no I/O; the store tests write the same effe
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -363,3 +364,13 @@ def test_credits_match_a_direct_reference_in_any_order_with_copies(unit: str, da
     assert dict(units) == dict(Counter(imp["unit"] if unit == "user" else imp["iid"]
                                        for imp in imps))
     assert state.pending == {}  # every click found its impression
+
+
+def test_after_a_stop_an_impression_without_interleaving_is_not_running() -> None:
+    """A stopped or shipped experiment serves its fixed arm's own list (no interleaving): such
+    an impression is refused as not running, not as not interleaved."""
+    stopped = replace(EXPS["T"], status="stopped", ended_at=T0 - timedelta(seconds=1))
+    s = Stream()
+    s.imp("i1", "T", ["x1"], None, arm="a")
+    fx = handle_batch(s.decoded(), {"T": stopped}, BatchState(), feedback_topic=FB_T)
+    assert [r.reason for r in fx.rejects] == ["experiment_not_running"]
