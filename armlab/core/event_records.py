@@ -1,8 +1,9 @@
 """The values a batch of events is handled with and produces: the experiment as ingestion
 sees it (:class:`ExperimentInfo`, its guardrail :class:`MetricRule`), the stored state a batch
 touches (:class:`BatchState`, :class:`ImpressionState`, :class:`PendingFeedback`), and what it
-changes (:class:`Effects`, :class:`Reject` for a dead letter). :mod:`armlab.core.event_effects`
-computes them."""
+changes (:class:`Effects`, :class:`Reject` for a dead letter), with the ids a batch references
+(:func:`referenced_ids`) and a pending feedback's wire form (:func:`pending_raw`).
+:mod:`armlab.core.event_effects` computes them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import base64
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -17,7 +19,7 @@ from typing import Any, Protocol
 import orjson
 
 from armlab.core.clock import as_utc, utcnow
-from armlab.core.events import FeedbackV1, ImpressionV1
+from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1
 from armlab.core.evidence import ArmSums
 from armlab.core.status import ENDED, ExperimentStatus
 
@@ -148,6 +150,7 @@ class PendingFeedback:
     value: float
     occurred_at: datetime
     partition: int
+    item_id: str | None = None  # the feedback's item_id as a string (interleaving credit)
 
 
 @dataclass(slots=True)
@@ -159,8 +162,9 @@ class BatchState:
     feedback_event_ids: set[str] = field(default_factory=set)
     pending: dict[str, list[PendingFeedback]] = field(default_factory=dict)  # by impression_id
     # stored feedback content by event_id (impression_id, experiment_key, kind, value,
-    # occurred_at), to tell a redelivery from a conflicting duplicate; absent: not compared
-    feedback_content: dict[str, tuple[str, str, str, float, datetime]] = field(
+    # occurred_at, item_id as a string or None), to tell a redelivery from a conflicting
+    # duplicate; absent: not compared
+    feedback_content: dict[str, tuple[str, str, str, float, datetime, str | None]] = field(
         default_factory=dict)
 
 
@@ -239,3 +243,39 @@ class Effects:
         if sums is None:
             sums = self.guardrail_stats[key] = ArmSums()
         return sums
+
+
+def pending_raw(pf: PendingFeedback) -> bytes:
+    """Reconstruct the wire form of a pending feedback event for the DLQ."""
+    return orjson.dumps(
+        {
+            "schema": "feedback.v1",
+            "event_id": pf.event_id,
+            "impression_id": pf.impression_id,
+            "experiment_key": pf.experiment_key,
+            "kind": pf.kind,
+            "value": pf.value,
+            "occurred_at": as_utc(pf.occurred_at).isoformat(),
+            **({} if pf.item_id is None else {"item_id": pf.item_id}),
+        }
+    )
+
+
+def referenced_ids(
+    decoded: Iterable[tuple[RecordLike, Event | DecodeFailure]],
+) -> tuple[set[str], set[str], set[str], set[str]]:
+    """Ids the runner must prefetch: (impression ids to load, impression event ids,
+    feedback event ids, impression ids whose pending feedback to load)."""
+    imp_ids: set[str] = set()
+    imp_events: set[str] = set()
+    fb_events: set[str] = set()
+    arriving: set[str] = set()
+    for _, ev in decoded:
+        if isinstance(ev, ImpressionV1):
+            imp_ids.add(ev.impression_id)
+            imp_events.add(ev.event_id)
+            arriving.add(ev.impression_id)
+        elif isinstance(ev, FeedbackV1):
+            imp_ids.add(ev.impression_id)
+            fb_events.add(ev.event_id)
+    return imp_ids, imp_events, fb_events, arriving

@@ -280,6 +280,8 @@ class Feedback(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     partition: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="applied")
+    # The shown item the feedback names (``str(item_id)``; interleaving credit), or None.
+    item_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Decision(Base):
