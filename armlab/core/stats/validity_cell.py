@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import ndtr
 
-from armlab.core.stats.msprt import tau2_for_horizon
+from armlab.core.stats.msprt import DEFAULT_HORIZON_SHARE, tau2_for_horizon
 from armlab.errors import StatsError
 
 FloatArray = npt.NDArray[np.float64]
@@ -47,6 +47,7 @@ class CellConfig:
     impressions_per_user: int = 10
     icc: float = 0.15
     delay_impressions: int = 1000
+    horizon_share: float = DEFAULT_HORIZON_SHARE
 
     def __post_init__(self) -> None:
         if not (0.0 < self.base_rate < 1.0 and 0.0 < self.base_rate * self.lift < 1.0):
@@ -62,6 +63,8 @@ class CellConfig:
         if self.unit == "user" and self.look_every % self.impressions_per_user:
             raise StatsError("for unit user, look_every must be a multiple of "
                              f"impressions_per_user ({self.impressions_per_user})")
+        if not (0.0 < self.horizon_share < 1.0):
+            raise StatsError(f"horizon_share must lie in (0, 1), got {self.horizon_share!r}")
         if not (0.0 < self.icc < 1.0):
             raise StatsError(f"icc must lie in (0, 1), got {self.icc!r}")
 

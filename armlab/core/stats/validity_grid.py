@@ -113,8 +113,22 @@ def run_cell(cfg: CellConfig) -> dict[str, Any]:
             if "srm" in aa[name]:
                 srm, srm_se = _rate(aa[name]["srm"])
                 row.update(srm_false_alarm=srm, srm_false_alarm_se=srm_se)
+            if allocation == "thompson":
+                row["inverse_sum"] = float(np.mean(ab[name]["inverse_sum"]))
             rows[name] = row
+    _beside_fixed(rows, cfg.alpha)
     return {"cell": asdict(cfg), "p_treatment": p_b, "analyses": rows}
+
+
+def _beside_fixed(rows: dict[str, dict[str, Any]], alpha: float) -> None:
+    """Every analysis's A/A rate and power beside the fixed-split plain mSPRT's of the same
+    run (same cell, same seeds): ``alpha_unspent`` = alpha - fpr shows what a test leaves
+    unspent, ``fpr_fixed`` what the mixture itself leaves on a fixed split."""
+    ref = rows["msprt_fixed"]
+    for row in rows.values():
+        row.update(alpha_unspent=alpha - row["fpr"], fpr_fixed=ref["fpr"],
+                   fpr_greater_fixed=ref["fpr_greater"], power_fixed=ref["power"],
+                   power_greater_fixed=ref["power_greater"])
 
 
 GRID_BASE_RATES = (0.005, 0.01, 0.02, 0.05, 0.10)
@@ -162,6 +176,7 @@ def summarise(results: list[dict[str, Any]], alpha: float = 0.05) -> dict[str, A
             "cells_fpr_within_2se": sum(1 for _, a in rows if a["fpr_ok"]),
             "max_fpr": worst[1]["fpr"], "max_fpr_se": worst[1]["fpr_se"],
             "max_fpr_cell": _coords(worst[0]),
+            "max_fpr_cell_fixed_fpr": worst[1].get("fpr_fixed"),
             "min_coverage": cov[1]["coverage"], "min_coverage_cell": _coords(cov[0]),
         }
         srm = [(c, a) for c, a in rows if "srm_false_alarm" in a]

@@ -90,7 +90,7 @@ def _make_trackers(cfg: CellConfig, plan: _Plan) -> dict[str, _Tracker]:
         # the plan of the horizon boundary, as the platform derives it from the frozen tau²
         info = horizon_units**2 * variance_for_tau2(tau2_ipw, alpha)
         trackers["armlab_horizon"] = _HorizonTracker(reps, alpha, theta_unit, tau2_ipw, n_max,
-                                                     info)
+                                                     info, cfg.horizon_share)
         trackers["msprt_thompson"] = _Tracker(reps, alpha, p_b - p_a, tau2_plain, n_max)
         if plan.user:
             trackers["ipw_per_impression"] = _Tracker(reps, alpha, p_b - p_a, tau2_imp, n_max)
@@ -146,12 +146,13 @@ class _State:
     w_b: FloatArray
     srm_p: FloatArray
     srm_p_imp: FloatArray
+    inverse: FloatArray  # sum over served units of 1/p(a) + 1/p(b) (the pair's information)
     pending: deque[FloatArray] = field(default_factory=deque)
 
     @classmethod
     def fresh(cls, reps: int) -> _State:
         return cls(seen=np.zeros((2, len(_FIELDS), reps)), w_b=np.full(reps, 0.5),
-                   srm_p=np.ones(reps), srm_p_imp=np.ones(reps))
+                   srm_p=np.ones(reps), srm_p_imp=np.ones(reps), inverse=np.zeros(reps))
 
     def mature(self, inc: FloatArray, lag: int) -> None:
         """Queue this look's increments; the oldest joins ``seen`` once ``lag`` looks old."""
@@ -173,9 +174,11 @@ def _simulate(cfg: CellConfig, *, p_b: float, reps: int, allocation: str, seed: 
             ia, ib = state.seen[0], state.seen[1]
             state.w_b = thompson_weight(ia[_IDX["imp_s"]], ia[_IDX["imp_n"]],
                                         ib[_IDX["imp_s"]], ib[_IDX["imp_n"]], cfg.floor)
+        state.inverse += plan.batch_units * (1.0 / state.w_b + 1.0 / (1.0 - state.w_b))
         state.mature(draw(plan, rng, state.w_b), plan.lag)
         _analyse(cfg, state.seen, trackers, plan.user)
         _track_srm(cfg, state, plan.user)
+    state.inverse /= plan.looks * plan.batch_units
     return _outcomes(trackers, state, allocation, plan.user)
 
 
@@ -198,6 +201,8 @@ def _outcomes(trackers: dict[str, _Tracker], state: _State, allocation: str, use
             "reject": tr.rejected, "right_way": tr.right_way, "greater": tr.greater,
             "miss": tr.miss, "miss_greater": tr.miss_greater, "n_at": tr.n_at,
             "n_at_greater": tr.n_at_greater, "width": tr.width,
+            # mean over the served units of 1/p(a) + 1/p(b): 4 on a 50/50 split
+            "inverse_sum": state.inverse,
         }
     if allocation == "thompson":
         out["armlab"]["srm"] = state.srm_p <= SRM_ALPHA

@@ -144,6 +144,9 @@ def simulate_validity_cmd(
     max_n: int = typer.Option(10_000, "--max-n", min=100, help="Horizon per arm."),
     lift: float = typer.Option(1.2, "--lift", help="Treatment rate = lift x base rate."),
     min_events: int = typer.Option(30, "--min-events", min=0),
+    horizon_share: float = typer.Option(
+        0.8, "--horizon-share", min=0.01, max=0.99,
+        help="Share of alpha on the flat part of armlab_horizon (the platform's is 0.8)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Processes (cores)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
@@ -162,7 +165,7 @@ def simulate_validity_cmd(
         _choices("--units", units, ("request", "user")),  # type: ignore[arg-type]
         tuple(d == "yes" for d in _choices("--delays", delays, ("no", "yes"))),
         reps=reps, reps_alt=reps_alt or None, max_n=max_n, lift=lift,
-        min_events=min_events, seed=seed,
+        min_events=min_events, seed=seed, horizon_share=horizon_share,
     )
     t0 = time.perf_counter()
     if workers > 1 and len(cells) > 1:
@@ -177,7 +180,7 @@ def simulate_validity_cmd(
         typer.echo(json.dumps(out))
         return
     typer.echo(f"{'cell':<52} {'analysis':<19} {'A/A fpr':>13} {'srm':>6} {'cover':>6} "
-               f"{'power':>6} {'power>':>6} {'n':>7}")
+               f"{'power':>6} {'power>':>6} {'n':>7} {'fixed A/A':>9} {'sum 1/p':>7}")
     for r in results:
         c = r["cell"]
         name = (f"p={c['base_rate']} f={c['floor']} look={c['look_every']} "
@@ -187,7 +190,8 @@ def simulate_validity_cmd(
             typer.echo(f"{name:<52} {k:<19} {a['fpr']:>6.3f}±{a['fpr_se']:.3f} "
                        f"{'' if srm is None else f'{srm:.3f}':>6} {a['coverage']:>6.3f} "
                        f"{a['power']:>6.3f} {a['power_greater']:>6.3f} "
-                       f"{a['mean_n_at_decision']:>7.0f}")
+                       f"{a['mean_n_at_decision']:>7.0f} {a['fpr_fixed']:>9.3f} "
+                       f"{a.get('inverse_sum', 4.0):>7.2f}")
     typer.echo(f"{len(cells)} cells in {seconds} s on {workers} worker(s)")
 
 
