@@ -107,7 +107,7 @@ def boundary_power(z: float | np.ndarray, *, boundary: Boundary = "mixture",
     out = np.empty(zs.shape[0])
     for i, zi in enumerate(zs):
         s = w + zi * v  # S / sqrt(V_T); D = S / v in units where Var(D) = 1 / v
-        d, var = s / v, 1.0 / v
+        d, var = s / v, np.broadcast_to(1.0 / v, s.shape)
         kern = log_lambda_greater if alternative == "greater" else log_lambda
         p = np.exp(-np.maximum(kern(d, var, tau2), 0.0))
         if boundary == "horizon":

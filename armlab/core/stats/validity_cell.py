@@ -15,6 +15,10 @@ from armlab.errors import StatsError
 
 FloatArray = npt.NDArray[np.float64]
 Unit = Literal["request", "user"]
+# When armlab's analyses freeze tau² (and the horizon plan): at the first look with
+# min_samples units AND min_events events per arm (the look gate, the platform's rule), or,
+# as the platform did before, with min_samples units alone.
+PlanAt = Literal["events", "samples"]
 
 SRM_ALPHA = 0.001
 SRM_TAU2 = 0.02**2
@@ -48,6 +52,7 @@ class CellConfig:
     icc: float = 0.15
     delay_impressions: int = 1000
     horizon_share: float = DEFAULT_HORIZON_SHARE
+    plan_at: PlanAt = "events"
 
     def __post_init__(self) -> None:
         if not (0.0 < self.base_rate < 1.0 and 0.0 < self.base_rate * self.lift < 1.0):
@@ -63,6 +68,8 @@ class CellConfig:
         if self.unit == "user" and self.look_every % self.impressions_per_user:
             raise StatsError("for unit user, look_every must be a multiple of "
                              f"impressions_per_user ({self.impressions_per_user})")
+        if self.plan_at not in ("events", "samples"):
+            raise StatsError(f"plan_at must be events or samples, got {self.plan_at!r}")
         if not (0.0 < self.horizon_share < 1.0):
             raise StatsError(f"horizon_share must lie in (0, 1), got {self.horizon_share!r}")
         if not (0.0 < self.icc < 1.0):

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from armlab.core.stats.adaptive import ipw_kernel
-from armlab.core.stats.msprt import log_lambda, variance_for_tau2
+from armlab.core.stats.msprt import log_lambda, tau2_for_horizon
 from armlab.core.stats.validity_cell import (
     _FIELDS,
     _IDX,
@@ -72,25 +73,18 @@ def _make_trackers(cfg: CellConfig, plan: _Plan) -> dict[str, _Tracker]:
     alpha, reps, m = cfg.alpha, plan.reps, plan.m
     p_a, p_b = plan.p_a, plan.p_b
     horizon_units = cfg.horizon / m
-    if plan.user:
-        # per-user total Y ~ beta-binomial(m, p, icc): Var = m p (1-p) (1 + (m-1) icc)
-        sigma2_unit = m * p_a * (1 - p_a) * (1 + (m - 1) * cfg.icc)
-        theta_unit = m * (p_b - p_a)
-    else:
-        sigma2_unit = p_a * (1 - p_a)
-        theta_unit = p_b - p_a
+    theta_unit = m * (p_b - p_a) if plan.user else p_b - p_a
     inv_ipw = 1.0 / cfg.floor + 1.0 / (1.0 - cfg.floor)
-    tau2_ipw = _planned_tau2(sigma2_unit, horizon_units, inv_ipw, alpha)
     tau2_plain = _planned_tau2(p_a * (1 - p_a), cfg.horizon, 4.0, alpha)
     tau2_imp = _planned_tau2(p_a * (1 - p_a), cfg.horizon, inv_ipw, alpha)
     n_max = float(cfg.max_n)
     trackers: dict[str, _Tracker] = {}
     if plan.allocation == "thompson":
-        trackers["armlab"] = _Tracker(reps, alpha, theta_unit, tau2_ipw, n_max)
-        # the plan of the horizon boundary, as the platform derives it from the frozen tau²
-        info = horizon_units**2 * variance_for_tau2(tau2_ipw, alpha)
-        trackers["armlab_horizon"] = _HorizonTracker(reps, alpha, theta_unit, tau2_ipw, n_max,
-                                                     info, cfg.horizon_share)
+        # tau² (and the horizon plan derived from it) frozen per replication from its own data,
+        # as the platform does: see _plan_from_data
+        trackers["armlab"] = _Tracker(reps, alpha, theta_unit, None, n_max)
+        trackers["armlab_horizon"] = _HorizonTracker(reps, alpha, theta_unit, None, n_max,
+                                                     1.0, cfg.horizon_share, horizon_units)
         trackers["msprt_thompson"] = _Tracker(reps, alpha, p_b - p_a, tau2_plain, n_max)
         if plan.user:
             trackers["ipw_per_impression"] = _Tracker(reps, alpha, p_b - p_a, tau2_imp, n_max)
@@ -250,7 +244,9 @@ def _analyse(cfg: CellConfig, seen: FloatArray, trackers: dict[str, _Tracker],
                 ev = np.minimum(succ_a, succ_b)
             else:
                 ev = np.minimum(np.minimum(succ_a, n_a - succ_a), np.minimum(succ_b, n_b - succ_b))
-            ok = (np.minimum(n_a, n_b) >= max(cfg.min_samples, 1)) & (ev >= cfg.min_events)
+            enough_n = np.minimum(n_a, n_b) >= max(cfg.min_samples, 1)
+            ok = enough_n & (ev >= cfg.min_events)
+            _plan_from_data(cfg, seen, ok if cfg.plan_at == "events" else enough_n, trackers)
             safe = [np.where(ok, x, 1.0) for x in (n_a, n_b, t)]
             d, sigma2, _ = ipw_kernel(
                 safe[2], safe[0], a[1], a[2], a[3], a[4], a[5], a[6],
@@ -279,3 +275,27 @@ def _analyse(cfg: CellConfig, seen: FloatArray, trackers: dict[str, _Tracker],
             ma, mb = a[_IDX["imp_s"]] / na, b[_IDX["imp_s"]] / nb
             v = ma * (1 - ma) / na + mb * (1 - mb) / nb
             trackers[name].look(ok & (v > 0), mb - ma, v, n_per_arm)
+
+
+def _plan_from_data(cfg: CellConfig, seen: FloatArray, ready: npt.NDArray[np.bool_],
+                    trackers: dict[str, _Tracker]) -> None:
+    """Freeze tau² of the replications that become ``ready`` at this look, as
+    :func:`armlab.core.decisions.plan_look` does: Howard et al.'s rule at the horizon (in units
+    of analysis) for the IPW variance the floor implies, sigma² the pooled variance of the
+    matured data (p(1 - p) for a click; the per-user totals' sample variance for unit user)."""
+    n = seen[0, _IDX["n"]] + seen[1, _IDX["n"]]
+    s = seen[0, _IDX["s"]] + seen[1, _IDX["s"]]
+    nn = np.maximum(n, 2.0)
+    mean = s / nn
+    if cfg.unit == "user":
+        ss = seen[0, _IDX["ss"]] + seen[1, _IDX["ss"]]
+        sigma2 = np.maximum(ss / nn - mean * mean, 0.0) * nn / (nn - 1.0)
+    else:
+        sigma2 = mean * (1.0 - mean)
+    m = cfg.impressions_per_user if cfg.unit == "user" else 1
+    inv = 1.0 / cfg.floor + 1.0 / (1.0 - cfg.floor)
+    tau2 = tau2_for_horizon(1.0, cfg.alpha) * sigma2 * inv / (cfg.horizon / m)
+    ready = ready & (sigma2 > 0)
+    for name in ("armlab", "armlab_horizon"):
+        if name in trackers:
+            trackers[name].plan(ready, tau2)
