@@ -147,6 +147,9 @@ def simulate_validity_cmd(
     horizon_share: float = typer.Option(
         0.8, "--horizon-share", min=0.01, max=0.99,
         help="Share of alpha on the flat part of armlab_horizon (the platform's is 0.8)."),
+    plan_at: str = typer.Option(
+        "events", "--plan-at", help="When armlab freezes tau² and the horizon plan: events "
+        "(the look gate, the platform's rule) | samples (min_samples alone, the old rule)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Processes (cores)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
@@ -166,6 +169,7 @@ def simulate_validity_cmd(
         tuple(d == "yes" for d in _choices("--delays", delays, ("no", "yes"))),
         reps=reps, reps_alt=reps_alt or None, max_n=max_n, lift=lift,
         min_events=min_events, seed=seed, horizon_share=horizon_share,
+        plan_at=_choices("--plan-at", plan_at, ("events", "samples"))[0],
     )
     t0 = time.perf_counter()
     if workers > 1 and len(cells) > 1:
