@@ -157,8 +157,10 @@ def grid(
                     for d in delays:
                         key = f"{p}|{f}|{le}|{u}|{int(d)}".encode()
                         cell_seed = seed * 1_000_003 + zlib.crc32(key)
+                        kw = {k: v for k, v in common.items()
+                              if u == "user" or k != "pre_impressions"}  # a user covariate
                         cells.append(CellConfig(base_rate=p, floor=f, look_every=le, unit=u,
-                                                delay=d, seed=cell_seed, **common))
+                                                delay=d, seed=cell_seed, **kw))
     return cells
 
 

@@ -150,6 +150,10 @@ def simulate_validity_cmd(
     plan_at: str = typer.Option(
         "events", "--plan-at", help="When armlab freezes tau² and the horizon plan: events "
         "(the look gate, the platform's rule) | samples (min_samples alone, the old rule)."),
+    pre_impressions: int = typer.Option(
+        0, "--pre-impressions", min=0, help="Unit user: a pre-period of this many impressions "
+        "per user gives the covariate X of the CUPED analyses (armlab_cuped, "
+        "armlab_cuped_horizon); 0 = none."),
     workers: int = typer.Option(2, "--workers", min=1, help="Processes (cores)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
@@ -170,6 +174,7 @@ def simulate_validity_cmd(
         reps=reps, reps_alt=reps_alt or None, max_n=max_n, lift=lift,
         min_events=min_events, seed=seed, horizon_share=horizon_share,
         plan_at=_choices("--plan-at", plan_at, ("events", "samples"))[0],
+        pre_impressions=pre_impressions,
     )
     t0 = time.perf_counter()
     if workers > 1 and len(cells) > 1:
