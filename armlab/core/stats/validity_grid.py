@@ -22,7 +22,9 @@ Analyses run on the same simulated data (same-run baselines):
   :func:`armlab.core.stats.adaptive.informative` (``min_samples`` impressions and
   ``min_events`` successes per arm), tau² from :func:`armlab.core.decisions.planned_variance`
   -style planning (Howard et al. 2021 §3.5 rule at the planned horizon, IPW variance implied
-  by the floor), on matured data; for ``unit: user`` one term per user (the per-user reward
+  by the floor), frozen per replication from its own pooled variance at the look gate
+  (``plan_at``: ``events``, the platform's rule, or ``samples``), on matured data; for
+  ``unit: user`` one term per user (the per-user reward
   total with its sticky propensity: a cluster-level analysis, so the variance is
   cluster-robust). Also reported one-sided ("treatment better", the half-normal mixture of
   :func:`armlab.core.stats.msprt.log_lambda_greater`) for power.
@@ -32,6 +34,10 @@ Analyses run on the same simulated data (same-run baselines):
 * ``msprt_thompson``: plain mSPRT (JKPW 2022) on the arm means under the same Thompson
   allocation, no information gate: what armlab replaced.
 * ``msprt_fixed``: plain mSPRT on a fixed 50/50 split: the reference power.
+* ``armlab_cuped`` / ``armlab_cuped_horizon`` (unit user with ``pre_impressions`` > 0): the same
+  two analyses on Y - theta X, X the user's clicks in a pre-period of that many impressions
+  (:mod:`armlab.core.stats.cuped`; not wired into the platform). In those cells a user has one
+  latent rate q (q in arm a, q x lift in arm b) and X ~ Binomial(pre_impressions, q).
 * for ``unit: user`` also ``ipw_per_impression``: the IPW test with every impression as an
   independent term (the analysis armlab used before it analysed users).
 
