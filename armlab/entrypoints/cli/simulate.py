@@ -132,6 +132,25 @@ def simulate_sequential_cmd(
             typer.echo(f"{k}: {v}")
 
 
+def _validity_table(results: list[dict[str, Any]]) -> None:
+    """One line per cell and analysis: A/A with its MC SE, SRM false alarms, coverage, power
+    (two-sided, one-sided), n at decision, the fixed split's A/A of the same run and the mean
+    1/p(a) + 1/p(b) the allocation left (4 on a 50/50 split)."""
+    typer.echo(f"{'cell':<52} {'analysis':<21} {'A/A fpr':>13} {'srm':>6} {'cover':>6} "
+               f"{'power':>6} {'power>':>6} {'n':>7} {'fixed A/A':>9} {'sum 1/p':>7}")
+    for r in results:
+        c = r["cell"]
+        name = (f"p={c['base_rate']} f={c['floor']} look={c['look_every']} "
+                f"{c['unit']} delay={'yes' if c['delay'] else 'no'}")
+        for k, a in r["analyses"].items():
+            srm = a.get("srm_false_alarm")
+            typer.echo(f"{name:<52} {k:<21} {a['fpr']:>6.3f}±{a['fpr_se']:.3f} "
+                       f"{'' if srm is None else f'{srm:.3f}':>6} {a['coverage']:>6.3f} "
+                       f"{a['power']:>6.3f} {a['power_greater']:>6.3f} "
+                       f"{a['mean_n_at_decision']:>7.0f} {a['fpr_fixed']:>9.3f} "
+                       f"{a.get('inverse_sum', 4.0):>7.2f}")
+
+
 def simulate_validity_cmd(
     base_rates: str = typer.Option("0.005,0.01,0.02,0.05,0.10", "--base-rates"),
     floors: str = typer.Option("0.05,0.1,0.2", "--floors"),
@@ -188,19 +207,7 @@ def simulate_validity_cmd(
     if as_json:
         typer.echo(json.dumps(out))
         return
-    typer.echo(f"{'cell':<52} {'analysis':<19} {'A/A fpr':>13} {'srm':>6} {'cover':>6} "
-               f"{'power':>6} {'power>':>6} {'n':>7} {'fixed A/A':>9} {'sum 1/p':>7}")
-    for r in results:
-        c = r["cell"]
-        name = (f"p={c['base_rate']} f={c['floor']} look={c['look_every']} "
-                f"{c['unit']} delay={'yes' if c['delay'] else 'no'}")
-        for k, a in r["analyses"].items():
-            srm = a.get("srm_false_alarm")
-            typer.echo(f"{name:<52} {k:<19} {a['fpr']:>6.3f}±{a['fpr_se']:.3f} "
-                       f"{'' if srm is None else f'{srm:.3f}':>6} {a['coverage']:>6.3f} "
-                       f"{a['power']:>6.3f} {a['power_greater']:>6.3f} "
-                       f"{a['mean_n_at_decision']:>7.0f} {a['fpr_fixed']:>9.3f} "
-                       f"{a.get('inverse_sum', 4.0):>7.2f}")
+    _validity_table(results)
     typer.echo(f"{len(cells)} cells in {seconds} s on {workers} worker(s)")
 
 
