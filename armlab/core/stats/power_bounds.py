@@ -99,10 +99,8 @@ def boundary_power(z: float | np.ndarray, *, boundary: Boundary = "mixture",
     monotone in z."""
     _check_alpha(alpha)
     zs = np.atleast_1d(np.asarray(z, dtype=np.float64))
-    rng = np.random.default_rng(seed)
-    dv = 1.0 / looks
-    w = np.cumsum(rng.standard_normal((reps, looks)) * math.sqrt(dv), axis=1)
-    v = np.arange(1, looks + 1) * dv
+    w = _walks(looks, reps, seed)
+    v = np.arange(1, looks + 1) / looks
     tau2 = tau2_for_horizon(1.0, alpha)
     out = np.empty(zs.shape[0])
     for i, zi in enumerate(zs):
@@ -118,13 +116,27 @@ def boundary_power(z: float | np.ndarray, *, boundary: Boundary = "mixture",
     return out
 
 
+def _walks(looks: int, reps: int, seed: int) -> np.ndarray:
+    """Standard Brownian motion at v = 1/looks, ..., 1 (one row per walk); the last set is
+    kept, so a bisection over the drift reuses the same walks."""
+    key = (looks, reps, seed)
+    if key not in _WALKS:
+        rng = np.random.default_rng(seed)
+        _WALKS.clear()
+        _WALKS[key] = np.cumsum(rng.standard_normal((reps, looks)) / math.sqrt(looks), axis=1)
+    return _WALKS[key]
+
+
+_WALKS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
 def z_needed(target: float, **kwargs: object) -> float:
     """Smallest drift (standard errors at the plan) at which :func:`boundary_power` reaches
     ``target`` (bisection on a shared set of walks)."""
     if not (0.0 < target < 1.0):
         raise StatsError(f"target must lie in (0, 1), got {target!r}")
     lo, hi = 0.0, 8.0
-    for _ in range(30):
+    for _ in range(24):
         mid = 0.5 * (lo + hi)
         if float(boundary_power(mid, **kwargs)[0]) >= target:  # type: ignore[arg-type]
             hi = mid
