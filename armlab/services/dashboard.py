@@ -270,6 +270,8 @@ def experiment_view(
         "audit": audit,
         "recommendation": results.get("recommendation"),
         "has_guardrails": bool(exp.guardrails),
+        "design": results.get("design", "ab"),
+        "interleaving": results.get("interleaving"),
         "now": now,
     }
 
