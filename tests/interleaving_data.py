@@ -45,7 +45,7 @@ def create(sf: Any, arms: Sequence[str], *, m: int | None = None, auto_stop: boo
 
 def add_units(sf: Any, exp_id: int, data: dict[str, tuple[int, dict[tuple[str, str], float]]],
               tallies: dict[tuple[str, str], tuple[int, int, int, int, int]] | None = None,
-              ) -> None:
+              partition: int = 0) -> None:
     """data: unit -> (impressions, {(a, b): credit}); rows inserted as the consumer would."""
     with sf() as s, s.begin():
         for unit, (imps, credits) in data.items():
@@ -54,9 +54,9 @@ def add_units(sf: Any, exp_id: int, data: dict[str, tuple[int, dict[tuple[str, s
                 s.add(InterleavingCredit(experiment_id=exp_id, unit_id=unit, ranker_a=a,
                                          ranker_b=b, credit=c))
         for (a, b), t in (tallies or {}).items():
-            s.add(InterleavingPair(experiment_id=exp_id, ranker_a=a, ranker_b=b, partition=0,
-                                   compared=t[0], a_wins=t[1], b_wins=t[2], a_clicks=t[3],
-                                   b_clicks=t[4]))
+            s.add(InterleavingPair(experiment_id=exp_id, ranker_a=a, ranker_b=b,
+                                   partition=partition, compared=t[0], a_wins=t[1],
+                                   b_wins=t[2], a_clicks=t[3], b_clicks=t[4]))
 
 
 def preferring(first: str, arms: Sequence[str], n: int, rng: np.random.Generator,

@@ -15,10 +15,12 @@ import pytest
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import AllocationSnapshot
 from armlab.adapters.db.uow import UnitOfWork
+from armlab.entrypoints.report import build_report
 from armlab.errors import Conflict
 from armlab.services import registry
 from armlab.services.allocator import run_allocation
 from armlab.services.interleaving_evaluation import ROW_KEY
+from armlab.services.report import collect_by_key
 from armlab.services.results import build_results
 from tests.interleaving_data import (
     T0,
@@ -194,3 +196,42 @@ def test_results_carry_the_design_and_the_interleaving_block(sf: Any) -> None:
     assert ab["win_rate_a"] == pytest.approx(20 / 30) and ab["n_units"] == 100
     assert 0 < ab["propensity"] <= 1 and block["choice"]["m"] == 2
     assert sum(block["choice"]["enter"].values()) == pytest.approx(2.0)
+
+
+def test_report_shows_the_pairs_and_their_confidence_sequences(sf: Any) -> None:
+    arms = ["a", "b", "c"]
+    exp_id = create(sf, arms, auto_stop=False)
+    rng = np.random.default_rng(9)
+    for i, now in enumerate((T0, T0 + timedelta(minutes=5), T0 + timedelta(minutes=10))):
+        add_units(sf, exp_id, preferring("a", arms, 80, rng, start=100 * i, shift=0.05),
+                  tallies={("a", "b"): (80, 40, 10, 50, 12)}, partition=i)
+        run_allocation(sf, now=now)
+    with UnitOfWork(sf) as uow:
+        data = collect_by_key(uow, "il")
+    assert len(data.interleaving_looks) == 3 and not any(
+        d["arm"] == ROW_KEY for d in data.decisions)
+    page = build_report(data)
+    for pair in ("a|b", "a|c", "b|c"):
+        assert f"data-pair='{pair}'" in page
+    assert "<section id='interleaving'>" in page and "id='chart-pairs'><svg" in page
+    assert "Condorcet winner: none decided yet" in page
+    assert "120 : 30" in page  # a's and b's wins summed over the three partitions' rows
+    assert 'id="chart-cs"' not in page and "<script" not in page and "http" not in page.split(
+        "<svg")[0].replace("http-equiv", "")
+
+
+def test_a_stopping_look_freezes_the_result_without_auto_stop(sf: Any) -> None:
+    arms = ["a", "b"]
+    exp_id = create(sf, arms, auto_stop=False)
+    rng = np.random.default_rng(4)
+    add_units(sf, exp_id, preferring("a", arms, 200, rng, shift=0.6))
+    run_allocation(sf, now=T0)
+    first = _looks(sf, exp_id)
+    assert len(first) == 1 and first[0]["frozen"] and first[0]["condorcet_winner"] == "a"
+    add_units(sf, exp_id, preferring("b", arms, 2000, rng, start=1000, shift=1.0))
+    run_allocation(sf, now=T0 + timedelta(minutes=1))
+    assert _looks(sf, exp_id) == first  # nothing recorded: the frozen result stands
+    with UnitOfWork(sf) as uow:
+        exp = registry.get_experiment(uow, key="il")
+        assert exp.status == "running"  # monitor only: no auto-stop
+        assert build_results(uow, exp)["interleaving"]["condorcet_winner"] == "a"
