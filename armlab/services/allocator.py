@@ -311,27 +311,22 @@ def _after_snapshot(uow: AllocationUnit, experiment: Experiment, now: datetime) 
     or a rollback writes its snapshot in the same transaction, so ``/assign`` never serves the
     new allocation under the id of the last running snapshot. An interleaving experiment gets
     its look instead (:mod:`armlab.services.interleaving_allocation`)."""
-    if experiment.status == ExperimentStatus.RUNNING and is_interleaving(experiment):
-        if run_interleaving_look(uow, experiment, now=now)["stopped"]:
-            terminal = compute_snapshot(uow, experiment, now=now)
-            if terminal is not None:
-                uow.evidence.add_snapshot(terminal)
-                uow.flush()
-    elif experiment.status == ExperimentStatus.RUNNING:
+    if experiment.status != ExperimentStatus.RUNNING:
+        return
+    acted: dict[str, Any] = {"rolled_back": [], "stopped": False}
+    if is_interleaving(experiment):
+        stopped = bool(run_interleaving_look(uow, experiment, now=now)["stopped"])
+    else:
         ev = run_decisions(uow, experiment, actor="allocator", now=now)
-        acted = {"rolled_back": [], "stopped": False}
-        if not ev["stopped"]:
+        stopped = bool(ev["stopped"])
+        if not stopped:
             acted = apply_guardrails(uow, experiment, ev, actor="allocator")
-        if acted["rolled_back"] and not acted["stopped"]:
-            snap = compute_snapshot(uow, experiment, now=now)
-            if snap is not None:
-                uow.evidence.add_snapshot(snap)
-                uow.flush()
-        if ev["stopped"] or acted["stopped"]:
-            terminal = compute_snapshot(uow, experiment, now=now)
-            if terminal is not None:
-                uow.evidence.add_snapshot(terminal)
-                uow.flush()
+    # a rollback's new weights, or the terminal snapshot of an (auto or guardrail) stop
+    if stopped or acted["stopped"] or acted["rolled_back"]:
+        snap = compute_snapshot(uow, experiment, now=now)
+        if snap is not None:
+            uow.evidence.add_snapshot(snap)
+            uow.flush()
 
 
 def run_allocation(
