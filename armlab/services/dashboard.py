@@ -28,6 +28,7 @@ from armlab.core.event_effects import OK_OUTCOMES
 from armlab.core.evidence import ArmSums
 from armlab.core.readings import ArmSeries, ChartSeries, LatestDecision
 from armlab.core.status import ExperimentStatus
+from armlab.services.interleaving_evaluation import ROW_KEY, is_interleaving, look_phrase
 from armlab.services.ports import ReadsUnitOfWork
 from armlab.services.registry import get_experiment, list_experiments
 from armlab.services.results import build_results
@@ -58,6 +59,8 @@ def primary_decision(exp: Experiment, decisions: Mapping[str, LatestDecision]) -
         return f"shipped {exp.shipped_arm_key}"
     if exp.status == ExperimentStatus.DRAFT:
         return "not started"
+    if ROW_KEY in decisions:  # an interleaving experiment's look
+        return look_phrase(decisions[ROW_KEY].decision)
     decided = [f"{k}: {d.decision.replace('_', ' ')}" for k, d in sorted(decisions.items())
                if d.decision in TERMINAL]
     if decided:
@@ -84,7 +87,8 @@ def health_badge(
         elif now - last_snapshot > limit:
             reasons.append(f"last allocator run {int((now - last_snapshot).total_seconds())} s ago")
             level = "warn" if level == "ok" else level
-        if float(exp.exploration_floor or 0.0) == 0.0 and exp.policy_name != "uniform":
+        if (float(exp.exploration_floor or 0.0) == 0.0 and exp.policy_name != "uniform"
+                and not is_interleaving(exp)):
             reasons.append("exploration floor 0")
     return level, reasons
 
@@ -135,7 +139,7 @@ def _warnings(exp: Experiment, sequential: dict[str, Any]) -> list[str]:
     if "error" in sequential:
         out.append(f"sequential test unavailable: {sequential['error']}")
     if (exp.status == ExperimentStatus.RUNNING and float(exp.exploration_floor or 0.0) == 0.0
-            and exp.policy_name != "uniform"):
+            and exp.policy_name != "uniform" and not is_interleaving(exp)):
         out.append("exploration floor is 0: the policy may starve an arm, and the "
                    "inverse-propensity weights of the sequential test then grow without bound")
     return out

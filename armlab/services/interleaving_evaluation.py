@@ -145,6 +145,19 @@ def _changed(prev: dict[str, Any] | None, ev: dict[str, Any]) -> bool:
     return strip != old or any(prev.get(k) != ev.get(k) for k in keep)
 
 
+def look_decision(ev: dict[str, Any]) -> str:
+    """The decision column of a look's row: ``condorcet_winner``, ``all_decided`` (stopped
+    without one) or ``continue``."""
+    return ("condorcet_winner" if ev.get("condorcet_winner")
+            else "all_decided" if ev.get("stop") else "continue")
+
+
+def look_phrase(decision: str) -> str:
+    """The experiment list's phrase for an interleaving look's decision column."""
+    return {"condorcet_winner": "Condorcet winner decided",
+            "all_decided": "every pair decided"}.get(decision, "continue")
+
+
 def record_interleaving(evidence: Evidence, experiment: Experiment, ev: dict[str, Any], *,
                         now: datetime) -> bool:
     """Store the look (one decision row) unless it changed nothing; returns whether stored."""
@@ -154,7 +167,7 @@ def record_interleaving(evidence: Evidence, experiment: Experiment, ev: dict[str
     cw = ev.get("condorcet_winner")
     evidence.add_decision(Decision(
         experiment_id=experiment.id, at=now, arm_key=ROW_KEY,
-        decision="winner" if cw else ("stop" if ev["stop"] else "continue"),
+        decision=look_decision(ev),
         estimate=None, p_value=min(adjusted) if adjusted else None, ci_low=None, ci_high=None,
         n_control=0.0, n_treatment=float(ev["units"]),
         evidence={"interleaving": ev, "winner": cw}))

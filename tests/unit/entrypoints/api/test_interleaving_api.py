@@ -95,5 +95,7 @@ def test_dashboard_page_shows_the_pairs(client: TestClient, sqlite_url: str) -> 
         assert f'data-pair="{pair}"' in text
     assert '<b id="condorcet-winner">c</b>' in text
     assert 'id="ranker-choice"' in text and "15 : 70" in text
+    listing = client.get("/ui/experiments").text
+    assert "Condorcet winner decided" in listing
     live = client.get("/ui/experiments/il/live")
     assert live.status_code == 200 and 'data-pair="a|c"' in live.text
