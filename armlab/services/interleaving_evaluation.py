@@ -56,6 +56,17 @@ def interleaving_spec(experiment: Experiment) -> InterleavingSpec:
     return InterleavingSpec.model_validate(experiment.interleaving or {})
 
 
+def policy_label(experiment: Experiment) -> str:
+    """What chooses the traffic, as the pages show it: the A/B policy's name, or for an
+    interleaving experiment how its rankers are chosen (its ``policy`` field is ignored)."""
+    if not is_interleaving(experiment):
+        return str(experiment.policy_name)
+    k = len(experiment.arms)
+    m = min(interleaving_spec(experiment).rankers_per_request or k, k)
+    return ("interleaving (every ranker)" if m >= k
+            else f"interleaving (dueling bandit, {m} of {k})")
+
+
 def config_of(experiment: Experiment) -> InterleavingConfig:
     """The test's configuration: ``sequential.alpha``/``tau2`` and the interleaving spec."""
     spec = interleaving_spec(experiment)

@@ -17,7 +17,7 @@ from typing import Any
 from armlab.adapters.db.models import Experiment
 from armlab.core.clock import as_utc_or_none
 from armlab.core.readings import RewardBucket
-from armlab.services.interleaving_evaluation import ROW_KEY
+from armlab.services.interleaving_evaluation import ROW_KEY, policy_label
 from armlab.services.ports import ReadsUnitOfWork
 from armlab.services.registry import get_experiment
 from armlab.services.results import build_results
@@ -88,7 +88,7 @@ def collect(uow: ReadsUnitOfWork, experiment: Experiment) -> ReportData:
         name=experiment.name,
         description=experiment.description or "",
         status=experiment.status,
-        policy=experiment.policy_name,
+        policy=policy_label(experiment),
         control=experiment.control_arm_key,
         shipped_arm=experiment.shipped_arm_key,
         arms=[{"key": a.key, "control": a.is_control, "variant": a.variant}

@@ -97,5 +97,6 @@ def test_dashboard_page_shows_the_pairs(client: TestClient, sqlite_url: str) -> 
     assert 'id="ranker-choice"' in text and "15 : 70" in text
     listing = client.get("/ui/experiments").text
     assert "Condorcet winner decided" in listing
+    assert "interleaving (dueling bandit, 2 of 3)" in listing and "thompson" not in listing
     live = client.get("/ui/experiments/il/live")
     assert live.status_code == 200 and 'data-pair="a|c"' in live.text
