@@ -22,7 +22,7 @@ from armlab.core.clock import as_utc_or_none
 from armlab.core.decisions import Decision
 from armlab.core.specs import Key, RewardSpec, StrictModel
 from armlab.core.status import ExperimentStatus
-from armlab.entrypoints.api.schemas_interleaving import InterleavingOut
+from armlab.entrypoints.api.schemas_interleaving import InterleavingResultsOut
 
 UtcDatetime = Annotated[datetime | None, AfterValidator(as_utc_or_none)]
 
@@ -254,7 +254,7 @@ class ResultsOut(OutModel):
     recommendation: RecommendationOut | None = Field(
         None, description="ship <arm> / keep control / continue, with the reasons: the "
         "primary test and the guardrails combined.")
-    interleaving: InterleavingOut | None = Field(
+    interleaving: InterleavingResultsOut | None = Field(
         None, description="Interleaving experiments: per pair of rankers the always-valid "
         "test (estimate, confidence sequence, p, Holm p, decision), compared impressions, "
         "wins and clicks per side; the Condorcet winner; the rankers' choice probabilities.")

@@ -15,7 +15,7 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PairOut(_Out):
+class PairResultOut(_Out):
     """One pair of rankers (a before b in arm order): the always-valid test of the mean
     per-unit preference of a over b (credit difference), and the live win tallies."""
 
@@ -43,7 +43,7 @@ class PairOut(_Out):
                                      "snapshot (1 when every ranker enters every request).")
 
 
-class ChoiceOut(_Out):
+class RankerChoiceOut(_Out):
     """Which rankers enter the requests (latest running snapshot): m per request and each
     ranker's probability of entering."""
 
@@ -51,13 +51,13 @@ class ChoiceOut(_Out):
     enter: dict[str, float] = Field(default_factory=dict)
 
 
-class InterleavingOut(_Out):
+class InterleavingResultsOut(_Out):
     """The last recorded look of the interleaving test (``recorded``), or before the first
     one every pair undecided with p = 1."""
 
     rankers: list[str]
     units: Number = 0
-    pairs: list[PairOut]
+    pairs: list[PairResultOut]
     condorcet_winner: str | None = Field(..., description="The ranker decided better than "
                                          "every other, if any.")
     stop: bool
@@ -68,4 +68,4 @@ class InterleavingOut(_Out):
     frozen: bool = False
     evaluated_at: str | None = None
     recorded: bool
-    choice: ChoiceOut = Field(default_factory=ChoiceOut)
+    choice: RankerChoiceOut = Field(default_factory=RankerChoiceOut)

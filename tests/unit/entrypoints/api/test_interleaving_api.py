@@ -73,7 +73,7 @@ def test_results_show_the_interleaving_block(client: TestClient, sqlite_url: str
     assert body["snapshot"]["stats"]["design"] == "interleaving"
     ab = client.get("/openapi.json").json()["components"]["schemas"]
     assert "interleaving" in ab["ResultsOut"]["properties"]
-    assert "win_rate_a" in ab["PairOut"]["properties"]
+    assert "win_rate_a" in ab["PairResultOut"]["properties"]
 
 
 def test_ship_needs_the_condorcet_winner_or_force(client: TestClient, sqlite_url: str) -> None:
