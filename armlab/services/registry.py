@@ -56,6 +56,7 @@ from armlab.errors import (
     ValidationFailed,
 )
 from armlab.services.decisions import ship_guard
+from armlab.services.interleaving_evaluation import interleaving_ship_guard, is_interleaving
 from armlab.services.ports import UnitOfWorkPort
 
 # action -> (statuses it may start from, status it leads to)
@@ -323,7 +324,8 @@ def _ship_guard(
     evidence argues against ``arm`` and ``force`` is false; its evaluation goes into the audit
     row (merged over the caller's evidence) either way.
     """
-    return {**dict(evidence or {}), **ship_guard(uow.evidence, experiment, arm, force)}
+    guard = interleaving_ship_guard if is_interleaving(experiment) else ship_guard
+    return {**dict(evidence or {}), **guard(uow.evidence, experiment, arm, force)}
 
 
 def ship_experiment(
