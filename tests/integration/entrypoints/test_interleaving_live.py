@@ -41,8 +41,11 @@ ARMLAB = str(Path(sys.executable).with_name("armlab"))
 N_ITEMS = 40
 LIKED_TOP = 8
 P_LIKED, P_OTHER = 0.35, 0.01
-CANDIDATES = [{"id": f"m{i}", "title": f"movie number {i}", "popularity": float(N_ITEMS - i)}
-              for i in range(N_ITEMS)]
+_WORDS = ("amber", "basalt", "cinder", "delta", "ember", "fjord", "garnet", "harbor", "indigo",
+          "juniper", "kelp", "lagoon", "meadow", "nectar", "onyx", "prairie", "quartz", "raven")
+_TITLE_RNG = random.Random(5)
+CANDIDATES = [{"id": f"m{i}", "title": " ".join(_TITLE_RNG.sample(_WORDS, 3)),
+               "popularity": float(N_ITEMS - i)} for i in range(N_ITEMS)]
 LIKED = {f"m{i}" for i in range(LIKED_TOP)}
 
 
@@ -107,9 +110,12 @@ def _traffic(c: httpx.Client, key: str, rng: random.Random, users: range,
     clicks: dict[str, int] = {}
     for u in users:
         for _ in range(per_user):
+            # candidates in a random order with random titles: the tiny random encoder's
+            # near-equal scores must not fall back on the catalogue's (popularity) order
+            cands = rng.sample(CANDIDATES, len(CANDIDATES))
             r = c.post(f"/v1/experiments/{key}/recommend", json={
-                "unit_id": f"user-{u}", "user": {"text": f"user {u}"}, "k": 6,
-                "candidates": CANDIDATES})
+                "unit_id": f"user-{u}", "user": {"text": " ".join(rng.sample(_WORDS, 3))},
+                "k": 6, "candidates": cands})
             assert r.status_code == 200, r.text
             out = r.json()
             items = [x["item_id"] for x in out["items"]]
