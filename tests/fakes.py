@@ -68,6 +68,9 @@ class FakeEvidence:
         # metric -> arm -> sums (totals, and the immature / late part)
         self.guardrails: dict[int, dict[str, dict[str, ArmSums]]] = {}
         self.guardrails_late: dict[int, dict[str, dict[str, ArmSums]]] = {}
+        # interleaving: experiment -> (units, {(a, b): (sum, sumsq)}) and pair tallies
+        self.interleaving: dict[int, tuple[float, dict[tuple[str, str], tuple[float, float]]]] = {}
+        self.tallies: dict[int, dict[tuple[str, str], tuple[int, int, int, int, int]]] = {}
 
     def arm_sums(self, experiment_id: int) -> dict[str, ArmSums]:
         return dict(self.sums.get(experiment_id, {}))
@@ -99,6 +102,20 @@ class FakeEvidence:
     def add_snapshot(self, row: AllocationSnapshot) -> None:
         row.id = next(_ids)
         self.snapshots[row.experiment_id] = row
+
+    def interleaving_sums(self, experiment_id: int, aggregate: str
+                          ) -> tuple[float, dict[tuple[str, str], tuple[float, float]]]:
+        n, sums = self.interleaving.get(experiment_id, (0.0, {}))
+        return n, dict(sums)
+
+    def interleaving_tallies(self, experiment_id: int
+                             ) -> dict[tuple[str, str], tuple[int, int, int, int, int]]:
+        return dict(self.tallies.get(experiment_id, {}))
+
+    def latest_look(self, experiment_id: int, row_key: str) -> Decision | None:
+        rows = [d for d in self.decisions
+                if d.experiment_id == experiment_id and d.arm_key == row_key]
+        return rows[-1] if rows else None
 
 
 class FakeUnitOfWork:

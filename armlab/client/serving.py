@@ -92,6 +92,9 @@ class Recommendation:
     items: list[ScoredItem] = field(default_factory=list)
     fallback: bool = False
     reason: str = ""
+    #: An interleaved list's log (``design: interleaving``): send it unchanged as the
+    #: impression's ``interleaving``. None for other experiments and for a fallback.
+    interleaving: dict[str, Any] | None = None
 
     @property
     def should_log(self) -> bool:
@@ -231,9 +234,11 @@ class ServingClient:
         exclude: list[str] | None = None, context: dict[str, Any] | None = None,
         fallback_arm: str | None = None, timeout_s: float | None = None,
     ) -> Recommendation:
-        """The arm and its top-k items. Fallback: the control arm with the first ``k``
+        """The arm and its top-k items (an interleaving experiment's merged list with its
+        ``interleaving`` log). Fallback: the control arm with the first ``k``
         ``candidates`` in the order given (minus ``exclude`` and, with ``exclude_history``,
-        the history), score 0; with a server-side ``catalog`` the fallback has no items."""
+        the history), score 0, no interleaving; with a server-side ``catalog`` the fallback
+        has no items."""
         user: dict[str, Any] = {"history": list(history or [])}
         if user_text is not None:
             user["text"] = user_text
@@ -368,7 +373,18 @@ def _recommendation(data: dict[str, Any]) -> Recommendation:
         experiment_key=str(data["experiment_key"]), impression_id=str(data["impression_id"]),
         arm=str(data["arm"]), propensity=float(data["propensity"]),
         served_at=_parse_time(data["served_at"]),
-        items=[ScoredItem(str(i["item_id"]), float(i["score"])) for i in data["items"]])
+        items=[ScoredItem(str(i["item_id"]), float(i["score"])) for i in data["items"]],
+        interleaving=_interleaving(data.get("interleaving")))
+
+
+def _interleaving(raw: Any) -> dict[str, Any] | None:
+    """The answer's interleaving log, checked for shape (a bad one is an unexpected answer)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("rankers"), list) \
+            or not isinstance(raw.get("teams"), list):
+        raise ValueError("interleaving: an object with rankers and teams")
+    return dict(raw)
 
 
 def _local_id() -> str:

@@ -26,15 +26,18 @@ Per-arm sufficient statistics (:class:`armlab.core.evidence.ArmSums`, sharded by
 of the record that caused them). Because a reward can change after the impression was counted,
 a reward change r_old -> r_new adds (r_new - r_old) to the sums and (r_new^2 - r_old^2) to the
 sums of squares, each divided by p or p^2 for the inverse-propensity-weighted forms.
+
+Interleaving experiments (``design: interleaving``) add nothing to these sums: their
+impressions and clicks go to the unit credits and pair tallies of
+:mod:`armlab.core.interleaving.credits` (refusals, crediting), on the same dedupe, window and
+pending-feedback path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
-
-import orjson
 
 from armlab.core.clock import as_utc
 from armlab.core.event_records import (
@@ -54,8 +57,11 @@ from armlab.core.event_records import (
     PendingFeedback,
     RecordLike,
     Reject,
+    pending_raw,
+    referenced_ids,
 )
 from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1
+from armlab.core.interleaving import credits as interleaving
 
 __all__ = [
     "OUT_IMPRESSION",
@@ -160,6 +166,10 @@ class _Batch:
                 f"(status {exp.status})", rec,
             )
             return None
+        refused = interleaving.impression_refusal(exp, ev)  # (after: a stopped experiment
+        if refused is not None:  # serves its fixed arm's own list, without interleaving)
+            self.reject(*refused, rec)
+            return None
         if self.expired(ev.served_at, "served_at", rec) or \
                 self.from_future(ev.served_at, "served_at", rec):
             return None
@@ -228,7 +238,10 @@ class _Batch:
         self.new_ids.add(ev.impression_id)
         self.fx.new_impressions.append(imp)
         self.fx.new_impression_rows.append(ev)
-        self.fx.stat(exp.id, ev.arm_key, rec.partition).add_impression(ev.propensity)
+        if ev.interleaving is not None:  # no A/B statistics: its own tables
+            interleaving.start_impression(exp, imp, ev, self.fx)
+        else:
+            self.fx.stat(exp.id, ev.arm_key, rec.partition).add_impression(ev.propensity)
         if exp.guardrails:
             self._start_metrics(exp, imp, ev, rec.partition)
         self.ok(OUT_IMPRESSION, rec.topic, rec.partition)
@@ -237,6 +250,7 @@ class _Batch:
             status = self.attribute(
                 imp, pf.experiment_key, pf.kind, pf.value, pf.occurred_at, rec.partition,
                 rec=None, raw=lambda pf=pf: pending_raw(pf), src_partition=pf.partition,
+                item_id=pf.item_id,
             )
             self.fx.feedback_status[pf.event_id] = status
             if status == "applied":
@@ -248,8 +262,9 @@ class _Batch:
                 self.from_future(ev.occurred_at, "occurred_at", rec):
             return
         st = self.state
+        item_id = None if ev.item_id is None else str(ev.item_id)
         content = (ev.impression_id, ev.experiment_key, ev.kind, ev.value,
-                   as_utc(ev.occurred_at))
+                   as_utc(ev.occurred_at), item_id)
         if ev.event_id in st.feedback_event_ids:
             stored = st.feedback_content.get(ev.event_id)
             if stored is None or stored == content:
@@ -258,7 +273,7 @@ class _Batch:
                 self.reject(
                     "conflicting_duplicate",
                     f"event_id {ev.event_id!r} was already stored with different content "
-                    "(impression_id, experiment, kind, value or occurred_at)", rec,
+                    "(impression_id, experiment, kind, value, occurred_at or item_id)", rec,
                 )
             return
         exp = self.experiments.get(ev.experiment_key)
@@ -275,13 +290,14 @@ class _Batch:
             st.pending.setdefault(ev.impression_id, []).append(
                 PendingFeedback(
                     ev.event_id, ev.impression_id, ev.experiment_key, ev.kind, ev.value,
-                    ev.occurred_at, rec.partition,
+                    ev.occurred_at, rec.partition, item_id,
                 )
             )
             self.ok(OUT_PENDING, rec.topic, rec.partition)
             return
         status = self.attribute(
-            imp, ev.experiment_key, ev.kind, ev.value, ev.occurred_at, rec.partition, rec=rec
+            imp, ev.experiment_key, ev.kind, ev.value, ev.occurred_at, rec.partition, rec=rec,
+            item_id=item_id,
         )
         self.fx.feedback_rows.append((ev, rec.partition, status))
         if status == "applied":
@@ -299,6 +315,7 @@ class _Batch:
         rec: RecordLike | None,
         raw: Any = None,
         src_partition: int = 0,
+        item_id: str | None = None,
     ) -> str:
         """Join one feedback to its impression; returns the ledger status."""
         exp = self.by_id.get(imp.experiment_id)
@@ -313,9 +330,17 @@ class _Batch:
         refused = self._outside_window(exp, imp, occurred_at, rec, raw, src_partition)
         if refused is not None:
             return refused
+        if imp.interleaving is not None:
+            bad = interleaving.feedback_refusal(exp, imp, kind, item_id)
+            if bad is not None:
+                self.reject(*bad, rec, raw() if raw else None, src_partition)
+                return "rejected"
         imp.feedback_count += 1
         if imp.impression_id not in self.new_ids:
             self.fx.impression_updates[imp.impression_id] = imp
+        if imp.interleaving is not None:
+            interleaving.credit_click(exp, imp, kind, value, item_id, partition, self.fx)
+            return "applied"
         if imp.metrics:
             self._update_metrics(exp, imp, kind, value, partition)
         if kind == exp.reward_metric:
@@ -377,21 +402,6 @@ class _Batch:
             imp.reward = new
 
 
-def pending_raw(pf: PendingFeedback) -> bytes:
-    """Reconstruct the wire form of a pending feedback event for the DLQ."""
-    return orjson.dumps(
-        {
-            "schema": "feedback.v1",
-            "event_id": pf.event_id,
-            "impression_id": pf.impression_id,
-            "experiment_key": pf.experiment_key,
-            "kind": pf.kind,
-            "value": pf.value,
-            "occurred_at": as_utc(pf.occurred_at).isoformat(),
-        }
-    )
-
-
 def handle_batch(
     decoded: Sequence[tuple[RecordLike, Event | DecodeFailure]],
     experiments: dict[str, ExperimentInfo],
@@ -419,23 +429,3 @@ def handle_batch(
         else:
             b.feedback(ev, rec)
     return b.fx
-
-
-def referenced_ids(
-    decoded: Iterable[tuple[RecordLike, Event | DecodeFailure]],
-) -> tuple[set[str], set[str], set[str], set[str]]:
-    """Ids the runner must prefetch: (impression ids to load, impression event ids,
-    feedback event ids, impression ids whose pending feedback to load)."""
-    imp_ids: set[str] = set()
-    imp_events: set[str] = set()
-    fb_events: set[str] = set()
-    arriving: set[str] = set()
-    for _, ev in decoded:
-        if isinstance(ev, ImpressionV1):
-            imp_ids.add(ev.impression_id)
-            imp_events.add(ev.event_id)
-            arriving.add(ev.impression_id)
-        elif isinstance(ev, FeedbackV1):
-            imp_ids.add(ev.impression_id)
-            fb_events.add(ev.event_id)
-    return imp_ids, imp_events, fb_events, arriving

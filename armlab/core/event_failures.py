@@ -39,6 +39,7 @@ _TYPE_REASONS = {
     "bad_string": "bad_string",
     "too_deep": "too_deep",
     "wrong_type": "wrong_type",
+    "bad_interleaving": "bad_interleaving",
 }
 
 

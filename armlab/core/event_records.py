@@ -1,8 +1,9 @@
 """The values a batch of events is handled with and produces: the experiment as ingestion
 sees it (:class:`ExperimentInfo`, its guardrail :class:`MetricRule`), the stored state a batch
 touches (:class:`BatchState`, :class:`ImpressionState`, :class:`PendingFeedback`), and what it
-changes (:class:`Effects`, :class:`Reject` for a dead letter). :mod:`armlab.core.event_effects`
-computes them."""
+changes (:class:`Effects`, :class:`Reject` for a dead letter), with the ids a batch references
+(:func:`referenced_ids`) and a pending feedback's wire form (:func:`pending_raw`).
+:mod:`armlab.core.event_effects` computes them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import base64
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -17,7 +19,7 @@ from typing import Any, Protocol
 import orjson
 
 from armlab.core.clock import as_utc, utcnow
-from armlab.core.events import FeedbackV1, ImpressionV1
+from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1
 from armlab.core.evidence import ArmSums
 from armlab.core.status import ENDED, ExperimentStatus
 
@@ -100,6 +102,11 @@ class ExperimentInfo:
     status: str = ExperimentStatus.RUNNING
     ended_at: datetime | None = None
     guardrails: tuple[MetricRule, ...] = ()
+    # "ab" or "interleaving"; the unit of analysis ("request" | "user"); the rankers (arm keys
+    # in the experiment's arm order: a pair (a, b) is kept with a before b in it).
+    design: str = "ab"
+    unit: str = "request"
+    rankers: tuple[str, ...] = ()
 
     def not_running_at(self, served_at: datetime) -> bool:
         """True for a draft, and for a stopped/shipped experiment after it ended: impressions
@@ -125,6 +132,11 @@ class ImpressionState:
     partition: int = 0
     # guardrail metric key -> [value, feedback events]; None without guardrails
     metrics: dict[str, list[float]] | None = None
+    # An interleaved impression's log as stored in ``impressions.interleaving``: {"unit": the
+    # unit of analysis' id, "teams": {item id: ranker}, "pairs": [[a, b, P(compared)], ...]
+    # (a before b in the experiment's arm order), "clicks": {ranker: credited clicks},
+    # "credited": [item ids already credited]}; None for an A/B impression.
+    interleaving: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +150,7 @@ class PendingFeedback:
     value: float
     occurred_at: datetime
     partition: int
+    item_id: str | None = None  # the feedback's item_id as a string (interleaving credit)
 
 
 @dataclass(slots=True)
@@ -149,8 +162,9 @@ class BatchState:
     feedback_event_ids: set[str] = field(default_factory=set)
     pending: dict[str, list[PendingFeedback]] = field(default_factory=dict)  # by impression_id
     # stored feedback content by event_id (impression_id, experiment_key, kind, value,
-    # occurred_at), to tell a redelivery from a conflicting duplicate; absent: not compared
-    feedback_content: dict[str, tuple[str, str, str, float, datetime]] = field(
+    # occurred_at, item_id as a string or None), to tell a redelivery from a conflicting
+    # duplicate; absent: not compared
+    feedback_content: dict[str, tuple[str, str, str, float, datetime, str | None]] = field(
         default_factory=dict)
 
 
@@ -204,6 +218,12 @@ class Effects:
     stats: dict[tuple[int, str, int], ArmSums] = field(default_factory=dict)
     # guardrail metric sums by (experiment id, arm key, metric key, partition)
     guardrail_stats: dict[tuple[int, str, str, int], ArmSums] = field(default_factory=dict)
+    # interleaving: impressions per (experiment id, unit id); IPW credit difference per
+    # (experiment id, unit id, a, b); per (experiment id, a, b, partition) the increments of
+    # [compared, a_wins, b_wins, a_clicks, b_clicks] (tables in models_interleaving)
+    interleaving_units: Counter[tuple[int, str]] = field(default_factory=Counter)
+    interleaving_credits: dict[tuple[int, str, str, str], float] = field(default_factory=dict)
+    interleaving_pairs: dict[tuple[int, str, str, int], list[int]] = field(default_factory=dict)
     counters: Counter[tuple[str, int]] = field(default_factory=Counter)  # (reason, partition)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, outcome)
     rejects: list[Reject] = field(default_factory=list)
@@ -223,3 +243,39 @@ class Effects:
         if sums is None:
             sums = self.guardrail_stats[key] = ArmSums()
         return sums
+
+
+def pending_raw(pf: PendingFeedback) -> bytes:
+    """Reconstruct the wire form of a pending feedback event for the DLQ."""
+    return orjson.dumps(
+        {
+            "schema": "feedback.v1",
+            "event_id": pf.event_id,
+            "impression_id": pf.impression_id,
+            "experiment_key": pf.experiment_key,
+            "kind": pf.kind,
+            "value": pf.value,
+            "occurred_at": as_utc(pf.occurred_at).isoformat(),
+            **({} if pf.item_id is None else {"item_id": pf.item_id}),
+        }
+    )
+
+
+def referenced_ids(
+    decoded: Iterable[tuple[RecordLike, Event | DecodeFailure]],
+) -> tuple[set[str], set[str], set[str], set[str]]:
+    """Ids the runner must prefetch: (impression ids to load, impression event ids,
+    feedback event ids, impression ids whose pending feedback to load)."""
+    imp_ids: set[str] = set()
+    imp_events: set[str] = set()
+    fb_events: set[str] = set()
+    arriving: set[str] = set()
+    for _, ev in decoded:
+        if isinstance(ev, ImpressionV1):
+            imp_ids.add(ev.impression_id)
+            imp_events.add(ev.event_id)
+            arriving.add(ev.impression_id)
+        elif isinstance(ev, FeedbackV1):
+            imp_ids.add(ev.impression_id)
+            fb_events.add(ev.event_id)
+    return imp_ids, imp_events, fb_events, arriving

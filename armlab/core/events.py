@@ -42,7 +42,9 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from armlab.core.clock import utcnow
 from armlab.core.event_failures import DecodeFailure, _classify, _json_failure, _precheck
@@ -77,8 +79,8 @@ __all__ = [
     "KNOWN_SCHEMAS", "MAX_CONTEXT_KEYS", "MAX_ID_LEN", "MAX_ITEMS", "MAX_ITEM_LEN",
     "MAX_JSON_DEPTH", "MAX_RECORD_BYTES", "MAX_TIMESTAMP", "MAX_UNIT_ID_LEN", "MIN_PROPENSITY",
     "MIN_TIMESTAMP", "AnyEvent", "DecodeFailure", "Event", "FeedbackKind", "FeedbackV1",
-    "ImpressionV1", "decode", "json_value_problem", "make_feedback", "make_impression",
-    "new_id", "parse_event", "unit_id_problem",
+    "ImpressionV1", "InterleavingLog", "PairPropensity", "decode", "json_value_problem",
+    "make_feedback", "make_impression", "new_id", "parse_event", "unit_id_problem",
 ]
 
 
@@ -116,7 +118,7 @@ class _Event(BaseModel):
 
         Raises :class:`InvalidEvent` (``too_large``) past MAX_RECORD_BYTES: the consumer
         would dead-letter it anyway, so the producer refuses it up front."""
-        raw = self.model_dump_json(by_alias=True).encode()
+        raw = self.model_dump_json(by_alias=True, exclude_none=True).encode()
         if len(raw) > MAX_RECORD_BYTES:
             raise InvalidEvent(
                 f"event is {len(raw)} bytes; at most {MAX_RECORD_BYTES}", reason="too_large"
@@ -124,8 +126,67 @@ class _Event(BaseModel):
         return raw
 
 
+def _bad(detail: str) -> PydanticCustomError:
+    return PydanticCustomError("bad_interleaving", "{detail}", {"detail": detail})
+
+
+class PairPropensity(BaseModel):
+    """P(rankers ``a`` and ``b`` were both merged into this request's list) under the
+    ranker choice that served it (1.0 when every ranker enters every request)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    a: Ident
+    b: Ident
+    propensity: Annotated[float, Field(strict=True, ge=MIN_PROPENSITY, le=1.0)]
+
+
+class InterleavingLog(BaseModel):
+    """What an interleaved impression logs (``design: interleaving``): the rankers merged
+    into the list, the team (ranker) that placed each shown item (``teams[i]`` placed
+    ``items[i]``, at position i), the draft order of the rounds, and the probability of each
+    compared pair (omitted: every pair of ``rankers`` with probability 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    rankers: Annotated[list[Ident], Field(min_length=2, max_length=256)]
+    teams: Annotated[list[Ident], Field(max_length=MAX_ITEMS)]
+    draft: Annotated[list[list[Ident]], Field(max_length=MAX_ITEMS)] = Field(
+        default_factory=list)
+    pairs: Annotated[list[PairPropensity], Field(max_length=32_640)] = Field(
+        default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InterleavingLog:
+        rankers = set(self.rankers)
+        if len(rankers) != len(self.rankers):
+            raise _bad("interleaving.rankers: a ranker is listed twice")
+        for i, t in enumerate(self.teams):
+            if t not in rankers:
+                raise _bad(f"interleaving.teams.{i}: {t!r} is not one of the rankers")
+        seen: set[frozenset[str]] = set()
+        for i, p in enumerate(self.pairs):
+            pair = frozenset((p.a, p.b))
+            if p.a == p.b or not pair <= rankers or pair in seen:
+                raise _bad(f"interleaving.pairs.{i}: a pair of two different rankers of "
+                           "this list, each pair once")
+            seen.add(pair)
+        return self
+
+    def pair_propensity(self, a: str, b: str) -> float:
+        """P(a and b compared); 1.0 when no pairs are logged (every ranker entered)."""
+        if not self.pairs:
+            return 1.0
+        for p in self.pairs:
+            if {p.a, p.b} == {a, b}:
+                return p.propensity
+        return 0.0
+
+
 class ImpressionV1(_Event):
-    """An arm served a unit. ``propensity`` is P(this arm | context) logged at serve time."""
+    """An arm served a unit. ``propensity`` is P(this arm | context) logged at serve time.
+
+    An interleaved impression (``design: interleaving``) also carries ``interleaving``; its
+    ``arm_key`` is the ranker that placed the first item and ``propensity`` the probability
+    of its set of rankers."""
 
     schema_: Literal["impression.v1"] = Field(alias="schema")
     event_id: Ident
@@ -144,10 +205,23 @@ class ImpressionV1(_Event):
         default_factory=dict
     )
 
+    interleaving: InterleavingLog | None = None
+
     @field_validator("context")
     @classmethod
     def _context_storable(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         return _check_json(v, info)
+
+    @model_validator(mode="after")
+    def _teams_match_items(self) -> ImpressionV1:
+        il = self.interleaving
+        if il is not None:
+            if len(il.teams) != len(self.items):
+                raise _bad(f"interleaving.teams: {len(il.teams)} teams for {len(self.items)} "
+                           "items (one team per shown item)")
+            if self.arm_key not in il.rankers:
+                raise _bad(f"arm_key: {self.arm_key!r} is not one of interleaving.rankers")
+        return self
 
 
 class FeedbackV1(_Event):
@@ -160,6 +234,14 @@ class FeedbackV1(_Event):
     kind: FeedbackKind
     value: Annotated[float, Field(strict=True, ge=-1e12, le=1e12)] = 1.0
     occurred_at: Timestamp
+    # The shown item the feedback is about (optional; an interleaving experiment needs it to
+    # credit a click to the ranker that placed the item).
+    item_id: ItemId | None = None
+
+    @field_validator("item_id")
+    @classmethod
+    def _item_storable(cls, v: str | int | None) -> str | int | None:
+        return v if v is None else _check_items([v])[0]
 
 
 Event = ImpressionV1 | FeedbackV1
@@ -227,6 +309,7 @@ def make_impression(
     served_at: datetime | None = None,
     items: list[str | int] | tuple[str | int, ...] = (),
     context: Mapping[str, Any] | None = None,
+    interleaving: Mapping[str, Any] | InterleavingLog | None = None,
 ) -> ImpressionV1:
     """Build a validated impression, filling ids and ``served_at`` (now, UTC) when omitted."""
     if isinstance(propensity, float) and not math.isfinite(propensity):
@@ -243,6 +326,9 @@ def make_impression(
             served_at=served_at or utcnow(),
             items=list(items),
             context=dict(context or {}),
+            interleaving=(interleaving if interleaving is None
+                          or isinstance(interleaving, InterleavingLog)
+                          else InterleavingLog.model_validate(dict(interleaving))),
         )
     except ValidationError as exc:
         f = _classify(exc)
@@ -257,6 +343,7 @@ def make_feedback(
     value: float = 1.0,
     event_id: str | None = None,
     occurred_at: datetime | None = None,
+    item_id: str | int | None = None,
 ) -> FeedbackV1:
     """Build a validated feedback event, filling ``event_id`` and ``occurred_at`` when omitted."""
     try:
@@ -268,6 +355,7 @@ def make_feedback(
             kind=kind,
             value=value,
             occurred_at=occurred_at or utcnow(),
+            item_id=item_id,
         )
     except ValidationError as exc:
         f = _classify(exc)

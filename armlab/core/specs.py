@@ -15,11 +15,9 @@ earlier ones), which keeps the error location on the field at fault (``explorati
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     StrictBool,
@@ -27,39 +25,28 @@ from pydantic import (
     field_validator,
 )
 
-from armlab.core.events import FeedbackKind
 from armlab.core.policies import POLICY_PARAMS
+from armlab.core.spec_base import (
+    INT32_MAX,
+    JSON_INT_MAX,
+    Key,
+    StrictModel,
+)
+from armlab.core.specs_guardrails import (
+    FIELD_PATH_PATTERN,
+    GuardrailMargin,
+    GuardrailSource,
+    GuardrailSpec,
+)
+from armlab.core.specs_interleaving import InterleavingSpec
 from armlab.core.variants import validate_variant
 from armlab.errors import PolicyError, ValidationFailed
 
-KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-_KEY_RE = re.compile(KEY_PATTERN)
-
-Key = Annotated[
-    str,
-    Field(
-        pattern=KEY_PATTERN,
-        description="Lower-case letters, digits, '_' and '-'; 1-64 characters, "
-        "starting with a letter or digit.",
-        examples=["home-recs"],
-    ),
-]
+__all__ = ["FIELD_PATH_PATTERN", "INT32_MAX", "JSON_INT_MAX", "ArmSpec", "ExperimentSpec",
+           "GuardrailMargin", "GuardrailSource", "GuardrailSpec", "InterleavingSpec", "Key",
+           "PolicyName", "PolicySpec", "RewardSpec", "SequentialSpec", "StrictModel"]
 
 PolicyName = Literal["thompson", "top_two_thompson", "epsilon_greedy", "uniform"]
-
-
-#: Integers stored in 32-bit columns (burn_in, attribution_window_s) or compared with them.
-INT32_MAX = 2**31 - 1
-#: Integers stored in JSON columns stay exactly representable as doubles.
-JSON_INT_MAX = 2**53
-
-
-class StrictModel(BaseModel):
-    """Unknown fields are errors: a typo such as ``aplha`` must not be silently ignored.
-    NaN and Infinity are errors too (JSON columns cannot store them, and no parameter means
-    anything at infinity)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --- the registration body -------------------------------------------------------------------
@@ -154,98 +141,6 @@ class SequentialSpec(StrictModel):
     )
 
 
-#: A dotted path into an impression's ``context`` (``serving.latency_ms``).
-FIELD_PATH_PATTERN = r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$"
-
-
-class GuardrailSource(StrictModel):
-    """Where a guardrail's per-impression value comes from: exactly one of a feedback kind
-    (``{"feedback": "skip"}``) or a numeric field of the impression's context
-    (``{"impression_field": "serving.latency_ms"}``)."""
-
-    feedback: FeedbackKind | None = Field(
-        None, description="Feedback kind whose events make the metric (a feedback.v1 kind).")
-    impression_field: str | None = Field(
-        None, pattern=FIELD_PATH_PATTERN, validate_default=True,
-        description="Dotted path of a numeric field in the impression's context; read when "
-        "the impression is ingested. An impression without a finite number there is not "
-        "observed for this metric (it enters neither arm's sums for it).")
-
-    @field_validator("impression_field")
-    @classmethod
-    def _exactly_one(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if (v is None) == (info.data.get("feedback") is None):
-            raise ValueError("give exactly one of feedback (a feedback kind) or "
-                             "impression_field (a context path)")
-        return v
-
-
-class GuardrailMargin(StrictModel):
-    """The tolerated harm: exactly one of ``absolute`` (metric units) or ``relative`` (a
-    fraction of the control's level)."""
-
-    absolute: float | None = Field(None, ge=0, allow_inf_nan=False)
-    relative: float | None = Field(None, ge=0, allow_inf_nan=False, validate_default=True)
-
-    @field_validator("relative")
-    @classmethod
-    def _exactly_one(cls, v: float | None, info: ValidationInfo) -> float | None:
-        if (v is None) == (info.data.get("absolute") is None):
-            raise ValueError("give exactly one of absolute or relative")
-        return v
-
-    @property
-    def value(self) -> float:
-        return float(self.relative if self.relative is not None else self.absolute or 0.0)
-
-    @property
-    def is_relative(self) -> bool:
-        return self.relative is not None
-
-
-class GuardrailSpec(StrictModel):
-    """A guardrail metric: a one-sided always-valid non-inferiority test per treatment arm
-    (see :mod:`armlab.core.recommendation`); a breach takes the arm out of the allocation."""
-
-    key: Key
-    source: GuardrailSource
-    aggregate: Literal["any", "first", "sum", "mean"] | None = Field(
-        None, validate_default=True,
-        description="Per impression, inside the attribution window: any = 1 once a feedback "
-        "of the kind has a value > 0; first = 1 once the first feedback of the kind arrives "
-        "(whatever its value); sum = sum of the values; mean = mean of the values (0 without "
-        "any). Default any for a feedback source; an impression field is its value (sum or "
-        "mean, the default).")
-    harm: Literal["increase", "decrease"] = Field(
-        ..., description="Which direction of the metric is harm.")
-    margin: GuardrailMargin = Field(
-        default_factory=lambda: GuardrailMargin(absolute=0.0),
-        description="Harm tolerated: absolute (metric units) or relative (fraction of the "
-        "control's level).")
-    alpha: float = Field(0.05, gt=0, lt=0.5,
-                         description="False-rollback level of this guardrail over all its "
-                         "treatment arms (Bonferroni: alpha / treatments per arm).")
-    on_breach: Literal["rollback", "stop"] = Field(
-        "rollback", description="rollback: the arm leaves the allocation; stop: the whole "
-        "experiment stops (the control serves).")
-
-    @field_validator("aggregate")
-    @classmethod
-    def _check_aggregate(cls, v: str | None, info: ValidationInfo) -> str:
-        source = info.data.get("source")
-        field_source = isinstance(source, GuardrailSource) and source.impression_field
-        if v is None:
-            return "mean" if field_source else "any"
-        if field_source and v not in ("sum", "mean"):
-            raise ValueError(f"an impression_field guardrail is the field's value: aggregate "
-                             f"must be sum or mean (or omitted), not {v!r}")
-        return v
-
-    @property
-    def binary(self) -> bool:
-        return self.aggregate in ("any", "first")
-
-
 class ArmSpec(StrictModel):
     key: Key
     control: StrictBool = False
@@ -299,6 +194,10 @@ class ExperimentSpec(StrictModel):
     )
 
     key: Key
+    design: Literal["ab", "interleaving"] = Field(
+        "ab", description="ab: each request is served by one arm (the bandit A/B test); "
+        "interleaving: arms are rankers merged into one list per request, clicks credited "
+        "to the ranker that placed the item (see `interleaving`).")
     name: str | None = Field(None, max_length=200, description="Defaults to the key.")
     description: str = Field("", max_length=10_000)
     unit: Literal["request", "user"] = Field(
@@ -324,6 +223,9 @@ class ExperimentSpec(StrictModel):
     guardrails: list[GuardrailSpec] = Field(
         default_factory=list, max_length=16,
         description="Guardrail metrics (keys unique); immutable once the experiment runs.")
+    interleaving: InterleavingSpec | None = Field(
+        None, validate_default=True,
+        description="Interleaving settings (design interleaving only; defaults filled in).")
 
     @field_validator("arms")
     @classmethod
@@ -371,6 +273,35 @@ class ExperimentSpec(StrictModel):
                 raise ValueError(f"guardrails.{i}.source.feedback: {g.source.feedback!r} is the "
                                  "primary reward metric; a guardrail watches another metric")
         return gs
+
+    @field_validator("interleaving")
+    @classmethod
+    def _check_interleaving(cls, v: InterleavingSpec | None, info: ValidationInfo
+                            ) -> InterleavingSpec | None:
+        design = info.data.get("design")
+        if design != "interleaving":
+            if v is not None:
+                raise ValueError("interleaving settings need design: interleaving")
+            return None
+        spec = v or InterleavingSpec.model_validate({})
+        arms = info.data.get("arms") or []
+        m = spec.rankers_per_request
+        if m is not None and arms and m > len(arms):
+            raise ValueError(f"rankers_per_request: {m} is more than the {len(arms)} arms")
+        if m is not None and arms and m < len(arms):
+            k = len(arms)
+            top = m * (m - 1) / (k * (k - 1))
+            if spec.pair_floor > top:
+                raise ValueError(f"pair_floor: {spec.pair_floor} is above what uniform choices "
+                                 f"of {m} of {k} rankers give ({top:.4g})")
+        if info.data.get("guardrails"):
+            raise ValueError("guardrails are not tested in an interleaving experiment (one "
+                             "list mixes every ranker); run them in the A/B stage")
+        reward = info.data.get("reward")
+        if isinstance(reward, RewardSpec) and reward.kind != "binary":
+            raise ValueError("an interleaving experiment credits clicks: reward.kind must be "
+                             "binary")
+        return spec
 
     @property
     def control_arm_key(self) -> str:

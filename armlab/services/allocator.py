@@ -13,7 +13,8 @@ One pass (:func:`run_allocation`) visits every running, stopped and shipped expe
 After a running experiment's snapshot, :func:`run_decisions` evaluates the sequential test in
 the same unit of work (on matured, in-design data: :func:`armlab.services.decisions.analysis_sums`),
 records the look and, with ``sequential.auto_stop``, stops the experiment and writes its
-control-only snapshot in the same transaction.
+control-only snapshot in the same transaction. Interleaving experiments (``design:
+interleaving``): :mod:`armlab.services.interleaving_allocation`.
 
 Guardrail rollback: when the look finds a treatment arm that breached a guardrail
 (:mod:`armlab.core.recommendation`), the allocator, in the same unit of work, either takes the arm
@@ -65,6 +66,8 @@ from armlab.core.status import ExperimentStatus
 from armlab.errors import ArmlabError
 from armlab.services import registry
 from armlab.services.decisions import evaluate_experiment, record_decisions
+from armlab.services.interleaving_allocation import interleaving_snapshot, run_interleaving_look
+from armlab.services.interleaving_evaluation import is_interleaving
 from armlab.services.ports import UnitOfWorkPort
 from armlab.services.ports_allocation import AllocationStore, AllocationUnit
 
@@ -151,6 +154,9 @@ def compute_snapshot(
     uow: AllocationUnit, experiment: Experiment, *, now: datetime
 ) -> AllocationSnapshot | None:
     """Build (not add) the snapshot this experiment should get now; None if nothing changes."""
+    if experiment.status == ExperimentStatus.RUNNING and is_interleaving(experiment):
+        return interleaving_snapshot(uow.evidence, experiment, now=now,
+                                     seed=_seed(experiment, now))
     if experiment.status == ExperimentStatus.RUNNING:
         return _running_snapshot(uow, experiment, now)
     return _terminal_snapshot(uow, experiment, now)
@@ -303,22 +309,24 @@ def _after_snapshot(uow: AllocationUnit, experiment: Experiment, now: datetime) 
     """Per-experiment hook after the snapshot is written, in the same unit of work: the
     sequential decisions of a running experiment and the guardrails' rollbacks. An auto-stop
     or a rollback writes its snapshot in the same transaction, so ``/assign`` never serves the
-    new allocation under the id of the last running snapshot."""
-    if experiment.status == ExperimentStatus.RUNNING:
+    new allocation under the id of the last running snapshot. An interleaving experiment gets
+    its look instead (:mod:`armlab.services.interleaving_allocation`)."""
+    if experiment.status != ExperimentStatus.RUNNING:
+        return
+    acted: dict[str, Any] = {"rolled_back": [], "stopped": False}
+    if is_interleaving(experiment):
+        stopped = bool(run_interleaving_look(uow, experiment, now=now)["stopped"])
+    else:
         ev = run_decisions(uow, experiment, actor="allocator", now=now)
-        acted = {"rolled_back": [], "stopped": False}
-        if not ev["stopped"]:
+        stopped = bool(ev["stopped"])
+        if not stopped:
             acted = apply_guardrails(uow, experiment, ev, actor="allocator")
-        if acted["rolled_back"] and not acted["stopped"]:
-            snap = compute_snapshot(uow, experiment, now=now)
-            if snap is not None:
-                uow.evidence.add_snapshot(snap)
-                uow.flush()
-        if ev["stopped"] or acted["stopped"]:
-            terminal = compute_snapshot(uow, experiment, now=now)
-            if terminal is not None:
-                uow.evidence.add_snapshot(terminal)
-                uow.flush()
+    # a rollback's new weights, or the terminal snapshot of an (auto or guardrail) stop
+    if stopped or acted["stopped"] or acted["rolled_back"]:
+        snap = compute_snapshot(uow, experiment, now=now)
+        if snap is not None:
+            uow.evidence.add_snapshot(snap)
+            uow.flush()
 
 
 def run_allocation(

@@ -24,6 +24,9 @@ Rules:
 * stopped and shipped experiments serve one arm with propensity 1, and a running experiment
   without a snapshot is served uniformly (the serving rule, :mod:`armlab.core.serving`).
 * draft: Conflict (409). Unknown key: ExperimentNotFound (404).
+* ``design: interleaving``: :meth:`Assigner.assign` answers Conflict (409: such an experiment
+  serves merged lists); :meth:`Assigner.serve` (``/recommend``) draws a running one's rankers
+  for the request from the snapshot's set distribution (:mod:`armlab.services.interleave`).
 
 ``Assigner(store, seed=...)`` makes draws and impression ids reproducible (tests, demo). ``store``
 is the storage port (:class:`~armlab.services.ports_assignment.AssignmentStore`; the database
@@ -51,6 +54,7 @@ from armlab.core.clock import utcnow
 from armlab.core.status import ExperimentStatus
 from armlab.errors import Conflict, ExperimentNotFound
 from armlab.services.assignment_views import Assignment, ExperimentView, build_view, unit_hash
+from armlab.services.interleave import InterleavedAssignment, draw_interleaved
 from armlab.services.ports_assignment import AssignmentReads, AssignmentStore, StickyRow
 
 __all__ = ["Assigner", "Assignment", "ExperimentView", "build_view", "unit_hash"]
@@ -145,13 +149,39 @@ class Assigner:
         got = self.try_assign(experiment_key, unit_id, context)
         if got is not None:
             return got
-        cached = self._views.get(experiment_key)
-        if cached is not None and cached.status == ExperimentStatus.DRAFT:
-            # A draft in the cache may have been started since the last refresh (by this or
-            # another API process): read it again rather than refuse a running experiment.
+        return self._assign(self._current(experiment_key), unit_id)
+
+    def serve(
+        self, experiment_key: str, unit_id: str, context: dict[str, Any] | None = None
+    ) -> Assignment | InterleavedAssignment:
+        """What ``/recommend`` serves: a running interleaving experiment's rankers for this
+        request (:mod:`armlab.services.interleave`), any other experiment's assignment (a
+        stopped or shipped interleaving experiment serves its fixed arm)."""
+        view = self._current(experiment_key)
+        sets = view.ranker_sets
+        if sets is None or view.fixed_arm is not None or view.status == ExperimentStatus.DRAFT:
+            return self._assign(view, unit_id, any_design=True)
+        impression_id = self._new_id(view.key)
+        with self._rng_lock:
+            seed = int(self._rng.integers(2**63))
+        return draw_interleaved(
+            sets, view.variants, experiment_key=view.key, impression_id=impression_id,
+            served_at=self._clock(), snapshot_id=view.snapshot_id,
+            rng=np.random.default_rng(seed))
+
+    def _current(self, experiment_key: str) -> ExperimentView:
+        """The cached view, or loaded now (unknown: 404; a cached draft is read again: it may
+        have been started since the last refresh, by this or another API process)."""
+        view = self._views.get(experiment_key)
+        if view is None:
+            exp_at = self._missing.get(experiment_key)
+            if exp_at is not None and exp_at > time.monotonic():
+                raise ExperimentNotFound(f"no experiment with key {experiment_key!r}")
+        elif view.status != ExperimentStatus.DRAFT:
+            return view
+        else:
             self.invalidate(experiment_key)
-        view = self.load(experiment_key)
-        return self._assign(view, unit_id)
+        return self.load(experiment_key)
 
     def invalidate(self, experiment_key: str) -> None:
         """Forget the cached view of one experiment; the next assignment loads it again (the
@@ -164,10 +194,16 @@ class Assigner:
                 views.pop(experiment_key, None)
                 self._views = views
 
-    def _assign(self, view: ExperimentView, unit_id: str) -> Assignment:
+    def _assign(self, view: ExperimentView, unit_id: str, *, any_design: bool = False
+                ) -> Assignment:
         if view.status == ExperimentStatus.DRAFT:
             raise Conflict(
                 f"experiment {view.key!r} is a draft; start it before asking for assignments"
+            )
+        if view.design == "interleaving" and not any_design:
+            raise Conflict(
+                f"experiment {view.key!r} has design 'interleaving' (merged lists of its "
+                "rankers): ask /recommend, not /assign"
             )
         if view.fixed_arm is not None:
             arm, p = view.fixed_arm, 1.0

@@ -1,6 +1,8 @@
 """The assignment cache's entries: an immutable :class:`ExperimentView` per experiment (built
 from the experiment and its latest allocation snapshot by :func:`build_view`), the
 :class:`Assignment` it answers with, and :func:`unit_hash`, the sticky draw of ``unit: user``.
+A ``design: interleaving`` view also holds its ranker-set distribution
+(:class:`~armlab.services.interleave.RankerSets`, from the snapshot's ``stats.sets``).
 See :mod:`armlab.services.assignment` for the rules they serve.
 """
 
@@ -15,6 +17,7 @@ from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.core.policies.base import CdfSampler
 from armlab.core.serving import fixed_arm, served_weights
 from armlab.core.status import ExperimentStatus
+from armlab.services.interleave import RankerSets, ranker_sets
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class ExperimentView:
     fixed_arm: str | None  # stopped -> control, shipped -> shipped arm
     control: str = ""
     rolled_back: frozenset[str] = frozenset()  # arms a guardrail breach took out
+    design: str = "ab"  # "ab" or "interleaving"
+    #: design interleaving: the ranker-set distribution of the latest snapshot (or uniform).
+    ranker_sets: RankerSets | None = None
 
     def pick(self, u: float) -> tuple[str, float]:
         """Arm whose CDF interval contains u in [0, 1), and its weight."""
@@ -72,6 +78,10 @@ def unit_hash(salt: str, unit_id: str) -> float:
 
 def build_view(exp: Experiment, snapshot: AllocationSnapshot | None) -> ExperimentView:
     arm_keys = tuple(a.key for a in exp.arms)
+    design = exp.design or "ab"
+    sets = (ranker_sets(arm_keys, exp.interleaving,
+                        snapshot.stats if snapshot is not None else None)
+            if design == "interleaving" and len(arm_keys) >= 2 else None)
     # Weights of a running experiment (the serving rule); stopped/shipped serve ``fixed``.
     served = served_weights(
         ExperimentStatus.RUNNING, arm_keys, control=exp.control_arm_key,
@@ -99,4 +109,6 @@ def build_view(exp: Experiment, snapshot: AllocationSnapshot | None) -> Experime
         fixed_arm=fixed,
         control=exp.control_arm_key,
         rolled_back=frozenset((exp.rolled_back or {}).keys()),
+        design=design,
+        ranker_sets=sets,
     )

@@ -28,6 +28,7 @@ from armlab.core.event_effects import OK_OUTCOMES
 from armlab.core.evidence import ArmSums
 from armlab.core.readings import ArmSeries, ChartSeries, LatestDecision
 from armlab.core.status import ExperimentStatus
+from armlab.services import interleaving_evaluation as il
 from armlab.services.ports import ReadsUnitOfWork
 from armlab.services.registry import get_experiment, list_experiments
 from armlab.services.results import build_results
@@ -58,6 +59,8 @@ def primary_decision(exp: Experiment, decisions: Mapping[str, LatestDecision]) -
         return f"shipped {exp.shipped_arm_key}"
     if exp.status == ExperimentStatus.DRAFT:
         return "not started"
+    if il.ROW_KEY in decisions:  # an interleaving experiment's look
+        return il.look_phrase(decisions[il.ROW_KEY].decision)
     decided = [f"{k}: {d.decision.replace('_', ' ')}" for k, d in sorted(decisions.items())
                if d.decision in TERMINAL]
     if decided:
@@ -84,7 +87,8 @@ def health_badge(
         elif now - last_snapshot > limit:
             reasons.append(f"last allocator run {int((now - last_snapshot).total_seconds())} s ago")
             level = "warn" if level == "ok" else level
-        if float(exp.exploration_floor or 0.0) == 0.0 and exp.policy_name != "uniform":
+        if (float(exp.exploration_floor or 0.0) == 0.0 and exp.policy_name != "uniform"
+                and not il.is_interleaving(exp)):
             reasons.append("exploration floor 0")
     return level, reasons
 
@@ -110,7 +114,7 @@ def list_rows(
         started = as_utc_or_none(e.started_at)
         created = as_utc(e.created_at)
         rows.append({
-            "key": e.key, "name": e.name, "status": e.status, "policy": e.policy_name,
+            "key": e.key, "name": e.name, "status": e.status, "policy": il.policy_label(e),
             "arms": len(e.arms), "created_at": created, "started_at": started,
             "age_s": (now - (started or created)).total_seconds(),
             "impressions": traffic.get(e.id, 0), "decision": primary_decision(e, decs),
@@ -135,7 +139,7 @@ def _warnings(exp: Experiment, sequential: dict[str, Any]) -> list[str]:
     if "error" in sequential:
         out.append(f"sequential test unavailable: {sequential['error']}")
     if (exp.status == ExperimentStatus.RUNNING and float(exp.exploration_floor or 0.0) == 0.0
-            and exp.policy_name != "uniform"):
+            and exp.policy_name != "uniform" and not il.is_interleaving(exp)):
         out.append("exploration floor is 0: the policy may starve an arm, and the "
                    "inverse-propensity weights of the sequential test then grow without bound")
     return out
@@ -211,7 +215,7 @@ def _header(exp: Experiment) -> dict[str, Any]:
     """The experiment's own fields, as the page's header shows them."""
     return {
         "key": exp.key, "name": exp.name, "description": exp.description or "",
-        "status": exp.status, "policy": exp.policy_name,
+        "status": exp.status, "policy": il.policy_label(exp),
         "policy_params": dict(exp.policy_params or {}), "unit": exp.unit,
         "reward": f"{exp.reward_kind} ({exp.reward_metric})",
         "control": exp.control_arm_key, "shipped_arm": exp.shipped_arm_key,
@@ -270,6 +274,8 @@ def experiment_view(
         "audit": audit,
         "recommendation": results.get("recommendation"),
         "has_guardrails": bool(exp.guardrails),
+        "design": results.get("design", "ab"),
+        "interleaving": results.get("interleaving"),
         "now": now,
     }
 

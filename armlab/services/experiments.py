@@ -55,6 +55,8 @@ class ExperimentRecord:
     arms: list[ArmRecord] = field(default_factory=list)
     guardrails: list[dict[str, Any]] = field(default_factory=list)
     rolled_back: dict[str, Any] = field(default_factory=dict)
+    design: str = "ab"
+    interleaving: dict[str, Any] | None = None
 
     def without_salt(self) -> ExperimentRecord:
         """The record without its salt (readers: with it, anyone could compute which arm
@@ -104,6 +106,8 @@ def experiment_record(exp: Any) -> ExperimentRecord:
         arms=[ArmRecord(key=a.key, control=a.is_control, position=a.position,
                         variant=dict(a.variant)) for a in exp.arms],
         guardrails=list(exp.guardrails or []), rolled_back=dict(exp.rolled_back or {}),
+        design=str(exp.design or "ab"),
+        interleaving=dict(exp.interleaving) if exp.interleaving else None,
     )
 
 

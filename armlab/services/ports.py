@@ -46,6 +46,15 @@ class Evidence(Protocol):
     def latest_decisions(self, experiment_id: int) -> dict[str, Decision]: ...
     def add_decision(self, row: Decision) -> None: ...
     def add_snapshot(self, row: AllocationSnapshot) -> None: ...
+    def interleaving_sums(self, experiment_id: int, aggregate: str
+                          ) -> tuple[float, dict[tuple[str, str], tuple[float, float]]]:
+        """Interleaving: (units, {(a, b): (sum of x_u, sum of x_u²)}) (a before b in arm
+        order; a pair without credits is absent)."""
+    def interleaving_tallies(self, experiment_id: int
+                             ) -> dict[tuple[str, str], tuple[int, int, int, int, int]]:
+        """Interleaving: {(a, b): (compared, a_wins, b_wins, a_clicks, b_clicks)}."""
+    def latest_look(self, experiment_id: int, row_key: str) -> Decision | None:
+        """The newest decision row with arm key ``row_key`` (an interleaving look)."""
 
 
 class UnitOfWorkPort(Protocol):

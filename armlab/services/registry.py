@@ -56,6 +56,7 @@ from armlab.errors import (
     ValidationFailed,
 )
 from armlab.services.decisions import ship_guard
+from armlab.services.interleaving_evaluation import interleaving_ship_guard, is_interleaving
 from armlab.services.ports import UnitOfWorkPort
 
 # action -> (statuses it may start from, status it leads to)
@@ -178,6 +179,8 @@ def create_experiment(uow: UnitOfWorkPort, *, spec: ExperimentSpec, actor: str) 
         description=spec.description,
         status=ExperimentStatus.DRAFT,
         unit=spec.unit,
+        design=spec.design,
+        interleaving=spec.interleaving.model_dump() if spec.interleaving else None,
         reward_kind=spec.reward.kind,
         reward_metric=spec.reward.metric,
         policy_name=spec.policy.name,
@@ -321,7 +324,8 @@ def _ship_guard(
     evidence argues against ``arm`` and ``force`` is false; its evaluation goes into the audit
     row (merged over the caller's evidence) either way.
     """
-    return {**dict(evidence or {}), **ship_guard(uow.evidence, experiment, arm, force)}
+    guard = interleaving_ship_guard if is_interleaving(experiment) else ship_guard
+    return {**dict(evidence or {}), **guard(uow.evidence, experiment, arm, force)}
 
 
 def ship_experiment(

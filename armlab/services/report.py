@@ -17,6 +17,7 @@ from typing import Any
 from armlab.adapters.db.models import Experiment
 from armlab.core.clock import as_utc_or_none
 from armlab.core.readings import RewardBucket
+from armlab.services.interleaving_evaluation import ROW_KEY, policy_label
 from armlab.services.ports import ReadsUnitOfWork
 from armlab.services.registry import get_experiment
 from armlab.services.results import build_results
@@ -54,6 +55,9 @@ class ReportData:
     audit: list[dict[str, Any]] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
     extra_sections: list[tuple[str, str]] = field(default_factory=list)
+    #: interleaving experiments: (time, the pairs of that recorded look) per look
+    interleaving_looks: list[tuple[datetime, list[dict[str, Any]]]] = field(
+        default_factory=list)
 
 
 def _decision_row(d: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +74,10 @@ def collect(uow: ReadsUnitOfWork, experiment: Experiment) -> ReportData:
     eid = experiment.id
     snapshots = reads.snapshots(eid)
     first_at, buckets = reads.reward_buckets(eid, MAX_REWARD_BUCKETS)
-    decisions = [_decision_row(d) for d in reads.decisions(eid)]
+    stored = reads.decisions(eid)
+    decisions = [_decision_row(d) for d in stored if d.get("arm") != ROW_KEY]
+    looks = [(d["at"], list(((d.get("evidence") or {}).get("interleaving") or {})
+                            .get("pairs") or [])) for d in stored if d.get("arm") == ROW_KEY]
     audit = uow.audit.for_experiment(eid)
     try:  # last: a failure here (an aborted transaction on PostgreSQL) spoils no read above
         results = build_results(uow, experiment)
@@ -81,7 +88,7 @@ def collect(uow: ReadsUnitOfWork, experiment: Experiment) -> ReportData:
         name=experiment.name,
         description=experiment.description or "",
         status=experiment.status,
-        policy=experiment.policy_name,
+        policy=policy_label(experiment),
         control=experiment.control_arm_key,
         shipped_arm=experiment.shipped_arm_key,
         arms=[{"key": a.key, "control": a.is_control, "variant": a.variant}
@@ -100,6 +107,7 @@ def collect(uow: ReadsUnitOfWork, experiment: Experiment) -> ReportData:
             for a in audit
         ],
         results=results,
+        interleaving_looks=looks,
     )
 
 

@@ -8,6 +8,11 @@ never rise between calls and a stopped experiment shows the evidence frozen at i
 the reason it is unavailable. ``guardrails`` (per guardrail and treatment arm: state, estimate,
 confidence sequence, p-value) and ``recommendation`` (ship / keep control / continue, with the
 reasons) come from the same look; each arm says whether a guardrail rolled it back.
+
+``design`` is ``ab`` or ``interleaving``. An interleaving experiment has no ``sequential``
+(null), guardrails or recommendation; its ``interleaving`` block is the last recorded look of
+its test per pair of rankers with the live win tallies and the rankers' choice probabilities
+(:func:`armlab.services.interleaving_evaluation.shown_interleaving`); null for A/B.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from armlab.core.evidence import ArmSums
 from armlab.core.serving import served_weights
 from armlab.errors import ArmlabError
 from armlab.services.decisions import shown_evaluation
+from armlab.services.interleaving_evaluation import is_interleaving, shown_interleaving
 from armlab.services.ports import UnitOfWorkPort
 
 
@@ -58,6 +64,12 @@ def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]
         if snap is not None
         else None
     )
+    if is_interleaving(experiment):
+        return {"key": experiment.key, "status": experiment.status, "design": "interleaving",
+                "shipped_arm": experiment.shipped_arm_key,
+                "control_arm": experiment.control_arm_key, "arms": arms, "snapshot": snapshot,
+                "sequential": None, "guardrails": [], "recommendation": None,
+                "interleaving": shown_interleaving(uow.evidence, experiment)}
     try:
         sequential: dict[str, Any] = shown_evaluation(uow.evidence, experiment)
     except ArmlabError as exc:
@@ -65,6 +77,7 @@ def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]
     return {
         "key": experiment.key,
         "status": experiment.status,
+        "design": "ab",
         "shipped_arm": experiment.shipped_arm_key,
         "control_arm": experiment.control_arm_key,
         "arms": arms,
@@ -72,4 +85,5 @@ def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]
         "sequential": sequential,
         "guardrails": list(sequential.get("guardrails") or []),
         "recommendation": sequential.get("recommendation"),
+        "interleaving": None,
     }

@@ -1,6 +1,7 @@
 """The consumer's batch statements: prefetching the rows a batch touches (locked on
 PostgreSQL) and writing its effects, one statement per table (the rows as one JSON parameter:
-:mod:`armlab.adapters.db.consumer_json`), with the per-arm and guardrail sums upserted.
+:mod:`armlab.adapters.db.consumer_json`), with the per-arm and guardrail sums upserted (and
+the interleaving tables: :mod:`armlab.adapters.db.consumer_interleaving`).
 
 Re-exported by :mod:`armlab.adapters.db.consumer_store`, whose names callers use (the runner's
 port looks each one up there, so a test that replaces ``consumer_store.write_effects``
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from armlab.adapters.db import rollups
 from armlab.adapters.db.consumer_counters import upsert_counters
+from armlab.adapters.db.consumer_interleaving import write_interleaving
 from armlab.adapters.db.consumer_json import JsonParam, insert_rows
 from armlab.adapters.db.models import Feedback, Impression
 from armlab.core.clock import as_utc, utcnow
@@ -26,8 +28,9 @@ from armlab.core.evidence import COUNTS, FIELDS, ArmSums
 
 # -- prefetch ------------------------------------------------------------------------------
 _IMPRESSION_STATE = ("impression_id, event_id, experiment_id, arm_key, propensity, served_at,"
-                     " reward, feedback_count, partition, guardrail_values")
-_PENDING_COLS = "event_id, impression_id, experiment_key, kind, value, occurred_at, partition"
+                     " reward, feedback_count, partition, guardrail_values, interleaving")
+_PENDING_COLS = ("event_id, impression_id, experiment_key, kind, value, occurred_at, partition,"
+                 " item_id")
 
 
 def prefetch(
@@ -47,13 +50,15 @@ def prefetch(
         rows = session.execute(
             text(f"SELECT {_IMPRESSION_STATE} FROM impressions WHERE "
                  f"{j.in_ids('impression_id', 'ids')}{j.for_update}").columns(
-                served_at=ts, guardrail_values=Impression.__table__.c.guardrail_values.type),
+                served_at=ts, guardrail_values=Impression.__table__.c.guardrail_values.type,
+                interleaving=Impression.__table__.c.interleaving.type),
             {"ids": j.encode(sorted(imp_ids))},
         )
         for row in rows:
             imp = ImpressionState(*row[:9])
             if row[9] is not None:
                 imp.metrics = {str(k): [float(v[0]), float(v[1])] for k, v in row[9].items()}
+            imp.interleaving = row[10]
             state.impressions[row[0]] = imp
             state.impression_event_ids.add(row[1])
     missing = imp_events - state.impression_event_ids
@@ -64,14 +69,14 @@ def prefetch(
         ))
     if fb_events:
         for row in session.execute(
-            text(f"SELECT event_id, impression_id, experiment_key, kind, value, occurred_at "
-                 f"FROM feedback WHERE {j.in_ids('event_id', 'ids')}")
+            text(f"SELECT event_id, impression_id, experiment_key, kind, value, occurred_at, "
+                 f"item_id FROM feedback WHERE {j.in_ids('event_id', 'ids')}")
             .columns(occurred_at=Feedback.__table__.c.occurred_at.type),
             {"ids": j.encode(sorted(fb_events))},
         ):
             state.feedback_event_ids.add(row[0])
             state.feedback_content[row[0]] = (row[1], row[2], row[3], float(row[4]),
-                                              as_utc(row[5]))
+                                              as_utc(row[5]), row[6])
     if arriving:
         rows = session.execute(
             text(f"SELECT {_PENDING_COLS} FROM feedback WHERE "
@@ -90,12 +95,14 @@ _IMPRESSION_ROW = [("impression_id", "text"), ("event_id", "text"), ("experiment
                    ("arm_key", "text"), ("unit_id", "text"), ("propensity", "float"),
                    ("served_at", "ts"), ("partition", "int"), ("reward", "float"),
                    ("feedback_count", "int"), ("items", "json"), ("context", "json"),
-                   ("guardrail_values", "json")]
+                   ("guardrail_values", "json"), ("interleaving", "json")]
 _IMPRESSION_UPDATE = [("impression_id", "text"), ("reward", "float"),
-                      ("feedback_count", "int"), ("guardrail_values", "json")]
+                      ("feedback_count", "int"), ("guardrail_values", "json"),
+                      ("interleaving", "json")]
 _FEEDBACK_ROW = [("event_id", "text"), ("impression_id", "text"), ("experiment_key", "text"),
                  ("kind", "text"), ("value", "float"), ("occurred_at", "ts"),
-                 ("received_at", "ts"), ("partition", "int"), ("status", "text")]
+                 ("received_at", "ts"), ("partition", "int"), ("status", "text"),
+                 ("item_id", "text")]
 _FEEDBACK_STATUS = [("event_id", "text"), ("status", "text")]
 _STATS_ROW = [("experiment_id", "int"), ("arm_key", "text"), ("partition", "int"),
               *((name, "int" if name in COUNTS else "float") for name in FIELDS),
@@ -120,7 +127,7 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
              "unit_id": ev.unit_id, "propensity": imp.propensity, "served_at": imp.served_at,
              "partition": imp.partition, "reward": imp.reward,
              "feedback_count": imp.feedback_count, "items": ev.items, "context": ev.context,
-             "guardrail_values": imp.metrics}
+             "guardrail_values": imp.metrics, "interleaving": imp.interleaving}
             for imp, ev in zip(fx.new_impressions, fx.new_impression_rows, strict=True)
         ], "ON CONFLICT DO NOTHING", all_stored="impression_id")
     if fx.impression_updates:
@@ -129,13 +136,14 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
         updates = sorted(fx.impression_updates.values(), key=lambda i: i.impression_id)
         session.execute(
             text(f"UPDATE impressions SET reward = r.reward, feedback_count = r.feedback_count,"
-                 f" guardrail_values = r.guardrail_values"
+                 f" guardrail_values = r.guardrail_values, interleaving = r.interleaving"
                  f" FROM {j.rows('rows', _IMPRESSION_UPDATE)}"
                  f" WHERE impressions.impression_id = r.impression_id"
                  f" AND {j.in_ids('impressions.impression_id', 'ids')}"),
             {"rows": j.encode_rows([
                 {"impression_id": i.impression_id, "reward": i.reward,
-                 "feedback_count": i.feedback_count, "guardrail_values": i.metrics}
+                 "feedback_count": i.feedback_count, "guardrail_values": i.metrics,
+                 "interleaving": i.interleaving}
                 for i in updates
             ]), "ids": j.encode([i.impression_id for i in updates])},
         )
@@ -144,7 +152,7 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
             {"event_id": ev.event_id, "impression_id": ev.impression_id,
              "experiment_key": ev.experiment_key, "kind": ev.kind, "value": ev.value,
              "occurred_at": ev.occurred_at, "received_at": now, "partition": part,
-             "status": status}
+             "status": status, "item_id": None if ev.item_id is None else str(ev.item_id)}
             for ev, part, status in fx.feedback_rows
         ], "ON CONFLICT DO NOTHING", all_stored="event_id")
     if fx.feedback_status:
@@ -161,6 +169,7 @@ def write_effects(session: Session, group: str, fx: Effects) -> None:
         rollups.add_batch(session, fx.stats, now)  # the dashboard's time buckets
     if fx.guardrail_stats:
         upsert_guardrail_stats(session, fx.guardrail_stats, now)
+    write_interleaving(session, fx)
     if fx.counters:
         upsert_counters(session, group, fx.counters.items(), now)
 

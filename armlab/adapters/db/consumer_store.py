@@ -79,9 +79,10 @@ __all__ = [
 # -- registry ------------------------------------------------------------------------------
 def load_experiments(session: Session) -> dict[str, ExperimentInfo]:
     """Every registered experiment with its arms (any status: stopped ones still get feedback)."""
-    arms: dict[int, set[str]] = {}
-    for exp_id, key in session.execute(select(Arm.experiment_id, Arm.key)):
-        arms.setdefault(exp_id, set()).add(key)
+    arms: dict[int, list[str]] = {}  # arm keys in arm order (the rankers' pair order)
+    for exp_id, key in session.execute(select(Arm.experiment_id, Arm.key)
+                                       .order_by(Arm.experiment_id, Arm.position, Arm.id)):
+        arms.setdefault(exp_id, []).append(key)
     out: dict[str, ExperimentInfo] = {}
     rows = session.execute(
         select(
@@ -93,9 +94,11 @@ def load_experiments(session: Session) -> dict[str, ExperimentInfo]:
             Experiment.status,
             Experiment.ended_at,
             Experiment.guardrails,
+            Experiment.design,
+            Experiment.unit,
         )
     )
-    for exp_id, key, kind, metric, window, status, ended_at, guardrails in rows:
+    for exp_id, key, kind, metric, window, status, ended_at, guardrails, design, unit in rows:
         out[key] = ExperimentInfo(
             id=exp_id,
             key=key,
@@ -106,6 +109,9 @@ def load_experiments(session: Session) -> dict[str, ExperimentInfo]:
             status=status,
             ended_at=ended_at,
             guardrails=tuple(MetricRule.from_spec(g) for g in guardrails or ()),
+            design=design or "ab",
+            unit=unit,
+            rankers=tuple(arms.get(exp_id, ())),
         )
     return out
 
@@ -127,7 +133,7 @@ def stale_pending(
     q = (
         select(Feedback.event_id, Feedback.impression_id, Feedback.experiment_key,
                Feedback.kind, Feedback.value, Feedback.occurred_at, Feedback.partition,
-               Feedback.received_at)
+               Feedback.received_at, Feedback.item_id)
         .where(Feedback.status == "pending", Feedback.received_at < cutoff)
         .order_by(Feedback.received_at)
         .limit(limit)
@@ -139,7 +145,8 @@ def stale_pending(
         window = exp.window_s if exp is not None else shortest
         if as_utc(row.received_at) < now - timedelta(seconds=window + grace_s):
             out.append(PendingFeedback(row.event_id, row.impression_id, row.experiment_key,
-                                       row.kind, row.value, row.occurred_at, row.partition))
+                                       row.kind, row.value, row.occurred_at, row.partition,
+                                       row.item_id))
     return out
 
 

@@ -46,6 +46,10 @@ class Experiment(Base):
     status: Mapped[str] = mapped_column(String(16), default=ExperimentStatus.DRAFT.value,
                                         nullable=False)
     unit: Mapped[str] = mapped_column(String(16), default="request", nullable=False)
+    # "ab" or "interleaving"; the interleaving settings (InterleavingSpec dump) or None.
+    design: Mapped[str] = mapped_column(String(16), default="ab", server_default=text("'ab'"),
+                                        nullable=False)
+    interleaving: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     reward_kind: Mapped[str] = mapped_column(String(16), default="binary", nullable=False)
     reward_metric: Mapped[str] = mapped_column(String(64), default="click", nullable=False)
     policy_name: Mapped[str] = mapped_column(String(32), default="thompson", nullable=False)
@@ -244,6 +248,9 @@ class Impression(Base):
     # Guardrail metric values of this impression: metric key -> [value, feedback events];
     # None when the experiment has no guardrails (a metric absent: not observed).
     guardrail_values: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # An interleaved impression's log as the consumer keeps it (unit, teams by item, pair
+    # propensities, clicks per team, credited items); None otherwise.
+    interleaving: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Feedback(Base):
@@ -273,92 +280,8 @@ class Feedback(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     partition: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="applied")
-
-
-class ConsumerOffset(Base):
-    """Next offset to read per (group, topic, partition), committed with the batch's effects."""
-
-    __tablename__ = "consumer_offsets"
-
-    group_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
-    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
-    next_offset: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
-
-
-class IngestCounter(Base):
-    """Counts of ingestion outcomes by reason (rejected, late, unknown...), per partition."""
-
-    __tablename__ = "ingest_counters"
-
-    group_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
-    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
-    count: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
-
-
-class ConsumerLag(Base):
-    """Each consumer's last report on a partition it owns: the next offset committed with the
-    effects (``position``), the broker's high watermark then, and their difference.
-
-    Written by the ingest runner on a timer (not inside the batch transaction: it is
-    informational), so the dashboard can show lag per partition without a Kafka client; the
-    age of ``reported_at`` shows a consumer that stopped reporting.
-    """
-
-    __tablename__ = "consumer_lag"
-
-    group_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
-    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
-    position: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    high_watermark: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    lag: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    consumer: Mapped[str] = mapped_column(String(255), nullable=False)
-    reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-
-
-#: Width (seconds) of the time buckets dead letters are counted in, and how long they are kept.
-DEAD_LETTER_BUCKET_S = 60
-DEAD_LETTER_RETENTION_S = 24 * 3600
-
-
-class DeadLetterBucket(Base):
-    """Dead letters by reason per minute (and partition), added in the batch's transaction
-    next to ``ingest_counters``; buckets older than :data:`DEAD_LETTER_RETENTION_S` are
-    pruned by the consumer, so the table stays small."""
-
-    __tablename__ = "dead_letter_buckets"
-    __table_args__ = (Index("ix_dead_letter_buckets_start", "bucket_start"),)
-
-    group_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
-    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
-    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
-    count: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
-
-
-#: Keys of :class:`IngestLock` older than this are pruned by the consumer: a key only has to
-#: outlive the transactions that touch it at the same moment.
-INGEST_LOCK_RETENTION_S = 600
-
-
-class IngestLock(Base):
-    """One row per id an ingest batch touches (``i:<impression_id>``, ``e:<impression
-    event_id>``, ``f:<feedback event_id>``), upserted in sorted order at the start of the
-    batch's transaction (PostgreSQL only). The upsert locks the row until COMMIT, so two
-    consumers handling the same impression or event at the same moment (copies spread over
-    partitions that different members own) run one after the other, and the second reads
-    what the first stored. Rows are pruned after :data:`INGEST_LOCK_RETENTION_S`."""
-
-    __tablename__ = "ingest_locks"
-    __table_args__ = (Index("ix_ingest_locks_at", "at"),)
-
-    key: Mapped[str] = mapped_column(String(80), primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # The shown item the feedback names (``str(item_id)``; interleaving credit), or None.
+    item_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Decision(Base):
@@ -424,3 +347,29 @@ class CatalogItem(Base):
     text: Mapped[str] = mapped_column(Text, nullable=False, default="")
     attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
     popularity: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+
+
+# The consumer's bookkeeping and the interleaving tables live in their own modules; imported
+# here so every table is on the metadata whenever the models are.
+from armlab.adapters.db.models_ingest import (  # noqa: E402
+    DEAD_LETTER_BUCKET_S,
+    DEAD_LETTER_RETENTION_S,
+    INGEST_LOCK_RETENTION_S,
+    ConsumerLag,
+    ConsumerOffset,
+    DeadLetterBucket,
+    IngestCounter,
+    IngestLock,
+)
+from armlab.adapters.db.models_interleaving import (  # noqa: E402
+    InterleavingCredit,
+    InterleavingPair,
+    InterleavingUnit,
+)
+
+__all__ = ["Experiment", "Arm", "AuditLog", "AllocationSnapshot", "ArmStats", "GuardrailStats",
+           "ArmRollup", "Impression", "Feedback", "ConsumerOffset", "IngestCounter",
+           "ConsumerLag", "DeadLetterBucket", "IngestLock", "Decision", "UnitAssignment",
+           "Catalog", "CatalogItem", "InterleavingCredit", "InterleavingPair",
+           "InterleavingUnit", "EXPERIMENT_STATUSES", "ROLLUP_WIDTHS_S", "DEAD_LETTER_BUCKET_S",
+           "DEAD_LETTER_RETENTION_S", "INGEST_LOCK_RETENTION_S"]

@@ -15,6 +15,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from armlab.adapters.db.interleaving_queries import latest_look, pair_sums, pair_tallies
 from armlab.adapters.db.models import AllocationSnapshot, AuditLog, Decision, Experiment
 from armlab.adapters.db.queries import (
     arm_sums,
@@ -132,3 +133,14 @@ class SqlEvidence:
 
     def add_snapshot(self, row: AllocationSnapshot) -> None:
         self.session.add(row)
+
+    def interleaving_sums(self, experiment_id: int, aggregate: str
+                          ) -> tuple[float, dict[tuple[str, str], tuple[float, float]]]:
+        return pair_sums(self.session, experiment_id, aggregate)
+
+    def interleaving_tallies(self, experiment_id: int
+                             ) -> dict[tuple[str, str], tuple[int, int, int, int, int]]:
+        return pair_tallies(self.session, experiment_id)
+
+    def latest_look(self, experiment_id: int, row_key: str) -> Decision | None:
+        return latest_look(self.session, experiment_id, row_key)

@@ -21,6 +21,7 @@ from armlab.core.events import (
     Event,
     FeedbackV1,
     ImpressionV1,
+    InterleavingLog,
     make_feedback,
     make_impression,
     parse_event,
@@ -83,12 +84,15 @@ class _Base:
         served_at: datetime | None = None,
         items: Iterable[str | int] = (),
         context: Mapping[str, Any] | None = None,
+        interleaving: Mapping[str, Any] | InterleavingLog | None = None,
     ) -> ImpressionV1:
-        """Send an impression; ids and ``served_at`` are generated when omitted."""
+        """Send an impression; ids and ``served_at`` are generated when omitted.
+        ``interleaving``: the ``/recommend`` answer's log of an interleaved list."""
         ev = make_impression(
             experiment_key=experiment_key, arm_key=arm_key, unit_id=unit_id,
             propensity=propensity, impression_id=impression_id, event_id=event_id,
             served_at=served_at, items=list(items), context=context,
+            interleaving=interleaving,
         )
         self._produce(self.topic_impressions, ev.impression_id.encode(), ev.to_json())
         return ev
@@ -102,11 +106,13 @@ class _Base:
         value: float = 1.0,
         event_id: str | None = None,
         occurred_at: datetime | None = None,
+        item_id: str | int | None = None,
     ) -> FeedbackV1:
-        """Send feedback for an impression (same partition as the impression)."""
+        """Send feedback for an impression (same partition as the impression); ``item_id``:
+        the shown item it is about (needed by an interleaving experiment's clicks)."""
         ev = make_feedback(
             impression_id=impression_id, experiment_key=experiment_key, kind=kind,
-            value=value, event_id=event_id, occurred_at=occurred_at,
+            value=value, event_id=event_id, occurred_at=occurred_at, item_id=item_id,
         )
         self._produce(self.topic_feedback, ev.impression_id.encode(), ev.to_json())
         return ev

@@ -26,10 +26,10 @@ def _check_alpha(alpha: float) -> None:
 def log_lambda(
     estimate: FloatArray | float,
     variance: FloatArray | float,
-    tau2: float,
+    tau2: FloatArray | float,
     theta0: float = 0.0,
 ) -> FloatArray:
-    """log Lambda of JKPW's normal-mixture mSPRT; arrays broadcast. V must be > 0."""
+    """log Lambda of JKPW's normal-mixture mSPRT; arrays broadcast (tau² too). V must be > 0."""
     d = np.asarray(estimate, dtype=np.float64) - theta0
     v = np.asarray(variance, dtype=np.float64)
     return 0.5 * (np.log(v) - np.log(v + tau2)) + tau2 * d * d / (2.0 * v * (v + tau2))
@@ -38,7 +38,7 @@ def log_lambda(
 def log_lambda_greater(
     estimate: FloatArray | float,
     variance: FloatArray | float,
-    tau2: float,
+    tau2: FloatArray | float,
     theta0: float = 0.0,
 ) -> FloatArray:
     """log Lambda+ of the one-sided ("treatment better": theta > theta0) normal mixture.
@@ -57,7 +57,7 @@ def log_lambda_greater(
     """
     d = np.asarray(estimate, dtype=np.float64) - theta0
     v = np.asarray(variance, dtype=np.float64)
-    z = d * math.sqrt(tau2) / np.sqrt(v * (v + tau2))
+    z = d * np.sqrt(tau2) / np.sqrt(v * (v + tau2))
     return math.log(2.0) + log_lambda(estimate, variance, tau2, theta0) + log_ndtr(z)
 
 
@@ -77,7 +77,8 @@ def lower_margin_greater(variance: float, tau2: float, alpha: float) -> float:
     return float(brentq(f, lo, hi, xtol=1e-12 * max(hi, 1e-300)))
 
 
-def cs_halfwidth(variance: FloatArray | float, tau2: float, alpha: float) -> FloatArray:
+def cs_halfwidth(variance: FloatArray | float, tau2: FloatArray | float, alpha: float
+                 ) -> FloatArray:
     """Half-width of {theta: Lambda(theta) < 1/alpha} (JKPW §4.2; Howard et al. eq. (3.7))."""
     v = np.asarray(variance, dtype=np.float64)
     return np.sqrt(v * (v + tau2) / tau2 * (np.log1p(tau2 / v) - 2.0 * math.log(alpha)))

@@ -10,11 +10,15 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import ndtr
 
-from armlab.core.stats.msprt import tau2_for_horizon
+from armlab.core.stats.msprt import DEFAULT_HORIZON_SHARE, tau2_for_horizon
 from armlab.errors import StatsError
 
 FloatArray = npt.NDArray[np.float64]
 Unit = Literal["request", "user"]
+# When armlab's analyses freeze tau² (and the horizon plan): at the first look with
+# min_samples units AND min_events events per arm (the look gate, the platform's rule), or,
+# as the platform did before, with min_samples units alone.
+PlanAt = Literal["events", "samples"]
 
 SRM_ALPHA = 0.001
 SRM_TAU2 = 0.02**2
@@ -22,7 +26,10 @@ SRM_TAU2 = 0.02**2
 # n, s, ss, in, is, iss, ins  (as ArmSums: n, reward_sum, reward_sumsq, ipw_n, ipw_sum,
 # ipw_sumsq, ipw_n_sq), plus impression-level n, s, in, is, iss, ins for unit user.
 _FIELDS = ("n", "s", "ss", "in", "is", "iss", "ins", "imp_n", "imp_s", "imp_in", "imp_is",
-           "imp_iss", "imp_ins")
+           "imp_iss", "imp_ins",
+           # unit user with a pre-period covariate X (CellConfig.pre_impressions): sums of X,
+           # X², XY and X/p, X²/p², XY/p² over the arm's users (armlab.core.stats.cuped)
+           "x", "xx", "xy", "ix", "ixx", "ixy")
 _IDX = {f: i for i, f in enumerate(_FIELDS)}
 
 
@@ -47,6 +54,9 @@ class CellConfig:
     impressions_per_user: int = 10
     icc: float = 0.15
     delay_impressions: int = 1000
+    horizon_share: float = DEFAULT_HORIZON_SHARE
+    plan_at: PlanAt = "events"
+    pre_impressions: int = 0
 
     def __post_init__(self) -> None:
         if not (0.0 < self.base_rate < 1.0 and 0.0 < self.base_rate * self.lift < 1.0):
@@ -62,6 +72,13 @@ class CellConfig:
         if self.unit == "user" and self.look_every % self.impressions_per_user:
             raise StatsError("for unit user, look_every must be a multiple of "
                              f"impressions_per_user ({self.impressions_per_user})")
+        if self.pre_impressions < 0 or (self.pre_impressions and self.unit != "user"):
+            raise StatsError("pre_impressions (a pre-period covariate) needs unit user and "
+                             f"must be >= 0, got {self.pre_impressions!r}")
+        if self.plan_at not in ("events", "samples"):
+            raise StatsError(f"plan_at must be events or samples, got {self.plan_at!r}")
+        if not (0.0 < self.horizon_share < 1.0):
+            raise StatsError(f"horizon_share must lie in (0, 1), got {self.horizon_share!r}")
         if not (0.0 < self.icc < 1.0):
             raise StatsError(f"icc must lie in (0, 1), got {self.icc!r}")
 

@@ -22,7 +22,9 @@ Analyses run on the same simulated data (same-run baselines):
   :func:`armlab.core.stats.adaptive.informative` (``min_samples`` impressions and
   ``min_events`` successes per arm), tau² from :func:`armlab.core.decisions.planned_variance`
   -style planning (Howard et al. 2021 §3.5 rule at the planned horizon, IPW variance implied
-  by the floor), on matured data; for ``unit: user`` one term per user (the per-user reward
+  by the floor), frozen per replication from its own pooled variance at the look gate
+  (``plan_at``: ``events``, the platform's rule, or ``samples``), on matured data; for
+  ``unit: user`` one term per user (the per-user reward
   total with its sticky propensity: a cluster-level analysis, so the variance is
   cluster-robust). Also reported one-sided ("treatment better", the half-normal mixture of
   :func:`armlab.core.stats.msprt.log_lambda_greater`) for power.
@@ -32,6 +34,10 @@ Analyses run on the same simulated data (same-run baselines):
 * ``msprt_thompson``: plain mSPRT (JKPW 2022) on the arm means under the same Thompson
   allocation, no information gate: what armlab replaced.
 * ``msprt_fixed``: plain mSPRT on a fixed 50/50 split: the reference power.
+* ``armlab_cuped`` / ``armlab_cuped_horizon`` (unit user with ``pre_impressions`` > 0): the same
+  two analyses on Y - theta X, X the user's clicks in a pre-period of that many impressions
+  (:mod:`armlab.core.stats.cuped`; not wired into the platform). In those cells a user has one
+  latent rate q (q in arm a, q x lift in arm b) and X ~ Binomial(pre_impressions, q).
 * for ``unit: user`` also ``ipw_per_impression``: the IPW test with every impression as an
   independent term (the analysis armlab used before it analysed users).
 
@@ -113,8 +119,22 @@ def run_cell(cfg: CellConfig) -> dict[str, Any]:
             if "srm" in aa[name]:
                 srm, srm_se = _rate(aa[name]["srm"])
                 row.update(srm_false_alarm=srm, srm_false_alarm_se=srm_se)
+            if allocation == "thompson":
+                row["inverse_sum"] = float(np.mean(ab[name]["inverse_sum"]))
             rows[name] = row
+    _beside_fixed(rows, cfg.alpha)
     return {"cell": asdict(cfg), "p_treatment": p_b, "analyses": rows}
+
+
+def _beside_fixed(rows: dict[str, dict[str, Any]], alpha: float) -> None:
+    """Every analysis's A/A rate and power beside the fixed-split plain mSPRT's of the same
+    run (same cell, same seeds): ``alpha_unspent`` = alpha - fpr shows what a test leaves
+    unspent, ``fpr_fixed`` what the mixture itself leaves on a fixed split."""
+    ref = rows["msprt_fixed"]
+    for row in rows.values():
+        row.update(alpha_unspent=alpha - row["fpr"], fpr_fixed=ref["fpr"],
+                   fpr_greater_fixed=ref["fpr_greater"], power_fixed=ref["power"],
+                   power_greater_fixed=ref["power_greater"])
 
 
 GRID_BASE_RATES = (0.005, 0.01, 0.02, 0.05, 0.10)
@@ -143,8 +163,10 @@ def grid(
                     for d in delays:
                         key = f"{p}|{f}|{le}|{u}|{int(d)}".encode()
                         cell_seed = seed * 1_000_003 + zlib.crc32(key)
+                        kw = {k: v for k, v in common.items()
+                              if u == "user" or k != "pre_impressions"}  # a user covariate
                         cells.append(CellConfig(base_rate=p, floor=f, look_every=le, unit=u,
-                                                delay=d, seed=cell_seed, **common))
+                                                delay=d, seed=cell_seed, **kw))
     return cells
 
 
@@ -162,6 +184,7 @@ def summarise(results: list[dict[str, Any]], alpha: float = 0.05) -> dict[str, A
             "cells_fpr_within_2se": sum(1 for _, a in rows if a["fpr_ok"]),
             "max_fpr": worst[1]["fpr"], "max_fpr_se": worst[1]["fpr_se"],
             "max_fpr_cell": _coords(worst[0]),
+            "max_fpr_cell_fixed_fpr": worst[1].get("fpr_fixed"),
             "min_coverage": cov[1]["coverage"], "min_coverage_cell": _coords(cov[0]),
         }
         srm = [(c, a) for c, a in rows if "srm_false_alarm" in a]

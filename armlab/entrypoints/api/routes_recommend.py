@@ -69,18 +69,40 @@ class ScoredItem(BaseModel):
     score: float
 
 
+class PairOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    a: str
+    b: str
+    propensity: float = Field(..., description="P(a and b both merged into this list).")
+
+
+class InterleavingOut(BaseModel):
+    """The impression's ``interleaving`` log: send it unchanged in the impression event."""
+
+    model_config = ConfigDict(extra="forbid")
+    rankers: list[str] = Field(..., description="The rankers merged into this list (arm order).")
+    teams: list[str] = Field(..., description="teams[i]: the ranker that placed items[i].")
+    draft: list[list[str]] = Field(..., description="Per round, the rankers in draft order.")
+    pairs: list[PairOut] = Field(..., description="Every compared pair with its probability.")
+
+
 class RecommendOut(BaseModel):
     impression_id: str
     experiment_key: str
-    arm: str
-    propensity: float
+    arm: str = Field(..., description="The arm; interleaved: the team of the first item.")
+    propensity: float = Field(
+        ..., description="P(arm); interleaved: P(this set of rankers).")
     served_at: str
     items: list[ScoredItem]
+    interleaving: InterleavingOut | None = Field(
+        None, description="Design interleaving, running: how the list was merged (log it "
+        "with the impression). Absent otherwise.")
 
 
 @router.post(
     "/{key}/recommend",
     response_model=RecommendOut,
+    response_model_exclude_none=True,
     responses=error_responses(*AUTHED, 404, 409),
 )
 def recommend_route(
@@ -91,7 +113,10 @@ def recommend_route(
 ) -> dict[str, Any]:
     """Pick the arm for ``unit_id`` (logged propensity) and return its top-k items.
 
-    Send the returned ``impression_id`` with the impression and feedback events.
+    Send the returned ``impression_id`` with the impression and feedback events. A running
+    interleaving experiment merges the lists of a set of its rankers (team draft, the draft
+    order drawn per request): ``arm`` is the team of the first item, ``propensity`` the
+    probability of the set, and ``interleaving`` the log to send with the impression.
     """
     return recommend(
         assigner=services.assigner,

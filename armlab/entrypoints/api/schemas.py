@@ -22,6 +22,7 @@ from armlab.core.clock import as_utc_or_none
 from armlab.core.decisions import Decision
 from armlab.core.specs import Key, RewardSpec, StrictModel
 from armlab.core.status import ExperimentStatus
+from armlab.entrypoints.api.schemas_interleaving import InterleavingResultsOut
 
 UtcDatetime = Annotated[datetime | None, AfterValidator(as_utc_or_none)]
 
@@ -106,6 +107,10 @@ class ExperimentOut(OutModel):
     rolled_back: dict[str, Any] = Field(
         default_factory=dict,
         description="Arms a guardrail breach took out of the allocation, with the evidence.")
+    design: Literal["ab", "interleaving"] = Field(
+        "ab", description="ab (one arm per request) or interleaving (rankers merged).")
+    interleaving: dict[str, Any] | None = Field(
+        None, description="Interleaving settings (design interleaving), defaults filled in.")
 
 
 class ExperimentList(OutModel):
@@ -231,10 +236,12 @@ class SequentialUnavailable(OutModel):
 
 
 class ResultsOut(OutModel):
-    """Per-arm evidence and the sequential test's evaluation (``sequential``)."""
+    """Per-arm evidence and the sequential test's evaluation (``sequential``); for an
+    interleaving experiment (``design: interleaving``) the ``interleaving`` block instead."""
 
     key: str
     status: ExperimentStatus
+    design: Literal["ab", "interleaving"] = "ab"
     shipped_arm: str | None
     control_arm: str
     arms: list[ArmResult]
@@ -247,6 +254,10 @@ class ResultsOut(OutModel):
     recommendation: RecommendationOut | None = Field(
         None, description="ship <arm> / keep control / continue, with the reasons: the "
         "primary test and the guardrails combined.")
+    interleaving: InterleavingResultsOut | None = Field(
+        None, description="Interleaving experiments: per pair of rankers the always-valid "
+        "test (estimate, confidence sequence, p, Holm p, decision), compared impressions, "
+        "wins and clicks per side; the Condorcet winner; the rankers' choice probabilities.")
 
 
 class AuditEntry(OutModel):

@@ -18,8 +18,8 @@ def demo_cmd(
     stack: str = typer.Option("embedded", help=STACK_HELP),
     max_requests: int = typer.Option(30_000, min=10, help="Stop after this many requests."),
     time_budget_s: float = typer.Option(
-        420.0, min=10, help="Stop the replay after this many seconds (model loading "
-        "excluded); keeps `make demo` under 10 minutes on 2 CPU cores."),
+        420.0, min=10, help="Both stages' replay stops after this many seconds (model "
+        "loading excluded); keeps `make demo` under 10 minutes on 2 CPU cores."),
     cadence: int = typer.Option(200, min=5, help="Requests between allocator passes."),
     concurrency: int = typer.Option(8, min=1, max=64,
                                     help="Requests in flight at once (batched scoring)."),
@@ -36,14 +36,27 @@ def demo_cmd(
         "demo's database and print the dashboard URL; Ctrl-C stops it."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface for --serve."),
     port: int = typer.Option(8000, "--port", help="TCP port for --serve."),
+    stages: str = typer.Option(
+        "both", help="both: stage 1 interleaves the rankers, stage 2 A/B-tests the preferred "
+        "one against popularity (per user); interleave: stage 1 alone; ab: the A/B test of "
+        "every arm alone."),
+    stage1_share: float = typer.Option(
+        0.5, min=0.05, max=0.95, help="Share of the replayed requests stage 1 may use."),
+    stage1_budget_s: float = typer.Option(
+        200.0, min=5, help="Stage 1's share of --time-budget-s (seconds)."),
 ) -> None:
-    """End-to-end adaptive experiment on MovieLens-100k with language-model variants."""
-    from armlab.entrypoints.demo.adaptive import DemoConfig, run_demo
+    """MovieLens-100k end to end, in two stages: interleave the language-model rankers, then
+    A/B-test the preferred one against popularity with the user as the unit."""
+    from armlab.entrypoints.demo.adaptive import DemoConfig
+    from armlab.entrypoints.demo.two_stage import run_demo
 
+    if stages not in ("both", "interleave", "ab"):
+        raise typer.BadParameter("must be both, interleave or ab", param_hint="--stages")
     cfg = DemoConfig(stack=stack, max_requests=max_requests, time_budget_s=time_budget_s,
                      cadence=cadence, k=k, concurrency=concurrency, include_lm=full,
                      tiny=tiny, seed=seed, threads=threads,
-                     report_dir=report_dir, key=key or None)
+                     report_dir=report_dir, key=key or None, stages=stages,
+                     stage1_share=stage1_share, stage1_budget_s=stage1_budget_s)
     result = run_demo(cfg)
     if serve:
         serve_demo(stack, result.key, host=host, port=port)

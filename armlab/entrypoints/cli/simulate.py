@@ -132,6 +132,25 @@ def simulate_sequential_cmd(
             typer.echo(f"{k}: {v}")
 
 
+def _validity_table(results: list[dict[str, Any]]) -> None:
+    """One line per cell and analysis: A/A with its MC SE, SRM false alarms, coverage, power
+    (two-sided, one-sided), n at decision, the fixed split's A/A of the same run and the mean
+    1/p(a) + 1/p(b) the allocation left (4 on a 50/50 split)."""
+    typer.echo(f"{'cell':<52} {'analysis':<21} {'A/A fpr':>13} {'srm':>6} {'cover':>6} "
+               f"{'power':>6} {'power>':>6} {'n':>7} {'fixed A/A':>9} {'sum 1/p':>7}")
+    for r in results:
+        c = r["cell"]
+        name = (f"p={c['base_rate']} f={c['floor']} look={c['look_every']} "
+                f"{c['unit']} delay={'yes' if c['delay'] else 'no'}")
+        for k, a in r["analyses"].items():
+            srm = a.get("srm_false_alarm")
+            typer.echo(f"{name:<52} {k:<21} {a['fpr']:>6.3f}±{a['fpr_se']:.3f} "
+                       f"{'' if srm is None else f'{srm:.3f}':>6} {a['coverage']:>6.3f} "
+                       f"{a['power']:>6.3f} {a['power_greater']:>6.3f} "
+                       f"{a['mean_n_at_decision']:>7.0f} {a['fpr_fixed']:>9.3f} "
+                       f"{a.get('inverse_sum', 4.0):>7.2f}")
+
+
 def simulate_validity_cmd(
     base_rates: str = typer.Option("0.005,0.01,0.02,0.05,0.10", "--base-rates"),
     floors: str = typer.Option("0.05,0.1,0.2", "--floors"),
@@ -144,6 +163,16 @@ def simulate_validity_cmd(
     max_n: int = typer.Option(10_000, "--max-n", min=100, help="Horizon per arm."),
     lift: float = typer.Option(1.2, "--lift", help="Treatment rate = lift x base rate."),
     min_events: int = typer.Option(30, "--min-events", min=0),
+    horizon_share: float = typer.Option(
+        0.8, "--horizon-share", min=0.01, max=0.99,
+        help="Share of alpha on the flat part of armlab_horizon (the platform's is 0.8)."),
+    plan_at: str = typer.Option(
+        "events", "--plan-at", help="When armlab freezes tau² and the horizon plan: events "
+        "(the look gate, the platform's rule) | samples (min_samples alone, the old rule)."),
+    pre_impressions: int = typer.Option(
+        0, "--pre-impressions", min=0, help="Unit user: a pre-period of this many impressions "
+        "per user gives the covariate X of the CUPED analyses (armlab_cuped, "
+        "armlab_cuped_horizon); 0 = none."),
     workers: int = typer.Option(2, "--workers", min=1, help="Processes (cores)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
@@ -162,7 +191,9 @@ def simulate_validity_cmd(
         _choices("--units", units, ("request", "user")),  # type: ignore[arg-type]
         tuple(d == "yes" for d in _choices("--delays", delays, ("no", "yes"))),
         reps=reps, reps_alt=reps_alt or None, max_n=max_n, lift=lift,
-        min_events=min_events, seed=seed,
+        min_events=min_events, seed=seed, horizon_share=horizon_share,
+        plan_at=_choices("--plan-at", plan_at, ("events", "samples"))[0],
+        pre_impressions=pre_impressions,
     )
     t0 = time.perf_counter()
     if workers > 1 and len(cells) > 1:
@@ -176,18 +207,7 @@ def simulate_validity_cmd(
     if as_json:
         typer.echo(json.dumps(out))
         return
-    typer.echo(f"{'cell':<52} {'analysis':<19} {'A/A fpr':>13} {'srm':>6} {'cover':>6} "
-               f"{'power':>6} {'power>':>6} {'n':>7}")
-    for r in results:
-        c = r["cell"]
-        name = (f"p={c['base_rate']} f={c['floor']} look={c['look_every']} "
-                f"{c['unit']} delay={'yes' if c['delay'] else 'no'}")
-        for k, a in r["analyses"].items():
-            srm = a.get("srm_false_alarm")
-            typer.echo(f"{name:<52} {k:<19} {a['fpr']:>6.3f}±{a['fpr_se']:.3f} "
-                       f"{'' if srm is None else f'{srm:.3f}':>6} {a['coverage']:>6.3f} "
-                       f"{a['power']:>6.3f} {a['power_greater']:>6.3f} "
-                       f"{a['mean_n_at_decision']:>7.0f}")
+    _validity_table(results)
     typer.echo(f"{len(cells)} cells in {seconds} s on {workers} worker(s)")
 
 

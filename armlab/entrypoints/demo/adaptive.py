@@ -30,7 +30,6 @@ What happens (each step through the same code a production deployment runs):
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,22 +37,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fastapi.testclient import TestClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from armlab.adapters.data.movielens import load_movielens
-from armlab.adapters.scoring.checkpoints import set_cpu_threads
 from armlab.adapters.scoring.scorers import UserContext, rank_catalog_many
 from armlab.adapters.scoring.tiny import make_tiny_model
-from armlab.bootstrap import make_settings, open_services
 from armlab.core.clock import utcnow
-from armlab.core.decisions import Decision, Evaluation
 from armlab.core.status import ExperimentStatus
-from armlab.entrypoints.api.app import create_app
+from armlab.entrypoints.demo.common import check as _check
+from armlab.entrypoints.demo.interleaved import StageOne
+from armlab.entrypoints.demo.summary import choose_winner
 from armlab.entrypoints.report import write_report
-from armlab.errors import ArmlabError, ConfigurationError
+from armlab.errors import ArmlabError
 from armlab.services.allocator import run_allocation
 from armlab.services.catalog import store_catalog
 from armlab.tools.movielens_replay import (
@@ -69,7 +65,7 @@ from armlab.tools.movielens_replay import (
 
 __all__ = ["CATALOG", "ITEM_TEMPLATE_GENRES", "DemoConfig", "DemoRequest", "DemoResult",
            "arm_specs", "build_requests", "catalog_payload", "choose_winner",
-           "popularity_before", "run_demo", "split_time"]
+           "popularity_before", "split_time"]
 
 ACTOR = "demo"
 
@@ -96,6 +92,9 @@ class DemoConfig:
     exploration_floor: float = 0.05
     quiet: bool = False
     threads: int = 1  # torch CPU threads: one is much faster for batch-1 scoring on 2 cores
+    stages: str = "both"  # both | interleave (stage 1 only) | ab (stage 2 only, every arm)
+    stage1_share: float = 0.5  # the share of the replayed requests stage 1 may use
+    stage1_budget_s: float = 200.0  # stage 1's share of time_budget_s
     settings: Any = None  # tests pass ready Settings
     tiny_dir: Path | None = None
 
@@ -119,22 +118,27 @@ class DemoResult:
     sequential: dict[str, Any] | None
     report_path: Path | None
     seconds: dict[str, float] = field(default_factory=dict)
+    stage_one: StageOne | None = None
+    why: str = ""
 
 
 # --- the experiment -------------------------------------------------------------------------
 
 
 def experiment_spec(key: str, cfg: DemoConfig, arms: list[dict[str, Any]],
-                    n_requests: int) -> dict[str, Any]:
+                    n_users: int) -> dict[str, Any]:
+    """The A/B experiment (stage 2); ``n_users``: the horizon, in users (the unit)."""
     return {
         "key": key,
-        "name": "MovieLens-100k: language-model recommenders vs popularity",
+        "name": "MovieLens-100k stage 2: the preferred ranker vs popularity (A/B, per user)",
         "description": (
             "armlab demo: users replayed in time order; a click is a top-"
             f"{cfg.k} list containing a movie the user rated >= 4 within "
             f"{cfg.window_s // 3600} h after the request."
         ),
-        "unit": "request",
+        # One user's requests share their history and tastes: the user is the unit of
+        # analysis (sticky arm per user, the test counts users), never the request.
+        "unit": "user",
         "reward": {"kind": "binary", "metric": "click"},
         "policy": {"name": "thompson", "params": {}},
         "exploration_floor": cfg.exploration_floor,
@@ -145,7 +149,7 @@ def experiment_spec(key: str, cfg: DemoConfig, arms: list[dict[str, Any]],
         # The demo knows its budget, so it registers the horizon boundary (most of alpha on a
         # flat boundary up to the planned information at max_n; still valid beyond it).
         "sequential": {"alpha": 0.05, "auto_stop": True, "min_samples": 50,
-                       "max_n": n_requests, "correction": "holm", "boundary": "horizon"},
+                       "max_n": n_users, "correction": "holm", "boundary": "horizon"},
         "arms": arms,
         # The guardrail: the share of recommended lists holding a movie the user later rated
         # 1-2 must not rise by more than 2 points over the control's.
@@ -158,45 +162,6 @@ def experiment_spec(key: str, cfg: DemoConfig, arms: list[dict[str, Any]],
 DEMO_GUARDRAIL: dict[str, Any] = {
     "key": "low_rated", "source": {"feedback": "rating"}, "aggregate": "any",
     "harm": "increase", "margin": {"absolute": 0.02}, "alpha": 0.05, "on_breach": "rollback"}
-
-
-def _check(resp: Any, what: str) -> dict[str, Any]:
-    if resp.status_code >= 400:
-        try:
-            detail = resp.json().get("detail")
-        except Exception:  # noqa: BLE001
-            detail = resp.text[:300]
-        raise ConfigurationError(f"{what} failed ({resp.status_code}): {detail}")
-    return dict(resp.json())
-
-
-def choose_winner(seq: dict[str, Any] | None, control: str) -> tuple[str, str]:
-    """(arm, why) from the sequential evaluation.
-
-    The best-estimated arm among those the always-valid test found better than the control;
-    otherwise the control: without evidence of an improvement the status quo ships (the
-    registry's ship guard would refuse a treatment the test has not declared better).
-    """
-    breached = {str(g.get("arm")) for g in (seq or {}).get("guardrails") or []
-                if g.get("state") == "breached"} | set((seq or {}).get("rolled_back") or {})
-    arms = Evaluation.from_dict(seq or {}).arms
-    better = [a for a in arms if a.decision == Decision.TREATMENT_BETTER
-              and a.arm not in breached]
-    if better:
-        best = max(better, key=lambda a: (a.estimate or 0.0))
-        p_adjusted = float("nan") if best.p_adjusted is None else best.p_adjusted
-        return best.arm, (f"mSPRT: better than {control} (estimate "
-                          f"{best.estimate or 0:+.3f}, adjusted always-valid p "
-                          f"{p_adjusted:.3g})")
-    decided = [a for a in arms if a.decision in (Decision.TREATMENT_WORSE, Decision.FUTILE,
-                                                 Decision.INCONCLUSIVE)]
-    if arms and len(decided) == len(arms):
-        if any(a.decision == Decision.INCONCLUSIVE for a in arms):
-            return control, ("the data cannot show a treatment better than the control: "
-                             "inconclusive at the horizon; keeping the control")
-        return control, "mSPRT: no treatment beat the control (all worse or futile)"
-    return control, ("no treatment was shown better than the control by the always-valid "
-                     "test within the budget; keeping the control")
 
 
 def _tiny_models(base: Path) -> dict[str, str]:
@@ -267,13 +232,34 @@ class _DemoRun:
                               prior_weight=cfg.prior_weight)
         self.key = cfg.key or self.services.experiments.unique_key(
             f"movielens-{utcnow():%Y%m%d-%H%M%S}")
-        self.spec = experiment_spec(self.key, cfg, self.arms, self.n_planned)
         self.control = next(a["key"] for a in self.arms if a.get("control"))
+
+    def split(self) -> list[DemoRequest]:
+        """Stage 1's requests (the first ``stage1_share`` of the replay, in time order); the
+        rest stay for stage 2. Without stage 2 stage 1 takes them all."""
+        cfg = self.cfg
+        if cfg.stages == "ab":
+            return []
+        n1 = len(self.requests) if cfg.stages == "interleave" else \
+            int(round(len(self.requests) * cfg.stage1_share))
+        first, self.requests = self.requests[:n1], self.requests[n1:]
+        self.n_planned = len(self.requests)
+        return first
+
+    def narrow(self, preferred: str) -> None:
+        """Stage 2 tests the preferred ranker against the control."""
+        self.arms = [a for a in self.arms if a["key"] in (self.control, preferred)]
+
+    def ab_spec(self) -> dict[str, Any]:
+        users = len({r.user for r in self.requests})
+        self.spec = experiment_spec(self.key, self.cfg, self.arms, max(users, 1))
+        return self.spec
 
     def register(self, client: Any) -> None:
         """Register and start the experiment through the API; the first allocation."""
         key = self.key
-        _check(client.post("/v1/experiments", json=self.spec), "registering the experiment")
+        _check(client.post("/v1/experiments", json=self.ab_spec()),
+               "registering the experiment")
         _check(client.post(f"/v1/experiments/{key}/start", json={"reason": "armlab demo"}),
                "starting the experiment")
         run_allocation(self.services.allocation_store)
@@ -306,7 +292,8 @@ class _DemoRun:
                               for a in res.get("arms", [])})
         state.status, state.seq = str(res.get("status")), res.get("sequential")
 
-    def serve(self, client: Any, req: DemoRequest) -> tuple[dict[str, Any], float]:
+    def serve(self, client: Any, req: DemoRequest, key: str | None = None
+              ) -> tuple[dict[str, Any], float]:
         """One ``/recommend`` call for a replayed request; (answer, seconds)."""
         body = {
             "unit_id": f"user-{req.user}",
@@ -318,7 +305,7 @@ class _DemoRun:
             "context": {"movielens_time": req.t},
         }
         t_req = time.perf_counter()
-        out = _check(client.post(f"/v1/experiments/{self.key}/recommend", json=body),
+        out = _check(client.post(f"/v1/experiments/{key or self.key}/recommend", json=body),
                      "recommend")
         return out, time.perf_counter() - t_req
 
@@ -412,75 +399,3 @@ def _label(state: _Replay) -> str:
     best = max(tallies, key=lambda a: tallies[a].clicks / max(tallies[a].requests, 1))
     w = "  ".join(f"{a}={state.weights.get(a, 0):.2f}" for a in tallies)
     return f"weights {w} | best so far: [bold]{best}[/]"
-
-
-def run_demo(cfg: DemoConfig) -> DemoResult:
-    """Run the whole demo; returns what it printed (for tests)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    set_cpu_threads(cfg.threads)
-    console = _console(cfg.quiet)
-    t_all = time.perf_counter()
-    settings = cfg.settings or make_settings(cfg.stack, auth_disabled=True)
-    if not settings.auth_disabled:
-        settings = settings.model_copy(update={"auth_disabled": True})
-    services = open_services(settings, assigner_seed=cfg.seed)
-    try:
-        run = _DemoRun(cfg, console, services, settings)
-        run.load_data()
-        run.design()
-        runner = services.ingest_runner()
-        with TestClient(create_app(settings, services)) as client:
-            run.register(client)
-            run.warm_models()
-            state = run.replay(client, runner)
-            shipped, why = run.ship(client, state)
-        runner.close()
-        report_path = run.report()
-        run.timings["total_s"] = time.perf_counter() - t_all
-        result = DemoResult(key=run.key, requests=state.served, stop_reason=state.stop_reason,
-                            shipped=shipped, status=state.status, tallies=state.tallies,
-                            weights=state.weights, sequential=state.seq,
-                            report_path=report_path, seconds=run.timings)
-        print_summary(console, result, control=run.control, why=why)
-        return result
-    finally:
-        services.close()
-
-
-def print_summary(console: Any, r: DemoResult, *, control: str, why: str) -> None:
-    by_arm = {a.arm: a for a in Evaluation.from_dict(r.sequential or {}).arms}
-    t = Table(title=f"{r.key}: {r.requests:,} requests, stopped because {r.stop_reason}")
-    for col in ("arm", "requests", "clicks", "click rate", "final weight", "vs control",
-                "decision", "always-valid p"):
-        t.add_column(col, justify="left" if col in ("arm", "decision", "vs control") else "right")
-    for arm, tal in r.tallies.items():
-        d = by_arm.get(arm)
-        est, lo, hi = (None, None, None) if d is None else (d.estimate, d.ci_low, d.ci_high)
-        vs = "control" if arm == control else (
-            f"{est:+.3f} [{lo if lo is not None else float('-inf'):+.3f}, "
-            f"{hi if hi is not None else float('inf'):+.3f}]" if est is not None else "—")
-        name = f"[bold green]{arm} ★[/]" if arm == r.shipped else arm
-        t.add_row(name, f"{tal.requests:,}", f"{tal.clicks:,}",
-                  f"{tal.clicks / tal.requests:.3f}" if tal.requests else "—",
-                  f"{r.weights.get(arm, 0.0):.3f}", vs,
-                  ("control" if arm == control else "—") if d is None else d.decision.value,
-                  f"{d.p_adjusted:.3g}" if d is not None and d.p_adjusted is not None else "—")
-    console.print(t)
-    for g in (r.sequential or {}).get("guardrails") or []:
-        def f(x: Any) -> str:
-            return "—" if x is None else f"{x:+.3f}"
-        console.print(f"guardrail {g['metric']} on {g['arm']}: {g.get('state')} (excess harm "
-                      f"{f(g.get('excess'))} [{f(g.get('excess_low'))}, "
-                      f"{f(g.get('excess_high'))}])")
-    if r.shipped:
-        console.print(f"[bold green]shipped[/] {r.shipped}: {why}")
-    else:
-        console.print(f"[bold yellow]{why}[/]")
-    s = r.seconds
-    console.print(
-        f"model loading {s.get('model_load_s', 0):.0f} s, replay {s.get('replay_s', 0):.0f} s "
-        f"({s.get('requests_per_s', 0):.1f} requests/s), total {s.get('total_s', 0):.0f} s"
-    )
-    if r.report_path:
-        console.print(f"report: [bold]{r.report_path}[/]  (or GET /v1/experiments/{r.key}/report)")

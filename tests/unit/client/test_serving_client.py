@@ -183,3 +183,21 @@ def test_an_unexpected_error_falls_back_and_releases_the_half_open_trial() -> No
         now[0] = 12  # not stuck: another trial goes to the server
         c.assign("exp", "u")
     assert len(script.posts) == 3
+
+
+def test_recommend_exposes_the_interleaving_log_and_the_fallback_has_none() -> None:
+    log = {"rankers": ["ctl", "t1"], "teams": ["t1", "ctl"], "draft": [["t1", "ctl"]],
+           "pairs": [{"a": "ctl", "b": "t1", "propensity": 1.0}]}
+    out = {k: v for k, v in OK.items() if k not in ("variant", "snapshot_id")}
+    out.update(items=[{"item_id": "m2", "score": 2.5}, {"item_id": "m1", "score": 1.0}],
+               interleaving=log, propensity=1.0)
+    bad = {**out, "interleaving": ["not", "a", "log"]}
+    script = Script(httpx.Response(200, json=out), httpx.Response(503, json={}))
+    cands = [{"id": f"m{i}", "title": f"M{i}"} for i in range(1, 6)]
+    with _client(script, backoff_s=0.001) as c:
+        r = c.recommend("exp", "u1", candidates=cands, k=2, user_text="hi")
+        f = c.recommend("exp", "u1", candidates=cands, k=2, user_text="hi")
+    assert not r.fallback and r.interleaving == log and r.should_log
+    assert f.fallback and f.interleaving is None
+    with _client(Script(httpx.Response(200, json=bad)), backoff_s=0.001) as c:
+        assert c.recommend("exp", "u1", candidates=cands, k=2, user_text="hi").fallback

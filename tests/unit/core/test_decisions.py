@@ -293,3 +293,19 @@ def test_max_n_counts_the_unit_of_analysis() -> None:
     arm = evaluate(early, users, {}, now=NOW).arms[0]
     assert arm.decision == Decision.INCONCLUSIVE and "before the test had enough data" in \
         arm.reason
+
+
+def test_tau2_is_frozen_at_the_look_gate_not_at_min_samples_alone() -> None:
+    """Regression (power): tau² and the horizon plan were frozen as soon as each arm had
+    min_samples impressions; at a 5% click rate that is ~5 clicks per arm and a ±30% error in
+    the frozen sigma². They now wait for min_events events per arm, like the looks."""
+    few = {"control": sums(200, 8, 0.5), "t1": sums(200, 9, 0.5)}  # 100+ shown, < 30 clicks
+    early = evaluate(design(max_n=20_000, boundary="horizon"), few, {}, now=NOW)
+    assert early.tau2 is None and early.arms[0].decision == "continue"
+    enough = {"control": sums(700, 31, 0.5), "t1": sums(700, 35, 0.5)}
+    ev = evaluate(design(max_n=20_000, boundary="horizon"), enough, {}, now=NOW)
+    pooled = 66 / 1400 * (1 - 66 / 1400)
+    assert ev.tau2_source == "horizon"
+    assert ev.tau2 == pytest.approx(tau2_for_horizon(pooled * (1 / 0.1 + 1 / 0.9) / 20_000))
+    # min_events 0 restores planning at min_samples alone
+    assert evaluate(design(min_events=0), few, {}, now=NOW).tau2 is not None

@@ -77,3 +77,20 @@ def test_grid_cells_and_config_errors() -> None:
         CellConfig(unit="user", look_every=15)
     with pytest.raises(StatsError, match="floor"):
         CellConfig(floor=0.6)
+
+
+def test_planning_at_the_look_gate_buys_horizon_power_and_stays_valid() -> None:
+    """The plan (tau², V_plan) is frozen per replication from its own data, as the platform
+    does; frozen at min_samples alone (~5 clicks per arm at p = 0.05) its sigma² is noisy
+    and the horizon boundary lost power; at the look gate (30 events per arm) it does not."""
+    reps = 1500
+    runs = {at: run_cell(CellConfig(base_rate=0.05, floor=0.2, reps=reps, seed=17, plan_at=at))
+            for at in ("events", "samples")}
+    for r in runs.values():
+        _assert_valid(r["analyses"]["armlab"], reps)
+        _assert_valid(r["analyses"]["armlab_horizon"], reps)
+    gate, early = (runs[at]["analyses"]["armlab_horizon"] for at in ("events", "samples"))
+    assert gate["power"] > early["power"] + 0.02
+    assert gate["power_greater"] > early["power_greater"]
+    with pytest.raises(StatsError, match="plan_at"):
+        CellConfig(plan_at="never")  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from armlab.adapters.db.models import (
     GuardrailStats,
     Impression,
 )
-from armlab.entrypoints.demo import adaptive
+from armlab.entrypoints.demo import adaptive, two_stage
 from armlab.settings import Settings
 
 
@@ -34,8 +34,8 @@ def test_reduced_demo_runs_end_to_end(sqlite_url: str, tmp_path: Path) -> None:
     cfg = adaptive.DemoConfig(max_requests=60, cadence=20, tiny=True, quiet=True,
                           settings=settings, report_dir=tmp_path / "reports",
                           tiny_dir=tmp_path / "tiny", key="demo-test", include_lm=True,
-                          concurrency=4)
-    res = adaptive.run_demo(cfg)
+                          concurrency=4, stages="ab")
+    res = two_stage.run_demo(cfg)
     assert res.requests == 60
     assert sum(t.requests for t in res.tallies.values()) == 60
     assert set(res.tallies) == {"popularity", "minilm-history-pop", "minilm-history",
@@ -64,8 +64,12 @@ def test_reduced_demo_runs_end_to_end(sqlite_url: str, tmp_path: Path) -> None:
         assert actions[:2] == ["create", "start"] and actions[-1] == "ship"
         # the guardrail is registered and its metric ingested for every impression
         assert [g["key"] for g in exp.guardrails] == ["low_rated"]
-        # the demo knows its budget: the horizon boundary, planned at the request budget
-        assert exp.sequential["boundary"] == "horizon" and exp.sequential["max_n"] == 60
+        # the demo knows its budget: the horizon boundary, planned at the users it will see
+        # (the user is the unit of analysis: one user's requests are correlated)
+        users = s.scalar(select(func.count(func.distinct(Impression.unit_id)))
+                         .where(Impression.experiment_id == exp.id))
+        assert exp.unit == "user"
+        assert exp.sequential["boundary"] == "horizon" and exp.sequential["max_n"] == users
         low = s.execute(select(func.sum(GuardrailStats.n), func.sum(GuardrailStats.reward_sum))
                         .where(GuardrailStats.experiment_id == exp.id,
                                GuardrailStats.metric == "low_rated")).one()
@@ -77,6 +81,44 @@ def test_reduced_demo_runs_end_to_end(sqlite_url: str, tmp_path: Path) -> None:
     for section in ('id="chart-weights"', 'id="chart-reward"', 'id="chart-cs"', 'id="audit"',
                     "id='guardrails'", "low_rated"):
         assert section in page
+
+
+@pytest.mark.timeout(300)
+def test_the_two_stage_demo_interleaves_then_ab_tests_per_user(sqlite_url: str,
+                                                               tmp_path: Path) -> None:
+    """Stage 1 multileaves the three rankers (every impression carries its interleaving log,
+    clicks are credited per user); stage 2 A/B-tests the preferred ranker against the control
+    with the user as the unit, or says why it did not run."""
+    from armlab.adapters.db.models import InterleavingUnit
+
+    settings = Settings(database_url=sqlite_url, transport="memory", auth_disabled=True,
+                        home=tmp_path / "home")
+    cfg = adaptive.DemoConfig(max_requests=80, cadence=20, tiny=True, quiet=True,
+                              settings=settings, report_dir=tmp_path / "reports",
+                              tiny_dir=tmp_path / "tiny", key="demo-2s", concurrency=2)
+    res = two_stage.run_demo(cfg)
+    one = res.stage_one
+    assert one is not None and one.key == "demo-2s-stage1"
+    assert one.requests == 40 and one.preferred in {"popularity", "minilm-history-pop",
+                                                    "minilm-history"}
+    engine = make_engine(sqlite_url)
+    with make_session_factory(engine)() as s:
+        exp1 = s.scalars(select(Experiment).where(Experiment.key == one.key)).one()
+        assert exp1.design == "interleaving" and exp1.unit == "user"
+        assert exp1.status == "stopped"  # stage 1 is closed either way
+        rows = s.scalars(select(Impression).where(Impression.experiment_id == exp1.id)).all()
+        assert len(rows) == 40 and all(r.interleaving for r in rows)
+        users = {r.unit_id for r in rows}
+        n_units = s.scalar(select(func.count()).where(InterleavingUnit.experiment_id == exp1.id))
+        assert n_units == len(users)  # the unit of analysis is the user, not the request
+        if res.status == "skipped":
+            assert one.preferred == "popularity" and "stage 1 prefers the control" in res.why
+        else:
+            exp2 = s.scalars(select(Experiment).where(Experiment.key == "demo-2s")).one()
+            assert exp2.unit == "user" and exp2.design == "ab"
+            assert {a.key for a in exp2.arms} == {"popularity", one.preferred}
+            assert res.requests == 40
+    engine.dispose()
 
 
 def test_requests_are_time_ordered_and_rewards_come_from_future_ratings() -> None:
@@ -157,8 +199,8 @@ def test_the_demo_run_twice_on_one_database_counts_the_second_runs_traffic(
         cfg = adaptive.DemoConfig(max_requests=40, cadence=20, tiny=True, quiet=True,
                                   settings=settings, report_dir=tmp_path / "reports",
                                   tiny_dir=tmp_path / "tiny", key=key, include_lm=False,
-                                  concurrency=2)
-        res = adaptive.run_demo(cfg)
+                                  concurrency=2, stages="ab")
+        res = two_stage.run_demo(cfg)
         assert res.requests == 40
         with make_session_factory(engine)() as s:
             exp = s.scalars(select(Experiment).where(Experiment.key == key)).one()
