@@ -95,6 +95,9 @@ class DemoConfig:
     stages: str = "both"  # both | interleave (stage 1 only) | ab (stage 2 only, every arm)
     stage1_share: float = 0.5  # the share of the replayed requests stage 1 may use
     stage1_budget_s: float = 200.0  # stage 1's share of time_budget_s
+    # rankers merged per stage-1 list (the dueling bandit picks them); None or >= the arms:
+    # every ranker in every list
+    rankers_per_request: int | None = 2
     settings: Any = None  # tests pass ready Settings
     tiny_dir: Path | None = None
 
