@@ -45,7 +45,12 @@ import numpy as np
 import numpy.typing as npt
 
 from armlab.core.stats.adaptive import planned_variance
-from armlab.core.stats.guardrail_simulation_users import UserSums, serve_user_batch, user_look
+from armlab.core.stats.guardrail_simulation_users import (
+    UserSums,
+    _Sums,
+    serve_user_batch,
+    user_look,
+)
 from armlab.core.stats.noninferiority import (
     HARMS,
     Harm,
@@ -145,25 +150,6 @@ class GuardrailSimConfig:
         s, g, m = contrast(self.harm, self.margin, self.relative)
         mu_a, mu_b = self.guard_rates
         return s * (mu_b - g * mu_a) - m
-
-
-@dataclass
-class _Sums:
-    """Per arm (rows 0 = control, 1 = treatment; shape (2, reps)): impressions, clicks and the
-    metric's sums y, 1/p, y/p, y/p², 1/p² (y² = y: a 0/1 metric)."""
-
-    n: FloatArray
-    clicks: FloatArray
-    ys: FloatArray
-    inv: FloatArray
-    ys_p: FloatArray
-    ys_p2: FloatArray
-    inv2: FloatArray
-
-    @classmethod
-    def fresh(cls, reps: int) -> _Sums:
-        n, clicks, ys, inv, ys_p, ys_p2, inv2 = (np.zeros((2, reps)) for _ in range(7))
-        return cls(n, clicks, ys, inv, ys_p, ys_p2, inv2)
 
 
 def _serve_batch(cfg: GuardrailSimConfig, rng: np.random.Generator, sums: _Sums) -> None:

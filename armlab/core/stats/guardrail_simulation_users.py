@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from armlab.core.stats.noninferiority_kernels import contrast, log_lambda_plus, planned_tau2
+from armlab.core.stats.noninferiority_kernels import (
+    Harm,
+    contrast,
+    log_lambda_plus,
+    planned_tau2,
+)
 from armlab.core.stats.noninferiority_units import (
     RATIO_FIELDS,
     ratio_kernel,
@@ -33,10 +38,66 @@ from armlab.core.stats.noninferiority_units import (
 )
 from armlab.core.stats.validity_grid import thompson_weight
 
-if TYPE_CHECKING:
-    from armlab.core.stats.guardrail_simulation import GuardrailSimConfig, _Sums
-
 FloatArray = npt.NDArray[np.float64]
+
+
+class GuardrailSimConfig(Protocol):
+    """What this module reads of a cell (:class:`~armlab.core.stats.guardrail_simulation.
+    GuardrailSimConfig`; a protocol, so that module can import this one)."""
+
+    @property
+    def reps(self) -> int: ...
+    @property
+    def look_every(self) -> int: ...
+    @property
+    def horizon(self) -> int: ...
+    @property
+    def floor(self) -> float: ...
+    @property
+    def alpha(self) -> float: ...
+    @property
+    def min_samples(self) -> int: ...
+    @property
+    def click_a(self) -> float: ...
+    @property
+    def click_b(self) -> float: ...
+    @property
+    def skip_a(self) -> float: ...
+    @property
+    def skip_b(self) -> float: ...
+    @property
+    def icc(self) -> float: ...
+    @property
+    def min_per_user(self) -> int: ...
+    @property
+    def max_per_user(self) -> int: ...
+    @property
+    def harm(self) -> Harm: ...
+    @property
+    def margin(self) -> float: ...
+    @property
+    def relative(self) -> bool: ...
+
+
+@dataclass
+class _Sums:
+    """Per arm (rows 0 = control, 1 = treatment; shape (2, reps)): impressions, clicks and the
+    metric's sums y, 1/p, y/p, y/p², 1/p² (y² = y: a 0/1 metric)."""
+
+    n: FloatArray
+    clicks: FloatArray
+    ys: FloatArray
+    inv: FloatArray
+    ys_p: FloatArray
+    ys_p2: FloatArray
+    inv2: FloatArray
+
+    @classmethod
+    def fresh(cls, reps: int) -> _Sums:
+        n, clicks, ys, inv, ys_p, ys_p2, inv2 = (np.zeros((2, reps)) for _ in range(7))
+        return cls(n, clicks, ys, inv, ys_p, ys_p2, inv2)
+
+
 
 
 @dataclass
