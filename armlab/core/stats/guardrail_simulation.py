@@ -226,7 +226,8 @@ def simulate_guardrail(cfg: GuardrailSimConfig) -> dict[str, FloatArray]:
 
     ``x_breach`` (0/1), ``x_t`` (impressions, or users for ``unit="user"``, over both arms at
     the first breach, ``horizon`` when none), ``x_nb`` (treatment impressions served before
-    that breach), ``nb_total`` (treatment impressions over the horizon without a guardrail).
+    that breach), ``nb_total`` (treatment impressions over the horizon without a guardrail),
+    ``n_all`` (impressions over both arms).
     """
     rng = np.random.default_rng(cfg.seed)
     reps, batch = cfg.reps, cfg.look_every
@@ -258,6 +259,7 @@ def simulate_guardrail(cfg: GuardrailSimConfig) -> dict[str, FloatArray]:
         for name, hit in hits.items():
             _first_breach(out, name, hit & (out[f"{name}_breach"] == 0), t, n[1])
     out["nb_total"] = n[1].copy()
+    out["n_all"] = n[0] + n[1]
     for name in cfg.analyses:
         out[f"{name}_nb"] = np.where(out[f"{name}_breach"] > 0, out[f"{name}_nb"],
                                      out["nb_total"])
@@ -301,7 +303,8 @@ def summarise(cfg: GuardrailSimConfig, out: dict[str, FloatArray]) -> dict[str, 
             "click_gain": float((out[f"{name}_nb"] * click_per).mean()),
         }
     res["no_guardrail"] = {
-        "treatment_share": float(out["nb_total"].mean() / cfg.horizon),
+        "treatment_share": float(out["nb_total"].mean() / (
+            float(out["n_all"].mean()) if cfg.unit == "user" else cfg.horizon)),
         "extra_harm": float((out["nb_total"] * harm_per).mean()),
         "click_gain": float((out["nb_total"] * click_per).mean()),
     }
