@@ -21,10 +21,12 @@ clicks improve.
 
 ``unit="user"`` (``python -m armlab.tools.bench.guardrails --unit user``): sticky users with
 10-40 impressions each and a user-level skip rate with intra-class correlation ICC
-(``horizon`` and ``look_every`` count users); cells without harm at ICC 0-0.3 and harmful
-cells, each with three analyses on the same data: ``per_user`` (the platform's test for
-``unit: user``, :mod:`armlab.core.stats.noninferiority_units`) and the per-impression tests
-(``ipw``, ``plain_msprt``) that treat correlated impressions as independent.
+(``horizon`` and ``look_every`` count users); cells without harm at ICC 0-0.3 (the
+treatment's clicks better, equal, or worse: then Thompson holds it at the floor and it serves
+few users, the MovieLens demo's case) and harmful cells, each with three analyses on the same
+data: ``per_user`` (the platform's test for ``unit: user``,
+:mod:`armlab.core.stats.noninferiority_units`) and the per-impression tests (``ipw``,
+``plain_msprt``) that treat correlated impressions as independent.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def user_cells(*, horizon: int, look_every: int, floor: float, alpha: float
         out[f"user_skip_0.1_icc{icc:g}"] = ("no_harm", replace(base, icc=icc))
     out["user_skip_0.02_icc0.1"] = ("no_harm", replace(base, icc=0.1, skip_a=0.02, skip_b=0.02))
     out["user_skip_0.1_icc0.1_aa_clicks"] = ("no_harm", replace(base, icc=0.1, click_b=0.05))
+    out["user_skip_0.1_icc0.3_treatment_at_floor"] = (  # worse clicks: few treatment users
+        "no_harm", replace(base, icc=0.3, click_b=0.04))
     out["user_skip_0.1_to_0.13_abs0.01_icc0.1"] = (
         "harm", replace(base, icc=0.1, skip_b=0.13, margin=0.01))
     out["user_skip_0.1_to_0.16_abs0.02_icc0.1"] = (
