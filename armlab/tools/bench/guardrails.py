@@ -31,9 +31,12 @@ data: ``per_user`` (the platform's test for ``unit: user``,
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -292,10 +295,6 @@ def _units(unit: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     """``python -m armlab.tools.bench.guardrails [--unit user] [--reps N] ...``: the figures
     as JSON on stdout (``armlab bench guardrails`` runs the request grid)."""
-    import argparse
-    import json
-    import sys
-
     ap = argparse.ArgumentParser(prog="python -m armlab.tools.bench.guardrails")
     ap.add_argument("--unit", choices=("request", "user"), default="request")
     ap.add_argument("--reps", type=int, default=4000)
