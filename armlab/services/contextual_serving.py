@@ -62,7 +62,7 @@ def contextual_serving(exp: Experiment, snapshot: AllocationSnapshot | None
     """The contextual allocation a running contextual experiment serves from its latest
     snapshot; None when there is none to serve (not contextual, not running, no snapshot yet
     or one without the block: the snapshot's plain weights, uniform before any, serve)."""
-    if (exp.policy_name not in CONTEXTUAL_POLICY_NAMES or snapshot is None
+    if (getattr(exp, "policy_name", None) not in CONTEXTUAL_POLICY_NAMES or snapshot is None
             or exp.status != ExperimentStatus.RUNNING):
         return None
     block = (snapshot.stats or {}).get("contextual")
