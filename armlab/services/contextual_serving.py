@@ -8,8 +8,10 @@ in the experiment's view. A request is then one uniform ``u`` (a fresh draw for 
 
 * ``segment_thompson``: the context's segment index, then the row's precomputed CDF (a
   bisection); the propensity is the segment row's weight of the served arm;
-* ``linear_thompson``: the context's design vector, its floored P(arm | x) (cached per design
-  vector for the snapshot's life, so repeated contexts cost a dict lookup), then the CDF.
+* ``linear_thompson``: the context's design vector, its floored P(arm | x) (the core's
+  quadrature, :func:`~armlab.core.policies.linear_thompson.normal_prob_best_one`; its CDF cached
+  per design vector for the snapshot's life, so repeated contexts cost a dict lookup), then the
+  CDF.
 
 The propensity returned is therefore exactly P(served arm | context) under the snapshot, what
 the inverse-propensity test and off-policy evaluation need. A context value of the wrong type
@@ -21,19 +23,45 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.core.policies import CONTEXTUAL_POLICY_NAMES
+from armlab.core.policies.base import CdfSampler
 from armlab.core.policies.contextual import SegmentAllocation
 from armlab.core.policies.contextual_snapshot import ContextualAllocation, allocation_from_dict
+from armlab.core.policies.linear_thompson import CACHE_SIZE, normal_prob_best_one
 from armlab.core.status import ExperimentStatus
 from armlab.errors import PolicyError
 
 log = logging.getLogger("armlab.assignment")
+
+
+def floor_row(weights: list[float], floor: float) -> list[float]:
+    """:func:`armlab.core.policies.base.apply_floor` of one row, on a Python list (the same
+    proportional water-filling, without numpy's per-call overhead on a handful of arms)."""
+    total = sum(weights)
+    w = [x / total for x in weights]
+    if floor <= 0.0:
+        return w
+    k = len(w)
+    fixed = [False] * k
+    out = list(w)
+    for _ in range(k):
+        below = [not f and x < floor - 1e-15 for f, x in zip(fixed, out, strict=True)]
+        if not any(below):
+            break
+        fixed = [f or b for f, b in zip(fixed, below, strict=True)]
+        free_mass = 1.0 - floor * sum(fixed)
+        free_w = [0.0 if f else x for f, x in zip(fixed, w, strict=True)]
+        tot = sum(free_w)
+        n_free = max(k - sum(fixed), 1)
+        out = [floor if f else (x * free_mass / tot if tot > 0 else free_mass / n_free)
+               for f, x in zip(fixed, free_w, strict=True)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -43,6 +71,15 @@ class ContextualServing:
 
     alloc: ContextualAllocation
     arms: tuple[str, ...]
+    #: linear policy: the CDF sampler of each design vector served (bounded, like the core's
+    #: own cache); the quadrature grid
+    _samplers: dict[bytes, CdfSampler] = field(default_factory=dict, repr=False,
+                                               compare=False)
+    _z: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.alloc, SegmentAllocation):
+            object.__setattr__(self, "_z", np.linspace(-6.5, 6.5, self.alloc.grid))
 
     def pick(self, u: float, context: Mapping[str, Any]) -> tuple[str, float]:
         """The arm whose CDF interval of the context's row contains ``u`` in [0, 1), and
@@ -50,11 +87,30 @@ class ContextualServing:
         alloc = self.alloc
         if isinstance(alloc, SegmentAllocation):
             i, p = alloc.samplers[alloc.spec.segment_index(context)].pick(u)
-            return self.arms[i], p
-        w = alloc.weights_one(alloc.spec.encode(context))
-        cdf = np.cumsum(w)
-        i = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), w.size - 1)
-        return self.arms[i], float(w[i] / cdf[-1])
+        else:
+            i, p = self._linear_sampler(alloc.spec.encode(context)).pick(u)
+        return self.arms[i], p
+
+    def _linear_sampler(self, x: Any) -> CdfSampler:
+        """The sampler of P(arm | x): the core's ``LinearAllocation.weights_one`` (the same
+        quadrature, floor applied per context), with its CDF kept for the next request."""
+        key = x.tobytes()
+        sampler = self._samplers.get(key)
+        if sampler is not None:
+            return sampler
+        alloc = self.alloc
+        assert not isinstance(alloc, SegmentAllocation)
+        k = alloc.mean.shape[0]
+        if alloc.burn_in:
+            weights = [1.0 / k] * k
+        else:
+            sd = np.sqrt(np.maximum(((alloc.cov @ x) * x).sum(axis=-1), 0.0))
+            weights = floor_row(normal_prob_best_one(alloc.mean @ x, sd, self._z).tolist(),
+                                alloc.floor)
+        sampler = CdfSampler(weights)
+        if len(self._samplers) < CACHE_SIZE:
+            self._samplers[key] = sampler
+        return sampler
 
 
 def contextual_serving(exp: Experiment, snapshot: AllocationSnapshot | None
@@ -82,4 +138,4 @@ def contextual_serving(exp: Experiment, snapshot: AllocationSnapshot | None
     return ContextualServing(alloc, arms)
 
 
-__all__ = ["ContextualServing", "contextual_serving"]
+__all__ = ["ContextualServing", "contextual_serving", "floor_row"]
