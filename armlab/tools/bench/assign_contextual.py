@@ -15,11 +15,11 @@ load process per measurement drives ``/assign`` in turn:
   the context costs to parse and validate, without a policy reading it);
 * ``segment``: segment_thompson, contexts cycling over the 24 segments;
 * ``linear``: linear_thompson, a distinct numeric age in every request (each one a cache miss:
-  the quadrature runs per request; the worst case of the linear policy);
-* ``baseline_again``: the first measurement repeated, to show the drift of the machine.
+  the quadrature runs per request; the worst case of the linear policy).
 
-``ratio_p50`` / ``ratio_p99`` / ``ratio_throughput``: contextual over baseline (the target is a
-latency ratio <= 2).
+After a warm-up of each, the four run in ``rounds`` interleaved rounds (a drift of the machine
+hits them all alike); each figure is the median over the rounds. ``ratio_p50`` / ``ratio_p99``
+/ ``ratio_throughput``: over the baseline (the target is a latency ratio <= 2).
 """
 
 from __future__ import annotations
@@ -120,6 +120,18 @@ def _contexts(path: Path, n: int, rng: np.random.Generator, distinct_age: bool) 
     return str(path)
 
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per figure, the median over the rounds (and the rounds' values)."""
+    out: dict[str, Any] = {}
+    for f in ("requests_per_s", "p50_ms", "p90_ms", "p99_ms"):
+        vals = [float(r[f]) for r in runs if r.get(f) is not None]
+        out[f] = round(float(np.median(vals)), 3) if vals else None
+        out[f"{f}_rounds"] = vals
+    out["requests"] = sum(int(r.get("requests", 0)) for r in runs)
+    out["errors"] = sum(int(r.get("errors", 0)) for r in runs)
+    return out
+
+
 def _ratios(contextual: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float | None]:
     def ratio(a: Any, b: Any) -> float | None:
         return round(float(a) / float(b), 2) if a and b else None
@@ -131,7 +143,7 @@ def _ratios(contextual: dict[str, Any], baseline: dict[str, Any]) -> dict[str, f
 
 
 def run_contextual_assign_bench(*, requests: int = 20_000, concurrency: int = 8,
-                                max_seconds: float = 30.0) -> dict[str, Any]:
+                                max_seconds: float = 30.0, rounds: int = 3) -> dict[str, Any]:
     env_url = os.environ.get("ARMLAB_DATABASE_URL", "")
     tmp = Path(tempfile.mkdtemp(prefix="armlab-bench-assign-ctx-"))
     url = env_url if env_url.startswith("postgresql") else f"sqlite:///{tmp / 'bench.db'}"
@@ -140,24 +152,29 @@ def run_contextual_assign_bench(*, requests: int = 20_000, concurrency: int = 8,
     rng = np.random.default_rng(5)
     cats = _contexts(tmp / "segments.json", requests, rng, distinct_age=False)
     ages = _contexts(tmp / "ages.json", requests + 8 * concurrency, rng, distinct_age=True)
-    runs: dict[str, tuple[str, str | None]] = {
+    plan: dict[str, tuple[str, str | None]] = {
         "baseline": (keys["plain"], None), "baseline_with_context": (keys["plain"], cats),
-        "segment": (keys["segment"], cats), "linear": (keys["linear"], ages),
-        "baseline_again": (keys["plain"], None)}
-    out: dict[str, Any] = {}
+        "segment": (keys["segment"], cats), "linear": (keys["linear"], ages)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in plan}
     with api_server(url, keys["plain"], token) as base:
-        for name, (key, contexts) in runs.items():
-            out[name] = run_load(base, key, token, requests, concurrency, max_seconds,
-                                 "request", contexts=contexts)
-    out["segment"].update(_ratios(out["segment"], out["baseline"]))
-    out["linear"].update(_ratios(out["linear"], out["baseline"]))
+        for key, contexts in plan.values():  # warm-up: every experiment cached, code paths hot
+            run_load(base, key, token, min(requests, 2000), concurrency, max_seconds,
+                     "request", contexts=contexts)
+        for _ in range(rounds):  # interleaved rounds: a drift of the machine hits them all
+            for name, (key, contexts) in plan.items():
+                runs[name].append(run_load(base, key, token, requests, concurrency,
+                                           max_seconds, "request", contexts=contexts))
+    out: dict[str, Any] = {name: _median(r) for name, r in runs.items()}
+    for name in ("segment", "linear", "baseline_with_context"):
+        out[name].update(_ratios(out[name], out["baseline"]))
     out.update({
         "benchmark": "assign --contextual",
         "database": "postgresql" if url.startswith("postgresql") else "sqlite",
         "server": "uvicorn 1 worker (uvloop, httptools), auth on, ASGI fast path, separate "
-                  "process; all measurements on the same server, one after another",
+                  "process; all measurements on the same server, interleaved rounds, medians",
         "client": f"minimal HTTP/1.1 keep-alive client, {concurrency} connections, separate "
                   "process",
+        "rounds": rounds, "requests_per_round": requests,
         "arms": len(ARMS), "segments": (len(DEVICES) + 1) * (len(COUNTRIES) + 1),
         "target": "contextual latency (p50, p99) <= 2 x baseline",
     })

@@ -13,8 +13,12 @@ import pytest
 from armlab.core.policies import make_contextual_policy
 from armlab.core.policies.base import apply_floor
 from armlab.core.policies.contextual_snapshot import allocation_from_dict, allocation_to_dict
-from armlab.core.policies.linear_thompson import LinearStats, LinearThompson
-from armlab.services.contextual_serving import ContextualServing, floor_row
+from armlab.core.policies.linear_thompson import (
+    LinearStats,
+    LinearThompson,
+    normal_prob_best_one,
+)
+from armlab.services.contextual_serving import ContextualServing, floor_row, prob_best_row
 
 ARMS = ("control", "a", "b")
 FEATURES = [{"name": "device", "kind": "categorical", "levels": ["mobile", "desktop"]},
@@ -31,6 +35,16 @@ def _linear(floor: float, rng: np.random.Generator) -> dict[str, Any]:
     rewards = (rng.random(3000) < np.where(arms == best, 0.3, 0.1)).astype(float)
     stats = policy.update(LinearStats.empty(3, policy.spec.dim), ctx, arms, rewards)
     return allocation_to_dict(policy.allocate(stats), ARMS)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7])
+def test_quadrature_row_is_the_cores(k: int) -> None:
+    rng = np.random.default_rng(k)
+    z = np.linspace(-6.5, 6.5, 48)
+    for _ in range(200):
+        loc, sd = rng.normal(0.1, 0.05, k), rng.uniform(0.001, 0.08, k)
+        assert prob_best_row(loc, sd, z) == pytest.approx(
+            normal_prob_best_one(loc, sd, z), abs=1e-12)
 
 
 @pytest.mark.parametrize("floor", [0.0, 0.05, 0.2])
