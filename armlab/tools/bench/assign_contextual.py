@@ -15,9 +15,11 @@ load process per measurement drives ``/assign`` in turn:
   the context costs to parse and validate, without a policy reading it);
 * ``segment``: segment_thompson, contexts cycling over the 24 segments;
 * ``linear``: linear_thompson, a distinct numeric age in every request (each one a cache miss:
-  the quadrature runs per request; the worst case of the linear policy).
+  the quadrature runs per request; the worst case of the linear policy);
+* ``linear_repeated``: linear_thompson with the segment run's contexts (a fixed age: 24 distinct
+  design vectors, served from the per-snapshot cache after their first request).
 
-After a warm-up of each, the four run in ``rounds`` interleaved rounds (a drift of the machine
+After a warm-up of each, the five run in ``rounds`` interleaved rounds (a drift of the machine
 hits them all alike); each figure is the median over the rounds. ``ratio_p50`` / ``ratio_p99``
 / ``ratio_throughput``: over the baseline (the target is a latency ratio <= 2).
 """
@@ -154,7 +156,8 @@ def run_contextual_assign_bench(*, requests: int = 20_000, concurrency: int = 8,
     ages = _contexts(tmp / "ages.json", requests + 8 * concurrency, rng, distinct_age=True)
     plan: dict[str, tuple[str, str | None]] = {
         "baseline": (keys["plain"], None), "baseline_with_context": (keys["plain"], cats),
-        "segment": (keys["segment"], cats), "linear": (keys["linear"], ages)}
+        "segment": (keys["segment"], cats), "linear": (keys["linear"], ages),
+        "linear_repeated": (keys["linear"], cats)}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in plan}
     with api_server(url, keys["plain"], token) as base:
         for key, contexts in plan.values():  # warm-up: every experiment cached, code paths hot
@@ -165,7 +168,7 @@ def run_contextual_assign_bench(*, requests: int = 20_000, concurrency: int = 8,
                 runs[name].append(run_load(base, key, token, requests, concurrency,
                                            max_seconds, "request", contexts=contexts))
     out: dict[str, Any] = {name: _median(r) for name, r in runs.items()}
-    for name in ("segment", "linear", "baseline_with_context"):
+    for name in ("segment", "linear", "linear_repeated", "baseline_with_context"):
         out[name].update(_ratios(out[name], out["baseline"]))
     out.update({
         "benchmark": "assign --contextual",

@@ -20,13 +20,15 @@ from armlab.services.allocator import run_allocation
 from armlab.settings import Settings
 from tests.contextual_data import T0, add_impressions, contextual_body, matured, segment_rows
 from tests.unit.entrypoints.api.test_experiments_api import ADMIN, PRODUCER, TOKENS
+from tests.unit.entrypoints.api.test_ui import sign_in
 
 CANDIDATES = [{"id": f"m{n}", "title": f"movie {n}", "popularity": n} for n in range(10)]
 
 
 def _client(sqlite_url: str, fast_path: bool) -> TestClient:
     return TestClient(create_app(Settings(database_url=sqlite_url, auth_tokens=TOKENS,
-                                          transport="memory", assign_fast_path=fast_path)))
+                                          transport="memory", assign_fast_path=fast_path,
+                                          ui_secret="unit-test-secret")))
 
 
 @pytest.fixture(params=[True, False], ids=["fast-path", "route"])
@@ -113,3 +115,16 @@ def test_recommend_serves_the_context_too(client: TestClient, sqlite_url: str) -
     mobile = _served(client, "recommend", "mobile", 30, **extra)
     desktop = _served(client, "recommend", "desktop", 30, **extra)
     assert mobile.get("t1", 0) > 0.95 and desktop.get("control", 0) > 0.95
+
+
+def test_results_report_and_dashboard_read_a_contextual_snapshot(sqlite_url: str) -> None:
+    with _client(sqlite_url, True) as c:
+        _learn(c, sqlite_url)
+        r = c.get("/v1/experiments/ctx/results", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        snap = r.json()["snapshot"]
+        assert snap["policy_name"] == "segment_thompson"
+        assert snap["stats"]["contextual"]["policy"] == "segment_thompson"
+        assert c.get("/v1/experiments/ctx/report", headers=ADMIN).status_code == 200
+        sign_in(c, "admin-secret")
+        assert c.get("/ui/experiments/ctx").status_code == 200
