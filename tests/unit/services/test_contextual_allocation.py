@@ -189,3 +189,23 @@ def test_unit_user_keeps_the_arm_of_its_first_context(sf: Any) -> None:
         assert (again.arm_key, again.propensity) == (first.arm_key, first.propensity)
     finally:
         assigner.close()
+
+
+def test_burn_in_and_floor_apply_per_segment(sf: Any) -> None:
+    exp_id = create(sf, min_segment_n=100)
+    with UnitOfWork(sf) as uow:
+        exp = uow.session.get(Experiment, exp_id)
+        assert exp is not None
+        exp.burn_in, exp.exploration_floor = 250, 0.1
+        uow.commit()
+    rows = segment_rows(300, np.random.default_rng(7))
+    rows = [r for r in rows if not (r[1]["device"] == "desktop" and r[0] == "t1")][:-100]
+    add_impressions(sf, exp_id, rows + [("t1", {"device": "desktop"}, 0.0)] * 200,
+                    served_at=matured())
+    run_allocation(sf, now=T0)
+    seg = rows_by_segment(snapshot(sf, exp_id))
+    # mobile: 300 per arm >= burn_in: its own row, floored at 0.1
+    assert seg["mobile"]["source"] == "segment" and min(seg["mobile"]["weights"]) == 0.1
+    # desktop: t1 has 200 < 250 there: not split; the pooled counts pass burn-in -> pooled
+    assert seg["desktop"]["source"] == "pooled"
+    assert min(seg["desktop"]["weights"]) >= 0.1 - 1e-12
