@@ -187,8 +187,19 @@ def bench_assign(
         False, "--under-attack",
         help="Measure the throughput quiet and while a thread fires wrong tokens from "
         "127.0.0.2 at the same server (and at one with the auth throttle off)."),
+    contextual: bool = typer.Option(
+        False, "--contextual",
+        help="A contextual /assign (segment_thompson, linear_thompson) beside the "
+        "non-contextual fast path on the same server, in one run, with their ratios."),
 ) -> None:
     """Load-test POST /v1/experiments/{key}/assign from a separate process on loopback."""
+    if contextual:
+        from armlab.tools.bench.assign_contextual import run_contextual_assign_bench
+
+        typer.echo(json.dumps(run_contextual_assign_bench(
+            requests=requests, concurrency=concurrency, max_seconds=duration),
+            indent=None if as_json else 2))
+        return
     if under_attack:
         from armlab.tools.bench.assign_attack import run_assign_attack_bench
 
