@@ -389,9 +389,10 @@ class _DemoRun:
                               for a in final.get("arms", [])})
         return shipped, why
 
-    def report(self) -> Path | None:
+    def report(self, key: str | None = None) -> Path | None:
         try:
-            return write_report(self.services.reports.collect(self.key), self.cfg.report_dir)
+            return write_report(self.services.reports.collect(key or self.key),
+                                self.cfg.report_dir)
         except ArmlabError as exc:
             self.console.print(f"[red]report failed:[/] {exc.message}")
             return None

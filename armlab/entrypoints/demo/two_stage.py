@@ -82,6 +82,9 @@ def _stage_one(run: _DemoRun, client: Any, runner: Any, requests: list[DemoReque
         found = stage.replay(client, runner, pool_ex, bar)
     run.timings["stage1_s"] = found.seconds
     print_stage_one(run.console, found)
+    found.report_path = run.report(found.key)
+    if found.report_path:
+        run.console.print(f"stage 1 report: [bold]{found.report_path}[/]")
     # stage 2 continues where stage 1 stopped: the requests stage 1 did not serve are its too
     run.requests = requests[found.requests:] + run.requests
     run.n_planned = len(run.requests)

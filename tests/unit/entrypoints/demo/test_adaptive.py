@@ -101,6 +101,7 @@ def test_the_two_stage_demo_interleaves_then_ab_tests_per_user(sqlite_url: str,
     assert one is not None and one.key == "demo-2s-stage1"
     assert one.requests == 40 and one.preferred in {"popularity", "minilm-history-pop",
                                                     "minilm-history"}
+    assert one.report_path is not None and "interleaving" in one.report_path.read_text()
     engine = make_engine(sqlite_url)
     with make_session_factory(engine)() as s:
         exp1 = s.scalars(select(Experiment).where(Experiment.key == one.key)).one()
