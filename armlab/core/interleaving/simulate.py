@@ -272,6 +272,38 @@ class _Analysis:
         return out
 
 
+def _draft(cfg: CellConfig, rng: np.random.Generator, wins: npt.NDArray[np.float64],
+           rows: int, rounds: int, rep_of_row: npt.NDArray[np.int64], eps: float
+           ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_],
+                      npt.NDArray[np.float64] | None]:
+    """Each request's draft order (rows, rounds, rankers in it), which pairs it compares and,
+    when the dueling bandit chooses the rankers, P(pair compared) per row (else None)."""
+    r = cfg.rankers
+    if not cfg.select:
+        order = draw_orders(rng, rows, rounds, r)
+        return order, np.ones((rows, len(pair_indices(r))), dtype=bool), None
+    m = cfg.select
+    iu, ju = np.triu_indices(r, 1)
+    sets = thompson_sets(wins, m, cfg.n_draws, rng)
+    prob = pair_probabilities(sets, r, eps)  # (reps, P)
+    chosen = sample_sets(sets, eps, r, rows, rng, rows=rep_of_row)  # (rows, m)
+    perm = draw_orders(rng, rows, rounds, m)
+    order = np.take_along_axis(np.broadcast_to(chosen[:, None, :], perm.shape), perm, axis=2)
+    member = (chosen[:, :, None] == np.arange(r)[None, None, :]).any(axis=1)
+    return order, member[:, iu] & member[:, ju], prob[rep_of_row]
+
+
+def _record_wins(wins: npt.NDArray[np.float64], d: npt.NDArray[np.float64],
+                 compared: npt.NDArray[np.bool_], pairs: list[tuple[int, int]],
+                 rep_of_row: npt.NDArray[np.int64]) -> None:
+    """Add each compared request's winner to the dueling bandit's win counts (in place)."""
+    won = (d > 0) & compared
+    lost = (d < 0) & compared
+    for col, (i, j) in enumerate(pairs):
+        np.add.at(wins[:, i, j], rep_of_row, won[:, col])
+        np.add.at(wins[:, j, i], rep_of_row, lost[:, col])
+
+
 def run_cell(cfg: CellConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Simulate one cell (module doc); returns JSON-ready figures."""
     t0 = time.perf_counter()
@@ -288,7 +320,6 @@ def run_cell(cfg: CellConfig, progress: Callable[[str], None] | None = None) -> 
     wins = np.zeros((reps, r, r))
     m = cfg.select or r
     eps = exploration_epsilon(r, m, cfg.floor) if cfg.select else 0.0
-    iu, ju = np.triu_indices(r, 1)
     requests = cfg.look_every * per_unit  # per replication per look
     # Draft rounds: every ranker's list has k items except in ``identical`` (short lists), so
     # until the list is full no ranker runs dry and each round drafts m items.
@@ -300,20 +331,7 @@ def run_cell(cfg: CellConfig, progress: Callable[[str], None] | None = None) -> 
         c_unit = rng.beta(1.0, 1.0, size=(reps, cfg.look_every))
         c = np.repeat(c_unit.reshape(-1), per_unit)
         lists, rel, c = _world(cfg, rng, rows, c)
-        if cfg.select:
-            sets = thompson_sets(wins, m, cfg.n_draws, rng)
-            prob = pair_probabilities(sets, r, eps)  # (reps, P)
-            chosen = sample_sets(sets, eps, r, rows, rng, rows=rep_of_row)  # (rows, m)
-            perm = draw_orders(rng, rows, rounds, m)
-            order = np.take_along_axis(np.broadcast_to(chosen[:, None, :], perm.shape), perm,
-                                       axis=2)
-            member = (chosen[:, :, None] == np.arange(r)[None, None, :]).any(axis=1)
-            compared = member[:, iu] & member[:, ju]
-            pi = prob[rep_of_row]
-        else:
-            order = draw_orders(rng, rows, rounds, r)
-            compared = np.ones((rows, n_pairs), dtype=bool)
-            pi = None
+        order, compared, pi = _draft(cfg, rng, wins, rows, rounds, rep_of_row, eps)
         shown, team, _, _ = team_draft_kernel(lists, order, k, n_items=cfg.candidates)
         clicks = _clicks(cfg, rng, shown, rel, c)
         d = pair_differences(team_credit_kernel(team, clicks, r), r)
@@ -335,11 +353,7 @@ def run_cell(cfg: CellConfig, progress: Callable[[str], None] | None = None) -> 
         if per_request is not None:
             per_request.look(units * per_unit)
         if cfg.select:
-            won = (d > 0) & compared
-            lost = (d < 0) & compared
-            for col, (i, j) in enumerate(pairs):
-                np.add.at(wins[:, i, j], rep_of_row, won[:, col])
-                np.add.at(wins[:, j, i], rep_of_row, lost[:, col])
+            _record_wins(wins, d, compared, pairs, rep_of_row)
     out: dict[str, Any] = {"cell": {**asdict(cfg), "label": cfg.label},
                            "analysis": main.summary(reps, cfg.alpha, power)}
     if per_request is not None:
