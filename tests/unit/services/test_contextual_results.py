@@ -141,3 +141,32 @@ def test_bad_features_give_an_error_not_a_crash() -> None:
     exp = _experiment(uow, features=[{"name": "x", "kind": "categorical"}])
     block = contextual_block(uow, exp, now=NOW)
     assert block is not None and block["error"].startswith("policy.params.features")
+
+
+def test_dashboard_shows_per_segment_weights_effects_and_the_gain() -> None:
+    from armlab.entrypoints.api.ui.routes import TEMPLATES
+    from armlab.services import dashboard
+
+    uow = FakeUnitOfWork()
+    exp = _experiment(uow)
+    _log(uow, exp)
+    view = dashboard.experiment_view(uow, "ctx", now=NOW)
+    assert view["contextual"]["segments"]
+    html = TEMPLATES.env.get_template("_live.html").render(v=view)
+    assert 'id="contextual"' in html and "serving by segment gains +0.0" in html
+    row = html.split('data-segment="device=m"')[1].split("</tr>")[0]
+    assert "<code>b</code> 0.600" in row  # the snapshot's weight of b in segment m
+    assert "significant" in row.split('data-arm="b"')[1].split("</div>")[0]
+    assert "<span class=\"ok\">ok</span>" in row  # SRM
+
+
+def test_report_has_the_contextual_section() -> None:
+    from armlab.entrypoints.report import build_report
+    from armlab.services.report import collect_by_key
+
+    uow = FakeUnitOfWork()
+    exp = _experiment(uow)
+    _log(uow, exp)
+    html = build_report(collect_by_key(uow, "ctx"))
+    assert 'id="contextual"' in html and "serving by segment gains +0.0" in html
+    assert "device=m" in html and "device=d" in html
