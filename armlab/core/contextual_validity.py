@@ -27,6 +27,9 @@ Analyses at every look (a replication counts as a false positive if ANY look rej
   the rate at which the confidence sequence's lower bound exceeds 0 at some look; the true gain
   is 0 in an A/A cell.
 
+``segments: crossed`` (each segment its own best arm) and ``lift`` != 1 are not A/A: their
+rates are power (``null`` False in the result).
+
 Rates come with Monte Carlo standard errors sqrt(r (1 - r) / reps); ``fpr_ok`` = rate <= alpha
 (0.001 for SRM) + 2 s.e.
 """
@@ -54,10 +57,14 @@ from armlab.core.stats.validity_cell import SRM_TAU2, FloatArray
 from armlab.errors import StatsError
 
 Policy = Literal["segment_thompson", "linear_thompson"]
-Segments = Literal["differ", "same"]
+Segments = Literal["differ", "same", "crossed"]
 SHARES = (0.5, 0.3, 0.2)
 RATES = {"differ": (0.02, 0.05, 0.10), "same": (0.05, 0.05, 0.05)}
 LEVELS = ("s0", "s1", "s2")
+#: ``crossed`` (not A/A: a power check of the personalisation value): each segment has its own
+#: best arm, pooled the arms are close (the ``segments_differ`` scenario of ``armlab bench
+#: contextual``); needs 3 arms.
+CROSSED = ((0.06, 0.04, 0.03), (0.03, 0.07, 0.04), (0.02, 0.03, 0.08))
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,11 @@ class ContextualCell:
         if self.policy not in ("segment_thompson", "linear_thompson"):
             raise StatsError(f"policy must be segment_thompson or linear_thompson, "
                              f"got {self.policy!r}")
-        if self.segments not in RATES:
-            raise StatsError(f"segments must be differ or same, got {self.segments!r}")
+        if self.segments not in (*RATES, "crossed"):
+            raise StatsError(f"segments must be differ, same or crossed, got "
+                             f"{self.segments!r}")
+        if self.segments == "crossed" and self.arms != 3:
+            raise StatsError("segments crossed needs 3 arms")
         if self.arms < 2 or not (0.0 < self.floor * self.arms <= 1.0):
             raise StatsError("need >= 2 arms and 0 < floor x arms <= 1")
         if self.reps < 1 or self.look_every < 1 or self.horizon < self.look_every:
@@ -191,20 +201,11 @@ class _Run:
             self.hits["average"] |= llr >= thr
 
     def _segments(self) -> None:
-        c, s = self.cell, self.sums  # (7, S, G, K)
-        g_all, k = s.shape[2], c.arms
-        t_g = s[0].sum(axis=-1)  # (S, G)
-        share = t_g / np.maximum(t_g.sum(axis=-1, keepdims=True), 1.0)
-        mean = s[1].sum(axis=-1) / np.maximum(t_g, 1.0)
-        sigma2 = mean * (1 - mean)
-        tau2 = tau2_for_horizon(1.0, c.alpha) * np.maximum(sigma2, 1e-12) * _inv(c) / (
-            np.maximum(c.horizon * share, 1.0))
-        m = g_all * (k - 1)
-        for j in range(1, k):
-            a, b = s[..., 0], s[..., j]
-            llr = _pair_test(a, b, t_g, tau2, _gate(a, b, c) & (sigma2 > 0))
-            self.hits["segments"] |= np.any(llr >= math.log(m / c.alpha), axis=-1)
-            self.hits["segments_unadjusted"] |= np.any(llr >= math.log(1 / c.alpha), axis=-1)
+        c, g_all = self.cell, self.sums.shape[2]
+        m = g_all * (c.arms - 1)
+        llr = segment_llr(self.sums, c)  # (K - 1, S, G)
+        self.hits["segments"] |= np.any(llr >= math.log(m / c.alpha), axis=(0, 2))
+        self.hits["segments_unadjusted"] |= np.any(llr >= math.log(1 / c.alpha), axis=(0, 2))
 
     def _srm(self) -> None:
         s, g_all = self.sums, self.sums.shape[2]
@@ -230,6 +231,22 @@ class _Run:
         self.hits["personalisation"] |= (lo.min(axis=-1) > 0) & (n[:, 0] >= c.min_samples)
 
 
+def segment_llr(s: FloatArray, c: ContextualCell) -> FloatArray:
+    """log Lambda of every (treatment, replication, segment) test, shape (K - 1, S, G), from
+    the kernel sums ``s`` (7, S, G, K): the rule of :func:`armlab.core.stats.segments.
+    segment_effects` (tau² from the segment's share and pooled variance at this look; -inf
+    where the look gate fails)."""
+    t_g = s[0].sum(axis=-1)  # (S, G)
+    share = t_g / np.maximum(t_g.sum(axis=-1, keepdims=True), 1.0)
+    mean = s[1].sum(axis=-1) / np.maximum(t_g, 1.0)
+    sigma2 = mean * (1 - mean)
+    tau2 = tau2_for_horizon(1.0, c.alpha) * np.maximum(sigma2, 1e-12) * _inv(c) / (
+        np.maximum(c.horizon * share, 1.0))
+    return np.stack([_pair_test(s[..., 0], s[..., j], t_g, tau2,
+                                _gate(s[..., 0], s[..., j], c) & (sigma2 > 0))
+                     for j in range(1, s.shape[-1])])
+
+
 def cs_radius_v(sd: FloatArray, t: FloatArray, alpha: float,
                 t_opt: int = 10_000) -> FloatArray:
     """:func:`armlab.core.stats.ope_estimate.cs_radius`, vectorised (same fixed horizon)."""
@@ -246,7 +263,10 @@ def run_contextual_cell(cell: ContextualCell) -> dict[str, Any]:
     spec = _spec()
     g_all = spec.n_segments  # the three levels and ``other`` (no traffic)
     q = np.array([*SHARES, 0.0])
-    mu = np.repeat(np.array([*RATES[cell.segments], 0.05])[:, None], cell.arms, axis=1)
+    if cell.segments == "crossed":
+        mu = np.array([*CROSSED, (0.05,) * 3])
+    else:
+        mu = np.repeat(np.array([*RATES[cell.segments], 0.05])[:, None], cell.arms, axis=1)
     mu[:, 1] *= cell.lift
     run = _Run(cell, g_all)
     for _ in range(cell.horizon // cell.look_every):
@@ -262,7 +282,8 @@ def run_contextual_cell(cell: ContextualCell) -> dict[str, Any]:
         se = math.sqrt(max(r * (1 - r), 0.0) / cell.reps)
         rows[name] = {"fpr": r, "fpr_se": se, "level": level,
                       "fpr_ok": r <= level + 2 * se}
-    return {"cell": asdict(cell), "analyses": rows}
+    null = cell.lift == 1.0 and cell.segments != "crossed"
+    return {"cell": asdict(cell), "null": null, "analyses": rows}
 
 
 def contextual_grid(policies: tuple[Policy, ...] = ("segment_thompson", "linear_thompson"),
@@ -276,4 +297,5 @@ def contextual_grid(policies: tuple[Policy, ...] = ("segment_thompson", "linear_
                                            for f in floors)]
 
 
-__all__ = ["ContextualCell", "contextual_grid", "cs_radius_v", "run_contextual_cell"]
+__all__ = ["ContextualCell", "contextual_grid", "cs_radius_v", "run_contextual_cell",
+           "segment_llr"]
