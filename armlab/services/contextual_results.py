@@ -115,6 +115,11 @@ def _personalisation(arms: Sequence[str], rows: Sequence[ContextRow],
                                     [r[2] for r in rows], probs)
     except ArmlabError as exc:
         return {"available": False, "reason": exc.message}
+    single = [a for a, share in res["policy_share"].items() if share >= 1.0]
+    if single:
+        return {"available": False,
+                "reason": f"the learned policy picks {single[0]} in every matured context: "
+                          "nothing is personalised yet"}
     res["available"] = True
     res["reason"] = ""
     res["summary"] = (f"serving by segment gains {res['gain']:+.4g} "

@@ -170,3 +170,14 @@ def test_report_has_the_contextual_section() -> None:
     html = build_report(collect_by_key(uow, "ctx"))
     assert 'id="contextual"' in html and "serving by segment gains +0.0" in html
     assert "device=m" in html and "device=d" in html
+
+
+def test_a_policy_that_picks_one_arm_everywhere_personalises_nothing() -> None:
+    uow = FakeUnitOfWork()
+    exp = _experiment(uow)
+    _log(uow, exp, n=2000)
+    snap = uow.evidence.latest_snapshot(exp.id)
+    for row in snap.stats["contextual"]["segments"]:
+        row["weights"] = [0.9, 0.05, 0.05]
+    pers = contextual_block(uow, exp, now=NOW)["personalisation"]
+    assert not pers["available"] and "picks a in every matured context" in pers["reason"]
