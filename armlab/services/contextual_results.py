@@ -22,6 +22,7 @@ import numpy as np
 
 from armlab.adapters.db.models import Experiment
 from armlab.core.policies.context_features import ContextParams, ContextSpec
+from armlab.core.policies.contextual import SegmentAllocation
 from armlab.core.policies.contextual_snapshot import (
     CONTEXTUAL_POLICIES,
     ContextualAllocation,
@@ -35,6 +36,7 @@ from armlab.core.stats.segments import (
     SegmentDesign,
     SegmentTable,
     segment_effects,
+    segment_indices,
     segment_label_text,
     segment_srm,
     segment_table,
@@ -73,23 +75,22 @@ def _allocation(uow: UnitOfWorkPort, experiment: Experiment
         return None, raw, exc.message
 
 
-def _segment_rows(table: SegmentTable, arms: Sequence[str], rows: Sequence[ContextRow],
+def _segment_rows(table: SegmentTable, arms: Sequence[str],
                   alloc: ContextualAllocation | None, raw: dict[str, Any] | None,
-                  spec: ContextSpec, probs: np.ndarray | None
+                  seg_of: np.ndarray, probs: np.ndarray | None
                   ) -> list[dict[str, Any]]:
     """Per segment with data: impressions, share, plain means and the learned weights (the
     mean P(arm | context) of the snapshot over the segment's matured contexts; its row for
     segment_thompson)."""
     imps = table.impressions
     total = sum(imps) or 1.0
-    seg_of = spec.segment_indices([r[3] or {} for r in rows]) if probs is not None else None
     sources = [s.get("source") for s in (raw or {}).get("segments", [])]
     out = []
     for g, seg in enumerate(table.sums):
         if imps[g] <= 0:
             continue
         weights: dict[str, float] | None = None
-        if probs is not None and seg_of is not None and alloc is not None:
+        if probs is not None and alloc is not None:
             mask = seg_of == g
             w = probs[mask].mean(axis=0) if mask.any() else alloc.propensities(
                 [table.labels[g]])[0]
@@ -128,6 +129,33 @@ def _personalisation(arms: Sequence[str], rows: Sequence[ContextRow],
     return res
 
 
+def _matured(uow: UnitOfWorkPort, experiment: Experiment, spec: ContextSpec,
+             arms: Sequence[str], now: datetime) -> tuple[list[ContextRow], np.ndarray, int]:
+    """The matured impressions the analysis can read (a known arm, a propensity in (0, 1], a
+    context the features read), their segment indices, and how many were left out."""
+    cutoff = now - timedelta(seconds=int(experiment.attribution_window_s or 0))
+    logged = uow.evidence.logged_contexts(experiment.id, cutoff)
+    idx = segment_indices(spec, [r[3] for r in logged])
+    known = set(arms)
+    keep = [i for i, r in enumerate(logged)
+            if r[0] in known and idx[i] >= 0 and 0.0 < r[2] <= 1.0]
+    return [logged[i] for i in keep], idx[keep], len(logged) - len(keep)
+
+
+def _probs(alloc: ContextualAllocation | None, rows: Sequence[ContextRow], idx: np.ndarray,
+           reason: str) -> tuple[np.ndarray | None, str]:
+    """The learned allocation's P(arm | context) for every row (a segment policy's rows by
+    index, without re-reading the contexts)."""
+    if alloc is None or not rows:
+        return None, reason or "no matured impressions yet"
+    if isinstance(alloc, SegmentAllocation):
+        return alloc.weights[idx], ""
+    try:
+        return alloc.propensities([r[3] or {} for r in rows]), ""
+    except ArmlabError as exc:
+        return None, exc.message
+
+
 def contextual_block(uow: UnitOfWorkPort, experiment: Experiment, *, now: datetime
                      ) -> dict[str, Any] | None:
     """The results' ``contextual`` block (module doc); None for a non-contextual policy."""
@@ -139,16 +167,10 @@ def contextual_block(uow: UnitOfWorkPort, experiment: Experiment, *, now: dateti
     except (ArmlabError, ValueError) as exc:
         return {"policy": experiment.policy_name, "error": f"policy.params.features: {exc}"}
     arms = [a.key for a in experiment.arms]
-    cutoff = now - timedelta(seconds=int(experiment.attribution_window_s or 0))
-    rows = [r for r in uow.evidence.logged_contexts(experiment.id, cutoff) if r[0] in arms]
-    table = segment_table(spec, arms, rows)
+    rows, idx, skipped = _matured(uow, experiment, spec, arms, now)
+    table = segment_table(spec, arms, rows, idx)
     alloc, raw, reason = _allocation(uow, experiment)
-    probs = None
-    if alloc is not None and rows:
-        try:
-            probs = alloc.propensities([r[3] or {} for r in rows])
-        except ArmlabError as exc:
-            alloc, reason = None, exc.message
+    probs, reason = _probs(alloc, rows, idx, reason)
     design = _design(experiment)
     has_segments = bool(spec.categorical)
     warnings = []
@@ -158,9 +180,9 @@ def contextual_block(uow: UnitOfWorkPort, experiment: Experiment, *, now: dateti
     return {
         "policy": experiment.policy_name,
         "features": [f.model_dump() for f in spec.features],
-        "matured_impressions": len(rows), "skipped_rows": table.skipped,
+        "matured_impressions": len(rows), "skipped_rows": skipped,
         "declared_segments": spec.n_segments if has_segments else 0,
-        "segments": _segment_rows(table, arms, rows, alloc, raw, spec, probs)
+        "segments": _segment_rows(table, arms, alloc, raw, idx, probs)
         if has_segments else [],
         "effects": segment_effects(table, design) if has_segments else None,
         "srm": segment_srm(table, min_samples=design.min_samples) if has_segments else [],

@@ -39,11 +39,12 @@ arm counts against the sum of logged propensities), Bonferroni over the declared
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from armlab.core.evidence import ArmSums
 from armlab.core.stats.adaptive import informative, ipw_msprt, planned_variance, srm_check
@@ -87,30 +88,43 @@ def segment_label_text(label: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in label.items()) or "all"
 
 
-def segment_table(spec: Segmenter, arms: Sequence[str], rows: Iterable[ContextRow]
-                  ) -> SegmentTable:
-    """The per-segment sums of ``rows`` (every impression counted once, its reward as
-    attributed; the propensity is P(arm | context) as logged)."""
-    g_n = spec.n_segments
-    sums: list[dict[str, ArmSums]] = [{a: ArmSums() for a in arms} for _ in range(g_n)]
-    known = set(arms)
-    skipped = 0
-    for arm, reward, p, ctx in rows:
-        if arm not in known or not (0.0 < p <= 1.0):
-            skipped += 1
-            continue
+def segment_indices(spec: Segmenter, contexts: Sequence[Mapping[str, Any] | None]
+                    ) -> npt.NDArray[np.int64]:
+    """Each context's segment index; -1 where the features cannot read it."""
+    out = np.empty(len(contexts), dtype=np.int64)
+    for i, ctx in enumerate(contexts):
         try:
-            g = spec.segment_index(ctx or {})
+            out[i] = spec.segment_index(ctx or {})
         except ArmlabError:
-            skipped += 1
-            continue
-        s = sums[g][arm]
-        s.add_impression(p)
-        s.add_reward_change(0.0, float(reward), p)
-        if reward != 0:
-            s.add_feedback()  # continuous rewards count their non-zero values as events
-    labels = tuple(spec.segment_label(g) for g in range(g_n))
-    return SegmentTable(labels, tuple(sums), skipped)
+            out[i] = -1
+    return out
+
+
+def segment_table(spec: Segmenter, arms: Sequence[str], rows: Sequence[ContextRow],
+                  indices: npt.NDArray[np.int64] | None = None) -> SegmentTable:
+    """The per-segment sums of ``rows`` (every impression counted once, its reward as
+    attributed; the propensity is P(arm | context) as logged). ``indices``: the rows' segment
+    indices when the caller has them (:func:`segment_indices`). Rows of an unknown arm, with a
+    propensity outside (0, 1] or an unreadable context are skipped (and counted)."""
+    g_n, k_n = spec.n_segments, len(arms)
+    pos = {a: i for i, a in enumerate(arms)}
+    a_idx = np.fromiter((pos.get(r[0], -1) for r in rows), dtype=np.int64, count=len(rows))
+    p = np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows))
+    r = np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows))
+    g = segment_indices(spec, [row[3] for row in rows]) if indices is None else indices
+    ok = (a_idx >= 0) & (g >= 0) & (p > 0) & (p <= 1)
+    flat, p, r = g[ok] * k_n + a_idx[ok], p[ok], r[ok]
+    one = np.ones_like(p)
+    values = {"n": one, "reward_sum": r, "reward_sumsq": r * r, "ipw_n": 1 / p,
+              "ipw_sum": r / p, "ipw_sumsq": r * r / (p * p), "ipw_n_sq": 1 / (p * p),
+              # continuous rewards count their non-zero values as events
+              "feedback_n": (r != 0).astype(np.float64)}
+    cols = {f: np.bincount(flat, weights=v, minlength=g_n * k_n).reshape(g_n, k_n)
+            for f, v in values.items()}
+    sums = tuple({a: ArmSums(**{f: float(c[gi, ki]) for f, c in cols.items()})
+                  for ki, a in enumerate(arms)} for gi in range(g_n))
+    labels = tuple(spec.segment_label(gi) for gi in range(g_n))
+    return SegmentTable(labels, sums, int((~ok).sum()))
 
 
 def pooled_variance(sums: Sequence[ArmSums], binary: bool) -> float:
@@ -237,5 +251,5 @@ def segment_srm_p(n: Any, ipw_n: Any, ipw_n_sq: Any, tau2: float, min_samples: i
 __all__ = [
     "SEGMENT_SRM_ALPHA", "ContextRow", "SegmentDesign", "SegmentTable", "Segmenter",
     "pooled_variance", "segment_effects", "segment_label_text", "segment_srm",
-    "segment_srm_p", "segment_table", "segment_tau2",
+    "segment_indices", "segment_srm_p", "segment_table", "segment_tau2",
 ]
