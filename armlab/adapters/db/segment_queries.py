@@ -5,8 +5,11 @@ One row per impression served at or before the cutoff: (arm, attributed reward, 
 propensity, context). The segment of a row depends on the experiment's feature spec (levels,
 defaults, the ``other`` level), so rows are grouped in Python by
 :func:`armlab.core.stats.segments.segment_table` rather than by a dialect-specific JSON
-expression; the scan is one indexed range read of the experiment's impressions (the same
-read as ``armlab ope``), fine up to a few million impressions per results call.
+expression; the scan is one range read of the experiment's impressions (the same read as
+``armlab ope``). Scale: the Python side costs about 0.4 s per 100,000 impressions on the
+2-core development VM (segment indices; the sums are one bincount), on top of fetching the rows;
+beyond a few hundred thousand matured impressions a per-(segment, arm) rollup kept by the
+consumer would be the next step (not built).
 """
 
 from __future__ import annotations
