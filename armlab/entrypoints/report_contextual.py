@@ -36,7 +36,7 @@ def _effect(r: dict[str, Any]) -> str:
     hi = "∞" if r.get("ci_high") is None else _fmt(r["ci_high"])
     sig = " <b>significant</b>" if r.get("significant") else ""
     return (f"<div data-arm='{_esc(r['arm'])}'><b>{_esc(r['arm'])}</b> {_fmt(r['estimate'])} "
-            f"[{lo}, {hi}], Holm p {_fmt(r['p_adjusted'], 3)}{sig}</div>")
+            f"[{lo}, {hi}], Holm p {r['p_adjusted']:.3g}{sig}</div>")
 
 
 def _segment_row(s: dict[str, Any], effects: list[dict[str, Any]],
