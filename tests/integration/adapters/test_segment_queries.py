@@ -1,7 +1,8 @@
 """The contextual read (``evidence.logged_contexts``) on SQLite and PostgreSQL: the per-segment
 sums built from it equal the ones built directly from the inserted impressions, the cutoff
 leaves out the immature ones, and the results' ``contextual`` block comes through the real
-unit of work and validates against the strict response model."""
+unit of work and validates against the strict response model; ``GET .../results`` serves it
+and the OpenAPI document declares it (closed to other fields)."""
 
 from __future__ import annotations
 
@@ -38,12 +39,9 @@ def _rows(n: int) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.mark.parametrize("db", ["sqlite_url", "pg_url"])
-def test_logged_contexts_equal_a_direct_computation(request: pytest.FixtureRequest,
-                                                    db: str) -> None:
-    services = bootstrap(Settings(database_url=request.getfixturevalue(db),
-                                  transport="memory"))
-    rows = _rows(1000)  # served over ~2.8 h; the last ~1 h is inside the attribution window
+def seed_contextual(services: Any, rows: list[dict[str, Any]]) -> int:
+    """A running segment_thompson experiment ``ctx`` (arms c, t) with ``rows`` and a snapshot
+    (b-heavy in m, c-heavy in d); its id."""
     with services.session_factory() as s, s.begin():
         e = Experiment(key="ctx", name="ctx", control_arm_key="c", salt="ctx",
                        status="running", unit="request", reward_kind="binary",
@@ -64,7 +62,16 @@ def test_logged_contexts_equal_a_direct_computation(request: pytest.FixtureReque
                                           "weights": w, "prob_best": w}
                                          for lev, w in (("m", [0.1, 0.9]), ("d", [0.7, 0.3]),
                                                         ("other", [0.5, 0.5]))]}}))
-        exp_id = e.id
+        return int(e.id)
+
+
+@pytest.mark.parametrize("db", ["sqlite_url", "pg_url"])
+def test_logged_contexts_equal_a_direct_computation(request: pytest.FixtureRequest,
+                                                    db: str) -> None:
+    services = bootstrap(Settings(database_url=request.getfixturevalue(db),
+                                  transport="memory"))
+    rows = _rows(1000)  # served over ~2.8 h; the last ~1 h is inside the attribution window
+    exp_id = seed_contextual(services, rows)
     cutoff = NOW - timedelta(hours=1)
     with services.uow() as uow:
         got = uow.evidence.logged_contexts(exp_id, cutoff)
@@ -87,3 +94,24 @@ def test_logged_contexts_equal_a_direct_computation(request: pytest.FixtureReque
     assert m.weights == pytest.approx({"c": 0.1, "t": 0.9}) and m.source == "segment"
     assert block.personalisation is not None and block.personalisation.available
     assert block.personalisation.summary.startswith("serving by segment gains")
+
+
+def test_results_endpoint_serves_the_block_and_documents_it(sqlite_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from armlab.entrypoints.api.app import create_app
+
+    settings = Settings(database_url=sqlite_url, transport="memory",
+                        auth_tokens="ro:reader:reader-secret")
+    seed_contextual(bootstrap(settings), _rows(1000))
+    with TestClient(create_app(settings)) as client:
+        got = client.get("/v1/experiments/ctx/results",
+                         headers={"Authorization": "Bearer reader-secret"})
+        doc = client.get("/openapi.json").json()
+    assert got.status_code == 200, got.text
+    block = got.json()["contextual"]
+    assert block["policy"] == "segment_thompson" and len(block["segments"]) == 3
+    assert block["personalisation"]["summary"].startswith("serving by segment gains")
+    schemas = doc["components"]["schemas"]
+    assert "contextual" in schemas["ResultsOut"]["properties"]
+    assert schemas["ContextualResultsOut"]["additionalProperties"] is False
