@@ -19,6 +19,7 @@ from armlab.core.readings import (
     LoggedRow,
     RewardBucket,
 )
+from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.errors import ExperimentExists
 
 _ids = itertools.count(1)
@@ -68,6 +69,8 @@ class FakeEvidence:
         # metric -> arm -> sums (totals, and the immature / late part)
         self.guardrails: dict[int, dict[str, dict[str, ArmSums]]] = {}
         self.guardrails_late: dict[int, dict[str, dict[str, ArmSums]]] = {}
+        # unit: user: metric -> arm -> per-unit sums (already cut at the analysis cutoff)
+        self.guardrail_units: dict[int, dict[str, dict[str, UnitSums]]] = {}
         # interleaving: experiment -> (units, {(a, b): (sum, sumsq)}) and pair tallies
         self.interleaving: dict[int, tuple[float, dict[tuple[str, str], tuple[float, float]]]] = {}
         self.tallies: dict[int, dict[tuple[str, str], tuple[int, int, int, int, int]]] = {}
@@ -90,6 +93,10 @@ class FakeEvidence:
     def guardrail_sums_served_after(self, experiment_id: int, cutoff: datetime
                                     ) -> dict[str, dict[str, ArmSums]]:
         return {m: dict(v) for m, v in self.guardrails_late.get(experiment_id, {}).items()}
+
+    def unit_guardrail_sums(self, experiment_id: int, cutoff: datetime | None
+                            ) -> dict[str, dict[str, UnitSums]]:
+        return {m: dict(v) for m, v in self.guardrail_units.get(experiment_id, {}).items()}
 
     def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None:
         return self.snapshots.get(experiment_id)

@@ -3,7 +3,10 @@
 :func:`evaluate_guardrails` runs, per guardrail metric and treatment arm, the one-sided
 always-valid non-inferiority test of :func:`armlab.core.stats.noninferiority.guardrail_test` on the
 metric's per-arm sums (the same IPW machinery as the primary test, so valid under the bandit's
-allocation), and :func:`recommend` combines the primary test and the guardrails into the one
+allocation) or, for ``unit: user``, of
+:func:`armlab.core.stats.noninferiority_units.guardrail_unit_test` on its per-user sums (a
+ratio estimator with a per-user, cluster-robust variance: one user's impressions are
+correlated), and :func:`recommend` combines the primary test and the guardrails into the one
 recommendation that the results endpoint, ``armlab experiments show``, the report and the
 dashboard all show.
 
@@ -34,10 +37,23 @@ from typing import Any
 from armlab.core.decisions import ArmLook, Decision, Evaluation
 from armlab.core.evidence import ArmSums
 from armlab.core.specs import GuardrailSpec
-from armlab.core.stats.noninferiority import guardrail_test
+from armlab.core.stats.noninferiority import GuardrailResult, guardrail_test
+from armlab.core.stats.noninferiority_units import UnitSums, guardrail_unit_test
 
 #: States of one (guardrail, treatment) pair.
 BREACHED, NON_INFERIOR, OK, NOT_INFORMATIVE = "breached", "non_inferior", "ok", "not_informative"
+
+
+def _look(g: GuardrailSpec, control: ArmSums | UnitSums, treatment: ArmSums | UnitSums | None,
+          t: float, **kw: Any) -> GuardrailResult:
+    """One guardrail test: per unit when the sums are :class:`UnitSums`, else per impression."""
+    common = dict(harm=g.harm, margin=g.margin.value, relative=g.margin.is_relative,
+                  binary=g.binary, **kw)
+    if isinstance(control, UnitSums):
+        b = treatment if isinstance(treatment, UnitSums) else UnitSums()
+        return guardrail_unit_test(control, b, **common)
+    b_imp = treatment if isinstance(treatment, ArmSums) else ArmSums()
+    return guardrail_test(t, control, b_imp, **common)
 
 
 def evaluate_guardrails(
@@ -45,7 +61,7 @@ def evaluate_guardrails(
     *,
     control: str,
     treatments: Sequence[str],
-    sums: Mapping[str, Mapping[str, ArmSums]],
+    sums: Mapping[str, Mapping[str, ArmSums]] | Mapping[str, Mapping[str, UnitSums]],
     previous: Mapping[tuple[str, str], float],
     frozen: Mapping[tuple[str, str], dict[str, Any]] | None = None,
     min_events: int = 30,
@@ -55,36 +71,39 @@ def evaluate_guardrails(
 ) -> list[dict[str, Any]]:
     """One look at every (guardrail, treatment arm) pair; entries in spec then arm order.
 
-    ``sums``: metric key -> arm key -> the metric's sums; ``previous``: (metric, arm) -> the
-    running p-value of the last look; ``frozen``: (metric, arm) -> an entry to keep as it is
-    (an arm already rolled back); ``floor``: the experiment's exploration floor (0 for a fixed
-    split), which with the arm count tunes tau² as the primary test does (None: the test's
-    default)."""
+    ``sums``: metric key -> arm key -> the metric's sums, per impression (:class:`ArmSums`)
+    or per unit (:class:`UnitSums`, ``unit: user``: ``min_samples`` and ``horizon`` then count
+    units); ``previous``: (metric, arm) -> the running p-value of the last look; ``frozen``:
+    (metric, arm) -> an entry to keep as it is (an arm already rolled back); ``floor``: the
+    experiment's exploration floor (0 for a fixed split), which with the arm count tunes tau²
+    as the primary test does (None: the test's default)."""
     out: list[dict[str, Any]] = []
     m = max(len(treatments), 1)
+    per_unit = any(isinstance(s, UnitSums) for v in sums.values() for s in v.values())
     for g in specs:
-        per_arm = sums.get(g.key, {})
+        per_arm: Mapping[str, ArmSums | UnitSums] = sums.get(g.key, {})
         t = sum(s.n for s in per_arm.values())
-        control_sums = per_arm.get(control) or ArmSums()
+        control_sums = per_arm.get(control) or (UnitSums() if per_unit else ArmSums())
         for arm in treatments:
             kept = (frozen or {}).get((g.key, arm))
             if kept is not None:
                 out.append({**kept, "frozen": True})
                 continue
-            r = guardrail_test(
-                t, control_sums, per_arm.get(arm) or ArmSums(), harm=g.harm,
-                margin=g.margin.value, relative=g.margin.is_relative, alpha=g.alpha / m,
-                binary=g.binary, min_events=min_events, min_samples=min_samples,
-                horizon=horizon, prior_p=previous.get((g.key, arm)),
-                n_arms=len(treatments) + 1,
-                **({} if floor is None else {"floor": floor}))
+            r = _look(g, control_sums, per_arm.get(arm), t, alpha=g.alpha / m,
+                      min_events=min_events, min_samples=min_samples, horizon=horizon,
+                      prior_p=previous.get((g.key, arm)), n_arms=len(treatments) + 1,
+                      **({} if floor is None else {"floor": floor}))
             state = (BREACHED if r.breached else NON_INFERIOR if r.non_inferior
                      else OK if r.informative else NOT_INFORMATIVE)
+            treated = per_arm.get(arm)
             out.append({
                 "metric": g.key, "arm": arm, "control": control, "state": state,
                 "harm": g.harm, "margin": g.margin.value, "relative": g.margin.is_relative,
                 "alpha_guardrail": g.alpha, "on_breach": g.on_breach,
-                "n_control": control_sums.n, "n_treatment": (per_arm.get(arm) or ArmSums()).n,
+                "n_control": control_sums.n, "n_treatment": treated.n if treated else 0.0,
+                **({"unit": "user", "units_control": control_sums.units,
+                    "units_treatment": treated.units if isinstance(treated, UnitSums) else 0.0}
+                   if isinstance(control_sums, UnitSums) else {}),
                 **r.as_dict(),
             })
     return out

@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
 )
 
-from armlab.core.policies import POLICY_PARAMS
+from armlab.core.policies import CONTEXTUAL_POLICY_NAMES, POLICY_PARAMS, make_contextual_policy
 from armlab.core.spec_base import (
     INT32_MAX,
     JSON_INT_MAX,
@@ -46,7 +46,8 @@ __all__ = ["FIELD_PATH_PATTERN", "INT32_MAX", "JSON_INT_MAX", "ArmSpec", "Experi
            "GuardrailMargin", "GuardrailSource", "GuardrailSpec", "InterleavingSpec", "Key",
            "PolicyName", "PolicySpec", "RewardSpec", "SequentialSpec", "StrictModel"]
 
-PolicyName = Literal["thompson", "top_two_thompson", "epsilon_greedy", "uniform"]
+PolicyName = Literal["thompson", "top_two_thompson", "epsilon_greedy", "uniform",
+                     "segment_thompson", "linear_thompson"]
 
 
 # --- the registration body -------------------------------------------------------------------
@@ -79,6 +80,8 @@ class PolicySpec(StrictModel):
             return v
         try:
             parsed = model.model_validate(v)
+            if name in CONTEXTUAL_POLICY_NAMES:  # segments: categorical features, not too many
+                make_contextual_policy(name, v)
         except PolicyError as exc:
             pairs = exc.errors or [("", exc.message)]
             raise ValueError("; ".join(f"params.{loc}: {msg}" if loc else f"params: {msg}"
@@ -226,6 +229,23 @@ class ExperimentSpec(StrictModel):
     interleaving: InterleavingSpec | None = Field(
         None, validate_default=True,
         description="Interleaving settings (design interleaving only; defaults filled in).")
+
+    @field_validator("policy")
+    @classmethod
+    def _check_policy(cls, policy: PolicySpec, info: ValidationInfo) -> PolicySpec:
+        """Contextual policies: A/B design only; segment_thompson needs binary rewards."""
+        if policy.name not in CONTEXTUAL_POLICY_NAMES:
+            return policy
+        if info.data.get("design") == "interleaving":
+            raise ValueError(f"name: {policy.name} allocates arms per request context; an "
+                             "interleaving experiment merges every ranker into one list "
+                             "(use design: ab)")
+        reward = info.data.get("reward")
+        if (policy.name == "segment_thompson" and isinstance(reward, RewardSpec)
+                and reward.kind != "binary"):
+            raise ValueError("name: segment_thompson has Beta-Bernoulli posteriors: it needs "
+                             "reward.kind binary (linear_thompson takes continuous rewards)")
+        return policy
 
     @field_validator("arms")
     @classmethod

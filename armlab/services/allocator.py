@@ -14,7 +14,9 @@ After a running experiment's snapshot, :func:`run_decisions` evaluates the seque
 the same unit of work (on matured, in-design data: :func:`armlab.services.decisions.analysis_sums`),
 records the look and, with ``sequential.auto_stop``, stops the experiment and writes its
 control-only snapshot in the same transaction. Interleaving experiments (``design:
-interleaving``): :mod:`armlab.services.interleaving_allocation`.
+interleaving``): :mod:`armlab.services.interleaving_allocation`. Contextual policies
+(``segment_thompson``, ``linear_thompson``): :mod:`armlab.services.contextual_allocation`
+(per-context weights from the matured impressions with their contexts).
 
 Guardrail rollback: when the look finds a treatment arm that breached a guardrail
 (:mod:`armlab.core.recommendation`), the allocator, in the same unit of work, either takes the arm
@@ -59,12 +61,18 @@ from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.adapters.db.retry import is_transient
 from armlab.core.clock import utcnow
 from armlab.core.evidence import ArmSums
-from armlab.core.policies import POLICY_VERSION, PolicyStats, make_policy
+from armlab.core.policies import (
+    CONTEXTUAL_POLICY_NAMES,
+    POLICY_VERSION,
+    PolicyStats,
+    make_policy,
+)
 from armlab.core.recommendation import BREACHED, breach_summary
 from armlab.core.serving import fixed_arm
 from armlab.core.status import ExperimentStatus
 from armlab.errors import ArmlabError
 from armlab.services import registry
+from armlab.services.contextual_allocation import contextual_allocation
 from armlab.services.decisions import evaluate_experiment, record_decisions
 from armlab.services.interleaving_allocation import interleaving_snapshot, run_interleaving_look
 from armlab.services.interleaving_evaluation import is_interleaving
@@ -171,19 +179,26 @@ def _running_snapshot(uow: AllocationUnit, experiment: Experiment,
     # The policy allocates among the arms still in the experiment (the floor applies to
     # them only); a rolled-back arm gets weight 0.
     active = [k for k in arm_keys if k not in rolled]
-    policy = make_policy(
-        experiment.policy_name,
-        experiment.policy_params,
-        reward_kind=experiment.reward_kind,
-        floor=float(experiment.exploration_floor),
-        burn_in=int(experiment.burn_in),
-    )
+    cutoff = now - timedelta(seconds=int(experiment.attribution_window_s or 0))
     seed = _seed(experiment, now)
     weights = dict.fromkeys(arm_keys, 0.0)
     detail: dict[str, Any] = {}
+    policy_name = experiment.policy_name
     if len(active) == 1:
         weights[active[0]] = 1.0
+    elif policy_name in CONTEXTUAL_POLICY_NAMES:  # per-context weights: the contextual block
+        served, detail = contextual_allocation(uow, experiment, active, cutoff,
+                                               np.random.default_rng(seed))
+        weights.update(served)
     else:
+        policy = make_policy(
+            policy_name,
+            experiment.policy_params,
+            reward_kind=experiment.reward_kind,
+            floor=float(experiment.exploration_floor),
+            burn_in=int(experiment.burn_in),
+        )
+        policy_name = policy.name
         stats = PolicyStats.from_lists(
             [evidence[k].matured_n for k in active],
             [evidence[k].matured_sum for k in active],
@@ -198,15 +213,13 @@ def _running_snapshot(uow: AllocationUnit, experiment: Experiment,
     return AllocationSnapshot(
         experiment_id=experiment.id,
         created_at=now,
-        policy_name=policy.name,
+        policy_name=policy_name,
         policy_version=f"{POLICY_VERSION}",
         weights=weights,
         stats={
             "status": ExperimentStatus.RUNNING.value,
             "arms": {k: evidence[k].as_dict() for k in arm_keys},
-            "matured_before": (
-                now - timedelta(seconds=int(experiment.attribution_window_s or 0))
-            ).isoformat(),
+            "matured_before": cutoff.isoformat(),
             "seed": seed,
             "exploration_floor": float(experiment.exploration_floor),
             "burn_in": int(experiment.burn_in),

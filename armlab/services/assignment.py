@@ -11,6 +11,10 @@ refresh interval, so a flood of bad keys does not hit the database).
 Rules:
 
 * unit ``request``: a fresh draw from the snapshot weights per call; propensity = that weight.
+* a contextual policy (``segment_thompson``, ``linear_thompson``): the same draws against the
+  request context's row, P(arm | context) (:mod:`armlab.services.contextual_serving`); for
+  unit ``user`` the context of the first exposure decides, and the unit keeps that arm and
+  propensity.
 * unit ``user``: sticky. ``u = H(salt, unit_id)`` (BLAKE2b, 64 bits -> [0, 1)) picks the arm by
   the CDF of the weights at first exposure; propensity = that arm's weight at that moment. The
   pair is remembered in memory and written behind to ``unit_assignments`` (a queue drained by a
@@ -140,7 +144,7 @@ class Assigner:
             return None
         if view.status == ExperimentStatus.DRAFT:
             return None  # maybe started since the last refresh: ``assign`` re-reads it
-        return self._assign(view, unit_id)
+        return self._assign(view, unit_id, context)
 
     def assign(
         self, experiment_key: str, unit_id: str, context: dict[str, Any] | None = None
@@ -149,7 +153,7 @@ class Assigner:
         got = self.try_assign(experiment_key, unit_id, context)
         if got is not None:
             return got
-        return self._assign(self._current(experiment_key), unit_id)
+        return self._assign(self._current(experiment_key), unit_id, context)
 
     def serve(
         self, experiment_key: str, unit_id: str, context: dict[str, Any] | None = None
@@ -160,7 +164,7 @@ class Assigner:
         view = self._current(experiment_key)
         sets = view.ranker_sets
         if sets is None or view.fixed_arm is not None or view.status == ExperimentStatus.DRAFT:
-            return self._assign(view, unit_id, any_design=True)
+            return self._assign(view, unit_id, context, any_design=True)
         impression_id = self._new_id(view.key)
         with self._rng_lock:
             seed = int(self._rng.integers(2**63))
@@ -194,7 +198,8 @@ class Assigner:
                 views.pop(experiment_key, None)
                 self._views = views
 
-    def _assign(self, view: ExperimentView, unit_id: str, *, any_design: bool = False
+    def _assign(self, view: ExperimentView, unit_id: str,
+                context: dict[str, Any] | None = None, *, any_design: bool = False
                 ) -> Assignment:
         if view.status == ExperimentStatus.DRAFT:
             raise Conflict(
@@ -211,7 +216,7 @@ class Assigner:
             sticky = self._sticky.setdefault(view.id, {})
             remembered = sticky.get(unit_id)
             if remembered is None:
-                arm, p = view.pick(unit_hash(view.salt, unit_id))
+                arm, p = view.pick(unit_hash(view.salt, unit_id), context)
                 remembered = sticky.setdefault(unit_id, (arm, p))  # first writer wins
                 if remembered == (arm, p):
                     self._writes.put(
@@ -229,7 +234,7 @@ class Assigner:
         else:
             with self._rng_lock:
                 u = float(self._rng.random())
-            arm, p = view.pick(u)
+            arm, p = view.pick(u, context)
         return Assignment(
             impression_id=self._new_id(view.key),
             experiment_key=view.key,

@@ -2,7 +2,8 @@
 from the experiment and its latest allocation snapshot by :func:`build_view`), the
 :class:`Assignment` it answers with, and :func:`unit_hash`, the sticky draw of ``unit: user``.
 A ``design: interleaving`` view also holds its ranker-set distribution
-(:class:`~armlab.services.interleave.RankerSets`, from the snapshot's ``stats.sets``).
+(:class:`~armlab.services.interleave.RankerSets`, from the snapshot's ``stats.sets``), a
+running contextual one its allocation (:mod:`armlab.services.contextual_serving`).
 See :mod:`armlab.services.assignment` for the rules they serve.
 """
 
@@ -17,6 +18,7 @@ from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.core.policies.base import CdfSampler
 from armlab.core.serving import fixed_arm, served_weights
 from armlab.core.status import ExperimentStatus
+from armlab.services.contextual_serving import ContextualServing, contextual_serving
 from armlab.services.interleave import RankerSets, ranker_sets
 
 
@@ -63,9 +65,14 @@ class ExperimentView:
     design: str = "ab"  # "ab" or "interleaving"
     #: design interleaving: the ranker-set distribution of the latest snapshot (or uniform).
     ranker_sets: RankerSets | None = None
+    #: a running contextual policy's allocation (:mod:`armlab.services.contextual_serving`)
+    contextual: ContextualServing | None = None
 
-    def pick(self, u: float) -> tuple[str, float]:
-        """Arm whose CDF interval contains u in [0, 1), and its weight."""
+    def pick(self, u: float, context: dict[str, Any] | None = None) -> tuple[str, float]:
+        """Arm whose CDF interval contains u in [0, 1), and its weight: of the context's row
+        for a contextual allocation (P(arm | context)), of the snapshot's weights otherwise."""
+        if self.contextual is not None:
+            return self.contextual.pick(u, context or {})
         i, p = self.sampler.pick(u)
         return self.arm_keys[i], p
 
@@ -111,4 +118,5 @@ def build_view(exp: Experiment, snapshot: AllocationSnapshot | None) -> Experime
         rolled_back=frozenset((exp.rolled_back or {}).keys()),
         design=design,
         ranker_sets=sets,
+        contextual=contextual_serving(exp, snapshot),
     )

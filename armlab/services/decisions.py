@@ -23,7 +23,9 @@ in-design impressions (each metric's ``guardrail_stats`` minus the impressions s
 cutoff); their entries are stored in each treatment arm's decision row (``entry.guardrails``),
 which carries each pair's running p-value to the next look, and the evaluation gets the one
 ``recommendation`` (ship / keep control / continue). With ``unit: user`` the guardrails are
-analysed per impression (not per user). An arm rolled back by a breach keeps the entries of the
+analysed per user too (:mod:`armlab.core.stats.noninferiority_units`: the per-impression rate
+as a ratio over users, with a per-user variance; ``min_samples`` and ``max_n`` count users).
+An arm rolled back by a breach keeps the entries of the
 look that rolled it back (its comparisons are frozen: see :mod:`armlab.core.recommendation`).
 
 None of them commits: the caller's unit of work does. The allocator runs the look on its
@@ -58,6 +60,7 @@ from armlab.core.recommendation import (
     recommend,
 )
 from armlab.core.specs import GuardrailSpec, SequentialSpec
+from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.status import ENDED, ExperimentStatus
 from armlab.errors import Conflict
 from armlab.services.ports import Evidence
@@ -75,9 +78,12 @@ def guardrail_specs(experiment: Experiment) -> list[GuardrailSpec]:
 
 
 def guardrail_analysis_sums(evidence: Evidence, experiment: Experiment, *, now: datetime
-                            ) -> dict[str, dict[str, ArmSums]]:
-    """Matured, in-design per-arm sums of each guardrail metric (metric -> arm -> sums)."""
+                            ) -> dict[str, dict[str, ArmSums]] | dict[str, dict[str, UnitSums]]:
+    """Matured, in-design per-arm sums of each guardrail metric (metric -> arm -> sums); per
+    user for ``unit: user`` (one term per user, as the primary metric)."""
     cutoff = analysis_cutoff(experiment, now)
+    if experiment.unit == "user":
+        return evidence.unit_guardrail_sums(experiment.id, cutoff)
     late = evidence.guardrail_sums_served_after(experiment.id, cutoff)
     return {m: {k: _minus(v, late.get(m, {}).get(k)) for k, v in per_arm.items()}
             for m, per_arm in evidence.guardrail_sums(experiment.id).items()}

@@ -20,6 +20,7 @@ from armlab.core.readings import (
     LoggedRow,
     RewardBucket,
 )
+from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.stats.segments import ContextRow
 
 
@@ -43,6 +44,10 @@ class Evidence(Protocol):
     def guardrail_sums(self, experiment_id: int) -> dict[str, dict[str, ArmSums]]: ...
     def guardrail_sums_served_after(self, experiment_id: int, cutoff: datetime
                                     ) -> dict[str, dict[str, ArmSums]]: ...
+    def unit_guardrail_sums(self, experiment_id: int, cutoff: datetime | None
+                            ) -> dict[str, dict[str, UnitSums]]:
+        """Guardrail sums with one term per unit (``unit: user``): metric -> arm -> sums over
+        the impressions served up to ``cutoff``."""
     def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None: ...
     def latest_decisions(self, experiment_id: int) -> dict[str, Decision]: ...
     def add_decision(self, row: Decision) -> None: ...

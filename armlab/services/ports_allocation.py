@@ -3,17 +3,18 @@
 :class:`AllocationStore` lists the experiments a pass visits and opens one
 :class:`AllocationUnit` per experiment: a unit of work (:class:`~armlab.services.ports.
 UnitOfWorkPort`, one transaction, committed by the allocator) that can also lock the
-experiment's row and read the part of its statistics still inside the attribution window.
+experiment's row and read the part of its statistics still inside the attribution window
+(and, for a contextual policy, the matured impressions with their contexts).
 :class:`armlab.adapters.db.allocation_store.SqlAllocationStore` implements them on the
 database; :mod:`armlab.bootstrap` wires it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from armlab.adapters.db.models import Experiment
 from armlab.services.ports import UnitOfWorkPort
@@ -29,6 +30,10 @@ class AllocationUnit(UnitOfWorkPort, Protocol):
                       ) -> dict[str, tuple[float, float, float]]:
         """Per arm: (count, reward sum, sum of squared rewards) of the impressions served
         after ``cutoff`` (arms without such impressions are absent)."""
+    def matured_contexts(self, experiment_id: int, cutoff: datetime, arms: Sequence[str]
+                         ) -> Iterator[tuple[str, dict[str, Any], float]]:
+        """(arm key, request context, reward) of every impression of ``arms`` served at or
+        before ``cutoff``, streamed (a contextual policy's matured data: one scan per pass)."""
 
 
 @runtime_checkable

@@ -1,8 +1,9 @@
 """A minimal HTTP/1.1 load generator for ``POST /v1/experiments/{key}/assign``.
 
-Run as its own process (``python -m armlab.tools.loadgen BASE KEY TOKEN N CONC MAX_S UNIT``) so
-the client's CPU is not the server's; prints one JSON line with throughput and latency
-percentiles. Used by ``armlab bench assign``.
+Run as its own process (``python -m armlab.tools.loadgen BASE KEY TOKEN N CONC MAX_S UNIT
+[CONTEXTS]``) so the client's CPU is not the server's; prints one JSON line with throughput and
+latency percentiles. ``CONTEXTS``: a JSON file with a list of context objects; request ``i``
+sends ``contexts[i % len]`` as its ``context``. Used by ``armlab bench assign``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,9 +33,11 @@ def _request_head(base: str, key: str, token: str) -> tuple[str, int, bytes]:
 
 
 async def _call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes,
-                uid: str) -> bool:
-    """One request on a keep-alive connection; True when it answered 200 with a propensity."""
-    body = b'{"unit_id":"' + uid.encode() + b'"}'
+                uid: str, context: bytes | None = None) -> bool:
+    """One request on a keep-alive connection; True when it answered 200 with a propensity.
+    ``context``: the serialised context object to send with it."""
+    body = b'{"unit_id":"' + uid.encode() + (
+        b'"}' if context is None else b'","context":' + context + b"}")
     writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
     hdr = await reader.readuntil(b"\r\n\r\n")
     lower = hdr.lower()
@@ -56,6 +60,7 @@ class _Load:
     t_end: float
     lat: list[float] = field(default_factory=list)
     errors: int = 0
+    contexts: list[bytes] = field(default_factory=list)
 
 
 async def _worker(load: _Load, reader: asyncio.StreamReader,
@@ -66,7 +71,8 @@ async def _worker(load: _Load, reader: asyncio.StreamReader,
             return
         uid = f"user{i % 5000}" if load.unit == "user" else f"r{i}"
         t0 = time.perf_counter()
-        ok = await _call(reader, writer, load.head, uid)
+        ctx = load.contexts[i % len(load.contexts)] if load.contexts else None
+        ok = await _call(reader, writer, load.head, uid, ctx)
         load.lat.append(time.perf_counter() - t0)
         if not ok:
             load.errors += 1
@@ -93,7 +99,8 @@ def _report(load: _Load, wall: float, conc: int) -> dict[str, Any]:
 
 
 async def drive(
-    base: str, key: str, token: str, total: int, conc: int, max_s: float, unit: str
+    base: str, key: str, token: str, total: int, conc: int, max_s: float, unit: str,
+    contexts: list[bytes] | None = None,
 ) -> dict[str, Any]:
     """Drive the endpoint from ``conc`` keep-alive connections with a minimal HTTP/1.1 client.
 
@@ -106,7 +113,8 @@ async def drive(
     conns = [await asyncio.open_connection(host, port) for _ in range(conc)]
     for r, w in conns:  # warm-up: connections open, experiment cached
         await _call(r, w, head, "warm")
-    load = _Load(head, unit, iter(range(total)), time.perf_counter() + max_s)
+    load = _Load(head, unit, iter(range(total)), time.perf_counter() + max_s,
+                 contexts=list(contexts or ()))
     t0 = time.perf_counter()
     await asyncio.gather(*(_worker(load, r, w) for r, w in conns))
     wall = time.perf_counter() - t0
@@ -117,10 +125,12 @@ async def drive(
 
 if __name__ == "__main__":  # the load process
     b, k, tok, n, c, m, u = sys.argv[1:8]
+    ctxs = ([json.dumps(x, separators=(",", ":")).encode()
+             for x in json.loads(Path(sys.argv[8]).read_text())] if len(sys.argv) > 8 else None)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    print(json.dumps(asyncio.run(drive(b, k, tok, int(n), int(c), float(m), u))))
+    print(json.dumps(asyncio.run(drive(b, k, tok, int(n), int(c), float(m), u, ctxs))))

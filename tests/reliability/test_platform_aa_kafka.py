@@ -49,8 +49,10 @@ def _spec(key: str, boundary: str) -> ExperimentSpec:
     return experiment_spec(
         key, unit="request", exploration_floor=0.1, attribution_window_s=WINDOW_S,
         policy={"name": "thompson"}, salt=key,
-        sequential={"min_samples": 100, "auto_stop": True, "boundary": boundary,
-                    "max_n": 2 * ROUNDS * PER_ROUND})
+        # min_events 10: at a 1% click rate the arm Thompson starves reaches the look gate
+        # (and the frozen plan) within the run
+        sequential={"min_samples": 100, "min_events": 10, "auto_stop": True,
+                    "boundary": boundary, "max_n": 2 * ROUNDS * PER_ROUND})
 
 
 def test_aa_on_kafka_and_postgres_runs_the_decision_path_without_false_winners(
@@ -126,11 +128,13 @@ def test_aa_on_kafka_and_postgres_runs_the_decision_path_without_false_winners(
                 rows = list(uow.session.scalars(
                     select(Decision).where(Decision.experiment_id == exp.id)
                     .order_by(Decision.id)))
-                # the decision path ran on the real data: looks recorded, one per pass with
-                # new data, evidence carried from look to look under the registered boundary
+                # the decision path ran on the real data: a row per pass with new data, the
+                # evidence carried from look to look under the registered boundary; looks are
+                # counted from the look gate on (min_events clicks per arm, about half-way at
+                # a 1% click rate), where the test's plan (tau², horizon) is frozen
                 assert len(rows) >= ROUNDS - 1, (k, len(rows))
                 looks = [int(d.evidence["looks"]) for d in rows]
-                assert looks == sorted(looks) and looks[-1] >= ROUNDS - 1, (k, looks)
+                assert looks == sorted(looks) and looks[-1] >= 3, (k, looks)
                 assert all(d.evidence["boundary"] == b for d in rows)
                 informed += any(d.evidence["valid"] for d in rows)
                 ps = [float(d.p_value) for d in rows if d.p_value is not None]

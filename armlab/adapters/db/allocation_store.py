@@ -9,12 +9,14 @@ index of ``impressions``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from armlab.adapters.db.contextual_queries import matured_contexts
 from armlab.adapters.db.models import Experiment, Impression
 from armlab.adapters.db.repositories import lock_experiment
 from armlab.adapters.db.uow import UnitOfWork
@@ -50,6 +52,12 @@ class AllocationUnitOfWork(UnitOfWork):
             .group_by(Impression.arm_key)
         )
         return {row.arm_key: (float(row.n), float(row.s), float(row.q)) for row in rows}
+
+    def matured_contexts(self, experiment_id: int, cutoff: datetime, arms: Sequence[str]
+                         ) -> Iterator[tuple[str, dict[str, Any], float]]:
+        """(arm key, context, reward) of the impressions of ``arms`` served at or before
+        ``cutoff`` (:mod:`armlab.adapters.db.contextual_queries`)."""
+        return matured_contexts(self.session, experiment_id, cutoff, arms)
 
 
 class SqlAllocationStore:

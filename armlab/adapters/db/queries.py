@@ -8,6 +8,8 @@
   unit's rewards added up, over the impressions served up to a time;
 * :func:`guardrail_sums` / :func:`guardrail_sums_served_after`: the same per arm and
   guardrail metric, from ``guardrail_stats`` and from the impressions' ``guardrail_values``;
+* :func:`unit_guardrail_sums`: the guardrail sums with one term per unit (``unit: user``), from
+  the impressions' ``guardrail_values``, over the impressions served up to a time;
 * :func:`latest_snapshot`: an experiment's newest allocation snapshot;
 * :func:`latest_decisions`: the newest sequential decision row of each arm.
 """
@@ -28,6 +30,7 @@ from armlab.adapters.db.models import (
     Impression,
 )
 from armlab.core.evidence import FIELDS, ArmSums
+from armlab.core.stats.noninferiority_units import UnitSums
 
 
 def arm_totals(
@@ -122,6 +125,36 @@ def guardrail_sums_served_after(
             s.add_impression(float(p))
             s.add_reward_change(0.0, float(y), float(p))
             s.feedback_n += float(count)
+    return out
+
+
+def unit_guardrail_sums(
+    session: Session, experiment_id: int, cutoff: datetime | None
+) -> dict[str, dict[str, UnitSums]]:
+    """metric -> arm -> :class:`UnitSums`: per unit (and metric) its impressions carrying the
+    metric, their values' sum and sum of squares and events, and its sticky propensity (the
+    maximum logged, as :func:`unit_sums`), over the impressions served up to ``cutoff`` (all
+    when None). The JSON is read in Python (one portable query; a scan of the experiment's
+    impressions with guardrail values, like :func:`unit_sums`)."""
+    i = Impression
+    q = select(i.arm_key, i.unit_id, i.propensity, i.guardrail_values).where(
+        i.experiment_id == experiment_id, i.guardrail_values.is_not(None))
+    if cutoff is not None:
+        q = q.where(i.served_at <= cutoff)
+    # (metric, arm, unit) -> [impressions, sum y, sum y², events, propensity]
+    acc: dict[tuple[str, str, str], list[float]] = {}
+    for arm, unit, p, values in session.execute(q):
+        for metric, (y, count) in (values or {}).items():
+            a = acc.setdefault((str(metric), str(arm), str(unit)), [0.0, 0.0, 0.0, 0.0, 0.0])
+            y = float(y)
+            a[0] += 1.0
+            a[1] += y
+            a[2] += y * y
+            a[3] += float(count)
+            a[4] = max(a[4], float(p))
+    out: dict[str, dict[str, UnitSums]] = {}
+    for (metric, arm, _), (n, y, ysq, events, p) in acc.items():
+        out.setdefault(metric, {}).setdefault(arm, UnitSums()).add_unit(n, y, ysq, events, p)
     return out
 
 

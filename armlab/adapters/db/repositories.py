@@ -24,10 +24,12 @@ from armlab.adapters.db.queries import (
     latest_decisions,
     latest_snapshot,
     sums_served_after,
+    unit_guardrail_sums,
     unit_sums,
 )
 from armlab.adapters.db.segment_queries import logged_contexts
 from armlab.core.evidence import ArmSums
+from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.stats.segments import ContextRow
 from armlab.errors import ExperimentExists
 
@@ -123,6 +125,10 @@ class SqlEvidence:
     def guardrail_sums_served_after(self, experiment_id: int, cutoff: datetime
                                     ) -> dict[str, dict[str, ArmSums]]:
         return guardrail_sums_served_after(self.session, experiment_id, cutoff)
+
+    def unit_guardrail_sums(self, experiment_id: int, cutoff: datetime | None
+                            ) -> dict[str, dict[str, UnitSums]]:
+        return unit_guardrail_sums(self.session, experiment_id, cutoff)
 
     def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None:
         return latest_snapshot(self.session, experiment_id)

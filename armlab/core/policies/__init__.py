@@ -21,6 +21,11 @@ from armlab.core.policies.base import (
     select,
     select_many,
 )
+from armlab.core.policies.contextual import (
+    SegmentThompson,
+    SegmentThompsonParams,
+    SegmentThompsonSettings,
+)
 from armlab.core.policies.greedy import (
     EpsilonGreedy,
     EpsilonGreedyParams,
@@ -28,6 +33,11 @@ from armlab.core.policies.greedy import (
     Uniform,
     UniformParams,
     UniformSettings,
+)
+from armlab.core.policies.linear_thompson import (
+    LinearThompson,
+    LinearThompsonParams,
+    LinearThompsonSettings,
 )
 from armlab.core.policies.thompson import (
     ThompsonParams,
@@ -44,10 +54,17 @@ POLICY_PARAMS: dict[str, type[PolicyModel]] = {
     "top_two_thompson": TopTwoThompsonParams,
     "epsilon_greedy": EpsilonGreedyParams,
     "uniform": UniformParams,
+    "segment_thompson": SegmentThompsonParams,
+    "linear_thompson": LinearThompsonParams,
 }
 POLICY_NAMES = tuple(POLICY_PARAMS)
+#: Policies that allocate per request context (``policy.params.features``): the allocator
+#: builds them with :func:`make_contextual_policy`, not :func:`make_policy`.
+CONTEXTUAL_POLICY_NAMES = ("segment_thompson", "linear_thompson")
+ContextualPolicy = SegmentThompson | LinearThompson
 
 __all__ = [
+    "CONTEXTUAL_POLICY_NAMES",
     "POLICY_NAMES",
     "POLICY_PARAMS",
     "POLICY_VERSION",
@@ -68,7 +85,9 @@ __all__ = [
     "UniformParams",
     "UniformSettings",
     "apply_floor",
+    "ContextualPolicy",
     "check_params",
+    "make_contextual_policy",
     "make_policy",
     "select",
     "select_many",
@@ -103,6 +122,8 @@ def make_policy(
     """
     params = dict(params or {})
     check_params(name, params)
+    if name in CONTEXTUAL_POLICY_NAMES:
+        raise PolicyError(f"{name} allocates per context: build it with make_contextual_policy")
     common: dict[str, Any] = {"floor": float(floor), "burn_in": burn_in}
     if name in ("thompson", "top_two_thompson"):
         top_two = name == "top_two_thompson"
@@ -113,3 +134,27 @@ def make_policy(
     if name == "epsilon_greedy":
         return EpsilonGreedy(EpsilonGreedySettings(**params, **common))
     return Uniform(UniformSettings(**params, **common))
+
+
+def make_contextual_policy(
+    name: str,
+    params: dict[str, Any] | None = None,
+    *,
+    reward_kind: str = "binary",
+    floor: float = 0.0,
+    burn_in: int = 0,
+) -> ContextualPolicy:
+    """Build ``segment_thompson`` or ``linear_thompson`` from an experiment's policy fields;
+    ``floor`` and ``burn_in`` apply per context (per segment, or to every context of the
+    linear policy). ``segment_thompson`` needs binary rewards."""
+    params = dict(params or {})
+    check_params(name, params)
+    common: dict[str, Any] = {"floor": float(floor), "burn_in": burn_in}
+    if name == "segment_thompson":
+        if reward_kind != "binary":
+            raise PolicyError("segment_thompson needs binary rewards (reward.kind: binary)")
+        return SegmentThompson(SegmentThompsonSettings(**params, **common))
+    if name == "linear_thompson":
+        return LinearThompson(LinearThompsonSettings(**params, **common))
+    raise PolicyError(f"{name!r} is not a contextual policy; contextual: "
+                      f"{', '.join(CONTEXTUAL_POLICY_NAMES)}")

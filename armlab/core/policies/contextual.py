@@ -69,7 +69,7 @@ SOURCES = ("burn_in", "pooled", "segment")
 
 
 class SegmentThompsonParams(ContextParams):
-    """The registrable parameters of ``segment_thompson`` (not registered yet).
+    """The parameters of ``segment_thompson`` (``policy.params``, registered in ``POLICY_PARAMS``).
 
     features: categorical features that define the segments; prior_alpha, prior_beta: Beta
     prior; min_segment_n: matured observations a segment needs before it leaves the pooled

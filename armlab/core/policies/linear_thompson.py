@@ -55,7 +55,7 @@ CACHE_SIZE = 4096
 
 
 class LinearThompsonParams(ContextParams):
-    """The registrable parameters of ``linear_thompson`` (not registered yet).
+    """The parameters of ``linear_thompson`` (``policy.params``, registered in ``POLICY_PARAMS``).
 
     features: numeric and categorical (one-hot) features; ridge: lambda, the prior precision
     in units of the noise (prior theta ~ N(0, noise_sd^2 / ridge I)); onehot_ridge: the prior

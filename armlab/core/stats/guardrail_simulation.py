@@ -27,6 +27,12 @@ exactly the breach it would cause, and the breach time tau tells what a rollback
 changed: with rollback at tau every later impression goes to the control, so (in
 expectation) the treatment serves only its impressions before tau. The no-guardrail run is
 the same simulation without a rollback: a same-run baseline with common random numbers.
+
+``unit="user"`` (:mod:`armlab.core.stats.guardrail_simulation_users`): ``horizon`` and
+``look_every`` count sticky users, each with ``min_per_user``..``max_per_user`` impressions
+and a user-level skip rate with intra-class correlation ``icc``; a third analysis, ``user``,
+runs the per-user guardrail test (the platform's analysis for ``unit: user``) next to the
+per-impression ones, which then treat correlated impressions as independent.
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ import numpy as np
 import numpy.typing as npt
 
 from armlab.core.stats.adaptive import planned_variance
+from armlab.core.stats.guardrail_simulation_users import (
+    UserSums,
+    _Sums,
+    serve_user_batch,
+    user_look,
+)
 from armlab.core.stats.noninferiority import (
     HARMS,
     Harm,
@@ -54,6 +66,7 @@ from armlab.errors import StatsError
 
 FloatArray = npt.NDArray[np.float64]
 Metric = Literal["skip", "click"]
+Unit = Literal["request", "user"]
 
 
 @dataclass(frozen=True)
@@ -76,8 +89,13 @@ class GuardrailSimConfig:
     min_events: int = 30
     reps: int = 1000
     seed: int = 0
+    unit: Unit = "request"
+    icc: float = 0.0
+    min_per_user: int = 10
+    max_per_user: int = 40
 
     def __post_init__(self) -> None:
+        self._check_unit()
         for name in ("click_a", "click_b", "skip_a", "skip_b"):
             v = getattr(self, name)
             if not (0.0 <= v < 1.0):
@@ -99,6 +117,28 @@ class GuardrailSimConfig:
         if self.reps < 1:
             raise StatsError(f"reps must be >= 1, got {self.reps!r}")
 
+    def _check_unit(self) -> None:
+        if self.unit not in ("request", "user"):
+            raise StatsError(f"unit must be request or user, got {self.unit!r}")
+        if not (0.0 <= self.icc < 1.0):
+            raise StatsError(f"icc must lie in [0, 1), got {self.icc!r}")
+        if not (1 <= self.min_per_user <= self.max_per_user):
+            raise StatsError("need 1 <= min_per_user <= max_per_user")
+        if self.unit == "user" and self.metric != "skip":
+            raise StatsError("unit user simulates the skip metric only")
+
+    @property
+    def horizon_impressions(self) -> float:
+        """The planned impressions (the per-impression tests' tau² plan): ``horizon``, or for
+        ``unit="user"`` its users times their mean impressions."""
+        if self.unit == "user":
+            return self.horizon * (self.min_per_user + self.max_per_user) / 2.0
+        return float(self.horizon)
+
+    @property
+    def analyses(self) -> tuple[str, ...]:
+        return ("ipw", "plain", "user") if self.unit == "user" else ("ipw", "plain")
+
     @property
     def guard_rates(self) -> tuple[float, float]:
         return ((self.skip_a, self.skip_b) if self.metric == "skip"
@@ -110,25 +150,6 @@ class GuardrailSimConfig:
         s, g, m = contrast(self.harm, self.margin, self.relative)
         mu_a, mu_b = self.guard_rates
         return s * (mu_b - g * mu_a) - m
-
-
-@dataclass
-class _Sums:
-    """Per arm (rows 0 = control, 1 = treatment; shape (2, reps)): impressions, clicks and the
-    metric's sums y, 1/p, y/p, y/p², 1/p² (y² = y: a 0/1 metric)."""
-
-    n: FloatArray
-    clicks: FloatArray
-    ys: FloatArray
-    inv: FloatArray
-    ys_p: FloatArray
-    ys_p2: FloatArray
-    inv2: FloatArray
-
-    @classmethod
-    def fresh(cls, reps: int) -> _Sums:
-        n, clicks, ys, inv, ys_p, ys_p2, inv2 = (np.zeros((2, reps)) for _ in range(7))
-        return cls(n, clicks, ys, inv, ys_p, ys_p2, inv2)
 
 
 def _serve_batch(cfg: GuardrailSimConfig, rng: np.random.Generator, sums: _Sums) -> None:
@@ -163,7 +184,7 @@ def _first_breach(out: dict[str, FloatArray], name: str, hit: npt.NDArray[np.boo
     out[f"{name}_breach"] = np.where(hit, 1.0, out[f"{name}_breach"])
 
 
-def _ipw_look(cfg: GuardrailSimConfig, sums: _Sums, t: float, gate: npt.NDArray[np.bool_],
+def _ipw_look(cfg: GuardrailSimConfig, sums: _Sums, t: FloatArray, gate: npt.NDArray[np.bool_],
               pooled: FloatArray, nn: FloatArray) -> npt.NDArray[np.bool_]:
     """The platform's test at this look: which replications cross the boundary."""
     s, g, m = contrast(cfg.harm, cfg.margin, cfg.relative)
@@ -172,7 +193,7 @@ def _ipw_look(cfg: GuardrailSimConfig, sums: _Sums, t: float, gate: npt.NDArray[
     est, sigma2, _ = excess_kernel(tt, nn[0], ys[0], ys[0], inv[0], ys_p[0], ys_p2[0],
                                    inv2[0], nn[1], ys[1], ys[1], inv[1], ys_p[1],
                                    ys_p2[1], inv2[1], sign=s, scale=g, binary=True)
-    tau2 = planned_tau2(pooled, float(cfg.horizon), n_arms=2, floor=cfg.floor,
+    tau2 = planned_tau2(pooled, cfg.horizon_impressions, n_arms=2, floor=cfg.floor,
                         alpha=cfg.alpha)
     var = sigma2 / t
     ok = gate & (var > 0) & (tau2 > 0)
@@ -200,41 +221,48 @@ def _plain_look(cfg: GuardrailSimConfig, sums: _Sums, gate: npt.NDArray[np.bool_
 
 
 def simulate_guardrail(cfg: GuardrailSimConfig) -> dict[str, FloatArray]:
-    """Run one cell; per-replication arrays (shape (reps,)):
+    """Run one cell; per-replication arrays (shape (reps,)), for each analysis x of
+    ``cfg.analyses`` (``ipw``, ``plain``, and ``user`` for ``unit="user"``):
 
-    ``ipw_breach`` / ``plain_breach`` (0/1), ``ipw_t`` / ``plain_t`` (impressions over both
-    arms at the first breach, ``horizon`` when none), ``ipw_nb`` / ``plain_nb`` (treatment
-    impressions served before that breach), ``nb_total`` (treatment impressions over the
-    horizon without a guardrail).
+    ``x_breach`` (0/1), ``x_t`` (impressions, or users for ``unit="user"``, over both arms at
+    the first breach, ``horizon`` when none), ``x_nb`` (treatment impressions served before
+    that breach), ``nb_total`` (treatment impressions over the horizon without a guardrail),
+    ``n_all`` (impressions over both arms).
     """
     rng = np.random.default_rng(cfg.seed)
     reps, batch = cfg.reps, cfg.look_every
-    plain_v = planned_variance(1.0, float(cfg.horizon), 2, method="plain", floor=0.0)
+    plain_v = planned_variance(1.0, cfg.horizon_impressions, 2, method="plain", floor=0.0)
     plain_factor = plain_v * tau2_factor(cfg.alpha)
     sums = _Sums.fresh(reps)
+    users = UserSums.fresh(reps) if cfg.unit == "user" else None
     n, ys = sums.n, sums.ys
-    out = {k: np.zeros(reps) for k in ("ipw_breach", "plain_breach", "ipw_nb", "plain_nb")}
-    out["ipw_t"] = np.full(reps, float(cfg.horizon))
-    out["plain_t"] = np.full(reps, float(cfg.horizon))
+    out = {f"{a}_{k}": np.zeros(reps) for a in cfg.analyses for k in ("breach", "nb")}
+    out.update({f"{a}_t": np.full(reps, float(cfg.horizon)) for a in cfg.analyses})
     for look in range(cfg.horizon // batch):
-        _serve_batch(cfg, rng, sums)
+        if users is None:
+            _serve_batch(cfg, rng, sums)
+        else:
+            serve_user_batch(cfg, rng, sums, users)
         t = float((look + 1) * batch)
         events = np.minimum(ys, n - ys)
-        gate = ((np.minimum(n[0], n[1]) >= max(cfg.min_samples, 1))
-                & (np.minimum(events[0], events[1]) >= cfg.min_events))
+        events_gate = np.minimum(events[0], events[1]) >= cfg.min_events
+        gate = (np.minimum(n[0], n[1]) >= max(cfg.min_samples, 1)) & events_gate
         if not gate.any():
             continue
         pooled = pooled_variance(n[0] + n[1], ys[0] + ys[1], ys[0] + ys[1], binary=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             nn = np.maximum(n, 1.0)
-            hit = _ipw_look(cfg, sums, t, gate, pooled, nn) & (out["ipw_breach"] == 0)
-            _first_breach(out, "ipw", hit, t, n[1])
-            hitp = (_plain_look(cfg, sums, gate, pooled, nn, plain_factor)
-                    & (out["plain_breach"] == 0))
-            _first_breach(out, "plain", hitp, t, n[1])
+            hits = {"ipw": _ipw_look(cfg, sums, nn[0] + nn[1], gate, pooled, nn),
+                    "plain": _plain_look(cfg, sums, gate, pooled, nn, plain_factor)}
+            if users is not None:
+                hits["user"] = user_look(cfg, users, n, ys, events_gate)
+        for name, hit in hits.items():
+            _first_breach(out, name, hit & (out[f"{name}_breach"] == 0), t, n[1])
     out["nb_total"] = n[1].copy()
-    out["ipw_nb"] = np.where(out["ipw_breach"] > 0, out["ipw_nb"], out["nb_total"])
-    out["plain_nb"] = np.where(out["plain_breach"] > 0, out["plain_nb"], out["nb_total"])
+    out["n_all"] = n[0] + n[1]
+    for name in cfg.analyses:
+        out[f"{name}_nb"] = np.where(out[f"{name}_breach"] > 0, out[f"{name}_nb"],
+                                     out["nb_total"])
     return out
 
 
@@ -264,7 +292,7 @@ def summarise(cfg: GuardrailSimConfig, out: dict[str, FloatArray]) -> dict[str, 
     harm_per = s * (mu_b - mu_a)
     click_per = cfg.click_b - cfg.click_a
     res: dict[str, object] = {"reps": reps, "true_excess": cfg.true_excess}
-    for name in ("ipw", "plain"):
+    for name in cfg.analyses:
         br = out[f"{name}_breach"]
         times = out[f"{name}_t"][br > 0]
         res[name] = {
@@ -275,7 +303,8 @@ def summarise(cfg: GuardrailSimConfig, out: dict[str, FloatArray]) -> dict[str, 
             "click_gain": float((out[f"{name}_nb"] * click_per).mean()),
         }
     res["no_guardrail"] = {
-        "treatment_share": float(out["nb_total"].mean() / cfg.horizon),
+        "treatment_share": float(out["nb_total"].mean() / (
+            float(out["n_all"].mean()) if cfg.unit == "user" else cfg.horizon)),
         "extra_harm": float((out["nb_total"] * harm_per).mean()),
         "click_gain": float((out["nb_total"] * click_per).mean()),
     }

@@ -152,16 +152,22 @@ def bench_guardrails(
     reps: int = typer.Option(4000, "--reps", min=2, help="Replications per cell."),
     seed: int = typer.Option(2026, "--seed"),
     workers: int = typer.Option(2, "--workers", min=1, help="Worker processes."),
-    horizon: int = typer.Option(20_000, "--horizon", min=100,
-                                help="Impressions per simulated experiment."),
-    look_every: int = typer.Option(20, "--look-every", min=1,
-                                   help="Impressions between looks (and weight updates)."),
+    horizon: int = typer.Option(0, "--horizon", min=0,
+                                help="Impressions (users for --unit user) per simulated "
+                                "experiment; 0: 20,000 impressions or 2,000 users."),
+    look_every: int = typer.Option(0, "--look-every", min=0,
+                                   help="Impressions (users) between looks and weight "
+                                   "updates; 0: 20 impressions or 50 users."),
     floor: float = typer.Option(0.1, "--floor", min=0.001, max=0.49,
                                 help="Thompson exploration floor."),
     alpha: float = typer.Option(0.05, "--alpha", min=1e-6, max=0.5,
                                 help="The guardrail's per-arm alpha."),
     quick: bool = typer.Option(False, "--quick", help="Tiny run for tests."),
     as_json: bool = typer.Option(False, "--json", help="Compact JSON."),
+    unit: str = typer.Option(
+        "request", "--unit", help="request: the per-impression grid; user: sticky users with "
+        "correlated impressions, per-user analysis beside per-impression (horizon and looks "
+        "in users)."),
 ) -> None:
     """Guardrail test under Thompson allocation and continuous looks: false rollbacks
     with no harm (vs plain mSPRT), detection and time to rollback of a harmful arm, and
@@ -171,8 +177,10 @@ def bench_guardrails(
     from armlab.tools.bench.guardrails import run_guardrail_bench
 
     result = run_guardrail_bench(
-        reps=reps, seed=seed, workers=workers, quick=quick, horizon=horizon,
-        look_every=look_every, floor=floor, alpha=alpha,
+        reps=reps, seed=seed, workers=workers, quick=quick,
+        horizon=horizon or (2000 if unit == "user" else 20_000),
+        look_every=look_every or (50 if unit == "user" else 20), floor=floor, alpha=alpha,
+        unit=unit,
         progress=None if quick else lambda m: print(m, file=sys.stderr, flush=True))
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
@@ -187,8 +195,19 @@ def bench_assign(
         False, "--under-attack",
         help="Measure the throughput quiet and while a thread fires wrong tokens from "
         "127.0.0.2 at the same server (and at one with the auth throttle off)."),
+    contextual: bool = typer.Option(
+        False, "--contextual",
+        help="A contextual /assign (segment_thompson, linear_thompson) beside the "
+        "non-contextual fast path on the same server, in one run, with their ratios."),
 ) -> None:
     """Load-test POST /v1/experiments/{key}/assign from a separate process on loopback."""
+    if contextual:
+        from armlab.tools.bench.assign_contextual import run_contextual_assign_bench
+
+        typer.echo(json.dumps(run_contextual_assign_bench(
+            requests=requests, concurrency=concurrency, max_seconds=duration),
+            indent=None if as_json else 2))
+        return
     if under_attack:
         from armlab.tools.bench.assign_attack import run_assign_attack_bench
 

@@ -44,6 +44,13 @@ def demo_cmd(
         0.5, min=0.05, max=0.95, help="Share of the replayed requests stage 1 may use."),
     stage1_budget_s: float = typer.Option(
         200.0, min=5, help="Stage 1's share of --time-budget-s (seconds)."),
+    contextual: bool = typer.Option(
+        False, "--contextual", help="Stage 2 allocates per segment of the user's history "
+        "length (segment_thompson) and says whether serving by segment pays, with its "
+        "interval."),
+    rankers_per_request: int = typer.Option(
+        2, min=0, help="Stage 1: rankers merged into each list, chosen per request by the "
+        "dueling bandit (0 = every ranker in every list)."),
 ) -> None:
     """MovieLens-100k end to end, in two stages: interleave the language-model rankers, then
     A/B-test the preferred one against popularity with the user as the unit."""
@@ -56,7 +63,8 @@ def demo_cmd(
                      cadence=cadence, k=k, concurrency=concurrency, include_lm=full,
                      tiny=tiny, seed=seed, threads=threads,
                      report_dir=report_dir, key=key or None, stages=stages,
-                     stage1_share=stage1_share, stage1_budget_s=stage1_budget_s)
+                     stage1_share=stage1_share, stage1_budget_s=stage1_budget_s,
+                     rankers_per_request=rankers_per_request or None, contextual=contextual)
     result = run_demo(cfg)
     if serve:
         serve_demo(stack, result.key, host=host, port=port)

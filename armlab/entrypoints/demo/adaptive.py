@@ -46,6 +46,10 @@ from armlab.adapters.scoring.tiny import make_tiny_model
 from armlab.core.clock import utcnow
 from armlab.core.status import ExperimentStatus
 from armlab.entrypoints.demo.common import check as _check
+from armlab.entrypoints.demo.experiment import (
+    experiment_spec,
+    history_level,
+)
 from armlab.entrypoints.demo.interleaved import StageOne
 from armlab.entrypoints.demo.summary import choose_winner
 from armlab.entrypoints.report import write_report
@@ -95,6 +99,10 @@ class DemoConfig:
     stages: str = "both"  # both | interleave (stage 1 only) | ab (stage 2 only, every arm)
     stage1_share: float = 0.5  # the share of the replayed requests stage 1 may use
     stage1_budget_s: float = 200.0  # stage 1's share of time_budget_s
+    # rankers merged per stage-1 list (the dueling bandit picks them); None or >= the arms:
+    # every ranker in every list
+    rankers_per_request: int | None = 2
+    contextual: bool = False  # stage 2 allocates per history segment (segment_thompson)
     settings: Any = None  # tests pass ready Settings
     tiny_dir: Path | None = None
 
@@ -123,45 +131,6 @@ class DemoResult:
 
 
 # --- the experiment -------------------------------------------------------------------------
-
-
-def experiment_spec(key: str, cfg: DemoConfig, arms: list[dict[str, Any]],
-                    n_users: int) -> dict[str, Any]:
-    """The A/B experiment (stage 2); ``n_users``: the horizon, in users (the unit)."""
-    return {
-        "key": key,
-        "name": "MovieLens-100k stage 2: the preferred ranker vs popularity (A/B, per user)",
-        "description": (
-            "armlab demo: users replayed in time order; a click is a top-"
-            f"{cfg.k} list containing a movie the user rated >= 4 within "
-            f"{cfg.window_s // 3600} h after the request."
-        ),
-        # One user's requests share their history and tastes: the user is the unit of
-        # analysis (sticky arm per user, the test counts users), never the request.
-        "unit": "user",
-        "reward": {"kind": "binary", "metric": "click"},
-        "policy": {"name": "thompson", "params": {}},
-        "exploration_floor": cfg.exploration_floor,
-        "burn_in": max(20, cfg.cadence // 2),
-        # Rewards are known at request time here, so feedback lands within milliseconds;
-        # a 1 s window keeps the allocator's "matured" view almost current.
-        "attribution_window_s": 1,
-        # The demo knows its budget, so it registers the horizon boundary (most of alpha on a
-        # flat boundary up to the planned information at max_n; still valid beyond it).
-        "sequential": {"alpha": 0.05, "auto_stop": True, "min_samples": 50,
-                       "max_n": n_users, "correction": "holm", "boundary": "horizon"},
-        "arms": arms,
-        # The guardrail: the share of recommended lists holding a movie the user later rated
-        # 1-2 must not rise by more than 2 points over the control's.
-        "guardrails": [DEMO_GUARDRAIL],
-    }
-
-
-#: The replay sends a ``rating`` feedback (its value: the rating, 1 or 2) only when the list
-#: holds a movie the user later rated 1-2, so "any rating feedback" is "a low-rated movie".
-DEMO_GUARDRAIL: dict[str, Any] = {
-    "key": "low_rated", "source": {"feedback": "rating"}, "aggregate": "any",
-    "harm": "increase", "margin": {"absolute": 0.02}, "alpha": 0.05, "on_breach": "rollback"}
 
 
 def _tiny_models(base: Path) -> dict[str, str]:
@@ -292,6 +261,10 @@ class _DemoRun:
                               for a in res.get("arms", [])})
         state.status, state.seq = str(res.get("status")), res.get("sequential")
 
+    def context(self, req: DemoRequest) -> dict[str, Any]:
+        """The request's context: its MovieLens time and the user's history segment."""
+        return {"movielens_time": req.t, "history": history_level(len(req.seen))}
+
     def serve(self, client: Any, req: DemoRequest, key: str | None = None
               ) -> tuple[dict[str, Any], float]:
         """One ``/recommend`` call for a replayed request; (answer, seconds)."""
@@ -302,7 +275,7 @@ class _DemoRun:
             "k": self.cfg.k,
             "exclude_history": True,
             "exclude": sorted(req.seen),
-            "context": {"movielens_time": req.t},
+            "context": self.context(req),
         }
         t_req = time.perf_counter()
         out = _check(client.post(f"/v1/experiments/{key or self.key}/recommend", json=body),
@@ -318,7 +291,7 @@ class _DemoRun:
         producer.send_impression(
             experiment_key=key, arm_key=arm, unit_id=f"user-{req.user}",
             propensity=float(out["propensity"]), impression_id=out["impression_id"],
-            served_at=served_at, items=rec, context={"movielens_time": req.t, "user": req.user},
+            served_at=served_at, items=rec, context={**self.context(req), "user": req.user},
         )
         click = not req.positives.isdisjoint(rec)
         low = [req.disliked[i] for i in rec if i in req.disliked]
@@ -386,9 +359,10 @@ class _DemoRun:
                               for a in final.get("arms", [])})
         return shipped, why
 
-    def report(self) -> Path | None:
+    def report(self, key: str | None = None) -> Path | None:
         try:
-            return write_report(self.services.reports.collect(self.key), self.cfg.report_dir)
+            return write_report(self.services.reports.collect(key or self.key),
+                                self.cfg.report_dir)
         except ArmlabError as exc:
             self.console.print(f"[red]report failed:[/] {exc.message}")
             return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -50,6 +51,7 @@ class StageOne:
     decided: bool = False
     why: str = ""
     seconds: float = 0.0
+    report_path: Path | None = None
 
 
 def stage_one_spec(key: str, arms: list[dict[str, Any]], *, k: int, n_users: int,

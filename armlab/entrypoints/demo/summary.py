@@ -47,9 +47,10 @@ def print_summary(console: Any, r: Any, *, control: str, why: str) -> None:
     by_arm = {a.arm: a for a in Evaluation.from_dict(r.sequential or {}).arms}
     t = Table(title=f"Stage 2 ({r.key}, unit user): {r.requests:,} requests, stopped "
                     f"because {r.stop_reason}")
-    for col in ("arm", "requests", "clicks", "click rate", "final weight", "vs control",
+    vs_col = "clicks per user vs control"  # the unit is the user: per-user totals compared
+    for col in ("arm", "requests", "clicks", "click rate", "final weight", vs_col,
                 "decision", "always-valid p"):
-        t.add_column(col, justify="left" if col in ("arm", "decision", "vs control") else "right")
+        t.add_column(col, justify="left" if col in ("arm", "decision", vs_col) else "right")
     for arm, tal in r.tallies.items():
         d = by_arm.get(arm)
         est, lo, hi = (None, None, None) if d is None else (d.estimate, d.ci_low, d.ci_high)

@@ -74,7 +74,7 @@ def _stage_one(run: _DemoRun, client: Any, runner: Any, requests: list[DemoReque
     cfg = run.cfg
     key = run.key[:57] + "-stage1"
     stage = InterleavingStage(run, requests, key=key, budget_s=cfg.stage1_budget_s,
-                              rankers_per_request=3 if len(run.arms) > 3 else None)
+                              rankers_per_request=cfg.rankers_per_request)
     stage.register(client)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=run.console, transient=False) as bar, \
@@ -82,6 +82,12 @@ def _stage_one(run: _DemoRun, client: Any, runner: Any, requests: list[DemoReque
         found = stage.replay(client, runner, pool_ex, bar)
     run.timings["stage1_s"] = found.seconds
     print_stage_one(run.console, found)
+    found.report_path = run.report(found.key)
+    if found.report_path:
+        run.console.print(f"stage 1 report: [bold]{found.report_path}[/]")
+    # stage 2 continues where stage 1 stopped: the requests stage 1 did not serve are its too
+    run.requests = requests[found.requests:] + run.requests
+    run.n_planned = len(run.requests)
     return found
 
 

@@ -117,12 +117,14 @@ def api_server(url: str, key: str, token: str, fast_path: bool = True,
 
 
 def run_load(base: str, key: str, token: str, requests: int, concurrency: int,
-             max_seconds: float, unit: str) -> dict[str, Any]:
-    """Drive the assign endpoint from a load process (:mod:`armlab.tools.loadgen`)."""
+             max_seconds: float, unit: str, contexts: str | None = None) -> dict[str, Any]:
+    """Drive the assign endpoint from a load process (:mod:`armlab.tools.loadgen`);
+    ``contexts``: a JSON file of request contexts to send (cycled)."""
     load = subprocess.run(
         [
             sys.executable, "-m", "armlab.tools.loadgen", base, key, token,
             str(requests), str(concurrency), str(max_seconds), unit,
+            *([contexts] if contexts else []),
         ],
         capture_output=True,
         text=True,

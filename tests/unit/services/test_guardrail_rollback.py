@@ -5,13 +5,14 @@ forced, and the recommendation never names it. A harmless arm is left alone."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from armlab.adapters.db.engine import make_engine, make_session_factory
-from armlab.adapters.db.models import AllocationSnapshot, ArmStats, GuardrailStats
+from armlab.adapters.db.models import AllocationSnapshot, ArmStats, GuardrailStats, Impression
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.core.evidence import FIELDS, ArmSums
 from armlab.core.specs import ExperimentSpec
@@ -64,7 +65,25 @@ def _setup(sf: Any, *, on_breach: str = "rollback", unit: str = "request",
                            **{f: getattr(clicks, f) for f in FIELDS}))
             s.add(GuardrailStats(experiment_id=exp_id, arm_key=arm, metric="skips",
                                  partition=0, **{f: getattr(_sums(rate), f) for f in FIELDS}))
+            if unit == "user":  # the per-user guardrail analysis reads the impressions
+                s.add_all(_user_impressions(exp_id, arm, rate))
     return exp_id
+
+
+def _user_impressions(exp_id: int, arm: str, rate: float, users: int = 200, per: int = 10
+                      ) -> list[Impression]:
+    """``users`` sticky users of ``arm`` with ``per`` impressions each, the user's skips
+    round(rate x per) - 1, + 0 or + 1 (the arm's skip rate, varying between users)."""
+    served = datetime.now(UTC) - timedelta(hours=1)
+    out = []
+    for u in range(users):
+        skips = round(rate * per) + (u % 3 - 1)
+        out += [Impression(impression_id=f"{arm}-{u}-{j}", event_id=f"{arm}-{u}-{j}",
+                           experiment_id=exp_id, arm_key=arm, unit_id=f"{arm}-{u}",
+                           propensity=1 / 3, served_at=served,
+                           guardrail_values={"skips": [float(j < skips), int(j < skips)]})
+                for j in range(per)]
+    return out
 
 
 def test_harmful_arm_is_rolled_back_with_evidence(sf: Any) -> None:

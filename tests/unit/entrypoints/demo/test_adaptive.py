@@ -101,6 +101,7 @@ def test_the_two_stage_demo_interleaves_then_ab_tests_per_user(sqlite_url: str,
     assert one is not None and one.key == "demo-2s-stage1"
     assert one.requests == 40 and one.preferred in {"popularity", "minilm-history-pop",
                                                     "minilm-history"}
+    assert one.report_path is not None and "interleaving" in one.report_path.read_text()
     engine = make_engine(sqlite_url)
     with make_session_factory(engine)() as s:
         exp1 = s.scalars(select(Experiment).where(Experiment.key == one.key)).one()
@@ -208,4 +209,36 @@ def test_the_demo_run_twice_on_one_database_counts_the_second_runs_traffic(
                                   .where(Impression.experiment_id == exp.id)).one()
         assert n == 40, f"{key}: the platform counted {n} of 40 impressions"
         assert clicks == sum(t.clicks for t in res.tallies.values())
+    engine.dispose()
+
+
+@pytest.mark.timeout(300)
+def test_the_contextual_demo_serves_stage_two_by_history_segment(sqlite_url: str,
+                                                                 tmp_path: Path) -> None:
+    """``--contextual``: stage 2 registers segment_thompson on the user's history length;
+    every impression carries its segment and the allocator's snapshot has the per-segment
+    block (the policy's weights per segment)."""
+    from armlab.entrypoints.demo.experiment import HISTORY_LEVELS
+
+    settings = Settings(database_url=sqlite_url, transport="memory", auth_disabled=True,
+                        home=tmp_path / "home")
+    cfg = adaptive.DemoConfig(max_requests=60, cadence=20, tiny=True, quiet=True,
+                              settings=settings, report_dir=tmp_path / "reports",
+                              tiny_dir=tmp_path / "tiny", key="demo-ctx", concurrency=2,
+                              stages="ab", contextual=True)
+    res = two_stage.run_demo(cfg)
+    assert res.requests == 60
+    engine = make_engine(sqlite_url)
+    with make_session_factory(engine)() as s:
+        exp = s.scalars(select(Experiment).where(Experiment.key == "demo-ctx")).one()
+        assert exp.policy_name == "segment_thompson"
+        contexts = [c for (c,) in s.execute(select(Impression.context)
+                                           .where(Impression.experiment_id == exp.id))]
+        assert len(contexts) == 60 and all(c["history"] in HISTORY_LEVELS for c in contexts)
+        snaps = s.scalars(select(AllocationSnapshot)
+                          .where(AllocationSnapshot.experiment_id == exp.id,
+                                 AllocationSnapshot.policy_name == "segment_thompson")).all()
+        assert snaps and all("contextual" in (sn.stats or {}) for sn in snaps)
+        segments = snaps[-1].stats["contextual"]["segments"]
+        assert [g["segment"]["history"] for g in segments][:3] == list(HISTORY_LEVELS)
     engine.dispose()

@@ -1,0 +1,91 @@
+"""The contextual serving path (:mod:`armlab.services.contextual_serving`): the per-request
+propensity is the snapshot's P(arm | context) as the analyses recompute it
+(``allocation_from_dict(...).propensities``), for the linear policy's own quadrature and floor
+as for the segment rows; the arms' frequencies match it; the one-row floor is the core's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from armlab.core.policies import make_contextual_policy
+from armlab.core.policies.base import apply_floor
+from armlab.core.policies.contextual_snapshot import allocation_from_dict, allocation_to_dict
+from armlab.core.policies.linear_thompson import (
+    LinearStats,
+    LinearThompson,
+    normal_prob_best_one,
+)
+from armlab.services.contextual_serving import ContextualServing, floor_row, prob_best_row
+
+ARMS = ("control", "a", "b")
+FEATURES = [{"name": "device", "kind": "categorical", "levels": ["mobile", "desktop"]},
+            {"name": "age", "kind": "numeric", "center": 40, "scale": 12}]
+
+
+def _linear(floor: float, rng: np.random.Generator) -> dict[str, Any]:
+    policy = make_contextual_policy("linear_thompson", {"features": FEATURES}, floor=floor)
+    assert isinstance(policy, LinearThompson)
+    ctx = [{"device": ["mobile", "desktop"][int(rng.integers(2))],
+            "age": float(rng.uniform(18, 70))} for _ in range(3000)]
+    arms = rng.integers(3, size=3000)
+    best = np.array([0 if c["device"] == "desktop" else 2 for c in ctx])
+    rewards = (rng.random(3000) < np.where(arms == best, 0.3, 0.1)).astype(float)
+    stats = policy.update(LinearStats.empty(3, policy.spec.dim), ctx, arms, rewards)
+    return allocation_to_dict(policy.allocate(stats), ARMS)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7])
+def test_quadrature_row_is_the_cores(k: int) -> None:
+    rng = np.random.default_rng(k)
+    z = np.linspace(-6.5, 6.5, 48)
+    for _ in range(200):
+        loc, sd = rng.normal(0.1, 0.05, k), rng.uniform(0.001, 0.08, k)
+        assert prob_best_row(loc, sd, z) == pytest.approx(
+            normal_prob_best_one(loc, sd, z), abs=1e-12)
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.05, 0.2])
+def test_one_row_floor_is_the_cores(floor: float) -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        w = rng.dirichlet(np.full(4, 0.3))
+        assert floor_row(w.tolist(), floor) == pytest.approx(
+            apply_floor(w, floor).tolist(), abs=1e-14)
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.05])
+def test_linear_propensities_are_the_snapshots(floor: float) -> None:
+    rng = np.random.default_rng(2)
+    block = _linear(floor, rng)
+    serving = ContextualServing(allocation_from_dict(block), ARMS)
+    analyses = allocation_from_dict(block)  # what the inference side rebuilds
+    contexts = [{"device": ["mobile", "desktop", "tablet"][i % 3],
+                 "age": float(rng.uniform(18, 70))} for i in range(200)]
+    expected = analyses.propensities(contexts)
+    for ctx, row in zip(contexts, expected, strict=True):
+        for u in (0.0, 0.37, 0.999):
+            arm, p = serving.pick(u, ctx)
+            assert p == pytest.approx(row[ARMS.index(arm)], abs=1e-9)
+            assert p >= floor - 1e-12
+    # a repeated context: the cached sampler, the same answer
+    assert serving.pick(0.5, contexts[0]) == serving.pick(0.5, contexts[0])
+
+
+def test_linear_frequencies_match_the_propensities() -> None:
+    rng = np.random.default_rng(3)
+    block = _linear(0.02, rng)
+    serving = ContextualServing(allocation_from_dict(block), ARMS)
+    for ctx in ({"device": "mobile", "age": 30}, {"device": "desktop", "age": 55}):
+        n = 4000
+        counts = dict.fromkeys(ARMS, 0)
+        props: dict[str, float] = {}
+        for u in rng.random(n):
+            arm, p = serving.pick(float(u), ctx)
+            counts[arm] += 1
+            props[arm] = p
+        row = allocation_from_dict(block).propensities([ctx])[0]
+        for i, arm in enumerate(ARMS):
+            assert abs(counts[arm] / n - row[i]) <= 4 * np.sqrt(row[i] * (1 - row[i]) / n) + 1e-9
