@@ -75,8 +75,7 @@ def _allocation(uow: UnitOfWorkPort, experiment: Experiment
         return None, raw, exc.message
 
 
-def _segment_rows(table: SegmentTable, arms: Sequence[str],
-                  alloc: ContextualAllocation | None, raw: dict[str, Any] | None,
+def _segment_rows(table: SegmentTable, arms: Sequence[str], raw: dict[str, Any] | None,
                   seg_of: np.ndarray, probs: np.ndarray | None
                   ) -> list[dict[str, Any]]:
     """Per segment with data: impressions, share, plain means and the learned weights (the
@@ -90,10 +89,9 @@ def _segment_rows(table: SegmentTable, arms: Sequence[str],
         if imps[g] <= 0:
             continue
         weights: dict[str, float] | None = None
-        if probs is not None and alloc is not None:
-            mask = seg_of == g
-            w = probs[mask].mean(axis=0) if mask.any() else alloc.propensities(
-                [table.labels[g]])[0]
+        mask = seg_of == g
+        if probs is not None and mask.any():
+            w = probs[mask].mean(axis=0)
             weights = {a: float(x) for a, x in zip(arms, w, strict=True)}
         out.append({
             "segment_index": g, "segment": table.labels[g],
@@ -142,18 +140,29 @@ def _matured(uow: UnitOfWorkPort, experiment: Experiment, spec: ContextSpec,
     return [logged[i] for i in keep], idx[keep], len(logged) - len(keep)
 
 
-def _probs(alloc: ContextualAllocation | None, rows: Sequence[ContextRow], idx: np.ndarray,
-           reason: str) -> tuple[np.ndarray | None, str]:
-    """The learned allocation's P(arm | context) for every row (a segment policy's rows by
-    index, without re-reading the contexts)."""
+def _probs(alloc: ContextualAllocation | None, raw: dict[str, Any] | None,
+           arms: Sequence[str], rows: Sequence[ContextRow], idx: np.ndarray, reason: str
+           ) -> tuple[np.ndarray | None, str]:
+    """The learned allocation's P(arm | context) for every row, (N, len(arms)) in the
+    experiment's arm order: a segment policy's rows by index (without re-reading the
+    contexts); an arm the snapshot leaves out (rolled back: ``contextual["arms"]`` lists the
+    arms it serves) has 0."""
     if alloc is None or not rows:
         return None, reason or "no matured impressions yet"
-    if isinstance(alloc, SegmentAllocation):
-        return alloc.weights[idx], ""
     try:
-        return alloc.propensities([r[3] or {} for r in rows]), ""
+        p = (alloc.weights[idx] if isinstance(alloc, SegmentAllocation)
+             else alloc.propensities([r[3] or {} for r in rows]))
     except ArmlabError as exc:
         return None, exc.message
+    served = list((raw or {}).get("arms") or arms)
+    if p.shape[1] != len(served):
+        return None, "the snapshot's arms do not match its allocation"
+    out = np.zeros((p.shape[0], len(arms)))
+    pos = {a: i for i, a in enumerate(arms)}
+    for j, a in enumerate(served):
+        if a in pos:
+            out[:, pos[a]] = p[:, j]
+    return out, ""
 
 
 def contextual_block(uow: UnitOfWorkPort, experiment: Experiment, *, now: datetime
@@ -170,7 +179,7 @@ def contextual_block(uow: UnitOfWorkPort, experiment: Experiment, *, now: dateti
     rows, idx, skipped = _matured(uow, experiment, spec, arms, now)
     table = segment_table(spec, arms, rows, idx)
     alloc, raw, reason = _allocation(uow, experiment)
-    probs, reason = _probs(alloc, rows, idx, reason)
+    probs, reason = _probs(alloc, raw, arms, rows, idx, reason)
     design = _design(experiment)
     has_segments = bool(spec.categorical)
     warnings = []
@@ -182,7 +191,7 @@ def contextual_block(uow: UnitOfWorkPort, experiment: Experiment, *, now: dateti
         "features": [f.model_dump() for f in spec.features],
         "matured_impressions": len(rows), "skipped_rows": skipped,
         "declared_segments": spec.n_segments if has_segments else 0,
-        "segments": _segment_rows(table, arms, alloc, raw, idx, probs)
+        "segments": _segment_rows(table, arms, raw, idx, probs)
         if has_segments else [],
         "effects": segment_effects(table, design) if has_segments else None,
         "srm": segment_srm(table, min_samples=design.min_samples) if has_segments else [],

@@ -27,14 +27,19 @@ RATES = {"m": [0.10, 0.20, 0.10], "d": [0.10, 0.10, 0.20], "other": [0.1, 0.1, 0
 
 def _experiment(uow: FakeUnitOfWork, policy: str = "segment_thompson",
                 features: list[dict[str, Any]] | None = None) -> Any:
+    """A running experiment registered with its contextual policy (a features list the spec
+    refuses is set on the row afterwards, to test the block's own error)."""
+    feats = FEATURES if features is None else features
     spec = ExperimentSpec.model_validate({
         "key": "ctx", "exploration_floor": 0.05,
+        "policy": {"name": policy, "params": {"features": FEATURES}},
         "arms": [{"key": k, "control": k == "a", "variant": {"kind": "popularity"}}
                  for k in "abc"]})
     exp = registry.create_experiment(uow, spec=spec, actor="t")
     registry.start_experiment(uow, key="ctx", actor="t", reason="go")
-    exp.policy_name = policy
-    exp.policy_params = {"features": FEATURES if features is None else features}
+    assert exp.policy_name == policy
+    if features is not None:
+        exp.policy_params = {"features": feats}
     return exp
 
 
@@ -181,3 +186,19 @@ def test_a_policy_that_picks_one_arm_everywhere_personalises_nothing() -> None:
         row["weights"] = [0.9, 0.05, 0.05]
     pers = contextual_block(uow, exp, now=NOW)["personalisation"]
     assert not pers["available"] and "picks a in every matured context" in pers["reason"]
+
+
+def test_a_rolled_back_arm_missing_from_the_snapshot_has_weight_zero() -> None:
+    uow = FakeUnitOfWork()
+    exp = _experiment(uow)
+    _log(uow, exp, n=3000)
+    snap = uow.evidence.latest_snapshot(exp.id)
+    ctx = snap.stats["contextual"]
+    ctx["arms"] = ["a", "b"]  # c rolled back: the allocation serves a and b only
+    for row in ctx["segments"]:
+        row["weights"] = row["prob_best"] = [0.3, 0.7] if row["segment"]["device"] == "m" \
+            else [0.6, 0.4]
+    block = contextual_block(uow, exp, now=NOW)
+    seg = {s["label"]: s for s in block["segments"]}
+    assert seg["device=m"]["weights"] == pytest.approx({"a": 0.3, "b": 0.7, "c": 0.0})
+    assert block["personalisation"]["policy_share"]["c"] == 0.0
