@@ -92,5 +92,14 @@ def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]
         "guardrails": list(sequential.get("guardrails") or []),
         "recommendation": sequential.get("recommendation"),
         "interleaving": None,
-        "contextual": contextual_block(uow, experiment, now=utcnow()),
+        "contextual": _contextual(uow, experiment),
     }
+
+
+def _contextual(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any] | None:
+    """The contextual block, or the reason it is unavailable (the rest of the results still
+    show)."""
+    try:
+        return contextual_block(uow, experiment, now=utcnow())
+    except ArmlabError as exc:
+        return {"policy": experiment.policy_name, "error": exc.message}
