@@ -74,6 +74,8 @@ class FakeEvidence:
         # interleaving: experiment -> (units, {(a, b): (sum, sumsq)}) and pair tallies
         self.interleaving: dict[int, tuple[float, dict[tuple[str, str], tuple[float, float]]]] = {}
         self.tallies: dict[int, dict[tuple[str, str], tuple[int, int, int, int, int]]] = {}
+        # contextual: experiment -> [(arm, reward, propensity, served_at, context)]
+        self.contexts: dict[int, list[tuple[str, float, float, datetime, dict[str, Any]]]] = {}
 
     def arm_sums(self, experiment_id: int) -> dict[str, ArmSums]:
         return dict(self.sums.get(experiment_id, {}))
@@ -123,6 +125,11 @@ class FakeEvidence:
         rows = [d for d in self.decisions
                 if d.experiment_id == experiment_id and d.arm_key == row_key]
         return rows[-1] if rows else None
+
+    def logged_contexts(self, experiment_id: int, cutoff: datetime
+                        ) -> list[tuple[str, float, float, dict[str, Any] | None]]:
+        return [(a, r, p, c) for a, r, p, t, c in self.contexts.get(experiment_id, [])
+                if t <= cutoff]
 
 
 class FakeUnitOfWork:

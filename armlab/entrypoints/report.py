@@ -10,7 +10,9 @@ Sections (each chart is a ``<figure id="chart-...">`` so tests and people can fi
 4. ``interleaving`` (interleaving experiments, instead of 3): per pair of rankers the test,
    win tallies and confidence sequence over the looks
    (:mod:`armlab.entrypoints.report_interleaving`);
-5. ``audit``: the audit trail (audit_log), with the evidence of every automated decision.
+5. ``contextual`` (contextual policies): the value of personalisation, per-segment weights,
+   effects and SRM, and ``chart-segments`` (:mod:`armlab.entrypoints.report_contextual`);
+6. ``audit``: the audit trail (audit_log), with the evidence of every automated decision.
 
 The charts are drawn in :mod:`armlab.entrypoints.report_charts` (re-exported here); this
 module assembles the page (tables, captions, CSS) around them.
@@ -36,6 +38,7 @@ from armlab.entrypoints.report_charts import (
     chart_weights,
     stopping_point,
 )
+from armlab.entrypoints.report_contextual import contextual_section
 from armlab.entrypoints.report_interleaving import interleaving_section
 from armlab.services.report import ReportData
 
@@ -232,6 +235,7 @@ sequential test: <code>{_esc(seq)}</code></p>
 <section id="arms"><h2>Arms</h2>{_arms_table(data)}</section>
 {_guardrails_section(data)}
 {interleaving_section(data)}
+{contextual_section(data)}
 <figure id="chart-weights">{chart_weights(data)}
 <figcaption>Traffic share of each arm in every allocation snapshot the allocator wrote
 ({len(data.snapshots)} snapshots). Assignments draw arms from the latest snapshot and log

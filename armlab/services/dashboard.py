@@ -276,6 +276,7 @@ def experiment_view(
         "has_guardrails": bool(exp.guardrails),
         "design": results.get("design", "ab"),
         "interleaving": results.get("interleaving"),
+        "contextual": results.get("contextual"),
         "now": now,
     }
 

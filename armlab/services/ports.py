@@ -21,6 +21,7 @@ from armlab.core.readings import (
     RewardBucket,
 )
 from armlab.core.stats.noninferiority_units import UnitSums
+from armlab.core.stats.segments import ContextRow
 
 
 class Experiments(Protocol):
@@ -60,6 +61,9 @@ class Evidence(Protocol):
         """Interleaving: {(a, b): (compared, a_wins, b_wins, a_clicks, b_clicks)}."""
     def latest_look(self, experiment_id: int, row_key: str) -> Decision | None:
         """The newest decision row with arm key ``row_key`` (an interleaving look)."""
+    def logged_contexts(self, experiment_id: int, cutoff: datetime) -> list[ContextRow]:
+        """(arm, reward, propensity, context) of the impressions served at or before
+        ``cutoff`` (contextual experiments: per-segment effects, personalisation value)."""
 
 
 class UnitOfWorkPort(Protocol):

@@ -13,6 +13,9 @@ reasons) come from the same look; each arm says whether a guardrail rolled it ba
 (null), guardrails or recommendation; its ``interleaving`` block is the last recorded look of
 its test per pair of rankers with the live win tallies and the rankers' choice probabilities
 (:func:`armlab.services.interleaving_evaluation.shown_interleaving`); null for A/B.
+
+``contextual`` (contextual policies only, else null): per-segment weights and effects, SRM per
+segment and the value of personalisation (:mod:`armlab.services.contextual_results`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from __future__ import annotations
 from typing import Any
 
 from armlab.adapters.db.models import Experiment
+from armlab.core.clock import utcnow
 from armlab.core.evidence import ArmSums
 from armlab.core.serving import served_weights
 from armlab.errors import ArmlabError
+from armlab.services.contextual_results import contextual_block
 from armlab.services.decisions import shown_evaluation
 from armlab.services.interleaving_evaluation import is_interleaving, shown_interleaving
 from armlab.services.ports import UnitOfWorkPort
@@ -69,7 +74,8 @@ def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]
                 "shipped_arm": experiment.shipped_arm_key,
                 "control_arm": experiment.control_arm_key, "arms": arms, "snapshot": snapshot,
                 "sequential": None, "guardrails": [], "recommendation": None,
-                "interleaving": shown_interleaving(uow.evidence, experiment)}
+                "interleaving": shown_interleaving(uow.evidence, experiment),
+                "contextual": None}
     try:
         sequential: dict[str, Any] = shown_evaluation(uow.evidence, experiment)
     except ArmlabError as exc:
@@ -86,4 +92,14 @@ def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]
         "guardrails": list(sequential.get("guardrails") or []),
         "recommendation": sequential.get("recommendation"),
         "interleaving": None,
+        "contextual": _contextual(uow, experiment),
     }
+
+
+def _contextual(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any] | None:
+    """The contextual block, or the reason it is unavailable (the rest of the results still
+    show)."""
+    try:
+        return contextual_block(uow, experiment, now=utcnow())
+    except ArmlabError as exc:
+        return {"policy": experiment.policy_name, "error": exc.message}

@@ -27,8 +27,10 @@ from armlab.adapters.db.queries import (
     unit_guardrail_sums,
     unit_sums,
 )
+from armlab.adapters.db.segment_queries import logged_contexts
 from armlab.core.evidence import ArmSums
 from armlab.core.stats.noninferiority_units import UnitSums
+from armlab.core.stats.segments import ContextRow
 from armlab.errors import ExperimentExists
 
 _Sel = TypeVar("_Sel", bound=Select[Any])
@@ -150,3 +152,6 @@ class SqlEvidence:
 
     def latest_look(self, experiment_id: int, row_key: str) -> Decision | None:
         return latest_look(self.session, experiment_id, row_key)
+
+    def logged_contexts(self, experiment_id: int, cutoff: datetime) -> list[ContextRow]:
+        return logged_contexts(self.session, experiment_id, cutoff)

@@ -22,6 +22,7 @@ from armlab.core.clock import as_utc_or_none
 from armlab.core.decisions import Decision
 from armlab.core.specs import Key, RewardSpec, StrictModel
 from armlab.core.status import ExperimentStatus
+from armlab.entrypoints.api.schemas_contextual import ContextualResultsOut
 from armlab.entrypoints.api.schemas_interleaving import InterleavingResultsOut
 
 UtcDatetime = Annotated[datetime | None, AfterValidator(as_utc_or_none)]
@@ -258,6 +259,10 @@ class ResultsOut(OutModel):
         None, description="Interleaving experiments: per pair of rankers the always-valid "
         "test (estimate, confidence sequence, p, Holm p, decision), compared impressions, "
         "wins and clicks per side; the Condorcet winner; the rankers' choice probabilities.")
+    contextual: ContextualResultsOut | None = Field(
+        None, description="Contextual policies: per-segment weights and always-valid effects "
+        "(multiplicity-controlled), SRM per segment, and the value of personalisation over "
+        "the best single arm; null otherwise.")
 
 
 class AuditEntry(OutModel):

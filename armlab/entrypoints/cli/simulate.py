@@ -176,13 +176,40 @@ def simulate_validity_cmd(
     workers: int = typer.Option(2, "--workers", min=1, help="Processes (cores)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
+    contextual: bool = typer.Option(
+        False, "--contextual", help="The contextual cells instead: A/A under segment_thompson "
+        "/ linear_thompson allocation (average effect, per-segment tests, SRM per segment, "
+        "personalisation value); uses --floors, --reps, --seed, --workers."),
+    policies: str = typer.Option("segment_thompson,linear_thompson", "--policies",
+                                 help="--contextual: the allocating policies."),
+    segments: str = typer.Option("differ,same", "--segments",
+                                 help="--contextual: segment click rates differ | same (A/A) | "
+                                 "crossed (each segment its own best arm: power)."),
+    contextual_horizon: int = typer.Option(20_000, "--contextual-horizon", min=100,
+                                           help="--contextual: impressions per run."),
+    contextual_look: int = typer.Option(500, "--contextual-look", min=1,
+                                        help="--contextual: look (and reallocate) every N."),
+    contextual_lift: float = typer.Option(
+        1.0, "--contextual-lift", help="--contextual: arm 1's rate x this in every segment "
+        "(1.0 = A/A; else the rates are power)."),
 ) -> None:
     """A/A false-positive rate (with Monte Carlo SE), SRM false alarms, confidence-sequence
     coverage, power and sample size at decision over a grid of cells, for armlab's test
     (``armlab``; ``armlab_horizon`` with ``sequential.boundary: horizon``) and same-run
-    baselines (plain mSPRT under Thompson and under a fixed 50/50 split)."""
+    baselines (plain mSPRT under Thompson and under a fixed 50/50 split). With
+    ``--contextual``: the contextual A/A cells (docs/contextual.md, "Inference")."""
     from concurrent.futures import ProcessPoolExecutor
 
+    if contextual:
+        from armlab.entrypoints.cli.simulate_contextual import run_contextual_validity
+
+        run_contextual_validity(
+            _choices("--policies", policies, ("segment_thompson", "linear_thompson")),
+            _choices("--segments", segments, ("differ", "same", "crossed")),
+            _floats("--floors", floors), reps=reps, horizon=contextual_horizon,
+            look_every=contextual_look, lift=contextual_lift, workers=workers,
+            seed=seed, as_json=as_json)
+        return
     from armlab.core.stats.validity_grid import grid, run_cell, summarise
 
     cells = grid(

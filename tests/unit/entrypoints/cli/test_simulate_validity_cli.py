@@ -32,3 +32,20 @@ def test_validity_subset_json_and_one_line_errors() -> None:
         # an ArmlabError, which the entry point prints as one line with exit status 1
         assert res.exit_code != 0 and isinstance(res.exception, StatsError)
         assert match in str(res.exception)
+
+
+def test_contextual_cells_json_and_table() -> None:
+    _register_all()
+    base = ["simulate", "validity", "--contextual", "--policies", "linear_thompson",
+            "--segments", "same,crossed", "--floors", "0.1", "--reps", "10",
+            "--contextual-horizon", "2000", "--contextual-look", "500", "--workers", "1"]
+    res = CliRunner().invoke(app, [*base, "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n_cells"] == 2 and [c["null"] for c in out["cells"]] == [True, False]
+    assert set(out["cells"][0]["analyses"]) == {
+        "average", "segments", "segments_unadjusted", "srm_segments", "personalisation"}
+    table = CliRunner().invoke(app, base)
+    assert table.exit_code == 0 and "linear_thompson segments=crossed" in table.output
+    bad = CliRunner().invoke(app, [*base[:4], "bogus"])  # --policies bogus
+    assert bad.exit_code != 0 and isinstance(bad.exception, StatsError)
