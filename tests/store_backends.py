@@ -1,11 +1,13 @@
-"""One scenario, two storages: the in-memory stores of ``tests/fakes_stores.py`` and the
-database adapters on a migrated SQLite file, behind the same small test-side interface, so
-a service test can run a scenario on both and compare what the services wrote.
+"""One scenario, two storages: the in-memory stores of ``tests/fakes_stores.py`` and
+``tests/fakes_ingest.py`` and the database adapters on a migrated SQLite file, behind the same
+small test-side interface, so a service test can run a scenario on both and compare what the
+services wrote.
 
 ``backend.create(body)`` registers and starts an experiment; ``add_sums`` adds matured
 per-arm totals without impression rows (``arm_stats`` only); ``serve`` logs impressions
 (rows and totals, as the consumer does); ``act`` runs a registry call in a committed unit of
-work; ``snapshots`` / ``audit_actions`` / ``status`` read back what the services wrote.
+work, ``read`` a read in one; the ``*_store`` methods hand out the services' storage ports;
+``snapshots`` / ``audit_actions`` / ``status`` / ``sticky`` read back what the services wrote.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 
 from armlab.adapters.db.allocation_store import SqlAllocationStore
 from armlab.adapters.db.assignment_store import SqlAssignmentStore
+from armlab.adapters.db.consumer_batches import SqlIngestStore
 from armlab.adapters.db.models import AllocationSnapshot, ArmStats, Impression, UnitAssignment
 from armlab.adapters.db.models_interleaving import InterleavingPair
 from armlab.adapters.db.uow import UnitOfWork
@@ -27,6 +30,8 @@ from armlab.services import registry
 from armlab.services.ports import UnitOfWorkPort
 from armlab.services.ports_allocation import AllocationStore
 from armlab.services.ports_assignment import AssignmentStore
+from armlab.services.ports_consumer import IngestStore
+from tests.fakes_ingest import MemoryIngestStore
 from tests.fakes_stores import (
     LoggedImpression,
     MemoryAllocationStore,
@@ -54,6 +59,8 @@ class Backend(Protocol):
     def act(self, fn: Callable[[UnitOfWorkPort], Any]) -> None: ...
     def allocation_store(self) -> AllocationStore: ...
     def assignment_store(self) -> AssignmentStore: ...
+    def ingest_store(self) -> IngestStore: ...
+    def read(self, fn: Callable[[UnitOfWorkPort], Any]) -> Any: ...
     def snapshots(self, exp_id: int) -> list[AllocationSnapshot]: ...
     def audit_actions(self, exp_id: int) -> list[tuple[str, str]]: ...
     def status(self, key: str) -> tuple[str, int, dict[str, Any]]: ...
@@ -71,6 +78,7 @@ class MemoryBackend:
         self.db = MemoryUnitOfWork()
         self.alloc = MemoryAllocationStore(self.db)
         self.assign = MemoryAssignmentStore(self.db)
+        self.ingest = MemoryIngestStore(self.db)
 
     def create(self, body: dict[str, Any]) -> int:
         exp = registry.create_experiment(self.db, spec=_spec(body), actor="t")
@@ -99,6 +107,12 @@ class MemoryBackend:
 
     def assignment_store(self) -> MemoryAssignmentStore:
         return self.assign
+
+    def ingest_store(self) -> MemoryIngestStore:
+        return self.ingest
+
+    def read(self, fn: Callable[[UnitOfWorkPort], Any]) -> Any:
+        return fn(self.db)
 
     def snapshots(self, exp_id: int) -> list[AllocationSnapshot]:
         return [s for s in self.db.evidence.snapshot_log if s.experiment_id == exp_id]
@@ -167,6 +181,13 @@ class SqliteBackend:
 
     def assignment_store(self) -> SqlAssignmentStore:
         return SqlAssignmentStore(self.sf)
+
+    def ingest_store(self) -> SqlIngestStore:
+        return SqlIngestStore(self.sf)
+
+    def read(self, fn: Callable[[UnitOfWorkPort], Any]) -> Any:
+        with UnitOfWork(self.sf) as uow:
+            return fn(uow)
 
     def snapshots(self, exp_id: int) -> list[AllocationSnapshot]:
         with self.sf() as s:
