@@ -8,9 +8,8 @@ dead-letter buckets, the lag reports). :meth:`MemoryIngestStore.batch` is one tr
 batch works on a copy of the tables that replaces them when the block ends normally (an error
 leaves them as they were). At each commit the registry's view of the evidence
 (``db.evidence``: per-arm and guardrail totals over the partitions, the impressions log, the
-pair tallies) is rebuilt from the tables, so the allocator and the decisions read what the
-consumer wrote. Not rebuilt: the interleaving per-unit sums (``evidence.interleaving``: the
-database aggregates them from the unit credits in SQL).
+pair tallies, the interleaving units and credits) is rebuilt from the tables, so the
+allocator and the decisions read what the consumer wrote.
 
 Semantics kept from the database adapter: the offsets fence (a start offset that is not the
 stored one raises :class:`~armlab.core.fencing.Fenced`), ``ON CONFLICT DO NOTHING`` inserts that
@@ -63,7 +62,8 @@ class FeedbackRow:
 class IngestTables:
     offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
     impressions: dict[str, ImpressionState] = field(default_factory=dict)
-    contexts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by impression id
+    # impression id -> (unit id, context): the impression row's columns beyond its state
+    rows: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     feedback: dict[str, FeedbackRow] = field(default_factory=dict)
     stats: dict[tuple[int, str, int], ArmSums] = field(default_factory=dict)
     guardrail_stats: dict[tuple[int, str, str, int], ArmSums] = field(default_factory=dict)
@@ -142,7 +142,7 @@ class MemoryIngestBatch:
             raise StoredRowsDiffer("impressions: a row was stored first")
         for imp, row in rows:
             t.impressions[imp.impression_id] = copy.deepcopy(imp)
-            t.contexts[imp.impression_id] = dict(row.context or {})
+            t.rows[imp.impression_id] = (row.unit_id, dict(row.context or {}))
         for i, imp in fx.impression_updates.items():
             if i in t.impressions:
                 t.impressions[i] = copy.deepcopy(imp)
@@ -249,9 +249,11 @@ class MemoryIngestStore:
             old = ev.tallies.setdefault(exp_id, {}).get((a, b), (0, 0, 0, 0, 0))
             ev.tallies[exp_id][(a, b)] = tuple(  # type: ignore[assignment]
                 x + y for x, y in zip(old, tallies, strict=True))
+        ev.il_units, ev.il_credits = dict(t.units), dict(t.credits)
         ev.impressions = [
             LoggedImpression(imp.experiment_id, imp.arm_key, imp.served_at, imp.reward,
-                             imp.propensity, t.contexts.get(i, {}))
+                             imp.propensity, t.rows[i][1], t.rows[i][0], imp.feedback_count,
+                             copy.deepcopy(imp.metrics))
             for i, imp in t.impressions.items()]
 
     def load_offsets(self, group: str, tps: Iterable[TP]) -> dict[TP, int]:

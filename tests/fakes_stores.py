@@ -11,8 +11,11 @@ can run the allocator and then the assigner on the same state.
 Fidelity to the database, where the services could tell the difference:
 
 * :meth:`LoggedEvidence.log` adds an impression to the arm totals (as the consumer adds it to
-  ``arm_stats``) and keeps the row, from which the immature sums, the matured contexts and
-  ``sums_served_after`` are computed at the cutoff the caller asks for;
+  ``arm_stats``) and keeps the row (unit, propensity, reward, feedback events, context,
+  guardrail values), from which the immature sums, the matured contexts,
+  ``sums_served_after``, the per-unit sums (``unit: user``) and the guardrail sums served
+  after the cutoff or per unit are computed as the SQL of :mod:`armlab.adapters.db.queries`
+  does; the interleaving per-unit sums come from the stored units and credits;
 * :meth:`MemoryAllocationStore.unit` is a transaction: leaving it without a commit (an error)
   restores the experiments' columns, the audit trail, the decisions and the snapshots;
 * every change of an experiment's status, shipped arm or rolled-back arms bumps its version
@@ -32,6 +35,7 @@ from typing import Any
 
 from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.core.evidence import FIELDS, ArmSums
+from armlab.core.stats.noninferiority_units import UnitSums
 from tests.fakes import FakeEvidence, FakeUnitOfWork
 
 StickyRow = tuple[int, str, str, float]
@@ -48,22 +52,41 @@ class LoggedImpression:
     reward: float = 0.0
     propensity: float = 1.0
     context: dict[str, Any] = field(default_factory=dict)
+    unit_id: str = ""  # "": a unit of its own
+    feedback_count: int | None = None  # None: 1 when the reward is positive
+    # guardrail metric key -> [value, feedback events] (``impressions.guardrail_values``)
+    metrics: dict[str, list[float]] | None = None
+
+    @property
+    def feedback(self) -> int:
+        return int(self.reward > 0) if self.feedback_count is None else self.feedback_count
+
+
+def _add_term(s: ArmSums, y: float, p: float, feedback: float) -> None:
+    s.add_impression(p)
+    s.add_reward_change(0.0, y, p)
+    s.feedback_n += feedback
 
 
 def impression_sums(rows: Iterable[LoggedImpression]) -> dict[str, ArmSums]:
     """Per-arm :class:`ArmSums` of these impressions (the consumer's increments)."""
     out: dict[str, ArmSums] = {}
     for r in rows:
-        s = out.setdefault(r.arm_key, ArmSums())
-        p, y = r.propensity, r.reward
-        s.n += 1
-        s.reward_sum += y
-        s.reward_sumsq += y * y
-        s.ipw_n += 1 / p
-        s.ipw_sum += y / p
-        s.ipw_sumsq += y * y / (p * p)
-        s.ipw_n_sq += 1 / (p * p)
-        s.feedback_n += float(y > 0)
+        _add_term(out.setdefault(r.arm_key, ArmSums()), r.reward, r.propensity, r.feedback)
+    return out
+
+
+def per_unit_sums(rows: Iterable[LoggedImpression]) -> dict[str, ArmSums]:
+    """One term per (arm, unit): Y_u = the unit's total reward, p_u its largest propensity
+    (as ``armlab.adapters.db.queries.unit_sums``)."""
+    units: dict[tuple[str, str], list[float]] = {}
+    for i, r in enumerate(rows):
+        y, p, f = units.setdefault((r.arm_key, r.unit_id or f"#{i}"), [0.0, 0.0, 0.0])
+        units[(r.arm_key, r.unit_id or f"#{i}")] = [y + r.reward, max(p, r.propensity),
+                                                     f + r.feedback]
+    out: dict[str, ArmSums] = {}
+    for (arm, _), (y, p, f) in units.items():
+        _add_term(out.setdefault(arm, ArmSums()), y, p, f)
     return out
 
 
@@ -80,6 +103,10 @@ class LoggedEvidence(FakeEvidence):
         super().__init__()
         self.impressions: list[LoggedImpression] = []
         self.snapshot_log: list[AllocationSnapshot] = []
+        # interleaving, as the consumer stores it: impressions per (experiment, unit) and
+        # the IPW credit per (experiment, unit, a, b)
+        self.il_units: dict[tuple[int, str], int] = {}
+        self.il_credits: dict[tuple[int, str, str, str], float] = {}
 
     def log(self, rows: Iterable[LoggedImpression]) -> None:
         """Serve these impressions: keep the rows, add them to the arm totals."""
@@ -100,9 +127,65 @@ class LoggedEvidence(FakeEvidence):
             out[arm] = _plus(out.get(arm), s)
         return out
 
+    def unit_sums(self, experiment_id: int, cutoff: datetime | None) -> dict[str, ArmSums]:
+        """Per unit from the logged impressions served up to ``cutoff`` (what a test
+        declares in ``units`` when none are logged)."""
+        rows = self.served(experiment_id)
+        if not rows:
+            return super().unit_sums(experiment_id, cutoff)
+        return per_unit_sums(r for r in rows if cutoff is None or r.served_at <= cutoff)
+
+    def guardrail_sums_served_after(self, experiment_id: int, cutoff: datetime
+                                    ) -> dict[str, dict[str, ArmSums]]:
+        """From the logged impressions' metric values, plus ``guardrails_late``."""
+        out = super().guardrail_sums_served_after(experiment_id, cutoff)
+        for r in self.served(experiment_id):
+            if r.served_at <= cutoff:
+                continue
+            for metric, (y, count) in (r.metrics or {}).items():
+                s = out.setdefault(metric, {}).setdefault(r.arm_key, ArmSums())
+                _add_term(s, float(y), r.propensity, float(count))
+        return out
+
+    def unit_guardrail_sums(self, experiment_id: int, cutoff: datetime | None
+                            ) -> dict[str, dict[str, UnitSums]]:
+        """Per unit from the logged impressions' metric values (as
+        ``armlab.adapters.db.queries.unit_guardrail_sums``), or ``guardrail_units``."""
+        rows = self.served(experiment_id)
+        if not rows:
+            return super().unit_guardrail_sums(experiment_id, cutoff)
+        acc: dict[tuple[str, str, str], list[float]] = {}
+        for i, r in enumerate(rows):
+            if cutoff is not None and r.served_at > cutoff:
+                continue
+            for metric, (y, count) in (r.metrics or {}).items():
+                a = acc.setdefault((metric, r.arm_key, r.unit_id or f"#{i}"), [0.0] * 5)
+                a[:4] = [a[0] + 1, a[1] + float(y), a[2] + float(y) ** 2, a[3] + float(count)]
+                a[4] = max(a[4], r.propensity)
+        out: dict[str, dict[str, UnitSums]] = {}
+        for (metric, arm, _), (n, y, ysq, events, p) in acc.items():
+            out.setdefault(metric, {}).setdefault(arm, UnitSums()).add_unit(n, y, ysq, events, p)
+        return out
+
     def add_snapshot(self, row: AllocationSnapshot) -> None:
         super().add_snapshot(row)
         self.snapshot_log.append(row)
+
+    def interleaving_sums(self, experiment_id: int, aggregate: str
+                          ) -> tuple[float, dict[tuple[str, str], tuple[float, float]]]:
+        """From the stored units and credits (x_u = credit, / impressions for ``mean``, as
+        the database sums them), or what a test declares in ``interleaving``."""
+        units = {u: n for (e, u), n in self.il_units.items() if e == experiment_id}
+        if not units:
+            return super().interleaving_sums(experiment_id, aggregate)
+        out: dict[tuple[str, str], tuple[float, float]] = {}
+        for (e, u, a, b), c in self.il_credits.items():
+            if e != experiment_id or units.get(u, 0) <= 0:
+                continue
+            x = c / units[u] if aggregate == "mean" else c
+            s, q = out.get((a, b), (0.0, 0.0))
+            out[(a, b)] = (s + x, q + x * x)
+        return float(len(units)), out
 
 
 class MemoryUnitOfWork(FakeUnitOfWork):

@@ -31,6 +31,7 @@ from armlab.services.ports import UnitOfWorkPort
 from armlab.services.ports_allocation import AllocationStore
 from armlab.services.ports_assignment import AssignmentStore
 from armlab.services.ports_consumer import IngestStore
+from tests import interleaving_data
 from tests.fakes_ingest import MemoryIngestStore
 from tests.fakes_stores import (
     LoggedImpression,
@@ -42,11 +43,25 @@ from tests.fakes_stores import (
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 Tallies = dict[tuple[str, str], tuple[int, int, int, int, int]]
+#: interleaving units: unit id -> (impressions, {(a, b): IPW credit})
+Units = dict[str, tuple[int, dict[tuple[str, str], float]]]
 
 
 def plain(value: Any) -> Any:
     """``value`` as it comes back from a JSON column (tuples become lists, and so on)."""
     return json.loads(json.dumps(value))
+
+
+def rounded(value: Any, digits: int = 10) -> Any:
+    """``value`` with every float rounded to ``digits`` significant digits: the database
+    sums in another order than Python, so the last bits of a sum may differ."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(rounded(v, digits) for v in value)
+    return value
 
 
 class Backend(Protocol):
@@ -56,6 +71,7 @@ class Backend(Protocol):
     def add_sums(self, exp_id: int, sums: dict[str, ArmSums]) -> None: ...
     def serve(self, rows: Sequence[LoggedImpression]) -> None: ...
     def add_tallies(self, exp_id: int, tallies: Tallies) -> None: ...
+    def add_units(self, exp_id: int, units: Units) -> None: ...
     def act(self, fn: Callable[[UnitOfWorkPort], Any]) -> None: ...
     def allocation_store(self) -> AllocationStore: ...
     def assignment_store(self) -> AssignmentStore: ...
@@ -97,6 +113,12 @@ class MemoryBackend:
 
     def add_tallies(self, exp_id: int, tallies: Tallies) -> None:
         self.db.evidence.tallies.setdefault(exp_id, {}).update(tallies)
+
+    def add_units(self, exp_id: int, units: Units) -> None:
+        ev = self.db.evidence
+        for unit, (n, credits) in units.items():
+            ev.il_units[(exp_id, unit)] = n
+            ev.il_credits.update({(exp_id, unit, a, b): c for (a, b), c in credits.items()})
 
     def act(self, fn: Callable[[UnitOfWorkPort], Any]) -> None:
         fn(self.db)
@@ -158,9 +180,9 @@ class SqliteBackend:
                 i = next(self._ids)
                 s.add(Impression(
                     impression_id=f"i{i}", event_id=f"e{i}", experiment_id=r.experiment_id,
-                    arm_key=r.arm_key, unit_id=f"u{i}", propensity=r.propensity,
-                    served_at=r.served_at, reward=r.reward, feedback_count=int(r.reward > 0),
-                    context=dict(r.context)))
+                    arm_key=r.arm_key, unit_id=r.unit_id or f"#{i}", propensity=r.propensity,
+                    served_at=r.served_at, reward=r.reward, feedback_count=r.feedback,
+                    context=dict(r.context), guardrail_values=r.metrics))
         for exp_id in {r.experiment_id for r in rows}:
             self.add_sums(exp_id, impression_sums(r for r in rows if r.experiment_id == exp_id))
 
@@ -170,6 +192,9 @@ class SqliteBackend:
                 s.add(InterleavingPair(experiment_id=exp_id, ranker_a=a, ranker_b=b,
                                        partition=0, compared=t[0], a_wins=t[1], b_wins=t[2],
                                        a_clicks=t[3], b_clicks=t[4]))
+
+    def add_units(self, exp_id: int, units: Units) -> None:
+        interleaving_data.add_units(self.sf, exp_id, units)
 
     def act(self, fn: Callable[[UnitOfWorkPort], Any]) -> None:
         with UnitOfWork(self.sf) as uow:

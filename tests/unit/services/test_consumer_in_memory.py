@@ -24,7 +24,14 @@ from armlab.services.allocator import run_allocation
 from armlab.services.consumer import IngestRunner, IngestStore
 from armlab.tools.synth import expected_stats, synthetic_events
 from tests.fakes_ingest import MemoryIngestStore
-from tests.store_backends import Backend, MemoryBackend, SqliteBackend, snapshot_summary
+from tests.store_backends import (
+    Backend,
+    MemoryBackend,
+    SqliteBackend,
+    plain,
+    rounded,
+    snapshot_summary,
+)
 
 IMPRESSIONS, FEEDBACK, DLQ = "armlab.impressions", "armlab.feedback", "armlab.dlq"
 ARMS = ("a", "b", "c")
@@ -81,8 +88,8 @@ def runner(store: IngestStore, bus: MemoryBus) -> IngestRunner:
                         topic_feedback=FEEDBACK, max_batch=200)
 
 
-def body() -> dict[str, Any]:
-    return {"key": "exp", "salt": "salt-exp", "attribution_window_s": 3600,
+def body(unit: str) -> dict[str, Any]:
+    return {"key": "exp", "salt": "salt-exp", "attribution_window_s": 3600, "unit": unit,
             "arms": [{"key": a, "control": i == 0, "variant": {"kind": "popularity"}}
                      for i, a in enumerate(ARMS)],
             "guardrails": [{"key": "dwell_any", "source": {"feedback": "dwell"},
@@ -92,8 +99,8 @@ def body() -> dict[str, Any]:
 
 
 def ingest(b: Backend, records: list[tuple[str, bytes, bytes]],
-           later: list[dict[str, Any]]) -> dict[str, Any]:
-    exp_id = b.create(body())
+           later: list[dict[str, Any]], unit: str = "request") -> dict[str, Any]:
+    exp_id = b.create(body(unit))
     bus = MemoryBus(default_partitions=3)
     for topic, value, key in records:
         bus.produce(topic, value, key)
@@ -108,7 +115,10 @@ def ingest(b: Backend, records: list[tuple[str, bytes, bytes]],
                 if t == IMPRESSIONS and v.startswith(b"{"))
     now = datetime.fromisoformat(first) + timedelta(seconds=3600 + 400)
     run_allocation(b.allocation_store(), now=now)
+    looks = b.read(lambda uow: uow.evidence.latest_decisions(exp_id))
     return {
+        "looks": rounded(plain({a: [d.decision, d.p_value, d.n_control, d.n_treatment,
+                                    d.evidence] for a, d in looks.items()})),
         "counts": counts, "later": counts_later,
         "sums": {a: s.as_dict() for a, s in sums.items()},
         "guardrails": {m: {a: s.as_dict() for a, s in v.items()} for m, v in guard.items()},
@@ -118,11 +128,14 @@ def ingest(b: Backend, records: list[tuple[str, bytes, bytes]],
     }
 
 
-def test_a_stream_has_the_same_effects_in_memory_and_on_sqlite(sqlite: SqliteBackend) -> None:
+@pytest.mark.parametrize("unit", ["request", "user"])
+def test_a_stream_has_the_same_effects_in_memory_and_on_sqlite(
+        sqlite: SqliteBackend, unit: str) -> None:
+    """unit user: the look reads per-unit sums (and guardrail sums), from the impressions."""
     records, sent = stream()
     later = later_clicks(sent)
-    got = ingest(MemoryBackend(), records, later)
-    assert got == ingest(sqlite, records, later)
+    got = ingest(MemoryBackend(), records, later, unit)
+    assert got == ingest(sqlite, records, later, unit)
     counts = got["counts"]
     assert counts["not_json"] == 1 and counts["duplicate"] > 0
     assert counts["feedback_pending"] > 0 and counts["late"] > 0
@@ -132,6 +145,9 @@ def test_a_stream_has_the_same_effects_in_memory_and_on_sqlite(sqlite: SqliteBac
     assert got["guardrails"]["dwell_sum"] == expected_stats(
         sent, reward_kind="continuous", metric="dwell", window_s=3600)
     assert got["dlq"].count("late") == counts["late"] and "not_json" in got["dlq"]
+    assert set(got["looks"]) == {"b", "c"}  # the allocator's look, with the guardrails
+    guardrails = got["looks"]["b"][4]["entry"]["guardrails"]
+    assert {g["metric"] for g in guardrails} == {"dwell_any", "dwell_sum"}
     (snap,) = got["snapshots"]
     arms = snap["stats"]["arms"]
     assert 0 < arms["a"]["immature_n"] < arms["a"]["n"]  # the served times came through
