@@ -21,7 +21,13 @@ from typing import Any, Protocol
 from armlab.adapters.db.allocation_store import SqlAllocationStore
 from armlab.adapters.db.assignment_store import SqlAssignmentStore
 from armlab.adapters.db.consumer_batches import SqlIngestStore
-from armlab.adapters.db.models import AllocationSnapshot, ArmStats, Impression, UnitAssignment
+from armlab.adapters.db.models import (
+    AllocationSnapshot,
+    ArmStats,
+    GuardrailStats,
+    Impression,
+    UnitAssignment,
+)
 from armlab.adapters.db.models_interleaving import InterleavingPair
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.core.evidence import FIELDS, ArmSums
@@ -72,6 +78,8 @@ class Backend(Protocol):
     def serve(self, rows: Sequence[LoggedImpression]) -> None: ...
     def add_tallies(self, exp_id: int, tallies: Tallies) -> None: ...
     def add_units(self, exp_id: int, units: Units) -> None: ...
+    def add_guardrail_sums(self, exp_id: int, metric: str, sums: dict[str, ArmSums]
+                           ) -> None: ...
     def act(self, fn: Callable[[UnitOfWorkPort], Any]) -> None: ...
     def allocation_store(self) -> AllocationStore: ...
     def assignment_store(self) -> AssignmentStore: ...
@@ -113,6 +121,10 @@ class MemoryBackend:
 
     def add_tallies(self, exp_id: int, tallies: Tallies) -> None:
         self.db.evidence.tallies.setdefault(exp_id, {}).update(tallies)
+
+    def add_guardrail_sums(self, exp_id: int, metric: str, sums: dict[str, ArmSums]
+                           ) -> None:
+        self.db.evidence.guardrails.setdefault(exp_id, {}).setdefault(metric, {}).update(sums)
 
     def add_units(self, exp_id: int, units: Units) -> None:
         ev = self.db.evidence
@@ -195,6 +207,13 @@ class SqliteBackend:
 
     def add_units(self, exp_id: int, units: Units) -> None:
         interleaving_data.add_units(self.sf, exp_id, units)
+
+    def add_guardrail_sums(self, exp_id: int, metric: str, sums: dict[str, ArmSums]
+                           ) -> None:
+        with self.sf() as s, s.begin():
+            for arm, v in sums.items():
+                s.add(GuardrailStats(experiment_id=exp_id, arm_key=arm, metric=metric,
+                                     partition=0, **{f: getattr(v, f) for f in FIELDS}))
 
     def act(self, fn: Callable[[UnitOfWorkPort], Any]) -> None:
         with UnitOfWork(self.sf) as uow:

@@ -119,6 +119,48 @@ def test_a_rolled_back_arm_gets_weight_zero(sqlite: SqliteBackend) -> None:
     assert got["status"][2] == {"t2": {"summary": "latency breached"}}
 
 
+def rates(n: float, rate: float) -> ArmSums:
+    """n impressions at propensity 1/3 with a 0/1 value at ``rate``."""
+    k = round(rate * n)
+    return ArmSums(n=n, reward_sum=k, reward_sumsq=k, ipw_n=3 * n, ipw_sum=3 * k,
+                   ipw_sumsq=9 * k, ipw_n_sq=9 * n, feedback_n=k)
+
+
+def skip_users(exp_id: int, arm: str, rate: float) -> list[LoggedImpression]:
+    """100 sticky users of ``arm`` with 10 matured impressions each and about ``rate`` of
+    them skipped (the per-user guardrail analysis reads these)."""
+    at = T0 - timedelta(hours=1)
+    return [LoggedImpression(exp_id, arm, at, 0.0, 1 / 3, {}, f"{arm}-{u}", 0,
+                             {"skips": [float(j < skips), int(j < skips)]})
+            for u in range(100) for skips in [round(rate * 10) + u % 3 - 1]
+            for j in range(10)]
+
+
+def guardrail_breach(b: Backend, unit: str) -> dict[str, Any]:
+    exp_id = b.create(ab(arms=("control", "harm", "fine"), unit=unit, exploration_floor=0.05,
+                         attribution_window_s=60, guardrails=[{
+                             "key": "skips", "source": {"feedback": "skip"},
+                             "harm": "increase", "margin": {"absolute": 0.01}}]))
+    skips = {"control": 0.1, "harm": 0.3, "fine": 0.1}
+    b.add_sums(exp_id, {a: rates(4000, 0.05) for a in skips})
+    b.add_guardrail_sums(exp_id, "skips", {a: rates(4000, r) for a, r in skips.items()})
+    if unit == "user":
+        b.serve([i for a, r in skips.items() for i in skip_users(exp_id, a, r)])
+    run_allocation(b.allocation_store(), now=T0)
+    return outcome(b, exp_id, "ab")
+
+
+@pytest.mark.parametrize("unit", ["request", "user"])
+def test_guardrail_breach_rolls_the_arm_back(sqlite: SqliteBackend, unit: str) -> None:
+    got = both(sqlite, lambda b: guardrail_breach(b, unit))
+    assert got["audit"][-1] == ("rollback", "allocator")
+    status, version, rolled = got["status"]
+    assert status == "running" and list(rolled) == ["harm"] and version == 3
+    first, second = got["snapshots"]
+    assert first["weights"]["harm"] > 0 and second["weights"]["harm"] == 0.0
+    assert second["stats"]["rolled_back"] == ["harm"]
+
+
 def terminal(b: Backend) -> dict[str, Any]:
     stop_id, ship_id = b.create(ab("stop")), b.create(ab("ship", ("control", "t1", "t2")))
     store = b.allocation_store()
