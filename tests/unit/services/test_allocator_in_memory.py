@@ -1,10 +1,11 @@
 """The allocator (:func:`armlab.services.allocator.run_allocation`) on the in-memory stores of
 ``tests/fakes_stores.py``: an A/B Thompson snapshot on matured sums, a rolled-back arm at
-weight 0, terminal snapshots written once, the auto-stop with its audit row, an interleaving
-and a contextual snapshot, a failed experiment rolled back. Each scenario also runs on a
-migrated SQLite file through the database adapter, and both storages must have written the
-same snapshots (same salt, same pass time: same seed), so the fake cannot drift from the
-adapter unnoticed."""
+weight 0, a guardrail breach rolled back by the pass (unit request and user), terminal
+snapshots written once, the auto-stop with its audit row, an interleaving snapshot and look
+(with its auto-stop), a contextual snapshot, a failed experiment rolled back. Each scenario
+also runs on a migrated SQLite file through the database adapter, and both storages must
+have written the same snapshots, audit rows and states (same salt, same pass time: same
+seed), so the fake cannot drift from the adapter unnoticed."""
 
 from __future__ import annotations
 
