@@ -128,6 +128,7 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
     stage_one: StageOne | None = None
     why: str = ""
+    contextual: dict[str, Any] | None = None
 
 
 # --- the experiment -------------------------------------------------------------------------
@@ -161,6 +162,7 @@ class _Replay:
     status: str = ExperimentStatus.RUNNING
     seq: dict[str, Any] | None = None
     served: int = 0
+    contextual: dict[str, Any] | None = None  # the results' block with --contextual
 
 
 class _DemoRun:
@@ -355,6 +357,7 @@ class _DemoRun:
             why = f"not shipped: {resp.json().get('detail')}"
         final = _check(client.get(f"/v1/experiments/{self.key}/results"), "results")
         state.seq = final.get("sequential") or state.seq
+        state.contextual = final.get("contextual")
         state.weights.update({a["key"]: float(a.get("weight", 0.0))
                               for a in final.get("arms", [])})
         return shipped, why

@@ -70,6 +70,7 @@ def print_summary(console: Any, r: Any, *, control: str, why: str) -> None:
         console.print(f"guardrail {g['metric']} on {g['arm']}: {g.get('state')} (excess harm "
                       f"{f(g.get('excess'))} [{f(g.get('excess_low'))}, "
                       f"{f(g.get('excess_high'))}])")
+    print_personalisation(console, getattr(r, "contextual", None))
     if r.shipped:
         console.print(f"[bold green]shipped[/] {r.shipped}: {why}")
     else:
@@ -81,3 +82,21 @@ def print_summary(console: Any, r: Any, *, control: str, why: str) -> None:
     )
     if r.report_path:
         console.print(f"report: [bold]{r.report_path}[/]  (or GET /v1/experiments/{r.key}/report)")
+
+
+def print_personalisation(console: Any, block: dict[str, Any] | None) -> None:
+    """``--contextual``: does serving by segment pay? The off-policy value of the learned
+    policy against the best single arm with its confidence sequence, or why it is unknown."""
+    if not block:
+        return
+    pers = block.get("personalisation") or {}
+    if pers.get("available"):
+        lo, hi = float(pers["cs_low"]), float(pers["cs_high"])
+        verdict = ("personalisation pays" if lo > 0 else
+                   "personalisation costs" if hi < 0 else
+                   "the data cannot show whether personalisation pays")
+        console.print(f"[bold]by segment:[/] {pers['summary']}: {verdict}")
+    else:
+        console.print(f"[bold]by segment:[/] no personalisation value yet: {pers.get('reason')}")
+    for w in block.get("warnings") or []:
+        console.print(f"  note: {w}")

@@ -119,7 +119,7 @@ def _stage_two(run: _DemoRun, client: Any, runner: Any, stage1: StageOne | None
     return DemoResult(key=run.key, requests=state.served, stop_reason=state.stop_reason,
                       shipped=shipped, status=state.status, tallies=state.tallies,
                       weights=state.weights, sequential=state.seq, report_path=None,
-                      stage_one=stage1, why=why)
+                      stage_one=stage1, why=why, contextual=state.contextual)
 
 
 

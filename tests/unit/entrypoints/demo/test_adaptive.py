@@ -228,6 +228,9 @@ def test_the_contextual_demo_serves_stage_two_by_history_segment(sqlite_url: str
                               stages="ab", contextual=True)
     res = two_stage.run_demo(cfg)
     assert res.requests == 60
+    # the results' per-segment block reached the summary (the personalisation verdict or
+    # why there is none yet)
+    assert res.contextual is not None and "personalisation" in res.contextual
     engine = make_engine(sqlite_url)
     with make_session_factory(engine)() as s:
         exp = s.scalars(select(Experiment).where(Experiment.key == "demo-ctx")).one()
