@@ -20,12 +20,10 @@ module assembles the page (tables, captions, CSS) around them.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from armlab.core.clock import utcnow
 from armlab.entrypoints.report_charts import (
@@ -39,6 +37,8 @@ from armlab.entrypoints.report_charts import (
     stopping_point,
 )
 from armlab.entrypoints.report_contextual import contextual_section
+from armlab.entrypoints.report_format import esc as _esc
+from armlab.entrypoints.report_format import fmt as _fmt
 from armlab.entrypoints.report_interleaving import interleaving_section
 from armlab.services.report import ReportData
 
@@ -115,20 +115,8 @@ pre{white-space:pre-wrap;max-height:260px;overflow:auto;background:#fafafa;paddi
 """
 
 
-def _esc(v: Any) -> str:
-    return html.escape("" if v is None else str(v))
-
-
 def _fmt_time(t: datetime | None) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "—"
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
 
 
 def _arms_table(data: ReportData) -> str:

@@ -8,17 +8,13 @@ sequences (inline SVG, one row per segment and treatment)."""
 
 from __future__ import annotations
 
-import html
 import math
 from typing import Any
 
+from armlab.entrypoints.report_format import esc as _esc
 from armlab.services.report import ReportData
 
 ROW_H, WIDTH, LABEL_W, PAD = 22, 720, 220, 20
-
-
-def _esc(v: Any) -> str:
-    return html.escape("" if v is None else str(v))
 
 
 def _fmt(v: Any, digits: int = 4) -> str:

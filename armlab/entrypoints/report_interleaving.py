@@ -8,23 +8,12 @@ probabilities, and ``chart-pairs``: each pair's confidence sequence over the rec
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from armlab.entrypoints.report_charts import PALETTE, _new_figure, _scale, _style, _svg
+from armlab.entrypoints.report_format import esc as _esc
+from armlab.entrypoints.report_format import fmt as _fmt
 from armlab.services.report import ReportData
-
-
-def _esc(v: Any) -> str:
-    return html.escape("" if v is None else str(v))
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
 
 
 def _bound(v: Any, inf: str) -> str:

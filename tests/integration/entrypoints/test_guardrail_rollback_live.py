@@ -6,12 +6,8 @@ evidence, weight 0 in the newest snapshot, and ``/assign`` stops serving it."""
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,11 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.entrypoints.test_cli_live import free_port, wait_until_ready
+from tests.integration.entrypoints.live_stack import live_stack
 
 pytestmark = pytest.mark.integration
 
-ARMLAB = str(Path(sys.executable).with_name("armlab"))
 SKIP_RATE = {"control": 0.10, "fine": 0.10, "harm": 0.45}
 CLICK_RATE = 0.20
 
@@ -33,40 +28,8 @@ CLICK_RATE = 0.20
 def stack(pg_url: str, kafka_bootstrap: str, kafka_topic_factory: Callable[..., str],
           tmp_path: Path) -> Iterator[str]:
     """serve + consume + allocate on PostgreSQL and Kafka; yields the API's URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "ARMLAB_DATABASE_URL": pg_url, "ARMLAB_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "ARMLAB_TRANSPORT": "kafka", "ARMLAB_AUTH_DISABLED": "true",
-        "ARMLAB_TOPIC_IMPRESSIONS": kafka_topic_factory(2, "imp"),
-        "ARMLAB_TOPIC_FEEDBACK": kafka_topic_factory(2, "fb"),
-        "ARMLAB_TOPIC_DLQ": kafka_topic_factory(1, "dlq"),
-        "ARMLAB_CONSUMER_GROUP": f"g-{uuid.uuid4().hex[:6]}",
-        "ARMLAB_SNAPSHOT_REFRESH_S": "0.2", "ARMLAB_HOME": str(tmp_path / "home"),
-        "ARMLAB_LOG_LEVEL": "WARNING",
-    }
-    cmds = {"serve": [ARMLAB, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            "consume": [ARMLAB, "consume"],
-            "allocate": [ARMLAB, "allocate", "--interval", "0.3"]}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    logs = {name: (tmp_path / f"{name}.log") for name in cmds}
-    try:
-        for name, cmd in cmds.items():
-            with logs[name].open("wb") as out:
-                procs[name] = subprocess.Popen(cmd, env=env, stdout=out,
-                                               stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        wait_until_ready(url, procs, logs)
+    with live_stack(pg_url, kafka_bootstrap, kafka_topic_factory, tmp_path) as url:
         yield url
-    finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 def _round(c: httpx.Client, rng: random.Random, n: int) -> dict[str, int]:

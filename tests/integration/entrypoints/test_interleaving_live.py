@@ -18,12 +18,8 @@ preferred to a tiny random bi-encoder, and a second, identical popularity ranker
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,11 +29,10 @@ import httpx
 import pytest
 
 from armlab.adapters.scoring.tiny import make_tiny_model
-from tests.integration.entrypoints.test_cli_live import free_port, wait_until_ready
+from tests.integration.entrypoints.live_stack import live_stack
 
 pytestmark = pytest.mark.integration
 
-ARMLAB = str(Path(sys.executable).with_name("armlab"))
 N_ITEMS = 40
 LIKED_TOP = 8
 P_LIKED, P_OTHER = 0.35, 0.01
@@ -55,40 +50,8 @@ def stack(pg_url: str, kafka_bootstrap: str, kafka_topic_factory: Callable[..., 
     """serve + consume + allocate on PostgreSQL and Kafka; yields (API URL, tiny model)."""
     model = tmp_path / "tiny-encoder"
     make_tiny_model(model, "encoder")
-    port = free_port()
-    env = {
-        **os.environ,
-        "ARMLAB_DATABASE_URL": pg_url, "ARMLAB_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "ARMLAB_TRANSPORT": "kafka", "ARMLAB_AUTH_DISABLED": "true",
-        "ARMLAB_TOPIC_IMPRESSIONS": kafka_topic_factory(2, "imp"),
-        "ARMLAB_TOPIC_FEEDBACK": kafka_topic_factory(2, "fb"),
-        "ARMLAB_TOPIC_DLQ": kafka_topic_factory(1, "dlq"),
-        "ARMLAB_CONSUMER_GROUP": f"g-{uuid.uuid4().hex[:6]}",
-        "ARMLAB_SNAPSHOT_REFRESH_S": "0.2", "ARMLAB_HOME": str(tmp_path / "home"),
-        "ARMLAB_LOG_LEVEL": "WARNING",
-    }
-    cmds = {"serve": [ARMLAB, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            "consume": [ARMLAB, "consume"],
-            "allocate": [ARMLAB, "allocate", "--interval", "0.3"]}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    logs = {name: (tmp_path / f"{name}.log") for name in cmds}
-    try:
-        for name, cmd in cmds.items():
-            with logs[name].open("wb") as out:
-                procs[name] = subprocess.Popen(cmd, env=env, stdout=out,
-                                               stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        wait_until_ready(url, procs, logs)
+    with live_stack(pg_url, kafka_bootstrap, kafka_topic_factory, tmp_path) as url:
         yield url, str(model)
-    finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 def _spec(key: str, rankers: dict[str, dict[str, Any]], **inter: Any) -> dict[str, Any]:
