@@ -101,6 +101,14 @@ class FakeEvidence:
     def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None:
         return self.snapshots.get(experiment_id)
 
+    def latest_policy_snapshot(self, experiment_id: int, policy_name: str
+                               ) -> AllocationSnapshot | None:
+        log = getattr(self, "snapshot_log", None)
+        rows = log if log is not None else list(self.snapshots.values())
+        mine = [s for s in rows
+                if s.experiment_id == experiment_id and s.policy_name == policy_name]
+        return mine[-1] if mine else None
+
     def latest_decisions(self, experiment_id: int) -> dict[str, Decision]:
         return {d.arm_key: d for d in self.decisions if d.experiment_id == experiment_id}
 

@@ -65,7 +65,8 @@ def _design(experiment: Experiment) -> SegmentDesign:
 
 def _allocation(uow: UnitOfWorkPort, experiment: Experiment
                 ) -> tuple[ContextualAllocation | None, dict[str, Any] | None, str]:
-    snap = uow.evidence.latest_snapshot(experiment.id)
+    # the policy's own newest snapshot: after a stop or ship the newest one is terminal
+    snap = uow.evidence.latest_policy_snapshot(experiment.id, experiment.policy_name)
     raw = (snap.stats or {}).get("contextual") if snap is not None else None
     if not raw:
         return None, None, "no contextual allocation snapshot yet"

@@ -158,13 +158,13 @@ def unit_guardrail_sums(
     return out
 
 
-def latest_snapshot(session: Session, experiment_id: int) -> AllocationSnapshot | None:
-    return session.scalars(
-        select(AllocationSnapshot)
-        .where(AllocationSnapshot.experiment_id == experiment_id)
-        .order_by(AllocationSnapshot.id.desc())
-        .limit(1)
-    ).one_or_none()
+def latest_snapshot(session: Session, experiment_id: int,
+                    policy_name: str | None = None) -> AllocationSnapshot | None:
+    """The experiment's newest snapshot (of that policy when ``policy_name`` is given)."""
+    q = select(AllocationSnapshot).where(AllocationSnapshot.experiment_id == experiment_id)
+    if policy_name is not None:
+        q = q.where(AllocationSnapshot.policy_name == policy_name)
+    return session.scalars(q.order_by(AllocationSnapshot.id.desc()).limit(1)).one_or_none()
 
 
 def latest_decisions(session: Session, experiment_id: int) -> dict[str, Decision]:

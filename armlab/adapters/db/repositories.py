@@ -133,6 +133,10 @@ class SqlEvidence:
     def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None:
         return latest_snapshot(self.session, experiment_id)
 
+    def latest_policy_snapshot(self, experiment_id: int, policy_name: str
+                               ) -> AllocationSnapshot | None:
+        return latest_snapshot(self.session, experiment_id, policy_name)
+
     def latest_decisions(self, experiment_id: int) -> dict[str, Decision]:
         return latest_decisions(self.session, experiment_id)
 

@@ -6,6 +6,7 @@ value), the HTML report and the dashboard page all show it."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from armlab.adapters.db.engine import make_engine, make_session_factory
@@ -56,3 +57,12 @@ def test_results_report_and_dashboard_show_the_contextual_block(sqlite_url: str)
         page = c.get("/ui/experiments/ctx")
         assert page.status_code == 200 and 'id="contextual"' in page.text
         assert 'data-segment="device=mobile"' in page.text
+        # shipped: the newest snapshot is the terminal one, yet the results still judge the
+        # policy the experiment learned (its own last snapshot)
+        shipped = c.post("/v1/experiments/ctx/ship", headers=ADMIN,
+                         json={"arm": "t1", "reason": "t", "force": True})
+        assert shipped.status_code == 200, shipped.text
+        after = c.get("/v1/experiments/ctx/results", headers=ADMIN).json()
+        assert after["snapshot"]["policy_name"] == "shipped"
+        assert after["contextual"]["personalisation"]["available"]
+        assert after["contextual"]["personalisation"]["gain"] == pytest.approx(pers["gain"])
