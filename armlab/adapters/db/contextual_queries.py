@@ -23,18 +23,29 @@ from armlab.adapters.db.models import Impression
 BATCH = 5000
 
 
+def impression_contexts(session: Session, experiment_id: int, cutoff: datetime, *,
+                        arms: Sequence[str] | None = None, ordered: bool = False
+                        ) -> Iterator[tuple[str, float, float, Any]]:
+    """(arm key, attributed reward, logged propensity, stored context) of each impression
+    served at or before ``cutoff`` (only ``arms`` when given; in serving order when
+    ``ordered``), streamed in batches of :data:`BATCH` rows."""
+    stmt = select(Impression.arm_key, Impression.reward, Impression.propensity,
+                  Impression.context).where(Impression.experiment_id == experiment_id,
+                                            Impression.served_at <= cutoff)
+    if arms is not None:
+        stmt = stmt.where(Impression.arm_key.in_(list(arms)))
+    if ordered:
+        stmt = stmt.order_by(Impression.served_at, Impression.impression_id)
+    for arm, reward, p, context in session.execute(stmt.execution_options(yield_per=BATCH)):
+        yield str(arm), float(reward or 0.0), float(p), context
+
+
 def matured_contexts(session: Session, experiment_id: int, cutoff: datetime,
                      arms: Sequence[str]) -> Iterator[tuple[str, dict[str, Any], float]]:
     """(arm key, context, reward) of each impression of ``arms`` served at or before
-    ``cutoff``."""
+    ``cutoff`` (the allocator's read; a stored context that is not an object reads as {})."""
     if not arms:
         return
-    stmt = (
-        select(Impression.arm_key, Impression.context, Impression.reward)
-        .where(Impression.experiment_id == experiment_id,
-               Impression.arm_key.in_(list(arms)),
-               Impression.served_at <= cutoff)
-        .execution_options(yield_per=BATCH)
-    )
-    for arm, context, reward in session.execute(stmt):
-        yield str(arm), context if isinstance(context, dict) else {}, float(reward or 0.0)
+    for arm, reward, _, context in impression_contexts(session, experiment_id, cutoff,
+                                                       arms=arms):
+        yield arm, context if isinstance(context, dict) else {}, reward

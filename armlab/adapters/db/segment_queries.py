@@ -16,21 +16,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from armlab.adapters.db.models import Impression
+from armlab.adapters.db.contextual_queries import impression_contexts
 from armlab.core.stats.segments import ContextRow
 
 
 def logged_contexts(session: Session, experiment_id: int, cutoff: datetime
                     ) -> list[ContextRow]:
-    """(arm, reward, propensity, context) of the impressions served at or before ``cutoff``."""
-    rows = session.execute(
-        select(Impression.arm_key, Impression.reward, Impression.propensity,
-               Impression.context)
-        .where(Impression.experiment_id == experiment_id, Impression.served_at <= cutoff)
-        .order_by(Impression.served_at, Impression.impression_id)
-    )
-    return [(str(a), float(r), float(p), ctx if isinstance(ctx, dict) else None)
-            for a, r, p, ctx in rows]
+    """(arm, reward, propensity, context) of the impressions served at or before ``cutoff``,
+    in serving order (a stored context that is not an object reads as None)."""
+    return [(a, r, p, ctx if isinstance(ctx, dict) else None)
+            for a, r, p, ctx in impression_contexts(session, experiment_id, cutoff,
+                                                    ordered=True)]
