@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from armlab.adapters.db.models import Experiment
+from armlab.core.policies import CONTEXTUAL_POLICY_NAMES
 from armlab.core.policies.context_features import ContextParams, ContextSpec
 from armlab.core.policies.contextual import SegmentAllocation
 from armlab.core.policies.contextual_snapshot import (
-    CONTEXTUAL_POLICIES,
     ContextualAllocation,
     allocation_from_dict,
 )
@@ -46,7 +46,7 @@ from armlab.services.ports import UnitOfWorkPort
 
 
 def is_contextual(experiment: Experiment) -> bool:
-    return experiment.policy_name in CONTEXTUAL_POLICIES
+    return experiment.policy_name in CONTEXTUAL_POLICY_NAMES
 
 
 def _design(experiment: Experiment) -> SegmentDesign:

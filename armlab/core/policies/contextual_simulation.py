@@ -40,7 +40,7 @@ from armlab.core.policies.thompson import (
 from armlab.errors import PolicyError
 
 IntArray = npt.NDArray[np.int64]
-CONTEXTUAL_POLICIES = ("segment_thompson", "linear_thompson", "thompson")
+SIMULATED_POLICIES = ("segment_thompson", "linear_thompson", "thompson")
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def _settings(policy: str, features: list[dict[str, Any]], params: dict[str, Any
         return LinearThompsonSettings(features=features, **params, **common)
     if policy == "thompson":
         return ThompsonSettings(**params, **common)
-    raise PolicyError(f"unknown policy {policy!r}; valid: {', '.join(CONTEXTUAL_POLICIES)}")
+    raise PolicyError(f"unknown policy {policy!r}; valid: {', '.join(SIMULATED_POLICIES)}")
 
 
 def simulate_contextual(
@@ -220,7 +220,7 @@ def _update(state: _State, g: IntArray, arms: IntArray, r: FloatArray, xg: Float
 
 
 __all__ = [
-    "CONTEXTUAL_POLICIES",
+    "SIMULATED_POLICIES",
     "DIFFER",
     "SAME",
     "SCENARIOS",

@@ -28,7 +28,6 @@ from armlab.core.policies.linear_thompson import LinearAllocation
 from armlab.errors import PolicyError
 
 ContextualAllocation = SegmentAllocation | LinearAllocation
-CONTEXTUAL_POLICIES = ("segment_thompson", "linear_thompson")
 
 
 def allocation_to_dict(alloc: ContextualAllocation, arms: Sequence[str]) -> dict[str, Any]:

@@ -22,8 +22,8 @@ import numpy as np
 from armlab.core.policies import CdfSampler, PolicyStats, ThompsonSampling, ThompsonSettings
 from armlab.core.policies.contextual import SegmentStats, SegmentThompson, SegmentThompsonSettings
 from armlab.core.policies.contextual_simulation import (
-    CONTEXTUAL_POLICIES,
     SCENARIOS,
+    SIMULATED_POLICIES,
     Scenario,
     simulate_contextual,
 )
@@ -151,7 +151,7 @@ def _ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def _scenario_row(sc: Scenario, *, horizon: int, seeds: int, peer_seeds: int,
                   batch_every: int, seed: int) -> dict[str, Any]:
     row: dict[str, Any] = {"mu": [list(r) for r in sc.mu], "segment_shares": list(sc.q)}
-    for pol in CONTEXTUAL_POLICIES:
+    for pol in SIMULATED_POLICIES:
         res = simulate_contextual(sc, pol, horizon=horizon, seeds=seeds,
                                   batch_every=batch_every, seed=seed)
         res.pop("regret_per_seed")
