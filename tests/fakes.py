@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from armlab.adapters.db.models import AllocationSnapshot, AuditLog, Decision, Experiment
+from armlab.adapters.db.records import audit_row, decision_row, experiment_row, snapshot_row
 from armlab.core.catalog import CatalogInfo
 from armlab.core.evidence import ArmSums
 from armlab.core.readings import (
@@ -19,6 +20,7 @@ from armlab.core.readings import (
     LoggedRow,
     RewardBucket,
 )
+from armlab.core.records import NewAuditEntry, NewDecision, NewExperiment, NewSnapshot
 from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.errors import ExperimentExists
 
@@ -36,12 +38,17 @@ class FakeExperiments:
         rows = sorted(self.by_key.values(), key=lambda e: e.id, reverse=True)
         return [e for e in rows if status is None or e.status == status]
 
-    def add(self, experiment: Experiment) -> None:
+    def add(self, new: NewExperiment) -> Experiment:
+        experiment = experiment_row(new)
         if experiment.key in self.by_key:
             raise ExperimentExists(f"an experiment with key {experiment.key!r} already exists")
         experiment.id = next(_ids)
         experiment.version = 1
         self.by_key[experiment.key] = experiment
+        return experiment
+
+    def unflushed_change(self, record: object, attribute: str) -> bool:
+        return False  # no change tracking in memory
 
     def keys_starting_with(self, prefix: str) -> set[str]:
         return {k for k in self.by_key if k.startswith(prefix)}
@@ -51,7 +58,8 @@ class FakeAuditTrail:
     def __init__(self) -> None:
         self.rows: list[AuditLog] = []
 
-    def add(self, row: AuditLog) -> None:
+    def add(self, new: NewAuditEntry) -> None:
+        row = audit_row(new)
         row.id = next(_ids)
         self.rows.append(row)
 
@@ -112,13 +120,16 @@ class FakeEvidence:
     def latest_decisions(self, experiment_id: int) -> dict[str, Decision]:
         return {d.arm_key: d for d in self.decisions if d.experiment_id == experiment_id}
 
-    def add_decision(self, row: Decision) -> None:
+    def add_decision(self, new: NewDecision) -> None:
+        row = decision_row(new)
         row.id = next(_ids)
         self.decisions.append(row)
 
-    def add_snapshot(self, row: AllocationSnapshot) -> None:
+    def add_snapshot(self, new: NewSnapshot) -> AllocationSnapshot:
+        row = snapshot_row(new)
         row.id = next(_ids)
         self.snapshots[row.experiment_id] = row
+        return row
 
     def interleaving_sums(self, experiment_id: int, aggregate: str
                           ) -> tuple[float, dict[tuple[str, str], tuple[float, float]]]:

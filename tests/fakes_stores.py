@@ -35,6 +35,7 @@ from typing import Any
 
 from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.core.evidence import FIELDS, ArmSums
+from armlab.core.records import NewSnapshot
 from armlab.core.stats.noninferiority_units import UnitSums
 from tests.fakes import FakeEvidence, FakeUnitOfWork
 
@@ -167,9 +168,10 @@ class LoggedEvidence(FakeEvidence):
             out.setdefault(metric, {}).setdefault(arm, UnitSums()).add_unit(n, y, ysq, events, p)
         return out
 
-    def add_snapshot(self, row: AllocationSnapshot) -> None:
-        super().add_snapshot(row)
+    def add_snapshot(self, new: NewSnapshot) -> AllocationSnapshot:
+        row = super().add_snapshot(new)
         self.snapshot_log.append(row)
+        return row
 
     def interleaving_sums(self, experiment_id: int, aggregate: str
                           ) -> tuple[float, dict[tuple[str, str], tuple[float, float]]]:

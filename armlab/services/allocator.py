@@ -57,7 +57,6 @@ from typing import Any
 import numpy as np
 
 from armlab.adapters.db.allocation_store import SqlAllocationStore
-from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.adapters.db.retry import is_transient
 from armlab.core.clock import utcnow
 from armlab.core.evidence import ArmSums
@@ -68,6 +67,7 @@ from armlab.core.policies import (
     make_policy,
 )
 from armlab.core.recommendation import BREACHED, breach_summary
+from armlab.core.records import ExperimentRecord, NewSnapshot
 from armlab.core.serving import fixed_arm
 from armlab.core.status import ExperimentStatus
 from armlab.errors import ArmlabError
@@ -129,7 +129,7 @@ class ArmEvidence:
 
 
 def matured_stats(
-    uow: AllocationUnit, experiment: Experiment, *, now: datetime
+    uow: AllocationUnit, experiment: ExperimentRecord, *, now: datetime
 ) -> dict[str, ArmEvidence]:
     """Per-arm totals (sum over partitions) and the part inside the attribution window."""
     totals = uow.evidence.arm_sums(experiment.id)
@@ -150,7 +150,7 @@ def matured_stats(
     return out
 
 
-def _seed(experiment: Experiment, now: datetime) -> int:
+def _seed(experiment: ExperimentRecord, now: datetime) -> int:
     """Reproducible RNG seed from the experiment salt and the pass time (stored in the snapshot)."""
     digest = hashlib.blake2b(
         f"{experiment.salt}|{now.isoformat()}".encode(), digest_size=8
@@ -159,8 +159,8 @@ def _seed(experiment: Experiment, now: datetime) -> int:
 
 
 def compute_snapshot(
-    uow: AllocationUnit, experiment: Experiment, *, now: datetime
-) -> AllocationSnapshot | None:
+    uow: AllocationUnit, experiment: ExperimentRecord, *, now: datetime
+) -> NewSnapshot | None:
     """Build (not add) the snapshot this experiment should get now; None if nothing changes."""
     if experiment.status == ExperimentStatus.RUNNING and is_interleaving(experiment):
         return interleaving_snapshot(uow.evidence, experiment, now=now,
@@ -170,8 +170,8 @@ def compute_snapshot(
     return _terminal_snapshot(uow, experiment, now)
 
 
-def _running_snapshot(uow: AllocationUnit, experiment: Experiment,
-                      now: datetime) -> AllocationSnapshot:
+def _running_snapshot(uow: AllocationUnit, experiment: ExperimentRecord,
+                      now: datetime) -> NewSnapshot:
     """The policy's weights on the matured statistics (rolled-back arms get weight 0)."""
     arm_keys = [a.key for a in experiment.arms]
     evidence = matured_stats(uow, experiment, now=now)
@@ -210,7 +210,7 @@ def _running_snapshot(uow: AllocationUnit, experiment: Experiment,
         detail.pop("weights", None)
     if rolled:
         detail["rolled_back"] = sorted(rolled)
-    return AllocationSnapshot(
+    return NewSnapshot(
         experiment_id=experiment.id,
         created_at=now,
         policy_name=policy_name,
@@ -229,8 +229,8 @@ def _running_snapshot(uow: AllocationUnit, experiment: Experiment,
     )
 
 
-def _terminal_snapshot(uow: AllocationUnit, experiment: Experiment,
-                       now: datetime) -> AllocationSnapshot | None:
+def _terminal_snapshot(uow: AllocationUnit, experiment: ExperimentRecord,
+                       now: datetime) -> NewSnapshot | None:
     """Stopped / shipped: the serving rule's one arm with weight 1, unless already recorded."""
     arm_keys = [a.key for a in experiment.arms]
     target = fixed_arm(experiment.status, control=experiment.control_arm_key,
@@ -239,7 +239,7 @@ def _terminal_snapshot(uow: AllocationUnit, experiment: Experiment,
     latest = uow.evidence.latest_snapshot(experiment.id)
     if latest is not None and latest.weights == weights and latest.policy_name == experiment.status:
         return None  # terminal state already recorded
-    return AllocationSnapshot(
+    return NewSnapshot(
         experiment_id=experiment.id,
         created_at=now,
         policy_name=experiment.status,  # "stopped" | "shipped": no policy runs any more
@@ -250,7 +250,7 @@ def _terminal_snapshot(uow: AllocationUnit, experiment: Experiment,
 
 
 def run_decisions(
-    uow: UnitOfWorkPort, experiment: Experiment, *, actor: str = "allocator",
+    uow: UnitOfWorkPort, experiment: ExperimentRecord, *, actor: str = "allocator",
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Evaluate the sequential test, store its decision rows and, with
@@ -272,7 +272,7 @@ def run_decisions(
 
 
 def apply_guardrails(
-    uow: UnitOfWorkPort, experiment: Experiment, ev: dict[str, Any], *,
+    uow: UnitOfWorkPort, experiment: ExperimentRecord, ev: dict[str, Any], *,
     actor: str = "allocator",
 ) -> dict[str, Any]:
     """Act on the look's guardrail breaches (see the module doc): returns the arms newly
@@ -318,7 +318,7 @@ def apply_guardrails(
     return out
 
 
-def _after_snapshot(uow: AllocationUnit, experiment: Experiment, now: datetime) -> None:
+def _after_snapshot(uow: AllocationUnit, experiment: ExperimentRecord, now: datetime) -> None:
     """Per-experiment hook after the snapshot is written, in the same unit of work: the
     sequential decisions of a running experiment and the guardrails' rollbacks. An auto-stop
     or a rollback writes its snapshot in the same transaction, so ``/assign`` never serves the
@@ -346,14 +346,14 @@ def run_allocation(
     store: StoreOrSessions,
     *,
     now: datetime | None = None,
-    after_snapshot: Callable[[AllocationUnit, Experiment, datetime], None] | None = None,
-) -> list[AllocationSnapshot]:
+    after_snapshot: Callable[[AllocationUnit, ExperimentRecord, datetime], None] | None = None,
+) -> list[NewSnapshot]:
     """One allocation pass over running/stopped/shipped experiments; returns new snapshots.
     ``store``: the storage port, or a session factory (the database implementation)."""
     now = now or utcnow()
     hook = after_snapshot or _after_snapshot
     store = as_allocation_store(store)
-    written: list[AllocationSnapshot] = []
+    written: list[NewSnapshot] = []
     for exp_id in store.active_experiment_ids(ACTIVE_STATUSES):
         try:
             with store.unit() as uow:
@@ -420,6 +420,6 @@ def allocation_loop(
         sleep(max(0.0, next_at - time.monotonic()))
 
 
-def _fmt(snap: AllocationSnapshot) -> str:
+def _fmt(snap: NewSnapshot) -> str:
     weights: dict[str, Any] = snap.weights
     return f"exp{snap.experiment_id}:" + "/".join(f"{k}={v:.3f}" for k, v in weights.items())

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.core.policies.base import CdfSampler
+from armlab.core.records import ExperimentRecord, SnapshotRecord
 from armlab.core.serving import fixed_arm, served_weights
 from armlab.core.status import ExperimentStatus
 from armlab.services.contextual_serving import ContextualServing, contextual_serving
@@ -83,7 +83,7 @@ def unit_hash(salt: str, unit_id: str) -> float:
     return int.from_bytes(d, "big") / 2.0**64
 
 
-def build_view(exp: Experiment, snapshot: AllocationSnapshot | None) -> ExperimentView:
+def build_view(exp: ExperimentRecord, snapshot: SnapshotRecord | None) -> ExperimentView:
     arm_keys = tuple(a.key for a in exp.arms)
     design = exp.design or "ab"
     sets = (ranker_sets(arm_keys, exp.interleaving,

@@ -14,11 +14,11 @@ import threading
 import time
 from datetime import datetime, timedelta
 
-from armlab.adapters.db.models import DEAD_LETTER_RETENTION_S, INGEST_LOCK_RETENTION_S
 from armlab.adapters.metrics import IngestMetrics
 from armlab.core.clock import utcnow
 from armlab.core.event_effects import Effects, ExperimentInfo, Reject, pending_raw
 from armlab.core.fencing import TP
+from armlab.core.records import DEAD_LETTER_RETENTION_S, INGEST_LOCK_RETENTION_S
 from armlab.services.ports_consumer import DlqSink, IngestStore, MaintenanceResult, Source
 
 log = logging.getLogger("armlab.consumers")

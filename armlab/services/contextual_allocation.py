@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from armlab.adapters.db.models import Experiment
 from armlab.core.policies import make_contextual_policy
 from armlab.core.policies.base import FloatArray
 from armlab.core.policies.context_features import ContextSpec
 from armlab.core.policies.contextual import SegmentStats, SegmentThompson
 from armlab.core.policies.contextual_snapshot import ContextualAllocation, allocation_to_dict
 from armlab.core.policies.linear_thompson import LinearStats, LinearThompson
+from armlab.core.records import ExperimentRecord
 from armlab.errors import PolicyError
 from armlab.services.ports_allocation import AllocationUnit
 
@@ -144,7 +144,7 @@ def _linear(policy: LinearThompson, k: int, contexts: list[dict[str, Any]],
 
 
 def contextual_allocation(
-    uow: AllocationUnit, experiment: Experiment, active: Sequence[str], cutoff: datetime,
+    uow: AllocationUnit, experiment: ExperimentRecord, active: Sequence[str], cutoff: datetime,
     rng: np.random.Generator,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """(weights of the ``active`` arms, the snapshot's detail: ``method``, ``contextual``,

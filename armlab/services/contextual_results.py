@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from armlab.adapters.db.models import Experiment
 from armlab.core.policies import CONTEXTUAL_POLICY_NAMES
 from armlab.core.policies.context_features import ContextParams, ContextSpec
 from armlab.core.policies.contextual import SegmentAllocation
@@ -28,6 +27,7 @@ from armlab.core.policies.contextual_snapshot import (
     ContextualAllocation,
     allocation_from_dict,
 )
+from armlab.core.records import ExperimentRecord
 from armlab.core.specs import SequentialSpec
 from armlab.core.stats.adaptive import DEFAULT_PLAN_IMPRESSIONS
 from armlab.core.stats.personalisation import personalisation_value
@@ -45,11 +45,11 @@ from armlab.errors import ArmlabError
 from armlab.services.ports import UnitOfWorkPort
 
 
-def is_contextual(experiment: Experiment) -> bool:
+def is_contextual(experiment: ExperimentRecord) -> bool:
     return experiment.policy_name in CONTEXTUAL_POLICY_NAMES
 
 
-def _design(experiment: Experiment) -> SegmentDesign:
+def _design(experiment: ExperimentRecord) -> SegmentDesign:
     seq = SequentialSpec.model_validate(experiment.sequential or {})
     keys = [a.key for a in experiment.arms]
     return SegmentDesign(
@@ -63,7 +63,7 @@ def _design(experiment: Experiment) -> SegmentDesign:
     )
 
 
-def _allocation(uow: UnitOfWorkPort, experiment: Experiment
+def _allocation(uow: UnitOfWorkPort, experiment: ExperimentRecord
                 ) -> tuple[ContextualAllocation | None, dict[str, Any] | None, str]:
     # the policy's own newest snapshot: after a stop or ship the newest one is terminal
     snap = uow.evidence.latest_policy_snapshot(experiment.id, experiment.policy_name)
@@ -128,7 +128,7 @@ def _personalisation(arms: Sequence[str], rows: Sequence[ContextRow],
     return res
 
 
-def _matured(uow: UnitOfWorkPort, experiment: Experiment, spec: ContextSpec,
+def _matured(uow: UnitOfWorkPort, experiment: ExperimentRecord, spec: ContextSpec,
              arms: Sequence[str], now: datetime) -> tuple[list[ContextRow], np.ndarray, int]:
     """The matured impressions the analysis can read (a known arm, a propensity in (0, 1], a
     context the features read), their segment indices, and how many were left out."""
@@ -166,7 +166,7 @@ def _probs(alloc: ContextualAllocation | None, raw: dict[str, Any] | None,
     return out, ""
 
 
-def contextual_block(uow: UnitOfWorkPort, experiment: Experiment, *, now: datetime
+def contextual_block(uow: UnitOfWorkPort, experiment: ExperimentRecord, *, now: datetime
                      ) -> dict[str, Any] | None:
     """The results' ``contextual`` block (module doc); None for a non-contextual policy."""
     if not is_contextual(experiment):

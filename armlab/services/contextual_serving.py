@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.core.policies import CONTEXTUAL_POLICY_NAMES
 from armlab.core.policies.base import CdfSampler, FloatArray
 from armlab.core.policies.contextual import SegmentAllocation
 from armlab.core.policies.contextual_snapshot import ContextualAllocation, allocation_from_dict
 from armlab.core.policies.linear_thompson import CACHE_SIZE
+from armlab.core.records import ExperimentRecord, SnapshotRecord
 from armlab.core.status import ExperimentStatus
 from armlab.errors import PolicyError
 
@@ -146,7 +146,7 @@ class ContextualServing:
         return sampler
 
 
-def contextual_serving(exp: Experiment, snapshot: AllocationSnapshot | None
+def contextual_serving(exp: ExperimentRecord, snapshot: SnapshotRecord | None
                        ) -> ContextualServing | None:
     """The contextual allocation a running contextual experiment serves from its latest
     snapshot; None when there is none to serve (not contextual, not running, no snapshot yet

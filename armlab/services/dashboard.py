@@ -21,12 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from armlab.adapters.db.models import Experiment
 from armlab.core.clock import as_utc, as_utc_or_none, utcnow
 from armlab.core.decisions import TERMINAL, Evaluation
 from armlab.core.event_effects import OK_OUTCOMES
 from armlab.core.evidence import ArmSums
 from armlab.core.readings import ArmSeries, ChartSeries, LatestDecision
+from armlab.core.records import ExperimentRecord
 from armlab.core.status import ExperimentStatus
 from armlab.services import interleaving_evaluation as il
 from armlab.services.ports import ReadsUnitOfWork
@@ -53,7 +53,7 @@ def _ts(value: datetime | None) -> float | None:
 # --- the list ---------------------------------------------------------------------------------
 
 
-def primary_decision(exp: Experiment, decisions: Mapping[str, LatestDecision]) -> str:
+def primary_decision(exp: ExperimentRecord, decisions: Mapping[str, LatestDecision]) -> str:
     """One phrase: what the experiment's evidence says now."""
     if exp.status == ExperimentStatus.SHIPPED:
         return f"shipped {exp.shipped_arm_key}"
@@ -69,7 +69,8 @@ def primary_decision(exp: Experiment, decisions: Mapping[str, LatestDecision]) -
 
 
 def health_badge(
-    exp: Experiment, decisions: Mapping[str, LatestDecision], last_snapshot: datetime | None, *,
+    exp: ExperimentRecord, decisions: Mapping[str, LatestDecision],
+    last_snapshot: datetime | None, *,
     allocator_interval_s: float, now: datetime,
 ) -> tuple[str, list[str]]:
     """``(level, reasons)`` with level ``ok`` | ``warn`` | ``bad`` | ``idle``."""
@@ -134,7 +135,7 @@ def _prob_best(snapshot: dict[str, Any] | None, arm_keys: Sequence[str]) -> dict
     return {k: float(v) for k, v in zip(arm_keys, pb, strict=True) if v is not None}
 
 
-def _warnings(exp: Experiment, sequential: dict[str, Any]) -> list[str]:
+def _warnings(exp: ExperimentRecord, sequential: dict[str, Any]) -> list[str]:
     out = [str(w) for w in sequential.get("warnings", []) or []]
     if "error" in sequential:
         out.append(f"sequential test unavailable: {sequential['error']}")
@@ -174,7 +175,7 @@ def dead_letters(uow: ReadsUnitOfWork, now: datetime) -> dict[str, dict[str, int
 
 
 def _leaderboard(
-    uow: ReadsUnitOfWork, exp: Experiment, results: dict[str, Any], *, source: str,
+    uow: ReadsUnitOfWork, exp: ExperimentRecord, results: dict[str, Any], *, source: str,
     now: datetime,
 ) -> list[dict[str, Any]]:
     """One row per arm: traffic (from ``results`` or, with ``source="raw"``, a scan of the
@@ -211,7 +212,7 @@ def _leaderboard(
     return board
 
 
-def _header(exp: Experiment) -> dict[str, Any]:
+def _header(exp: ExperimentRecord) -> dict[str, Any]:
     """The experiment's own fields, as the page's header shows them."""
     return {
         "key": exp.key, "name": exp.name, "description": exp.description or "",
@@ -228,7 +229,7 @@ def _header(exp: Experiment) -> dict[str, Any]:
 
 
 def _health(
-    uow: ReadsUnitOfWork, exp: Experiment, results: dict[str, Any], *,
+    uow: ReadsUnitOfWork, exp: ExperimentRecord, results: dict[str, Any], *,
     allocator_interval_s: float, now: datetime,
 ) -> dict[str, Any]:
     """The health panel: SRM, warnings, the allocator's last and next run, the consumers and

@@ -35,10 +35,10 @@ evaluated again, so its evidence stays frozen at the stop.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from armlab.adapters.db.models import Decision, Experiment
 from armlab.core.clock import as_utc, utcnow
 from armlab.core.decisions import (
     DEFAULT_PLAN_IMPRESSIONS,
@@ -59,6 +59,7 @@ from armlab.core.recommendation import (
     evaluate_guardrails,
     recommend,
 )
+from armlab.core.records import DecisionRecord, ExperimentRecord, NewDecision
 from armlab.core.specs import GuardrailSpec, SequentialSpec
 from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.status import ENDED, ExperimentStatus
@@ -72,12 +73,12 @@ _TOP = ("method", "alpha", "cs_alpha", "tau2", "tau2_source", "theta0", "correct
         "unit", "cutoff")
 
 
-def guardrail_specs(experiment: Experiment) -> list[GuardrailSpec]:
+def guardrail_specs(experiment: ExperimentRecord) -> list[GuardrailSpec]:
     """The experiment's guardrails as specs (validated at registration)."""
     return [GuardrailSpec.model_validate(g) for g in experiment.guardrails or []]
 
 
-def guardrail_analysis_sums(evidence: Evidence, experiment: Experiment, *, now: datetime
+def guardrail_analysis_sums(evidence: Evidence, experiment: ExperimentRecord, *, now: datetime
                             ) -> dict[str, dict[str, ArmSums]] | dict[str, dict[str, UnitSums]]:
     """Matured, in-design per-arm sums of each guardrail metric (metric -> arm -> sums); per
     user for ``unit: user`` (one term per user, as the primary metric)."""
@@ -89,13 +90,13 @@ def guardrail_analysis_sums(evidence: Evidence, experiment: Experiment, *, now: 
             for m, per_arm in evidence.guardrail_sums(experiment.id).items()}
 
 
-def _stored_entry(d: Decision) -> dict[str, Any]:
+def _stored_entry(d: DecisionRecord) -> dict[str, Any]:
     ev = d.evidence or {}
     return dict(ev["entry"]) if isinstance(ev.get("entry"), dict) else {}
 
 
-def _add_guardrails(evidence: Evidence, experiment: Experiment, ev: dict[str, Any],
-                    rows: dict[str, Decision], *, now: datetime) -> None:
+def _add_guardrails(evidence: Evidence, experiment: ExperimentRecord, ev: dict[str, Any],
+                    rows: Mapping[str, DecisionRecord], *, now: datetime) -> None:
     """Guardrail entries, frozen arms and the recommendation on one evaluation (in place)."""
     specs = guardrail_specs(experiment)
     rolled = dict(experiment.rolled_back or {})
@@ -139,7 +140,7 @@ def _add_guardrails(evidence: Evidence, experiment: Experiment, ev: dict[str, An
     ev["recommendation"] = recommend(ev, entries, control=control, rolled_back=rolled)
 
 
-def design_of(experiment: Experiment) -> Design:
+def design_of(experiment: ExperimentRecord) -> Design:
     """The experiment's design as the pure evaluation needs it. With ``unit: user`` the
     analysed terms are per-user reward totals, which are not 0/1 even for a binary metric."""
     per_user = experiment.unit == "user"
@@ -165,7 +166,7 @@ def _minus(total: ArmSums, part: ArmSums | None) -> ArmSums:
     return ArmSums(**out)
 
 
-def analysis_cutoff(experiment: Experiment, now: datetime) -> datetime:
+def analysis_cutoff(experiment: ExperimentRecord, now: datetime) -> datetime:
     """Impressions served up to this time enter the test: those whose attribution window has
     closed, and none served after the experiment stopped or shipped."""
     cutoff = as_utc(now) - timedelta(seconds=int(experiment.attribution_window_s or 0))
@@ -174,7 +175,7 @@ def analysis_cutoff(experiment: Experiment, now: datetime) -> datetime:
     return cutoff
 
 
-def analysis_sums(evidence: Evidence, experiment: Experiment, *, now: datetime
+def analysis_sums(evidence: Evidence, experiment: ExperimentRecord, *, now: datetime
                   ) -> dict[str, ArmSums]:
     """Matured, in-design per-arm sums (see the module doc); per user for ``unit: user``."""
     cutoff = analysis_cutoff(experiment, now)
@@ -184,7 +185,7 @@ def analysis_sums(evidence: Evidence, experiment: Experiment, *, now: datetime
     return {k: _minus(v, late.get(k)) for k, v in evidence.arm_sums(experiment.id).items()}
 
 
-def _prior(d: Decision) -> PriorLook:
+def _prior(d: DecisionRecord) -> PriorLook:
     ev = d.evidence or {}
     srm = ev.get("srm")
     return PriorLook(
@@ -197,7 +198,7 @@ def _prior(d: Decision) -> PriorLook:
 
 
 def evaluate_experiment(
-    evidence: Evidence, experiment: Experiment, *, now: datetime | None = None
+    evidence: Evidence, experiment: ExperimentRecord, *, now: datetime | None = None
 ) -> dict[str, Any]:
     """One look of the always-valid evaluation on the matured, in-design data, continuing
     the stored running state. Nothing is stored: :func:`record_decisions` does that."""
@@ -218,9 +219,9 @@ def _states(entry: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def record_decisions(
-    evidence: Evidence, experiment: Experiment, evaluation: dict[str, Any], *, now: datetime
+    evidence: Evidence, experiment: ExperimentRecord, evaluation: dict[str, Any], *, now: datetime
 ) -> int:
-    """Store one Decision row per treatment arm whose counts or decision changed; returns how
+    """Store one DecisionRecord row per treatment arm whose counts or decision changed; returns how
     many were stored. Each row carries the whole evaluation, so the last look can be shown
     again exactly (:func:`stored_evaluation`)."""
     ev = evaluation
@@ -238,7 +239,7 @@ def record_decisions(
                 and _states(_stored_entry(prev)) == _states(arm)
                 and bool(_stored_entry(prev).get("rolled_back")) == bool(arm.get("rolled_back"))):
             continue  # nothing new since the last evaluation
-        evidence.add_decision(Decision(
+        evidence.add_decision(NewDecision(
             experiment_id=experiment.id, at=now, arm_key=look.arm, decision=look.decision.value,
             estimate=look.estimate, p_value=look.p_value,
             ci_low=look.ci_low, ci_high=look.ci_high,
@@ -251,7 +252,7 @@ def record_decisions(
     return stored
 
 
-def _entry_from_row(d: Decision, control: str) -> dict[str, Any]:
+def _entry_from_row(d: DecisionRecord, control: str) -> dict[str, Any]:
     ev = d.evidence or {}
     if isinstance(ev.get("entry"), dict):
         return dict(ev["entry"])
@@ -265,7 +266,7 @@ def _entry_from_row(d: Decision, control: str) -> dict[str, Any]:
     }
 
 
-def stored_evaluation(evidence: Evidence, experiment: Experiment) -> dict[str, Any] | None:
+def stored_evaluation(evidence: Evidence, experiment: ExperimentRecord) -> dict[str, Any] | None:
     """The last recorded look (None before the first one): per arm its latest row, the
     experiment-wide fields from the newest row."""
     rows = evidence.latest_decisions(experiment.id)
@@ -290,8 +291,8 @@ def stored_evaluation(evidence: Evidence, experiment: Experiment) -> dict[str, A
     return top
 
 
-def shown_evaluation(evidence: Evidence, experiment: Experiment, *, now: datetime | None = None
-                     ) -> dict[str, Any]:
+def shown_evaluation(evidence: Evidence, experiment: ExperimentRecord, *,
+                     now: datetime | None = None) -> dict[str, Any]:
     """What the results endpoint and the report show: the last recorded look; before the
     first one, the design of the test (method, tau², SRM) with every arm at ``continue`` and
     no p-value, because a look nobody records must not be shown as evidence."""
@@ -314,7 +315,7 @@ def shown_evaluation(evidence: Evidence, experiment: Experiment, *, now: datetim
     return ev
 
 
-def ship_guard(evidence: Evidence, experiment: Experiment, arm: str, force: bool
+def ship_guard(evidence: Evidence, experiment: ExperimentRecord, arm: str, force: bool
                ) -> dict[str, Any]:
     """Evidence for shipping ``arm``; raises Conflict (409) when it argues against it and not
     ``force`` (see :func:`armlab.core.decisions.ship_problem`).

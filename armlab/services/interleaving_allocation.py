@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.core.policies import POLICY_VERSION
 from armlab.core.policies.dueling import DuelingSettings, DuelingStats, ranker_distribution
+from armlab.core.records import ExperimentRecord, NewSnapshot
 from armlab.core.status import ExperimentStatus
 from armlab.errors import PolicyError
 from armlab.services import registry
@@ -43,7 +43,7 @@ from armlab.services.ports import Evidence, UnitOfWorkPort
 MAX_SETS = 20_000
 
 
-def _wins(evidence: Evidence, experiment: Experiment, keys: list[str]
+def _wins(evidence: Evidence, experiment: ExperimentRecord, keys: list[str]
           ) -> tuple[np.ndarray, dict[str, list[int]]]:
     idx = {k: i for i, k in enumerate(keys)}
     wins = np.zeros((len(keys), len(keys)))
@@ -56,7 +56,7 @@ def _wins(evidence: Evidence, experiment: Experiment, keys: list[str]
     return wins, out
 
 
-def ranker_sets(evidence: Evidence, experiment: Experiment, seed: int
+def ranker_sets(evidence: Evidence, experiment: ExperimentRecord, seed: int
                 ) -> tuple[int, list[dict[str, Any]], dict[tuple[str, str], float], float,
                            dict[str, list[int]]]:
     """(m, sets with probabilities, pair propensities, epsilon, win tallies)."""
@@ -85,8 +85,8 @@ def ranker_sets(evidence: Evidence, experiment: Experiment, seed: int
     return m, sets, dict(dist.pair_prob), dist.epsilon, tallies
 
 
-def interleaving_snapshot(evidence: Evidence, experiment: Experiment, *, now: datetime,
-                          seed: int) -> AllocationSnapshot:
+def interleaving_snapshot(evidence: Evidence, experiment: ExperimentRecord, *, now: datetime,
+                          seed: int) -> NewSnapshot:
     """The running snapshot of an interleaving experiment (module doc)."""
     keys = [a.key for a in experiment.arms]
     m, sets, pairs, eps, tallies = ranker_sets(evidence, experiment, seed)
@@ -94,7 +94,7 @@ def interleaving_snapshot(evidence: Evidence, experiment: Experiment, *, now: da
     for s in sets:
         for r in s["rankers"]:
             enter[r] += s["probability"]
-    return AllocationSnapshot(
+    return NewSnapshot(
         experiment_id=experiment.id, created_at=now,
         policy_name="interleaving" if m >= len(keys) else "dueling",
         policy_version=f"{POLICY_VERSION}",
@@ -106,7 +106,7 @@ def interleaving_snapshot(evidence: Evidence, experiment: Experiment, *, now: da
     )
 
 
-def run_interleaving_look(uow: UnitOfWorkPort, experiment: Experiment, *, now: datetime,
+def run_interleaving_look(uow: UnitOfWorkPort, experiment: ExperimentRecord, *, now: datetime,
                           actor: str = "allocator") -> dict[str, Any]:
     """One recorded look; with ``sequential.auto_stop`` a stopping look stops the experiment
     (the evaluation is the certificate in the audit row). Returns the evaluation with

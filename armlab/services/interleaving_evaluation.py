@@ -26,8 +26,8 @@ import math
 from datetime import datetime
 from typing import Any
 
-from armlab.adapters.db.models import Decision, Experiment
 from armlab.core.clock import utcnow
+from armlab.core.records import ExperimentRecord, NewDecision
 from armlab.core.specs import InterleavingSpec, SequentialSpec
 from armlab.core.stats.interleaving import (
     InterleavingConfig,
@@ -48,15 +48,15 @@ ROW_KEY = "~interleaving"
 _TALLY = ("compared", "a_wins", "b_wins", "a_clicks", "b_clicks")
 
 
-def is_interleaving(experiment: Experiment) -> bool:
+def is_interleaving(experiment: ExperimentRecord) -> bool:
     return str(getattr(experiment, "design", "ab") or "ab") == "interleaving"
 
 
-def interleaving_spec(experiment: Experiment) -> InterleavingSpec:
+def interleaving_spec(experiment: ExperimentRecord) -> InterleavingSpec:
     return InterleavingSpec.model_validate(experiment.interleaving or {})
 
 
-def policy_label(experiment: Experiment) -> str:
+def policy_label(experiment: ExperimentRecord) -> str:
     """What chooses the traffic, as the pages show it: the A/B policy's name, or for an
     interleaving experiment how its rankers are chosen (its ``policy`` field is ignored)."""
     if not is_interleaving(experiment):
@@ -67,7 +67,7 @@ def policy_label(experiment: Experiment) -> str:
             else f"interleaving (dueling bandit, {m} of {k})")
 
 
-def config_of(experiment: Experiment) -> InterleavingConfig:
+def config_of(experiment: ExperimentRecord) -> InterleavingConfig:
     """The test's configuration: ``sequential.alpha``/``tau2`` and the interleaving spec."""
     spec = interleaving_spec(experiment)
     seq = SequentialSpec.model_validate(experiment.sequential or {})
@@ -117,13 +117,13 @@ def result_dict(res: InterleavingResult, *, units: float, now: datetime) -> dict
     }
 
 
-def _stored(evidence: Evidence, experiment: Experiment) -> dict[str, Any] | None:
+def _stored(evidence: Evidence, experiment: ExperimentRecord) -> dict[str, Any] | None:
     row = evidence.latest_look(experiment.id, ROW_KEY)
     ev = (row.evidence or {}).get("interleaving") if row is not None else None
     return dict(ev) if isinstance(ev, dict) else None
 
 
-def evaluate_interleaving(evidence: Evidence, experiment: Experiment, *,
+def evaluate_interleaving(evidence: Evidence, experiment: ExperimentRecord, *,
                           now: datetime | None = None) -> dict[str, Any]:
     """One look continuing the recorded state (frozen after a stop). Stores nothing."""
     now = now or utcnow()
@@ -141,7 +141,7 @@ def evaluate_interleaving(evidence: Evidence, experiment: Experiment, *,
     return ev
 
 
-def _tallies(evidence: Evidence, experiment: Experiment) -> dict[str, list[int]]:
+def _tallies(evidence: Evidence, experiment: ExperimentRecord) -> dict[str, list[int]]:
     return {f"{a}|{b}": list(t)
             for (a, b), t in evidence.interleaving_tallies(experiment.id).items()}
 
@@ -169,14 +169,14 @@ def look_phrase(decision: str) -> str:
             "all_decided": "every pair decided"}.get(decision, "continue")
 
 
-def record_interleaving(evidence: Evidence, experiment: Experiment, ev: dict[str, Any], *,
+def record_interleaving(evidence: Evidence, experiment: ExperimentRecord, ev: dict[str, Any], *,
                         now: datetime) -> bool:
     """Store the look (one decision row) unless it changed nothing; returns whether stored."""
     if not _changed(_stored(evidence, experiment), ev):
         return False
     adjusted = [float(p["p_adjusted"]) for p in ev["pairs"]]
     cw = ev.get("condorcet_winner")
-    evidence.add_decision(Decision(
+    evidence.add_decision(NewDecision(
         experiment_id=experiment.id, at=now, arm_key=ROW_KEY,
         decision=look_decision(ev),
         estimate=None, p_value=min(adjusted) if adjusted else None, ci_low=None, ci_high=None,
@@ -185,7 +185,7 @@ def record_interleaving(evidence: Evidence, experiment: Experiment, ev: dict[str
     return True
 
 
-def empty_evaluation(experiment: Experiment) -> dict[str, Any]:
+def empty_evaluation(experiment: ExperimentRecord) -> dict[str, Any]:
     """Before the first recorded look: every pair undecided, p = 1, no confidence bounds."""
     cfg = config_of(experiment)
     rankers = [a.key for a in experiment.arms]
@@ -199,7 +199,7 @@ def empty_evaluation(experiment: Experiment) -> dict[str, Any]:
         "cs_alpha": cfg.alpha / max(len(pairs), 1), "looks": 0, "frozen": False}
 
 
-def _choice(evidence: Evidence, experiment: Experiment) -> tuple[dict[str, float],
+def _choice(evidence: Evidence, experiment: ExperimentRecord) -> tuple[dict[str, float],
                                                                   dict[str, float], int | None]:
     """(P(ranker enters), P(pair compared) by "a|b", m) from the latest running snapshot."""
     snap = evidence.latest_snapshot(experiment.id)
@@ -214,7 +214,7 @@ def _choice(evidence: Evidence, experiment: Experiment) -> tuple[dict[str, float
     return enter, pairs, int(stats["m"]) if stats.get("m") is not None else None
 
 
-def shown_interleaving(evidence: Evidence, experiment: Experiment) -> dict[str, Any]:
+def shown_interleaving(evidence: Evidence, experiment: ExperimentRecord) -> dict[str, Any]:
     """The ``interleaving`` block of the results, the dashboard and the report (module doc)."""
     ev = _stored(evidence, experiment)
     recorded = ev is not None
@@ -235,7 +235,7 @@ def shown_interleaving(evidence: Evidence, experiment: Experiment) -> dict[str, 
     return out
 
 
-def interleaving_ship_guard(evidence: Evidence, experiment: Experiment, arm: str,
+def interleaving_ship_guard(evidence: Evidence, experiment: ExperimentRecord, arm: str,
                             force: bool) -> dict[str, Any]:
     """What to audit for shipping ``arm``; Conflict (409) when it is not the decided
     Condorcet winner and not ``force``. A running experiment gets one more recorded look; a

@@ -7,10 +7,10 @@ A unit of work is one transaction: services flush, the caller commits.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from armlab.adapters.db.models import AllocationSnapshot, AuditLog, Decision, Experiment
 from armlab.core.catalog import CatalogInfo
 from armlab.core.evidence import ArmSums
 from armlab.core.readings import (
@@ -20,20 +20,35 @@ from armlab.core.readings import (
     LoggedRow,
     RewardBucket,
 )
+from armlab.core.records import (
+    AuditRecord,
+    DecisionRecord,
+    ExperimentRecord,
+    NewAuditEntry,
+    NewDecision,
+    NewExperiment,
+    NewSnapshot,
+    SnapshotRecord,
+)
 from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.stats.segments import ContextRow
 
 
 class Experiments(Protocol):
-    def get(self, key: str, *, for_update: bool = False) -> Experiment | None: ...
-    def list(self, status: str | None = None) -> list[Experiment]: ...
-    def add(self, experiment: Experiment) -> None: ...
+    def get(self, key: str, *, for_update: bool = False) -> ExperimentRecord | None: ...
+    def list(self, status: str | None = None) -> Sequence[ExperimentRecord]: ...
+    def add(self, experiment: NewExperiment) -> ExperimentRecord:
+        """Store a new experiment with its arms; the stored record (its id set on flush)."""
     def keys_starting_with(self, prefix: str) -> set[str]: ...
+    def unflushed_change(self, record: object, attribute: str) -> bool:
+        """True when ``record`` (an experiment or arm this store handed out) had ``attribute``
+        changed in memory and not flushed yet (the registry's guard on frozen variants and
+        guardrails); False for a store without change tracking."""
 
 
 class AuditTrail(Protocol):
-    def add(self, row: AuditLog) -> None: ...
-    def for_experiment(self, experiment_id: int) -> list[AuditLog]: ...
+    def add(self, row: NewAuditEntry) -> None: ...
+    def for_experiment(self, experiment_id: int) -> Sequence[AuditRecord]: ...
 
 
 class Evidence(Protocol):
@@ -48,14 +63,14 @@ class Evidence(Protocol):
                             ) -> dict[str, dict[str, UnitSums]]:
         """Guardrail sums with one term per unit (``unit: user``): metric -> arm -> sums over
         the impressions served up to ``cutoff``."""
-    def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None: ...
+    def latest_snapshot(self, experiment_id: int) -> SnapshotRecord | None: ...
     def latest_policy_snapshot(self, experiment_id: int, policy_name: str
-                               ) -> AllocationSnapshot | None:
+                               ) -> SnapshotRecord | None:
         """The newest snapshot the policy ``policy_name`` wrote (a stopped or shipped
         experiment's last learned allocation; its newest snapshot is the terminal one)."""
-    def latest_decisions(self, experiment_id: int) -> dict[str, Decision]: ...
-    def add_decision(self, row: Decision) -> None: ...
-    def add_snapshot(self, row: AllocationSnapshot) -> None: ...
+    def latest_decisions(self, experiment_id: int) -> Mapping[str, DecisionRecord]: ...
+    def add_decision(self, row: NewDecision) -> None: ...
+    def add_snapshot(self, row: NewSnapshot) -> None: ...
     def interleaving_sums(self, experiment_id: int, aggregate: str
                           ) -> tuple[float, dict[tuple[str, str], tuple[float, float]]]:
         """Interleaving: (units, {(a, b): (sum of x_u, sum of x_u²)}) (a before b in arm
@@ -63,7 +78,7 @@ class Evidence(Protocol):
     def interleaving_tallies(self, experiment_id: int
                              ) -> dict[tuple[str, str], tuple[int, int, int, int, int]]:
         """Interleaving: {(a, b): (compared, a_wins, b_wins, a_clicks, b_clicks)}."""
-    def latest_look(self, experiment_id: int, row_key: str) -> Decision | None:
+    def latest_look(self, experiment_id: int, row_key: str) -> DecisionRecord | None:
         """The newest decision row with arm key ``row_key`` (an interleaving look)."""
     def logged_contexts(self, experiment_id: int, cutoff: datetime) -> list[ContextRow]:
         """(arm, reward, propensity, context) of the impressions served at or before

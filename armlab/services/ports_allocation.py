@@ -16,14 +16,14 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from armlab.adapters.db.models import Experiment
+from armlab.core.records import ExperimentRecord
 from armlab.services.ports import UnitOfWorkPort
 
 
 class AllocationUnit(UnitOfWorkPort, Protocol):
     """One experiment's transaction in an allocation pass."""
 
-    def lock_experiment(self, experiment_id: int) -> Experiment | None:
+    def lock_experiment(self, experiment_id: int) -> ExperimentRecord | None:
         """The experiment with its arms, its row locked until the transaction ends (None
         when it is gone)."""
     def immature_sums(self, experiment_id: int, cutoff: datetime

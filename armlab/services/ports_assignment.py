@@ -8,12 +8,12 @@ database; :mod:`armlab.bootstrap` wires it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from armlab.adapters.db.models import AllocationSnapshot, Experiment
+from armlab.core.records import ExperimentRecord, SnapshotRecord
 
 #: A stored sticky assignment: (experiment id, unit id, arm key, propensity).
 StickyRow = tuple[int, str, str, float]
@@ -22,14 +22,14 @@ StickyRow = tuple[int, str, str, float]
 class AssignmentReads(Protocol):
     """The reads of one cache load or refresh (experiments come with their arms)."""
 
-    def experiment(self, key: str) -> Experiment | None: ...
-    def experiments(self, ids: Sequence[int]) -> list[Experiment]: ...
+    def experiment(self, key: str) -> ExperimentRecord | None: ...
+    def experiments(self, ids: Sequence[int]) -> Sequence[ExperimentRecord]: ...
     def heads(self) -> list[tuple[int, str, int]]:
         """(id, key, version) of every experiment."""
-    def latest_snapshot(self, experiment_id: int) -> AllocationSnapshot | None: ...
+    def latest_snapshot(self, experiment_id: int) -> SnapshotRecord | None: ...
     def latest_snapshot_ids(self) -> dict[int, int]:
-        """Experiment id -> id of its newest allocation snapshot (experiments with one)."""
-    def snapshots(self, ids: Sequence[int]) -> dict[int, AllocationSnapshot]:
+        """ExperimentRecord id -> id of its newest allocation snapshot (experiments with one)."""
+    def snapshots(self, ids: Sequence[int]) -> Mapping[int, SnapshotRecord]:
         """The snapshots with these ids, by experiment id."""
     def sticky(self, experiment_ids: Sequence[int], *,
                since: datetime | None = None) -> Iterable[StickyRow]:

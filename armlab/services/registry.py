@@ -35,16 +35,16 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from armlab.adapters.db.models import (
-    EXPERIMENT_STATUSES,
-    AllocationSnapshot,
-    Arm,
-    AuditLog,
-    Experiment,
-)
-from armlab.adapters.db.uow import changed_unflushed
 from armlab.core.clock import utcnow
 from armlab.core.policies.base import POLICY_VERSION
+from armlab.core.records import (
+    AuditRecord,
+    ExperimentRecord,
+    NewArm,
+    NewAuditEntry,
+    NewExperiment,
+    NewSnapshot,
+)
 from armlab.core.serving import fixed_arm
 from armlab.core.specs import ExperimentSpec
 from armlab.core.status import ENDED, ExperimentStatus
@@ -58,6 +58,8 @@ from armlab.errors import (
 from armlab.services.decisions import ship_guard
 from armlab.services.interleaving_evaluation import interleaving_ship_guard, is_interleaving
 from armlab.services.ports import UnitOfWorkPort
+
+_STATUSES = tuple(s.value for s in ExperimentStatus)
 
 # action -> (statuses it may start from, status it leads to)
 TRANSITIONS: dict[str, tuple[frozenset[ExperimentStatus], ExperimentStatus]] = {
@@ -98,23 +100,23 @@ def _jsonable(value: Any) -> Any:
     return clean(json.loads(json.dumps(value, default=default)))
 
 
-def _state(exp: Experiment) -> dict[str, Any]:
+def _state(exp: ExperimentRecord) -> dict[str, Any]:
     return {"status": exp.status, "shipped_arm": exp.shipped_arm_key, "version": exp.version}
 
 
 def record_audit(
     uow: UnitOfWorkPort,
     *,
-    experiment: Experiment,
+    experiment: ExperimentRecord,
     actor: str,
     action: str,
     reason: str,
     before: dict[str, Any],
     after: dict[str, Any],
     evidence: dict[str, Any] | None,
-) -> AuditLog:
+) -> NewAuditEntry:
     """Append one audit row (in the caller's transaction) and return it."""
-    row = AuditLog(
+    row = NewAuditEntry(
         experiment_id=experiment.id,
         at=utcnow(),
         actor=actor,
@@ -131,7 +133,7 @@ def record_audit(
 # --- reads ------------------------------------------------------------------------------------
 
 
-def get_experiment(uow: UnitOfWorkPort, *, key: str, for_update: bool = False) -> Experiment:
+def get_experiment(uow: UnitOfWorkPort, *, key: str, for_update: bool = False) -> ExperimentRecord:
     """Load one experiment with its arms; ExperimentNotFound (404) when the key is unknown.
     ``for_update`` locks its row until the caller's transaction ends (see the module doc)."""
     exp = uow.experiments.get(key, for_update=True) if for_update else uow.experiments.get(key)
@@ -140,19 +142,19 @@ def get_experiment(uow: UnitOfWorkPort, *, key: str, for_update: bool = False) -
     return exp
 
 
-def list_experiments(uow: UnitOfWorkPort, *, status: str | None = None) -> list[Experiment]:
+def list_experiments(uow: UnitOfWorkPort, *, status: str | None = None) -> list[ExperimentRecord]:
     """All experiments (newest first), optionally only those with ``status``."""
-    if status is not None and status not in EXPERIMENT_STATUSES:
+    if status is not None and status not in _STATUSES:
         raise ValidationFailed(
-            f"status {status!r} is not one of {', '.join(EXPERIMENT_STATUSES)}",
+            f"status {status!r} is not one of {', '.join(_STATUSES)}",
             field="status",
         )
-    return uow.experiments.list(status)
+    return list(uow.experiments.list(status))
 
 
-def list_audit(uow: UnitOfWorkPort, *, key: str) -> list[AuditLog]:
+def list_audit(uow: UnitOfWorkPort, *, key: str) -> list[AuditRecord]:
     """The experiment's audit trail, oldest first."""
-    return uow.audit.for_experiment(get_experiment(uow, key=key).id)
+    return list(uow.audit.for_experiment(get_experiment(uow, key=key).id))
 
 
 def unique_key(uow: UnitOfWorkPort, base: str) -> str:
@@ -169,11 +171,11 @@ def unique_key(uow: UnitOfWorkPort, base: str) -> str:
 # --- writes -----------------------------------------------------------------------------------
 
 
-def create_experiment(uow: UnitOfWorkPort, *, spec: ExperimentSpec, actor: str) -> Experiment:
+def create_experiment(uow: UnitOfWorkPort, *, spec: ExperimentSpec, actor: str) -> ExperimentRecord:
     """Register a draft experiment with its arms; ExperimentExists (409) on a taken key."""
     if uow.experiments.get(spec.key) is not None:
         raise ExperimentExists(f"an experiment with key {spec.key!r} already exists")
-    exp = Experiment(
+    new = NewExperiment(
         key=spec.key,
         name=spec.name or spec.key,
         description=spec.description,
@@ -194,11 +196,11 @@ def create_experiment(uow: UnitOfWorkPort, *, spec: ExperimentSpec, actor: str) 
         guardrails=[g.model_dump() for g in spec.guardrails],
         rolled_back={},
         arms=[
-            Arm(key=a.key, is_control=a.control, position=i, variant=dict(a.variant))
+            NewArm(key=a.key, is_control=a.control, position=i, variant=dict(a.variant))
             for i, a in enumerate(spec.arms)
         ],
     )
-    uow.experiments.add(exp)
+    exp = uow.experiments.add(new)
     record_audit(
         uow,
         experiment=exp,
@@ -213,7 +215,7 @@ def create_experiment(uow: UnitOfWorkPort, *, spec: ExperimentSpec, actor: str) 
     return exp
 
 
-def _assert_variants_frozen(exp: Experiment) -> None:
+def _assert_variants_frozen(uow: UnitOfWorkPort, exp: ExperimentRecord) -> None:
     """Arm variants and guardrails are immutable once an experiment has left draft.
 
     No endpoint edits a variant; this guards against any code path that tries: a change makes
@@ -221,13 +223,13 @@ def _assert_variants_frozen(exp: Experiment) -> None:
     """
     if exp.status == ExperimentStatus.DRAFT:
         return
-    if changed_unflushed(exp, "guardrails"):
+    if uow.experiments.unflushed_change(exp, "guardrails"):
         raise IllegalTransition(
             f"experiment {exp.key!r} is {exp.status}: its guardrails are immutable; register a "
             "new experiment instead"
         )
     for arm in exp.arms:
-        if changed_unflushed(arm, "variant"):
+        if uow.experiments.unflushed_change(arm, "variant"):
             raise IllegalTransition(
                 f"arm {arm.key!r} of experiment {exp.key!r} is {exp.status}: its variant is "
                 "immutable; register a new experiment (or a new arm) instead"
@@ -236,21 +238,21 @@ def _assert_variants_frozen(exp: Experiment) -> None:
 
 def _transition(
     uow: UnitOfWorkPort,
-    exp: Experiment,
+    exp: ExperimentRecord,
     *,
     action: str,
     actor: str,
     reason: str,
     evidence: dict[str, Any] | None,
     shipped_arm: str | None = None,
-) -> Experiment:
+) -> ExperimentRecord:
     allowed, target = TRANSITIONS[action]
     if exp.status not in allowed:
         raise IllegalTransition(
             f"cannot {action} experiment {exp.key!r}: it is {exp.status}; {action} needs "
             f"status {' or '.join(sorted(allowed))}"
         )
-    _assert_variants_frozen(exp)
+    _assert_variants_frozen(uow, exp)
     before = _state(exp)
     now = utcnow()
     exp.status = target
@@ -279,20 +281,21 @@ def _transition(
     return exp
 
 
-def _terminal_snapshot(uow: UnitOfWorkPort, exp: Experiment, now: datetime) -> None:
+def _terminal_snapshot(uow: UnitOfWorkPort, exp: ExperimentRecord, now: datetime) -> None:
     """The stopped/shipped allocation (one arm, weight 1) written in the transition's own
     transaction, so ``/assign`` never serves the fixed arm under the id of the last running
     snapshot. The allocator writes the same snapshot at most once (it skips an identical one)."""
     arm_keys = [a.key for a in exp.arms]
     target = fixed_arm(exp.status, control=exp.control_arm_key, shipped=exp.shipped_arm_key)
-    uow.evidence.add_snapshot(AllocationSnapshot(
+    uow.evidence.add_snapshot(NewSnapshot(
         experiment_id=exp.id, created_at=now, policy_name=exp.status,
         policy_version=POLICY_VERSION, weights={k: 1.0 if k == target else 0.0 for k in arm_keys},
         stats={"status": exp.status, "arm": target}))
     uow.flush()
 
 
-def start_experiment(uow: UnitOfWorkPort, *, key: str, actor: str, reason: str = "") -> Experiment:
+def start_experiment(uow: UnitOfWorkPort, *, key: str, actor: str,
+                     reason: str = "") -> ExperimentRecord:
     """draft -> running."""
     exp = get_experiment(uow, key=key)
     return _transition(uow, exp, action="start", actor=actor, reason=reason, evidence=None)
@@ -305,7 +308,7 @@ def stop_experiment(
     actor: str,
     reason: str,
     evidence: dict[str, Any] | None = None,
-) -> Experiment:
+) -> ExperimentRecord:
     """running -> stopped: allocation ends and the control serves from now on."""
     exp = get_experiment(uow, key=key, for_update=True)
     return _transition(uow, exp, action="stop", actor=actor, reason=reason, evidence=evidence)
@@ -313,7 +316,7 @@ def stop_experiment(
 
 def _ship_guard(
     uow: UnitOfWorkPort,
-    experiment: Experiment,
+    experiment: ExperimentRecord,
     arm: str,
     force: bool,
     evidence: dict[str, Any] | None = None,
@@ -337,7 +340,7 @@ def ship_experiment(
     reason: str,
     evidence: dict[str, Any] | None = None,
     force: bool = False,
-) -> Experiment:
+) -> ExperimentRecord:
     """running|stopped -> shipped: ``arm`` gets all traffic (propensity 1) from now on."""
     exp = get_experiment(uow, key=key, for_update=True)
     arm_keys = [a.key for a in exp.arms]

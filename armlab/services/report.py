@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from armlab.adapters.db.models import Experiment
 from armlab.core.clock import as_utc_or_none
 from armlab.core.readings import RewardBucket
+from armlab.core.records import ExperimentRecord
 from armlab.services.interleaving_evaluation import ROW_KEY, policy_label
 from armlab.services.ports import ReadsUnitOfWork
 from armlab.services.registry import get_experiment
@@ -68,7 +68,7 @@ def _decision_row(d: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def collect(uow: ReadsUnitOfWork, experiment: Experiment) -> ReportData:
+def collect(uow: ReadsUnitOfWork, experiment: ExperimentRecord) -> ReportData:
     """Read the report's data for ``experiment`` (no writes)."""
     reads = uow.report
     eid = experiment.id

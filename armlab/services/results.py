@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from armlab.adapters.db.models import Experiment
 from armlab.core.clock import utcnow
 from armlab.core.evidence import ArmSums
+from armlab.core.records import ExperimentRecord
 from armlab.core.serving import served_weights
 from armlab.errors import ArmlabError
 from armlab.services.contextual_results import contextual_block
@@ -33,7 +33,7 @@ from armlab.services.interleaving_evaluation import is_interleaving, shown_inter
 from armlab.services.ports import UnitOfWorkPort
 
 
-def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]:
+def build_results(uow: UnitOfWorkPort, experiment: ExperimentRecord) -> dict[str, Any]:
     """{"key","status","shipped_arm","control_arm","arms":[...],"snapshot","sequential"}."""
     totals = uow.evidence.arm_sums(experiment.id)
     snap = uow.evidence.latest_snapshot(experiment.id)
@@ -96,7 +96,7 @@ def build_results(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any]
     }
 
 
-def _contextual(uow: UnitOfWorkPort, experiment: Experiment) -> dict[str, Any] | None:
+def _contextual(uow: UnitOfWorkPort, experiment: ExperimentRecord) -> dict[str, Any] | None:
     """The contextual block, or the reason it is unavailable (the rest of the results still
     show)."""
     try:

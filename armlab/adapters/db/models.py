@@ -353,8 +353,6 @@ class CatalogItem(Base):
 # here so every table is on the metadata whenever the models are.
 from armlab.adapters.db.models_ingest import (  # noqa: E402
     DEAD_LETTER_BUCKET_S,
-    DEAD_LETTER_RETENTION_S,
-    INGEST_LOCK_RETENTION_S,
     ConsumerLag,
     ConsumerOffset,
     DeadLetterBucket,
@@ -371,5 +369,4 @@ __all__ = ["Experiment", "Arm", "AuditLog", "AllocationSnapshot", "ArmStats", "G
            "ArmRollup", "Impression", "Feedback", "ConsumerOffset", "IngestCounter",
            "ConsumerLag", "DeadLetterBucket", "IngestLock", "Decision", "UnitAssignment",
            "Catalog", "CatalogItem", "InterleavingCredit", "InterleavingPair",
-           "InterleavingUnit", "EXPERIMENT_STATUSES", "ROLLUP_WIDTHS_S", "DEAD_LETTER_BUCKET_S",
-           "DEAD_LETTER_RETENTION_S", "INGEST_LOCK_RETENTION_S"]
+           "InterleavingUnit", "EXPERIMENT_STATUSES", "ROLLUP_WIDTHS_S", "DEAD_LETTER_BUCKET_S"]

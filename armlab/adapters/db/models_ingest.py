@@ -60,13 +60,13 @@ class ConsumerLag(Base):
 
 #: Width (seconds) of the time buckets dead letters are counted in, and how long they are kept.
 DEAD_LETTER_BUCKET_S = 60
-DEAD_LETTER_RETENTION_S = 24 * 3600
 
 
 class DeadLetterBucket(Base):
     """Dead letters by reason per minute (and partition), added in the batch's transaction
-    next to ``ingest_counters``; buckets older than :data:`DEAD_LETTER_RETENTION_S` are
-    pruned by the consumer, so the table stays small."""
+    next to ``ingest_counters``; buckets older than
+    :data:`armlab.core.records.DEAD_LETTER_RETENTION_S` are pruned by the consumer, so the
+    table stays small."""
 
     __tablename__ = "dead_letter_buckets"
     __table_args__ = (Index("ix_dead_letter_buckets_start", "bucket_start"),)
@@ -78,18 +78,14 @@ class DeadLetterBucket(Base):
     count: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
 
 
-#: Keys of :class:`IngestLock` older than this are pruned by the consumer: a key only has to
-#: outlive the transactions that touch it at the same moment.
-INGEST_LOCK_RETENTION_S = 600
-
-
 class IngestLock(Base):
     """One row per id an ingest batch touches (``i:<impression_id>``, ``e:<impression
     event_id>``, ``f:<feedback event_id>``), upserted in sorted order at the start of the
     batch's transaction (PostgreSQL only). The upsert locks the row until COMMIT, so two
     consumers handling the same impression or event at the same moment (copies spread over
     partitions that different members own) run one after the other, and the second reads
-    what the first stored. Rows are pruned after :data:`INGEST_LOCK_RETENTION_S`."""
+    what the first stored. Rows are pruned after
+    :data:`armlab.core.records.INGEST_LOCK_RETENTION_S`."""
 
     __tablename__ = "ingest_locks"
     __table_args__ = (Index("ix_ingest_locks_at", "at"),)

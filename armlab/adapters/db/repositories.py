@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -27,13 +27,23 @@ from armlab.adapters.db.queries import (
     unit_guardrail_sums,
     unit_sums,
 )
+from armlab.adapters.db.records import audit_row, decision_row, experiment_row, snapshot_row
 from armlab.adapters.db.segment_queries import logged_contexts
 from armlab.core.evidence import ArmSums
+from armlab.core.records import NewAuditEntry, NewDecision, NewExperiment, NewSnapshot
 from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.stats.segments import ContextRow
 from armlab.errors import ExperimentExists
 
 _Sel = TypeVar("_Sel", bound=Select[Any])
+
+
+def changed_unflushed(obj: object, attribute: str) -> bool:
+    """True when ``obj`` is a persistent ORM object (stored, in a session) whose ``attribute``
+    was changed in memory and not flushed yet; False for objects that were never stored (a
+    new object, or one held by an in-memory unit of work)."""
+    state = inspect(obj)
+    return bool(state.persistent and state.attrs[attribute].history.has_changes())
 
 
 def lock_experiment(stmt: _Sel) -> _Sel:
@@ -71,8 +81,9 @@ class SqlExperiments:
             stmt = stmt.where(Experiment.status == status)
         return list(self.session.scalars(stmt))
 
-    def add(self, experiment: Experiment) -> None:
+    def add(self, new: NewExperiment) -> Experiment:
         """Insert it (and its arms) now; ExperimentExists when another writer took the key."""
+        experiment = experiment_row(new)
         self.session.add(experiment)
         try:
             self.session.flush()
@@ -81,6 +92,10 @@ class SqlExperiments:
             raise ExperimentExists(
                 f"an experiment with key {experiment.key!r} already exists"
             ) from exc
+        return experiment
+
+    def unflushed_change(self, record: object, attribute: str) -> bool:
+        return changed_unflushed(record, attribute)
 
     def keys_starting_with(self, prefix: str) -> set[str]:
         return set(self.session.scalars(
@@ -94,8 +109,8 @@ class SqlAuditTrail:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add(self, row: AuditLog) -> None:
-        self.session.add(row)
+    def add(self, row: NewAuditEntry) -> None:
+        self.session.add(audit_row(row))
 
     def for_experiment(self, experiment_id: int) -> list[AuditLog]:
         """Oldest first."""
@@ -140,11 +155,11 @@ class SqlEvidence:
     def latest_decisions(self, experiment_id: int) -> dict[str, Decision]:
         return latest_decisions(self.session, experiment_id)
 
-    def add_decision(self, row: Decision) -> None:
-        self.session.add(row)
+    def add_decision(self, row: NewDecision) -> None:
+        self.session.add(decision_row(row))
 
-    def add_snapshot(self, row: AllocationSnapshot) -> None:
-        self.session.add(row)
+    def add_snapshot(self, row: NewSnapshot) -> None:
+        self.session.add(snapshot_row(row))
 
     def interleaving_sums(self, experiment_id: int, aggregate: str
                           ) -> tuple[float, dict[tuple[str, str], tuple[float, float]]]:

@@ -7,8 +7,9 @@ leave the decision to commit to the caller (a route, a CLI command, the allocato
 the ``with`` block without ``commit()`` rolls everything back, so a failure half-way through
 a use case never leaves half of it in the database.
 
-:func:`changed_unflushed` asks the session's change tracking whether a stored object's
-attribute was changed in memory (the registry's guard on frozen variants and guardrails).
+:func:`armlab.adapters.db.repositories.changed_unflushed` (``experiments.unflushed_change``)
+asks the session's change tracking whether a stored object's attribute was changed in memory
+(the registry's guard on frozen variants and guardrails).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import TracebackType
 
-from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -93,11 +93,3 @@ class UnitOfWork:
 
     def rollback(self) -> None:
         self.session.rollback()
-
-
-def changed_unflushed(obj: object, attribute: str) -> bool:
-    """True when ``obj`` is a persistent ORM object (stored, in a session) whose ``attribute``
-    was changed in memory and not flushed yet; False for objects that were never stored (a
-    new object, or one held by an in-memory unit of work)."""
-    state = inspect(obj)
-    return bool(state.persistent and state.attrs[attribute].history.has_changes())

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from armlab.adapters.db.engine import make_engine, make_session_factory
-from armlab.adapters.db.models import AllocationSnapshot, Experiment
+from armlab.adapters.db.models import Experiment
 from armlab.core.evidence import ArmSums
+from armlab.core.records import NewSnapshot
 from armlab.services import registry
 from armlab.services.allocator import run_allocation
 from armlab.services.interleaving_evaluation import ROW_KEY
@@ -173,7 +174,7 @@ def terminal(b: Backend) -> dict[str, Any]:
     passes.append(len(run_allocation(store, now=T0 + timedelta(minutes=1))))
     # a running snapshot newer than the stop (written before transitions wrote their own):
     # the allocator writes the terminal one again, once
-    b.act(lambda uow: uow.evidence.add_snapshot(AllocationSnapshot(
+    b.act(lambda uow: uow.evidence.add_snapshot(NewSnapshot(
         experiment_id=stop_id, created_at=T0, policy_name="thompson", policy_version="1",
         weights={"control": 0.5, "t1": 0.5}, stats={})))
     passes += [len(run_allocation(store, now=T0 + timedelta(minutes=i))) for i in (2, 3)]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from armlab.adapters.db.models import AllocationSnapshot
+from armlab.core.records import NewSnapshot
 from armlab.core.specs import ExperimentSpec
 from armlab.entrypoints.api.schemas import ResultsOut
 from armlab.services import registry
@@ -54,7 +54,7 @@ def _log(uow: FakeUnitOfWork, exp: Any, n: int = 20_000, seed: int = 1) -> None:
         served = NOW - timedelta(hours=3) + timedelta(seconds=i / 10)
         rows.append(("abc"[k], r, WEIGHTS[seg][k], served, ctx))
     uow.evidence.contexts[exp.id] = rows
-    uow.evidence.add_snapshot(AllocationSnapshot(
+    uow.evidence.add_snapshot(NewSnapshot(
         experiment_id=exp.id, policy_name="segment_thompson", policy_version="1",
         weights={"a": 0.2, "b": 0.4, "c": 0.4}, created_at=NOW,
         stats={"contextual": {"policy": "segment_thompson", "features": FEATURES,
@@ -127,7 +127,7 @@ def test_linear_policy_without_categorical_features_has_no_segments() -> None:
     uow.evidence.contexts[exp.id] = [
         ("abc"[i % 3], float(i % 7 == 0), 1 / 3, NOW - timedelta(hours=2), {"age": 20 + i % 40})
         for i in range(600)]
-    uow.evidence.add_snapshot(AllocationSnapshot(
+    uow.evidence.add_snapshot(NewSnapshot(
         experiment_id=exp.id, policy_name="linear_thompson", policy_version="1",
         weights={"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, created_at=NOW,
         stats={"contextual": {"policy": "linear_thompson", "features": exp.policy_params[
