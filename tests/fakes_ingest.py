@@ -220,6 +220,13 @@ class MemoryIngestStore:
     """:class:`armlab.services.ports_consumer.IngestStore` in memory (module doc);
     ``commits`` / ``rollbacks`` count the batches."""
 
+    def is_transient(self, exc: BaseException) -> bool:
+        return False  # memory does not fail over
+
+    def is_data_error(self, exc: BaseException,
+                      value_errors: tuple[type[BaseException], ...] = ()) -> bool:
+        return False
+
     def __init__(self, db: MemoryUnitOfWork | None = None) -> None:
         self.db = db or MemoryUnitOfWork()
         self.tables = IngestTables()

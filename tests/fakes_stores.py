@@ -258,6 +258,13 @@ class MemoryAllocationStore:
     """:class:`armlab.services.ports_allocation.AllocationStore` on a :class:`MemoryUnitOfWork`;
     each unit is a transaction (rolled back unless committed)."""
 
+    def is_transient(self, exc: BaseException) -> bool:
+        return False  # memory does not fail over
+
+    def is_data_error(self, exc: BaseException,
+                      value_errors: tuple[type[BaseException], ...] = ()) -> bool:
+        return False
+
     def __init__(self, db: MemoryUnitOfWork) -> None:
         self.db = db
         self.rollbacks = 0
@@ -310,6 +317,13 @@ class MemoryAssignmentReads:
 class MemoryAssignmentStore:
     """:class:`armlab.services.ports_assignment.AssignmentStore` on a
     :class:`MemoryUnitOfWork`; ``writes`` counts the rows offered to :meth:`store_sticky`."""
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return False  # memory does not fail over
+
+    def is_data_error(self, exc: BaseException,
+                      value_errors: tuple[type[BaseException], ...] = ()) -> bool:
+        return False
 
     def __init__(self, db: MemoryUnitOfWork) -> None:
         self.db = db

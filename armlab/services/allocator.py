@@ -10,10 +10,11 @@ One pass (:func:`run_allocation`) visits every running, stopped and shipped expe
   rule, :mod:`armlab.core.serving`). These terminal snapshots are written once (when the
   latest snapshot differs), not on every pass.
 
-After a running experiment's snapshot, :func:`run_decisions` evaluates the sequential test in
-the same unit of work (on matured, in-design data: :func:`armlab.services.decisions.analysis_sums`),
-records the look and, with ``sequential.auto_stop``, stops the experiment and writes its
-control-only snapshot in the same transaction. Interleaving experiments (``design:
+After a running experiment's snapshot, :func:`~armlab.services.allocation_looks.run_decisions`
+evaluates the sequential test in the same unit of work (on matured, in-design data:
+:func:`armlab.services.decisions.analysis_sums`), records the look and, with
+``sequential.auto_stop``, stops the experiment and writes its control-only snapshot in the
+same transaction. Interleaving experiments (``design:
 interleaving``): :mod:`armlab.services.interleaving_allocation`. Contextual policies
 (``segment_thompson``, ``linear_thompson``): :mod:`armlab.services.contextual_allocation`
 (per-context weights from the matured impressions with their contexts).
@@ -56,8 +57,6 @@ from typing import Any
 
 import numpy as np
 
-from armlab.adapters.db.allocation_store import SqlAllocationStore
-from armlab.adapters.db.retry import is_transient
 from armlab.core.clock import utcnow
 from armlab.core.evidence import ArmSums
 from armlab.core.policies import (
@@ -66,33 +65,20 @@ from armlab.core.policies import (
     PolicyStats,
     make_policy,
 )
-from armlab.core.recommendation import BREACHED, breach_summary
 from armlab.core.records import ExperimentRecord, NewSnapshot
 from armlab.core.serving import fixed_arm
 from armlab.core.status import ExperimentStatus
 from armlab.errors import ArmlabError
-from armlab.services import registry
+from armlab.services.allocation_looks import apply_guardrails, run_decisions
 from armlab.services.contextual_allocation import contextual_allocation
-from armlab.services.decisions import evaluate_experiment, record_decisions
 from armlab.services.interleaving_allocation import interleaving_snapshot, run_interleaving_look
 from armlab.services.interleaving_evaluation import is_interleaving
-from armlab.services.ports import UnitOfWorkPort
 from armlab.services.ports_allocation import AllocationStore, AllocationUnit
 
 log = logging.getLogger("armlab.allocator")
 
 ACTIVE_STATUSES = (ExperimentStatus.RUNNING, ExperimentStatus.STOPPED,
                    ExperimentStatus.SHIPPED)
-#: Where a pass reads and writes: the storage port, or (for callers written before it) a
-#: session factory, which gets the database implementation.
-StoreOrSessions = AllocationStore | Callable[[], Any]
-
-
-def as_allocation_store(store: StoreOrSessions) -> AllocationStore:
-    """``store`` itself, or the database implementation over a session factory."""
-    return store if isinstance(store, AllocationStore) else SqlAllocationStore(store)
-
-
 @dataclass(frozen=True)
 class ArmEvidence:
     """Totals and the still-immature part of one arm's statistics."""
@@ -249,75 +235,6 @@ def _terminal_snapshot(uow: AllocationUnit, experiment: ExperimentRecord,
     )
 
 
-def run_decisions(
-    uow: UnitOfWorkPort, experiment: ExperimentRecord, *, actor: str = "allocator",
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """Evaluate the sequential test, store its decision rows and, with
-    ``sequential.auto_stop``, stop a running experiment whose arms are all decided (the next
-    pass then writes the control-only snapshot). Returns the evaluation with ``stored`` and
-    ``stopped``. Does not commit; the caller's unit of work does."""
-    now = now or utcnow()
-    ev = evaluate_experiment(uow.evidence, experiment, now=now)
-    ev["stored"] = record_decisions(uow.evidence, experiment, ev, now=now)
-    uow.flush()
-    ev["stopped"] = False
-    seq = experiment.sequential or {}
-    if seq.get("auto_stop") and ev["stop"] and experiment.status == ExperimentStatus.RUNNING:
-        registry.stop_experiment(uow, key=experiment.key, actor=actor,
-                                 reason=f"sequential test decided: {ev['stop_reason']}",
-                                 evidence=ev)
-        ev["stopped"] = True
-    return ev
-
-
-def apply_guardrails(
-    uow: UnitOfWorkPort, experiment: ExperimentRecord, ev: dict[str, Any], *,
-    actor: str = "allocator",
-) -> dict[str, Any]:
-    """Act on the look's guardrail breaches (see the module doc): returns the arms newly
-    rolled back and whether the experiment was stopped. Does not commit."""
-    control = experiment.control_arm_key
-    rolled = dict(experiment.rolled_back or {})
-    new: dict[str, Any] = {}
-    stop_for: list[dict[str, Any]] = []
-    for g in ev.get("guardrails", []):
-        arm = str(g["arm"])
-        if g.get("state") != BREACHED or arm == control or arm in rolled or arm in new:
-            continue
-        evidence = {k: g.get(k) for k in (
-            "metric", "arm", "control", "harm", "margin", "relative", "alpha",
-            "alpha_guardrail", "on_breach", "control_mean", "treatment_mean", "delta",
-            "excess", "excess_low", "excess_high", "p_value", "n_control", "n_treatment")}
-        evidence["summary"] = breach_summary(g)
-        if g.get("on_breach") == "stop":
-            stop_for.append(evidence)
-        else:
-            new[arm] = evidence
-    out: dict[str, Any] = {"rolled_back": sorted(new), "stopped": False}
-    if stop_for and experiment.status == ExperimentStatus.RUNNING:
-        registry.stop_experiment(
-            uow, key=experiment.key, actor=actor,
-            reason="guardrail breached: " + "; ".join(e["summary"] for e in stop_for),
-            evidence={"guardrails": stop_for, "sequential": ev})
-        out["stopped"] = True
-        return out
-    if not new:
-        return out
-    before = {"rolled_back": sorted(rolled), "version": experiment.version}
-    experiment.rolled_back = {**rolled, **new}
-    uow.flush()
-    for evidence in new.values():
-        registry.record_audit(
-            uow, experiment=experiment, actor=actor, action="rollback",
-            reason=evidence["summary"], before=before,
-            after={"rolled_back": sorted(experiment.rolled_back),
-                   "version": experiment.version},
-            evidence={"guardrail": evidence, "sequential": ev})
-    uow.flush()
-    return out
-
-
 def _after_snapshot(uow: AllocationUnit, experiment: ExperimentRecord, now: datetime) -> None:
     """Per-experiment hook after the snapshot is written, in the same unit of work: the
     sequential decisions of a running experiment and the guardrails' rollbacks. An auto-stop
@@ -343,16 +260,15 @@ def _after_snapshot(uow: AllocationUnit, experiment: ExperimentRecord, now: date
 
 
 def run_allocation(
-    store: StoreOrSessions,
+    store: AllocationStore,
     *,
     now: datetime | None = None,
     after_snapshot: Callable[[AllocationUnit, ExperimentRecord, datetime], None] | None = None,
 ) -> list[NewSnapshot]:
-    """One allocation pass over running/stopped/shipped experiments; returns new snapshots.
-    ``store``: the storage port, or a session factory (the database implementation)."""
+    """One allocation pass over running/stopped/shipped experiments (``store``: the storage
+    port, :attr:`armlab.bootstrap.Services.allocation_store`); returns the new snapshots."""
     now = now or utcnow()
     hook = after_snapshot or _after_snapshot
-    store = as_allocation_store(store)
     written: list[NewSnapshot] = []
     for exp_id in store.active_experiment_ids(ACTIVE_STATUSES):
         try:
@@ -379,7 +295,7 @@ def run_allocation(
 
 
 def allocation_loop(
-    store: StoreOrSessions,
+    store: AllocationStore,
     *,
     once: bool = False,
     interval_s: float = 5.0,
@@ -390,7 +306,6 @@ def allocation_loop(
 
     A pass that fails because the database is unavailable (a transient error, e.g. during a
     PostgreSQL restart) is logged and skipped; the loop carries on at the next interval."""
-    store = as_allocation_store(store)
     passes = 0
     next_at = time.monotonic()
     while True:
@@ -400,7 +315,7 @@ def allocation_loop(
         except Exception as exc:
             # The database is restarting or unreachable: skip this pass, try at the next one
             # (a loop that exits would leave every experiment without snapshots or auto-stops).
-            if once or not is_transient(exc):
+            if once or not store.is_transient(exc):
                 raise
             snaps = []
             log.warning("allocation pass skipped, database unavailable: %s",

@@ -34,8 +34,8 @@ Rules:
 
 ``Assigner(store, seed=...)`` makes draws and impression ids reproducible (tests, demo). ``store``
 is the storage port (:class:`~armlab.services.ports_assignment.AssignmentStore`; the database
-one is :class:`~armlab.adapters.db.assignment_store.SqlAssignmentStore`) or a session factory,
-which gets the database one. The cache's entries are :mod:`armlab.services.assignment_views`.
+one, :class:`~armlab.adapters.db.assignment_store.SqlAssignmentStore`, is wired by
+:mod:`armlab.bootstrap`). The cache's entries are :mod:`armlab.services.assignment_views`.
 """
 
 from __future__ import annotations
@@ -52,22 +52,17 @@ from typing import Any
 
 import numpy as np
 
-from armlab.adapters.db.assignment_store import SqlAssignmentStore
-from armlab.adapters.db.retry import db_retrying, is_transient
 from armlab.core.clock import utcnow
 from armlab.core.status import ExperimentStatus
 from armlab.errors import Conflict, ExperimentNotFound
 from armlab.services.assignment_views import Assignment, ExperimentView, build_view, unit_hash
 from armlab.services.interleave import InterleavedAssignment, draw_interleaved
 from armlab.services.ports_assignment import AssignmentReads, AssignmentStore, StickyRow
+from armlab.services.retrying import retrying
 
 __all__ = ["Assigner", "Assignment", "ExperimentView", "build_view", "unit_hash"]
 
 log = logging.getLogger("armlab.assignment")
-
-#: Where the cache reads and writes: the storage port, or (for callers written before it) a
-#: session factory, which gets the database implementation.
-StoreOrSessions = AssignmentStore | Callable[[], Any]
 
 
 class Assigner:
@@ -75,15 +70,14 @@ class Assigner:
 
     def __init__(
         self,
-        store: StoreOrSessions,
+        store: AssignmentStore,
         *,
         seed: int | None = None,
         refresh_s: float = 1.0,
         clock: Callable[[], datetime] | None = None,
         negative_ttl_s: float | None = None,
     ) -> None:
-        self._store: AssignmentStore = (
-            store if isinstance(store, AssignmentStore) else SqlAssignmentStore(store))
+        self._store = store
         self._refresh_s = refresh_s
         self._negative_ttl = negative_ttl_s if negative_ttl_s is not None else self._refresh_s
         self._clock = clock or (lambda: utcnow())
@@ -392,11 +386,12 @@ class Assigner:
             log.warning("storing sticky assignments failed, retrying in %.1fs: %s", wait_s, exc)
 
         try:
-            for attempt in db_retrying(attempts=3, max_wait_s=1.0, on_retry=on_retry):
+            for attempt in retrying(self._store.is_transient, attempts=3, max_wait_s=1.0,
+                                  on_retry=on_retry):
                 with attempt:
                     self._store.store_sticky(batch)
         except Exception as exc:  # noqa: BLE001 - counted and logged; the request never waits
-            if len(batch) > 1 and not is_transient(exc):
+            if len(batch) > 1 and not self._store.is_transient(exc):
                 # One row's content (e.g. a unit id PostgreSQL refuses) must not cost the
                 # others: write the halves separately until the bad row is alone.
                 mid = len(batch) // 2

@@ -48,7 +48,6 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 
-from armlab.adapters.db.retry import db_retrying, is_data_error, is_transient
 from armlab.adapters.metrics import IngestMetrics
 from armlab.core.clock import utcnow
 from armlab.core.event_effects import (
@@ -64,14 +63,14 @@ from armlab.core.status import ExperimentStatus
 from armlab.services.consumer_offsets import (
     OffsetsBeyondLog,
     PartitionOffsets,
-    StoreOrSessions,
-    as_ingest_store,
     reset_offsets,
     stored_offsets,
 )
 from armlab.services.consumer_upkeep import IngestUpkeep
 from armlab.services.consumer_upkeep import RetryBatch as _Retry
+from armlab.services.ports import StorageFailures
 from armlab.services.ports_consumer import DlqSink, IngestStore, Source
+from armlab.services.retrying import retrying
 from armlab.settings import DEFAULT_INGEST_BATCH
 
 __all__ = [
@@ -90,14 +89,14 @@ EXPERIMENTS_MAX_AGE_S = 5.0
 _RECORD_ERRORS = (ArithmeticError, ValueError, TypeError, UnicodeError, LookupError)
 
 
-def is_record_error(exc: BaseException) -> bool:
+def is_record_error(exc: BaseException, store: StorageFailures) -> bool:
     """True when ``exc`` depends on the content of the records being written (the batch is
     bisected and the culprit dead-lettered), False for failures of the environment (retried
     or raised as they are)."""
-    if isinstance(exc, _Retry | Fenced | StoredRowsDiffer) or is_transient(exc):
+    if isinstance(exc, _Retry | Fenced | StoredRowsDiffer) or store.is_transient(exc):
         return False
-    # the database refused a value (or binding one raised a record error): the adapter knows
-    return is_data_error(exc, _RECORD_ERRORS) or isinstance(exc, _RECORD_ERRORS)
+    # the database refused a value (or binding one raised a record error): the store knows
+    return store.is_data_error(exc, _RECORD_ERRORS) or isinstance(exc, _RECORD_ERRORS)
 
 
 class IngestRunner(PartitionOffsets, IngestUpkeep):
@@ -106,8 +105,7 @@ class IngestRunner(PartitionOffsets, IngestUpkeep):
     ``IngestRunner(store, source, dlq=..., group=..., topic_impressions=...,
     topic_feedback=...)`` then ``drain()`` (consume until the source is empty; the demo) or
     ``run(exit_when_idle=...)`` (the service loop; SIGTERM-safe via :meth:`stop`). Both return
-    a dict of counts by outcome. ``store`` is the storage port (:class:`IngestStore`) or a
-    session factory (the database implementation is built over it).
+    a dict of counts by outcome. ``store`` is the storage port (:class:`IngestStore`).
     ``armlab.bootstrap.Services.ingest_runner`` wires one from settings. The partitions and
     their offsets are :class:`PartitionOffsets`' part, the upkeep between batches (lag,
     sweeps, pruning, partitions) :class:`IngestUpkeep`'s.
@@ -115,7 +113,7 @@ class IngestRunner(PartitionOffsets, IngestUpkeep):
 
     def __init__(
         self,
-        store: StoreOrSessions,
+        store: IngestStore,
         source: Source,
         *,
         dlq: DlqSink | None = None,
@@ -135,7 +133,7 @@ class IngestRunner(PartitionOffsets, IngestUpkeep):
         max_clock_skew_s: float | None = 300.0,
         reset_offsets_on_start: bool = False,
     ) -> None:
-        self.store = as_ingest_store(store)
+        self.store = store
         self.source = source
         self.dlq = dlq
         self.group = group
@@ -280,7 +278,7 @@ class IngestRunner(PartitionOffsets, IngestUpkeep):
         try:
             return self._process(records)
         except Exception as exc:
-            if not is_record_error(exc):
+            if not is_record_error(exc, self.store):
                 raise
             if len(records) == 1:
                 if self._poison_budget <= 0:
@@ -327,12 +325,12 @@ class IngestRunner(PartitionOffsets, IngestUpkeep):
             log.warning("batch failed, retrying",
                         extra={"cause": cause, "error": str(exc)[:300], "wait_s": wait_s})
 
-        retrying = db_retrying(
-            stop_event=self._stop, max_wait_s=self.retry_max_s,
+        policy = retrying(
+            self.store.is_transient, stop_event=self._stop, max_wait_s=self.retry_max_s,
             retry_also=lambda e: isinstance(e, _Retry | StoredRowsDiffer),
             on_retry=on_retry)
         try:
-            for attempt in retrying:
+            for attempt in policy:
                 with attempt:
                     fx = self._commit_batch(decoded, moves)
         except Fenced as exc:
@@ -341,7 +339,8 @@ class IngestRunner(PartitionOffsets, IngestUpkeep):
             self._resync(list(moves))
             return False
         except Exception as exc:
-            if not (self._stop.is_set() and (isinstance(exc, _Retry) or is_transient(exc))):
+            outage = isinstance(exc, _Retry) or self.store.is_transient(exc)
+            if not (self._stop.is_set() and outage):
                 raise
             cause = "kafka" if isinstance(exc, _Retry) else "database"
             log.warning("stopping during an outage; batch not committed (it will be read "

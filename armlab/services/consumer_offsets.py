@@ -8,9 +8,7 @@ consumer with :class:`OffsetsBeyondLog` before anything is skipped.
 :func:`reset_offsets` / :func:`stored_offsets` are the ``armlab offsets`` commands.
 
 :class:`PartitionOffsets` is a part of :class:`armlab.services.consumer.IngestRunner` (its base
-class). ``store`` is the runner's :class:`~armlab.services.ports_consumer.IngestStore`; callers
-written before the port may pass a session factory, which gets the database implementation
-(:func:`as_ingest_store`).
+class). ``store`` is the runner's :class:`~armlab.services.ports_consumer.IngestStore`.
 """
 
 from __future__ import annotations
@@ -20,24 +18,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from armlab.adapters.db.consumer_batches import SqlIngestStore
-from armlab.adapters.db.retry import db_retrying
 from armlab.adapters.metrics import IngestMetrics
 from armlab.core.fencing import TP
 from armlab.errors import ArmlabError
 from armlab.services.ports_consumer import IngestStore, Source
+from armlab.services.retrying import retrying
 
 log = logging.getLogger("armlab.consumers")
-
-#: Where the runner and the offset commands read and write: the storage port, or (for
-#: callers written before it) a session factory, which gets the database implementation.
-StoreOrSessions = IngestStore | Callable[[], Any]
-
-
-def as_ingest_store(store: StoreOrSessions) -> IngestStore:
-    """``store`` itself, or the database implementation over a session factory."""
-    return store if isinstance(store, IngestStore) else SqlIngestStore(store)
-
 
 class OffsetsBeyondLog(ArmlabError):
     """Stored offsets point past the end of their logs (see
@@ -60,7 +47,7 @@ class OffsetsBeyondLog(ArmlabError):
             "events already stored are recognised as duplicates)")
 
 
-def reset_offsets(store: StoreOrSessions, group: str,
+def reset_offsets(store: IngestStore, group: str,
                   topics: Sequence[str] | None = None, *,
                   to: dict[TP, int] | None = None) -> int:
     """Forget the stored offsets of ``group`` (only ``topics`` when given): its consumers then
@@ -68,13 +55,13 @@ def reset_offsets(store: StoreOrSessions, group: str,
     counted once. With ``to``, store those offsets instead (``--to latest``). Returns how
     many partitions changed. The consumers of the group must be stopped (a running one is
     fenced at its next batch and re-reads from the new offsets)."""
-    return as_ingest_store(store).reset_offsets(group, topics, to or {})
+    return store.reset_offsets(group, topics, to or {})
 
 
-def stored_offsets(store: StoreOrSessions,
+def stored_offsets(store: IngestStore,
                    group: str | None = None) -> list[tuple[str, str, int, int]]:
     """(group, topic, partition, next offset) of every stored offset (of ``group``)."""
-    return as_ingest_store(store).stored_offsets(group)
+    return store.stored_offsets(group)
 
 
 class PartitionOffsets:
@@ -148,10 +135,10 @@ class PartitionOffsets:
             log.warning("database unavailable, retrying",
                         extra={"what": what, "error": str(exc)[:200], "wait_s": wait_s})
 
-        retrying = db_retrying(stop_event=self._stop, max_wait_s=self.retry_max_s,
-                               on_retry=on_retry)
+        policy = retrying(self.store.is_transient, stop_event=self._stop,
+                          max_wait_s=self.retry_max_s, on_retry=on_retry)
         try:
-            for attempt in retrying:
+            for attempt in policy:
                 with attempt:
                     return fn()
         except Exception:

@@ -2,7 +2,9 @@
 
 :class:`armlab.adapters.db.uow.UnitOfWork` implements :class:`UnitOfWorkPort` on the database;
 the test suite implements it in memory (``tests/fakes.py``) to test the use cases without one.
-A unit of work is one transaction: services flush, the caller commits.
+A unit of work is one transaction: the registry's functions flush; the use cases that own the
+transaction (:class:`armlab.services.experiments.ExperimentUseCases`, the allocator, the
+decision recorder) commit it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,19 @@ from armlab.core.records import (
 )
 from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.stats.segments import ContextRow
+
+
+class StorageFailures(Protocol):
+    """How a store classifies its own failures, so the services can retry without knowing
+    the storage library (:class:`armlab.adapters.db.retry.SqlFailures` on the database)."""
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """True when trying the same work again later can succeed (a broken connection, a
+        server restart, a lost serialisation race, a locked file)."""
+    def is_data_error(self, exc: BaseException,
+                      value_errors: tuple[type[BaseException], ...] = ()) -> bool:
+        """True when the store refused the values it was given (or binding one raised one of
+        ``value_errors``): the records written caused it."""
 
 
 class Experiments(Protocol):

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from armlab.core.records import ExperimentRecord
-from armlab.services.ports import UnitOfWorkPort
+from armlab.services.ports import StorageFailures, UnitOfWorkPort
 
 
 class AllocationUnit(UnitOfWorkPort, Protocol):
@@ -37,7 +37,7 @@ class AllocationUnit(UnitOfWorkPort, Protocol):
 
 
 @runtime_checkable
-class AllocationStore(Protocol):
+class AllocationStore(StorageFailures, Protocol):
     def active_experiment_ids(self, statuses: Sequence[str]) -> list[int]:
         """Ids of the experiments in one of ``statuses``, in id order."""
     def unit(self) -> AbstractContextManager[AllocationUnit]:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from armlab.core.records import ExperimentRecord, SnapshotRecord
+from armlab.services.ports import StorageFailures
 
 #: A stored sticky assignment: (experiment id, unit id, arm key, propensity).
 StickyRow = tuple[int, str, str, float]
@@ -37,7 +38,7 @@ class AssignmentReads(Protocol):
 
 
 @runtime_checkable
-class AssignmentStore(Protocol):
+class AssignmentStore(StorageFailures, Protocol):
     def reads(self) -> AbstractContextManager[AssignmentReads]: ...
     def store_sticky(self, rows: list[dict[str, Any]]) -> None:
         """Insert these sticky assignments (``experiment_id``, ``unit_id``, ``arm_key``,

@@ -29,6 +29,7 @@ from armlab.core.event_effects import (
     RecordLike,
 )
 from armlab.core.fencing import TP
+from armlab.services.ports import StorageFailures
 
 
 class Source(Protocol):
@@ -79,7 +80,7 @@ class IngestBatch(Protocol):
 
 
 @runtime_checkable
-class IngestStore(Protocol):
+class IngestStore(StorageFailures, Protocol):
     """Storage of the ingest runner. Each method but :meth:`batch` is its own transaction."""
 
     def batch(self) -> AbstractContextManager[IngestBatch]: ...

@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 
 from armlab.adapters.db import consumer_store as consumer_store
 from armlab.adapters.db import queries
+from armlab.adapters.db.consumer_batches import SqlIngestStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import Arm, ConsumerOffset, Experiment, Impression
 from armlab.tools.synth import SynthEvent, expected_stats, synthetic_events
@@ -634,7 +635,7 @@ def test_two_members_handling_one_event_at_the_same_moment_count_it_once(
     monkeypatch.setattr(store, "write_effects", slow_write)
 
     def member() -> IngestRunner:
-        r = IngestRunner(h.sf, source=None, group=h.group,  # type: ignore[arg-type]
+        r = IngestRunner(SqlIngestStore(h.sf), source=None, group=h.group,  # type: ignore[arg-type]
                          topic_impressions=h.topic_imp, topic_feedback=h.topic_fb)
         for tp in [(h.topic_imp, 0), (h.topic_imp, 1), (h.topic_fb, 0), (h.topic_fb, 1)]:
             r._committed[tp] = None

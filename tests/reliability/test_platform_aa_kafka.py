@@ -72,7 +72,7 @@ def test_aa_on_kafka_and_postgres_runs_the_decision_path_without_false_winners(
             registry.create_experiment(uow, spec=_spec(k, b), actor="t")
             registry.start_experiment(uow, key=k, actor="t")
         uow.commit()
-    asg = Assigner(svc.session_factory, seed=11).start(background=False)
+    asg = Assigner(svc.assignment_store, seed=11).start(background=False)
     producer = KafkaEventProducer(settings.kafka, topic_impressions=settings.topic_impressions,
                                   topic_feedback=settings.topic_feedback)
     runner = svc.ingest_runner(max_batch=5000)
@@ -109,7 +109,7 @@ def test_aa_on_kafka_and_postgres_runs_the_decision_path_without_false_winners(
                 assert time.monotonic() < deadline, (ingested(), produced_imp, produced_fb)
                 runner.step()
             # every impression of this round has matured at this pass
-            run_allocation(svc.session_factory, now=served + timedelta(seconds=WINDOW_S + 1))
+            run_allocation(svc.allocation_store, now=served + timedelta(seconds=WINDOW_S + 1))
             asg.refresh()
             with UnitOfWork(svc.session_factory) as uow:
                 for k in keys:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 from armlab.adapters.db.contextual_queries import matured_contexts
 from armlab.adapters.db.models import Experiment, Impression
 from armlab.adapters.db.repositories import lock_experiment
+from armlab.adapters.db.retry import SqlFailures
 from armlab.adapters.db.uow import UnitOfWork
 
 
@@ -60,7 +61,7 @@ class AllocationUnitOfWork(UnitOfWork):
         return matured_contexts(self.session, experiment_id, cutoff, arms)
 
 
-class SqlAllocationStore:
+class SqlAllocationStore(SqlFailures):
     """``SqlAllocationStore(session_factory)``: the allocator's storage on one database."""
 
     def __init__(self, session_factory: Callable[[], Session]) -> None:

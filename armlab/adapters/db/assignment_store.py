@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from armlab.adapters.db.models import AllocationSnapshot, Experiment, UnitAssignment
 from armlab.adapters.db.queries import latest_snapshot
+from armlab.adapters.db.retry import SqlFailures
 
 StickyRow = tuple[int, str, str, float]
 
@@ -68,7 +69,7 @@ class SqlAssignmentReads:
         return [(e, u, a, float(p)) for e, u, a, p in self.session.execute(q)]
 
 
-class SqlAssignmentStore:
+class SqlAssignmentStore(SqlFailures):
     """``SqlAssignmentStore(session_factory)``: the assignment cache's storage."""
 
     def __init__(self, session_factory: Callable[[], Session]) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from armlab.adapters.db import consumer_store as consumer_store
 from armlab.adapters.db import partitions
+from armlab.adapters.db.retry import SqlFailures
 from armlab.core.event_effects import BatchState, Effects, ExperimentInfo, PendingFeedback
 
 TP = tuple[str, int]
@@ -60,7 +61,7 @@ class SqlIngestBatch:
         consumer_store.upsert_counters(self.session, group, items, now)
 
 
-class SqlIngestStore:
+class SqlIngestStore(SqlFailures):
     """``SqlIngestStore(session_factory)``: the ingest runner's storage on one database."""
 
     def __init__(self, session_factory: Callable[[], Session]) -> None:

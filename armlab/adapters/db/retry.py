@@ -1,4 +1,4 @@
-"""Which database errors are worth retrying, and the one retry policy armlab uses for them.
+"""Which database errors are worth retrying, and which ones the records written caused.
 
 A failure is *transient* when trying the same work again later can succeed: the connection
 broke or could not be made (SQLSTATE class 08, or no SQLSTATE at all because the client never
@@ -8,8 +8,9 @@ lost a serialisation race or a deadlock (class 40), the server is out of connect
 fails the same way every time and is raised at once. The classification reads PostgreSQL's
 SQLSTATE codes (psycopg's ``sqlstate``), not exception class names.
 
-:func:`db_retrying` wraps that in a tenacity policy: exponential back-off from 0.2 s up to
-``max_wait_s``, forever or until a stop event is set, with a hook per retry (metrics, logs).
+The database stores hand these to the service layer as their ``is_transient`` /
+``is_data_error`` (:class:`SqlFailures`); :func:`armlab.services.retrying.retrying` is the
+retry policy the services wrap around them.
 
 :func:`is_data_error` is the database half of the ingest runner's other question (is this
 failure caused by the records written?): the database refused the values (``DataError``,
@@ -19,20 +20,9 @@ failure caused by the records written?): the database refused the values (``Data
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Callable
 
 import psycopg
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_never,
-    wait_exponential,
-)
-from tenacity.stop import stop_base
 
 # SQLSTATE classes and codes (PostgreSQL manual, appendix A) after which a retry can succeed.
 TRANSIENT_CLASSES = frozenset({"08", "40", "53"})
@@ -69,47 +59,13 @@ def is_data_error(exc: BaseException,
     return False
 
 
-class _stop_when_set(stop_base):  # noqa: N801 - tenacity's naming
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+class SqlFailures:
+    """The storage ports' failure classification on the database (a mixin of the SQL stores:
+    :class:`armlab.services.ports.StorageFailures`)."""
 
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.event.is_set()
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient(exc)
 
-
-def db_retrying(
-    *,
-    stop_event: threading.Event | None = None,
-    attempts: int | None = None,
-    max_wait_s: float = 5.0,
-    retry_also: Callable[[BaseException], bool] | None = None,
-    on_retry: Callable[[BaseException, float], None] | None = None,
-) -> Retrying:
-    """A tenacity ``Retrying`` for transient database errors (and whatever ``retry_also`` says).
-
-    Stops after ``attempts`` tries, or when ``stop_event`` is set, or never; the last error is
-    re-raised. ``on_retry(error, seconds_until_next_try)`` runs before each wait.
-    """
-
-    def retryable(exc: BaseException) -> bool:
-        return is_transient(exc) or (retry_also is not None and retry_also(exc))
-
-    stop: stop_base = stop_never
-    if attempts is not None:
-        stop = stop_after_attempt(attempts)
-    if stop_event is not None:
-        stop = stop | _stop_when_set(stop_event)
-
-    def before_sleep(state: RetryCallState) -> None:
-        if on_retry is not None and state.outcome is not None:
-            err = state.outcome.exception()
-            if err is not None:
-                on_retry(err, state.upcoming_sleep)
-
-    return Retrying(
-        retry=retry_if_exception(retryable),
-        wait=wait_exponential(multiplier=0.2, min=0.2, max=max_wait_s),
-        stop=stop,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+    def is_data_error(self, exc: BaseException,
+                      value_errors: tuple[type[BaseException], ...] = ()) -> bool:
+        return is_data_error(exc, value_errors)

@@ -70,6 +70,24 @@ def draw_orders(rng: np.random.Generator, n: int, rounds: int, rankers: int) -> 
     return np.asarray(rng.random((n, rounds, rankers)).argsort(axis=2), dtype=np.int64)
 
 
+def _checked_draft(lists: IntArray, order: IntArray, k: int, n_items: int | None
+                   ) -> tuple[IntArray, IntArray, int]:
+    """The kernel's inputs as int64 arrays, checked (ValidationFailed naming the field), and
+    the item-code range (from the lists when not given)."""
+    lists = np.asarray(lists, dtype=np.int64)
+    order = np.asarray(order, dtype=np.int64)
+    if lists.ndim != 3 or order.ndim != 3 or order.shape[0] != lists.shape[0]:
+        raise ValidationFailed("lists must be (B, r, L) and order (B, R, s) with the same B",
+                               field="lists")
+    if k < 1:
+        raise ValidationFailed(f"k must be >= 1, got {k}", field="k")
+    if order.size and (order.max() >= lists.shape[1] or order.min() < -1):
+        raise ValidationFailed("draft order names a ranker that has no list", field="draft")
+    if n_items is None:
+        n_items = int(lists.max()) + 1 if lists.size else 1
+    return lists, order, n_items
+
+
 def team_draft_kernel(
     lists: IntArray,
     order: IntArray,
@@ -87,18 +105,8 @@ def team_draft_kernel(
     end), team (B, k) the ranker that placed each, source_rank (B, k) each item's rank in
     that ranker's list, rounds_used (B,) the rounds that drafted at least one item.
     """
-    lists = np.asarray(lists, dtype=np.int64)
-    order = np.asarray(order, dtype=np.int64)
-    if lists.ndim != 3 or order.ndim != 3 or order.shape[0] != lists.shape[0]:
-        raise ValidationFailed("lists must be (B, r, L) and order (B, R, s) with the same B",
-                               field="lists")
-    b, r, _ = lists.shape
-    if k < 1:
-        raise ValidationFailed(f"k must be >= 1, got {k}", field="k")
-    if order.size and (order.max() >= r or order.min() < -1):
-        raise ValidationFailed("draft order names a ranker that has no list", field="draft")
-    if n_items is None:
-        n_items = int(lists.max()) + 1 if lists.size else 1
+    lists, order, n_items = _checked_draft(lists, order, k, n_items)
+    b = lists.shape[0]
     shown = np.full((b, k), -1, dtype=np.int64)
     team = np.full((b, k), -1, dtype=np.int64)
     src = np.full((b, k), -1, dtype=np.int64)

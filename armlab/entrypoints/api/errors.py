@@ -19,8 +19,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from armlab.bootstrap.database import is_transient
 from armlab.errors import ArmlabError
-from armlab.services.database import is_transient
 
 #: Seconds a client should wait before retrying a 503.
 RETRY_AFTER_S = 5

@@ -87,7 +87,7 @@ def _run(fn, *args: str) -> None:
 
 def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Migrate the database up to REVISION (default head)."""
-    from armlab.services import database
+    from armlab.bootstrap import database
 
     url = _db_url()
     out: list[str | None] = []
@@ -98,7 +98,7 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
 def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. base.")
                  ) -> None:
     """Migrate the database down to REVISION (`base` drops every table)."""
-    from armlab.services import database
+    from armlab.bootstrap import database
 
     url = _db_url()
     out: list[str | None] = []
@@ -114,7 +114,7 @@ def db_maintain(
 ) -> None:
     """Create the coming weeks' partitions of impressions and feedback and drop the weeks
     older than the retention (PostgreSQL; the consumer also does this every hour)."""
-    from armlab.services import database
+    from armlab.bootstrap import database
     from armlab.settings import get_settings
 
     url = _db_url()
@@ -129,7 +129,7 @@ def db_maintain(
 
 def db_current() -> None:
     """Print the database's current revision (`base` when unmigrated)."""
-    from armlab.services import database
+    from armlab.bootstrap import database
 
     url = _db_url()
     out: list[str | None] = []

@@ -256,7 +256,7 @@ def simulate_interleaving_cmd(
     correlated requests per user), 2 and 3 rankers multileaved and the dueling bandit
     choosing 2 of 4; plus power cells (a truly better ranker: share decided, median
     units to the decision). Progress on stderr."""
-    from armlab.core.interleaving.simulate import default_grid, quick_grid, summarise
+    from armlab.core.interleaving.grid import default_grid, quick_grid, summarise
 
     grid = quick_grid(reps, seed) if quick else default_grid(
         reps, seed, power_reps=power_reps or None)

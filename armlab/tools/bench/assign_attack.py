@@ -128,10 +128,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "errors": sum(int(r.get("errors") or 0) for r in rows), "runs": rows}
 
 
-def run_assign_attack_bench(*, requests: int = 20_000, concurrency: int = 8,
-                            max_seconds: float = 10.0, rounds: int = 3) -> dict[str, Any]:
-    """``rounds`` alternations of a quiet and an attacked load phase on one throttled server,
-    then one of each on a server with the throttle off; medians of each kind."""
+def _check_attack_source() -> None:
+    """ConfigurationError unless this machine can send from the attacker's address."""
     try:
         socket.create_connection(("127.0.0.1", 9), timeout=0.1,
                                  source_address=(ATTACK_SOURCE, 0)).close()
@@ -139,6 +137,13 @@ def run_assign_attack_bench(*, requests: int = 20_000, concurrency: int = 8,
         pass  # the source address works (nothing listens on port 9)
     except OSError as exc:
         raise ConfigurationError(f"cannot send from {ATTACK_SOURCE}: {exc}") from exc
+
+
+def run_assign_attack_bench(*, requests: int = 20_000, concurrency: int = 8,
+                            max_seconds: float = 10.0, rounds: int = 3) -> dict[str, Any]:
+    """``rounds`` alternations of a quiet and an attacked load phase on one throttled server,
+    then one of each on a server with the throttle off; medians of each kind."""
+    _check_attack_source()
     env_url = os.environ.get("ARMLAB_DATABASE_URL", "")
     tmp = Path(tempfile.mkdtemp(prefix="armlab-bench-attack-"))
     url = env_url if env_url.startswith("postgresql") else f"sqlite:///{tmp / 'bench.db'}"

@@ -94,7 +94,7 @@ class World:
         self.runner.drain()
 
     def allocate(self, now: datetime | None = None) -> None:
-        run_allocation(self.services.session_factory, now=now)
+        run_allocation(self.services.allocation_store, now=now)
 
     def experiment(self, key: str) -> Experiment:
         with self.services.uow() as uow:

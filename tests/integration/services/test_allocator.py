@@ -81,7 +81,7 @@ def test_snapshot_from_arm_stats_summed_over_partitions(services: Services) -> N
             ("b", 0, 1000, 40),
         ],
     )
-    written = run_allocation(services.session_factory, now=NOW)
+    written = run_allocation(services.allocation_store, now=NOW)
     assert len(written) == 1
     (snap,) = snapshots(services, exp_id)
     assert snap.policy_name == "thompson" and snap.policy_version == "1"
@@ -93,7 +93,7 @@ def test_snapshot_from_arm_stats_summed_over_partitions(services: Services) -> N
     assert arms["a"]["matured_n"] == 1000
     assert snap.stats["method"] == "quadrature" and "seed" in snap.stats
     # same input, same time -> identical weights (reproducible seed)
-    run_allocation(services.session_factory, now=NOW)
+    run_allocation(services.allocation_store, now=NOW)
     assert snapshots(services, exp_id)[-1].weights == snap.weights
 
 
@@ -132,7 +132,7 @@ def test_impressions_inside_the_attribution_window_are_not_failures_yet(
             )
         )
         uow.commit()
-    run_allocation(services.session_factory, now=NOW)
+    run_allocation(services.allocation_store, now=NOW)
     (snap,) = snapshots(services, exp_id)
     a = snap.stats["arms"]["a"]
     assert a["immature_n"] == 900 and a["matured_n"] == 100 and a["matured_reward_sum"] == 10
@@ -140,14 +140,14 @@ def test_impressions_inside_the_attribution_window_are_not_failures_yet(
     assert snap.weights["a"] == pytest.approx(0.8)
     # without the correction a would look like 12/1000 and lose to control (0.05)
     later = NOW + timedelta(hours=1)
-    run_allocation(services.session_factory, now=later)
+    run_allocation(services.allocation_store, now=later)
     assert snapshots(services, exp_id)[-1].weights["control"] == pytest.approx(0.8)
 
 
 def test_burn_in_counts_matured_observations(services: Services) -> None:
     exp_id = create(services, "alloc-burn", burn_in=50)
     add_stats(services, exp_id, [("control", 0, 49, 0), ("a", 0, 500, 100), ("b", 0, 500, 1)])
-    run_allocation(services.session_factory, now=NOW)
+    run_allocation(services.allocation_store, now=NOW)
     snap = snapshots(services, exp_id)[-1]
     assert snap.stats["method"] == "burn_in"
     assert list(snap.weights.values()) == pytest.approx([1 / 3] * 3)
@@ -162,13 +162,13 @@ def test_stopped_and_shipped_experiments(services: Services) -> None:
         registry.ship_experiment(uow, key="alloc-ship", arm="b", actor="t", reason="won",
                                  force=True)
         uow.commit()
-    run_allocation(services.session_factory, now=NOW)
+    run_allocation(services.allocation_store, now=NOW)
     assert snapshots(services, stopped)[-1].weights == {"control": 1.0, "a": 0.0, "b": 0.0}
     ship = snapshots(services, shipped)[-1]
     assert ship.weights == {"control": 0.0, "a": 0.0, "b": 1.0} and ship.policy_name == "shipped"
     assert snapshots(services, draft) == []
     # terminal snapshots are written once, not every pass
-    run_allocation(services.session_factory, now=NOW + timedelta(seconds=5))
+    run_allocation(services.allocation_store, now=NOW + timedelta(seconds=5))
     assert len(snapshots(services, stopped)) == 1 and len(snapshots(services, shipped)) == 1
 
 
@@ -180,14 +180,14 @@ def test_bad_experiment_is_skipped_and_others_still_allocated(services: Services
         assert exp is not None
         exp.policy_params = {"no_such_param": 1}
         uow.commit()
-    run_allocation(services.session_factory, now=NOW)
+    run_allocation(services.allocation_store, now=NOW)
     assert snapshots(services, bad) == [] and len(snapshots(services, good)) == 1
 
 
 def test_allocation_loop_runs_passes_on_a_cadence(services: Services) -> None:
     create(services, "alloc-loop", policy={"name": "uniform", "params": {}})
     sleeps: list[float] = []
-    passes = allocation_loop(services.session_factory, interval_s=0.01, max_passes=3,
+    passes = allocation_loop(services.allocation_store, interval_s=0.01, max_passes=3,
                              sleep=sleeps.append)
     assert passes == 3 and len(sleeps) == 2
 
@@ -205,13 +205,13 @@ def test_auto_stop_writes_the_terminal_snapshot_in_the_same_pass(services: Servi
                                      reward_sum=x, reward_sumsq=x, ipw_n=2 * n, ipw_sum=2 * x,
                                      ipw_sumsq=4 * x, ipw_n_sq=4 * n))
         uow.commit()
-    run_allocation(services.session_factory, now=NOW)
+    run_allocation(services.allocation_store, now=NOW)
     snaps = snapshots(services, exp_id)
     assert [s.policy_name for s in snaps] == ["thompson", "stopped"]
-    asg = Assigner(services.session_factory, seed=1).start(background=False)
+    asg = Assigner(services.assignment_store, seed=1).start(background=False)
     got = asg.assign("auto-stop", "u1")
     assert (got.arm_key, got.propensity, got.snapshot_id) == ("control", 1.0, snaps[-1].id)
-    run_allocation(services.session_factory, now=NOW + timedelta(seconds=5))
+    run_allocation(services.allocation_store, now=NOW + timedelta(seconds=5))
     assert len(snapshots(services, exp_id)) == 2  # written once
 
 
@@ -274,7 +274,7 @@ def test_a_manual_stop_or_ship_writes_its_snapshot_in_the_same_transaction(
     exp_id = create(services, f"manual-{action}",
                     arms=[{"key": "control", "control": True, "variant": {"kind": "popularity"}},
                           {"key": "a", "variant": {"kind": "popularity"}}])
-    run_allocation(services.session_factory, now=NOW)
+    run_allocation(services.allocation_store, now=NOW)
     with UnitOfWork(services.session_factory) as uow:
         if action == "stop":
             registry.stop_experiment(uow, key=f"manual-{action}", actor="t", reason="r")
@@ -286,8 +286,8 @@ def test_a_manual_stop_or_ship_writes_its_snapshot_in_the_same_transaction(
     fixed = "control" if action == "stop" else "a"
     assert snaps[-1].policy_name == ("stopped" if action == "stop" else "shipped")
     assert snaps[-1].weights == {"control": float(fixed == "control"), "a": float(fixed == "a")}
-    asg = Assigner(services.session_factory, seed=1).start(background=False)
+    asg = Assigner(services.assignment_store, seed=1).start(background=False)
     got = asg.assign(f"manual-{action}", "u1")
     assert (got.arm_key, got.propensity, got.snapshot_id) == (fixed, 1.0, snaps[-1].id)
-    run_allocation(services.session_factory, now=NOW + timedelta(seconds=5))
+    run_allocation(services.allocation_store, now=NOW + timedelta(seconds=5))
     assert len(snapshots(services, exp_id)) == len(snaps)  # the allocator adds no duplicate

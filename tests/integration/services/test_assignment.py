@@ -84,7 +84,7 @@ def add_snapshot(svc: Services, exp_id: int, weights: dict[str, float]) -> None:
 
 def test_request_unit_draw_frequencies_match_weights(services: Services) -> None:
     setup(services, "req")
-    asg = Assigner(services.session_factory, seed=1).start(background=False)
+    asg = Assigner(services.assignment_store, seed=1).start(background=False)
     out = [asg.assign("req", f"r{i}") for i in range(20_000)]
     freq = Counter(a.arm_key for a in out)
     for arm, w in WEIGHTS.items():
@@ -93,12 +93,12 @@ def test_request_unit_draw_frequencies_match_weights(services: Services) -> None
     assert all(a.variant["kind"] == "popularity" for a in out[:10])
     assert len({a.impression_id for a in out}) == 20_000
     # deterministic given a seed
-    again = Assigner(services.session_factory, seed=1).start(background=False)
+    again = Assigner(services.assignment_store, seed=1).start(background=False)
     assert [again.assign("req", f"r{i}").arm_key for i in range(50)] == [
         a.arm_key for a in out[:50]
     ]
-    x = Assigner(services.session_factory, seed=9).start(background=False)
-    y = Assigner(services.session_factory, seed=9).start(background=False)
+    x = Assigner(services.assignment_store, seed=9).start(background=False)
+    y = Assigner(services.assignment_store, seed=9).start(background=False)
     assert [x.assign("req", "u").impression_id for _ in range(3)] == [
         y.assign("req", "u").impression_id for _ in range(3)
     ]
@@ -106,7 +106,7 @@ def test_request_unit_draw_frequencies_match_weights(services: Services) -> None
 
 def test_user_unit_is_sticky_with_its_original_propensity(services: Services) -> None:
     exp_id = setup(services, "usr", unit="user")
-    asg = Assigner(services.session_factory, seed=2, refresh_s=0.05).start(background=False)
+    asg = Assigner(services.assignment_store, seed=2, refresh_s=0.05).start(background=False)
     first = {u: asg.assign("usr", u) for u in (f"user{i}" for i in range(300))}
     view = asg.view("usr")
     assert view is not None
@@ -130,7 +130,7 @@ def test_user_unit_is_sticky_with_its_original_propensity(services: Services) ->
         }
     assert stored["user7"] == (first["user7"].arm_key, first["user7"].propensity)
     assert len(stored) == 301
-    other = Assigner(services.session_factory, seed=3).start(background=False)
+    other = Assigner(services.assignment_store, seed=3).start(background=False)
     for u, a in list(first.items())[:50]:
         c = other.assign("usr", u)
         assert (c.arm_key, c.propensity) == (a.arm_key, a.propensity)
@@ -138,7 +138,7 @@ def test_user_unit_is_sticky_with_its_original_propensity(services: Services) ->
 
 def test_background_writer_and_refresh_threads(services: Services) -> None:
     exp_id = setup(services, "bg", unit="user")
-    asg = Assigner(services.session_factory, seed=4, refresh_s=0.05).start()
+    asg = Assigner(services.assignment_store, seed=4, refresh_s=0.05).start()
     try:
         asg.assign("bg", "u1")
         add_snapshot(services, exp_id, {"control": 1.0, "a": 0.0, "b": 0.0})
@@ -163,7 +163,7 @@ def test_states_stopped_shipped_draft_unknown(services: Services) -> None:
     setup(services, "s-ship")
     setup(services, "s-draft", start=False)
     setup(services, "s-nosnap", weights=None)
-    asg = Assigner(services.session_factory, seed=5).start(background=False)
+    asg = Assigner(services.assignment_store, seed=5).start(background=False)
     with UnitOfWork(services.session_factory) as uow:
         registry.stop_experiment(uow, key="s-stop", actor="t", reason="r")
         registry.ship_experiment(uow, key="s-ship", arm="a", actor="t", reason="r", force=True)
@@ -194,7 +194,7 @@ def test_a_draft_started_elsewhere_is_served_before_the_next_refresh(services: S
     """A cached draft is re-read, not refused, once it has been started (by this process or
     another): the first /assign after /start must not be a 409."""
     setup(services, "d-start", start=False)
-    asg = Assigner(services.session_factory, seed=7, refresh_s=3600).start(background=False)
+    asg = Assigner(services.assignment_store, seed=7, refresh_s=3600).start(background=False)
     with pytest.raises(Conflict, match="draft"):
         asg.assign("d-start", "x")
     assert asg.view("d-start").status == "draft"  # type: ignore[union-attr]
@@ -213,7 +213,7 @@ def test_a_draft_started_elsewhere_is_served_before_the_next_refresh(services: S
 
 
 def test_new_experiment_is_loaded_on_first_request(services: Services) -> None:
-    asg = Assigner(services.session_factory, seed=6).start(background=False)
+    asg = Assigner(services.assignment_store, seed=6).start(background=False)
     setup(services, "late")
     assert asg.try_assign("late", "u") is None  # not cached: the route then calls assign()
     assert asg.assign("late", "u").arm_key in WEIGHTS
@@ -273,7 +273,7 @@ def test_one_bad_sticky_row_does_not_lose_the_others(services: Services) -> None
     it at the edge, the service still must not lose its neighbours): the batch is split until
     the bad row is alone; every other row is stored."""
     exp_id = setup(services, "wb", unit="user")
-    asg = Assigner(services.session_factory, seed=5, refresh_s=0.05).start(background=False)
+    asg = Assigner(services.assignment_store, seed=5, refresh_s=0.05).start(background=False)
     for i in range(300):
         asg.assign("wb", f"user{i}" if i != 150 else "bad\x00user")
     asg.flush()

@@ -41,7 +41,7 @@ def test_segments_learn_postgres(sf: Any) -> None:
     exp_id = create(sf, min_segment_n=200)
     add_impressions(sf, exp_id, segment_rows(300, np.random.default_rng(1)),
                     served_at=matured())
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     with UnitOfWork(sf) as uow:
         snap = uow.evidence.latest_snapshot(exp_id)
     assert snap is not None and snap.policy_name == "segment_thompson"

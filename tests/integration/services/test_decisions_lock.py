@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from armlab.adapters.db.allocation_store import SqlAllocationStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import ArmStats, Decision
 from armlab.adapters.db.uow import UnitOfWork
@@ -69,7 +70,7 @@ def _ship(key: str) -> Callable[[Any], None]:
 
 
 def _allocate(sf: Any) -> None:
-    run_allocation(sf)
+    run_allocation(SqlAllocationStore(sf))
 
 
 @pytest.mark.parametrize("pair", ["allocator-allocator", "ship-allocator"])

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from armlab.adapters.db.allocation_store import SqlAllocationStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.services import registry
@@ -38,7 +39,7 @@ def test_auto_stop_with_certificate_postgres(sf: Any) -> None:
     exp_id = create(sf, arms, m=2)
     add_units(sf, exp_id, preferring("c", arms, 400, np.random.default_rng(2)),
               tallies={("a", "c"): (100, 10, 60, 12, 70)})
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     with UnitOfWork(sf) as uow:
         assert registry.get_experiment(uow, key="il").status == "stopped"
         stop = [r for r in registry.list_audit(uow, key="il") if r.action == "stop"][0]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from armlab.adapters.db.allocation_store import SqlAllocationStore
+from armlab.adapters.db.assignment_store import SqlAssignmentStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.adapters.db.uow import UnitOfWork
@@ -46,7 +47,7 @@ def test_segments_with_enough_data_get_their_own_best_arm(sf: Any) -> None:
     exp_id = create(sf, min_segment_n=200)
     add_impressions(sf, exp_id, segment_rows(300, np.random.default_rng(1)),
                     served_at=matured())
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     snap = snapshot(sf, exp_id)
     assert snap.policy_name == "segment_thompson"
     ctx = snap.stats["contextual"]
@@ -65,7 +66,7 @@ def test_below_min_segment_n_every_segment_is_served_the_pooled_posterior(sf: An
     exp_id = create(sf, min_segment_n=5000)
     add_impressions(sf, exp_id, segment_rows(300, np.random.default_rng(1)),
                     served_at=matured())
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     seg = rows_by_segment(snapshot(sf, exp_id))
     assert {r["source"] for r in seg.values()} == {"pooled"}
     assert seg["mobile"]["weights"] == seg["desktop"]["weights"] == seg["other"]["weights"]
@@ -78,7 +79,7 @@ def test_only_matured_impressions_count(sf: Any) -> None:
     # inside the attribution window: t1 never clicked on mobile yet (must not count)
     add_impressions(sf, exp_id, [("t1", {"device": "mobile"}, 0.0)] * 2000,
                     served_at=T0 - timedelta(minutes=5), prefix="young")
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     snap = snapshot(sf, exp_id)
     assert snap.stats["contextual_rows"] == 1200
     assert rows_by_segment(snap)["mobile"]["weights"][1] > 0.95
@@ -94,7 +95,7 @@ def test_rolled_back_arms_are_left_out_and_bad_contexts_skipped(sf: Any) -> None
         assert exp is not None
         exp.rolled_back = {"t2": {"summary": "guardrail"}}
         uow.commit()
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     snap = snapshot(sf, exp_id)
     assert snap.stats["contextual"]["arms"] == ["control", "t1"]
     assert snap.weights["t2"] == 0.0 and sum(snap.weights.values()) == pytest.approx(1.0)
@@ -115,7 +116,7 @@ def test_linear_policy_block_and_floor_per_context(sf: Any) -> None:
     rows = [(a, {**c, "age": int(rng.integers(20, 60))}, r)
             for a, c, r in segment_rows(400, rng)]
     add_impressions(sf, exp_id, rows, served_at=matured())
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     snap = snapshot(sf, exp_id)
     block = snap.stats["contextual"]
     assert snap.policy_name == block["policy"] == "linear_thompson"
@@ -143,11 +144,13 @@ def test_port_streams_the_matured_rows_of_the_arms_asked(sf: Any) -> None:
 def _learned(sf: Any, unit: str = "request") -> tuple[int, AllocationSnapshot]:
     exp_id = create(sf, min_segment_n=200, unit=unit)
     add_impressions(sf, exp_id, segment_rows(60, np.random.default_rng(5)), served_at=matured())
-    run_allocation(sf, now=T0)  # 120 per segment: the pooled posterior, near 50/50 ...
+    # 120 per segment: the pooled posterior, near 50/50 ...
+    run_allocation(SqlAllocationStore(sf), now=T0)
     add_impressions(sf, exp_id, [(a, {"device": "mobile"}, r)
                                  for a, _, r in segment_rows(60, np.random.default_rng(6))[:120]],
                     served_at=matured(), prefix="more")
-    run_allocation(sf, now=T0 + timedelta(seconds=5))  # ... mobile now has its own row
+    # ... mobile now has its own row
+    run_allocation(SqlAllocationStore(sf), now=T0 + timedelta(seconds=5))
     return exp_id, snapshot(sf, exp_id)
 
 
@@ -155,7 +158,7 @@ def test_served_propensities_are_the_snapshot_rows_and_frequencies_match(sf: Any
     _, snap = _learned(sf)
     seg = rows_by_segment(snap)
     assert seg["mobile"]["source"] == "segment" and seg["desktop"]["source"] == "pooled"
-    assigner = Assigner(sf, seed=7).start(background=False)
+    assigner = Assigner(SqlAssignmentStore(sf), seed=7).start(background=False)
     try:
         for device, n in (("mobile", 4000), ("desktop", 4000), ("tablet", 200)):
             row = seg[device if device != "tablet" else "other"]["weights"]
@@ -180,7 +183,7 @@ def test_served_propensities_are_the_snapshot_rows_and_frequencies_match(sf: Any
 def test_unit_user_keeps_the_arm_of_its_first_context(sf: Any) -> None:
     _, snap = _learned(sf, unit="user")
     mobile = rows_by_segment(snap)["mobile"]["weights"]
-    assigner = Assigner(sf, seed=8).start(background=False)
+    assigner = Assigner(SqlAssignmentStore(sf), seed=8).start(background=False)
     try:
         first = assigner.assign("ctx", "alice", {"device": "mobile"})
         assert first.propensity == pytest.approx(
@@ -202,7 +205,7 @@ def test_burn_in_and_floor_apply_per_segment(sf: Any) -> None:
     rows = [r for r in rows if not (r[1]["device"] == "desktop" and r[0] == "t1")][:-100]
     add_impressions(sf, exp_id, rows + [("t1", {"device": "desktop"}, 0.0)] * 200,
                     served_at=matured())
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     seg = rows_by_segment(snapshot(sf, exp_id))
     # mobile: 300 per arm >= burn_in: its own row, floored at 0.1
     assert seg["mobile"]["source"] == "segment" and min(seg["mobile"]["weights"]) == 0.1

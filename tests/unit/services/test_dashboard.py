@@ -108,7 +108,7 @@ def test_chart_data_from_rollups_matches_the_raw_scan_at_the_end(sqlite_url: str
     for i in range(3):
         _traffic(prod, 300, t0 + timedelta(minutes=5 * i), seed=i)
         runner.drain()  # type: ignore[attr-defined]
-        run_allocation(services.session_factory, now=t0 + timedelta(minutes=5 * i, seconds=61))
+        run_allocation(services.allocation_store, now=t0 + timedelta(minutes=5 * i, seconds=61))
     with services.uow() as uow:
         roll = dashboard.chart_data(uow, "exp")
         raw = dashboard.chart_data(uow, "exp", source="raw")
@@ -137,7 +137,7 @@ def test_snapshot_sampling_keeps_the_series_short(sqlite_url: str) -> None:
     runner.drain()  # type: ignore[attr-defined]
     t0 = utcnow() - timedelta(hours=1)
     for i in range(30):
-        run_allocation(services.session_factory, now=t0 + timedelta(minutes=i))
+        run_allocation(services.allocation_store, now=t0 + timedelta(minutes=i))
     with services.uow() as uow:
         data = dashboard.chart_data(uow, "exp", max_points=10)
     assert data["snapshots"] == 30

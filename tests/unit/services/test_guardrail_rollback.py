@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from armlab.adapters.db.allocation_store import SqlAllocationStore
+from armlab.adapters.db.assignment_store import SqlAssignmentStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import AllocationSnapshot, ArmStats, GuardrailStats, Impression
 from armlab.adapters.db.uow import UnitOfWork
@@ -88,7 +90,7 @@ def _user_impressions(exp_id: int, arm: str, rate: float, users: int = 200, per:
 
 def test_harmful_arm_is_rolled_back_with_evidence(sf: Any) -> None:
     exp_id = _setup(sf)
-    run_allocation(sf)
+    run_allocation(SqlAllocationStore(sf))
     with UnitOfWork(sf) as uow:
         exp = registry.get_experiment(uow, key="exp")
         assert set(exp.rolled_back) == {"harm"} and exp.status == "running"
@@ -114,7 +116,7 @@ def test_harmful_arm_is_rolled_back_with_evidence(sf: Any) -> None:
     assert sum(last.weights.values()) == pytest.approx(1.0)
     assert last.stats["rolled_back"] == ["harm"]
     # a second pass keeps it out and writes no second rollback
-    run_allocation(sf)
+    run_allocation(SqlAllocationStore(sf))
     with UnitOfWork(sf) as uow:
         assert [r.action for r in registry.list_audit(uow, key="exp")].count("rollback") == 1
     with sf() as s:
@@ -136,8 +138,8 @@ def test_harmful_arm_is_rolled_back_with_evidence(sf: Any) -> None:
 
 def test_no_harm_no_rollback(sf: Any) -> None:
     _setup(sf, skip_rates=(0.10, 0.10, 0.10))
-    run_allocation(sf)
-    run_allocation(sf)
+    run_allocation(SqlAllocationStore(sf))
+    run_allocation(SqlAllocationStore(sf))
     with UnitOfWork(sf) as uow:
         exp = registry.get_experiment(uow, key="exp")
         assert exp.rolled_back == {}
@@ -148,7 +150,7 @@ def test_no_harm_no_rollback(sf: Any) -> None:
 
 def test_on_breach_stop_stops_the_experiment(sf: Any) -> None:
     _setup(sf, on_breach="stop")
-    run_allocation(sf)
+    run_allocation(SqlAllocationStore(sf))
     with UnitOfWork(sf) as uow:
         exp = registry.get_experiment(uow, key="exp")
         assert exp.status == "stopped" and exp.rolled_back == {}
@@ -161,11 +163,11 @@ def test_on_breach_stop_stops_the_experiment(sf: Any) -> None:
 
 def test_sticky_users_of_a_rolled_back_arm_get_the_control(sf: Any) -> None:
     _setup(sf, unit="user")
-    a = Assigner(sf, seed=1, refresh_s=3600)
+    a = Assigner(SqlAssignmentStore(sf), seed=1, refresh_s=3600)
     before = {u: a.assign("exp", u) for u in (f"u{i}" for i in range(60))}
     stuck = [u for u, x in before.items() if x.arm_key == "harm"]
     assert stuck
-    run_allocation(sf)
+    run_allocation(SqlAllocationStore(sf))
     a.refresh()
     for u in stuck:
         x = a.assign("exp", u)
@@ -177,7 +179,7 @@ def test_sticky_users_of_a_rolled_back_arm_get_the_control(sf: Any) -> None:
 
 def test_report_shows_the_guardrails_and_their_confidence_sequence(sf: Any) -> None:
     _setup(sf)
-    run_allocation(sf)
+    run_allocation(SqlAllocationStore(sf))
     with UnitOfWork(sf) as uow:
         page = build_report(collect_by_key(uow, "exp"))
     assert "Recommendation and guardrails" in page and "<svg" in page

@@ -87,7 +87,7 @@ def test_offsets_beyond_the_log_stop_the_consumer_with_the_reset_command(
     second = MemoryBus()
     _send(second, 30, "two-")
     # a consumer that does not forget them (Kafka: the topic was deleted and created again)
-    runner = IngestRunner(services.session_factory,
+    runner = IngestRunner(services.consumer_store,
                           MemorySource(second, [s.topic_impressions, s.topic_feedback]),
                           dlq=MemoryDlq(second, s.topic_dlq), group=s.consumer_group)
     with pytest.raises(OffsetsBeyondLog) as info:
@@ -110,7 +110,7 @@ def test_offsets_beyond_the_log_stop_the_consumer_with_the_reset_command(
     assert shown.returncode == 0, shown.stderr
     assert s.topic_impressions not in shown.stdout and s.topic_feedback in shown.stdout
     # the feedback topic's offset is still beyond its (empty) log: refused again, naming it
-    runner = IngestRunner(services.session_factory,
+    runner = IngestRunner(services.consumer_store,
                           MemorySource(second, [s.topic_impressions, s.topic_feedback]),
                           dlq=MemoryDlq(second, s.topic_dlq), group=s.consumer_group)
     with pytest.raises(OffsetsBeyondLog, match=rf"{s.topic_feedback}\[0\] stored 1, log ends "
@@ -120,7 +120,7 @@ def test_offsets_beyond_the_log_stop_the_consumer_with_the_reset_command(
                           s.consumer_group], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    runner = IngestRunner(services.session_factory,
+    runner = IngestRunner(services.consumer_store,
                           MemorySource(second, [s.topic_impressions, s.topic_feedback]),
                           dlq=MemoryDlq(second, s.topic_dlq), group=s.consumer_group)
     assert runner.drain()["impression"] == 30

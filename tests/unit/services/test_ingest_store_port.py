@@ -16,6 +16,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, Statemen
 
 from armlab.adapters.db.consumer_batches import SqlIngestStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
+from armlab.adapters.db.retry import SqlFailures
 from armlab.core.event_effects import Effects
 from armlab.core.fencing import Fenced, StoredRowsDiffer
 from armlab.services.consumer import IngestRunner, IngestStore, is_record_error
@@ -52,13 +53,10 @@ def test_a_zombie_is_fenced_and_changes_nothing(store: SqlIngestStore) -> None:
     assert store.stored_offsets("g") == []
 
 
-def test_the_runner_takes_the_port_or_a_session_factory(sqlite_url: str) -> None:
-    sf = make_session_factory(make_engine(sqlite_url))
-    port = SqlIngestStore(sf)
+def test_the_runner_takes_the_port(sqlite_url: str) -> None:
+    port = SqlIngestStore(make_session_factory(make_engine(sqlite_url)))
     assert isinstance(port, IngestStore)
     assert IngestRunner(port, source=None).store is port  # type: ignore[arg-type]
-    assert isinstance(IngestRunner(sf, source=None).store,  # type: ignore[arg-type]
-                      SqlIngestStore)
 
 
 def _db_error(cls: type[StatementError], orig: BaseException) -> StatementError:
@@ -86,4 +84,4 @@ def _db_error(cls: type[StatementError], orig: BaseException) -> StatementError:
     (RuntimeError("anything else"), False),
 ])
 def test_record_errors_are_told_from_the_environment(exc: BaseException, record: bool) -> None:
-    assert is_record_error(exc) is record
+    assert is_record_error(exc, SqlFailures()) is record

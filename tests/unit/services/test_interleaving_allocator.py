@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from armlab.adapters.db.allocation_store import SqlAllocationStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import AllocationSnapshot
 from armlab.adapters.db.uow import UnitOfWork
@@ -47,7 +48,7 @@ def latest_snapshot(sf: Any, exp_id: int) -> AllocationSnapshot:
 
 def test_snapshot_with_every_ranker_in_every_request(sf: Any) -> None:
     exp_id = create(sf, ["a", "b", "c"])
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     snap = latest_snapshot(sf, exp_id)
     assert snap.policy_name == "interleaving"
     st = snap.stats
@@ -65,7 +66,7 @@ def test_dueling_snapshot_sets_and_pair_propensities_agree(sf: Any) -> None:
     exp_id = create(sf, arms, m=2)
     add_units(sf, exp_id, {}, tallies={("a", "b"): (50, 30, 5, 40, 8),
                                        ("a", "c"): (50, 30, 5, 40, 8)})
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     snap = latest_snapshot(sf, exp_id)
     st = snap.stats
     assert snap.policy_name == "dueling" and st["m"] == 2 and 0 < st["epsilon"] < 1
@@ -108,7 +109,7 @@ def test_running_state_is_monotone_then_frozen_at_the_auto_stop(sf: Any) -> None
     for size in (20, 20, 20, 40, 40, 80, 160):
         add_units(sf, exp_id, preferring("b", arms, size, rng, start=start, shift=0.35))
         start += size
-        run_allocation(sf, now=now)
+        run_allocation(SqlAllocationStore(sf), now=now)
         now += timedelta(minutes=1)
         with UnitOfWork(sf) as uow:
             if registry.get_experiment(uow, key="il").status != "running":
@@ -136,7 +137,7 @@ def test_running_state_is_monotone_then_frozen_at_the_auto_stop(sf: Any) -> None
     assert snap.policy_name == "stopped" and snap.weights["a"] == 1.0  # the control serves
     # more data after the stop changes nothing shown
     add_units(sf, exp_id, preferring("a", arms, 300, rng, start=10_000))
-    run_allocation(sf, now=now + timedelta(hours=1))
+    run_allocation(SqlAllocationStore(sf), now=now + timedelta(hours=1))
     assert len(_looks(sf, exp_id)) == len(looks)
     with UnitOfWork(sf) as uow:
         exp = registry.get_experiment(uow, key="il")
@@ -150,7 +151,7 @@ def test_ship_guard_refuses_a_ranker_that_is_not_the_condorcet_winner(sf: Any) -
     arms = ["a", "b"]
     exp_id = create(sf, arms, auto_stop=False)
     add_units(sf, exp_id, preferring("b", arms, 300, np.random.default_rng(5), shift=0.5))
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     with UnitOfWork(sf) as uow, pytest.raises(Conflict, match="Condorcet winner"):
         registry.ship_experiment(uow, key="il", arm="a", actor="t", reason="r")
     with UnitOfWork(sf) as uow:
@@ -185,7 +186,7 @@ def test_results_carry_the_design_and_the_interleaving_block(sf: Any) -> None:
     assert all(p["decision"] == "undecided" for p in before["interleaving"]["pairs"])
     add_units(sf, exp_id, preferring("a", arms, 100, np.random.default_rng(1)),
               tallies={("a", "b"): (40, 20, 10, 30, 12)})
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     with UnitOfWork(sf) as uow:
         res = build_results(uow, registry.get_experiment(uow, key="il"))
     block = res["interleaving"]
@@ -205,7 +206,7 @@ def test_report_shows_the_pairs_and_their_confidence_sequences(sf: Any) -> None:
     for i, now in enumerate((T0, T0 + timedelta(minutes=5), T0 + timedelta(minutes=10))):
         add_units(sf, exp_id, preferring("a", arms, 80, rng, start=100 * i, shift=0.05),
                   tallies={("a", "b"): (80, 40, 10, 50, 12)}, partition=i)
-        run_allocation(sf, now=now)
+        run_allocation(SqlAllocationStore(sf), now=now)
     with UnitOfWork(sf) as uow:
         data = collect_by_key(uow, "il")
     assert len(data.interleaving_looks) == 3 and not any(
@@ -225,11 +226,11 @@ def test_a_stopping_look_freezes_the_result_without_auto_stop(sf: Any) -> None:
     exp_id = create(sf, arms, auto_stop=False)
     rng = np.random.default_rng(4)
     add_units(sf, exp_id, preferring("a", arms, 200, rng, shift=0.6))
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     first = _looks(sf, exp_id)
     assert len(first) == 1 and first[0]["frozen"] and first[0]["condorcet_winner"] == "a"
     add_units(sf, exp_id, preferring("b", arms, 2000, rng, start=1000, shift=1.0))
-    run_allocation(sf, now=T0 + timedelta(minutes=1))
+    run_allocation(SqlAllocationStore(sf), now=T0 + timedelta(minutes=1))
     assert _looks(sf, exp_id) == first  # nothing recorded: the frozen result stands
     with UnitOfWork(sf) as uow:
         exp = registry.get_experiment(uow, key="il")

@@ -69,7 +69,7 @@ def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: in
             registry.create_experiment(uow, spec=_spec(k, unit), actor="t")
             registry.start_experiment(uow, key=k, actor="t")
         uow.commit()
-    asg = Assigner(services.session_factory, seed=seed).start(background=False)
+    asg = Assigner(services.assignment_store, seed=seed).start(background=False)
     rng = random.Random(seed)
     user_rate: dict[str, float] = {}
     n = 0
@@ -87,7 +87,7 @@ def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: in
                        rng.random() < q)
                 n += 1
         runner.drain()
-        run_allocation(services.session_factory,
+        run_allocation(services.allocation_store,
                        now=T0 + timedelta(seconds=r * 10 + WINDOW_S + 1))
         asg.refresh()
         with UnitOfWork(services.session_factory) as uow:
@@ -140,7 +140,7 @@ def test_a_user_unit_experiment_stops_at_its_horizon_counted_in_users(sqlite_url
         registry.create_experiment(uow, spec=spec, actor="t")
         registry.start_experiment(uow, key="hz", actor="t")
         uow.commit()
-    asg = Assigner(services.session_factory, seed=3).start(background=False)
+    asg = Assigner(services.assignment_store, seed=3).start(background=False)
     rng = random.Random(3)
     status, n = "running", 0
     for r in range(30):  # 10 new users per pass, 5 impressions each
@@ -151,7 +151,7 @@ def test_a_user_unit_experiment_stops_at_its_horizon_counted_in_users(sqlite_url
                 _serve(bus, s, asg, "hz", uid, n, served, rng.random() < 0.2)
                 n += 1
         runner.drain()
-        run_allocation(services.session_factory,
+        run_allocation(services.allocation_store,
                        now=T0 + timedelta(seconds=r * 10 + WINDOW_S + 1))
         asg.refresh()
         with UnitOfWork(services.session_factory) as uow:

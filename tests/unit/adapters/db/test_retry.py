@@ -10,7 +10,8 @@ import pytest
 from psycopg import errors as pg
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from armlab.adapters.db.retry import db_retrying, is_transient
+from armlab.adapters.db.retry import is_transient
+from armlab.services.retrying import retrying as make_retrying
 
 
 def wrapped(orig: BaseException, cls: type[DBAPIError] = OperationalError) -> DBAPIError:
@@ -59,7 +60,7 @@ def test_retries_transient_errors_then_succeeds() -> None:
             raise wrapped(pg.AdminShutdown("restart"))
         return "ok"
 
-    retrying = db_retrying(max_wait_s=0.01, on_retry=lambda e, w: waits.append(w))
+    retrying = make_retrying(is_transient, max_wait_s=0.01, on_retry=lambda e, w: waits.append(w))
     retrying.sleep = lambda _s: None  # type: ignore[method-assign]
     assert retrying(flaky) == "ok"
     assert len(calls) == 3 and len(waits) == 2
@@ -73,7 +74,7 @@ def test_a_permanent_error_is_raised_at_once() -> None:
         raise wrapped(pg.UniqueViolation("dup"), IntegrityError)
 
     with pytest.raises(IntegrityError):
-        db_retrying(max_wait_s=0.01)(broken)
+        make_retrying(is_transient, max_wait_s=0.01)(broken)
     assert calls == [1]
 
 
@@ -81,7 +82,7 @@ def test_attempts_and_the_stop_event_end_the_retries() -> None:
     def down() -> None:
         raise wrapped(psycopg.OperationalError("refused"))
 
-    r = db_retrying(attempts=2, max_wait_s=0.01)
+    r = make_retrying(is_transient, attempts=2, max_wait_s=0.01)
     r.sleep = lambda _s: None  # type: ignore[method-assign]
     with pytest.raises(OperationalError):
         r(down)
@@ -96,7 +97,7 @@ def test_attempts_and_the_stop_event_end_the_retries() -> None:
             stop.set()
         down()
 
-    r = db_retrying(stop_event=stop, max_wait_s=0.01)
+    r = make_retrying(is_transient, stop_event=stop, max_wait_s=0.01)
     r.sleep = lambda _s: None  # type: ignore[method-assign]
     with pytest.raises(OperationalError):
         r(down_then_stop)
@@ -115,6 +116,6 @@ def test_retry_also_extends_what_is_retried() -> None:
             raise Custom
         return 7
 
-    r = db_retrying(retry_also=lambda e: isinstance(e, Custom), max_wait_s=0.01)
+    r = make_retrying(is_transient, retry_also=lambda e: isinstance(e, Custom), max_wait_s=0.01)
     r.sleep = lambda _s: None  # type: ignore[method-assign]
     assert r(once) == 7

@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from armlab.core.interleaving.simulate import CellConfig, quick_grid, run_cell
+from armlab.core.interleaving.grid import quick_grid
+from armlab.core.interleaving.simulate import CellConfig, run_cell
 from armlab.errors import StatsError
 
 ALPHA = 0.05

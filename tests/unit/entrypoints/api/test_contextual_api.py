@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from armlab.adapters.db.allocation_store import SqlAllocationStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.entrypoints.api.app import create_app
 from armlab.services.allocator import run_allocation
@@ -79,7 +80,7 @@ def _learn(client: TestClient, sqlite_url: str) -> None:
     engine = make_engine(sqlite_url)
     sf = make_session_factory(engine)
     add_impressions(sf, 1, segment_rows(300, np.random.default_rng(9)), served_at=matured())
-    run_allocation(sf, now=T0)
+    run_allocation(SqlAllocationStore(sf), now=T0)
     engine.dispose()
     client.app.state.services.assigner.refresh()  # type: ignore[attr-defined]
 

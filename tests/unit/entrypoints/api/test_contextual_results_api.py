@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from armlab.adapters.db.allocation_store import SqlAllocationStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.core.clock import utcnow
 from armlab.entrypoints.api.app import create_app
@@ -35,7 +36,7 @@ def test_results_report_and_dashboard_show_the_contextual_block(sqlite_url: str)
         now = utcnow()
         add_impressions(sf, 1, segment_rows(600, np.random.default_rng(9)),
                         served_at=matured(now))
-        run_allocation(sf, now=now)
+        run_allocation(SqlAllocationStore(sf), now=now)
         engine.dispose()
         r = c.get("/v1/experiments/ctx/results", headers=ADMIN)
         assert r.status_code == 200, r.text

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import sessionmaker
 
+from armlab.adapters.db.allocation_store import SqlAllocationStore
 from armlab.adapters.db.engine import make_engine
 from armlab.entrypoints.api.app import create_app
 from armlab.services.allocator import run_allocation
@@ -48,7 +49,7 @@ def _evidence(sqlite_url: str) -> None:
     sf = sessionmaker(engine)
     add_units(sf, 1, preferring("c", ARMS, 300, np.random.default_rng(11)),
               tallies={("a", "c"): (120, 15, 70, 20, 90), ("b", "c"): (110, 20, 60, 25, 75)})
-    run_allocation(sf, now=datetime(2030, 1, 1, tzinfo=UTC))
+    run_allocation(SqlAllocationStore(sf), now=datetime(2030, 1, 1, tzinfo=UTC))
     engine.dispose()
 
 

@@ -13,6 +13,7 @@ import typer
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from armlab.adapters.db.allocation_store import SqlAllocationStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.http_client import ApiError, ArmlabClient
 from armlab.entrypoints.api.app import create_app
@@ -44,7 +45,7 @@ def test_show_and_ship_with_a_breached_guardrail(env: tuple[typer.Typer, Any],
                                                  tmp_path: Path) -> None:
     cli, sf = env
     _setup(sf)  # "harm" raises the skip rate 10% -> 30%; "fine" does not
-    run_allocation(sf)
+    run_allocation(SqlAllocationStore(sf))
     runner = CliRunner()
     r = runner.invoke(cli, ["experiments", "show", "exp"], terminal_width=250)
     assert r.exit_code == 0, r.output
@@ -72,7 +73,7 @@ def test_dashboard_shows_guardrails_and_the_recommendation(sqlite_url: str) -> N
     engine = make_engine(sqlite_url)
     sf = make_session_factory(engine)
     _setup(sf)
-    run_allocation(sf)
+    run_allocation(SqlAllocationStore(sf))
     with TestClient(app) as c:
         sign_in(c, "admin-secret")
         page = c.get("/ui/experiments/exp/live")

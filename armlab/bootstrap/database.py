@@ -1,8 +1,8 @@
 """Database administration use cases (``armlab db upgrade|downgrade|current|maintain``) and
 how the entry points tell a passing database failure from a bug.
 
-The entry points call these instead of the database adapter, so the command line and the API
-never import :mod:`armlab.adapters.db`.
+Part of the wiring: the entry points call these instead of the database adapter, so the command
+line and the API never import :mod:`armlab.adapters.db` (and the services never do).
 """
 
 from __future__ import annotations

@@ -37,13 +37,14 @@ from armlab.adapters.db.consumer_batches import SqlIngestStore
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.adapters.kafka.admin import log_end_offsets
+from armlab.adapters.kafka.dlq import KafkaDlq
 from armlab.adapters.kafka.memory import MemoryBus, MemoryDlq, MemorySource
 from armlab.adapters.kafka.producer import (
     KafkaEventProducer,
     MemoryEventProducer,
     producer_from_settings,
 )
-from armlab.adapters.kafka.source import KafkaDlq, KafkaSource
+from armlab.adapters.kafka.source import KafkaSource
 from armlab.adapters.metrics import IngestMetrics
 from armlab.adapters.scoring.batching import ScorerPool, ScoringService
 from armlab.adapters.scoring.checkpoints import set_cpu_threads
