@@ -60,6 +60,7 @@ from armlab.core.event_records import (
     pending_raw,
     referenced_ids,
 )
+from armlab.core.event_rewards import feedback_moves_metrics, feedback_moves_reward
 from armlab.core.events import DecodeFailure, Event, FeedbackV1, ImpressionV1
 from armlab.core.interleaving import credits as interleaving
 
@@ -342,9 +343,9 @@ class _Batch:
             interleaving.credit_click(exp, imp, kind, value, item_id, partition, self.fx)
             return "applied"
         if imp.metrics:
-            self._update_metrics(exp, imp, kind, value, partition)
+            feedback_moves_metrics(self.fx, exp, imp, kind, value, partition)
         if kind == exp.reward_metric:
-            self._update_reward(exp, imp, value, partition)
+            feedback_moves_reward(self.fx, exp, imp, value, partition)
         return "applied"
 
     def _outside_window(self, exp: ExperimentInfo, imp: ImpressionState,
@@ -370,36 +371,6 @@ class _Batch:
             )
             return "late"
         return None
-
-    def _update_metrics(self, exp: ExperimentInfo, imp: ImpressionState, kind: str,
-                        value: float, partition: int) -> None:
-        """Move each guardrail metric fed by feedback of ``kind`` (old -> new in its sums)."""
-        assert imp.metrics is not None
-        for rule in exp.guardrails:
-            cur = imp.metrics.get(rule.key) if rule.feedback == kind else None
-            if cur is None:
-                continue
-            g_old, count = cur[0], int(cur[1])
-            g_new = rule.update(g_old, count, value)
-            imp.metrics[rule.key] = [g_new, count + 1]
-            g = self.fx.gstat(exp.id, imp.arm_key, rule.key, partition)
-            g.add_feedback()
-            if g_new != g_old:
-                g.add_reward_change(g_old, g_new, imp.propensity)
-
-    def _update_reward(self, exp: ExperimentInfo, imp: ImpressionState, value: float,
-                       partition: int) -> None:
-        """The primary reward after one more feedback of its kind (old -> new in the sums)."""
-        old = imp.reward
-        if exp.reward_kind == "binary":
-            new = 1.0 if (value > 0 or old >= 1.0) else old
-        else:
-            new = old + value
-        sums = self.fx.stat(exp.id, imp.arm_key, partition)
-        sums.add_feedback()
-        if new != old:
-            sums.add_reward_change(old, new, imp.propensity)
-            imp.reward = new
 
 
 def handle_batch(
