@@ -24,11 +24,13 @@ from armlab.adapters.db.queries import (
     latest_decisions,
     latest_snapshot,
     sums_served_after,
+    unit_covariate_sums,
     unit_guardrail_sums,
     unit_sums,
 )
 from armlab.adapters.db.segment_queries import logged_contexts
 from armlab.core.evidence import ArmSums
+from armlab.core.stats.cuped import CovariateSums
 from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.stats.segments import ContextRow
 from armlab.errors import ExperimentExists
@@ -118,6 +120,12 @@ class SqlEvidence:
 
     def unit_sums(self, experiment_id: int, cutoff: datetime | None) -> dict[str, ArmSums]:
         return unit_sums(self.session, experiment_id, cutoff)
+
+    def unit_covariate_sums(self, experiment_id: int, cutoff: datetime | None, *,
+                            pre_from: datetime, pre_to: datetime, covariate: str
+                            ) -> dict[str, CovariateSums]:
+        return unit_covariate_sums(self.session, experiment_id, cutoff, pre_from=pre_from,
+                                   pre_to=pre_to, covariate=covariate)
 
     def guardrail_sums(self, experiment_id: int) -> dict[str, dict[str, ArmSums]]:
         return guardrail_sums(self.session, experiment_id)
