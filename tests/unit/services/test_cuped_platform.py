@@ -41,8 +41,11 @@ ICC = 0.15
 
 
 def _serve(bus: MemoryBus, s: Settings, asg: Assigner, key: str, uid: str, n: int,
-           served: datetime, click: bool) -> None:
+           served: datetime, q: float, lift: float, rng: random.Random) -> None:
+    """Assign ``uid`` and produce the impression, and a click with probability q (q x lift
+    in arm t1) one second later."""
     a = asg.assign(key, uid)
+    click = rng.random() < (q * lift if a.arm_key == "t1" else q)
     imp = {"schema": "impression.v1", "event_id": f"ie{n}", "impression_id": f"i{n}",
            "experiment_key": key, "arm_key": a.arm_key, "unit_id": uid,
            "propensity": a.propensity, "served_at": served.isoformat()}
@@ -55,7 +58,10 @@ def _serve(bus: MemoryBus, s: Settings, asg: Assigner, key: str, uid: str, n: in
 
 
 def _run(url: str, *, experiments: int, rounds: int, users_per_round: int, per_user: int,
-         pre_per_user: int, rate: float, seed: int) -> dict[str, Any]:
+         pre_per_user: int, rate: float, seed: int, lift: float = 1.0,
+         cuped: bool = True) -> dict[str, Any]:
+    """``experiments`` experiments on their own users (all seen in the pre-period); A/A unless
+    ``lift``; ``cuped`` false registers them without it (the same data otherwise)."""
     services = bootstrap(Settings(database_url=url, transport="memory"))
     bus = MemoryBus(default_partitions=2)
     runner = bootstrap(services.settings, engine=services.engine, bus=bus).ingest_runner()
@@ -74,8 +80,8 @@ def _run(url: str, *, experiments: int, rounds: int, users_per_round: int, per_u
             registry.create_experiment(uow, spec=experiment_spec(
                 k, unit="user", exploration_floor=0.1, attribution_window_s=WINDOW_S,
                 policy={"name": "thompson"}, salt=k,
-                sequential={"min_samples": 20, "min_events": 10,
-                            "cuped": {"pre_period_days": 7}}), actor="t")
+                sequential={"min_samples": 20, "min_events": 10, **(
+                    {"cuped": {"pre_period_days": 7}} if cuped else {})}), actor="t")
             registry.start_experiment(uow, key=k, actor="t").started_at = T0
         uow.commit()
         pre_id = pre.id
@@ -94,8 +100,8 @@ def _run(url: str, *, experiments: int, rounds: int, users_per_round: int, per_u
         for k in keys:
             for uid in users[k][r * users_per_round:(r + 1) * users_per_round]:
                 for _ in range(per_user):
-                    _serve(bus, s, asg, k, uid, n, T0 + timedelta(seconds=r * 10),
-                           rng.random() < q[uid])
+                    _serve(bus, s, asg, k, uid, n, T0 + timedelta(seconds=r * 10), q[uid],
+                           lift, rng)
                     n += 1
         runner.drain()
         now = T0 + timedelta(seconds=r * 10 + WINDOW_S + 1)
@@ -106,15 +112,16 @@ def _run(url: str, *, experiments: int, rounds: int, users_per_round: int, per_u
                 seq = build_results(uow, registry.get_experiment(uow, key=k))["sequential"]
                 if seq["arms"]:
                     shown_p[k].append(seq["arms"][0]["p_value"])
-    out: dict[str, Any] = {"decided": 0, "srm": 0, "valid": 0, "ratios": [], "fits": [],
-                           "shown_p": shown_p}
+    out: dict[str, Any] = {"decided": 0, "better": 0, "srm": 0, "valid": 0, "ratios": [],
+                           "fits": [], "shown_p": shown_p}
     with UnitOfWork(services.session_factory) as uow:
         for k in keys:
             exp = registry.get_experiment(uow, key=k)
             seq = build_results(uow, exp)["sequential"]
-            out["fits"].append(seq["cuped"])
+            out["fits"].append(seq.get("cuped"))
             out["decided"] += any(a["decision"] in ("treatment_better", "treatment_worse")
                                   for a in seq["arms"])
+            out["better"] += any(a["decision"] == "treatment_better" for a in seq["arms"])
             out["srm"] += bool(seq["srm"]["mismatch"])
             out["valid"] += any(a["valid"] for a in seq["arms"])
             # the same data, one fresh look each way: the interval's width with and without
@@ -122,12 +129,11 @@ def _run(url: str, *, experiments: int, rounds: int, users_per_round: int, per_u
             adjusted, _ = apply_cuped(uow.evidence, exp, raw, analysis_cutoff(exp, now))
             design = design_of(exp)
             plain = evaluate(design, raw, {}, now=now).arms[0]
-            cuped = evaluate(design, adjusted, {}, now=now).arms[0]
-            if plain.valid and cuped.valid:
+            adj = evaluate(design, adjusted, {}, now=now).arms[0]
+            if plain.valid and adj.valid:
                 assert plain.ci_low is not None and plain.ci_high is not None
-                assert cuped.ci_low is not None and cuped.ci_high is not None
-                out["ratios"].append((cuped.ci_high - cuped.ci_low)
-                                     / (plain.ci_high - plain.ci_low))
+                assert adj.ci_low is not None and adj.ci_high is not None
+                out["ratios"].append((adj.ci_high - adj.ci_low) / (plain.ci_high - plain.ci_low))
     asg.close()
     services.close()
     return out
