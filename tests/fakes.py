@@ -21,6 +21,7 @@ from armlab.core.readings import (
     RewardBucket,
 )
 from armlab.core.records import NewAuditEntry, NewDecision, NewExperiment, NewSnapshot
+from armlab.core.stats.cuped import CovariateSums
 from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.errors import ExperimentExists
 
@@ -72,6 +73,8 @@ class FakeEvidence:
         self.sums: dict[int, dict[str, ArmSums]] = {}
         self.late: dict[int, dict[str, ArmSums]] = {}
         self.units: dict[int, dict[str, ArmSums]] = {}
+        # unit: user with sequential.cuped: arm -> the CUPED covariate sums
+        self.covariates: dict[int, dict[str, CovariateSums]] = {}
         self.snapshots: dict[int, AllocationSnapshot] = {}
         self.decisions: list[Decision] = []
         # metric -> arm -> sums (totals, and the immature / late part)
@@ -94,6 +97,11 @@ class FakeEvidence:
 
     def unit_sums(self, experiment_id: int, cutoff: datetime | None) -> dict[str, ArmSums]:
         return dict(self.units.get(experiment_id, {}))
+
+    def unit_covariate_sums(self, experiment_id: int, cutoff: datetime | None, *,
+                            pre_from: datetime, pre_to: datetime, covariate: str
+                            ) -> dict[str, CovariateSums]:
+        return dict(self.covariates.get(experiment_id, {}))
 
     def guardrail_sums(self, experiment_id: int) -> dict[str, dict[str, ArmSums]]:
         return {m: dict(v) for m, v in self.guardrails.get(experiment_id, {}).items()}

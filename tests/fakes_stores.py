@@ -36,6 +36,7 @@ from typing import Any
 from armlab.adapters.db.models import AllocationSnapshot, Experiment
 from armlab.core.evidence import FIELDS, ArmSums
 from armlab.core.records import NewSnapshot
+from armlab.core.stats.cuped import CovariateSums
 from armlab.core.stats.noninferiority_units import UnitSums
 from tests.fakes import FakeEvidence, FakeUnitOfWork
 
@@ -91,6 +92,29 @@ def per_unit_sums(rows: Iterable[LoggedImpression]) -> dict[str, ArmSums]:
     return out
 
 
+def per_unit_covariate_sums(rows: Sequence[LoggedImpression], pre: Sequence[LoggedImpression],
+                            covariate: str) -> dict[str, CovariateSums]:
+    """Per arm the CUPED covariate sums of the units in ``rows`` (Y_u, p_u as
+    :func:`per_unit_sums`), X_u over the unit's ``pre`` impressions (as
+    ``armlab.adapters.db.queries.unit_covariate_sums``)."""
+    xs: dict[str, float] = {}
+    for r in pre:
+        v = {"reward": r.reward, "feedback": float(r.feedback), "impressions": 1.0}[covariate]
+        xs[r.unit_id] = xs.get(r.unit_id, 0.0) + v
+    units: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        y, p = units.setdefault((r.arm_key, r.unit_id), [0.0, 0.0])
+        units[(r.arm_key, r.unit_id)] = [y + r.reward, max(p, r.propensity)]
+    acc: dict[str, list[float]] = {}
+    for (arm, unit), (y, p) in units.items():
+        x = xs.get(unit, 0.0)
+        a = acc.setdefault(arm, [0.0] * 7)
+        for j, v in enumerate((float(unit in xs), x, x * x, x * y, x / p, x * x / (p * p),
+                               x * y / (p * p))):
+            a[j] += v
+    return {arm: CovariateSums(*a) for arm, a in acc.items()}
+
+
 def _plus(a: ArmSums | None, b: ArmSums) -> ArmSums:
     if a is None:
         return copy.copy(b)
@@ -135,6 +159,21 @@ class LoggedEvidence(FakeEvidence):
         if not rows:
             return super().unit_sums(experiment_id, cutoff)
         return per_unit_sums(r for r in rows if cutoff is None or r.served_at <= cutoff)
+
+    def unit_covariate_sums(self, experiment_id: int, cutoff: datetime | None, *,
+                            pre_from: datetime, pre_to: datetime, covariate: str
+                            ) -> dict[str, CovariateSums]:
+        """From the logged impressions: this experiment's up to ``cutoff``, the other
+        experiments' in [pre_from, pre_to) (what a test declares in ``covariates`` when
+        none are logged)."""
+        rows = self.served(experiment_id)
+        if not rows:
+            return super().unit_covariate_sums(experiment_id, cutoff, pre_from=pre_from,
+                                               pre_to=pre_to, covariate=covariate)
+        pre = [r for r in self.impressions if r.experiment_id != experiment_id
+               and pre_from <= r.served_at < pre_to]
+        return per_unit_covariate_sums(
+            [r for r in rows if cutoff is None or r.served_at <= cutoff], pre, covariate)
 
     def guardrail_sums_served_after(self, experiment_id: int, cutoff: datetime
                                     ) -> dict[str, dict[str, ArmSums]]:

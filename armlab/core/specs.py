@@ -42,9 +42,10 @@ from armlab.core.specs_interleaving import InterleavingSpec
 from armlab.core.variants import validate_variant
 from armlab.errors import PolicyError, ValidationFailed
 
-__all__ = ["FIELD_PATH_PATTERN", "INT32_MAX", "JSON_INT_MAX", "ArmSpec", "ExperimentSpec",
-           "GuardrailMargin", "GuardrailSource", "GuardrailSpec", "InterleavingSpec", "Key",
-           "PolicyName", "PolicySpec", "RewardSpec", "SequentialSpec", "StrictModel"]
+__all__ = ["FIELD_PATH_PATTERN", "INT32_MAX", "JSON_INT_MAX", "ArmSpec", "CupedSpec",
+           "ExperimentSpec", "GuardrailMargin", "GuardrailSource", "GuardrailSpec",
+           "InterleavingSpec", "Key", "PolicyName", "PolicySpec", "RewardSpec", "SequentialSpec",
+           "StrictModel"]
 
 PolicyName = Literal["thompson", "top_two_thompson", "epsilon_greedy", "uniform",
                      "segment_thompson", "linear_thompson"]
@@ -88,6 +89,23 @@ class PolicySpec(StrictModel):
                                        for loc, msg in pairs)) from None
         # Store only what the caller set: the policy's own defaults apply to the rest.
         return parsed.model_dump(exclude_unset=True)
+
+
+class CupedSpec(StrictModel):
+    """CUPED (``sequential.cuped``, ``unit: user`` only): the IPW test runs on
+    Y' = Y - theta X, X = the user's behaviour in the pre-period before the experiment started
+    (see :mod:`armlab.services.cuped_evidence`)."""
+
+    pre_period_days: int = Field(
+        28, ge=1, le=365,
+        description="The pre-period: the days before the experiment's start whose impressions "
+        "(of any experiment) give each user's covariate X.")
+    covariate: Literal["reward", "feedback", "impressions"] = Field(
+        "reward",
+        description="X per user over the pre-period: reward = the sum of the impressions' "
+        "rewards (clicks in A/B experiments; interleaved impressions carry none); feedback = "
+        "the feedback events applied to them (any kind, interleaved clicks included); "
+        "impressions = how many were served.")
 
 
 class SequentialSpec(StrictModel):
@@ -141,6 +159,13 @@ class SequentialSpec(StrictModel):
         None, gt=0, allow_inf_nan=False,
         description="Futility rule: an arm is futile once its confidence sequence lies inside "
         "(-min_effect, +min_effect).",
+    )
+    cuped: CupedSpec | None = Field(
+        None,
+        description="Variance reduction with a pre-period covariate (unit user only; off when "
+        "null): the test and its confidence sequence run on Y - theta X, X each user's "
+        "behaviour before the experiment started. Off by default because it needs users seen "
+        "before the start; with none it changes nothing.",
     )
 
 
@@ -276,6 +301,18 @@ class ExperimentSpec(StrictModel):
                     f"exploration_floor {floor} must be below 1/K = {1.0 / k:.6g} for K={k} arms"
                 )
         return floor
+
+    @field_validator("sequential")
+    @classmethod
+    def _check_sequential(cls, seq: SequentialSpec, info: ValidationInfo) -> SequentialSpec:
+        """CUPED needs one term per user: its covariate is a user's pre-period behaviour."""
+        if seq.cuped is not None and info.data.get("unit") != "user":
+            raise ValueError("cuped: needs unit: user (the covariate is each user's behaviour "
+                             "before the experiment; a request has none)")
+        if seq.cuped is not None and info.data.get("design") == "interleaving":
+            raise ValueError("cuped: adjusts the A/B test's per-user outcome; an interleaving "
+                             "experiment compares rankers within each list (use design: ab)")
+        return seq
 
     @field_validator("guardrails")
     @classmethod

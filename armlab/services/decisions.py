@@ -64,13 +64,14 @@ from armlab.core.specs import GuardrailSpec, SequentialSpec
 from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.status import ENDED, ExperimentStatus
 from armlab.errors import Conflict
+from armlab.services.cuped_evidence import add_cuped, apply_cuped
 from armlab.services.ports import Evidence
 
 # Top-level fields of an evaluation kept in every decision row (the arms are kept per row).
 _TOP = ("method", "alpha", "cs_alpha", "tau2", "tau2_source", "theta0", "correction",
         "min_samples", "min_events", "alternative", "boundary", "horizon_plan", "max_n",
         "impressions", "control", "srm", "stop", "stop_reason", "warnings", "evaluated_at",
-        "unit", "cutoff")
+        "unit", "cutoff", "cuped")
 
 
 def guardrail_specs(experiment: ExperimentRecord) -> list[GuardrailSpec]:
@@ -205,9 +206,11 @@ def evaluate_experiment(
     now = now or utcnow()
     rows = evidence.latest_decisions(experiment.id)
     previous = {k: _prior(d) for k, d in rows.items()}
-    evaluation = evaluate(design_of(experiment), analysis_sums(evidence, experiment, now=now),
-                          previous, now=now)
+    sums = analysis_sums(evidence, experiment, now=now)
+    adjusted, cuped = apply_cuped(evidence, experiment, sums, analysis_cutoff(experiment, now))
+    evaluation = evaluate(design_of(experiment), adjusted, previous, now=now)
     ev = evaluation.as_dict()
+    add_cuped(ev, cuped, sums)  # sequential.cuped: the test ran on Y - theta X
     ev["unit"] = experiment.unit
     ev["cutoff"] = analysis_cutoff(experiment, now).isoformat()
     _add_guardrails(evidence, experiment, ev, rows, now=now)

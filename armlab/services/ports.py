@@ -32,6 +32,7 @@ from armlab.core.records import (
     NewSnapshot,
     SnapshotRecord,
 )
+from armlab.core.stats.cuped import CovariateSums
 from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.stats.segments import ContextRow
 
@@ -71,6 +72,11 @@ class Evidence(Protocol):
     def sums_served_after(self, experiment_id: int, cutoff: datetime
                           ) -> dict[str, ArmSums]: ...
     def unit_sums(self, experiment_id: int, cutoff: datetime | None) -> dict[str, ArmSums]: ...
+    def unit_covariate_sums(self, experiment_id: int, cutoff: datetime | None, *,
+                            pre_from: datetime, pre_to: datetime, covariate: str
+                            ) -> dict[str, CovariateSums]:
+        """CUPED's per-arm covariate sums of the units ``unit_sums`` analyses, X_u from the
+        impressions of other experiments served in [pre_from, pre_to)."""
     def guardrail_sums(self, experiment_id: int) -> dict[str, dict[str, ArmSums]]: ...
     def guardrail_sums_served_after(self, experiment_id: int, cutoff: datetime
                                     ) -> dict[str, dict[str, ArmSums]]: ...

@@ -6,6 +6,9 @@
   is still inside its attribution window, or was logged after a stop), from ``impressions``;
 * :func:`unit_sums`: the sums with one term per randomisation unit (``unit: user``), each
   unit's rewards added up, over the impressions served up to a time;
+* :func:`unit_covariate_sums`: per arm the CUPED covariate sums of those units (``unit: user``
+  with ``sequential.cuped``): X_u = the unit's behaviour over the impressions of any other
+  experiment served in a pre-period;
 * :func:`guardrail_sums` / :func:`guardrail_sums_served_after`: the same per arm and
   guardrail metric, from ``guardrail_stats`` and from the impressions' ``guardrail_values``;
 * :func:`unit_guardrail_sums`: the guardrail sums with one term per unit (``unit: user``), from
@@ -18,8 +21,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Float, cast, func, select
+from sqlalchemy.orm import Session, aliased
 
 from armlab.adapters.db.models import (
     AllocationSnapshot,
@@ -30,6 +33,7 @@ from armlab.adapters.db.models import (
     Impression,
 )
 from armlab.core.evidence import FIELDS, ArmSums
+from armlab.core.stats.cuped import CovariateSums
 from armlab.core.stats.noninferiority_units import UnitSums
 
 
@@ -94,6 +98,41 @@ def unit_sums(
         func.sum(y / p), func.sum(y * y / (p * p)), func.sum(1.0 / (p * p)), func.sum(u.c.f),
     ).group_by(u.c.arm)
     return {str(k): ArmSums(*(float(v or 0.0) for v in vals)) for k, *vals in session.execute(q)}
+
+
+def unit_covariate_sums(
+    session: Session, experiment_id: int, cutoff: datetime | None, *, pre_from: datetime,
+    pre_to: datetime, covariate: str,
+) -> dict[str, CovariateSums]:
+    """Per arm the :class:`CovariateSums` of the units :func:`unit_sums` analyses (same Y_u,
+    same sticky p_u, same ``cutoff``), with X_u over the unit's impressions of any *other*
+    experiment served in [``pre_from``, ``pre_to``): ``covariate`` reward = their rewards'
+    sum, feedback = their feedback events, impressions = their count; 0 for a unit the
+    pre-period did not see. One query: the experiment's per-unit scan joined to the
+    pre-period's per-unit aggregate (a ``served_at`` range, so PostgreSQL reads only the
+    pre-period's weekly partitions)."""
+    i = Impression
+    per_unit = select(
+        i.arm_key.label("arm"), i.unit_id.label("unit"), func.sum(i.reward).label("y"),
+        func.max(i.propensity).label("p"),
+    ).where(i.experiment_id == experiment_id)
+    if cutoff is not None:
+        per_unit = per_unit.where(i.served_at <= cutoff)
+    u = per_unit.group_by(i.arm_key, i.unit_id).subquery()
+    h = aliased(Impression)
+    value = {"reward": func.sum(h.reward), "feedback": func.sum(h.feedback_count),
+             "impressions": func.count()}[covariate]
+    pre = (select(h.unit_id.label("unit"), cast(value, Float).label("x"))
+           .where(h.served_at >= pre_from, h.served_at < pre_to,
+                  h.experiment_id != experiment_id)
+           .group_by(h.unit_id).subquery())
+    x, y, p = func.coalesce(pre.c.x, 0.0), u.c.y, u.c.p
+    q = (select(u.c.arm, func.count(pre.c.unit), func.sum(x), func.sum(x * x), func.sum(x * y),
+                func.sum(x / p), func.sum(x * x / (p * p)), func.sum(x * y / (p * p)))
+         .select_from(u.outerjoin(pre, pre.c.unit == u.c.unit))
+         .group_by(u.c.arm))
+    return {str(k): CovariateSums(*(float(v or 0.0) for v in vals))
+            for k, *vals in session.execute(q)}
 
 
 def guardrail_sums(session: Session, experiment_id: int) -> dict[str, dict[str, ArmSums]]:

@@ -24,6 +24,7 @@ from armlab.adapters.db.queries import (
     latest_decisions,
     latest_snapshot,
     sums_served_after,
+    unit_covariate_sums,
     unit_guardrail_sums,
     unit_sums,
 )
@@ -31,6 +32,7 @@ from armlab.adapters.db.records import audit_row, decision_row, experiment_row, 
 from armlab.adapters.db.segment_queries import logged_contexts
 from armlab.core.evidence import ArmSums
 from armlab.core.records import NewAuditEntry, NewDecision, NewExperiment, NewSnapshot
+from armlab.core.stats.cuped import CovariateSums
 from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.stats.segments import ContextRow
 from armlab.errors import ExperimentExists
@@ -133,6 +135,12 @@ class SqlEvidence:
 
     def unit_sums(self, experiment_id: int, cutoff: datetime | None) -> dict[str, ArmSums]:
         return unit_sums(self.session, experiment_id, cutoff)
+
+    def unit_covariate_sums(self, experiment_id: int, cutoff: datetime | None, *,
+                            pre_from: datetime, pre_to: datetime, covariate: str
+                            ) -> dict[str, CovariateSums]:
+        return unit_covariate_sums(self.session, experiment_id, cutoff, pre_from=pre_from,
+                                   pre_to=pre_to, covariate=covariate)
 
     def guardrail_sums(self, experiment_id: int) -> dict[str, dict[str, ArmSums]]:
         return guardrail_sums(self.session, experiment_id)

@@ -36,8 +36,8 @@ Analyses run on the same simulated data (same-run baselines):
 * ``msprt_fixed``: plain mSPRT on a fixed 50/50 split: the reference power.
 * ``armlab_cuped`` / ``armlab_cuped_horizon`` (unit user with ``pre_impressions`` > 0): the same
   two analyses on Y - theta X, X the user's clicks in a pre-period of that many impressions
-  (:mod:`armlab.core.stats.cuped`; not wired into the platform). In those cells a user has one
-  latent rate q (q in arm a, q x lift in arm b) and X ~ Binomial(pre_impressions, q).
+  (:mod:`armlab.core.stats.cuped`; the platform's ``sequential.cuped``). In those cells a user
+  has one latent rate q (q in arm a, q x lift in arm b) and X ~ Binomial(pre_impressions, q).
 * for ``unit: user`` also ``ipw_per_impression``: the IPW test with every impression as an
   independent term (the analysis armlab used before it analysed users).
 

@@ -195,6 +195,24 @@ class SrmOut(OutModel):
     expected: dict[str, Number] = Field(default_factory=dict)
 
 
+class CupedOut(OutModel):
+    """CUPED of the look (``sequential.cuped``, unit user): the test ran on Y - theta X, X
+    each user's pre-period covariate; ``variance_ratio`` = Var(Y - theta X) / Var(Y) within
+    arms (1 - rho²). Not ``applied`` before the experiment started (``reason``)."""
+
+    applied: bool
+    covariate: Literal["reward", "feedback", "impressions"]
+    pre_period_days: int
+    reason: str | None = None
+    pre_from: str | None = None
+    pre_to: str | None = None
+    theta: float | None = None
+    rho: float | None = None
+    variance_ratio: float | None = None
+    units: Number | None = None
+    pre_units: Number | None = None
+
+
 class SequentialOut(OutModel):
     """The sequential test's evaluation (:class:`armlab.core.decisions.Evaluation`) as the
     results endpoint shows it: the last recorded look (``recorded``), or before the first one
@@ -224,6 +242,7 @@ class SequentialOut(OutModel):
     evaluated_at: str | None = None
     unit: str | None = None
     cutoff: str | None = None
+    cuped: CupedOut | None = None
     arms: list[ArmLookOut] = Field(default_factory=list)
     guardrails: list[dict[str, Any]] = Field(default_factory=list)
     rolled_back: dict[str, Any] = Field(default_factory=dict)

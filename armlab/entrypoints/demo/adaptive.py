@@ -172,6 +172,7 @@ class _DemoRun:
         self.cfg, self.console, self.services, self.settings = cfg, console, services, settings
         self.timings: dict[str, float] = {}
         self.memory = settings.transport == "memory"
+        self.cuped = False  # stage 2 after stage 1: CUPED on the stage-1 pre-period
 
     def load_data(self) -> None:
         """MovieLens split in time, the catalogue stored, the requests built."""
@@ -223,7 +224,8 @@ class _DemoRun:
 
     def ab_spec(self) -> dict[str, Any]:
         users = len({r.user for r in self.requests})
-        self.spec = experiment_spec(self.key, self.cfg, self.arms, max(users, 1))
+        self.spec = experiment_spec(self.key, self.cfg, self.arms, max(users, 1),
+                                    cuped=self.cuped)
         return self.spec
 
     def register(self, client: Any) -> None:

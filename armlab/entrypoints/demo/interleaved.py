@@ -23,6 +23,7 @@ from typing import Any
 
 from rich.table import Table
 
+from armlab.core.status import ExperimentStatus
 from armlab.entrypoints.demo.common import check as _check
 from armlab.services.allocator import run_allocation
 
@@ -44,7 +45,7 @@ class StageOne:
     requests: int = 0
     users: int = 0
     stop_reason: str = ""
-    status: str = "running"
+    status: str = ExperimentStatus.RUNNING
     results: dict[str, Any] = field(default_factory=dict)
     tallies: dict[str, RankerTally] = field(default_factory=dict)
     preferred: str | None = None
@@ -173,13 +174,13 @@ class InterleavingStage:
             res.requests += len(chunk)
             self.sync(client, runner)
             progress.update(task, completed=res.requests, description=self._label())
-            if res.status != "running":
+            if res.status != ExperimentStatus.RUNNING:
                 res.stop_reason = "the interleaving test found a preferred ranker"
                 break
         res.users = len(seen_users)
         res.seconds = time.perf_counter() - t0
         res.preferred, res.decided, res.why = preferred_ranker(res.results)
-        if res.status == "running":  # close stage 1: the evidence stays as recorded
+        if res.status == ExperimentStatus.RUNNING:  # close stage 1: the evidence stays as recorded
             client.post(f"/v1/experiments/{res.key}/stop",
                         json={"reason": f"armlab demo: stage 1 over ({res.stop_reason})"})
         return res

@@ -70,6 +70,7 @@ def print_summary(console: Any, r: Any, *, control: str, why: str) -> None:
         console.print(f"guardrail {g['metric']} on {g['arm']}: {g.get('state')} (excess harm "
                       f"{f(g.get('excess'))} [{f(g.get('excess_low'))}, "
                       f"{f(g.get('excess_high'))}])")
+    print_cuped(console, (r.sequential or {}).get("cuped"))
     print_personalisation(console, getattr(r, "contextual", None))
     if r.shipped:
         console.print(f"[bold green]shipped[/] {r.shipped}: {why}")
@@ -82,6 +83,22 @@ def print_summary(console: Any, r: Any, *, control: str, why: str) -> None:
     )
     if r.report_path:
         console.print(f"report: [bold]{r.report_path}[/]  (or GET /v1/experiments/{r.key}/report)")
+
+
+def print_cuped(console: Any, block: dict[str, Any] | None) -> None:
+    """CUPED (stage 2 after stage 1): the covariate, theta and the variance reduction."""
+    if not block:
+        return
+    if not block.get("applied"):
+        console.print(f"CUPED: not applied ({block.get('reason', '')})")
+        return
+    ratio = float(block.get("variance_ratio", 1.0))
+    console.print(
+        f"CUPED (X = each user's {block.get('covariate')} in the {block.get('pre_period_days')}"
+        f" day(s) before stage 2, stage 1 included): {float(block.get('pre_units') or 0):,.0f}"
+        f" of {float(block.get('units') or 0):,.0f} users seen before, theta "
+        f"{float(block.get('theta', 0.0)):+.3f}, rho {float(block.get('rho', 0.0)):+.3f}: "
+        f"variance x{ratio:.3f} ({1 - ratio:.1%} less, interval x{ratio ** 0.5:.3f})")
 
 
 def print_personalisation(console: Any, block: dict[str, Any] | None) -> None:

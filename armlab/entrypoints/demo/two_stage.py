@@ -111,6 +111,7 @@ def _stage_two(run: _DemoRun, client: Any, runner: Any, stage1: StageOne | None
     if stage1 is not None:  # both stages share the time budget
         left = max(run.cfg.time_budget_s - stage1.seconds, 30.0)
         run.cfg = replace(run.cfg, time_budget_s=left)
+        run.cuped = True  # stage 1's users are stage 2's pre-period
     run.console.print("[bold]Stage 2[/]: A/B test, unit user, of "
                       + " vs ".join(a["key"] for a in run.arms))
     run.register(client)

@@ -50,6 +50,7 @@ from armlab.adapters.db import migrate, queries
 from armlab.adapters.db.engine import make_engine, make_session_factory
 from armlab.adapters.db.models import Arm, ConsumerOffset, Experiment
 from armlab.core.event_effects import OK_OUTCOMES, OUT_RESOLVED
+from armlab.core.status import ExperimentStatus
 from armlab.errors import ServiceUnavailable
 from armlab.settings import KafkaSettings, Settings
 from armlab.tools.bench.consumers_kafka import baseline_reads, fill
@@ -188,7 +189,7 @@ def _check_run(sf: sessionmaker[Session], exp_id: int, sent: list[dict[str, obje
 def _experiment(sf: sessionmaker[Session], key: str) -> int:
     with sf() as s, s.begin():
         e = Experiment(key=key, name=key, control_arm_key=ARMS[0], salt=key,
-                       status="running", reward_kind="binary", reward_metric="click",
+                       status=ExperimentStatus.RUNNING, reward_kind="binary", reward_metric="click",
                        attribution_window_s=3600)
         e.arms = [Arm(key=a, is_control=(i == 0), position=i) for i, a in enumerate(ARMS)]
         s.add(e)

@@ -8,6 +8,7 @@ registry's evidence guard, and the HTML report.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,10 @@ from armlab.adapters.db.models import (
     GuardrailStats,
     Impression,
 )
+from armlab.adapters.db.uow import UnitOfWork
+from armlab.core.clock import utcnow
 from armlab.entrypoints.demo import adaptive, two_stage
+from armlab.services.decisions import evaluate_experiment
 from armlab.settings import Settings
 
 
@@ -118,6 +122,19 @@ def test_the_two_stage_demo_interleaves_then_ab_tests_per_user(sqlite_url: str,
             exp2 = s.scalars(select(Experiment).where(Experiment.key == "demo-2s")).one()
             assert exp2.unit == "user" and exp2.design == "ab"
             assert {a.key for a in exp2.arms} == {"popularity", one.preferred}
+            # stage 1's users are stage 2's pre-period: CUPED on their stage-1 requests
+            assert exp2.sequential["cuped"] == {"pre_period_days": 1,
+                                                "covariate": "impressions"}
+            assert (res.sequential or {})["cuped"]["applied"]
+            # a look on all of stage 2's data: every stage-2 user analysed, those stage 1
+            # served seen in the pre-period
+            with UnitOfWork(make_session_factory(engine)) as uow:
+                block = evaluate_experiment(uow.evidence, exp2,
+                                            now=utcnow() + timedelta(hours=1))["cuped"]
+            users2 = set(s.scalars(select(Impression.unit_id)
+                                   .where(Impression.experiment_id == exp2.id)))
+            assert block["applied"] and block["units"] == len(users2)
+            assert block["pre_units"] == len(users2 & users)
             assert res.requests == 40
     engine.dispose()
 
