@@ -93,7 +93,9 @@ class DemoConfig:
     min_history: int = 5
     prior_weight: float = 0.2  # the popularity prior's weight (armlab quality's choice)
     split_quantile: float = 0.5
-    exploration_floor: float = 0.05
+    # stage 2's floor: the control keeps at least a fifth of the users (at 0.05 it could end
+    # below min_samples users; 0.2 roughly doubles the power of 0.1, docs/statistics.md)
+    exploration_floor: float = 0.2
     quiet: bool = False
     threads: int = 1  # torch CPU threads: one is much faster for batch-1 scoring on 2 cores
     stages: str = "both"  # both | interleave (stage 1 only) | ab (stage 2 only, every arm)

@@ -27,7 +27,8 @@ def experiment_spec(key: str, cfg: Any, arms: list[dict[str, Any]],
         "unit": "user",
         "reward": {"kind": "binary", "metric": "click"},
         "policy": CONTEXTUAL_POLICY if cfg.contextual else {"name": "thompson", "params": {}},
-        "exploration_floor": cfg.exploration_floor,
+        # the floor below 1/K (the A/B of every arm with ``--stages ab`` has five)
+        "exploration_floor": min(cfg.exploration_floor, 0.5 / len(arms)),
         "burn_in": max(20, cfg.cadence // 2),
         # Rewards are known at request time here, so feedback lands within milliseconds;
         # a 1 s window keeps the allocator's "matured" view almost current.

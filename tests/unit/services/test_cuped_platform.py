@@ -15,10 +15,8 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
-
-import orjson
 
 from armlab.adapters.db.models import Impression
 from armlab.adapters.db.uow import UnitOfWork
@@ -33,28 +31,10 @@ from armlab.services.decisions import analysis_cutoff, analysis_sums, design_of
 from armlab.services.results import build_results
 from armlab.settings import Settings
 from tests.builders import experiment_spec
+from tests.platform_sim import T0, serve
 
-# the simulated clock starts a day ago (the consumer refuses events from its future)
-T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 WINDOW_S = 60
 ICC = 0.15
-
-
-def _serve(bus: MemoryBus, s: Settings, asg: Assigner, key: str, uid: str, n: int,
-           served: datetime, q: float, lift: float, rng: random.Random) -> None:
-    """Assign ``uid`` and produce the impression, and a click with probability q (q x lift
-    in arm t1) one second later."""
-    a = asg.assign(key, uid)
-    click = rng.random() < (q * lift if a.arm_key == "t1" else q)
-    imp = {"schema": "impression.v1", "event_id": f"ie{n}", "impression_id": f"i{n}",
-           "experiment_key": key, "arm_key": a.arm_key, "unit_id": uid,
-           "propensity": a.propensity, "served_at": served.isoformat()}
-    bus.produce(s.topic_impressions, orjson.dumps(imp), f"i{n}".encode())
-    if click:
-        fb = {"schema": "feedback.v1", "event_id": f"fe{n}", "impression_id": f"i{n}",
-              "experiment_key": key, "kind": "click", "value": 1.0,
-              "occurred_at": (served + timedelta(seconds=1)).isoformat()}
-        bus.produce(s.topic_feedback, orjson.dumps(fb), f"i{n}".encode())
 
 
 def _run(url: str, *, experiments: int, rounds: int, users_per_round: int, per_user: int,
@@ -93,19 +73,20 @@ def _run(url: str, *, experiments: int, rounds: int, users_per_round: int, per_u
                        served_at=T0 - timedelta(days=2, minutes=-j),
                        reward=float(rng.random() < q[u]), feedback_count=0)
             for u in q for j in range(pre_per_user))
-    asg = Assigner(services.session_factory, seed=seed).start(background=False)
+    asg = Assigner(services.assignment_store, seed=seed).start(background=False)
     shown_p: dict[str, list[float]] = {k: [] for k in keys}
     n = 0
     for r in range(rounds):
         for k in keys:
             for uid in users[k][r * users_per_round:(r + 1) * users_per_round]:
                 for _ in range(per_user):
-                    _serve(bus, s, asg, k, uid, n, T0 + timedelta(seconds=r * 10), q[uid],
-                           lift, rng)
+                    p = q[uid]
+                    serve(bus, s, asg, k, uid, n, T0 + timedelta(seconds=r * 10),
+                          lambda arm, p=p: rng.random() < (p * lift if arm == "t1" else p))
                     n += 1
         runner.drain()
         now = T0 + timedelta(seconds=r * 10 + WINDOW_S + 1)
-        run_allocation(services.session_factory, now=now)
+        run_allocation(services.allocation_store, now=now)
         asg.refresh()
         with UnitOfWork(services.session_factory) as uow:
             for k in keys:

@@ -12,53 +12,39 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-import orjson
 import pytest
 
 from armlab.adapters.db.uow import UnitOfWork
 from armlab.adapters.kafka.memory import MemoryBus
 from armlab.bootstrap import bootstrap
 from armlab.core.specs import ExperimentSpec
+from armlab.core.stats.validity_cell import CellConfig
+from armlab.core.stats.validity_grid import run_cell
 from armlab.services import registry
 from armlab.services.allocator import run_allocation
 from armlab.services.assignment import Assigner
 from armlab.services.results import build_results
 from armlab.settings import Settings
 from tests.builders import experiment_spec
+from tests.platform_sim import T0, serve
 
-# A simulated clock that starts a day ago: the consumer refuses events stamped in its future
-# (ARMLAB_INGEST_MAX_CLOCK_SKEW_S), and the whole run stays in the past.
-T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
 WINDOW_S = 60
 
 
-def _spec(key: str, unit: str) -> ExperimentSpec:
+def _spec(key: str, unit: str, sequential: dict[str, Any] | None = None) -> ExperimentSpec:
     return experiment_spec(key, unit=unit, exploration_floor=0.1,
                            attribution_window_s=WINDOW_S, policy={"name": "thompson"},
-                           salt=key, sequential={"min_samples": 100})
-
-
-def _serve(bus: MemoryBus, s: Settings, asg: Assigner, key: str, uid: str, n: int,
-           served: datetime, click: bool) -> None:
-    """Assign ``uid`` and produce the impression (and a click one second later if ``click``)
-    onto the bus, as a client app would."""
-    a = asg.assign(key, uid)
-    imp = {"schema": "impression.v1", "event_id": f"ie{n}", "impression_id": f"i{n}",
-           "experiment_key": key, "arm_key": a.arm_key, "unit_id": uid,
-           "propensity": a.propensity, "served_at": served.isoformat()}
-    bus.produce(s.topic_impressions, orjson.dumps(imp), f"i{n}".encode())
-    if click:
-        fb = {"schema": "feedback.v1", "event_id": f"fe{n}", "impression_id": f"i{n}",
-              "experiment_key": key, "kind": "click", "value": 1.0,
-              "occurred_at": (served + timedelta(seconds=1)).isoformat()}
-        bus.produce(s.topic_feedback, orjson.dumps(fb), f"i{n}".encode())
+                           salt=key, sequential=sequential or {"min_samples": 100})
 
 
 def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: int,
-            rate: float, seed: int) -> dict[str, Any]:
+            rate: float, seed: int, lift: float = 1.0,
+            sequential: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``experiments`` experiments side by side, ``rounds`` allocator passes of ``per_round``
+    impressions each; A/A unless ``lift`` (arm t1's click rate is ``lift`` x the control's)."""
     services = bootstrap(Settings(database_url=url, transport="memory"))
     bus = MemoryBus(default_partitions=2)
     runner = bootstrap(services.settings, engine=services.engine, bus=bus).ingest_runner()
@@ -66,7 +52,7 @@ def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: in
     keys = [f"aa{i}" for i in range(experiments)]
     with UnitOfWork(services.session_factory) as uow:
         for k in keys:
-            registry.create_experiment(uow, spec=_spec(k, unit), actor="t")
+            registry.create_experiment(uow, spec=_spec(k, unit, sequential), actor="t")
             registry.start_experiment(uow, key=k, actor="t")
         uow.commit()
     asg = Assigner(services.assignment_store, seed=seed).start(background=False)
@@ -83,8 +69,8 @@ def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: in
                                                                   (1 - rate) * 5.67))
                 else:
                     uid, q = f"{k}-r{n}", rate
-                _serve(bus, s, asg, k, uid, n, T0 + timedelta(seconds=r * 10),
-                       rng.random() < q)
+                serve(bus, s, asg, k, uid, n, T0 + timedelta(seconds=r * 10),
+                      lambda arm, q=q: rng.random() < (q * lift if arm == "t1" else q))
                 n += 1
         runner.drain()
         run_allocation(services.allocation_store,
@@ -95,7 +81,7 @@ def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: in
                 seq = build_results(uow, registry.get_experiment(uow, key=k))["sequential"]
                 if seq["arms"]:
                     shown_p[k].append(seq["arms"][0]["p_value"])
-    decided, srm, counted = 0, 0, 0
+    decided, better, srm, counted = 0, 0, 0, 0
     with UnitOfWork(services.session_factory) as uow:
         for k in keys:
             exp = registry.get_experiment(uow, key=k)
@@ -104,11 +90,38 @@ def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: in
             ev = build_results(uow, exp)["sequential"]
             decided += any(d.decision in ("treatment_better", "treatment_worse")
                            for d in rows.values())
+            better += any(d.decision == "treatment_better" for d in rows.values())
             srm += bool(ev["srm"]["mismatch"])
     asg.close()
     services.close()
     assert counted == n, f"the platform counted {counted} of {n} impressions"
-    return {"fpr": decided / experiments, "srm": srm / experiments, "shown_p": shown_p}
+    return {"fpr": decided / experiments, "power": better / experiments,
+            "srm": srm / experiments, "shown_p": shown_p}
+
+
+@pytest.mark.parametrize("boundary", ["mixture", "horizon"])
+def test_power_through_the_platform_is_the_grids(sqlite_url: str, boundary: str) -> None:
+    """The platform decides a real effect as often as the validity grid's simulation of the
+    same design says it should (issue 24: the power figures hold through the platform, not
+    only in the core): click rate 0.1 -> 0.18, floor 0.1, Thompson, a look and an allocation
+    every 300 impressions, 3,000 impressions (the grid's ``max_n`` counts per arm: 1,500),
+    the default boundary and the horizon boundary. The grid's power comes from the same
+    run's core simulation (400 reps, a fraction of a second), the platform's from 16
+    experiments, so the check is within 3 binomial SE: it catches a platform that loses the
+    grid's power (a horizon never reached, a plan frozen too early, a look gate the grid does
+    not have), not a few points."""
+    experiments, rounds, per_round, rate, lift = 16, 10, 300, 0.1, 1.8
+    sequential = {"min_samples": 100, "min_events": 30, "max_n": rounds * per_round,
+                  "boundary": boundary}
+    out = _run_aa(sqlite_url, unit="request", experiments=experiments, rounds=rounds,
+                  per_round=per_round, rate=rate, seed=5, lift=lift, sequential=sequential)
+    cell = run_cell(CellConfig(base_rate=rate, lift=lift, floor=0.1,
+                               max_n=rounds * per_round // 2, look_every=per_round,
+                               alloc_every=per_round, reps=400, reps_alt=400, seed=1))
+    grid = cell["analyses"]["armlab" if boundary == "mixture" else "armlab_horizon"]["power"]
+    se = math.sqrt(max(grid * (1 - grid), 0.05) / experiments)
+    assert grid >= 0.5, grid  # an effect the design should usually find
+    assert abs(out["power"] - grid) <= 3 * se, (out["power"], grid)
 
 
 @pytest.mark.parametrize("unit", ["request", "user"])
@@ -148,7 +161,7 @@ def test_a_user_unit_experiment_stops_at_its_horizon_counted_in_users(sqlite_url
         for u in range(10):
             uid = f"u{r}-{u}"
             for _ in range(5):
-                _serve(bus, s, asg, "hz", uid, n, served, rng.random() < 0.2)
+                serve(bus, s, asg, "hz", uid, n, served, lambda arm: rng.random() < 0.2)
                 n += 1
         runner.drain()
         run_allocation(services.allocation_store,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from armlab.adapters.kafka import dlq as dlq_mod
 from armlab.adapters.kafka import producer as producer_mod
 from armlab.adapters.kafka import source as source_mod
 from armlab.bootstrap import bootstrap
@@ -69,7 +70,7 @@ def test_settings_reach_every_client_constructor(
 ) -> None:
     producers, consumers, admins = Recorder(), Recorder(), Recorder()
     monkeypatch.setattr(producer_mod, "KafkaProducer", producers)
-    monkeypatch.setattr(source_mod, "KafkaProducer", producers)
+    monkeypatch.setattr(dlq_mod, "KafkaProducer", producers)
     monkeypatch.setattr(source_mod, "KafkaConsumer", consumers)
     monkeypatch.setattr(bench_ingest, "KafkaProducer", producers)
     monkeypatch.setattr(bench_ingest, "KafkaConsumer", consumers)
