@@ -24,7 +24,7 @@ from typing import Any
 
 from armlab.core.clock import utcnow
 from armlab.core.evidence import ArmSums
-from armlab.core.records import ExperimentRecord
+from armlab.core.records import ExperimentRecord, SnapshotRecord
 from armlab.core.serving import served_weights
 from armlab.errors import ArmlabError
 from armlab.services.contextual_results import contextual_block
@@ -57,18 +57,7 @@ def build_results(uow: UnitOfWorkPort, experiment: ExperimentRecord) -> dict[str
                 "rolled_back": arm.key in (experiment.rolled_back or {}),
             }
         )
-    snapshot = (
-        {
-            "id": snap.id,
-            "created_at": snap.created_at.isoformat() if snap.created_at else None,
-            "policy_name": snap.policy_name,
-            "policy_version": snap.policy_version,
-            "weights": dict(snap.weights),
-            "stats": dict(snap.stats or {}),
-        }
-        if snap is not None
-        else None
-    )
+    snapshot = _snapshot_view(snap)
     if is_interleaving(experiment):
         return {"key": experiment.key, "status": experiment.status, "design": "interleaving",
                 "shipped_arm": experiment.shipped_arm_key,
@@ -93,6 +82,20 @@ def build_results(uow: UnitOfWorkPort, experiment: ExperimentRecord) -> dict[str
         "recommendation": sequential.get("recommendation"),
         "interleaving": None,
         "contextual": _contextual(uow, experiment),
+    }
+
+
+def _snapshot_view(snap: SnapshotRecord | None) -> dict[str, Any] | None:
+    """The latest allocation snapshot as the results show it."""
+    if snap is None:
+        return None
+    return {
+        "id": snap.id,
+        "created_at": snap.created_at.isoformat() if snap.created_at else None,
+        "policy_name": snap.policy_name,
+        "policy_version": snap.policy_version,
+        "weights": dict(snap.weights),
+        "stats": dict(snap.stats or {}),
     }
 
 

@@ -198,8 +198,6 @@ def simulate_validity_cmd(
     (``armlab``; ``armlab_horizon`` with ``sequential.boundary: horizon``) and same-run
     baselines (plain mSPRT under Thompson and under a fixed 50/50 split). With
     ``--contextual``: the contextual A/A cells (docs/contextual.md, "Inference")."""
-    from concurrent.futures import ProcessPoolExecutor
-
     if contextual:
         from armlab.entrypoints.cli.simulate_contextual import run_contextual_validity
 
@@ -210,7 +208,7 @@ def simulate_validity_cmd(
             look_every=contextual_look, lift=contextual_lift, workers=workers,
             seed=seed, as_json=as_json)
         return
-    from armlab.core.stats.validity_grid import grid, run_cell, summarise
+    from armlab.core.stats.validity_grid import grid
 
     cells = grid(
         _floats("--base-rates", base_rates), _floats("--floors", floors),
@@ -222,6 +220,15 @@ def simulate_validity_cmd(
         plan_at=_choices("--plan-at", plan_at, ("events", "samples"))[0],
         pre_impressions=pre_impressions,
     )
+    _run_validity_cells(cells, workers=workers, as_json=as_json)
+
+
+def _run_validity_cells(cells: list[Any], *, workers: int, as_json: bool) -> None:
+    """Run the grid's cells (on ``workers`` processes) and print the table or the JSON."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from armlab.core.stats.validity_grid import run_cell, summarise
+
     t0 = time.perf_counter()
     if workers > 1 and len(cells) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
