@@ -47,6 +47,7 @@ from armlab.core.clock import utcnow
 from armlab.core.status import ExperimentStatus
 from armlab.entrypoints.demo.common import check as _check
 from armlab.entrypoints.demo.experiment import (
+    ATTRIBUTION_WINDOW_S,
     experiment_spec,
     history_level,
 )
@@ -344,6 +345,9 @@ class _DemoRun:
                         state.stop_reason = "the sequential test stopped the experiment"
                         break
             self.timings["replay_s"] = time.perf_counter() - t_loop
+        # the last look sees every request: wait out the attribution window first (otherwise
+        # the last second's users are still immature and the horizon is missed by a few)
+        time.sleep(ATTRIBUTION_WINDOW_S + 0.2)
         self.sync(client, runner, state)
         self.timings["requests_per_s"] = state.served / max(self.timings["replay_s"], 1e-9)
         return state

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Stage 2's attribution window (s): the replay knows each click at request time.
+ATTRIBUTION_WINDOW_S = 1
+
 
 def experiment_spec(key: str, cfg: Any, arms: list[dict[str, Any]],
                     n_users: int, *, cuped: bool = False) -> dict[str, Any]:
@@ -32,7 +35,7 @@ def experiment_spec(key: str, cfg: Any, arms: list[dict[str, Any]],
         "burn_in": max(20, cfg.cadence // 2),
         # Rewards are known at request time here, so feedback lands within milliseconds;
         # a 1 s window keeps the allocator's "matured" view almost current.
-        "attribution_window_s": 1,
+        "attribution_window_s": ATTRIBUTION_WINDOW_S,
         # The demo knows its budget, so it registers the horizon boundary (most of alpha on a
         # flat boundary up to the planned information at max_n; still valid beyond it).
         "sequential": sequential,
