@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from armlab.core.records import ExperimentRecord
 from armlab.core.specs import ExperimentSpec
 from armlab.services import registry
 from armlab.services.ports import UnitOfWorkPort
@@ -22,7 +23,7 @@ from armlab.services.results import build_results
 
 
 @dataclass(frozen=True, slots=True)
-class ArmRecord:
+class ArmDetails:
     key: str
     control: bool
     position: int
@@ -30,7 +31,7 @@ class ArmRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class ExperimentRecord:
+class ExperimentDetails:
     """One experiment as the use cases return it (the API's ``ExperimentOut`` fields)."""
 
     key: str
@@ -52,13 +53,13 @@ class ExperimentRecord:
     updated_at: datetime | None
     started_at: datetime | None
     ended_at: datetime | None
-    arms: list[ArmRecord] = field(default_factory=list)
+    arms: list[ArmDetails] = field(default_factory=list)
     guardrails: list[dict[str, Any]] = field(default_factory=list)
     rolled_back: dict[str, Any] = field(default_factory=dict)
     design: str = "ab"
     interleaving: dict[str, Any] | None = None
 
-    def without_salt(self) -> ExperimentRecord:
+    def without_salt(self) -> ExperimentDetails:
         """The record without its salt (readers: with it, anyone could compute which arm
         each user is, or will be, stuck to)."""
         return replace(self, salt=None)
@@ -92,9 +93,9 @@ class AuditRecord:
     evidence: dict[str, Any]
 
 
-def experiment_record(exp: Any) -> ExperimentRecord:
-    """The record of a stored experiment (with its salt)."""
-    return ExperimentRecord(
+def experiment_details(exp: ExperimentRecord) -> ExperimentDetails:
+    """A stored experiment as the use cases return it (with its salt)."""
+    return ExperimentDetails(
         key=exp.key, name=exp.name, description=exp.description, status=exp.status,
         unit=exp.unit, reward={"kind": exp.reward_kind, "metric": exp.reward_metric},
         policy={"name": exp.policy_name, "params": dict(exp.policy_params or {})},
@@ -103,8 +104,8 @@ def experiment_record(exp: Any) -> ExperimentRecord:
         sequential=dict(exp.sequential or {}), salt=exp.salt,
         shipped_arm=exp.shipped_arm_key, version=exp.version, created_at=exp.created_at,
         updated_at=exp.updated_at, started_at=exp.started_at, ended_at=exp.ended_at,
-        arms=[ArmRecord(key=a.key, control=a.is_control, position=a.position,
-                        variant=dict(a.variant)) for a in exp.arms],
+        arms=[ArmDetails(key=a.key, control=a.is_control, position=a.position,
+                         variant=dict(a.variant)) for a in exp.arms],
         guardrails=list(exp.guardrails or []), rolled_back=dict(exp.rolled_back or {}),
         design=str(exp.design or "ab"),
         interleaving=dict(exp.interleaving) if exp.interleaving else None,
@@ -137,33 +138,33 @@ class ExperimentUseCases:
         self._uow = uow_factory
         self._on_change = on_change or (lambda key: None)
 
-    def _write(self, key: str, step: Callable[[UnitOfWorkPort], Any]) -> ExperimentRecord:
+    def _write(self, key: str, step: Callable[[UnitOfWorkPort], Any]) -> ExperimentDetails:
         with self._uow() as uow:
-            record = experiment_record(step(uow))
+            record = experiment_details(step(uow))
             uow.commit()
         self._on_change(key)
         return record
 
     # -- writes ------------------------------------------------------------------------------
-    def create(self, spec: ExperimentSpec, *, actor: str) -> ExperimentRecord:
+    def create(self, spec: ExperimentSpec, *, actor: str) -> ExperimentDetails:
         """Register ``spec`` as a draft (one ``create`` audit row)."""
         return self._write(spec.key, lambda uow: registry.create_experiment(
             uow, spec=spec, actor=actor))
 
-    def start(self, key: str, *, actor: str, reason: str = "") -> ExperimentRecord:
+    def start(self, key: str, *, actor: str, reason: str = "") -> ExperimentDetails:
         """draft -> running."""
         return self._write(key, lambda uow: registry.start_experiment(
             uow, key=key, actor=actor, reason=reason))
 
     def stop(self, key: str, *, actor: str, reason: str,
-             evidence: dict[str, Any] | None = None) -> ExperimentRecord:
+             evidence: dict[str, Any] | None = None) -> ExperimentDetails:
         """running -> stopped: the control serves from now on (``evidence`` goes into the
         audit row)."""
         return self._write(key, lambda uow: registry.stop_experiment(
             uow, key=key, actor=actor, reason=reason, evidence=evidence))
 
     def ship(self, key: str, *, arm: str, actor: str, reason: str,
-             force: bool = False) -> ExperimentRecord:
+             force: bool = False) -> ExperimentDetails:
         """running|stopped -> shipped, guarded by the sequential evidence unless ``force``."""
         return self._write(key, lambda uow: registry.ship_experiment(
             uow, key=key, arm=arm, actor=actor, reason=reason, force=force))
@@ -174,9 +175,9 @@ class ExperimentUseCases:
         with self._uow() as uow:
             return registry.unique_key(uow, base)
 
-    def get(self, key: str) -> ExperimentRecord:
+    def get(self, key: str) -> ExperimentDetails:
         with self._uow() as uow:
-            return experiment_record(registry.get_experiment(uow, key=key))
+            return experiment_details(registry.get_experiment(uow, key=key))
 
     def list(self, status: str | None = None) -> list[ExperimentSummaryRecord]:
         with self._uow() as uow:

@@ -28,7 +28,7 @@ from armlab.entrypoints.api.schemas import (
     StopRequest,
     error_responses,
 )
-from armlab.services.experiments import ExperimentRecord
+from armlab.services.experiments import ExperimentDetails
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
@@ -40,7 +40,7 @@ _CHANGE = error_responses(*AUTHED, 404, 409)
 KeyPath = Path(..., description="Experiment key.", max_length=64)
 
 
-def experiment_out(rec: ExperimentRecord, *, show_salt: bool = True) -> ExperimentOut:
+def experiment_out(rec: ExperimentDetails, *, show_salt: bool = True) -> ExperimentOut:
     """The API view of ``rec``. ``salt`` only for admins: with it, anyone could compute which
     arm each user is (or will be) stuck to."""
     return ExperimentOut.model_validate(asdict(rec if show_salt else rec.without_salt()))
