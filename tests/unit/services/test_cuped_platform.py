@@ -24,14 +24,13 @@ from armlab.adapters.kafka.memory import MemoryBus
 from armlab.bootstrap import bootstrap
 from armlab.core.decisions import evaluate
 from armlab.services import registry
-from armlab.services.allocator import run_allocation
 from armlab.services.assignment import Assigner
 from armlab.services.cuped_evidence import apply_cuped
 from armlab.services.decisions import analysis_cutoff, analysis_sums, design_of
 from armlab.services.results import build_results
 from armlab.settings import Settings
 from tests.builders import experiment_spec
-from tests.platform_sim import T0, serve
+from tests.platform_sim import T0, allocator_pass, serve
 
 WINDOW_S = 60
 ICC = 0.15
@@ -84,15 +83,8 @@ def _run(url: str, *, experiments: int, rounds: int, users_per_round: int, per_u
                     serve(bus, s, asg, k, uid, n, T0 + timedelta(seconds=r * 10),
                           lambda arm, p=p: rng.random() < (p * lift if arm == "t1" else p))
                     n += 1
-        runner.drain()
         now = T0 + timedelta(seconds=r * 10 + WINDOW_S + 1)
-        run_allocation(services.allocation_store, now=now)
-        asg.refresh()
-        with UnitOfWork(services.session_factory) as uow:
-            for k in keys:
-                seq = build_results(uow, registry.get_experiment(uow, key=k))["sequential"]
-                if seq["arms"]:
-                    shown_p[k].append(seq["arms"][0]["p_value"])
+        allocator_pass(services, runner, asg, now, shown_p)
     out: dict[str, Any] = {"decided": 0, "better": 0, "srm": 0, "valid": 0, "ratios": [],
                            "fits": [], "shown_p": shown_p}
     with UnitOfWork(services.session_factory) as uow:

@@ -29,7 +29,7 @@ from armlab.services.assignment import Assigner
 from armlab.services.results import build_results
 from armlab.settings import Settings
 from tests.builders import experiment_spec
-from tests.platform_sim import T0, serve
+from tests.platform_sim import T0, allocator_pass, serve
 
 WINDOW_S = 60
 
@@ -72,15 +72,8 @@ def _run_aa(url: str, *, unit: str, experiments: int, rounds: int, per_round: in
                 serve(bus, s, asg, k, uid, n, T0 + timedelta(seconds=r * 10),
                       lambda arm, q=q: rng.random() < (q * lift if arm == "t1" else q))
                 n += 1
-        runner.drain()
-        run_allocation(services.allocation_store,
-                       now=T0 + timedelta(seconds=r * 10 + WINDOW_S + 1))
-        asg.refresh()
-        with UnitOfWork(services.session_factory) as uow:
-            for k in keys:
-                seq = build_results(uow, registry.get_experiment(uow, key=k))["sequential"]
-                if seq["arms"]:
-                    shown_p[k].append(seq["arms"][0]["p_value"])
+        allocator_pass(services, runner, asg, T0 + timedelta(seconds=r * 10 + WINDOW_S + 1),
+                       shown_p)
     decided, better, srm, counted = 0, 0, 0, 0
     with UnitOfWork(services.session_factory) as uow:
         for k in keys:
