@@ -27,7 +27,7 @@ from armlab.adapters.db.queries import (
     unit_guardrail_sums,
     unit_sums,
 )
-from armlab.adapters.db.segment_queries import logged_contexts
+from armlab.adapters.db.segment_queries import logged_contexts, logged_unit_contexts
 from armlab.core.evidence import ArmSums
 from armlab.core.stats.noninferiority_units import UnitSums
 from armlab.core.stats.segments import ContextRow
@@ -159,3 +159,7 @@ class SqlEvidence:
 
     def logged_contexts(self, experiment_id: int, cutoff: datetime) -> list[ContextRow]:
         return logged_contexts(self.session, experiment_id, cutoff)
+
+    def logged_unit_contexts(self, experiment_id: int, cutoff: datetime
+                             ) -> list[tuple[str, ContextRow]]:
+        return logged_unit_contexts(self.session, experiment_id, cutoff)
