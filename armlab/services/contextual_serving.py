@@ -11,8 +11,9 @@ in the experiment's view. A request is then one uniform ``u`` (a fresh draw for 
 * ``linear_thompson``: the context's design vector, its floored P(arm | x) (the core's
   quadrature, :func:`prob_best_row` computing what
   :func:`~armlab.core.policies.linear_thompson.normal_prob_best_one` does; its CDF cached
-  per design vector for the snapshot's life, so repeated contexts cost a dict lookup), then the
-  CDF.
+  per context for the snapshot's life, keyed by the declared features' values and types, at
+  most CACHE_SIZE at a time, so repeated contexts cost a dict lookup), then the CDF. A new
+  numeric value pays the quadrature (about 45-60 µs in process on the development VM).
 
 The propensity returned is therefore exactly P(served arm | context) under the snapshot, what
 the inverse-propensity test and off-policy evaluation need. A context value of the wrong type
