@@ -192,6 +192,17 @@ def simulate_validity_cmd(
     contextual_lift: float = typer.Option(
         1.0, "--contextual-lift", help="--contextual: arm 1's rate x this in every segment "
         "(1.0 = A/A; else the rates are power)."),
+    contextual_users: int = typer.Option(
+        0, "--contextual-users", min=0,
+        help="--contextual: the unit-user cells instead, with this many sticky users per run "
+        "(users per look: --contextual-look / --contextual-impressions), analysed per user "
+        "and, for contrast, per impression; 0 = the request cells."),
+    contextual_impressions: int = typer.Option(
+        10, "--contextual-impressions", min=1,
+        help="--contextual-users: impressions per user."),
+    contextual_icc: float = typer.Option(
+        0.2, "--contextual-icc", min=0.0, max=0.99,
+        help="--contextual-users: intra-user correlation of the clicks."),
 ) -> None:
     """A/A false-positive rate (with Monte Carlo SE), SRM false alarms, confidence-sequence
     coverage, power and sample size at decision over a grid of cells, for armlab's test
@@ -200,6 +211,17 @@ def simulate_validity_cmd(
     ``--contextual``: the contextual A/A cells (docs/contextual.md, "Inference")."""
     from concurrent.futures import ProcessPoolExecutor
 
+    if contextual and contextual_users:
+        from armlab.entrypoints.cli.simulate_contextual import run_contextual_user_validity
+
+        run_contextual_user_validity(
+            _choices("--policies", policies, ("segment_thompson", "linear_thompson")),
+            _choices("--segments", segments, ("differ", "same")),
+            _floats("--floors", floors), reps=reps, users=contextual_users,
+            look_every=max(contextual_look // contextual_impressions, 1),
+            impressions=contextual_impressions, icc=contextual_icc, workers=workers,
+            seed=seed, as_json=as_json)
+        return
     if contextual:
         from armlab.entrypoints.cli.simulate_contextual import run_contextual_validity
 
