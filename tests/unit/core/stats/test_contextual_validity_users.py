@@ -77,3 +77,26 @@ def test_simulated_per_user_test_equals_the_platform_test() -> None:
         assert p_sim == pytest.approx(r["p_value"], rel=1e-9), r
         tested += r["valid"]
     assert tested >= 2
+
+
+def test_cli_runs_the_user_cells() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from armlab.entrypoints.cli.main import _register_all, app
+
+    _register_all()
+    res = CliRunner().invoke(app, [
+        "simulate", "validity", "--contextual", "--contextual-users", "400",
+        "--contextual-look", "1000", "--contextual-impressions", "5", "--reps", "5",
+        "--floors", "0.1", "--policies", "linear_thompson", "--segments", "same",
+        "--workers", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n_cells"] == 1
+    cell = out["cells"][0]["cell"]
+    assert cell["users"] == 400 and cell["look_every"] == 200 and cell["impressions"] == 5
+    assert set(out["cells"][0]["analyses"]) == {
+        "segments_per_user", "segments_per_impression", "personalisation_per_user",
+        "personalisation_per_impression"}
