@@ -87,6 +87,8 @@ class FakeEvidence:
         self.tallies: dict[int, dict[tuple[str, str], tuple[int, int, int, int, int]]] = {}
         # contextual: experiment -> [(arm, reward, propensity, served_at, context)]
         self.contexts: dict[int, list[tuple[str, float, float, datetime, dict[str, Any]]]] = {}
+        self.unit_contexts: dict[
+            int, list[tuple[str, str, float, float, datetime, dict[str, Any]]]] = {}
 
     def arm_sums(self, experiment_id: int) -> dict[str, ArmSums]:
         return dict(self.sums.get(experiment_id, {}))
@@ -157,6 +159,15 @@ class FakeEvidence:
                         ) -> list[tuple[str, float, float, dict[str, Any] | None]]:
         return [(a, r, p, c) for a, r, p, t, c in self.contexts.get(experiment_id, [])
                 if t <= cutoff]
+
+    def logged_unit_contexts(self, experiment_id: int, cutoff: datetime
+                             ) -> list[tuple[str, tuple[str, float, float, dict[str, Any] | None]]]:
+        """Rows of ``unit_contexts`` (unit, arm, reward, propensity, served, context); without
+        them, every impression of ``contexts`` is its own unit."""
+        rows = self.unit_contexts.get(experiment_id)
+        if rows is None:
+            rows = [(str(i), *row) for i, row in enumerate(self.contexts.get(experiment_id, []))]
+        return [(u, (a, r, p, c)) for u, a, r, p, t, c in rows if t <= cutoff]
 
 
 class FakeUnitOfWork:

@@ -31,6 +31,7 @@ from armlab.core.records import ExperimentRecord
 from armlab.core.specs import SequentialSpec
 from armlab.core.stats.adaptive import DEFAULT_PLAN_IMPRESSIONS
 from armlab.core.stats.personalisation import personalisation_value
+from armlab.core.stats.segment_units import per_unit_rows
 from armlab.core.stats.segments import (
     ContextRow,
     SegmentDesign,
@@ -55,7 +56,8 @@ def _design(experiment: ExperimentRecord) -> SegmentDesign:
     return SegmentDesign(
         control=experiment.control_arm_key,
         treatments=tuple(k for k in keys if k != experiment.control_arm_key),
-        alpha=seq.alpha, binary=experiment.reward_kind == "binary",
+        # unit user: the terms are per-user totals, not 0/1 (as the per-arm test's design)
+        alpha=seq.alpha, binary=experiment.reward_kind == "binary" and experiment.unit != "user",
         min_samples=seq.min_samples, min_events=seq.min_events,
         horizon=float(seq.max_n or DEFAULT_PLAN_IMPRESSIONS),
         floor=float(experiment.exploration_floor or 0.0),
@@ -106,7 +108,7 @@ def _segment_rows(table: SegmentTable, arms: Sequence[str], raw: dict[str, Any] 
 
 
 def _personalisation(arms: Sequence[str], rows: Sequence[ContextRow],
-                     probs: np.ndarray | None, reason: str
+                     probs: np.ndarray | None, reason: str, per: str = "impression"
                      ) -> dict[str, Any]:
     if probs is None:
         return {"available": False, "reason": reason}
@@ -123,22 +125,36 @@ def _personalisation(arms: Sequence[str], rows: Sequence[ContextRow],
     res["available"] = True
     res["reason"] = ""
     res["summary"] = (f"serving by segment gains {res['gain']:+.4g} "
-                      f"[{res['cs_low']:+.4g}, {res['cs_high']:+.4g}] per impression over the "
+                      f"[{res['cs_low']:+.4g}, {res['cs_high']:+.4g}] per {per} over the "
                       f"best single arm ({res['best_arm']})")
     return res
 
 
 def _matured(uow: UnitOfWorkPort, experiment: ExperimentRecord, spec: ContextSpec,
-             arms: Sequence[str], now: datetime) -> tuple[list[ContextRow], np.ndarray, int]:
-    """The matured impressions the analysis can read (a known arm, a propensity in (0, 1], a
-    context the features read), their segment indices, and how many were left out."""
+             arms: Sequence[str], now: datetime
+             ) -> tuple[list[ContextRow], np.ndarray, int, dict[str, Any] | None]:
+    """The matured rows the analysis can read (a known arm, a propensity in (0, 1], a
+    context the features read), their segment indices and how many were left out. ``unit:
+    user``: one row per (user, arm), :func:`~armlab.core.stats.segment_units.per_unit_rows`
+    (the user's total reward, sticky propensity and first context; left-out rows are then
+    users), and {"impressions", "users", "changed_segment"}; None otherwise."""
     cutoff = now - timedelta(seconds=int(experiment.attribution_window_s or 0))
-    logged = uow.evidence.logged_contexts(experiment.id, cutoff)
-    idx = segment_indices(spec, [r[3] for r in logged])
     known = set(arms)
+    per_user: dict[str, Any] | None = None
+    if experiment.unit == "user":
+        units = [u for u in uow.evidence.logged_unit_contexts(experiment.id, cutoff)
+                 if u[1][0] in known and 0.0 < u[1][2] <= 1.0]
+        logged, idx, moved = per_unit_rows(units, segment_indices(
+            spec, [u[1][3] for u in units]))
+        per_user = {"impressions": len(units), "changed_segment": moved}
+    else:
+        logged = uow.evidence.logged_contexts(experiment.id, cutoff)
+        idx = segment_indices(spec, [r[3] for r in logged])
     keep = [i for i, r in enumerate(logged)
             if r[0] in known and idx[i] >= 0 and 0.0 < r[2] <= 1.0]
-    return [logged[i] for i in keep], idx[keep], len(logged) - len(keep)
+    if per_user is not None:
+        per_user["users"] = len(keep)
+    return [logged[i] for i in keep], idx[keep], len(logged) - len(keep), per_user
 
 
 def _probs(alloc: ContextualAllocation | None, raw: dict[str, Any] | None,
@@ -177,25 +193,30 @@ def contextual_block(uow: UnitOfWorkPort, experiment: ExperimentRecord, *, now: 
     except (ArmlabError, ValueError) as exc:
         return {"policy": experiment.policy_name, "error": f"policy.params.features: {exc}"}
     arms = [a.key for a in experiment.arms]
-    rows, idx, skipped = _matured(uow, experiment, spec, arms, now)
+    rows, idx, skipped, per_user = _matured(uow, experiment, spec, arms, now)
     table = segment_table(spec, arms, rows, idx)
     alloc, raw, reason = _allocation(uow, experiment)
     probs, reason = _probs(alloc, raw, arms, rows, idx, reason)
     design = _design(experiment)
     has_segments = bool(spec.categorical)
     warnings = []
-    if experiment.unit == "user":
-        warnings.append("unit user: the per-segment tests and the personalisation value treat "
-                        "impressions as independent (not cluster-robust)")
+    if per_user and per_user["changed_segment"]:
+        warnings.append(f"unit user: {per_user['changed_segment']} of {len(rows)} users had "
+                        "impressions in more than one segment; each counts once, in the "
+                        "segment of its first impression")
     return {
         "policy": experiment.policy_name,
         "features": [f.model_dump() for f in spec.features],
-        "matured_impressions": len(rows), "skipped_rows": skipped,
+        "matured_impressions": per_user["impressions"] if per_user else len(rows),
+        "skipped_rows": skipped,
+        # unit user: the tests' terms are users (segment_units), "per_user" says how many
+        "per_user": per_user,
         "declared_segments": spec.n_segments if has_segments else 0,
         "segments": _segment_rows(table, arms, raw, idx, probs)
         if has_segments else [],
         "effects": segment_effects(table, design) if has_segments else None,
         "srm": segment_srm(table, min_samples=design.min_samples) if has_segments else [],
-        "personalisation": _personalisation(arms, rows, probs, reason),
+        "personalisation": _personalisation(arms, rows, probs, reason,
+                                            "user" if per_user else "impression"),
         "warnings": warnings,
     }

@@ -11,8 +11,9 @@ in the experiment's view. A request is then one uniform ``u`` (a fresh draw for 
 * ``linear_thompson``: the context's design vector, its floored P(arm | x) (the core's
   quadrature, :func:`prob_best_row` computing what
   :func:`~armlab.core.policies.linear_thompson.normal_prob_best_one` does; its CDF cached
-  per design vector for the snapshot's life, so repeated contexts cost a dict lookup), then the
-  CDF.
+  per context for the snapshot's life, keyed by the declared features' values and types, at
+  most CACHE_SIZE at a time, so repeated contexts cost a dict lookup), then the CDF. A new
+  numeric value pays the quadrature (about 45-60 µs in process on the development VM).
 
 The propensity returned is therefore exactly P(served arm | context) under the snapshot, what
 the inverse-propensity test and off-policy evaluation need. A context value of the wrong type
@@ -78,22 +79,22 @@ def floor_row(weights: list[float], floor: float) -> list[float]:
     proportional water-filling, without numpy's per-call overhead on a handful of arms)."""
     total = sum(weights)
     w = [x / total for x in weights]
-    if floor <= 0.0:
+    if floor <= 0.0 or min(w) >= floor - 1e-15:  # the loop's first pass would keep w
         return w
     k = len(w)
-    fixed = [False] * k
-    out = list(w)
+    lim = floor - 1e-15
+    fixed: set[int] = set()
+    out = w
     for _ in range(k):
-        below = [not f and x < floor - 1e-15 for f, x in zip(fixed, out, strict=True)]
-        if not any(below):
+        below = [i for i in range(k) if i not in fixed and out[i] < lim]
+        if not below:
             break
-        fixed = [f or b for f, b in zip(fixed, below, strict=True)]
-        free_mass = 1.0 - floor * sum(fixed)
-        free_w = [0.0 if f else x for f, x in zip(fixed, w, strict=True)]
-        tot = sum(free_w)
-        n_free = max(k - sum(fixed), 1)
-        out = [floor if f else (x * free_mass / tot if tot > 0 else free_mass / n_free)
-               for f, x in zip(fixed, free_w, strict=True)]
+        fixed.update(below)
+        free_mass = 1.0 - floor * len(fixed)
+        tot = sum([0.0 if i in fixed else w[i] for i in range(k)])
+        n_free = max(k - len(fixed), 1)
+        out = [floor if i in fixed else (w[i] * free_mass / tot if tot > 0 else free_mass / n_free)
+               for i in range(k)]
     return out
 
 
@@ -104,15 +105,20 @@ class ContextualServing:
 
     alloc: ContextualAllocation
     arms: tuple[str, ...]
-    #: linear policy: the CDF sampler of each design vector served (bounded, like the core's
-    #: own cache); the quadrature grid
-    _samplers: dict[bytes, CdfSampler] = field(default_factory=dict, repr=False,
-                                               compare=False)
+    #: linear policy: the CDF sampler of each context served, keyed by the declared features'
+    #: raw values with their types (a hit skips the encoding), at most CACHE_SIZE entries
+    #: (emptied when full, so contexts seen once cannot crowd out the repeated ones for the
+    #: snapshot's life); the quadrature grid; the declared features' names
+    _samplers: dict[Any, CdfSampler] = field(default_factory=dict, repr=False,
+                                             compare=False)
     _z: Any = field(default=None, repr=False, compare=False)
+    _names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.alloc, SegmentAllocation):
             object.__setattr__(self, "_z", np.linspace(-6.5, 6.5, self.alloc.grid))
+            object.__setattr__(self, "_names",
+                               tuple(f.name for f in self.alloc.spec.features))
 
     def pick(self, u: float, context: Mapping[str, Any]) -> tuple[str, float]:
         """The arm whose CDF interval of the context's row contains ``u`` in [0, 1), and
@@ -121,28 +127,37 @@ class ContextualServing:
         if isinstance(alloc, SegmentAllocation):
             i, p = alloc.samplers[alloc.spec.segment_index(context)].pick(u)
         else:
-            i, p = self._linear_sampler(alloc.spec.encode(context)).pick(u)
+            i, p = self._linear_sampler(context).pick(u)
         return self.arms[i], p
 
-    def _linear_sampler(self, x: Any) -> CdfSampler:
-        """The sampler of P(arm | x): the core's ``LinearAllocation.weights_one`` (the same
-        quadrature, floor applied per context), with its CDF kept for the next request."""
-        key = x.tobytes()
-        sampler = self._samplers.get(key)
+    def _linear_sampler(self, context: Mapping[str, Any]) -> CdfSampler:
+        """The sampler of P(arm | x(context)): the core's ``LinearAllocation.weights_one``
+        (the same quadrature, floor applied per context), kept for the next request with the
+        same values (the key holds each value's type: 1, 1.0 and True encode alike or not at
+        all, so they are kept apart; an unhashable value is encoded every time)."""
+        samplers = self._samplers
+        try:
+            key: Any = tuple([(v.__class__, v) for v in map(context.get, self._names)])
+            sampler = samplers.get(key)
+        except TypeError:
+            key, sampler = None, None
         if sampler is not None:
             return sampler
         alloc = self.alloc
         assert not isinstance(alloc, SegmentAllocation)
+        x = alloc.spec.encode(context)  # PolicyError (422) on a value of the wrong type
         k = alloc.mean.shape[0]
         if alloc.burn_in:
             weights = [1.0 / k] * k
         else:
-            sd = np.sqrt(np.maximum(((alloc.cov @ x) * x).sum(axis=-1), 0.0))
+            sd = np.sqrt(np.maximum((alloc.cov @ x) @ x, 0.0))
             weights = floor_row(prob_best_row(alloc.mean @ x, sd, self._z).tolist(),
                                 alloc.floor)
-        sampler = CdfSampler(weights)
-        if len(self._samplers) < CACHE_SIZE:
-            self._samplers[key] = sampler
+        sampler = CdfSampler.trusted(weights)
+        if key is not None:
+            if len(samplers) >= CACHE_SIZE:
+                samplers.clear()
+            samplers[key] = sampler
         return sampler
 
 

@@ -104,6 +104,10 @@ class Evidence(Protocol):
     def logged_contexts(self, experiment_id: int, cutoff: datetime) -> list[ContextRow]:
         """(arm, reward, propensity, context) of the impressions served at or before
         ``cutoff`` (contextual experiments: per-segment effects, personalisation value)."""
+    def logged_unit_contexts(self, experiment_id: int, cutoff: datetime
+                             ) -> list[tuple[str, ContextRow]]:
+        """(unit id, (arm, reward, propensity, context)) of the same impressions, in serving
+        order (``unit: user``: the per-user contextual analysis)."""
 
 
 class UnitOfWorkPort(Protocol):

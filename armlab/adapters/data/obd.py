@@ -207,3 +207,28 @@ def estimate_policy_from(
         total = sum(raw.values())
         out[k] = {a: v / total for a, v in sorted(raw.items())}
     return out
+
+
+#: The user features of the sample (hashed categorical values, 3 to 9 levels each).
+USER_FEATURES = ("user_feature_0", "user_feature_1", "user_feature_2", "user_feature_3")
+
+
+def load_user_contexts(policy: str, campaign: str = "all", *, base: str | Path | None = None,
+                       limit: int | None = None) -> list[dict[str, str]]:
+    """The user features of every row of :func:`load_log`'s log, in the same (time) order:
+    ``{"user_feature_0": "<hash>", ...}`` per row."""
+    _check("policy", policy, POLICIES)
+    _check("campaign", campaign, CAMPAIGNS)
+    data = locate_obd(base) / policy / campaign / f"{campaign}.csv"
+    if not data.is_file():
+        raise ConfigurationError(f"OBD file missing: expected {data}")
+    ts: list[datetime] = []
+    ctx: list[dict[str, str]] = []
+    with data.open(encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            ts.append(datetime.fromisoformat(row["timestamp"]))
+            ctx.append({f: row[f] for f in USER_FEATURES})
+    order = sorted(range(len(ts)), key=ts.__getitem__)
+    if limit is not None:
+        order = order[:limit]
+    return [ctx[i] for i in order]

@@ -29,7 +29,7 @@ from armlab.adapters.db.queries import (
     unit_sums,
 )
 from armlab.adapters.db.records import audit_row, decision_row, experiment_row, snapshot_row
-from armlab.adapters.db.segment_queries import logged_contexts
+from armlab.adapters.db.segment_queries import logged_contexts, logged_unit_contexts
 from armlab.core.evidence import ArmSums
 from armlab.core.records import NewAuditEntry, NewDecision, NewExperiment, NewSnapshot
 from armlab.core.stats.cuped import CovariateSums
@@ -182,3 +182,7 @@ class SqlEvidence:
 
     def logged_contexts(self, experiment_id: int, cutoff: datetime) -> list[ContextRow]:
         return logged_contexts(self.session, experiment_id, cutoff)
+
+    def logged_unit_contexts(self, experiment_id: int, cutoff: datetime
+                             ) -> list[tuple[str, ContextRow]]:
+        return logged_unit_contexts(self.session, experiment_id, cutoff)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from armlab.adapters.db.contextual_queries import impression_contexts
+from armlab.adapters.db.contextual_queries import BATCH, impression_contexts
+from armlab.adapters.db.models import Impression
 from armlab.core.stats.segments import ContextRow
 
 
@@ -29,3 +31,16 @@ def logged_contexts(session: Session, experiment_id: int, cutoff: datetime
     return [(a, r, p, ctx if isinstance(ctx, dict) else None)
             for a, r, p, ctx in impression_contexts(session, experiment_id, cutoff,
                                                     ordered=True)]
+
+
+def logged_unit_contexts(session: Session, experiment_id: int, cutoff: datetime
+                         ) -> list[tuple[str, ContextRow]]:
+    """(unit id, (arm, reward, propensity, context)) of the impressions served at or before
+    ``cutoff``, in serving order: what the per-user analysis of a ``unit: user`` experiment
+    groups (:func:`armlab.core.stats.segment_units.per_unit_rows`)."""
+    i = Impression
+    stmt = (select(i.unit_id, i.arm_key, i.reward, i.propensity, i.context)
+            .where(i.experiment_id == experiment_id, i.served_at <= cutoff)
+            .order_by(i.served_at, i.impression_id))
+    return [(str(u), (str(a), float(r or 0.0), float(p), ctx if isinstance(ctx, dict) else None))
+            for u, a, r, p, ctx in session.execute(stmt.execution_options(yield_per=BATCH))]

@@ -250,6 +250,20 @@ class CdfSampler:
         self.cdf = tuple(accumulate(w))
         self.total = self.cdf[-1]
 
+    @classmethod
+    def trusted(cls, weights: list[float]) -> CdfSampler:
+        """A sampler of weights the caller computed as finite, non-negative floats with a
+        positive sum (the contextual serving path's per-context rows), without re-checking
+        them; anything else gets the checked constructor (and its error)."""
+        total = sum(weights)
+        if not (total > 0.0 and math.isfinite(total)) or min(weights) < 0.0:
+            return cls(weights)
+        self = cls.__new__(cls)
+        self.weights = tuple(weights)
+        self.cdf = tuple(accumulate(self.weights))
+        self.total = self.cdf[-1]
+        return self
+
     def pick(self, u: float) -> tuple[int, float]:
         """Arm whose CDF interval contains u in [0, 1), and its propensity."""
         i = min(bisect_right(self.cdf, u * self.total), len(self.weights) - 1)

@@ -236,8 +236,9 @@ class LinearAllocation:
         sd = np.sqrt(np.maximum(((self.cov @ x) * x).sum(axis=-1), 0.0))
         p = normal_prob_best_one(self.mean @ x, sd, np.linspace(-6.5, 6.5, self.grid))
         w = p if p.min() >= self.floor else apply_floor(p, self.floor)
-        if len(self.cache) < CACHE_SIZE:
-            self.cache[key] = w
+        if len(self.cache) >= CACHE_SIZE:  # emptied when full: one-off contexts cannot
+            self.cache.clear()  # keep the repeated ones out for the snapshot's life
+        self.cache[key] = w
         return w
 
     def decide(self, context: Mapping[str, Any], rng: np.random.Generator) -> tuple[int, float]:

@@ -110,6 +110,11 @@ class ContextualResultsOut(_Out):
     features: list[dict[str, Any]] = Field(default_factory=list)
     matured_impressions: int = 0
     skipped_rows: int = 0
+    per_user: dict[str, int] | None = Field(
+        None, description="unit user: the analyses have one term per user (total reward, "
+        "sticky propensity, segment of the first impression); impressions, users and users "
+        "whose impressions span several segments. The segments' and tests' counts are then "
+        "users.")
     declared_segments: int = 0
     segments: list[SegmentOut] = Field(default_factory=list)
     effects: SegmentEffectsOut | None = None

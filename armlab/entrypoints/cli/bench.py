@@ -136,11 +136,27 @@ def bench_contextual(
     seed: int = typer.Option(2026, "--seed"),
     latency: bool = typer.Option(True, "--latency/--no-latency",
                                  help="Also time one decision per policy."),
+    obd: bool = typer.Option(
+        False, "--obd",
+        help="Instead: every policy's offline (progressive IPW) click rate with its "
+        "confidence sequence on the Open Bandit Dataset sample's uniform log and user "
+        "features (ARMLAB_OBD_DIR), all campaigns, side by side."),
+    obd_limit: int = typer.Option(0, "--obd-limit", min=0,
+                                  help="--obd: rows per campaign (0: all 10,000)."),
     as_json: bool = typer.Option(False, "--json", help="Compact JSON."),
 ) -> None:
     """Contextual policies (segment and linear Thompson sampling) vs non-contextual Thompson
     sampling and Vowpal Wabbit / MABWiser (the `bench` extra) on a simulated recommender whose
-    best variant differs by segment, and on one where it does not; decision latency."""
+    best variant differs by segment, and on one where it does not; decision latency. With
+    --obd: the same policies on the Open Bandit Dataset sample, offline."""
+    if obd:
+        from armlab.settings import Settings
+        from armlab.tools.bench.contextual_obd import run_obd_bench
+
+        typer.echo(json.dumps(run_obd_bench(
+            base=Settings().obd_dir, limit=obd_limit or None, batch_every=batch_every,
+            seed=seed), indent=None if as_json else 2))
+        return
     from armlab.tools.bench.contextual import run_contextual_bench
 
     result = run_contextual_bench(horizon=horizon, seeds=seeds, peer_seeds=peer_seeds,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -151,6 +151,35 @@ def _validity_table(results: list[dict[str, Any]]) -> None:
                        f"{a.get('inverse_sum', 4.0):>7.2f}")
 
 
+# The contextual cells' options of ``armlab simulate validity --contextual``.
+_Contextual = Annotated[bool, typer.Option(
+    "--contextual", help="The contextual cells instead: A/A under segment_thompson "
+    "/ linear_thompson allocation (average effect, per-segment tests, SRM per segment, "
+    "personalisation value); uses --floors, --reps, --seed, --workers.")]
+_Policies = Annotated[str, typer.Option(
+    "--policies", help="--contextual: the allocating policies.")]
+_Segments = Annotated[str, typer.Option(
+    "--segments", help="--contextual: segment click rates differ | same (A/A) | crossed "
+    "(each segment its own best arm: power).")]
+_ContextualHorizon = Annotated[int, typer.Option(
+    "--contextual-horizon", min=100, help="--contextual: impressions per run.")]
+_ContextualLook = Annotated[int, typer.Option(
+    "--contextual-look", min=1, help="--contextual: look (and reallocate) every N.")]
+_ContextualLift = Annotated[float, typer.Option(
+    "--contextual-lift", help="--contextual: arm 1's rate x this in every segment "
+    "(1.0 = A/A; else the rates are power).")]
+_ContextualUsers = Annotated[int, typer.Option(
+    "--contextual-users", min=0,
+    help="--contextual: the unit-user cells instead, with this many sticky users per run "
+    "(users per look: --contextual-look / --contextual-impressions), analysed per user "
+    "and, for contrast, per impression; 0 = the request cells.")]
+_ContextualImpressions = Annotated[int, typer.Option(
+    "--contextual-impressions", min=1, help="--contextual-users: impressions per user.")]
+_ContextualIcc = Annotated[float, typer.Option(
+    "--contextual-icc", min=0.0, max=0.99,
+    help="--contextual-users: intra-user correlation of the clicks.")]
+
+
 def simulate_validity_cmd(
     base_rates: str = typer.Option("0.005,0.01,0.02,0.05,0.10", "--base-rates"),
     floors: str = typer.Option("0.05,0.1,0.2", "--floors"),
@@ -176,22 +205,15 @@ def simulate_validity_cmd(
     workers: int = typer.Option(2, "--workers", min=1, help="Processes (cores)."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
-    contextual: bool = typer.Option(
-        False, "--contextual", help="The contextual cells instead: A/A under segment_thompson "
-        "/ linear_thompson allocation (average effect, per-segment tests, SRM per segment, "
-        "personalisation value); uses --floors, --reps, --seed, --workers."),
-    policies: str = typer.Option("segment_thompson,linear_thompson", "--policies",
-                                 help="--contextual: the allocating policies."),
-    segments: str = typer.Option("differ,same", "--segments",
-                                 help="--contextual: segment click rates differ | same (A/A) | "
-                                 "crossed (each segment its own best arm: power)."),
-    contextual_horizon: int = typer.Option(20_000, "--contextual-horizon", min=100,
-                                           help="--contextual: impressions per run."),
-    contextual_look: int = typer.Option(500, "--contextual-look", min=1,
-                                        help="--contextual: look (and reallocate) every N."),
-    contextual_lift: float = typer.Option(
-        1.0, "--contextual-lift", help="--contextual: arm 1's rate x this in every segment "
-        "(1.0 = A/A; else the rates are power)."),
+    contextual: _Contextual = False,
+    policies: _Policies = "segment_thompson,linear_thompson",
+    segments: _Segments = "differ,same",
+    contextual_horizon: _ContextualHorizon = 20_000,
+    contextual_look: _ContextualLook = 500,
+    contextual_lift: _ContextualLift = 1.0,
+    contextual_users: _ContextualUsers = 0,
+    contextual_impressions: _ContextualImpressions = 10,
+    contextual_icc: _ContextualIcc = 0.2,
 ) -> None:
     """A/A false-positive rate (with Monte Carlo SE), SRM false alarms, confidence-sequence
     coverage, power and sample size at decision over a grid of cells, for armlab's test
@@ -199,14 +221,10 @@ def simulate_validity_cmd(
     baselines (plain mSPRT under Thompson and under a fixed 50/50 split). With
     ``--contextual``: the contextual A/A cells (docs/contextual.md, "Inference")."""
     if contextual:
-        from armlab.entrypoints.cli.simulate_contextual import run_contextual_validity
-
-        run_contextual_validity(
-            _choices("--policies", policies, ("segment_thompson", "linear_thompson")),
-            _choices("--segments", segments, ("differ", "same", "crossed")),
-            _floats("--floors", floors), reps=reps, horizon=contextual_horizon,
-            look_every=contextual_look, lift=contextual_lift, workers=workers,
-            seed=seed, as_json=as_json)
+        _contextual_validity(policies, segments, floors, reps=reps, workers=workers, seed=seed,
+                             as_json=as_json, horizon=contextual_horizon, look=contextual_look,
+                             lift=contextual_lift, users=contextual_users,
+                             impressions=contextual_impressions, icc=contextual_icc)
         return
     from armlab.core.stats.validity_grid import grid
 
@@ -221,6 +239,30 @@ def simulate_validity_cmd(
         pre_impressions=pre_impressions,
     )
     _run_validity_cells(cells, workers=workers, as_json=as_json)
+
+
+def _contextual_validity(policies: str, segments: str, floors: str, *, reps: int, workers: int,
+                         seed: int, as_json: bool, horizon: int, look: int, lift: float,
+                         users: int, impressions: int, icc: float) -> None:
+    """``--contextual``: the request cells, or with ``--contextual-users`` the unit-user
+    cells (docs/contextual.md, "Inference")."""
+    from armlab.entrypoints.cli.simulate_contextual import (
+        run_contextual_user_validity,
+        run_contextual_validity,
+    )
+
+    chosen = _choices("--policies", policies, ("segment_thompson", "linear_thompson"))
+    if users:
+        run_contextual_user_validity(
+            chosen, _choices("--segments", segments, ("differ", "same")),
+            _floats("--floors", floors), reps=reps, users=users,
+            look_every=max(look // impressions, 1), impressions=impressions, icc=icc,
+            workers=workers, seed=seed, as_json=as_json)
+        return
+    run_contextual_validity(
+        chosen, _choices("--segments", segments, ("differ", "same", "crossed")),
+        _floats("--floors", floors), reps=reps, horizon=horizon, look_every=look, lift=lift,
+        workers=workers, seed=seed, as_json=as_json)
 
 
 def _run_validity_cells(cells: list[Any], *, workers: int, as_json: bool) -> None:

@@ -39,21 +39,21 @@ def _rows(n: int) -> list[dict[str, Any]]:
     return out
 
 
-def seed_contextual(services: Any, rows: list[dict[str, Any]]) -> int:
+def seed_contextual(services: Any, rows: list[dict[str, Any]], unit: str = "request") -> int:
     """A running segment_thompson experiment ``ctx`` (arms c, t) with ``rows`` and a snapshot
     (b-heavy in m, c-heavy in d); its id."""
     with services.session_factory() as s, s.begin():
         e = Experiment(key="ctx", name="ctx", control_arm_key="c", salt="ctx",
-                       status="running", unit="request", reward_kind="binary",
+                       status="running", unit=unit, reward_kind="binary",
                        reward_metric="click", attribution_window_s=3600,
                        policy_name="segment_thompson", policy_params={"features": FEATURES},
                        exploration_floor=0.1)
         e.arms = [Arm(key=k, is_control=k == "c", position=i) for i, k in enumerate("ct")]
         s.add(e)
         s.flush()
-        for r in rows:
+        for i, r in enumerate(rows):
             s.add(Impression(event_id="e" + r["impression_id"], experiment_id=e.id,
-                             unit_id="u", **r))
+                             unit_id=f"u{i % 50}", **r))
         s.add(AllocationSnapshot(experiment_id=e.id, policy_name="segment_thompson",
                                  weights={"c": 0.5, "t": 0.5}, stats={"contextual": {
                                      "policy": "segment_thompson", "features": FEATURES,
@@ -94,6 +94,28 @@ def test_logged_contexts_equal_a_direct_computation(request: pytest.FixtureReque
     assert m.weights == pytest.approx({"c": 0.1, "t": 0.9}) and m.source == "segment"
     assert block.personalisation is not None and block.personalisation.available
     assert block.personalisation.summary.startswith("serving by segment gains")
+
+
+@pytest.mark.parametrize("db", ["sqlite_url", "pg_url"])
+def test_logged_unit_contexts_carry_the_unit_in_serving_order(request: pytest.FixtureRequest,
+                                                              db: str) -> None:
+    services = bootstrap(Settings(database_url=request.getfixturevalue(db),
+                                  transport="memory"))
+    rows = _rows(1000)
+    exp_id = seed_contextual(services, rows, unit="user")
+    cutoff = NOW - timedelta(hours=1)
+    with services.uow() as uow:
+        got = uow.evidence.logged_unit_contexts(exp_id, cutoff)
+    want = [(f"u{i % 50}", (r["arm_key"], r["reward"], r["propensity"], r["context"]))
+            for i, r in enumerate(rows) if r["served_at"] <= cutoff]
+    assert got == want
+    with services.uow() as uow:
+        exp = uow.experiments.get("ctx")
+        assert exp is not None
+        block = ResultsOut.model_validate(build_results(uow, exp)).contextual
+    assert block is not None and block.per_user is not None
+    # 50 users, each with both arms here (not sticky data): one term per (user, arm)
+    assert block.per_user["users"] <= 100 and block.per_user["impressions"] >= 721
 
 
 def test_results_endpoint_serves_the_block_and_documents_it(sqlite_url: str) -> None:

@@ -202,3 +202,26 @@ def test_a_rolled_back_arm_missing_from_the_snapshot_has_weight_zero() -> None:
     seg = {s["label"]: s for s in block["segments"]}
     assert seg["device=m"]["weights"] == pytest.approx({"a": 0.3, "b": 0.7, "c": 0.0})
     assert block["personalisation"]["policy_share"]["c"] == 0.0
+
+
+def test_unit_user_analyses_one_term_per_user_in_its_first_segment() -> None:
+    uow = FakeUnitOfWork()
+    exp = _experiment(uow)
+    _log(uow, exp, n=6000)
+    exp.unit = "user"
+    # 1,500 users of 4 impressions each, sticky arm and propensity; user 0 moves segment
+    rows = []
+    for i, (a, r, p, t, c) in enumerate(uow.evidence.contexts[exp.id][:1500]):
+        for j in range(4):
+            ctx = c if i or j < 3 else {"device": "m" if c.get("device") == "d" else "d"}
+            rows.append((f"u{i}", a, r, p, t + timedelta(minutes=j), ctx))
+    uow.evidence.unit_contexts[exp.id] = rows
+    block = contextual_block(uow, exp, now=NOW)
+    assert block is not None and block["per_user"]["impressions"] == 6000
+    assert block["per_user"]["users"] == 1500
+    assert sum(s["impressions"] for s in block["segments"]) == 1500  # users
+    assert block["per_user"]["changed_segment"] == 1
+    assert "1 of 1500 users" in block["warnings"][0]
+    assert block["personalisation"]["n"] == 1500
+    assert "per user over the best single arm" in block["personalisation"]["summary"]
+    assert ResultsOut.model_validate(build_results(uow, exp)).contextual is not None

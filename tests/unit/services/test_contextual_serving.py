@@ -89,3 +89,39 @@ def test_linear_frequencies_match_the_propensities() -> None:
         row = allocation_from_dict(block).propensities([ctx])[0]
         for i, arm in enumerate(ARMS):
             assert abs(counts[arm] / n - row[i]) <= 4 * np.sqrt(row[i] * (1 - row[i]) / n) + 1e-9
+
+
+def test_the_cache_keeps_values_of_different_types_apart_and_refills_when_full(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import armlab.services.contextual_serving as cs
+
+    rng = np.random.default_rng(4)
+    feats = [{"name": "flag", "kind": "categorical", "levels": ["1", "true"]},
+             {"name": "age", "kind": "numeric", "center": 40, "scale": 12}]
+    policy = make_contextual_policy("linear_thompson", {"features": feats}, floor=0.05)
+    assert isinstance(policy, LinearThompson)
+    ctx = [{"flag": [1, True, "x"][i % 3], "age": float(rng.uniform(18, 70))}
+           for i in range(3000)]
+    arms = rng.integers(3, size=3000)
+    best = np.array([0 if c["flag"] == 1 and c["flag"] is not True else 2 for c in ctx])
+    rewards = (rng.random(3000) < np.where(arms == best, 0.3, 0.1)).astype(float)
+    block = allocation_to_dict(policy.allocate(policy.update(
+        LinearStats.empty(3, policy.spec.dim), ctx, arms, rewards)), ARMS)
+    serving = ContextualServing(allocation_from_dict(block), ARMS)
+    analyses = allocation_from_dict(block)
+    # 1 and True are different levels ("1", "true") although 1 == True in Python
+    for c in ({"flag": 1, "age": 30}, {"flag": True, "age": 30}, {"flag": 1, "age": 30}):
+        row = analyses.propensities([c])[0]
+        arm, p = serving.pick(0.999, c)
+        assert p == pytest.approx(row[ARMS.index(arm)], abs=1e-9)
+    assert len(serving._samplers) == 2
+    # a full cache is emptied, so a context seen again is cached again
+    monkeypatch.setattr(cs, "CACHE_SIZE", 5)
+    for age in range(10):
+        serving.pick(0.5, {"flag": "1", "age": age})
+    assert 0 < len(serving._samplers) <= 5
+    serving.pick(0.5, {"flag": 1, "age": 30})
+    assert (((int, 1), (int, 30)) in serving._samplers)
+    # an unhashable value is encoded (and refused) every time, never cached
+    with pytest.raises(Exception, match="categorical"):
+        serving.pick(0.5, {"flag": [1], "age": 30})
