@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from armlab.entrypoints.cli.cells import run_cells
 from armlab.errors import PolicyError, StatsError
 
 
@@ -267,17 +268,9 @@ def _contextual_validity(policies: str, segments: str, floors: str, *, reps: int
 
 def _run_validity_cells(cells: list[Any], *, workers: int, as_json: bool) -> None:
     """Run the grid's cells (on ``workers`` processes) and print the table or the JSON."""
-    from concurrent.futures import ProcessPoolExecutor
-
     from armlab.core.stats.validity_grid import run_cell, summarise
 
-    t0 = time.perf_counter()
-    if workers > 1 and len(cells) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(run_cell, cells))
-    else:
-        results = [run_cell(c) for c in cells]
-    seconds = round(time.perf_counter() - t0, 1)
+    results, seconds = run_cells(run_cell, cells, workers)
     out = {"cells": results, "summary": summarise(results), "seconds": seconds,
            "workers": workers, "n_cells": len(cells)}
     if as_json:

@@ -5,10 +5,11 @@ contextual_validity`)."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import typer
+
+from armlab.entrypoints.cli.cells import run_cells
 
 ANALYSES = ("average", "segments", "segments_unadjusted", "srm_segments", "personalisation")
 
@@ -18,20 +19,12 @@ def run_contextual_validity(policies: tuple[str, ...], segments: tuple[str, ...]
                             look_every: int, lift: float, workers: int, seed: int,
                             as_json: bool) -> None:
     """Run the cells (in processes when ``workers`` > 1) and print the table or JSON."""
-    from concurrent.futures import ProcessPoolExecutor
-
     from armlab.core.contextual_validity import contextual_grid, run_contextual_cell
 
     cells = contextual_grid(policies, segments, floors,  # type: ignore[arg-type]
                             reps=reps, horizon=horizon, look_every=look_every, lift=lift,
                             seed=seed)
-    t0 = time.perf_counter()
-    if workers > 1 and len(cells) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(run_contextual_cell, cells))
-    else:
-        results = [run_contextual_cell(c) for c in cells]
-    seconds = round(time.perf_counter() - t0, 1)
+    results, seconds = run_cells(run_contextual_cell, cells, workers)
     ok = all(a["fpr_ok"] for r in results if r["null"] for k, a in r["analyses"].items()
              if k != "segments_unadjusted")
     out: dict[str, Any] = {"cells": results, "seconds": seconds, "workers": workers,
@@ -65,8 +58,6 @@ def run_contextual_user_validity(policies: tuple[str, ...], segments: tuple[str,
     """The unit-user cells (:mod:`armlab.core.contextual_validity_users`): the table or JSON.
     ``all_within_2se`` judges the per-user analyses (the per-impression ones are the
     contrast)."""
-    from concurrent.futures import ProcessPoolExecutor
-
     from armlab.core.contextual_validity_users import (
         ContextualUserCell,
         run_contextual_user_cell,
@@ -78,13 +69,7 @@ def run_contextual_user_validity(policies: tuple[str, ...], segments: tuple[str,
                                 seed=seed * 1_000_003 + i * 7919)
              for i, (p, sg, f) in enumerate((p, sg, f) for p in policies for sg in segments
                                             for f in floors)]
-    t0 = time.perf_counter()
-    if workers > 1 and len(cells) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(run_contextual_user_cell, cells))
-    else:
-        results = [run_contextual_user_cell(c) for c in cells]
-    seconds = round(time.perf_counter() - t0, 1)
+    results, seconds = run_cells(run_contextual_user_cell, cells, workers)
     ok = all(a["fpr_ok"] for r in results for k, a in r["analyses"].items()
              if k.endswith("_per_user"))
     out: dict[str, Any] = {"cells": results, "seconds": seconds, "workers": workers,
