@@ -13,7 +13,8 @@ in the experiment's view. A request is then one uniform ``u`` (a fresh draw for 
   :func:`~armlab.core.policies.linear_thompson.normal_prob_best_one` does; its CDF cached
   per context for the snapshot's life, keyed by the declared features' values and types, at
   most CACHE_SIZE at a time, so repeated contexts cost a dict lookup), then the CDF. A new
-  numeric value pays the quadrature (about 45-60 µs in process on the development VM).
+  numeric value pays the arms' moments from the cached categorical block (a few products in
+  plain floats) and the quadrature (about 34 µs in all in process on the development VM).
 
 The propensity returned is therefore exactly P(served arm | context) under the snapshot, what
 the inverse-propensity test and off-policy evaluation need. A context value of the wrong type
@@ -24,6 +25,7 @@ their declared defaults.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,7 @@ from scipy import special
 
 from armlab.core.policies import CONTEXTUAL_POLICY_NAMES
 from armlab.core.policies.base import CdfSampler, FloatArray
+from armlab.core.policies.context_features import numeric_value
 from armlab.core.policies.contextual import SegmentAllocation
 from armlab.core.policies.contextual_snapshot import ContextualAllocation, allocation_from_dict
 from armlab.core.policies.linear_thompson import CACHE_SIZE
@@ -113,12 +116,19 @@ class ContextualServing:
                                              compare=False)
     _z: Any = field(default=None, repr=False, compare=False)
     _names: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    #: linear policy: per combination of categorical levels, its part of each arm's mean and
+    #: variance (see :meth:`_moments`), at most CACHE_SIZE at a time
+    _blocks: dict[Any, tuple[Any, ...]] = field(default_factory=dict, repr=False,
+                                                compare=False)
+    _cat_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.alloc, SegmentAllocation):
             object.__setattr__(self, "_z", np.linspace(-6.5, 6.5, self.alloc.grid))
             object.__setattr__(self, "_names",
                                tuple(f.name for f in self.alloc.spec.features))
+            object.__setattr__(self, "_cat_names",
+                               tuple(f.name for f in self.alloc.spec.categorical))
 
     def pick(self, u: float, context: Mapping[str, Any]) -> tuple[str, float]:
         """The arm whose CDF interval of the context's row contains ``u`` in [0, 1), and
@@ -145,20 +155,59 @@ class ContextualServing:
             return sampler
         alloc = self.alloc
         assert not isinstance(alloc, SegmentAllocation)
-        x = alloc.spec.encode(context)  # PolicyError (422) on a value of the wrong type
         k = alloc.mean.shape[0]
         if alloc.burn_in:
+            alloc.spec.encode(context)  # PolicyError (422) on a value of the wrong type
             weights = [1.0 / k] * k
         else:
-            sd = np.sqrt(np.maximum((alloc.cov @ x) @ x, 0.0))
-            weights = floor_row(prob_best_row(alloc.mean @ x, sd, self._z).tolist(),
-                                alloc.floor)
+            loc, sd = self._moments(context)
+            weights = floor_row(prob_best_row(loc, sd, self._z).tolist(), alloc.floor)
         sampler = CdfSampler.trusted(weights)
         if key is not None:
             if len(samplers) >= CACHE_SIZE:
                 samplers.clear()
             samplers[key] = sampler
         return sampler
+
+    def _moments(self, context: Mapping[str, Any]) -> tuple[FloatArray, FloatArray]:
+        """(loc, sd) of each arm's score x'theta_k at the context's design vector x: what
+        ``mean @ x`` and ``sqrt(x' cov x)`` give, computed from the context's categorical
+        block (its part of both, kept per combination of categorical values) plus its numeric
+        values, in plain floats, so a new numeric value costs a few products instead of the
+        encoding and the (K, d, d) form. PolicyError (422) on a value of the wrong type."""
+        alloc = self.alloc
+        assert not isinstance(alloc, SegmentAllocation)
+        spec = alloc.spec
+        try:
+            bkey: Any = tuple([(v.__class__, v) for v in map(context.get, self._cat_names)])
+            block = self._blocks.get(bkey)
+        except TypeError:
+            bkey, block = None, None
+        if block is None:
+            x0 = spec.encode({**context, **{f.name: f.center for f in spec.numeric}})
+            n = len(spec.numeric)
+            cx = alloc.cov @ x0  # (K, d)
+            block = (list(alloc.mean @ x0), list(np.einsum("kd,d->k", cx, x0)),
+                     cx[:, 1:1 + n].tolist(), alloc.mean[:, 1:1 + n].tolist(),
+                     alloc.cov[:, 1:1 + n, 1:1 + n].tolist())
+            if bkey is not None:
+                if len(self._blocks) >= CACHE_SIZE:
+                    self._blocks.clear()
+                self._blocks[bkey] = block
+        base_loc, base_var, cross, slope, quad = block
+        v = [numeric_value(f, context.get(f.name)) for f in spec.numeric]
+        loc, sd = [], []
+        for k in range(len(base_loc)):
+            m, var = base_loc[k], base_var[k]
+            for a, va in enumerate(v):
+                m += slope[k][a] * va
+                var += 2.0 * cross[k][a] * va
+                qa = quad[k][a]
+                for b, vb in enumerate(v):
+                    var += qa[b] * va * vb
+            loc.append(m)
+            sd.append(math.sqrt(var) if var > 0.0 else 0.0)
+        return np.array(loc), np.array(sd)
 
 
 def contextual_serving(exp: ExperimentRecord, snapshot: SnapshotRecord | None

@@ -134,7 +134,9 @@ def _categorical_level(f: FeatureSpec, value: Any) -> int:
     )
 
 
-def _numeric_value(f: FeatureSpec, value: Any) -> float:
+def numeric_value(f: FeatureSpec, value: Any) -> float:
+    """The numeric feature's standardised value (its default, or its centre, when missing);
+    PolicyError (422) on anything but a finite number."""
     if value is None:
         value = f.center if f.default is None else f.default
     if isinstance(value, bool | int | float) and math.isfinite(float(value)):
@@ -197,7 +199,7 @@ class ContextSpec:
         x = np.zeros(self.dim)
         x[0] = 1.0
         for j, f in enumerate(self.numeric, start=1):
-            x[j] = _numeric_value(f, context.get(f.name))
+            x[j] = numeric_value(f, context.get(f.name))
         off = 1 + len(self.numeric)
         for lev, r in zip(self.levels(context), self.radix, strict=True):
             x[off + lev] = 1.0

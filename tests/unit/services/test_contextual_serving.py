@@ -74,6 +74,31 @@ def test_linear_propensities_are_the_snapshots(floor: float) -> None:
     assert serving.pick(0.5, contexts[0]) == serving.pick(0.5, contexts[0])
 
 
+def test_moments_from_the_categorical_block_are_the_design_vectors() -> None:
+    """The serving path's (loc, sd) from a cached categorical block plus the numeric values
+    equal mean @ x and sqrt(x' cov x) on the encoded design vector (two numeric features,
+    two categorical ones, defaults and unknown levels included)."""
+    features = [*FEATURES, {"name": "tenure", "kind": "numeric", "center": 3, "scale": 2},
+                {"name": "os", "kind": "categorical", "levels": ["ios", "android"]}]
+    policy = make_contextual_policy("linear_thompson", {"features": features}, floor=0.0)
+    assert isinstance(policy, LinearThompson)
+    rng = np.random.default_rng(9)
+    ctx = [{"device": ["mobile", "desktop"][int(rng.integers(2))],
+            "age": float(rng.uniform(18, 70)), "tenure": float(rng.uniform(0, 9)),
+            "os": ["ios", "android"][int(rng.integers(2))]} for _ in range(2000)]
+    arms = rng.integers(3, size=2000)
+    rewards = (rng.random(2000) < 0.1 + 0.1 * (arms == 1)).astype(float)
+    stats = policy.update(LinearStats.empty(3, policy.spec.dim), ctx, arms, rewards)
+    alloc = allocation_from_dict(allocation_to_dict(policy.allocate(stats), ARMS))
+    serving = ContextualServing(alloc, ARMS)
+    for c in [*ctx[:50], {"device": "tablet", "age": 33.3}, {}, {"os": "web", "tenure": 0}]:
+        x = alloc.spec.encode(c)
+        loc, sd = serving._moments(c)
+        np.testing.assert_allclose(loc, alloc.mean @ x, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(sd, np.sqrt(np.maximum((alloc.cov @ x) @ x, 0.0)),
+                                   rtol=1e-9, atol=1e-12)
+
+
 def test_linear_frequencies_match_the_propensities() -> None:
     rng = np.random.default_rng(3)
     block = _linear(0.02, rng)
