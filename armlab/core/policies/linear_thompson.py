@@ -15,14 +15,16 @@ P(arm k | x) = P(k has the largest of K independent normals): a 1-D integral,
 
     P(k | x) = integral phi_k(y) prod_{j != k} Phi_j(y) dy,
 
-computed by the trapezoid rule on the union of the arms' quantile grids (as
-:mod:`armlab.core.policies.thompson` does for Beta posteriors); ``quad_error`` = |sum - 1|
-before normalisation. Serving draws from these probabilities after the exploration floor, so
-the propensity of the served arm is exact up to that quadrature error. During burn-in (an arm
+in closed form for up to 3 arms (Phi, and the bivariate normal orthant by Owen's T:
+:mod:`armlab.core.policies.normal_max`), and for more by the trapezoid rule on the union of
+the arms' quantile grids (as :mod:`armlab.core.policies.thompson` does for Beta posteriors);
+``quad_error`` = |sum - 1| before normalisation. Serving draws from these probabilities after
+the exploration floor, and logs the probability it drew from. During burn-in (an arm
 with fewer than ``burn_in`` observations) every context is served uniformly.
 
 A snapshot precomputes mu_k and v^2 A_k^-1 (via a Cholesky solve) once; a request costs one
-(K, d) product, one (K, d, d) quadratic form and a (K, K * grid) quadrature, and a design
+(K, d) product, one (K, d, d) quadratic form and the closed form (or a (K, K * grid)
+quadrature beyond 3 arms), and a design
 vector seen before in the snapshot (categorical contexts repeat) a dict lookup.
 """
 
@@ -46,6 +48,7 @@ from armlab.core.policies.base import (
 )
 from armlab.core.policies.context_features import ContextParams, ContextSpec
 from armlab.core.policies.contextual import between_variance, draw_rows
+from armlab.core.policies.normal_max import prob_best_one, prob_best_rows
 from armlab.errors import PolicyError
 
 Positive = Annotated[float, Field(gt=0.0)]
@@ -143,10 +146,13 @@ def normal_prob_best(
 ) -> tuple[FloatArray, FloatArray]:
     """P(arm k has the largest of independent N(loc_k, sd_k^2)), shape (..., K).
 
-    Trapezoid rule on the union of per-arm grids loc_k + sd_k z, z in [-6.5, 6.5]; returns
+    Up to 3 arms in closed form (:mod:`armlab.core.policies.normal_max`); more by the
+    trapezoid rule on the union of per-arm grids loc_k + sd_k z, z in [-6.5, 6.5]; returns
     (probabilities normalised to sum 1, |raw sum - 1|).
     """
     k = loc.shape[-1]
+    if k <= 3:  # closed form (armlab.core.policies.normal_max)
+        return prob_best_rows(loc, sd)
     sd = np.maximum(sd, 1e-12)
     z = np.linspace(-6.5, 6.5, grid)
     nodes = (loc[..., None] + sd[..., None] * z).reshape(*loc.shape[:-1], 1, k * grid)
@@ -169,6 +175,8 @@ def normal_prob_best_one(loc: FloatArray, sd: FloatArray, z: FloatArray) -> Floa
     """:func:`normal_prob_best` for one row (K,), with fewer array operations (the serving
     path: ~4x faster for a handful of arms); ``z`` the standard grid."""
     k = loc.shape[0]
+    if k <= 3:  # closed form, as normal_prob_best
+        return np.array(prob_best_one(loc.tolist(), sd.tolist()))
     sd = np.maximum(sd, 1e-12)
     x = np.sort((loc[:, None] + sd[:, None] * z).ravel())  # (M,)
     u = (x - loc[:, None]) / sd[:, None]  # (K, M)

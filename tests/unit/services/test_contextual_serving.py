@@ -94,8 +94,8 @@ def test_moments_from_the_categorical_block_are_the_design_vectors() -> None:
     for c in [*ctx[:50], {"device": "tablet", "age": 33.3}, {}, {"os": "web", "tenure": 0}]:
         x = alloc.spec.encode(c)
         loc, sd = serving._moments(c)
-        np.testing.assert_allclose(loc, alloc.mean @ x, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(sd, np.sqrt(np.maximum((alloc.cov @ x) @ x, 0.0)),
+        np.testing.assert_allclose(np.array(loc), alloc.mean @ x, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.array(sd), np.sqrt(np.maximum((alloc.cov @ x) @ x, 0.0)),
                                    rtol=1e-9, atol=1e-12)
 
 
