@@ -67,7 +67,7 @@ class LinearThompsonParams(ContextParams):
     are pooled and different ones are not; a number fixes it (large: shrink the per-level
     deviations towards the shared intercept); null uses ``ridge``; noise_sd: v, the reward
     noise scale, which sets how widely the posterior explores; grid: quadrature nodes per arm
-    for P(arm | context).
+    for P(arm | context) with more than 3 arms (up to 3 use the closed form).
     """
 
     ridge: Positive = 1.0
