@@ -20,5 +20,8 @@ class ExperimentStatus(StrEnum):
     SHIPPED = "shipped"
 
 
+#: Every status's value, in lifecycle order (what a status filter accepts).
+STATUS_VALUES = tuple(s.value for s in ExperimentStatus)
+
 #: The statuses in which an experiment no longer allocates: it serves one fixed arm.
 ENDED = (ExperimentStatus.STOPPED, ExperimentStatus.SHIPPED)

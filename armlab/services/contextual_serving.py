@@ -10,8 +10,8 @@ in the experiment's view. A request is then one uniform ``u`` (a fresh draw for 
   bisection); the propensity is the segment row's weight of the served arm;
 * ``linear_thompson``: the arms' score moments at the context, its floored P(arm | x) (the
   core's closed form for up to 3 arms, :func:`~armlab.core.policies.normal_max.prob_best_one`;
-  beyond, the quadrature, :func:`prob_best_row` computing what
-  :func:`~armlab.core.policies.linear_thompson.normal_prob_best_one` does); its CDF cached
+  beyond, the core's quadrature,
+  :func:`~armlab.core.policies.linear_thompson.normal_prob_best_one`); its CDF cached
   per context for the snapshot's life, keyed by the declared features' values and types, at
   most CACHE_SIZE at a time, so repeated contexts cost a dict lookup, then the CDF. A new
   numeric value pays the arms' moments from the cached categorical block (a few products in
@@ -32,53 +32,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import special
 
 from armlab.core.policies import CONTEXTUAL_POLICY_NAMES
-from armlab.core.policies.base import CdfSampler, FloatArray
+from armlab.core.policies.base import CdfSampler
 from armlab.core.policies.context_features import numeric_value
 from armlab.core.policies.contextual import SegmentAllocation
 from armlab.core.policies.contextual_snapshot import ContextualAllocation, allocation_from_dict
-from armlab.core.policies.linear_thompson import CACHE_SIZE
+from armlab.core.policies.linear_thompson import CACHE_SIZE, normal_prob_best_one
 from armlab.core.policies.normal_max import prob_best_one
 from armlab.core.records import ExperimentRecord, SnapshotRecord
 from armlab.core.status import ExperimentStatus
 from armlab.errors import PolicyError
 
 log = logging.getLogger("armlab.assignment")
-
-
-def prob_best_row(loc: FloatArray, sd: FloatArray, z: FloatArray) -> FloatArray:
-    """P(arm k has the largest of independent N(loc_k, sd_k^2)), (K,): the same trapezoid rule
-    on the same nodes as the core's :func:`~armlab.core.policies.linear_thompson.
-    normal_prob_best_one` (equal to 1e-12), in about half the numpy calls for a few arms (the
-    normal density's constant cancels in the normalisation; the products of the other arms'
-    CDFs are written out for 2 and 3 arms)."""
-    k = loc.shape[0]
-    if k <= 3:  # the core's closed form (armlab.core.policies.normal_max)
-        return np.array(prob_best_one(loc.tolist(), sd.tolist()))
-    sd = np.maximum(sd, 1e-12)
-    col = sd[:, None]
-    nodes = (loc[:, None] + col * z).ravel()
-    nodes.sort()
-    u = (nodes - loc[:, None]) / col  # (K, M)
-    cdf = special.ndtr(u)
-    f = np.exp(-0.5 * u * u)
-    if k == 2:
-        f[0] *= cdf[1]
-        f[1] *= cdf[0]
-    elif k == 3:
-        f[0] *= cdf[1] * cdf[2]
-        f[1] *= cdf[0] * cdf[2]
-        f[2] *= cdf[0] * cdf[1]
-    else:
-        excl = np.ones_like(cdf)
-        excl[1:] = np.cumprod(cdf[:-1], axis=0)
-        excl[:-1] *= np.cumprod(cdf[:0:-1], axis=0)[::-1]
-        f *= excl
-    raw = (f[:, 1:] + f[:, :-1]) @ np.diff(nodes) / sd
-    total = float(raw.sum())
-    return raw / total if total > 0 else np.full(k, 1.0 / k)
 
 
 def floor_row(weights: list[float], floor: float) -> list[float]:
@@ -165,8 +131,8 @@ class ContextualServing:
             weights = [1.0 / k] * k
         else:
             loc, sd = self._moments(context)
-            p = (prob_best_one(loc, sd) if k <= 3  # the core's closed form
-                 else prob_best_row(np.array(loc), np.array(sd), self._z).tolist())
+            p = (prob_best_one(loc, sd) if k <= 3  # the core's closed form, in plain floats
+                 else normal_prob_best_one(np.array(loc), np.array(sd), self._z).tolist())
             weights = floor_row(p, alloc.floor)
         sampler = CdfSampler.trusted(weights)
         if key is not None:
@@ -241,4 +207,4 @@ def contextual_serving(exp: ExperimentRecord, snapshot: SnapshotRecord | None
     return ContextualServing(alloc, arms)
 
 
-__all__ = ["ContextualServing", "contextual_serving", "floor_row", "prob_best_row"]
+__all__ = ["ContextualServing", "contextual_serving", "floor_row"]

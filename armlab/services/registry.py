@@ -47,7 +47,7 @@ from armlab.core.records import (
 )
 from armlab.core.serving import fixed_arm
 from armlab.core.specs import ExperimentSpec
-from armlab.core.status import ENDED, ExperimentStatus
+from armlab.core.status import ENDED, STATUS_VALUES, ExperimentStatus
 from armlab.errors import (
     ArmNotFound,
     ExperimentExists,
@@ -58,8 +58,6 @@ from armlab.errors import (
 from armlab.services.decisions import ship_guard
 from armlab.services.interleaving_evaluation import interleaving_ship_guard, is_interleaving
 from armlab.services.ports import UnitOfWorkPort
-
-_STATUSES = tuple(s.value for s in ExperimentStatus)
 
 # action -> (statuses it may start from, status it leads to)
 TRANSITIONS: dict[str, tuple[frozenset[ExperimentStatus], ExperimentStatus]] = {
@@ -144,9 +142,9 @@ def get_experiment(uow: UnitOfWorkPort, *, key: str, for_update: bool = False) -
 
 def list_experiments(uow: UnitOfWorkPort, *, status: str | None = None) -> list[ExperimentRecord]:
     """All experiments (newest first), optionally only those with ``status``."""
-    if status is not None and status not in _STATUSES:
+    if status is not None and status not in STATUS_VALUES:
         raise ValidationFailed(
-            f"status {status!r} is not one of {', '.join(_STATUSES)}",
+            f"status {status!r} is not one of {', '.join(STATUS_VALUES)}",
             field="status",
         )
     return list(uow.experiments.list(status))

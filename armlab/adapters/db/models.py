@@ -27,9 +27,9 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from armlab.adapters.db.engine import Base
 from armlab.core.clock import utcnow
-from armlab.core.status import ExperimentStatus
+from armlab.core.status import STATUS_VALUES, ExperimentStatus
 
-EXPERIMENT_STATUSES = tuple(s.value for s in ExperimentStatus)
+EXPERIMENT_STATUSES = STATUS_VALUES
 
 
 # BigInteger primary keys autoincrement on SQLite only as INTEGER; this variant keeps both happy.

@@ -16,9 +16,8 @@ from armlab.core.policies.contextual_snapshot import allocation_from_dict, alloc
 from armlab.core.policies.linear_thompson import (
     LinearStats,
     LinearThompson,
-    normal_prob_best_one,
 )
-from armlab.services.contextual_serving import ContextualServing, floor_row, prob_best_row
+from armlab.services.contextual_serving import ContextualServing, floor_row
 
 ARMS = ("control", "a", "b")
 FEATURES = [{"name": "device", "kind": "categorical", "levels": ["mobile", "desktop"]},
@@ -35,16 +34,6 @@ def _linear(floor: float, rng: np.random.Generator) -> dict[str, Any]:
     rewards = (rng.random(3000) < np.where(arms == best, 0.3, 0.1)).astype(float)
     stats = policy.update(LinearStats.empty(3, policy.spec.dim), ctx, arms, rewards)
     return allocation_to_dict(policy.allocate(stats), ARMS)
-
-
-@pytest.mark.parametrize("k", [1, 2, 3, 4, 7])
-def test_quadrature_row_is_the_cores(k: int) -> None:
-    rng = np.random.default_rng(k)
-    z = np.linspace(-6.5, 6.5, 48)
-    for _ in range(200):
-        loc, sd = rng.normal(0.1, 0.05, k), rng.uniform(0.001, 0.08, k)
-        assert prob_best_row(loc, sd, z) == pytest.approx(
-            normal_prob_best_one(loc, sd, z), abs=1e-12)
 
 
 @pytest.mark.parametrize("floor", [0.0, 0.05, 0.2])
@@ -97,6 +86,27 @@ def test_moments_from_the_categorical_block_are_the_design_vectors() -> None:
         np.testing.assert_allclose(np.array(loc), alloc.mean @ x, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(np.array(sd), np.sqrt(np.maximum((alloc.cov @ x) @ x, 0.0)),
                                    rtol=1e-9, atol=1e-12)
+
+
+def test_four_arms_serve_the_cores_quadrature() -> None:
+    """Beyond 3 arms the closed form does not apply: serving takes the core's quadrature, and
+    its propensities are still the snapshot's."""
+    arms = ("control", "a", "b", "c")
+    policy = make_contextual_policy("linear_thompson", {"features": FEATURES}, floor=0.02)
+    assert isinstance(policy, LinearThompson)
+    rng = np.random.default_rng(4)
+    ctx = [{"device": ["mobile", "desktop"][int(rng.integers(2))],
+            "age": float(rng.uniform(18, 70))} for _ in range(3000)]
+    chosen = rng.integers(4, size=3000)
+    rewards = (rng.random(3000) < 0.1 + 0.05 * chosen).astype(float)
+    stats = policy.update(LinearStats.empty(4, policy.spec.dim), ctx, chosen, rewards)
+    block = allocation_to_dict(policy.allocate(stats), arms)
+    serving = ContextualServing(allocation_from_dict(block), arms)
+    contexts = [{"device": "mobile", "age": float(a)} for a in rng.uniform(18, 70, 50)]
+    expected = allocation_from_dict(block).propensities(contexts)
+    for c, row in zip(contexts, expected, strict=True):
+        arm, p = serving.pick(0.42, c)
+        assert p == pytest.approx(row[arms.index(arm)], abs=1e-9)
 
 
 def test_linear_frequencies_match_the_propensities() -> None:
