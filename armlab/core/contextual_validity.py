@@ -137,14 +137,15 @@ def _kernel_sums(sums: FloatArray) -> list[FloatArray]:
 
 
 def _pair_test(a: FloatArray, b: FloatArray, t: FloatArray, tau2: FloatArray,
-               gate: Any) -> FloatArray:
-    """log Lambda of the IPW test of b vs a (arrays of kernel sums), -inf where not gated."""
+               gate: Any, *, binary: bool = True) -> FloatArray:
+    """log Lambda of the IPW test of b vs a (arrays of kernel sums), -inf where not gated;
+    the continuous-reward kernel when not ``binary`` (one term per user)."""
     ok = gate & (t >= 2)
     safe_t = np.where(ok, t, 2.0)
     ka, kb = _kernel_sums(a), _kernel_sums(b)
     ka[0], kb[0] = np.where(ok, ka[0], 1.0), np.where(ok, kb[0], 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        d, sigma2, _ = ipw_kernel(safe_t, *ka, *kb, binary=True)
+        d, sigma2, _ = ipw_kernel(safe_t, *ka, *kb, binary=binary)
     v = sigma2 / safe_t
     ok = ok & (v > 0) & np.isfinite(d)
     return np.where(ok, log_lambda(np.where(ok, d, 0.0), np.where(ok, v, 1.0), tau2), -np.inf)

@@ -20,10 +20,20 @@ rejects):
 * ``segments_per_impression``: the same tests with every impression a term (binary kernel,
   what the platform did for ``unit: user`` before the per-user analysis);
 * ``personalisation_per_user`` / ``_per_impression``: the greedy learned policy against the
-  best single arm, the lower bound of its confidence sequence above 0 (the true gain is 0).
+  best single arm, the lower bound of its confidence sequence above 0 (the true gain is 0);
+* ``average_per_user`` / ``_per_impression``: the average effect of each arm against the
+  control over all segments (the experiment's IPW test, what ``unit: user`` experiments run on
+  :func:`~armlab.adapters.db.queries.unit_sums`: one term per user with its sticky
+  propensity, the continuous kernel, tau² frozen at the gate from the per-user variance and
+  the ``users`` horizon; per impression the binary kernel and the impressions' horizon),
+  Bonferroni over the K - 1 treatments;
+* ``srm_segments_per_user`` / ``_per_impression``: the per-segment SRM check (Bonferroni over
+  the 4 segments, at 0.001) on the users' sticky propensities, and for contrast on every
+  impression with its user's propensity.
 
-Rates with Monte Carlo s.e.; ``fpr_ok`` = rate <= alpha + 2 s.e. The per-impression rows are
-expected to fail it when ``icc`` > 0: that is the point of the contrast.
+Rates with Monte Carlo s.e.; ``fpr_ok`` = rate <= the level (alpha, 0.001 for SRM) + 2 s.e.
+The per-impression rows are expected to fail it when ``icc`` > 0: that is the point of the
+contrast.
 """
 
 from __future__ import annotations
@@ -41,13 +51,15 @@ from armlab.core.contextual_validity import (
     ContextualCell,
     Policy,
     _inv,
+    _pair_test,
     _spec,
     _weights,
     cs_radius_v,
 )
 from armlab.core.stats.adaptive import ipw_kernel
 from armlab.core.stats.msprt import log_lambda, tau2_for_horizon
-from armlab.core.stats.validity_cell import FloatArray
+from armlab.core.stats.segments import SEGMENT_SRM_ALPHA, segment_srm_p
+from armlab.core.stats.validity_cell import SRM_TAU2, FloatArray
 from armlab.errors import StatsError
 
 
@@ -157,6 +169,40 @@ def _personalisation_lo(s: FloatArray, w: FloatArray, alpha: float, arms: int
     return np.asarray((mean - cs_radius_v(sd, n, alpha / arms)).min(axis=-1))
 
 
+def _average_llr(s: FloatArray, events: FloatArray, tau2: FloatArray,
+                 cell: ContextualUserCell, horizon: float, binary: bool
+                 ) -> tuple[FloatArray, FloatArray]:
+    """(log Lambda (K - 1, S) of each treatment's average test against arm 0, the frozen tau²
+    (S,) updated): kernel sums s (7, S, G, K) summed over segments; tau² is fixed at the first
+    look where every arm has ``min_samples`` terms and ``min_events`` events."""
+    tot = s.sum(axis=2)  # (7, S, K)
+    ev = events.sum(axis=1)  # (S, K)
+    t = tot[0].sum(axis=-1)
+    mean = tot[1].sum(axis=-1) / np.maximum(t, 1.0)
+    if binary:
+        sigma2 = mean * (1 - mean)
+    else:
+        sigma2 = np.maximum(tot[2].sum(axis=-1) / np.maximum(t, 1.0) - mean * mean, 0.0) * (
+            t / np.maximum(t - 1.0, 1.0))
+    ready = np.all((tot[0] >= max(cell.min_samples, 1)) & (ev >= cell.min_events), axis=-1)
+    new = ready & np.isnan(tau2) & (sigma2 > 0)
+    tau2 = np.where(new, tau2_for_horizon(1.0, cell.alpha) * np.maximum(sigma2, 1e-12)
+                    * _inv(cell.policy_cell()) / horizon, tau2)
+    planned = ~np.isnan(tau2)
+    a = tot[..., 0]
+    out = [_pair_test(a, tot[..., j], t, np.where(planned, tau2, 1.0), planned & (
+        np.minimum(ev[:, 0], ev[:, j]) >= cell.min_events) & (
+        np.minimum(a[0], tot[0, :, j]) >= max(cell.min_samples, 1)), binary=binary)
+        for j in range(1, s.shape[-1])]
+    return np.stack(out), tau2
+
+
+def _srm_hit(s: FloatArray, cell: ContextualUserCell) -> FloatArray:
+    """(S,) any segment's SRM check at 0.001 (Bonferroni over segments) from sums (7, S, G, K)."""
+    p = segment_srm_p(s[0], s[3], s[6], SRM_TAU2, cell.min_samples)  # (S, G)
+    return np.asarray(np.any(np.minimum(1.0, s.shape[2] * p) <= SEGMENT_SRM_ALPHA, axis=-1))
+
+
 def run_contextual_user_cell(cell: ContextualUserCell) -> dict[str, Any]:
     """Simulate one cell; each analysis's rejection rate with its Monte Carlo s.e."""
     rng = np.random.default_rng(cell.seed)
@@ -176,8 +222,11 @@ def run_contextual_user_cell(cell: ContextualUserCell) -> dict[str, Any]:
     thr = math.log(m / cell.alpha)
     hits = {name: np.zeros(reps, dtype=bool) for name in (
         "segments_per_user", "segments_per_impression", "personalisation_per_user",
-        "personalisation_per_impression")}
+        "personalisation_per_impression", "average_per_user", "average_per_impression",
+        "srm_segments_per_user", "srm_segments_per_impression")}
     m_imp = float(cell.impressions)
+    tau2_users, tau2_imps = np.full(reps, np.nan), np.full(reps, np.nan)
+    thr_avg = math.log((k - 1) / cell.alpha)
     for _ in range(cell.users // cell.look_every):
         w = _weights(pc, spec, n_pol, s_pol, rng)
         c, y, yy, pos = _draw_users(cell, w, mu, q, rng)
@@ -198,12 +247,20 @@ def run_contextual_user_cell(cell: ContextualUserCell) -> dict[str, Any]:
                         ("personalisation_per_impression", imps)):
             lo = _personalisation_lo(s, w, cell.alpha, k)
             hits[name] |= (lo > 0) & (s[0].sum(axis=(1, 2)) >= cell.min_samples)
+        llr, tau2_users = _average_llr(users, ev_users, tau2_users, cell, float(cell.users),
+                                       binary=False)
+        hits["average_per_user"] |= np.any(llr >= thr_avg, axis=0)
+        llr, tau2_imps = _average_llr(imps, ev_imps, tau2_imps, cell,
+                                      float(cell.users) * m_imp, binary=True)
+        hits["average_per_impression"] |= np.any(llr >= thr_avg, axis=0)
+        hits["srm_segments_per_user"] |= _srm_hit(users, cell)
+        hits["srm_segments_per_impression"] |= _srm_hit(imps, cell)
     rows: dict[str, Any] = {}
     for name, hit in hits.items():
         r = float(np.mean(hit))
         se = math.sqrt(max(r * (1 - r), 0.0) / reps)
-        rows[name] = {"fpr": r, "fpr_se": se, "level": cell.alpha,
-                      "fpr_ok": r <= cell.alpha + 2 * se}
+        level = SEGMENT_SRM_ALPHA if name.startswith("srm") else cell.alpha
+        rows[name] = {"fpr": r, "fpr_se": se, "level": level, "fpr_ok": r <= level + 2 * se}
     return {"cell": asdict(cell), "null": True, "analyses": rows}
 
 

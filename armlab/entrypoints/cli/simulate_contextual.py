@@ -47,7 +47,9 @@ def run_contextual_validity(policies: tuple[str, ...], segments: tuple[str, ...]
                f"{'yes' if ok else 'NO'} (crossed or lift != 1: power)")
 
 
-USER_ANALYSES = ("segments_per_user", "segments_per_impression", "personalisation_per_user",
+USER_ANALYSES = ("average_per_user", "average_per_impression", "segments_per_user",
+                 "segments_per_impression", "srm_segments_per_user",
+                 "srm_segments_per_impression", "personalisation_per_user",
                  "personalisation_per_impression")
 
 
@@ -77,12 +79,15 @@ def run_contextual_user_validity(policies: tuple[str, ...], segments: tuple[str,
     if as_json:
         typer.echo(json.dumps(out))
         return
-    typer.echo(f"{'cell':<44} " + " ".join(f"{a:>30}" for a in USER_ANALYSES))
+    width = [max(len(a), 14) for a in USER_ANALYSES]
+    typer.echo(f"{'cell':<44} " + " ".join(a.rjust(n) for a, n in zip(USER_ANALYSES, width,
+                                                                          strict=True)))
     for r in results:
         c = r["cell"]
         name = f"{c['policy']} segments={c['segments']} f={c['floor']}"
-        cols = [f"{r['analyses'][a]['fpr']:.3f}±{r['analyses'][a]['fpr_se']:.3f}".rjust(30)
-                for a in USER_ANALYSES]
+        cols = [(f"{r['analyses'][a]['fpr']:.3f}±{r['analyses'][a]['fpr_se']:.3f}"
+                 + ("" if r["analyses"][a]["fpr_ok"] else " !")).rjust(n)
+                for a, n in zip(USER_ANALYSES, width, strict=True)]
         typer.echo(f"{name:<44} " + " ".join(cols))
     typer.echo(f"{len(cells)} unit-user cells in {seconds} s; every per-user analysis within "
                f"alpha + 2 MC s.e.: {'yes' if ok else 'NO'} (per impression: the contrast)")

@@ -26,15 +26,34 @@ def test_reduced_user_cell_per_user_holds_per_impression_does_not(policy: str) -
     res = run_contextual_user_cell(ContextualUserCell(
         policy=policy, reps=100, users=4000, look_every=200, impressions=10, icc=0.2, seed=5))
     a = res["analyses"]
-    for name in ("segments_per_user", "personalisation_per_user"):
+    for name in ("segments_per_user", "personalisation_per_user", "average_per_user",
+                 "srm_segments_per_user"):
         assert a[name]["fpr_ok"], (name, a[name])
     assert a["segments_per_impression"]["fpr"] > 2 * 0.05, a  # seeded: 0.2 or so
+    assert a["average_per_impression"]["fpr"] > 2 * 0.05, a  # seeded: 0.25 or so
+    # every impression of a sticky user goes to one arm: counted per impression the arms'
+    # shares look unbalanced whatever the correlation of the clicks
+    assert a["srm_segments_per_impression"]["fpr"] > 0.2, a
+    assert a["srm_segments_per_user"]["level"] == 0.001
 
 
 def test_without_correlation_both_hold() -> None:
     res = run_contextual_user_cell(ContextualUserCell(
         reps=60, users=2000, look_every=200, impressions=5, icc=0.0, seed=6))
-    assert all(x["fpr_ok"] for x in res["analyses"].values()), res["analyses"]
+    assert all(x["fpr_ok"] for name, x in res["analyses"].items()
+               if name != "srm_segments_per_impression"), res["analyses"]
+
+
+def test_the_per_user_average_test_is_the_request_cells_when_each_user_sees_one() -> None:
+    """One impression per user and no correlation: the per-user and per-impression average
+    tests see the same terms; the continuous kernel on 0/1 rewards agrees with the binary one
+    closely enough to reject in the same replications almost always."""
+    res = run_contextual_user_cell(ContextualUserCell(
+        policy="linear_thompson", reps=200, users=4000, look_every=200, impressions=1,
+        icc=0.0, seed=9))
+    a = res["analyses"]
+    assert abs(a["average_per_user"]["fpr"] - a["average_per_impression"]["fpr"]) <= 0.02, a
+    assert a["srm_segments_per_impression"]["fpr"] == a["srm_segments_per_user"]["fpr"], a
 
 
 def test_bad_cells_are_refused() -> None:
@@ -98,5 +117,5 @@ def test_cli_runs_the_user_cells() -> None:
     cell = out["cells"][0]["cell"]
     assert cell["users"] == 400 and cell["look_every"] == 200 and cell["impressions"] == 5
     assert set(out["cells"][0]["analyses"]) == {
-        "segments_per_user", "segments_per_impression", "personalisation_per_user",
-        "personalisation_per_impression"}
+        f"{a}_per_{u}" for a in ("average", "segments", "srm_segments", "personalisation")
+        for u in ("user", "impression")}
