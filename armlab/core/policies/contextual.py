@@ -9,7 +9,8 @@ A segment with fewer than ``min_segment_n`` matured observations, or with an arm
 than ``burn_in`` of them in the segment, is served from the *pooled* posterior (all segments'
 data, i.e. exactly what non-contextual Thompson sampling would use). Once it has enough, it
 leaves the pool and is served from its own posterior, whose prior still borrows from the
-other segments (``pooling="empirical_bayes"``, the default):
+other segments. ``pooling="relative"`` (the default) borrows each arm's rate *relative to the
+segment's base rate*; ``pooling="empirical_bayes"`` borrows the absolute rates:
 
     p_gk ~ Beta(m_k mu_k, m_k (1 - mu_k))   (segment rates of arm k around its pooled rate)
 
@@ -29,6 +30,15 @@ bandit found the arm good, since it plays it more there). Homogeneous segments (
 borrow all the others' observations, the pooled posterior again (exactly, when the segments'
 traffic is proportional to their counts); very different segments borrow few, the segment
 alone. ``pooling="none"`` borrows none (independent segments after the split).
+
+``relative`` first puts every segment on a common base: each segment's successes are scaled by
+B / B_g (:func:`relative_scale`; B_g the segment's rate over all arms, B the overall rate, both
+with the Beta prior), then m_k and r_-gk are computed as above on the scaled rates and the
+target is r_-gk B_g / B. Segments whose click rates differ but whose arms keep the same ratios
+(heavy users click more on every variant) then borrow fully, where absolute pooling would see
+heterogeneity and learn each segment alone; when the base rates are equal it is the absolute
+rule. In ``armlab bench contextual``'s ``segments_main_effect`` scenario it roughly halves the
+excess regret over non-contextual Thompson sampling; the other scenarios are unchanged.
 
 Weights and propensities
 ------------------------
@@ -73,14 +83,15 @@ class SegmentThompsonParams(ContextParams):
 
     features: categorical features that define the segments; prior_alpha, prior_beta: Beta
     prior; min_segment_n: matured observations a segment needs before it leaves the pooled
-    posterior; pooling: ``empirical_bayes`` (shrink to the other segments) or ``none``;
+    posterior; pooling: ``relative`` (shrink to the other segments' lifts at this segment's
+    base rate), ``empirical_bayes`` (to their absolute rates) or ``none``;
     method, n_draws, grid: P(best) as in ``thompson``.
     """
 
     prior_alpha: Positive = 1.0
     prior_beta: Positive = 1.0
     min_segment_n: int = Field(200, ge=0)
-    pooling: Literal["empirical_bayes", "none"] = "empirical_bayes"
+    pooling: Literal["relative", "empirical_bayes", "none"] = "relative"
     method: Literal["quadrature", "monte_carlo"] = "quadrature"
     n_draws: int = Field(20_000, ge=100, le=10_000_000)
     grid: int = Field(129, ge=17, le=10_001)
@@ -163,6 +174,18 @@ def others_rate(n: FloatArray, s: FloatArray) -> FloatArray:
     return np.asarray(np.clip(rate, 0.0, 1.0), dtype=np.float64)
 
 
+def relative_scale(n: FloatArray, s: FloatArray, prior_alpha: float, prior_beta: float
+                   ) -> FloatArray:
+    """(..., G, 1): the overall rate over each segment's base rate (all arms' observations of
+    the segment, with the Beta prior), the factor that puts every segment's rates on a common
+    base for ``pooling="relative"``."""
+    tn, ts = n.sum(axis=-1, keepdims=True), s.sum(axis=-1, keepdims=True)
+    base = (ts + prior_alpha) / (tn + prior_alpha + prior_beta)
+    overall = (ts.sum(axis=-2, keepdims=True) + prior_alpha) / (
+        tn.sum(axis=-2, keepdims=True) + prior_alpha + prior_beta)
+    return np.asarray(overall / base, dtype=np.float64)
+
+
 def segment_posteriors(
     n: FloatArray, s: FloatArray, st: SegmentThompsonSettings
 ) -> tuple[FloatArray, FloatArray, IntArray]:
@@ -175,9 +198,15 @@ def segment_posteriors(
     big_s = s.sum(axis=-2, keepdims=True)
     pooled_a = st.prior_alpha + big_s
     pooled_b = st.prior_beta + (big_n - big_s)
-    w = pooling_weight(n, s) if st.pooling == "empirical_bayes" else np.zeros_like(n)
+    if st.pooling == "relative":  # borrow each arm's rate relative to the segment's base
+        scale = relative_scale(n, s, st.prior_alpha, st.prior_beta)
+        rel = np.clip(s * scale, 0.0, n)
+        w = pooling_weight(n, rel)
+        target = np.clip(others_rate(n, rel) / scale, 0.0, 1.0)
+    else:
+        w = pooling_weight(n, s) if st.pooling == "empirical_bayes" else np.zeros_like(n)
+        target = others_rate(n, s)
     pseudo = w * (big_n - n)  # min(m_k, n_-gk) pseudo-observations from the other segments
-    target = others_rate(n, s)
     own_a = st.prior_alpha + s + pseudo * target
     own_b = st.prior_beta + (n - s) + pseudo * (1.0 - target)
     split = (n.sum(axis=-1) >= max(st.min_segment_n, 1)) & np.all(n >= st.burn_in, axis=-1)

@@ -81,7 +81,16 @@ SAME = Scenario(
     ((0.05, 0.04, 0.03), (0.05, 0.04, 0.03), (0.05, 0.04, 0.03)),
     (0.5, 0.3, 0.2),
 )
-SCENARIOS = {s.name: s for s in (DIFFER, SAME)}
+#: The best variant is the same everywhere (0.8 and 0.6 of it for the others), but the
+#: segments' click rates differ fourfold (0.08 / 0.04 / 0.02): what real segments such as
+#: history length look like when a variant wins everywhere. Per-arm models see segment
+#: "heterogeneity" that does not change the best arm.
+MAIN_EFFECT = Scenario(
+    "segments_main_effect",
+    ((0.08, 0.064, 0.048), (0.04, 0.032, 0.024), (0.02, 0.016, 0.012)),
+    (0.5, 0.3, 0.2),
+)
+SCENARIOS = {s.name: s for s in (DIFFER, SAME, MAIN_EFFECT)}
 
 
 def default_params(policy: str) -> dict[str, Any]:
@@ -222,6 +231,7 @@ def _update(state: _State, g: IntArray, arms: IntArray, r: FloatArray, xg: Float
 __all__ = [
     "SIMULATED_POLICIES",
     "DIFFER",
+    "MAIN_EFFECT",
     "SAME",
     "SCENARIOS",
     "Scenario",

@@ -257,6 +257,8 @@ def run_contextual_bench(*, horizon: int = 20_000, seeds: int = 20, peer_seeds: 
         "targets": {
             "segments_differ": "contextual regret <= 0.5 x thompson; <= best peer within noise",
             "segments_same": "contextual regret <= thompson within noise",
+            "segments_main_effect": "contextual regret <= thompson within noise (the best "
+                                    "variant does not differ by segment)",
         },
     }
     if latency:

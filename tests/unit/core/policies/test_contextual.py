@@ -13,6 +13,8 @@ from armlab.core.policies.contextual import (
     SegmentThompsonSettings,
     others_rate,
     pooling_weight,
+    relative_scale,
+    segment_posteriors,
 )
 from armlab.core.policies.thompson import ThompsonSampling
 from armlab.errors import PolicyError
@@ -113,8 +115,30 @@ def test_empirical_bayes_pools_homogeneous_segments_and_not_different_ones() -> 
     assert np.all(pooling_weight(n, same) == 1.0)
     assert np.all(pooling_weight(n, differ) < 0.02)
     # with w = 1 a split segment's posterior is the pooled one: same weights as pooled rows
-    al = _policy(min_segment_n=100).allocate(SegmentStats(n, same), rng())
+    al = _policy(min_segment_n=100, pooling="empirical_bayes").allocate(
+        SegmentStats(n, same), rng())
     np.testing.assert_allclose(al.weights[0], al.weights[2], atol=1e-12)
+
+
+def test_relative_pooling_borrows_the_lift_where_segments_differ_only_in_base_rate() -> None:
+    """Click rates 0.08 / 0.04 / 0.02 by segment, arm 1 at 0.8 of arm 0 everywhere: the
+    absolute rates are heterogeneous (empirical_bayes borrows almost nothing) but the lifts are
+    not: ``relative`` (the default) borrows the others' lift at the segment's own base rate."""
+    n = np.full((3, 2), 4000.0)
+    s = n * np.array([[0.08, 0.064], [0.04, 0.032], [0.02, 0.016]])
+    st = SegmentThompsonSettings(features=SEG, min_segment_n=100)
+    assert st.pooling == "relative"
+    assert np.all(pooling_weight(n, s) < 0.05)
+    scale = relative_scale(n, s, 1.0, 1.0)
+    assert np.all(pooling_weight(n, np.clip(s * scale, 0, n)) == 1.0)
+    a, b, source = segment_posteriors(n, s, st)
+    assert np.all(source == 2)
+    # every segment's posterior mean stays at its own rates, with the others' counts added
+    np.testing.assert_allclose(a / (a + b), s / n, rtol=0.02)
+    assert np.all(a + b > 3 * n)
+    absolute = segment_posteriors(n, s, SegmentThompsonSettings(
+        features=SEG, min_segment_n=100, pooling="empirical_bayes"))
+    assert np.all(absolute[0] + absolute[1] < 1.2 * n)
 
 
 def test_shrinkage_target_weights_other_segments_by_traffic_not_by_arm_counts() -> None:

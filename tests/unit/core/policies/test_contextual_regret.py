@@ -10,7 +10,12 @@ import math
 
 import pytest
 
-from armlab.core.policies.contextual_simulation import DIFFER, SAME, simulate_contextual
+from armlab.core.policies.contextual_simulation import (
+    DIFFER,
+    MAIN_EFFECT,
+    SAME,
+    simulate_contextual,
+)
 from armlab.errors import PolicyError
 
 SIZE = {"horizon": 12_000, "seeds": 12, "batch_every": 100}
@@ -68,3 +73,22 @@ def test_simulation_rejects_bad_sizes_and_policies() -> None:
         simulate_contextual(DIFFER, "thompson", horizon=0)
     with pytest.raises(PolicyError, match="unknown policy 'ucb'"):
         simulate_contextual(DIFFER, "ucb", horizon=10, seeds=2)
+
+
+def test_segment_thompson_borrows_lifts_where_only_base_rates_differ() -> None:
+    """segments_main_effect: the same best variant everywhere, base rates 0.08 / 0.04 / 0.02.
+    Pooling absolute rates (empirical_bayes) sees heterogeneity and learns each segment
+    nearly alone; pooling lifts (``relative``, the default) borrows across segments: lower
+    regret, within 1.35x Thompson sampling here (measured 1.0-1.2x; docs/contextual.md)."""
+    size = {"horizon": 20_000, "seeds": 40, "batch_every": 100}
+    ts = simulate_contextual(MAIN_EFFECT, "thompson", seed=10, **size)  # type: ignore[arg-type]
+    rel = simulate_contextual(MAIN_EFFECT, "segment_thompson", seed=10,
+                              **size)  # type: ignore[arg-type]
+    absolute = simulate_contextual(
+        MAIN_EFFECT, "segment_thompson", seed=10,
+        params={"method": "monte_carlo", "n_draws": 1000, "pooling": "empirical_bayes"},
+        **size)  # type: ignore[arg-type]
+    assert _no_worse(rel, ts, factor=1.35), (rel["regret_mean"], ts["regret_mean"])
+    se = math.hypot(rel["regret_se"], absolute["regret_se"])
+    assert rel["regret_mean"] + se < absolute["regret_mean"], (rel["regret_mean"],
+                                                               absolute["regret_mean"])
