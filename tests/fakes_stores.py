@@ -262,12 +262,14 @@ class MemoryUnitOfWork(FakeUnitOfWork):
                                 if r.served_at > cutoff)
         return {k: (s.n, s.reward_sum, s.reward_sumsq) for k, s in young.items()}
 
-    def matured_contexts(self, experiment_id: int, cutoff: datetime, arms: Sequence[str]
-                         ) -> Iterator[tuple[str, dict[str, Any], float]]:
+    def matured_context_sums(self, experiment_id: int, cutoff: datetime,
+                             arms: Sequence[str], features: Sequence[str]
+                             ) -> Iterator[tuple[str, dict[str, Any], float, float]]:
         wanted = set(arms)
         for r in self.evidence.served(experiment_id):
             if r.arm_key in wanted and r.served_at <= cutoff:
-                yield r.arm_key, dict(r.context), r.reward
+                ctx = r.context if isinstance(r.context, dict) else {}
+                yield r.arm_key, {n: ctx.get(n) for n in features}, 1.0, r.reward
 
     # -- transactions
     def checkpoint(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 For a running experiment whose policy allocates per request context, one pass reads the
 *matured* impressions (served at or before the attribution cutoff, as the A/B allocator's
 matured sums) with their contexts through the allocator's port
-(:meth:`~armlab.services.ports_allocation.AllocationUnit.matured_contexts`), aggregates them
+(:meth:`~armlab.services.ports_allocation.AllocationUnit.matured_context_sums`), in groups
 per (arm, the values of the declared features), builds the policy's sufficient statistics
 (:class:`~armlab.core.policies.contextual.SegmentStats` or
 :class:`~armlab.core.policies.linear_thompson.LinearStats`) and allocates. The snapshot stores
@@ -20,9 +20,10 @@ context, and the exploration floor applies to the remaining arms only. Impressio
 context contradicts the declared features (a wrong type) are skipped and counted
 (``contextual_skipped``).
 
-Scale: a scan of the matured impressions per pass (the query streams them; memory grows with
-the distinct (arm, feature values) pairs only). Categorical features aggregate to at most
-arms x segments rows; numeric features may have as many distinct rows as impressions, and the
+Scale: one aggregate over the matured impressions per pass (on PostgreSQL the database groups
+them by arm and declared feature values, so categorical features come back as at most
+arms x segments rows; SQLite streams them; memory grows with the distinct (arm, feature
+values) pairs only). Numeric features may have as many distinct values as impressions, and the
 linear policy's statistics then cost one d x d outer product per distinct row.
 """
 
@@ -51,15 +52,16 @@ MEAN_WEIGHT_SAMPLE = 2048
 Tallies = dict[tuple[int, tuple[Any, ...]], list[float]]
 
 
-def tally(rows: Iterable[tuple[str, Mapping[str, Any], float]], arms: Sequence[str],
+def tally(rows: Iterable[tuple[str, Mapping[str, Any], float, float]], arms: Sequence[str],
           spec: ContextSpec) -> tuple[Tallies, int]:
-    """Impressions and reward sums per (arm, declared feature values); rows of other arms
-    are ignored, rows whose feature values cannot be keyed are counted as skipped."""
+    """Impressions and reward sums per (arm, declared feature values) from grouped rows
+    (arm, values, impressions, reward sum); rows of other arms are ignored, impressions whose
+    feature values cannot be keyed are counted as skipped."""
     index = {a: i for i, a in enumerate(arms)}
     names = [f.name for f in spec.features]
     out: Tallies = {}
     skipped = 0
-    for arm, context, reward in rows:
+    for arm, context, n, reward in rows:
         i = index.get(arm)
         if i is None:
             continue
@@ -68,12 +70,12 @@ def tally(rows: Iterable[tuple[str, Mapping[str, Any], float]], arms: Sequence[s
         try:
             cell = out.get(key)
         except TypeError:  # a list or an object where a feature value belongs
-            skipped += 1
+            skipped += int(n)
             continue
         if cell is None:
-            out[key] = [1.0, reward]
+            out[key] = [n, reward]
         else:
-            cell[0] += 1.0
+            cell[0] += n
             cell[1] += reward
     return out, skipped
 
@@ -154,8 +156,9 @@ def contextual_allocation(
         experiment.policy_name, dict(experiment.policy_params or {}),
         reward_kind=experiment.reward_kind, floor=float(experiment.exploration_floor),
         burn_in=int(experiment.burn_in))
-    tallies, skipped = tally(uow.matured_contexts(experiment.id, cutoff, active), active,
-                             policy.spec)
+    names = [f.name for f in policy.spec.features]
+    tallies, skipped = tally(uow.matured_context_sums(experiment.id, cutoff, active, names),
+                             active, policy.spec)
     contexts, arms, counts, sums, bad = _contexts(policy.spec, tallies)
     k = len(active)
     if isinstance(policy, SegmentThompson):

@@ -30,10 +30,14 @@ class AllocationUnit(UnitOfWorkPort, Protocol):
                       ) -> dict[str, tuple[float, float, float]]:
         """Per arm: (count, reward sum, sum of squared rewards) of the impressions served
         after ``cutoff`` (arms without such impressions are absent)."""
-    def matured_contexts(self, experiment_id: int, cutoff: datetime, arms: Sequence[str]
-                         ) -> Iterator[tuple[str, dict[str, Any], float]]:
-        """(arm key, request context, reward) of every impression of ``arms`` served at or
-        before ``cutoff``, streamed (a contextual policy's matured data: one scan per pass)."""
+    def matured_context_sums(self, experiment_id: int, cutoff: datetime,
+                             arms: Sequence[str], features: Sequence[str]
+                             ) -> Iterator[tuple[str, dict[str, Any], float, float]]:
+        """(arm key, {feature: value} of the declared ``features``, impressions, reward sum)
+        of the impressions of ``arms`` served at or before ``cutoff``, in groups (a
+        contextual policy's matured data; the same values may come in several groups, the
+        caller adds them up). A feature missing from a context, or a context that is not an
+        object, reads as None."""
 
 
 @runtime_checkable

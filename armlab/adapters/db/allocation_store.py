@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from armlab.adapters.db.contextual_queries import matured_contexts
+from armlab.adapters.db.contextual_queries import ContextSums, matured_context_sums
 from armlab.adapters.db.models import Experiment, Impression
 from armlab.adapters.db.repositories import lock_experiment
 from armlab.adapters.db.retry import SqlFailures
@@ -54,11 +53,12 @@ class AllocationUnitOfWork(UnitOfWork):
         )
         return {row.arm_key: (float(row.n), float(row.s), float(row.q)) for row in rows}
 
-    def matured_contexts(self, experiment_id: int, cutoff: datetime, arms: Sequence[str]
-                         ) -> Iterator[tuple[str, dict[str, Any], float]]:
-        """(arm key, context, reward) of the impressions of ``arms`` served at or before
-        ``cutoff`` (:mod:`armlab.adapters.db.contextual_queries`)."""
-        return matured_contexts(self.session, experiment_id, cutoff, arms)
+    def matured_context_sums(self, experiment_id: int, cutoff: datetime,
+                             arms: Sequence[str], features: Sequence[str]
+                             ) -> Iterator[ContextSums]:
+        """The matured impressions of ``arms`` by arm and declared feature values
+        (:mod:`armlab.adapters.db.contextual_queries`)."""
+        return matured_context_sums(self.session, experiment_id, cutoff, arms, features)
 
 
 class SqlAllocationStore(SqlFailures):

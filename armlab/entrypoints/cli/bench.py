@@ -268,6 +268,28 @@ def bench_dashboard(
     typer.echo(json.dumps(result, indent=None if as_json else 2))
 
 
+def bench_contextual_scan(
+    impressions: int = typer.Option(1_000_000, "--impressions", min=100),
+    arms: int = typer.Option(3, "--arms", min=2, max=50),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per path (best counts)."),
+    as_json: bool = typer.Option(False, "--json", help="Print only JSON."),
+) -> None:
+    """The allocator's read of a contextual experiment's matured impressions, grouped by the
+    declared features in PostgreSQL, against the per-impression stream it replaced (same
+    data, same run; both must give the same tallies).
+
+    Needs ARMLAB_DATABASE_URL (PostgreSQL; `armlab dev up`). The data is generated in the
+    database for one experiment that is deleted afterwards.
+    """
+    from armlab.settings import get_settings
+    from armlab.tools.bench.contextual_scan import run_scan_bench
+
+    result = run_scan_bench(get_settings(), impressions=impressions, arms=arms,
+                            repeats=repeats,
+                            progress=None if as_json else lambda m: typer.echo(m, err=True))
+    typer.echo(json.dumps(result, indent=None if as_json else 2))
+
+
 def bench_recommend(
     as_json: bool = typer.Option(True, "--json/--no-json"),
     requests: int = typer.Option(2000, "--requests", min=10),
@@ -350,6 +372,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     groups["bench"].command("fuzz")(bench_fuzz)
     groups["bench"].command("policy")(bench_policy)
     groups["bench"].command("contextual")(bench_contextual)
+    groups["bench"].command("contextual-scan")(bench_contextual_scan)
     groups["bench"].command("guardrails")(bench_guardrails)
     groups["bench"].command("assign")(bench_assign)
     groups["bench"].command("dashboard")(bench_dashboard)

@@ -134,11 +134,15 @@ def test_port_streams_the_matured_rows_of_the_arms_asked(sf: Any) -> None:
                                  ("control", {"device": "desktop"}, 0.0)], served_at=matured())
     add_impressions(sf, exp_id, [("t1", {"device": "mobile"}, 1.0)],
                     served_at=T0, prefix="young")
+    cutoff = T0 - timedelta(hours=1)
     with SqlAllocationStore(sf).unit() as uow:
-        rows = sorted(uow.matured_contexts(exp_id, T0 - timedelta(hours=1), ["control", "t1"]))
-        only_t1 = list(uow.matured_contexts(exp_id, T0 - timedelta(hours=1), ["t1"]))
-    assert rows == [("control", {"device": "desktop"}, 0.0), ("t1", {"device": "mobile"}, 1.0)]
-    assert only_t1 == [("t1", {"device": "mobile"}, 1.0)]
+        rows = sorted(uow.matured_context_sums(exp_id, cutoff, ["control", "t1"], ["device"]))
+        only_t1 = list(uow.matured_context_sums(exp_id, cutoff, ["t1"], ["device", "age"]))
+        none = list(uow.matured_context_sums(exp_id, cutoff, [], ["device"]))
+    assert rows == [("control", {"device": "desktop"}, 1.0, 0.0),
+                    ("t1", {"device": "mobile"}, 1.0, 1.0)]
+    assert only_t1 == [("t1", {"device": "mobile", "age": None}, 1.0, 1.0)]
+    assert none == []
 
 
 def _learned(sf: Any, unit: str = "request") -> tuple[int, AllocationSnapshot]:
