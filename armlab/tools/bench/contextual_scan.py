@@ -32,8 +32,9 @@ from armlab.services.contextual_allocation import tally
 from armlab.settings import Settings
 from armlab.tools.bench.dashboard import _check_db, _register
 
-FEATURES = [{"name": "device", "kind": "categorical", "levels": ["mobile", "desktop", "tablet"]},
-            {"name": "history", "kind": "categorical", "levels": ["new", "light", "heavy"]}]
+FEATURES: list[dict[str, Any]] = [
+    {"name": "device", "kind": "categorical", "levels": ["mobile", "desktop", "tablet"]},
+    {"name": "history", "kind": "categorical", "levels": ["new", "light", "heavy"]}]
 _RAW_SQL = (
     "INSERT INTO impressions (impression_id, event_id, experiment_id, arm_key, unit_id, "
     "propensity, served_at, partition, reward, feedback_count, items, context) "
@@ -66,7 +67,7 @@ def run_scan_bench(settings: Settings, *, impressions: int = 1_000_000, arms: in
     key = f"bench-ctx-scan-{uuid.uuid4().hex[:8]}"
     start = utcnow().replace(microsecond=0) - timedelta(days=30)
     spec = ContextSpec(ContextParams(features=FEATURES).features)
-    names = [f["name"] for f in FEATURES]
+    names = [str(f["name"]) for f in FEATURES]
     keys = [f"arm{i}" for i in range(arms)]
     try:
         services = bootstrap(settings.model_copy(update={"transport": "memory"}), engine=engine)
