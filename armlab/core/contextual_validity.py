@@ -7,7 +7,7 @@ are equal within every segment (A/A). ``segments: differ``: the segments' click 
 (0.02, 0.05, 0.10), so a contextual policy has structure to chase; ``same``: 0.05 everywhere.
 Every ``look_every`` impressions the policy (the platform's own code: :func:`armlab.core.
 policies.contextual.segment_weights`, or :func:`~armlab.core.policies.linear_thompson.
-prior_precision` / ``linear_posterior`` / ``linear_weights``) recomputes its weights per
+fit_linear` / ``linear_weights``) recomputes its weights per
 segment from all data, with the exploration floor; the look's impressions are drawn per segment
 with those weights, whose values are the logged propensities. Vectorised over replications.
 
@@ -46,9 +46,8 @@ from armlab.core.policies.context_features import ContextParams, ContextSpec
 from armlab.core.policies.contextual import SegmentThompsonSettings, segment_weights
 from armlab.core.policies.linear_thompson import (
     LinearThompsonSettings,
-    linear_posterior,
+    fit_linear,
     linear_weights,
-    prior_precision,
 )
 from armlab.core.stats.adaptive import ipw_kernel
 from armlab.core.stats.msprt import log_lambda, tau2_for_horizon
@@ -116,10 +115,10 @@ def _weights(cell: ContextualCell, spec: ContextSpec, n: FloatArray, s: FloatArr
     xg = spec.encode_many([{"segment": lev} for lev in (*LEVELS, None)])  # (G, d)
     xtx = np.einsum("sgk,gi,gj->skij", n, xg, xg)
     xty = np.einsum("sgk,gi->ski", s, xg)
-    lam = prior_precision(spec, lt, xtx, xty)
-    mean, cov = linear_posterior(xtx, xty, lam, lt.noise_sd)
+    model = fit_linear(spec, lt, xtx, xty)
     x = np.broadcast_to(xg, (n.shape[0], *xg.shape))
-    return linear_weights(x, mean, cov, lt.floor, lt.grid)[0]
+    return linear_weights(x, model.mean, model.cov, lt.floor, lt.grid, model.pooled,
+                          model.context_weight)[0]
 
 
 def _draw(cell: ContextualCell, w: FloatArray, mu: FloatArray, q: FloatArray,

@@ -91,6 +91,7 @@ class ContextualServing:
     _blocks: dict[Any, tuple[Any, ...]] = field(default_factory=dict, repr=False,
                                                 compare=False)
     _cat_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    _pooled: list[float] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.alloc, SegmentAllocation):
@@ -99,6 +100,9 @@ class ContextualServing:
                                tuple(f.name for f in self.alloc.spec.features))
             object.__setattr__(self, "_cat_names",
                                tuple(f.name for f in self.alloc.spec.categorical))
+            pooled = self.alloc.pooled
+            object.__setattr__(self, "_pooled",
+                               None if pooled is None else [float(x) for x in pooled])
 
     def pick(self, u: float, context: Mapping[str, Any]) -> tuple[str, float]:
         """The arm whose CDF interval of the context's row contains ``u`` in [0, 1), and
@@ -133,6 +137,9 @@ class ContextualServing:
             loc, sd = self._moments(context)
             p = (prob_best_one(loc, sd) if k <= 3  # the core's closed form, in plain floats
                  else normal_prob_best_one(np.array(loc), np.array(sd), self._z).tolist())
+            if self._pooled is not None:  # pooling: model_average, as the core mixes
+                w = alloc.context_weight
+                p = [w * a + (1.0 - w) * b for a, b in zip(p, self._pooled, strict=True)]
             weights = floor_row(p, alloc.floor)
         sampler = CdfSampler.trusted(weights)
         if key is not None:

@@ -155,6 +155,7 @@ def make_contextual_policy(
             raise PolicyError("segment_thompson needs binary rewards (reward.kind: binary)")
         return SegmentThompson(SegmentThompsonSettings(**params, **common))
     if name == "linear_thompson":
-        return LinearThompson(LinearThompsonSettings(**params, **common))
+        return LinearThompson(LinearThompsonSettings(
+            **params, **common, binary_rewards=reward_kind == "binary"))
     raise PolicyError(f"{name!r} is not a contextual policy; contextual: "
                       f"{', '.join(CONTEXTUAL_POLICY_NAMES)}")

@@ -28,9 +28,8 @@ from armlab.core.policies.contextual import (
 )
 from armlab.core.policies.linear_thompson import (
     LinearThompsonSettings,
-    linear_posterior,
+    fit_linear,
     linear_weights,
-    prior_precision,
 )
 from armlab.core.policies.thompson import (
     ThompsonSettings,
@@ -130,11 +129,10 @@ def _weights(policy: str, st: Any, state: _State, g: IntArray, xg: FloatArray,
         w = apply_floor(p, st.floor)
         return np.broadcast_to(w[:, None, :], (*g.shape, k))
     assert state.xtx is not None and state.xty is not None
-    lam = prior_precision(spec, st, state.xtx, state.xty)
-    mean, cov = linear_posterior(state.xtx, state.xty, lam, st.noise_sd)
+    model = fit_linear(spec, st, state.xtx, state.xty)
     # every context here is one of the G segment vectors: weights per segment, then per round
-    wg, _ = linear_weights(np.broadcast_to(xg, (seeds, *xg.shape)), mean, cov, st.floor,
-                           st.grid)  # (S, G, K)
+    wg, _ = linear_weights(np.broadcast_to(xg, (seeds, *xg.shape)), model.mean, model.cov,
+                           st.floor, st.grid, model.pooled, model.context_weight)  # (S, G, K)
     w = wg[rows, g]
     if st.burn_in > 0:
         burning = np.any(state.n.sum(axis=1) < st.burn_in, axis=1)

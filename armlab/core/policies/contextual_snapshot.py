@@ -12,7 +12,10 @@ of the learned policy) rebuild the same object with :func:`allocation_from_dict`
   "weights": [w per arm], "prob_best": [...]}, ...]}`` (one row per segment, in segment-index
   order);
 * ``{"policy": "linear_thompson", "features": [...], "arms": [keys], "mean": (K, d),
-  "cov": (K, d, d), "floor": f, "grid": g, "burn_in": bool}``.
+  "cov": (K, d, d), "floor": f, "grid": g, "burn_in": bool, "pooled": [K] | null,
+  "context_weight": w}`` (``pooled``: the context-free P(best) row of ``pooling:
+  model_average``, mixed in at 1 - w; absent in older snapshots: the per-context model
+  alone).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def allocation_to_dict(alloc: ContextualAllocation, arms: Sequence[str]) -> dict
         "policy": "linear_thompson", "features": features, "arms": list(arms),
         "mean": alloc.mean.tolist(), "cov": alloc.cov.tolist(), "floor": float(alloc.floor),
         "grid": int(alloc.grid), "burn_in": bool(alloc.burn_in),
+        "pooled": None if alloc.pooled is None else [float(x) for x in alloc.pooled],
+        "context_weight": float(alloc.context_weight),
     }
 
 
@@ -68,9 +73,13 @@ def allocation_from_dict(d: Mapping[str, Any]) -> ContextualAllocation:
                                 dtype=np.int64)
             return SegmentAllocation(spec, weights, prob, source)
         if policy == "linear_thompson":
+            pooled = d.get("pooled")  # absent before pooling: model_average
             return LinearAllocation(spec, np.asarray(d["mean"], dtype=np.float64),
                                     np.asarray(d["cov"], dtype=np.float64), float(d["floor"]),
-                                    int(d["grid"]), bool(d["burn_in"]))
+                                    int(d["grid"]), bool(d["burn_in"]),
+                                    None if pooled is None
+                                    else np.asarray(pooled, dtype=np.float64),
+                                    float(d.get("context_weight", 1.0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise PolicyError(f"not a contextual allocation snapshot: {exc}") from None
     raise PolicyError(f"not a contextual allocation snapshot: policy {d.get('policy')!r}")

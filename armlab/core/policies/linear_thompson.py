@@ -37,7 +37,6 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
-from scipy import special
 
 from armlab.core.policies.base import (
     POLICY_VERSION,
@@ -48,7 +47,8 @@ from armlab.core.policies.base import (
 )
 from armlab.core.policies.context_features import ContextParams, ContextSpec
 from armlab.core.policies.contextual import between_variance, draw_rows
-from armlab.core.policies.normal_max import prob_best_one, prob_best_rows
+from armlab.core.policies.linear_pooling import context_free
+from armlab.core.policies.normal_max import normal_prob_best, normal_prob_best_one
 from armlab.errors import PolicyError
 
 Positive = Annotated[float, Field(gt=0.0)]
@@ -62,22 +62,33 @@ class LinearThompsonParams(ContextParams):
 
     features: numeric and categorical (one-hot) features; ridge: lambda, the prior precision
     in units of the noise (prior theta ~ N(0, noise_sd^2 / ridge I)); onehot_ridge: the prior
-    precision of the one-hot (categorical) coefficients: ``empirical_bayes`` (default)
+    precision of the one-hot (categorical) coefficients: ``empirical_bayes``
     estimates it per arm and feature from the data (:func:`onehot_precision`), so alike levels
     are pooled and different ones are not; a number fixes it (large: shrink the per-level
-    deviations towards the shared intercept); null uses ``ridge``; noise_sd: v, the reward
-    noise scale, which sets how widely the posterior explores; grid: quadrature nodes per arm
-    for P(arm | context) with more than 3 arms (up to 3 use the closed form).
+    deviations towards the shared intercept); null (default) uses ``ridge``; noise_sd: v, the
+    reward noise scale, which sets how widely the posterior explores; grid: quadrature nodes
+    per arm for P(arm | context) with more than 3 arms (up to 3 use the closed form);
+    pooling: ``model_average`` (default) mixes the per-context model with a context-free one
+    by their posterior probabilities (:mod:`armlab.core.policies.linear_pooling`), ``none``
+    serves the per-context model alone; context_prior: the prior probability that the
+    context matters; effect_scale: the deviations from the context-free model the per-context
+    model expects, in units of the mean reward.
     """
 
     ridge: Positive = 1.0
-    onehot_ridge: Positive | Literal["empirical_bayes"] | None = "empirical_bayes"
+    onehot_ridge: Positive | Literal["empirical_bayes"] | None = None
     noise_sd: Positive = 0.15
     grid: int = Field(48, ge=8, le=2049)
+    pooling: Literal["model_average", "none"] = "model_average"
+    context_prior: float = Field(0.95, gt=0.0, lt=1.0)
+    effect_scale: Positive = 0.5
 
 
 class LinearThompsonSettings(CommonSettings, LinearThompsonParams):
-    """Everything ``linear_thompson`` runs with (the floor applies per context)."""
+    """Everything ``linear_thompson`` runs with (the floor applies per context;
+    ``binary_rewards`` from the experiment's reward kind sets the model average's variance)."""
+
+    binary_rewards: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,66 +152,47 @@ def linear_posterior(
     return mean, noise_sd**2 * a_inv
 
 
-def normal_prob_best(
-    loc: FloatArray, sd: FloatArray, grid: int = 48
-) -> tuple[FloatArray, FloatArray]:
-    """P(arm k has the largest of independent N(loc_k, sd_k^2)), shape (..., K).
-
-    Up to 3 arms in closed form (:mod:`armlab.core.policies.normal_max`); more by the
-    trapezoid rule on the union of per-arm grids loc_k + sd_k z, z in [-6.5, 6.5]; returns
-    (probabilities normalised to sum 1, |raw sum - 1|).
-    """
-    k = loc.shape[-1]
-    if k <= 3:  # closed form (armlab.core.policies.normal_max)
-        return prob_best_rows(loc, sd)
-    sd = np.maximum(sd, 1e-12)
-    z = np.linspace(-6.5, 6.5, grid)
-    nodes = (loc[..., None] + sd[..., None] * z).reshape(*loc.shape[:-1], 1, k * grid)
-    x = np.sort(nodes, axis=-1)  # (..., 1, M)
-    u = (x - loc[..., None]) / sd[..., None]  # (..., K, M)
-    pdf = np.exp(-0.5 * u * u) / (np.sqrt(2.0 * np.pi) * sd[..., None])
-    cdf = special.ndtr(u)
-    ones = np.ones_like(cdf[..., :1, :])
-    prefix = np.cumprod(np.concatenate([ones, cdf[..., :-1, :]], axis=-2), axis=-2)
-    suffix = np.cumprod(np.concatenate([ones, cdf[..., ::-1, :][..., :-1, :]], axis=-2),
-                        axis=-2)[..., ::-1, :]
-    f = pdf * prefix * suffix
-    raw = np.sum(0.5 * (f[..., 1:] + f[..., :-1]) * np.diff(x, axis=-1), axis=-1)
-    total = raw.sum(axis=-1, keepdims=True)
-    p = np.where(total > 0, raw / np.where(total > 0, total, 1.0), 1.0 / k)
-    return p, np.abs(total[..., 0] - 1.0)
-
-
-def normal_prob_best_one(loc: FloatArray, sd: FloatArray, z: FloatArray) -> FloatArray:
-    """:func:`normal_prob_best` for one row (K,), with fewer array operations (the serving
-    path: ~4x faster for a handful of arms); ``z`` the standard grid."""
-    k = loc.shape[0]
-    if k <= 3:  # closed form, as normal_prob_best
-        return np.array(prob_best_one(loc.tolist(), sd.tolist()))
-    sd = np.maximum(sd, 1e-12)
-    x = np.sort((loc[:, None] + sd[:, None] * z).ravel())  # (M,)
-    u = (x - loc[:, None]) / sd[:, None]  # (K, M)
-    cdf = special.ndtr(u)
-    dens = np.exp(-0.5 * u * u) / (np.sqrt(2.0 * np.pi) * sd[:, None])
-    dx = np.diff(x)
-    tw = 0.5 * (np.append(dx, 0.0) + np.insert(dx, 0, 0.0))  # trapezoid weights (M,)
-    excl = np.ones_like(cdf)  # prod_{j != i} cdf_j: prefix times suffix products
-    excl[1:] = np.cumprod(cdf[:-1], axis=0)
-    excl[:-1] *= np.cumprod(cdf[:0:-1], axis=0)[::-1]
-    raw = (dens * excl) @ tw
-    total = raw.sum()
-    return raw / total if total > 0 else np.full(k, 1.0 / k)
-
-
 def linear_weights(
-    x: FloatArray, mean: FloatArray, cov: FloatArray, floor: float, grid: int
+    x: FloatArray, mean: FloatArray, cov: FloatArray, floor: float, grid: int,
+    pooled: FloatArray | None = None, context_weight: FloatArray | float = 1.0,
 ) -> tuple[FloatArray, FloatArray]:
     """Floored P(arm | x) for design rows x (..., N, d) under posteriors mean (..., K, d),
-    cov (..., K, d, d); returns (weights (..., N, K), quadrature error (..., N))."""
+    cov (..., K, d, d), mixed with the context-free row ``pooled`` (..., K) at weight
+    1 - ``context_weight`` (...) (``pooling: model_average``); returns (weights (..., N, K),
+    quadrature error (..., N))."""
     loc = np.einsum("...nd,...kd->...nk", x, mean)
     var = np.einsum("...nd,...kde,...ne->...nk", x, cov, x)
     p, err = normal_prob_best(loc, np.sqrt(np.maximum(var, 0.0)), grid)
+    if pooled is not None:
+        w = np.asarray(context_weight, dtype=np.float64)[..., None, None]
+        p = w * p + (1.0 - w) * np.asarray(pooled)[..., None, :]
     return apply_floor(p, floor), err
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """The fitted model of a snapshot (any leading shape): the per-context posterior ``mean``
+    (..., K, d), ``cov`` (..., K, d, d); with ``pooling: model_average`` the context-free
+    row ``pooled`` (..., K) and the per-context model's probability ``context_weight`` (...)."""
+
+    mean: FloatArray
+    cov: FloatArray
+    pooled: FloatArray | None
+    context_weight: FloatArray
+
+
+def fit_linear(spec: ContextSpec, st: LinearThompsonSettings, xtx: FloatArray,
+               xty: FloatArray) -> LinearModel:
+    """The posterior of every arm and, with ``pooling: model_average``, the context-free model
+    and the weights of the two (:mod:`armlab.core.policies.linear_pooling`)."""
+    lam = prior_precision(spec, st, xtx, xty)
+    mean, cov = linear_posterior(xtx, xty, lam, st.noise_sd)
+    if st.pooling == "none":
+        return LinearModel(mean, cov, None, np.ones(xty.shape[:-2]))
+    h0 = context_free(xtx, xty, ridge=st.ridge, noise_sd=st.noise_sd,
+                      effect_scale=st.effect_scale, context_prior=st.context_prior,
+                      binary=st.binary_rewards, grid=st.grid)
+    return LinearModel(mean, cov, h0.prob_best, h0.context_weight)
 
 
 @dataclass(frozen=True)
@@ -213,6 +205,10 @@ class LinearAllocation:
     floor: float
     grid: int
     burn_in: bool
+    #: ``pooling: model_average``: the context-free P(best) row (K,) and the per-context
+    #: model's probability (None and 1.0 with ``pooling: none``)
+    pooled: FloatArray | None = None
+    context_weight: float = 1.0
     #: weights of design vectors already served (the posterior is fixed for the snapshot, so
     #: a repeated context, e.g. categorical features only, costs a dict lookup); bounded
     cache: dict[bytes, FloatArray] = field(default_factory=dict, repr=False, compare=False)
@@ -222,7 +218,8 @@ class LinearAllocation:
         k = self.mean.shape[0]
         if self.burn_in:
             return np.full((x.shape[0], k), 1.0 / k), np.zeros(x.shape[0])
-        return linear_weights(x, self.mean, self.cov, self.floor, self.grid)
+        return linear_weights(x, self.mean, self.cov, self.floor, self.grid, self.pooled,
+                              self.context_weight)
 
     def propensities(self, contexts: Sequence[Mapping[str, Any]]) -> FloatArray:
         """(N, K): P(arm | context) for each context (computed once per distinct context)."""
@@ -243,6 +240,8 @@ class LinearAllocation:
             return np.full(k, 1.0 / k)
         sd = np.sqrt(np.maximum(((self.cov @ x) * x).sum(axis=-1), 0.0))
         p = normal_prob_best_one(self.mean @ x, sd, np.linspace(-6.5, 6.5, self.grid))
+        if self.pooled is not None:
+            p = self.context_weight * p + (1.0 - self.context_weight) * self.pooled
         w = p if p.min() >= self.floor else apply_floor(p, self.floor)
         if len(self.cache) >= CACHE_SIZE:  # emptied when full: one-off contexts cannot
             self.cache.clear()  # keep the repeated ones out for the snapshot's life
@@ -328,10 +327,10 @@ class LinearThompson:
                 f"linear stats have dimension {stats.xty.shape[1]}, the features encode to "
                 f"{self.spec.dim}"
             )
-        lam = prior_precision(self.spec, s, stats.xtx, stats.xty)
-        mean, cov = linear_posterior(stats.xtx, stats.xty, lam, s.noise_sd)
+        model = fit_linear(self.spec, s, stats.xtx, stats.xty)
         burning = s.burn_in > 0 and bool(np.any(stats.n < s.burn_in))
-        return LinearAllocation(self.spec, mean, cov, s.floor, s.grid, burning)
+        return LinearAllocation(self.spec, model.mean, model.cov, s.floor, s.grid, burning,
+                                model.pooled, float(model.context_weight))
 
     def update(
         self, stats: LinearStats, contexts: Sequence[Mapping[str, Any]],
@@ -344,10 +343,12 @@ class LinearThompson:
 
 __all__ = [
     "LinearAllocation",
+    "LinearModel",
     "LinearStats",
     "LinearThompson",
     "LinearThompsonParams",
     "LinearThompsonSettings",
+    "fit_linear",
     "linear_posterior",
     "linear_weights",
     "normal_prob_best",

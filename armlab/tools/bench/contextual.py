@@ -156,13 +156,16 @@ def _scenario_row(sc: Scenario, *, horizon: int, seeds: int, peer_seeds: int,
                                   batch_every=batch_every, seed=seed)
         res.pop("regret_per_seed")
         row[f"armlab_{pol}"] = res
-    # the linear policy without pooling of its per-level coefficients (onehot_ridge = ridge),
-    # shown beside the default because it trades one scenario against the other
-    res = simulate_contextual(sc, "linear_thompson", horizon=horizon, seeds=seeds,
-                              batch_every=batch_every, seed=seed,
-                              params={"onehot_ridge": None})
-    res.pop("regret_per_seed")
-    row["armlab_linear_thompson_unpooled"] = res
+    # the linear policy without the model average (pooling: none): the per-context model
+    # alone (MABWiser's LinTS model at the same scale), and with the empirical-Bayes one-hot
+    # prior (the default before the model average), each trading one scenario for another
+    for label, params in (("unpooled", {"pooling": "none"}),
+                          ("empirical_bayes", {"pooling": "none",
+                                               "onehot_ridge": "empirical_bayes"})):
+        res = simulate_contextual(sc, "linear_thompson", horizon=horizon, seeds=seeds,
+                                  batch_every=batch_every, seed=seed, params=params)
+        res.pop("regret_per_seed")
+        row[f"armlab_linear_thompson_{label}"] = res
     peers: dict[str, dict[str, Any]] = {
         name: (_peer(name, sc, horizon, batch_every, peer_seeds, seed + 1000)
                if peer_seeds > 0 else {"installed": None, "note": "--peer-seeds 0"})
@@ -172,7 +175,8 @@ def _scenario_row(sc: Scenario, *, horizon: int, seeds: int, peer_seeds: int,
     best = min(ran, key=lambda n: float(ran[n]["regret_mean"])) if ran else None
     row["best_peer"] = best
     base = row["armlab_thompson"]
-    for pol in ("segment_thompson", "linear_thompson", "linear_thompson_unpooled"):
+    for pol in ("segment_thompson", "linear_thompson", "linear_thompson_unpooled",
+                "linear_thompson_empirical_bayes"):
         mine = row[f"armlab_{pol}"]
         row[f"{pol}_over_thompson"] = _ratio(mine, base)
         row[f"{pol}_over_best_peer"] = _ratio(mine, ran[best]) if best else None

@@ -45,10 +45,12 @@ def test_one_row_floor_is_the_cores(floor: float) -> None:
             apply_floor(w, floor).tolist(), abs=1e-14)
 
 
-@pytest.mark.parametrize("floor", [0.0, 0.05])
-def test_linear_propensities_are_the_snapshots(floor: float) -> None:
+@pytest.mark.parametrize(("floor", "mix"), [(0.0, None), (0.05, None), (0.05, 0.4)])
+def test_linear_propensities_are_the_snapshots(floor: float, mix: float | None) -> None:
     rng = np.random.default_rng(2)
     block = _linear(floor, rng)
+    if mix is not None:  # halfway between the per-context and the context-free model
+        block = {**block, "context_weight": mix, "pooled": [0.2, 0.5, 0.3]}
     serving = ContextualServing(allocation_from_dict(block), ARMS)
     analyses = allocation_from_dict(block)  # what the inference side rebuilds
     contexts = [{"device": ["mobile", "desktop", "tablet"][i % 3],

@@ -63,9 +63,10 @@ def test_normal_prob_best_matches_monte_carlo(loc: list[float], sd: list[float])
 def test_context_propensities_are_thompson_probabilities() -> None:
     """P(arm | x) equals the frequency with which drawing theta_k ~ N(mu_k, v^2 A_k^-1) and
     taking argmax x' theta_k picks each arm (the Thompson rule it stands for)."""
-    pol = LinearThompson(LinearThompsonSettings(features=FEATURES))
+    pol = LinearThompson(LinearThompsonSettings(features=FEATURES, pooling="none"))
     ctx, arms, rew = _logged(600, 3)
     al = pol.allocate(pol.update(LinearStats.empty(3, pol.spec.dim), ctx, arms, rew))
+    assert al.pooled is None and al.context_weight == 1.0
     for c in ({"segment": "a", "recency": 0.9}, {"segment": "c"}, {}):
         x = pol.spec.encode(c)
         p = al.propensities([c])[0]

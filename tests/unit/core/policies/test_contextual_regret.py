@@ -59,13 +59,29 @@ def test_contextual_no_worse_than_thompson_where_segments_are_alike(
 def test_unpooled_linear_thompson_within_a_factor_of_two_where_segments_are_alike(
     same: dict[str, dict[str, float]]
 ) -> None:
-    # Without pooling its per-level coefficients (onehot_ridge = ridge) the linear model
-    # explores every segment separately: measured 1.2-1.6x non-contextual Thompson sampling
-    # (docs/contextual.md); this guards against worse.
+    # Without the model average (pooling: none) the linear model explores every segment
+    # separately: measured 1.2-1.6x non-contextual Thompson sampling (docs/contextual.md);
+    # this guards against worse.
     unpooled = simulate_contextual(SAME, "linear_thompson", seed=8,
-                                   params={"onehot_ridge": None}, **SIZE)  # type: ignore[arg-type]
+                                   params={"pooling": "none"}, **SIZE)  # type: ignore[arg-type]
     assert _no_worse(unpooled, same["thompson"], factor=2.0), (
         unpooled["regret_mean"], same["thompson"]["regret_mean"])
+
+
+def test_linear_model_average_is_within_noise_of_unpooled_where_segments_differ() -> None:
+    """Where the best variant differs by segment the model average moves to the per-context
+    model within a few thousand rounds: regret within 1.35x of the unpooled model (which is
+    MABWiser's LinTS with the same scale, the best peer of the bench; measured 1.06-1.15x),
+    and no worse than Thompson sampling where only base rates differ."""
+    size = {"horizon": 20_000, "seeds": 40, "batch_every": 100}
+    avg = simulate_contextual(DIFFER, "linear_thompson", seed=11, **size)  # type: ignore[arg-type]
+    unpooled = simulate_contextual(DIFFER, "linear_thompson", seed=11,
+                                   params={"pooling": "none"}, **size)  # type: ignore[arg-type]
+    assert _no_worse(avg, unpooled, factor=1.35), (avg["regret_mean"], unpooled["regret_mean"])
+    ts = simulate_contextual(MAIN_EFFECT, "thompson", seed=12, **size)  # type: ignore[arg-type]
+    main = simulate_contextual(MAIN_EFFECT, "linear_thompson", seed=12,
+                               **size)  # type: ignore[arg-type]
+    assert _no_worse(main, ts), (main["regret_mean"], ts["regret_mean"])
 
 
 def test_simulation_rejects_bad_sizes_and_policies() -> None:
