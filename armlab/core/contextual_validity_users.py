@@ -118,6 +118,17 @@ def _draw_users(cell: ContextualUserCell, w: FloatArray, mu: FloatArray, q: Floa
     return counts, tot(y), tot(y * y), tot((y > 0).astype(np.float64))
 
 
+def _pooled_variance(t: FloatArray, y: FloatArray, yy: FloatArray, binary: bool
+                     ) -> FloatArray:
+    """The reward variance from t terms with sums y and yy: p (1 - p) of 0/1 terms, else the
+    sample variance (the per-user totals)."""
+    mean = y / np.maximum(t, 1.0)
+    if binary:
+        return np.asarray(mean * (1 - mean), dtype=np.float64)
+    return np.asarray(np.maximum(yy / np.maximum(t, 1.0) - mean * mean, 0.0)
+                      * (t / np.maximum(t - 1.0, 1.0)), dtype=np.float64)
+
+
 def _llr(s: FloatArray, events: FloatArray, cell: ContextualUserCell, horizon: float,
          binary: bool) -> FloatArray:
     """log Lambda of every (treatment, replication, segment) test from kernel sums s
@@ -126,12 +137,7 @@ def _llr(s: FloatArray, events: FloatArray, cell: ContextualUserCell, horizon: f
     per-user variance when not ``binary``."""
     t_g = s[0].sum(axis=-1)
     share = t_g / np.maximum(t_g.sum(axis=-1, keepdims=True), 1.0)
-    mean = s[1].sum(axis=-1) / np.maximum(t_g, 1.0)
-    if binary:
-        sigma2 = mean * (1 - mean)
-    else:
-        sigma2 = np.maximum(s[2].sum(axis=-1) / np.maximum(t_g, 1.0) - mean * mean, 0.0) * (
-            t_g / np.maximum(t_g - 1.0, 1.0))
+    sigma2 = _pooled_variance(t_g, s[1].sum(axis=-1), s[2].sum(axis=-1), binary)
     pc = cell.policy_cell()
     tau2 = tau2_for_horizon(1.0, cell.alpha) * np.maximum(sigma2, 1e-12) * _inv(pc) / (
         np.maximum(horizon * share, 1.0))
@@ -178,12 +184,7 @@ def _average_llr(s: FloatArray, events: FloatArray, tau2: FloatArray,
     tot = s.sum(axis=2)  # (7, S, K)
     ev = events.sum(axis=1)  # (S, K)
     t = tot[0].sum(axis=-1)
-    mean = tot[1].sum(axis=-1) / np.maximum(t, 1.0)
-    if binary:
-        sigma2 = mean * (1 - mean)
-    else:
-        sigma2 = np.maximum(tot[2].sum(axis=-1) / np.maximum(t, 1.0) - mean * mean, 0.0) * (
-            t / np.maximum(t - 1.0, 1.0))
+    sigma2 = _pooled_variance(t, tot[1].sum(axis=-1), tot[2].sum(axis=-1), binary)
     ready = np.all((tot[0] >= max(cell.min_samples, 1)) & (ev >= cell.min_events), axis=-1)
     new = ready & np.isnan(tau2) & (sigma2 > 0)
     tau2 = np.where(new, tau2_for_horizon(1.0, cell.alpha) * np.maximum(sigma2, 1e-12)

@@ -55,6 +55,13 @@ def _errors(r: Any) -> dict[str, str]:
     ({**contextual_body(), "design": "interleaving"}, "policy", "design: ab"),
     ({**contextual_body(policy="linear_thompson"), "design": "interleaving"}, "policy",
      "interleaving"),
+    (contextual_body(policy="linear_thompson", context_prior=1.0), "policy.params",
+     "context_prior"),
+    (contextual_body(policy="linear_thompson", pooling="hierarchical"), "policy.params",
+     "pooling"),
+    (contextual_body(policy="linear_thompson", effect_scale=0), "policy.params",
+     "effect_scale"),
+    (contextual_body(pooling="model_average"), "policy.params", "pooling"),
 ])
 def test_registration_refuses_bad_contextual_specs(sqlite_url: str, body: dict[str, Any],
                                                    field: str, words: str) -> None:
