@@ -89,7 +89,13 @@ MAIN_EFFECT = Scenario(
     ((0.08, 0.064, 0.048), (0.04, 0.032, 0.024), (0.02, 0.016, 0.012)),
     (0.5, 0.3, 0.2),
 )
-SCENARIOS = {s.name: s for s in (DIFFER, SAME, MAIN_EFFECT)}
+#: DIFFER and SAME at a tenth of their click rates (0.2-0.8%, as real recommendation traffic):
+#: the gaps shrink with the rates, so every policy needs ten times the traffic per decision.
+DIFFER_LOW = Scenario("segments_differ_low_ctr",
+                      tuple(tuple(r / 10 for r in row) for row in DIFFER.mu), DIFFER.q)
+SAME_LOW = Scenario("segments_same_low_ctr",
+                    tuple(tuple(r / 10 for r in row) for row in SAME.mu), SAME.q)
+SCENARIOS = {s.name: s for s in (DIFFER, SAME, MAIN_EFFECT, DIFFER_LOW, SAME_LOW)}
 
 
 def default_params(policy: str) -> dict[str, Any]:
@@ -229,8 +235,10 @@ def _update(state: _State, g: IntArray, arms: IntArray, r: FloatArray, xg: Float
 __all__ = [
     "SIMULATED_POLICIES",
     "DIFFER",
+    "DIFFER_LOW",
     "MAIN_EFFECT",
     "SAME",
+    "SAME_LOW",
     "SCENARIOS",
     "Scenario",
     "default_params",

@@ -17,10 +17,10 @@ Two hypotheses about the declared features, for all arms at once:
 
 The posterior probability of H1 is w = sigmoid(log p(y | H1) - log p(y | H0) + logit(p1)) with
 p1 = ``context_prior`` (default 0.95: features are declared because they are expected to
-matter; the data must show they do not). The evidences use the reward variance v^2 = m (1 - m)
-of binary rewards with mean m (``noise_sd``^2 for continuous ones), and come from the arms'
-sufficient statistics alone (sum xx', sum xr; the y'y terms cancel between H0 and H1, the
-plug-in baseline appears in both). The policy serves
+matter; the data must show they do not). The evidences use the reward variance
+v^2 = m (1 - m) of binary rewards with mean m (the exploration scale's square for continuous
+ones), and come from the arms' sufficient statistics alone (sum xx', sum xr; the y'y terms
+cancel between H0 and H1, the plug-in baseline appears in both). The policy serves
 
     P(arm | x) = w P_H1(arm | x) + (1 - w) P_H0(arm),
 
@@ -65,12 +65,13 @@ class ContextFree:
     context_weight: FloatArray
 
 
-def context_free(xtx: FloatArray, xty: FloatArray, *, ridge: float, noise_sd: float,
+def context_free(xtx: FloatArray, xty: FloatArray, *, ridge: float, noise_sd: FloatArray,
                  effect_scale: float, context_prior: float, binary: bool, grid: int
                  ) -> ContextFree:
     """H0's P(best) and w (see the module doc) from per-arm statistics xtx (..., K, d, d),
     xty (..., K, d) whose coordinate 0 is the intercept (so xtx[..., 0, 0] counts the arm's
-    observations); ``grid``: quadrature nodes beyond 3 arms."""
+    observations); ``noise_sd``: the exploration scale per leading index (...); ``grid``:
+    quadrature nodes beyond 3 arms."""
     d = xty.shape[-1]
     n = xtx[..., 0, 0].sum(axis=-1)
     s = xty[..., 0].sum(axis=-1)
@@ -79,7 +80,7 @@ def context_free(xtx: FloatArray, xty: FloatArray, *, ridge: float, noise_sd: fl
         v2 = np.maximum(m * (1.0 - m), 1e-6)
     else:
         m = s / np.maximum(n, 1.0)
-        v2 = np.full_like(m, noise_sd**2)
+        v2 = np.broadcast_to(np.asarray(noise_sd, dtype=np.float64) ** 2, m.shape)
     scale2 = (effect_scale * np.maximum(np.abs(m), 1e-3)) ** 2  # (...)
     # the shared baseline b(x) = x'beta: all arms' data together, ridge
     a = xtx.sum(axis=-3) + ridge * np.eye(d)
@@ -104,8 +105,9 @@ def context_free(xtx: FloatArray, xty: FloatArray, *, ridge: float, noise_sd: fl
     logit = (l1 - l0).sum(axis=-1) + np.log(context_prior / (1.0 - context_prior))
     w = special.expit(logit)
     # H0's ranking: f_k's posterior on the exploration scale (prior variance 1)
-    a0s = b2 + noise_sd**2
-    p, _ = normal_prob_best(1.0 + g / a0s, noise_sd / np.sqrt(a0s), grid)
+    sd = np.asarray(noise_sd, dtype=np.float64)[..., None]  # against (..., K)
+    a0s = b2 + sd**2
+    p, _ = normal_prob_best(1.0 + g / a0s, sd / np.sqrt(a0s), grid)
     return ContextFree(np.asarray(p, dtype=np.float64), np.asarray(w, dtype=np.float64))
 
 

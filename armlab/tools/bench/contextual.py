@@ -263,6 +263,8 @@ def run_contextual_bench(*, horizon: int = 20_000, seeds: int = 20, peer_seeds: 
             "segments_same": "contextual regret <= thompson within noise",
             "segments_main_effect": "contextual regret <= thompson within noise (the best "
                                     "variant does not differ by segment)",
+            "segments_differ_low_ctr": "as segments_differ, at a tenth of the click rates",
+            "segments_same_low_ctr": "as segments_same, at a tenth of the click rates",
         },
     }
     if latency:

@@ -15,7 +15,10 @@ def test_tiny_run_reports_ratios_and_marks_missing_peers(
     out = bench.run_contextual_bench(horizon=300, seeds=3, peer_seeds=1, latency=False)
     assert out["sizes"] == {"horizon": 300, "seeds": 3, "peer_seeds": 1, "batch_every": 100,
                             "seed": 2026}
-    for name in ("segments_differ", "segments_same"):
+    assert set(out["scenarios"]) == set(out["targets"]) == {
+        "segments_differ", "segments_same", "segments_main_effect", "segments_differ_low_ctr",
+        "segments_same_low_ctr"}
+    for name in out["scenarios"]:
         row = out["scenarios"][name]
         assert {"armlab_thompson", "armlab_segment_thompson", "armlab_linear_thompson"} <= set(row)
         assert row["best_peer"] is None

@@ -127,8 +127,8 @@ def test_empirical_bayes_onehot_precision_pools_alike_levels_only() -> None:
     differ = np.array([r.random() < true_rate({**c, "recency": 0.0}, int(a))
                        for c, a in zip(ctx, arms)], float)
     spec = pol.spec
-    lam_alike = onehot_precision(spec, *_sums(pol, ctx, arms, alike), 1.0, st.noise_sd)
-    lam_differ = onehot_precision(spec, *_sums(pol, ctx, arms, differ), 1.0, st.noise_sd)
+    lam_alike = onehot_precision(spec, *_sums(pol, ctx, arms, alike), 1.0, 0.15)
+    lam_differ = onehot_precision(spec, *_sums(pol, ctx, arms, differ), 1.0, 0.15)
     assert lam_alike.shape == (3, spec.dim) and np.all(lam_alike[:, 0] == 1.0)
     assert np.all(lam_alike[:, 1:] > 500)  # tau^2 ~ 0: deviations pooled
     assert np.all(lam_differ[:, 1:] < 100)  # tau^2 ~ 5e-4: noise_sd^2 / tau^2 ~ 45

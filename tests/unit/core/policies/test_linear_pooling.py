@@ -72,6 +72,28 @@ def test_the_context_free_model_wins_where_the_ranking_is_the_same(mu: np.ndarra
     assert int(np.argmax(h0.prob_best)) == 0
 
 
+def test_auto_noise_sd_follows_the_click_rate() -> None:
+    """``noise_sd: auto``: 0.7 x the Bernoulli sd of the mean reward (0.15 near 5%), the
+    fixed number when given, 0.15 for continuous rewards."""
+    from armlab.core.policies.linear_thompson import exploration_sd
+
+    st = _stats(SAME, Q, 20_000, 7)  # mean about 0.044
+    auto = LinearThompsonSettings(features=FEATURES)
+    m = (st.xty[:, 0].sum() + 1) / (st.xtx[:, 0, 0].sum() + 2)
+    assert float(exploration_sd(auto, st.xtx, st.xty)) == pytest.approx(
+        0.7 * np.sqrt(m * (1 - m)))
+    low = _stats(SAME / 10, Q, 20_000, 7)
+    assert float(exploration_sd(auto, low.xtx, low.xty)) < 0.06
+    fixed = LinearThompsonSettings(features=FEATURES, noise_sd=0.3)
+    assert float(exploration_sd(fixed, low.xtx, low.xty)) == 0.3
+    cont = LinearThompsonSettings(features=FEATURES, binary_rewards=False)
+    assert float(exploration_sd(cont, low.xtx, low.xty)) == 0.15
+    # the posterior's width follows: v^2 A^-1
+    pol = LinearThompson(auto)
+    wide = LinearThompson(LinearThompsonSettings(features=FEATURES, noise_sd=0.15))
+    assert np.all(pol.allocate(low).cov[:, 0, 0] < wide.allocate(low).cov[:, 0, 0] / 5)
+
+
 def test_no_data_leaves_the_prior() -> None:
     h0 = _h0(LinearStats.empty(3, 5))
     assert float(h0.context_weight) == pytest.approx(0.95)
@@ -81,7 +103,7 @@ def test_no_data_leaves_the_prior() -> None:
 def test_model_average_propensity_is_the_two_stage_thompson_draw() -> None:
     """P(arm | x) = w P_H1 + (1 - w) P_H0: draw the model (H1 with probability w), then its
     parameters (theta_k for H1, the factors f_k for H0) and serve the argmax."""
-    pol = LinearThompson(LinearThompsonSettings(features=FEATURES))
+    pol = LinearThompson(LinearThompsonSettings(features=FEATURES, noise_sd=0.15))
     st = _stats(np.array([[0.06, 0.05, 0.03], [0.05, 0.06, 0.03], [0.05, 0.05, 0.04]]), Q,
                 6_000, 4)
     al = pol.allocate(st)
