@@ -57,6 +57,13 @@ def log_evidence(xtx: FloatArray, xty: FloatArray, lam: FloatArray, v2: FloatArr
         + 0.5 * np.log(lam).sum(axis=-1), dtype=np.float64)
 
 
+def mean_reward(xtx: FloatArray, xty: FloatArray) -> FloatArray:
+    """The mean reward over all arms (...), with a Beta(1, 1) prior, from per-arm statistics
+    whose coordinate 0 is the intercept (xtx[..., 0, 0] counts, xty[..., 0] sums)."""
+    return np.asarray((xty[..., 0].sum(axis=-1) + 1.0) / (xtx[..., 0, 0].sum(axis=-1) + 2.0),
+                      dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class ContextFree:
     """H0's serving row and the weight of H1: ``prob_best`` (..., K), ``context_weight`` (...)."""
@@ -73,13 +80,11 @@ def context_free(xtx: FloatArray, xty: FloatArray, *, ridge: float, noise_sd: Fl
     observations); ``noise_sd``: the exploration scale per leading index (...); ``grid``:
     quadrature nodes beyond 3 arms."""
     d = xty.shape[-1]
-    n = xtx[..., 0, 0].sum(axis=-1)
-    s = xty[..., 0].sum(axis=-1)
     if binary:
-        m = (s + 1.0) / (n + 2.0)
+        m = mean_reward(xtx, xty)
         v2 = np.maximum(m * (1.0 - m), 1e-6)
     else:
-        m = s / np.maximum(n, 1.0)
+        m = xty[..., 0].sum(axis=-1) / np.maximum(xtx[..., 0, 0].sum(axis=-1), 1.0)
         v2 = np.broadcast_to(np.asarray(noise_sd, dtype=np.float64) ** 2, m.shape)
     scale2 = (effect_scale * np.maximum(np.abs(m), 1e-3)) ** 2  # (...)
     # the shared baseline b(x) = x'beta: all arms' data together, ridge
@@ -111,4 +116,4 @@ def context_free(xtx: FloatArray, xty: FloatArray, *, ridge: float, noise_sd: Fl
     return ContextFree(np.asarray(p, dtype=np.float64), np.asarray(w, dtype=np.float64))
 
 
-__all__ = ["ContextFree", "context_free", "log_evidence"]
+__all__ = ["ContextFree", "context_free", "log_evidence", "mean_reward"]

@@ -52,7 +52,7 @@ from armlab.core.policies.base import (
 )
 from armlab.core.policies.context_features import ContextParams, ContextSpec
 from armlab.core.policies.contextual import between_variance, draw_rows
-from armlab.core.policies.linear_pooling import context_free
+from armlab.core.policies.linear_pooling import context_free, mean_reward
 from armlab.core.policies.normal_max import normal_prob_best, normal_prob_best_one
 from armlab.errors import PolicyError
 
@@ -156,7 +156,7 @@ def exploration_sd(st: LinearThompsonSettings, xtx: FloatArray, xty: FloatArray)
         return np.full(shape, float(st.noise_sd))
     if not st.binary_rewards:
         return np.full(shape, AUTO_SD_CONTINUOUS)
-    m = (xty[..., 0].sum(axis=-1) + 1.0) / (xtx[..., 0, 0].sum(axis=-1) + 2.0)
+    m = mean_reward(xtx, xty)
     return np.asarray(AUTO_SD_RATIO * np.sqrt(m * (1.0 - m)), dtype=np.float64)
 
 
